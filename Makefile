@@ -1,0 +1,59 @@
+# The two commands of the quick start: `make run` and `make test`.
+# Everything either needs is installed by the targets below, on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYNAPSE_VENV := .venv-synapse
+NODE_DIR := tests/browser
+APT_PACKAGES := redis-server chromium iproute2 openssl
+
+.PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(SYNAPSE_VENV)/.installed:
+	$(PYTHON) -m venv $(SYNAPSE_VENV)
+	$(SYNAPSE_VENV)/bin/pip install -q -U pip
+	$(SYNAPSE_VENV)/bin/pip install -q 'matrix-synapse==1.163.2'
+	touch $@
+
+synapse-venv: $(SYNAPSE_VENV)/.installed
+
+# Debian packages the tests drive for real: redis-server (routing), chromium (livekit-client),
+# iproute2 (network namespaces + netem), openssl (test certificates).
+system-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DIR)/node_modules/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check sfu auth_service loadtest tests benchmarks scripts
+	$(VENV)/bin/ruff format --check sfu auth_service loadtest tests benchmarks scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: venv synapse-venv system-deps node-deps lint
+	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+run: venv
+	$(PY) scripts/dev_run.py
+
+clean:
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run

@@ -1,0 +1,1 @@
+"""Matrix OpenID token → LiveKit access token: a drop-in for lk-jwt-service."""

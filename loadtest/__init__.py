@@ -1,0 +1,1 @@
+"""A black-box load tester for LiveKit-compatible SFUs."""

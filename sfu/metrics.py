@@ -1,0 +1,116 @@
+"""Prometheus metrics under LiveKit's names, fed by plain integer counters.
+
+The packet path only bumps attributes of :class:`Counters` (no locks, no label lookups); the
+collector reads them when Prometheus scrapes. Gauges such as room and participant counts come
+from a callback the composition root installs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic totals for this node, bumped on the packet path."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    packets_dropped: int = 0
+    rtcp_in: int = 0
+    rtcp_out: int = 0
+    nack_in: int = 0
+    retransmits_out: int = 0
+    pli_in: int = 0
+    pli_out: int = 0
+    fir_in: int = 0
+    layer_switches: int = 0
+    participant_joins: int = 0
+    data_packets: int = 0
+    signal_errors: int = 0
+
+
+@dataclass(slots=True)
+class Gauges:
+    rooms: int = 0
+    participants: int = 0
+    tracks_published: int = 0
+    tracks_subscribed: int = 0
+
+
+COUNTERS = Counters()
+
+
+class _Collector(Collector):
+    def __init__(self, node_id: str, counters: Counters) -> None:
+        self.node_id = node_id
+        self.counters = counters
+        self.gauges: Callable[[], Gauges] = Gauges
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        labels = ["node_id", "node_type"]
+        node = [self.node_id, "MEDIA"]
+
+        packets = CounterMetricFamily(
+            "livekit_packet", "RTP packets", labels=[*labels, "direction", "transmission"]
+        )
+        packets.add_metric([*node, "incoming", "original"], c.packets_in)
+        packets.add_metric([*node, "outgoing", "original"], c.packets_out)
+        packets.add_metric([*node, "outgoing", "retransmit"], c.retransmits_out)
+        yield packets
+        octets = CounterMetricFamily(
+            "livekit_packet_bytes", "RTP bytes", labels=[*labels, "direction", "transmission"]
+        )
+        octets.add_metric([*node, "incoming", "original"], c.bytes_in)
+        octets.add_metric([*node, "outgoing", "original"], c.bytes_out)
+        yield octets
+        for name, doc, value in (
+            ("livekit_nack", "NACKs received from subscribers", c.nack_in),
+            ("livekit_pli", "PLIs sent to publishers", c.pli_out),
+            ("livekit_fir", "FIRs received from subscribers", c.fir_in),
+            ("livekit_packet_dropped", "packets dropped before sending", c.packets_dropped),
+            ("livekit_layer_switch", "simulcast layer switches", c.layer_switches),
+            ("livekit_participant_join", "participants joined", c.participant_joins),
+            ("livekit_datapacket", "data packets forwarded", c.data_packets),
+        ):
+            metric = CounterMetricFamily(name, doc, labels=labels)
+            metric.add_metric(node, value)
+            yield metric
+        g = self.gauges()
+        for name, doc, value in (
+            ("livekit_room_total", "open rooms", g.rooms),
+            ("livekit_participant_total", "connected participants", g.participants),
+            ("livekit_track_published_total", "published tracks", g.tracks_published),
+            ("livekit_track_subscribed_total", "subscribed tracks", g.tracks_subscribed),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=labels)
+            gauge.add_metric(node, value)
+            yield gauge
+
+
+class Metrics:
+    """The node's registry: LiveKit-named metrics plus the process collector (CPU, RSS)."""
+
+    def __init__(self, node_id: str, counters: Counters = COUNTERS) -> None:
+        self.counters = counters
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._collector = _Collector(node_id, counters)
+        self.registry.register(self._collector)
+        ProcessCollector(registry=self.registry)
+
+    def set_gauges(self, source: Callable[[], Gauges]) -> None:
+        self._collector.gauges = source
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Where rooms live: the single-node router, and later the Redis-backed one."""

@@ -1,0 +1,1 @@
+"""LiveKit client signalling over WebSocket: protobuf in, room calls out."""

@@ -1,0 +1,84 @@
+"""Config loading: LiveKit key names, env overrides, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sfu.config import ConfigError, from_mapping, load
+
+SECRET = "s" * 40
+
+
+def test_livekit_config_carries_over(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""
+port: 7999
+bind_addresses: ["127.0.0.1"]
+keys:
+  APIabc: {SECRET}
+rtc:
+  port_range_start: 51000
+  port_range_end: 51100
+  node_ip: 127.0.0.1
+  tcp_port: 7881
+  use_external_ip: false
+room:
+  auto_create: false
+  empty_timeout: 30
+logging:
+  level: debug
+"""
+    )
+    config = load(str(path), env={})
+    assert config.port == 7999
+    assert config.keys == {"APIabc": SECRET}
+    assert config.rtc.port_range_start == 51000
+    assert config.rtc.node_ip == "127.0.0.1"
+    assert config.room.auto_create is False
+    assert config.room.empty_timeout == 30
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"keys: {{a: {SECRET}}}\nport: 7000\n")
+    config = load(str(path), env={"LIVEKIT_PORT": "7100", "NODE_IP": "10.0.0.5"})
+    assert config.port == 7100
+    assert config.rtc.node_ip == "10.0.0.5"
+
+
+def test_keys_from_env_and_body() -> None:
+    config = load(None, env={"LIVEKIT_CONFIG": "port: 7200", "LIVEKIT_KEYS": f"k1: {SECRET}"})
+    assert config.keys == {"k1": SECRET}
+    assert config.port == 7200
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"keys": {"k": SECRET}, "bogus": 1}, "unknown config key 'bogus'"),
+        ({"keys": {"k": SECRET}, "rtc": {"nope": 1}}, "unknown config key 'rtc.nope'"),
+        ({"keys": {"k": "secret"}}, "placeholder"),
+        ({"keys": {"k": "short"}}, "placeholder or shorter"),
+        ({}, "no API keys"),
+        ({"keys": {"k": SECRET}, "port": "x"}, "port: invalid value"),
+        ({"keys": {"k": SECRET}, "room": {"auto_create": "maybe"}}, "room.auto_create"),
+        ({"keys": {"k": SECRET}, "rtc": {"port_range_start": 9, "port_range_end": 2}}, "port range"),
+        ({"keys": {"k": SECRET}, "rtc": {"node_ip": "example.org"}}, "not an IP address"),
+        ({"keys": {"k": SECRET}, "room": [1]}, "expected a mapping"),
+    ],
+)
+def test_errors_are_clear(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(raw)
+
+
+def test_unreadable_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(str(tmp_path / "missing.yaml"), env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("keys: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(str(bad), env={})
