@@ -1,0 +1,73 @@
+"""Command line: ``python -m sfu --config FILE`` (console script ``matrix-sfu``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+import uvicorn
+import uvloop
+
+from sfu.app import build_app
+from sfu.config import ConfigError, load
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _sockets(addresses: tuple[str, ...], port: int) -> list[socket.socket]:
+    sockets = []
+    for address in addresses or ("0.0.0.0",):
+        host = address or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sockets.append(sock)
+    return sockets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matrix-sfu", description=__doc__)
+    parser.add_argument("--config", help="LiveKit-style config.yaml (default: env LIVEKIT_CONFIG*)")
+    args = parser.parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"matrix-sfu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=LEVELS[config.logging.level.lower()],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        sockets = _sockets(config.bind_addresses, config.port)
+    except OSError as exc:
+        print(f"matrix-sfu: cannot listen on port {config.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(config),
+            loop="uvloop",
+            ws="websockets-sansio",
+            ws_max_size=config.limits.max_signal_message_size,
+            ws_ping_interval=10,
+            ws_ping_timeout=20,
+            log_level=LEVELS[config.logging.level.lower()],
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    uvloop.run(server.serve(sockets=sockets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

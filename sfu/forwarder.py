@@ -1,0 +1,315 @@
+"""Egress of one subscribed track to one subscriber: which layer, which packets, which header.
+
+`DownTrack` picks the layer to forward (the highest one the publisher is sending, up to the
+subscriber's limit), switches only on a key frame of the new layer, and rewrites SSRC, payload type,
+sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
+subscriber sees one continuous stream. The payload itself is never touched. It keeps the last sent
+packets to answer NACKs, and produces RTCP sender reports mapped from the publisher's.
+`FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sfu.metrics import COUNTERS
+from sfu.receiver import TrackReceiver
+from sfu.rtp import rtcp
+from sfu.rtp.errors import PacketError
+from sfu.rtp.header import RtpPacket, rewrite
+from sfu.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
+
+log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 512  # power of two: NACK history, indexed by outgoing sequence number
+HISTORY_MASK = HISTORY_SIZE - 1
+NTP_EPOCH_OFFSET = 2208988800
+#: how long the forwarded layer may be silent before a lower one is taken
+LAYER_STALE_AFTER = 1.0
+KEYFRAME_RETRY = 0.25
+
+
+def ntp_now() -> int:
+    now = time.time() + NTP_EPOCH_OFFSET
+    return (int(now) << 32) | int((now % 1) * (1 << 32))
+
+
+class DownTrack:
+    """One track forwarded to one subscriber, on its own SSRC."""
+
+    def __init__(
+        self,
+        receiver: TrackReceiver,
+        *,
+        ssrc: int,
+        payload_type: int,
+        send_rtp: Callable[[bytes], None],
+        cname: str,
+    ) -> None:
+        self.receiver = receiver
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.cname = cname
+        self.clock_rate = receiver.clock_rate
+        self.is_vp8 = receiver.mime_type.lower().endswith("/vp8")
+        self._send = send_rtp
+        self.started = False
+        self.enabled = True
+        self.closed = False
+        #: the highest spatial layer this subscriber may receive (adaptive stream lowers it)
+        self.max_layer = 2 if receiver.is_video else 0
+        self.current_layer = -1
+        # seq/ts mapping of the current source: out = in - offset
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._switch_seq = 0
+        self._last_out_seq = -1
+        self._last_out_ts = 0
+        self._last_out_time = 0.0
+        # VP8 picture id / TL0PICIDX / KEYIDX continuity across switches
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._keyidx_offset = 0
+        self._last_pid = -1
+        self._last_tl0 = -1
+        self._last_keyidx = -1
+        self._last_keyframe_request = 0.0
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self._history: list[bytes | None] = [None] * HISTORY_SIZE
+
+    # -- control ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """The subscriber's transport is up: ask for a key frame so video can start at once."""
+        if self.started or self.closed:
+            return
+        self.started = True
+        self._request_keyframe(self._best_layer(time.monotonic()))
+
+    def set_enabled(self, enabled: bool) -> None:
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        if enabled and self.receiver.is_video:
+            # resume on a key frame: the decoder's state is stale
+            self.current_layer = -1
+            self._request_keyframe(self._best_layer(time.monotonic()))
+
+    def close(self) -> None:
+        self.closed = True
+        self.started = False
+        self._history = [None] * HISTORY_SIZE
+
+    def _best_layer(self, now: float) -> int:
+        best = self.receiver.highest_active_layer(now, self.max_layer)
+        return best if best >= 0 else 0
+
+    def _request_keyframe(self, layer: int) -> None:
+        self._last_keyframe_request = time.monotonic()
+        self.receiver.request_keyframe(layer)
+
+    # -- packets ----------------------------------------------------------------------------------
+    def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None:
+        if not self.started or not self.enabled:
+            return
+        if layer != self.current_layer and not self._maybe_switch(packet, layer, keyframe):
+            return
+        seq = packet.sequence_number
+        if (seq - self._switch_seq) & 0x8000:
+            return  # older than the packet we switched on
+        out_seq = (seq - self._seq_offset) & 0xFFFF
+        out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
+        if self._pid_offset or self._tl0_offset or self._keyidx_offset:
+            data = self._rewrite_vp8(packet, out_seq, out_ts)
+        else:
+            data = rewrite(
+                packet,
+                payload_type=self.payload_type,
+                sequence_number=out_seq,
+                timestamp=out_ts,
+                ssrc=self.ssrc,
+            )
+            if self.is_vp8:
+                self._remember_vp8(packet)
+        if ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000:
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            self._last_out_time = time.monotonic()
+        self._history[out_seq & HISTORY_MASK] = data
+        self.packets_sent += 1
+        self.octets_sent += len(data) - 12
+        COUNTERS.packets_out += 1
+        COUNTERS.bytes_out += len(data)
+        self._send(data)
+
+    def _maybe_switch(self, packet: RtpPacket, layer: int, keyframe: bool) -> bool:
+        """Whether ``packet``, of a layer not being forwarded, starts forwarding that layer.
+
+        The target is the highest layer the publisher is sending, up to ``max_layer``. A switch
+        happens only on a key frame; until one arrives the current layer keeps flowing and key
+        frames are requested. With nothing forwarded yet, any allowed layer's key frame starts
+        the stream at once (and an upgrade follows).
+        """
+        if not self.receiver.is_video:
+            if self.current_layer < 0:
+                self._switch(packet, layer)
+                return True
+            return False
+        if layer > self.max_layer:
+            return False
+        now = time.monotonic()
+        target = self._best_layer(now)
+        if layer != target and not (self.current_layer < 0 and keyframe):
+            return False
+        if not keyframe:
+            if now - self._last_keyframe_request > KEYFRAME_RETRY:
+                self._request_keyframe(target)
+            return False
+        self._switch(packet, layer)
+        return True
+
+    def _switch(self, packet: RtpPacket, layer: int) -> None:
+        now = time.monotonic()
+        if self._last_out_seq < 0:
+            self._seq_offset = 0
+            self._ts_offset = 0
+        else:
+            self._seq_offset = (packet.sequence_number - self._last_out_seq - 1) & 0xFFFF
+            elapsed = max(int((now - self._last_out_time) * self.clock_rate), 1)
+            expected_ts = (self._last_out_ts + elapsed) & 0xFFFFFFFF
+            self._ts_offset = (packet.timestamp - expected_ts) & 0xFFFFFFFF
+        self._switch_seq = packet.sequence_number
+        if self.is_vp8:
+            self._switch_vp8(packet)
+        if self.current_layer >= 0:
+            COUNTERS.layer_switches += 1
+        self.current_layer = layer
+
+    # -- VP8 payload descriptor -------------------------------------------------------------------------
+    def _descriptor(self, packet: RtpPacket) -> Vp8PayloadDescriptor | None:
+        end = len(packet.data) - packet.padding_size
+        try:
+            return Vp8PayloadDescriptor.parse(packet.data, packet.payload_offset, end)
+        except PacketError:
+            return None
+
+    def _remember_vp8(self, packet: RtpPacket) -> None:
+        desc = self._descriptor(packet)
+        if desc is not None:
+            self._note_descriptor(desc.picture_id, desc.tl0_pic_idx, desc.key_idx)
+
+    def _note_descriptor(
+        self, picture_id: int | None, tl0_pic_idx: int | None, key_idx: int | None
+    ) -> None:
+        if picture_id is not None:
+            self._last_pid = picture_id
+        if tl0_pic_idx is not None:
+            self._last_tl0 = tl0_pic_idx
+        if key_idx is not None:
+            self._last_keyidx = key_idx
+
+    def _switch_vp8(self, packet: RtpPacket) -> None:
+        desc = self._descriptor(packet)
+        if desc is None:
+            return
+        if desc.picture_id is not None and self._last_pid >= 0:
+            self._pid_offset = (desc.picture_id - self._last_pid - 1) & 0x7FFF
+        if desc.tl0_pic_idx is not None and self._last_tl0 >= 0:
+            self._tl0_offset = (desc.tl0_pic_idx - self._last_tl0 - 1) & 0xFF
+        if desc.key_idx is not None and self._last_keyidx >= 0:
+            self._keyidx_offset = (desc.key_idx - self._last_keyidx - 1) & 0x1F
+
+    def _rewrite_vp8(self, packet: RtpPacket, out_seq: int, out_ts: int) -> bytes:
+        desc = self._descriptor(packet)
+        header: bytes | None = None
+        size = 0
+        if desc is not None:
+            pid = None if desc.picture_id is None else (desc.picture_id - self._pid_offset) & 0x7FFF
+            tl0 = None if desc.tl0_pic_idx is None else (desc.tl0_pic_idx - self._tl0_offset) & 0xFF
+            kidx = None if desc.key_idx is None else (desc.key_idx - self._keyidx_offset) & 0x1F
+            self._note_descriptor(pid, tl0, kidx)
+            header = munged_descriptor(desc, picture_id=pid, tl0_pic_idx=tl0, key_idx=kidx)
+            size = desc.size
+        return rewrite(
+            packet,
+            payload_type=self.payload_type,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=self.ssrc,
+            payload_header=header,
+            payload_header_size=size,
+        )
+
+    # -- RTCP ----------------------------------------------------------------------------------------
+    def retransmit(self, sequence_numbers: list[int]) -> None:
+        for seq in sequence_numbers:
+            data = self._history[seq & HISTORY_MASK]
+            if data is not None and int.from_bytes(data[2:4], "big") == seq:
+                COUNTERS.retransmits_out += 1
+                self._send(data)
+
+    def on_keyframe_request(self) -> None:
+        if self.current_layer >= 0:
+            self.receiver.request_keyframe(self.current_layer)
+        else:
+            self.receiver.request_keyframe(self._best_layer(time.monotonic()))
+
+    def sender_report(self) -> bytes:
+        """SR + SDES for this stream, its NTP↔RTP mapping taken from the publisher's last SR."""
+        if self.closed or self.packets_sent == 0 or self.current_layer < 0:
+            return b""
+        layer = self.receiver.layers[self.current_layer]
+        if not layer.sr_arrival:
+            return b""  # no mapping yet: no SR is safer than a wrong one (lip sync)
+        elapsed = time.monotonic() - layer.sr_arrival
+        ntp = layer.sr_ntp + int(elapsed * (1 << 32))
+        rtp_ts = (layer.sr_rtp + int(elapsed * self.clock_rate) - self._ts_offset) & 0xFFFFFFFF
+        report = rtcp.SenderReport(
+            ssrc=self.ssrc,
+            ntp_timestamp=ntp & 0xFFFFFFFFFFFFFFFF,
+            rtp_timestamp=rtp_ts,
+            packet_count=self.packets_sent & 0xFFFFFFFF,
+            octet_count=self.octets_sent & 0xFFFFFFFF,
+        )
+        COUNTERS.rtcp_out += 1
+        return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
+
+
+class FeedbackRouter:
+    """Subscriber-PC RTCP → the down track it is about."""
+
+    def __init__(self) -> None:
+        self._by_ssrc: dict[int, DownTrack] = {}
+
+    def add(self, downtrack: DownTrack) -> None:
+        self._by_ssrc[downtrack.ssrc] = downtrack
+
+    def remove(self, downtrack: DownTrack) -> None:
+        if self._by_ssrc.get(downtrack.ssrc) is downtrack:
+            del self._by_ssrc[downtrack.ssrc]
+
+    def on_rtcp(self, data: bytes) -> None:
+        COUNTERS.rtcp_in += 1
+        try:
+            packets = rtcp.parse_compound(data)
+        except PacketError:
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.Nack):
+                downtrack = self._by_ssrc.get(packet.media_ssrc)
+                if downtrack is not None:
+                    COUNTERS.nack_in += 1
+                    downtrack.retransmit(packet.lost())
+            elif isinstance(packet, rtcp.Pli):
+                downtrack = self._by_ssrc.get(packet.media_ssrc)
+                if downtrack is not None:
+                    COUNTERS.pli_in += 1
+                    downtrack.on_keyframe_request()
+            elif isinstance(packet, rtcp.Fir):
+                for entry in packet.entries:
+                    downtrack = self._by_ssrc.get(entry.ssrc)
+                    if downtrack is not None:
+                        COUNTERS.fir_in += 1
+                        downtrack.on_keyframe_request()

@@ -1,0 +1,76 @@
+"""The rooms of this node: lookup, auto-creation, and closing."""
+
+from __future__ import annotations
+
+import logging
+
+from sfu.config import RoomConfig
+from sfu.ids import RoomName
+from sfu.metrics import Gauges
+from sfu.room.room import Room
+
+log = logging.getLogger(__name__)
+
+
+class RoomNotFoundError(Exception):
+    pass
+
+
+class RoomManager:
+    def __init__(self, config: RoomConfig) -> None:
+        self.config = config
+        self.rooms: dict[RoomName, Room] = {}
+
+    def get(self, name: str) -> Room | None:
+        return self.rooms.get(RoomName(name))
+
+    def get_or_create(self, name: str, *, create: bool | None = None) -> Room:
+        """The named room; created when auto_create (or ``create``) allows, else RoomNotFoundError."""
+        room = self.rooms.get(RoomName(name))
+        if room is not None and not room.closed:
+            return room
+        if not (self.config.auto_create if create is None else create):
+            raise RoomNotFoundError("requested room does not exist")
+        return self.create(name)
+
+    def create(
+        self,
+        name: str,
+        *,
+        empty_timeout: int | None = None,
+        departure_timeout: int | None = None,
+        max_participants: int | None = None,
+        metadata: str = "",
+    ) -> Room:
+        existing = self.rooms.get(RoomName(name))
+        if existing is not None and not existing.closed:
+            return existing
+        room = Room(
+            RoomName(name),
+            self.config,
+            on_close=self._closed,
+            empty_timeout=empty_timeout,
+            departure_timeout=departure_timeout,
+            max_participants=max_participants,
+            metadata=metadata,
+        )
+        self.rooms[room.name] = room
+        log.info("room %s (%s) created", room.name, room.sid)
+        return room
+
+    def _closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    def gauges(self) -> Gauges:
+        participants = [p for r in self.rooms.values() for p in r.participants.values()]
+        return Gauges(
+            rooms=len(self.rooms),
+            participants=len(participants),
+            tracks_published=sum(len(p.published) for p in participants),
+            tracks_subscribed=sum(len(p.subscriptions) for p in participants),
+        )
+
+    async def close_all(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close()

@@ -1,0 +1,527 @@
+"""A participant: its identity and permissions, its two peer connections, what it publishes and
+what it receives. Signalling calls in; ``send`` carries SignalResponses out.
+
+Publisher PC: the client offers, we answer (echoing the offer id) and bind each sending m-line to
+the AddTrackRequest with the same cid. Subscriber PC: we offer, one at a time, whenever the set
+of subscribed tracks changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from livekit.protocol import models, rtc
+
+from sfu.auth import ClaimGrants
+from sfu.forwarder import DownTrack, FeedbackRouter
+from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_participant_sid, new_ssrc
+from sfu.receiver import RtpDemuxer, TrackReceiver
+from sfu.room.room import Room
+from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
+from sfu.transport import PeerTransport, PublishedMedia, TransportConfig
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = "1.9.0"
+PROTOCOL_VERSION = 17
+PING_INTERVAL = 5
+PING_TIMEOUT = 15
+RTCP_INTERVAL = 1.0
+TOKEN_REFRESH_INTERVAL = 300
+MAX_PENDING_TRACKS = 32
+DATA_LABELS = frozenset({"_reliable", "_lossy"})
+
+
+@dataclass(frozen=True)
+class ParticipantOptions:
+    auto_subscribe: bool = True
+    adaptive_stream: bool = False
+    protocol: int = PROTOCOL_VERSION
+    client_protocol: int = 0
+    sdk: str = ""
+    ice_servers: tuple[str, ...] = ()
+    node_id: str = ""
+
+
+@dataclass
+class PublishedTrack:
+    """A track bound to an m-line of its publisher's offer."""
+
+    info: models.TrackInfo
+    publisher: Participant
+    receiver: TrackReceiver
+    mid: str
+
+    @property
+    def sid(self) -> TrackSid:
+        return TrackSid(self.info.sid)
+
+
+@dataclass
+class Subscription:
+    track: PublishedTrack
+    downtrack: DownTrack
+    mid: str
+    stream_id: str = field(default="")
+
+
+class Participant:
+    def __init__(
+        self,
+        room: Room,
+        grants: ClaimGrants,
+        options: ParticipantOptions,
+        transport_config: TransportConfig,
+        send: Callable[[rtc.SignalResponse], None],
+        refresh_token: Callable[[ClaimGrants], str] | None = None,
+    ) -> None:
+        self.room = room
+        self.grants = grants
+        self.options = options
+        self.transport_config = transport_config
+        self._send = send
+        self._refresh_token = refresh_token
+        self.sid: ParticipantSid = new_participant_sid()
+        self.identity = ParticipantIdentity(grants.identity)
+        self.name = grants.name
+        self.metadata = grants.metadata
+        self.attributes = dict(grants.attributes)
+        self.permission = models.ParticipantPermission(
+            can_subscribe=grants.video.can_subscribe,
+            can_publish=grants.video.can_publish,
+            can_publish_data=grants.video.can_publish_data,
+            can_publish_sources=[_SOURCE_BY_NAME[s] for s in grants.video.can_publish_sources],
+            hidden=grants.video.hidden,
+            recorder=grants.video.recorder,
+            can_update_metadata=grants.video.can_update_own_metadata,
+        )
+        self.state = models.ParticipantInfo.State.JOINING
+        self.joined_at = time.time()
+        self.version = 0
+        self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
+        self.pending: dict[str, PendingTrack] = {}
+        self.published: dict[TrackSid, PublishedTrack] = {}
+        self.subscriptions: dict[TrackSid, Subscription] = {}
+        self.publisher: PeerTransport | None = None
+        self.subscriber: PeerTransport | None = None
+        self.demuxer = RtpDemuxer()
+        self.feedback = FeedbackRouter()
+        self._offer_id = 0
+        self._awaiting_answer = False
+        self._renegotiate = False
+        self._negotiation_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def hidden(self) -> bool:
+        return self.permission.hidden
+
+    @property
+    def can_subscribe(self) -> bool:
+        return self.permission.can_subscribe
+
+    @property
+    def auto_subscribe(self) -> bool:
+        return self.options.auto_subscribe
+
+    def info(self) -> models.ParticipantInfo:
+        self.version += 1
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            state=self.state,
+            tracks=[t.info for t in self.published.values()],
+            metadata=self.metadata,
+            joined_at=int(self.joined_at),
+            joined_at_ms=int(self.joined_at * 1000),
+            name=self.name,
+            version=self.version,
+            permission=self.permission,
+            is_publisher=bool(self.published),
+            kind=_KIND_BY_NAME.get(self.grants.kind, models.ParticipantInfo.Kind.STANDARD),
+            attributes=self.attributes,
+            disconnect_reason=self.disconnect_reason,
+            client_protocol=self.options.client_protocol,
+        )
+
+    # -- outgoing signalling ------------------------------------------------------------------------
+    def send(self, response: rtc.SignalResponse) -> None:
+        if not self.closed:
+            self._send(response)
+
+    def send_join(self, room: models.Room, others: list[models.ParticipantInfo]) -> None:
+        self.state = models.ParticipantInfo.State.JOINED
+        ice_servers = [rtc.ICEServer(urls=[url]) for url in self.options.ice_servers]
+        join = rtc.JoinResponse(
+            room=room,
+            participant=self.info(),
+            other_participants=others,
+            server_version=SERVER_VERSION,
+            ice_servers=ice_servers,
+            subscriber_primary=self.can_subscribe,
+            client_configuration=models.ClientConfiguration(
+                resume_connection=models.ClientConfigSetting.DISABLED
+            ),
+            ping_timeout=PING_TIMEOUT,
+            ping_interval=PING_INTERVAL,
+            server_info=models.ServerInfo(
+                edition=models.ServerInfo.Edition.Standard,
+                version=SERVER_VERSION,
+                protocol=PROTOCOL_VERSION,
+                node_id=self.options.node_id,
+            ),
+            enabled_publish_codecs=[
+                models.Codec(mime="video/VP8"),
+                models.Codec(mime="audio/opus"),
+            ],
+            fast_publish=self.permission.can_publish,
+        )
+        self.send(rtc.SignalResponse(join=join))
+
+    def send_participant_updates(self, infos: list[models.ParticipantInfo]) -> None:
+        self.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=infos)))
+
+    def send_data(self, label: str, payload: bytes) -> None:
+        if self.subscriber is not None and self.can_subscribe:
+            self.subscriber.send_data(label, payload)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, existing_tracks: Iterable[PublishedTrack]) -> None:
+        """Create the subscriber PC (with data channels and the existing tracks) and offer it."""
+        self.subscriber = PeerTransport(
+            "subscriber",
+            self.transport_config,
+            on_rtp=_ignore_rtp,
+            on_rtcp=self.feedback.on_rtcp,
+            on_data=self._on_data,
+            on_state=self._on_subscriber_state,
+        )
+        if self.auto_subscribe and self.can_subscribe:
+            for track in existing_tracks:
+                self._add_subscription(track)
+        self._spawn(self._rtcp_loop())
+        if self._refresh_token is not None:
+            self._spawn(self._refresh_loop())
+        await self.negotiate()
+
+    async def close(self, reason: int = models.DisconnectReason.CLIENT_INITIATED) -> None:
+        if self.closed:
+            return
+        self.disconnect_reason = reason
+        if reason not in (models.DisconnectReason.CLIENT_INITIATED,):
+            action = rtc.LeaveRequest.Action.DISCONNECT
+            self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+        self.closed = True
+        self.state = models.ParticipantInfo.State.DISCONNECTED
+        for track in list(self.published.values()):
+            self._unpublish(track)
+        for track_sid in list(self.subscriptions):
+            self.unsubscribe(track_sid, renegotiate=False)
+        self.room.remove(self)
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in (self.publisher, self.subscriber):
+            if transport is not None:
+                await transport.close()
+        self._tasks.clear()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_subscriber_state(self, state: str) -> None:
+        if state == "connected":
+            if self.state != models.ParticipantInfo.State.ACTIVE:
+                self.state = models.ParticipantInfo.State.ACTIVE
+                self.room.broadcast_participant(self)
+            for sub in self.subscriptions.values():
+                sub.downtrack.start()
+        elif state in ("failed", "closed") and not self.closed:
+            log.info("participant %s: subscriber transport %s", self.identity, state)
+            self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+
+    def _on_publisher_state(self, state: str) -> None:
+        if state == "connected" and self.state != models.ParticipantInfo.State.ACTIVE:
+            self.state = models.ParticipantInfo.State.ACTIVE
+            self.room.broadcast_participant(self)
+        elif state == "failed" and not self.closed:
+            log.info("participant %s: publisher transport failed", self.identity)
+            self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+
+    # -- subscriber negotiation -------------------------------------------------------------------
+    async def negotiate(self) -> None:
+        """Send a subscriber offer now, or as soon as the outstanding one is answered."""
+        if self.subscriber is None or self.closed:
+            return
+        if self._awaiting_answer:
+            self._renegotiate = True
+            return
+        async with self._negotiation_lock:
+            if self._awaiting_answer or self.closed:
+                self._renegotiate = True
+                return
+            self._renegotiate = False
+            sdp = await self.subscriber.create_offer()
+            self._offer_id += 1
+            self._awaiting_answer = True
+            offer = rtc.SessionDescription(type="offer", sdp=sdp, id=self._offer_id)
+            self.send(rtc.SignalResponse(offer=offer))
+
+    async def handle_answer(self, answer: rtc.SessionDescription) -> None:
+        if self.subscriber is None or not self._awaiting_answer:
+            raise SignalStateError("answer received but no subscriber offer is outstanding")
+        if answer.id not in (0, self._offer_id):
+            log.debug(
+                "participant %s: answer id %d for offer %d",
+                self.identity,
+                answer.id,
+                self._offer_id,
+            )
+        await self.subscriber.handle_answer(answer.sdp)
+        self._awaiting_answer = False
+        if self._renegotiate:
+            await self.negotiate()
+
+    # -- publishing ----------------------------------------------------------------------------
+    def add_track(self, request: rtc.AddTrackRequest) -> None:
+        if not self.permission.can_publish:
+            raise TrackRequestError(
+                rtc.RequestResponse.Reason.NOT_ALLOWED, "not allowed to publish"
+            )
+        if request.sid:  # backup codec for an existing track: not supported, answer with the track
+            track = self.published.get(TrackSid(request.sid))
+            if track is None:
+                raise TrackRequestError(rtc.RequestResponse.Reason.NOT_FOUND, "unknown track sid")
+            published = rtc.TrackPublishedResponse(cid=request.cid, track=track.info)
+            self.send(rtc.SignalResponse(track_published=published))
+            return
+        pending = self.pending.get(request.cid)
+        if pending is None:
+            if len(self.pending) >= MAX_PENDING_TRACKS:
+                raise TrackRequestError(
+                    rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many pending tracks"
+                )
+            sources = self.grants.video.can_publish_sources
+            pending = PendingTrack(request.cid, track_info_from_request(request, sources))
+            self.pending[request.cid] = pending
+        published = rtc.TrackPublishedResponse(cid=request.cid, track=pending.info)
+        self.send(rtc.SignalResponse(track_published=published))
+
+    async def handle_offer(self, offer: rtc.SessionDescription) -> None:
+        if self.publisher is None:
+            self.publisher = PeerTransport(
+                "publisher",
+                self.transport_config,
+                on_rtp=self.demuxer.on_rtp,
+                on_rtcp=self.demuxer.on_rtcp,
+                on_data=self._on_data,
+                on_state=self._on_publisher_state,
+            )
+        log.debug("participant %s: publisher offer %d:\n%s", self.identity, offer.id, offer.sdp)
+        sdp, medias = await self.publisher.handle_offer(offer.sdp)
+        log.debug("participant %s: publisher answer:\n%s", self.identity, sdp)
+        self.send(
+            rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
+        )
+        self.demuxer.set_extension_ids(medias)
+        for media in medias:
+            self._reconcile_media(media)
+
+    def _reconcile_media(self, media: PublishedMedia) -> None:
+        if media.kind not in ("audio", "video"):
+            return
+        bound = next((t for t in self.published.values() if t.mid == media.mid), None)
+        sending = media.direction in ("sendonly", "sendrecv")
+        if bound is not None:
+            if not sending:
+                self._unpublish(bound)
+            return
+        if not sending:
+            return
+        track_id = media.msid[1] if media.msid else ""
+        pending = self.pending.get(track_id) or next(
+            (p for p in self.pending.values() if p.kind == media.kind), None
+        )
+        if pending is None:
+            log.info("participant %s: m-line %s has no AddTrackRequest", self.identity, media.mid)
+            return
+        del self.pending[pending.cid]
+        self._publish(pending, media)
+
+    def _publish(self, pending: PendingTrack, media: PublishedMedia) -> None:
+        assert self.publisher is not None
+        codec = media.codec
+        mime = f"{media.kind}/{codec.name}"
+        spatial_by_rid = bind_layers(pending.info, list(media.rids), mime, media.mid)
+        if codec.name.lower() == "vp8" and pending.info.codecs:
+            pending.info.codecs[0].mime_type = "video/VP8"
+        receiver = TrackReceiver(
+            kind=media.kind,
+            mime_type=mime,
+            clock_rate=codec.clock_rate,
+            layer_count=len(spatial_by_rid),
+            send_rtcp=self.publisher.send_rtcp,
+            codec=codec,
+        )
+        receiver.muted = pending.info.muted
+        self.demuxer.bind(media.mid, receiver, spatial_by_rid, payload_type=codec.payload_type)
+        track = PublishedTrack(info=pending.info, publisher=self, receiver=receiver, mid=media.mid)
+        self.published[track.sid] = track
+        log.info("participant %s published %s track %s", self.identity, media.kind, track.sid)
+        self.room.track_published(self, track)
+
+    def _unpublish(self, track: PublishedTrack) -> None:
+        self.published.pop(track.sid, None)
+        self.demuxer.unbind(track.mid)
+        track.receiver.close()
+        self.room.track_unpublished(self, track)
+
+    def set_track_muted(self, track_sid: str, muted: bool) -> None:
+        track = self.published.get(TrackSid(track_sid))
+        if track is None:
+            pending = next((p for p in self.pending.values() if p.info.sid == track_sid), None)
+            if pending is None:
+                raise TrackRequestError(rtc.RequestResponse.Reason.NOT_FOUND, "unknown track sid")
+            pending.info.muted = muted
+            return
+        if track.info.muted == muted:
+            return
+        track.info.muted = muted
+        track.receiver.muted = muted
+        if not muted:
+            track.receiver.request_keyframe_all()
+        self.room.broadcast_participant(self)
+
+    # -- subscribing ---------------------------------------------------------------------------
+    def subscribe(self, track: PublishedTrack) -> None:
+        if self._add_subscription(track):
+            self._spawn(self.negotiate())
+
+    def _add_subscription(self, track: PublishedTrack) -> bool:
+        if self.subscriber is None or track.sid in self.subscriptions or self.closed:
+            return False
+        receiver = track.receiver
+        ssrc = new_ssrc()
+        stream_id = f"{track.publisher.sid}|{track.info.stream or track.sid}"
+        mid = self.subscriber.add_track(
+            receiver.kind, receiver.codec_for_subscribers(), ssrc, stream_id, track.sid
+        )
+        downtrack = DownTrack(
+            receiver,
+            ssrc=ssrc,
+            payload_type=self.subscriber.track_codec(mid).payload_type,
+            send_rtp=self.subscriber.send_rtp,
+            cname=self.sid,
+        )
+        receiver.add_sink(downtrack)
+        self.feedback.add(downtrack)
+        self.subscriptions[track.sid] = Subscription(track, downtrack, mid, stream_id)
+        if self.subscriber.state == "connected":
+            downtrack.start()
+        return True
+
+    def unsubscribe(self, track_sid: str, *, renegotiate: bool = True) -> None:
+        sub = self.subscriptions.pop(TrackSid(track_sid), None)
+        if sub is None:
+            return
+        sub.track.receiver.remove_sink(sub.downtrack)
+        self.feedback.remove(sub.downtrack)
+        sub.downtrack.close()
+        if self.subscriber is not None:
+            self.subscriber.remove_track(sub.mid)
+        if renegotiate and not self.closed:
+            self._spawn(self.negotiate())
+
+    def update_subscription(self, request: rtc.UpdateSubscription) -> None:
+        track_sids = list(request.track_sids) + [
+            sid for pt in request.participant_tracks for sid in pt.track_sids
+        ]
+        for track_sid in track_sids:
+            if request.subscribe:
+                track = self.room.find_track(track_sid)
+                if track is None or track.publisher is self:
+                    error = rtc.SubscriptionResponse(
+                        track_sid=track_sid, err=models.SubscriptionError.SE_TRACK_NOTFOUND
+                    )
+                    self.send(rtc.SignalResponse(subscription_response=error))
+                    continue
+                if self.can_subscribe:
+                    self.subscribe(track)
+            else:
+                self.unsubscribe(track_sid)
+
+    def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
+        for track_sid in settings.track_sids:
+            sub = self.subscriptions.get(TrackSid(track_sid))
+            if sub is not None:
+                sub.downtrack.set_enabled(not settings.disabled)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _on_data(self, label: str, payload: bytes) -> None:
+        if label not in DATA_LABELS or not self.permission.can_publish_data:
+            return
+        try:
+            packet = models.DataPacket.FromString(payload)
+        except Exception:  # protobuf DecodeError
+            log.info("participant %s: malformed DataPacket dropped", self.identity)
+            return
+        packet.participant_identity = self.identity
+        packet.participant_sid = self.sid
+        if packet.HasField("user"):
+            packet.user.participant_sid = self.sid
+            packet.user.participant_identity = self.identity
+        self.room.route_data(self, packet, label)
+
+    # -- periodic work ---------------------------------------------------------------------------
+    async def _rtcp_loop(self) -> None:
+        """Receiver reports + REMB to the publisher, sender reports to the subscriber, every second."""
+        while not self.closed:
+            await asyncio.sleep(RTCP_INTERVAL)
+            with contextlib.suppress(Exception):
+                if self.publisher is not None and self.publisher.state == "connected":
+                    report = self.demuxer.rtcp_reports()
+                    if report:
+                        self.publisher.send_rtcp(report)
+            with contextlib.suppress(Exception):
+                if self.subscriber is not None and self.subscriber.state == "connected":
+                    for sub in self.subscriptions.values():
+                        report = sub.downtrack.sender_report()
+                        if report:
+                            self.subscriber.send_rtcp(report)
+
+    async def _refresh_loop(self) -> None:
+        assert self._refresh_token is not None
+        while not self.closed:
+            await asyncio.sleep(TOKEN_REFRESH_INTERVAL)
+            self.send(rtc.SignalResponse(refresh_token=self._refresh_token(self.grants)))
+
+
+class SignalStateError(Exception):
+    """A request that is valid protobuf but arrives in the wrong state."""
+
+
+def _ignore_rtp(_data: bytes) -> None:
+    """The subscriber PC receives no media (sendonly m-lines)."""
+
+
+_SOURCE_BY_NAME = {
+    "camera": models.TrackSource.CAMERA,
+    "microphone": models.TrackSource.MICROPHONE,
+    "screen_share": models.TrackSource.SCREEN_SHARE,
+    "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
+}
+_KIND_BY_NAME = {
+    "standard": models.ParticipantInfo.Kind.STANDARD,
+    "ingress": models.ParticipantInfo.Kind.INGRESS,
+    "egress": models.ParticipantInfo.Kind.EGRESS,
+    "sip": models.ParticipantInfo.Kind.SIP,
+    "agent": models.ParticipantInfo.Kind.AGENT,
+}

@@ -1,0 +1,142 @@
+"""Published tracks: turning an ``AddTrackRequest`` into LiveKit's ``TrackInfo``, and simulcast layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from livekit.protocol import models, rtc
+
+from sfu.ids import TrackSid, new_track_sid
+
+#: rid → spatial layer when three encodings are published (LiveKit: q/h/f = LOW/MEDIUM/HIGH).
+RID_ORDER = ("q", "h", "f")
+SVC_CODECS = frozenset({"vp9", "av1"})
+SOURCE_NAMES = {
+    models.TrackSource.CAMERA: "camera",
+    models.TrackSource.MICROPHONE: "microphone",
+    models.TrackSource.SCREEN_SHARE: "screen_share",
+    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+
+
+class TrackRequestError(Exception):
+    """An AddTrackRequest that cannot be honoured; ``reason`` is a RequestResponse.Reason."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def stream_for_source(source: int) -> str:
+    if source in (models.TrackSource.SCREEN_SHARE, models.TrackSource.SCREEN_SHARE_AUDIO):
+        return "screen"
+    return "camera"
+
+
+def spatial_layers_for_rids(rids: list[str]) -> dict[str, int]:
+    """Map the publisher's rids to spatial layers, lowest first (q < h < f; unknown rids last)."""
+    ordered = sorted(rids, key=lambda r: (RID_ORDER.index(r) if r in RID_ORDER else 99, r))
+    return {rid: index for index, rid in enumerate(ordered)}
+
+
+def track_info_from_request(
+    request: rtc.AddTrackRequest, allowed_sources: tuple[str, ...]
+) -> models.TrackInfo:
+    """Build the TrackInfo LiveKit returns in TrackPublishedResponse (before the SDP binds it)."""
+    if request.type not in (models.TrackType.AUDIO, models.TrackType.VIDEO):
+        raise TrackRequestError(
+            rtc.RequestResponse.Reason.UNSUPPORTED_TYPE, "only audio and video tracks are supported"
+        )
+    source_name = SOURCE_NAMES.get(request.source)
+    if allowed_sources and source_name not in allowed_sources:
+        raise TrackRequestError(
+            rtc.RequestResponse.Reason.NOT_ALLOWED, f"publishing {source_name} is not allowed"
+        )
+    if not request.cid:
+        raise TrackRequestError(rtc.RequestResponse.Reason.UNCLASSIFIED_ERROR, "cid is required")
+    info = models.TrackInfo(
+        sid=new_track_sid(),
+        type=request.type,
+        name=request.name,
+        muted=request.muted,
+        width=request.width,
+        height=request.height,
+        source=request.source,
+        disable_dtx=request.disable_dtx,
+        stereo=request.stereo,
+        disable_red=request.disable_red,
+        encryption=request.encryption,
+        stream=request.stream or stream_for_source(request.source),
+        backup_codec_policy=request.backup_codec_policy,
+    )
+    features = list(dict.fromkeys(request.audio_features))
+    if request.stereo and models.AudioTrackFeature.TF_STEREO not in features:
+        features.append(models.AudioTrackFeature.TF_STEREO)
+    if request.disable_dtx and models.AudioTrackFeature.TF_NO_DTX not in features:
+        features.append(models.AudioTrackFeature.TF_NO_DTX)
+    info.audio_features.extend(features)
+    layers = sorted(request.layers, key=lambda layer: layer.quality)
+    info.layers.extend(layers)
+    codecs = list(request.simulcast_codecs) or [rtc.SimulcastCodec(codec="", cid=request.cid)]
+    prefix = "video/" if request.type == models.TrackType.VIDEO else "audio/"
+    for codec in codecs:
+        name = codec.codec.lower()
+        mode = (
+            models.VideoLayer.Mode.MULTIPLE_SPATIAL_LAYERS_PER_STREAM
+            if name in SVC_CODECS
+            else models.VideoLayer.Mode.ONE_SPATIAL_LAYER_PER_STREAM
+        )
+        info.codecs.append(
+            models.SimulcastCodecInfo(
+                mime_type=prefix + name if name else "",
+                cid=codec.cid,
+                layers=layers,
+                video_layer_mode=mode if request.type == models.TrackType.VIDEO else 0,
+            )
+        )
+    first = codecs[0].codec.lower()
+    info.simulcast = (
+        request.type == models.TrackType.VIDEO and first not in SVC_CODECS and len(layers) > 1
+    )
+    return info
+
+
+@dataclass
+class PendingTrack:
+    """A track announced by AddTrackRequest, waiting for its m-line in a publisher offer."""
+
+    cid: str
+    info: models.TrackInfo
+    sid: TrackSid = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sid = TrackSid(self.info.sid)
+
+    @property
+    def kind(self) -> str:
+        return "video" if self.info.type == models.TrackType.VIDEO else "audio"
+
+
+def bind_layers(
+    info: models.TrackInfo, rids: list[str], mime_type: str, mid: str
+) -> dict[str, int]:
+    """Fill TrackInfo's mime/mid and each layer's rid + spatial_layer once the SDP is known.
+
+    Returns rid → spatial layer (the single layer of a non-simulcast track has rid "").
+    """
+    info.mime_type = mime_type
+    info.mid = mid
+    mapping = spatial_layers_for_rids(rids) if rids else {"": 0}
+    by_spatial = {spatial: rid for rid, spatial in mapping.items()}
+    for layer in info.layers:
+        spatial = min(int(layer.quality), len(mapping) - 1)
+        layer.spatial_layer = spatial
+        layer.rid = by_spatial.get(spatial, "")
+    for codec in info.codecs[:1]:
+        if not codec.mime_type:
+            codec.mime_type = mime_type
+        codec.mid = mid
+        del codec.layers[:]
+        codec.layers.extend(info.layers)
+    return mapping

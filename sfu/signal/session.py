@@ -1,0 +1,231 @@
+"""One signalling WebSocket: decode SignalRequests, dispatch them to the participant, keep time.
+
+Owns the order of things on the wire (JoinResponse first), ping/pong, the ping timeout, the
+message size limit, binary protobuf or protojson framing, and the close reasons a client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from sfu.metrics import COUNTERS
+from sfu.room.participant import (
+    PING_TIMEOUT,
+    Participant,
+    SignalStateError,
+)
+from sfu.room.track import TrackRequestError
+
+log = logging.getLogger(__name__)
+
+#: WebSocket close codes (RFC 6455 §7.4.1)
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+OUTBOX_LIMIT = 4096
+
+
+class ProtocolViolation(Exception):
+    """A message that ends the session, with the WebSocket close code and reason to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class SignalSession:
+    """Reads requests, writes responses; one per connected participant."""
+
+    def __init__(self, websocket: WebSocket, max_message_size: int) -> None:
+        self.websocket = websocket
+        self.max_message_size = max_message_size
+        self.use_json = False
+        self._outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.participant: Participant | None = None
+        self._last_received = time.monotonic()
+
+    # -- outgoing ---------------------------------------------------------------------------------
+    def send(self, response: rtc.SignalResponse) -> None:
+        """Queue a response; a client that stops reading is disconnected, not buffered forever."""
+        try:
+            self._outbox.put_nowait(response)
+        except asyncio.QueueFull:
+            log.warning("signal outbox full; closing the session")
+            self._outbox = asyncio.Queue(1)
+            self._outbox.put_nowait(None)
+
+    async def _writer(self) -> None:
+        while True:
+            response = await self._outbox.get()
+            if response is None:
+                return
+            if self.use_json:
+                await self.websocket.send_text(json_format.MessageToJson(response, indent=None))
+            else:
+                await self.websocket.send_bytes(response.SerializeToString())
+
+    # -- incoming ---------------------------------------------------------------------------------
+    def decode(self, message: dict[str, object]) -> rtc.SignalRequest:
+        data = message.get("bytes")
+        text = message.get("text")
+        size = len(data) if isinstance(data, bytes) else len(text) if isinstance(text, str) else 0
+        if size > self.max_message_size:
+            raise ProtocolViolation(CLOSE_TOO_BIG, "signal message too large")
+        try:
+            if isinstance(data, bytes):
+                self.use_json = False
+                return rtc.SignalRequest.FromString(data)
+            if isinstance(text, str):
+                self.use_json = True
+                return json_format.Parse(text, rtc.SignalRequest(), ignore_unknown_fields=True)
+        except (DecodeError, json_format.ParseError, json.JSONDecodeError, ValueError):
+            raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, "malformed SignalRequest") from None
+        raise ProtocolViolation(CLOSE_UNSUPPORTED, "empty message")
+
+    async def run(self, participant: Participant, on_ready: Callable[[], Awaitable[None]]) -> None:
+        """Serve the session until the client leaves, the socket closes, or a violation."""
+        self.participant = participant
+        writer = asyncio.ensure_future(self._writer())
+        close_code, close_reason = CLOSE_NORMAL, ""
+        try:
+            await on_ready()
+            while not participant.closed:
+                try:
+                    message = await asyncio.wait_for(
+                        self.websocket.receive(), timeout=PING_TIMEOUT + 5
+                    )
+                except TimeoutError:
+                    close_code, close_reason = CLOSE_POLICY, "ping timeout"
+                    await participant.close(models.DisconnectReason.SIGNAL_CLOSE)
+                    break
+                if message["type"] == "websocket.disconnect":
+                    break
+                self._last_received = time.monotonic()
+                try:
+                    request = self.decode(message)
+                    await self.dispatch(participant, request)
+                except ProtocolViolation:
+                    raise
+                except (SignalStateError, TrackRequestError) as exc:
+                    COUNTERS.signal_errors += 1
+                    log.info("participant %s: %s", participant.identity, exc)
+                except Exception as exc:  # a bad request must not end the service
+                    COUNTERS.signal_errors += 1
+                    log.warning(
+                        "participant %s: request failed: %s",
+                        participant.identity,
+                        exc,
+                        exc_info=True,
+                    )
+        except ProtocolViolation as violation:
+            COUNTERS.signal_errors += 1
+            close_code, close_reason = violation.code, violation.reason
+            log.info("participant %s: %s", participant.identity, violation.reason)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if not participant.closed:
+                reason = (
+                    models.DisconnectReason.CLIENT_INITIATED
+                    if close_code == CLOSE_NORMAL
+                    else models.DisconnectReason.STATE_MISMATCH
+                )
+                await participant.close(reason)
+            self.send_close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, timeout=2)
+            writer.cancel()
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(close_code, close_reason)
+
+    def send_close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(None)
+
+    async def dispatch(self, participant: Participant, request: rtc.SignalRequest) -> None:
+        kind = request.WhichOneof("message")
+        if kind == "offer":
+            await participant.handle_offer(request.offer)
+        elif kind == "answer":
+            await participant.handle_answer(request.answer)
+        elif kind == "trickle":
+            self._trickle(participant, request.trickle)
+        elif kind == "add_track":
+            try:
+                participant.add_track(request.add_track)
+            except TrackRequestError as exc:
+                self.send(
+                    rtc.SignalResponse(
+                        request_response=rtc.RequestResponse(
+                            reason=exc.reason, message=exc.message, add_track=request.add_track
+                        )
+                    )
+                )
+                raise
+        elif kind == "mute":
+            try:
+                participant.set_track_muted(request.mute.sid, request.mute.muted)
+            except TrackRequestError as exc:
+                self.send(
+                    rtc.SignalResponse(
+                        request_response=rtc.RequestResponse(
+                            reason=exc.reason, message=exc.message, mute=request.mute
+                        )
+                    )
+                )
+                raise
+        elif kind == "subscription":
+            participant.update_subscription(request.subscription)
+        elif kind == "track_setting":
+            participant.update_track_settings(request.track_setting)
+        elif kind == "leave":
+            await participant.close(models.DisconnectReason.CLIENT_INITIATED)
+        elif kind == "ping":
+            self.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
+        elif kind == "ping_req":
+            pong = rtc.Pong(
+                last_ping_timestamp=request.ping_req.timestamp, timestamp=int(time.time() * 1000)
+            )
+            self.send(rtc.SignalResponse(pong_resp=pong))
+        elif kind is None:
+            raise SignalStateError("empty SignalRequest")
+        else:
+            # update_metadata, subscription_permission, sync_state, simulate, data tracks...:
+            # accepted and ignored, as a v0 server without those features may.
+            log.debug("participant %s: ignoring %s", participant.identity, kind)
+
+    def _trickle(self, participant: Participant, trickle: rtc.TrickleRequest) -> None:
+        target = (
+            participant.subscriber
+            if trickle.target == rtc.SignalTarget.SUBSCRIBER
+            else participant.publisher
+        )
+        if target is None:
+            self.send(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=rtc.RequestResponse.Reason.NOT_FOUND,
+                        message="no peer connection for this trickle target yet",
+                        trickle=trickle,
+                    )
+                )
+            )
+            raise SignalStateError("trickle before the peer connection exists")
+        if trickle.candidateInit:
+            target.add_remote_candidate(trickle.candidateInit)
