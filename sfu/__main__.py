@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.Config(
             build_app(config),
             loop="uvloop",
-            ws="websockets-sansio",
+            ws="wsproto",
             ws_max_size=config.limits.max_signal_message_size,
             ws_ping_interval=10,
             ws_ping_timeout=20,
             log_level=LEVELS[config.logging.level.lower()],
             lifespan="on",
+            access_log=False,  # query strings carry access tokens
             timeout_graceful_shutdown=5,
         )
     )

@@ -6,7 +6,9 @@ Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -57,7 +59,7 @@ class Sfu:
         node_id = new_node_id()
         rooms = RoomManager(config.room)
         metrics = Metrics(node_id)
-        metrics.set_gauges(rooms.gauges)
+        metrics.set_gauges(lambda: dataclasses.replace(rooms.gauges(), tasks=_task_count()))
         transport_config = TransportConfig(
             bind_addresses=tuple(a for a in config.bind_addresses if a) or ("0.0.0.0",),
             node_ip=config.rtc.node_ip or None,
@@ -168,6 +170,13 @@ def _int(value: str | None, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         return default
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (scraped from another thread)
+        return 0
 
 
 def build_app(config: Config) -> Starlette:

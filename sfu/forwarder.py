@@ -301,7 +301,7 @@ class FeedbackRouter:
                 downtrack = self._by_ssrc.get(packet.media_ssrc)
                 if downtrack is not None:
                     COUNTERS.nack_in += 1
-                    downtrack.retransmit(packet.lost())
+                    downtrack.retransmit(packet.lost)
             elif isinstance(packet, rtcp.Pli):
                 downtrack = self._by_ssrc.get(packet.media_ssrc)
                 if downtrack is not None:

@@ -46,6 +46,7 @@ class Gauges:
     participants: int = 0
     tracks_published: int = 0
     tracks_subscribed: int = 0
+    tasks: int = 0
 
 
 COUNTERS = Counters()
@@ -93,6 +94,7 @@ class _Collector(Collector):
             ("livekit_participant_total", "connected participants", g.participants),
             ("livekit_track_published_total", "published tracks", g.tracks_published),
             ("livekit_track_subscribed_total", "subscribed tracks", g.tracks_subscribed),
+            ("sfu_asyncio_tasks", "asyncio tasks alive in this process", g.tasks),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=labels)
             gauge.add_metric(node, value)

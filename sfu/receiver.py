@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,7 +23,6 @@ from sfu.rtp.h264 import is_keyframe as h264_is_keyframe
 from sfu.rtp.header import RtpPacket
 from sfu.rtp.vp8 import is_keyframe as vp8_is_keyframe
 from sfu.sdp import Codec
-from sfu.transport import PublishedMedia
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +244,9 @@ class RtpDemuxer:
     repaired_rid_id: int = 0
     _last_report: float = field(default_factory=time.monotonic)
 
-    def set_extension_ids(self, medias: Iterable[PublishedMedia]) -> None:
-        """BUNDLE keeps extension ids consistent across m-lines; take them from any section."""
-        for media in medias:
-            ids = media.extension_ids
+    def set_extension_ids(self, sections: Iterable[Mapping[str, int]]) -> None:
+        """BUNDLE keeps extension ids (uri → id) consistent across m-lines; take them from any."""
+        for ids in sections:
             self.mid_id = ids.get(ext.MID, self.mid_id)
             self.rid_id = ids.get(ext.RTP_STREAM_ID, self.rid_id)
             self.repaired_rid_id = ids.get(ext.REPAIRED_RTP_STREAM_ID, self.repaired_rid_id)

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from livekit.protocol import models, rtc
 
@@ -211,7 +212,9 @@ class Participant:
             self._spawn(self._refresh_loop())
         await self.negotiate()
 
-    async def close(self, reason: int = models.DisconnectReason.CLIENT_INITIATED) -> None:
+    async def close(
+        self, reason: models.DisconnectReason = models.DisconnectReason.CLIENT_INITIATED
+    ) -> None:
         if self.closed:
             return
         self.disconnect_reason = reason
@@ -232,8 +235,8 @@ class Participant:
                 await transport.close()
         self._tasks.clear()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -331,7 +334,7 @@ class Participant:
         self.send(
             rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
         )
-        self.demuxer.set_extension_ids(medias)
+        self.demuxer.set_extension_ids(m.extension_ids for m in medias)
         for media in medias:
             self._reconcile_media(media)
 
@@ -410,7 +413,9 @@ class Participant:
             return False
         receiver = track.receiver
         ssrc = new_ssrc()
-        stream_id = f"{track.publisher.sid}|{track.info.stream or track.sid}"
+        # PA_|TR_ (LiveKit's default, not the PA_|camera sync form): clients then read the track
+        # sid from the stream id, which stays right when an m-line is recycled for a new track.
+        stream_id = f"{track.publisher.sid}|{track.sid}"
         mid = self.subscriber.add_track(
             receiver.kind, receiver.codec_for_subscribers(), ssrc, stream_id, track.sid
         )

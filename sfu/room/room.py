@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models
 
 from sfu.config import RoomConfig
-from sfu.ids import ParticipantIdentity, RoomName, RoomSid, new_room_sid
+from sfu.ids import ParticipantIdentity, RoomName, RoomSid, TrackSid, new_room_sid
 
 if TYPE_CHECKING:
     from sfu.room.participant import Participant, PublishedTrack
@@ -121,7 +121,7 @@ class Room:
 
     def find_track(self, track_sid: str) -> PublishedTrack | None:
         for participant in self.participants.values():
-            track = participant.published.get(track_sid)  # type: ignore[call-overload]
+            track = participant.published.get(TrackSid(track_sid))
             if track is not None:
                 return track
         return None
@@ -145,7 +145,9 @@ class Room:
             self._closer.cancel()
             self._closer = None
 
-    async def close(self, reason: int = models.DisconnectReason.ROOM_CLOSED) -> None:
+    async def close(
+        self, reason: models.DisconnectReason = models.DisconnectReason.ROOM_CLOSED
+    ) -> None:
         if self.closed:
             return
         self.closed = True

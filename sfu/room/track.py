@@ -22,7 +22,7 @@ SOURCE_NAMES = {
 class TrackRequestError(Exception):
     """An AddTrackRequest that cannot be honoured; ``reason`` is a RequestResponse.Reason."""
 
-    def __init__(self, reason: int, message: str) -> None:
+    def __init__(self, reason: rtc.RequestResponse.Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -92,7 +92,11 @@ def track_info_from_request(
                 mime_type=prefix + name if name else "",
                 cid=codec.cid,
                 layers=layers,
-                video_layer_mode=mode if request.type == models.TrackType.VIDEO else 0,
+                video_layer_mode=(
+                    mode
+                    if request.type == models.TrackType.VIDEO
+                    else models.VideoLayer.Mode.MODE_UNUSED
+                ),
             )
         )
     first = codecs[0].codec.lower()

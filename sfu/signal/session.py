@@ -11,7 +11,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -80,7 +81,7 @@ class SignalSession:
                 await self.websocket.send_bytes(response.SerializeToString())
 
     # -- incoming ---------------------------------------------------------------------------------
-    def decode(self, message: dict[str, object]) -> rtc.SignalRequest:
+    def decode(self, message: Mapping[str, Any]) -> rtc.SignalRequest:
         data = message.get("bytes")
         text = message.get("text")
         size = len(data) if isinstance(data, bytes) else len(text) if isinstance(text, str) else 0
@@ -103,7 +104,19 @@ class SignalSession:
         writer = asyncio.ensure_future(self._writer())
         close_code, close_reason = CLOSE_NORMAL, ""
         try:
-            await on_ready()
+            try:
+                await on_ready()
+            except Exception as exc:
+                log.error("participant %s: join failed: %s", participant.identity, exc)
+                self.send(
+                    rtc.SignalResponse(
+                        leave=rtc.LeaveRequest(
+                            reason=models.DisconnectReason.JOIN_FAILURE,
+                            action=rtc.LeaveRequest.Action.DISCONNECT,
+                        )
+                    )
+                )
+                raise ProtocolViolation(CLOSE_INTERNAL, "join failed") from None
             while not participant.closed:
                 try:
                     message = await asyncio.wait_for(
