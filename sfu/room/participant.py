@@ -189,6 +189,9 @@ class Participant:
     def send_participant_updates(self, infos: list[models.ParticipantInfo]) -> None:
         self.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=infos)))
 
+    def send_speakers(self, speakers: list[models.SpeakerInfo]) -> None:
+        self.send(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
     def send_data(self, label: str, payload: bytes) -> None:
         if self.subscriber is not None and self.can_subscribe:
             self.subscriber.send_data(label, payload)

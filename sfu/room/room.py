@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SPEAKER_INTERVAL = 0.4  # seconds between SpeakersChanged updates (LiveKit's audio update interval)
+SPEAKER_LEVEL_STEP = 0.05  # level changes smaller than this are not re-sent
+
 
 class Room:
     def __init__(
@@ -49,6 +52,8 @@ class Room:
         )
         self.metadata = metadata
         self.participants: dict[ParticipantIdentity, Participant] = {}
+        self._speakers: dict[str, float] = {}
+        self._speaker_task: asyncio.Task[None] | None = None
         self._on_close = on_close
         self._closer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -83,6 +88,8 @@ class Room:
         if previous is not None:
             await previous.close(models.DisconnectReason.DUPLICATE_IDENTITY)
         self._cancel_close()
+        if self._speaker_task is None:
+            self._speaker_task = asyncio.ensure_future(self._speaker_loop())
         self.participants[participant.identity] = participant
         visible_others = [p.info() for p in self.others(participant) if not p.hidden]
         participant.send_join(self.info(), visible_others)
@@ -134,6 +141,42 @@ class Room:
                 continue
             other.send_data(label, payload)
 
+    # -- active speakers -------------------------------------------------------------------------
+    async def _speaker_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            self.update_speakers()
+
+    def update_speakers(self) -> None:
+        """Send SpeakersChanged with what changed: new or louder/quieter speakers, and former
+        speakers with level 0 / active false (livekit-client keeps isSpeaking from these)."""
+        current: dict[str, float] = {}
+        for participant in self.participants.values():
+            if participant.hidden:
+                continue
+            level = max(
+                (
+                    t.receiver.take_audio_level()
+                    for t in participant.published.values()
+                    if not t.receiver.is_video and not t.info.muted
+                ),
+                default=0.0,
+            )
+            if level > 0:
+                current[participant.sid] = level
+        sent = self._speakers  # the level each speaker was last announced with
+        changed: list[models.SpeakerInfo] = []
+        for sid, level in current.items():
+            if abs(sent.get(sid, 0.0) - level) > SPEAKER_LEVEL_STEP:
+                changed.append(models.SpeakerInfo(sid=sid, level=level, active=True))
+                sent[sid] = level
+        for sid in [sid for sid in sent if sid not in current]:
+            changed.append(models.SpeakerInfo(sid=sid, level=0.0, active=False))
+            del sent[sid]
+        if changed:
+            for participant in self.participants.values():
+                participant.send_speakers(changed)
+
     # -- lifetime -----------------------------------------------------------------------------------
     def _schedule_close(self, delay: int) -> None:
         self._cancel_close()
@@ -152,6 +195,8 @@ class Room:
             return
         self.closed = True
         self._cancel_close()
+        if self._speaker_task is not None:
+            self._speaker_task.cancel()
         for participant in list(self.participants.values()):
             await participant.close(reason)
         log.info("room %s (%s) closed", self.name, self.sid)
