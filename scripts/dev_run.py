@@ -74,6 +74,8 @@ def main() -> int:
         "LIVEKIT_SECRET": secret,
         "LIVEKIT_FULL_ACCESS_HOMESERVERS": "*",
         "LIVEKIT_JWT_BIND": f"{HOST}:{AUTH_PORT}",
+        # dev only: a homeserver on this machine (loopback) is allowed past the SSRF guard
+        "LIVEKIT_AUTH_ALLOW_PRIVATE_HOMESERVERS": "true",
     }
     auth = subprocess.Popen([python, "-m", "auth_service"], cwd=ROOT, env=auth_env)
     processes = [sfu, auth]
