@@ -115,7 +115,7 @@ def main() -> int:
                     "Add to your homeserver's /.well-known/matrix/client:",
                     json.dumps(well_known, indent=2),
                     "",
-                    "A dev token for room 'dev-room' (valid 6 h), e.g. for https://meet.livekit.io custom:",
+                    "A dev token for room 'dev-room' (valid 6 h), for any LiveKit client or SDK:",
                     f"  url:   ws://{HOST}:{SFU_PORT}",
                     f"  token: {dev_token(key, secret, 'dev-room', 'dev-user')}",
                     "",
