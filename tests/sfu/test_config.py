@@ -65,7 +65,10 @@ def test_keys_from_env_and_body() -> None:
         ({}, "no API keys"),
         ({"keys": {"k": SECRET}, "port": "x"}, "port: invalid value"),
         ({"keys": {"k": SECRET}, "room": {"auto_create": "maybe"}}, "room.auto_create"),
-        ({"keys": {"k": SECRET}, "rtc": {"port_range_start": 9, "port_range_end": 2}}, "port range"),
+        (
+            {"keys": {"k": SECRET}, "rtc": {"port_range_start": 9, "port_range_end": 2}},
+            "port range",
+        ),
         ({"keys": {"k": SECRET}, "rtc": {"node_ip": "example.org"}}, "not an IP address"),
         ({"keys": {"k": SECRET}, "room": [1]}, "expected a mapping"),
     ],
