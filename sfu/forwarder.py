@@ -11,6 +11,7 @@ packets to answer NACKs, and produces RTCP sender reports mapped from the publis
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,9 @@ from sfu.rtp.header import RtpPacket, rewrite
 from sfu.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
 
 log = logging.getLogger(__name__)
+
+#: a minimal padding-only packet: V=2 P=1, header, then one padding byte holding its own count
+_PADDING_PACKET = struct.Struct("!BBHIIB")
 
 HISTORY_SIZE = 512  # power of two: NACK history, indexed by outgoing sequence number
 HISTORY_MASK = HISTORY_SIZE - 1
@@ -65,7 +69,8 @@ class DownTrack:
         self._seq_offset = 0
         self._ts_offset = 0
         self._switch_seq = 0
-        self._last_out_seq = -1
+        self._sent_any = False  # whether _last_out_* hold a sent packet's values
+        self._last_out_seq = 0
         self._last_out_ts = 0
         self._last_out_time = 0.0
         # VP8 picture id / TL0PICIDX / KEYIDX continuity across switches
@@ -114,14 +119,23 @@ class DownTrack:
     def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None:
         if not self.started or not self.enabled:
             return
-        if layer != self.current_layer and not self._maybe_switch(packet, layer, keyframe):
+        padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+        if layer != self.current_layer and (
+            padding_only or not self._maybe_switch(packet, layer, keyframe)
+        ):
             return
         seq = packet.sequence_number
         if (seq - self._switch_seq) & 0x8000:
             return  # older than the packet we switched on
         out_seq = (seq - self._seq_offset) & 0xFFFF
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
-        if self._pid_offset or self._tl0_offset or self._keyidx_offset:
+        if padding_only:
+            # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
+            # not its bytes, which were sized for the publisher's link, not this one.
+            data = _PADDING_PACKET.pack(
+                0xA0, packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, 1
+            )
+        elif self._pid_offset or self._tl0_offset or self._keyidx_offset:
             data = self._rewrite_vp8(packet, out_seq, out_ts)
         else:
             data = rewrite(
@@ -133,7 +147,8 @@ class DownTrack:
             )
             if self.is_vp8:
                 self._remember_vp8(packet)
-        if ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000:
+        if not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000:
+            self._sent_any = True
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             self._last_out_time = time.monotonic()
@@ -172,7 +187,7 @@ class DownTrack:
 
     def _switch(self, packet: RtpPacket, layer: int) -> None:
         now = time.monotonic()
-        if self._last_out_seq < 0:
+        if not self._sent_any:
             self._seq_offset = 0
             self._ts_offset = 0
         else:
@@ -181,6 +196,15 @@ class DownTrack:
             expected_ts = (self._last_out_ts + elapsed) & 0xFFFFFFFF
             self._ts_offset = (packet.timestamp - expected_ts) & 0xFFFFFFFF
         self._switch_seq = packet.sequence_number
+        log.debug(
+            "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
+            self.ssrc,
+            self.current_layer,
+            layer,
+            packet.sequence_number,
+            self._last_out_seq,
+            self._seq_offset,
+        )
         if self.is_vp8:
             self._switch_vp8(packet)
         if self.current_layer >= 0:

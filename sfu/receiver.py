@@ -148,8 +148,8 @@ class TrackReceiver:
                 if dbov < SPEAKING_DBOV:
                     self._loud_packets += 1
                     self._loud_dbov_sum += dbov
-        if self._keyframe is not None:
-            end = len(packet.data) - packet.padding_size
+        end = len(packet.data) - packet.padding_size
+        if self._keyframe is not None and end > packet.payload_offset:  # not padding-only
             try:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
@@ -247,7 +247,9 @@ class TrackReceiver:
             self.remb_bitrate = int(max(received_bps * (1 - 0.5 * loss), REMB_MIN))
         elif loss < 0.02:
             self.remb_bitrate = int(min(max(self.remb_bitrate, received_bps) * 1.08, REMB_MAX))
-        self.remb_bitrate = max(self.remb_bitrate, REMB_MIN)
+        # Clamp to both bounds: the loss branch above is relative to the received rate, which
+        # may exceed REMB_MAX (a high-rate publisher, or a short report interval).
+        self.remb_bitrate = min(max(self.remb_bitrate, REMB_MIN), REMB_MAX)
 
     def close(self) -> None:
         self.closed = True
