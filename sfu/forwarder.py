@@ -20,6 +20,7 @@ from sfu.receiver import TrackReceiver
 from sfu.rtp import rtcp
 from sfu.rtp.errors import PacketError
 from sfu.rtp.header import RtpPacket, rewrite
+from sfu.rtp.seqnum import ts_diff
 from sfu.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class DownTrack:
         self.enabled = True
         self.closed = False
         #: the highest spatial layer this subscriber may receive (adaptive stream lowers it)
-        self.max_layer = 2 if receiver.is_video else 0
+        self.max_layer = len(receiver.layers) - 1
         self.current_layer = -1
+        self._source_ssrc = 0  # publisher SSRC of the layer last forwarded
         # seq/ts mapping of the current source: out = in - offset
         self._seq_offset = 0
         self._ts_offset = 0
@@ -100,7 +102,39 @@ class DownTrack:
         if enabled and self.receiver.is_video:
             # resume on a key frame: the decoder's state is stale
             self.current_layer = -1
-            self._request_keyframe(self._best_layer(time.monotonic()))
+            if self.started:
+                self._request_keyframe(self._best_layer(time.monotonic()))
+        self.receiver.demand_changed()
+
+    def set_max_layer(self, layer: int) -> None:
+        """The subscriber's preferred layer (from its tile size); -1 pauses the stream."""
+        layer = min(layer, len(self.receiver.layers) - 1)
+        if layer < 0:
+            self.set_enabled(False)
+            return
+        if layer == self.max_layer:
+            return
+        self.max_layer = layer
+        if self.started and self.enabled and self.current_layer != layer:
+            best = self._best_layer(time.monotonic())
+            if best != self.current_layer:
+                self._request_keyframe(best)
+        self.receiver.demand_changed()
+
+    @property
+    def subscribed_layer(self) -> int:
+        """The highest layer this subscription needs from the publisher (dynacast): what it
+        prefers, or what it is still being sent until a switch down has happened; -1 if none."""
+        if not self.enabled or self.closed:
+            return -1
+        return max(self.max_layer, self.current_layer)
+
+    @property
+    def paused(self) -> bool:
+        """Wanted but unavailable: the publisher sends no layer this subscription may take."""
+        if not self.enabled or not self.receiver.is_video:
+            return False
+        return self.receiver.highest_active_layer(time.monotonic(), self.max_layer) < 0
 
     def close(self) -> None:
         self.closed = True
@@ -192,9 +226,9 @@ class DownTrack:
             self._ts_offset = 0
         else:
             self._seq_offset = (packet.sequence_number - self._last_out_seq - 1) & 0xFFFF
-            elapsed = max(int((now - self._last_out_time) * self.clock_rate), 1)
-            expected_ts = (self._last_out_ts + elapsed) & 0xFFFFFFFF
-            self._ts_offset = (packet.timestamp - expected_ts) & 0xFFFFFFFF
+            self._ts_offset = (
+                packet.timestamp - self._expected_timestamp(packet, now)
+            ) & 0xFFFFFFFF
         self._switch_seq = packet.sequence_number
         log.debug(
             "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
@@ -210,6 +244,29 @@ class DownTrack:
         if self.current_layer >= 0:
             COUNTERS.layer_switches += 1
         self.current_layer = layer
+        self._source_ssrc = packet.ssrc
+        self.receiver.demand_changed()
+
+    def _expected_timestamp(self, packet: RtpPacket, now: float) -> int:
+        """The outgoing timestamp for the first packet of a new source.
+
+        Simulcast layers have unrelated timestamp bases; the publisher's sender reports map both
+        to one clock, so the new layer continues the old one's timeline (and lip sync with the
+        audio survives). Without both reports, or if they disagree with the wall clock by more
+        than a second, the elapsed wall-clock time is used. Always after the last sent one.
+        """
+        wall = (
+            self._last_out_ts + max(int((now - self._last_out_time) * self.clock_rate), 1)
+        ) & 0xFFFFFFFF
+        aligned = self.receiver.sender_reports.expected_timestamp(
+            packet.timestamp, packet.ssrc, self._source_ssrc, self._ts_offset
+        )
+        expected = wall
+        if aligned is not None and abs(ts_diff(aligned, wall)) <= self.clock_rate:
+            expected = aligned
+        if ts_diff(expected, self._last_out_ts) <= 0:
+            expected = (self._last_out_ts + 1) & 0xFFFFFFFF
+        return expected
 
     # -- VP8 payload descriptor -------------------------------------------------------------------------
     def _descriptor(self, packet: RtpPacket) -> Vp8PayloadDescriptor | None:

@@ -40,6 +40,17 @@ class Counters:
     signal_errors: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class LayerGauge:
+    """One received simulcast layer: its size and the bitrate measured over the last second."""
+
+    track_sid: str
+    quality: str
+    width: int
+    height: int
+    bitrate: int
+
+
 @dataclass(slots=True)
 class Gauges:
     rooms: int = 0
@@ -47,6 +58,7 @@ class Gauges:
     tracks_published: int = 0
     tracks_subscribed: int = 0
     tasks: int = 0
+    layers: tuple[LayerGauge, ...] = ()
 
 
 COUNTERS = Counters()
@@ -99,6 +111,20 @@ class _Collector(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=labels)
             gauge.add_metric(node, value)
             yield gauge
+        layer_labels = [*labels, "track_sid", "quality"]
+        bitrate = GaugeMetricFamily(
+            "sfu_layer_bitrate_bps", "received bitrate per simulcast layer", labels=layer_labels
+        )
+        width = GaugeMetricFamily("sfu_layer_width_pixels", "layer width", labels=layer_labels)
+        height = GaugeMetricFamily("sfu_layer_height_pixels", "layer height", labels=layer_labels)
+        for layer in g.layers:
+            key = [*node, layer.track_sid, layer.quality]
+            bitrate.add_metric(key, layer.bitrate)
+            width.add_metric(key, layer.width)
+            height.add_metric(key, layer.height)
+        yield bitrate
+        yield width
+        yield height
 
 
 class Metrics:

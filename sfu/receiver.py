@@ -21,6 +21,7 @@ from sfu.rtp import rtcp
 from sfu.rtp.errors import PacketError
 from sfu.rtp.h264 import is_keyframe as h264_is_keyframe
 from sfu.rtp.header import RtpPacket
+from sfu.rtp.munger import SenderReportTranslator
 from sfu.rtp.vp8 import is_keyframe as vp8_is_keyframe
 from sfu.sdp import Codec
 
@@ -48,6 +49,9 @@ class PacketSink(Protocol):
 
     def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None: ...
 
+    @property
+    def subscribed_layer(self) -> int: ...
+
 
 @dataclass(slots=True)
 class LayerState:
@@ -68,6 +72,8 @@ class LayerState:
     expected_prior: int = 0
     received_prior: int = 0
     octets_prior: int = 0
+    #: bits per second over the last report interval
+    bitrate: int = 0
 
     def on_sequence(self, sequence_number: int) -> None:
         if self.max_ext_seq < 0:
@@ -110,6 +116,10 @@ class TrackReceiver:
             vp8_is_keyframe if name == "vp8" else _h264_keyframe if name == "h264" else None
         )
         self.remb_bitrate = 2_000_000
+        #: publisher SRs per SSRC, to align timestamps across layers and map outgoing SRs
+        self.sender_reports = SenderReportTranslator(clock_rate)
+        #: called when a down track's needs change (the room's dynacast listens)
+        self.on_demand_change: Callable[[], None] | None = None
         #: header-extension id of ssrc-audio-level on this PC (0 = not negotiated)
         self.audio_level_id = 0
         self._level_packets = 0
@@ -174,6 +184,13 @@ class TrackReceiver:
         state.sr_ntp = report.ntp_timestamp
         state.sr_rtp = report.rtp_timestamp
         state.sr_arrival = time.monotonic()
+        self.sender_reports.on_sender_report(
+            report.ssrc, report.ntp_timestamp, report.rtp_timestamp
+        )
+
+    def demand_changed(self) -> None:
+        if self.on_demand_change is not None:
+            self.on_demand_change()
 
     def is_active(self, layer: int, now: float) -> bool:
         return now - self.layers[layer].last_arrival < LAYER_ACTIVE_WINDOW
@@ -221,6 +238,7 @@ class TrackReceiver:
                 if expected_interval > 0 and lost_interval > 0
                 else 0
             )
+            state.bitrate = int((state.octets - state.octets_prior) * 8 / max(interval, 1e-3))
             received_bits += (state.octets - state.octets_prior) * 8
             state.expected_prior, state.received_prior = expected, state.packets
             state.octets_prior = state.octets

@@ -6,10 +6,13 @@ import logging
 
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
-from sfu.metrics import Gauges
+from sfu.metrics import Gauges, LayerGauge
 from sfu.room.room import Room
 
 log = logging.getLogger(__name__)
+
+
+QUALITY_NAMES = {0: "low", 1: "medium", 2: "high"}
 
 
 class RoomNotFoundError(Exception):
@@ -69,6 +72,14 @@ class RoomManager:
             participants=len(participants),
             tracks_published=sum(len(p.published) for p in participants),
             tracks_subscribed=sum(len(p.subscriptions) for p in participants),
+            layers=tuple(
+                LayerGauge(track.sid, QUALITY_NAMES.get(quality, str(quality)), w, h, state.bitrate)
+                for p in participants
+                for track in p.published.values()
+                for (w, h), quality, state in zip(
+                    track.layer_sizes, track.layer_qualities, track.receiver.layers, strict=False
+                )
+            ),
         )
 
     async def close_all(self) -> None:

@@ -18,10 +18,12 @@ from typing import Any
 
 from livekit.protocol import models, rtc
 
+from sfu.allocator import QUALITY_HIGH, layer_sizes, preferred_layer
 from sfu.auth import ClaimGrants
 from sfu.forwarder import DownTrack, FeedbackRouter
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_participant_sid, new_ssrc
 from sfu.receiver import RtpDemuxer, TrackReceiver
+from sfu.room.dynacast import Dynacast
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
 from sfu.transport import PeerTransport, PublishedMedia, TransportConfig
@@ -35,6 +37,7 @@ PING_TIMEOUT = 15
 RTCP_INTERVAL = 1.0
 TOKEN_REFRESH_INTERVAL = 300
 MAX_PENDING_TRACKS = 32
+MAX_TRACK_SETTINGS = 1024
 DATA_LABELS = frozenset({"_reliable", "_lossy"})
 
 
@@ -57,6 +60,19 @@ class PublishedTrack:
     publisher: Participant
     receiver: TrackReceiver
     mid: str
+    #: (width, height) and VideoQuality of each spatial layer, lowest first
+    layer_sizes: list[tuple[int, int]] = field(default_factory=list)
+    layer_qualities: list[int] = field(default_factory=list)
+    dynacast: Dynacast | None = None
+
+    def preferred_layer(self, settings: rtc.UpdateTrackSettings) -> int:
+        return preferred_layer(
+            self.layer_sizes,
+            self.layer_qualities,
+            settings.width,
+            settings.height,
+            settings.quality,
+        )
 
     @property
     def sid(self) -> TrackSid:
@@ -69,6 +85,7 @@ class Subscription:
     downtrack: DownTrack
     mid: str
     stream_id: str = field(default="")
+    paused: bool = False  # last StreamState sent to the subscriber
 
 
 class Participant:
@@ -108,6 +125,8 @@ class Participant:
         self.pending: dict[str, PendingTrack] = {}
         self.published: dict[TrackSid, PublishedTrack] = {}
         self.subscriptions: dict[TrackSid, Subscription] = {}
+        #: the latest UpdateTrackSettings per track; may arrive before the subscription binds
+        self.track_settings: dict[TrackSid, rtc.UpdateTrackSettings] = {}
         self.publisher: PeerTransport | None = None
         self.subscriber: PeerTransport | None = None
         self.demuxer = RtpDemuxer()
@@ -380,13 +399,31 @@ class Participant:
         receiver.muted = pending.info.muted
         self.demuxer.bind(media.mid, receiver, spatial_by_rid, payload_type=codec.payload_type)
         track = PublishedTrack(info=pending.info, publisher=self, receiver=receiver, mid=media.mid)
+        if receiver.is_video:
+            by_spatial = sorted(pending.info.layers, key=lambda layer: layer.spatial_layer)
+            count = len(receiver.layers)
+            declared = [(layer.width, layer.height) for layer in by_spatial]
+            track.layer_sizes = layer_sizes(
+                declared, count, pending.info.width, pending.info.height
+            )
+            track.layer_qualities = [int(layer.quality) for layer in by_spatial][:count] or (
+                [QUALITY_HIGH] if count == 1 else list(range(count))
+            )
+            track.dynacast = Dynacast(
+                track.sid, mime, track.layer_qualities, lambda: receiver.sinks, self.send
+            )
+            receiver.on_demand_change = track.dynacast.update
         self.published[track.sid] = track
         log.info("participant %s published %s track %s", self.identity, media.kind, track.sid)
         self.room.track_published(self, track)
+        if track.dynacast is not None:
+            track.dynacast.start()
 
     def _unpublish(self, track: PublishedTrack) -> None:
         self.published.pop(track.sid, None)
         self.demuxer.unbind(track.mid)
+        if track.dynacast is not None:
+            track.dynacast.close()
         track.receiver.close()
         self.room.track_unpublished(self, track)
 
@@ -429,12 +466,35 @@ class Participant:
             send_rtp=self.subscriber.send_rtp,
             cname=self.sid,
         )
+        self._apply_initial_settings(track, downtrack)
         receiver.add_sink(downtrack)
         self.feedback.add(downtrack)
         self.subscriptions[track.sid] = Subscription(track, downtrack, mid, stream_id)
         if self.subscriber.state == "connected":
             downtrack.start()
+        receiver.demand_changed()
         return True
+
+    def _apply_initial_settings(self, track: PublishedTrack, downtrack: DownTrack) -> None:
+        """LiveKit's defaults when a subscription binds: LOW for adaptive-stream clients (they
+        report their tile size once the video plays), HIGH otherwise; settings sent earlier
+        apply, except that an adaptive-stream client is never started disabled (it only
+        attaches, and so reports its size, once frames arrive)."""
+        if not track.receiver.is_video:
+            settings = self.track_settings.get(track.sid)
+            downtrack.enabled = settings is None or not settings.disabled
+            return
+        settings = self.track_settings.get(track.sid)
+        if settings is None:
+            quality = (
+                models.VideoQuality.LOW
+                if self.options.adaptive_stream
+                else models.VideoQuality.HIGH
+            )
+            settings = rtc.UpdateTrackSettings(quality=quality)
+        layer = track.preferred_layer(settings)
+        downtrack.max_layer = max(layer, 0)
+        downtrack.enabled = (self.options.adaptive_stream or not settings.disabled) and layer >= 0
 
     def unsubscribe(self, track_sid: str, *, renegotiate: bool = True) -> None:
         sub = self.subscriptions.pop(TrackSid(track_sid), None)
@@ -443,6 +503,7 @@ class Participant:
         sub.track.receiver.remove_sink(sub.downtrack)
         self.feedback.remove(sub.downtrack)
         sub.downtrack.close()
+        sub.track.receiver.demand_changed()
         if self.subscriber is not None:
             self.subscriber.remove_track(sub.mid)
         if renegotiate and not self.closed:
@@ -467,10 +528,25 @@ class Participant:
                 self.unsubscribe(track_sid)
 
     def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
+        """Adaptive stream: the subscriber's tile size (or quality), or disabled when hidden."""
         for track_sid in settings.track_sids:
+            if (
+                len(self.track_settings) >= MAX_TRACK_SETTINGS
+                and track_sid not in self.track_settings
+            ):
+                continue  # a client cannot grow this without bound with made-up track sids
+            self.track_settings[TrackSid(track_sid)] = settings
             sub = self.subscriptions.get(TrackSid(track_sid))
-            if sub is not None:
-                sub.downtrack.set_enabled(not settings.disabled)
+            if sub is None:
+                continue
+            downtrack = sub.downtrack
+            if not sub.track.receiver.is_video:
+                downtrack.set_enabled(not settings.disabled)
+                continue
+            layer = sub.track.preferred_layer(settings)
+            if layer >= 0:
+                downtrack.set_max_layer(layer)
+            downtrack.set_enabled(not settings.disabled and layer >= 0)
 
     # -- data ------------------------------------------------------------------------------------
     def _on_data(self, label: str, payload: bytes) -> None:
@@ -504,6 +580,28 @@ class Participant:
                         report = sub.downtrack.sender_report()
                         if report:
                             self.subscriber.send_rtcp(report)
+                    self._send_stream_states()
+
+    def _send_stream_states(self) -> None:
+        """StreamStateUpdate for subscriptions that became paused (the publisher sends no layer
+        they may take, e.g. paused by dynacast or muted) or active again."""
+        changed: list[rtc.StreamStateInfo] = []
+        for sub in self.subscriptions.values():
+            paused = sub.downtrack.paused
+            if paused != sub.paused:
+                sub.paused = paused
+                state = rtc.StreamState.PAUSED if paused else rtc.StreamState.ACTIVE
+                changed.append(
+                    rtc.StreamStateInfo(
+                        participant_sid=sub.track.publisher.sid,
+                        track_sid=sub.track.sid,
+                        state=state,
+                    )
+                )
+        if changed:
+            self.send(
+                rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=changed))
+            )
 
     async def _refresh_loop(self) -> None:
         assert self._refresh_token is not None
