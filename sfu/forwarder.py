@@ -79,9 +79,7 @@ class DownTrack:
         self._pid_offset = 0
         self._tl0_offset = 0
         self._keyidx_offset = 0
-        self._last_pid = -1
-        self._last_tl0 = -1
-        self._last_keyidx = -1
+        self._last_packet: RtpPacket | None = None  # the newest packet forwarded
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
@@ -163,6 +161,9 @@ class DownTrack:
             return  # older than the packet we switched on
         out_seq = (seq - self._seq_offset) & 0xFFFF
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
+        # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
+        # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
+        newest = not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000
         if padding_only:
             # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
             # not its bytes, which were sized for the publisher's link, not this one.
@@ -179,13 +180,16 @@ class DownTrack:
                 timestamp=out_ts,
                 ssrc=self.ssrc,
             )
-            if self.is_vp8:
-                self._remember_vp8(packet)
-        if not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000:
+        if newest:
+            self._last_packet = packet
             self._sent_any = True
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             self._last_out_time = time.monotonic()
+            # Keep the switch point within reach of the `& 0x8000` test above: without this,
+            # 32768 packets after a switch every new packet would read as older than it.
+            if ((seq - self._switch_seq) & 0xFFFF) > 0x4000:
+                self._switch_seq = (seq - 0x4000) & 0xFFFF
         self._history[out_seq & HISTORY_MASK] = data
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
@@ -276,31 +280,22 @@ class DownTrack:
         except PacketError:
             return None
 
-    def _remember_vp8(self, packet: RtpPacket) -> None:
-        desc = self._descriptor(packet)
-        if desc is not None:
-            self._note_descriptor(desc.picture_id, desc.tl0_pic_idx, desc.key_idx)
-
-    def _note_descriptor(
-        self, picture_id: int | None, tl0_pic_idx: int | None, key_idx: int | None
-    ) -> None:
-        if picture_id is not None:
-            self._last_pid = picture_id
-        if tl0_pic_idx is not None:
-            self._last_tl0 = tl0_pic_idx
-        if key_idx is not None:
-            self._last_keyidx = key_idx
-
     def _switch_vp8(self, packet: RtpPacket) -> None:
-        desc = self._descriptor(packet)
-        if desc is None:
+        """Offsets that make ``packet``'s picture id / TL0PICIDX / KEYIDX follow the last ones
+        sent (read back from the newest forwarded packet: no per-packet bookkeeping)."""
+        new = self._descriptor(packet)
+        last = self._descriptor(self._last_packet) if self._last_packet is not None else None
+        if new is None or last is None:
             return
-        if desc.picture_id is not None and self._last_pid >= 0:
-            self._pid_offset = (desc.picture_id - self._last_pid - 1) & 0x7FFF
-        if desc.tl0_pic_idx is not None and self._last_tl0 >= 0:
-            self._tl0_offset = (desc.tl0_pic_idx - self._last_tl0 - 1) & 0xFF
-        if desc.key_idx is not None and self._last_keyidx >= 0:
-            self._keyidx_offset = (desc.key_idx - self._last_keyidx - 1) & 0x1F
+        if new.picture_id is not None and last.picture_id is not None:
+            last_out = (last.picture_id - self._pid_offset) & 0x7FFF
+            self._pid_offset = (new.picture_id - last_out - 1) & 0x7FFF
+        if new.tl0_pic_idx is not None and last.tl0_pic_idx is not None:
+            last_out = (last.tl0_pic_idx - self._tl0_offset) & 0xFF
+            self._tl0_offset = (new.tl0_pic_idx - last_out - 1) & 0xFF
+        if new.key_idx is not None and last.key_idx is not None:
+            last_out = (last.key_idx - self._keyidx_offset) & 0x1F
+            self._keyidx_offset = (new.key_idx - last_out - 1) & 0x1F
 
     def _rewrite_vp8(self, packet: RtpPacket, out_seq: int, out_ts: int) -> bytes:
         desc = self._descriptor(packet)
@@ -310,7 +305,6 @@ class DownTrack:
             pid = None if desc.picture_id is None else (desc.picture_id - self._pid_offset) & 0x7FFF
             tl0 = None if desc.tl0_pic_idx is None else (desc.tl0_pic_idx - self._tl0_offset) & 0xFF
             kidx = None if desc.key_idx is None else (desc.key_idx - self._keyidx_offset) & 0x1F
-            self._note_descriptor(pid, tl0, kidx)
             header = munged_descriptor(desc, picture_id=pid, tl0_pic_idx=tl0, key_idx=kidx)
             size = desc.size
         return rewrite(
