@@ -43,6 +43,7 @@ from sfu.transport.negotiation import (
     build_offer,
     subscriber_codec,
 )
+from sfu.transport.srtp import SrtpProtector
 
 __all__ = ["IceRestartError", "PeerTransport", "TransportConfig", "TransportStats"]
 
@@ -603,8 +604,8 @@ class PeerTransport:
         self._remote_addr = pair.remote_addr
         self._sendto = pair.protocol.transport.sendto
         self._backlog = pair.protocol.transport.get_write_buffer_size
-        self._protect = self._dtls._tx_srtp.protect
-        self._protect_rtcp = self._dtls._tx_srtp.protect_rtcp
+        self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
+        self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
         self._ice.on("statechange", self._on_transport_change)
         self._dtls.on("statechange", self._on_transport_change)
         self._set_state("connected")
