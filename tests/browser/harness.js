@@ -8,8 +8,11 @@
 //   resize(target, w, h)    CSS size of the remote <video>s of a track sid or participant identity
 //   hide(target) / show(target)
 //   setCamera(on) / setMicrophone(on)
+//   localEncodings(kind)    the local track's RTCRtpSender.getParameters().encodings per rid
+//                           (dynacast: which simulcast layers the publisher has active)
 //   leave()                 disconnect and drop all elements
-//   events()                the event log (connection states, subscriptions, errors, E2EE)
+//   events()                the event log (connection states, subscriptions, errors, E2EE, and
+//                           the UpdateTrackSettings / SubscribedQualityUpdate signal messages)
 // and server-less self-test helpers: harnessInfo(), constructRoom(opts), localCamera(opts),
 // localMicrophone(ms), e2eeWorkerCheck(), loopbackCall(opts).
 'use strict';
@@ -144,6 +147,44 @@
       );
   }
 
+  // Record the adaptive-stream / dynacast signal traffic in the event log: every
+  // UpdateTrackSettings this client sends and every SubscribedQualityUpdate it receives.
+  function instrumentSignal(room) {
+    const engine = room.engine;
+    const client = engine && engine.client;
+    if (client && typeof client.sendUpdateTrackSettings === 'function') {
+      const send = client.sendUpdateTrackSettings.bind(client);
+      client.sendUpdateTrackSettings = (settings) => {
+        record('UpdateTrackSettings', {
+          trackSids: [...(settings.trackSids || [])],
+          disabled: settings.disabled,
+          quality: settings.quality,
+          width: settings.width,
+          height: settings.height,
+          fps: settings.fps,
+          priority: settings.priority,
+        });
+        return send(settings);
+      };
+    } else {
+      record('InstrumentError', { error: 'engine.client.sendUpdateTrackSettings not found' });
+    }
+    if (engine && typeof engine.on === 'function') {
+      engine.on('subscribedQualityUpdate', (update) => {
+        const qualities = (list) =>
+          (list || []).map((q) => ({ quality: q.quality, enabled: q.enabled }));
+        record('SubscribedQualityUpdate', {
+          trackSid: update.trackSid,
+          codecs: (update.subscribedCodecs || []).map((c) => ({
+            codec: c.codec,
+            qualities: qualities(c.qualities),
+          })),
+          qualities: qualities(update.subscribedQualities),
+        });
+      });
+    }
+  }
+
   function attachRemote(track, pub, participant) {
     detachRemote(track, pub.trackSid);
     const el = track.attach();
@@ -192,6 +233,7 @@
     const room = new LK.Room(buildRoomOptions(opts, keyProvider));
     state.room = room;
     wireRoom(room);
+    instrumentSignal(room);
     if (keyProvider) {
       await keyProvider.setKey(opts.e2eeKey);
       await room.setE2EEEnabled(true);
@@ -362,6 +404,28 @@
         }
       }
       out.local.push(entry);
+    }
+    return out;
+  }
+
+  function localEncodings(kind = 'video') {
+    const room = state.room;
+    const out = [];
+    if (!room) return out;
+    for (const pub of room.localParticipant.trackPublications.values()) {
+      const track = pub.track;
+      if (pub.kind !== kind || !track || !track.sender) continue;
+      const params = track.sender.getParameters();
+      for (const e of params.encodings || []) {
+        out.push({
+          trackSid: pub.trackSid,
+          rid: e.rid,
+          active: e.active,
+          maxBitrate: e.maxBitrate,
+          maxFramerate: e.maxFramerate,
+          scaleResolutionDownBy: e.scaleResolutionDownBy,
+        });
+      }
     }
     return out;
   }
@@ -621,6 +685,7 @@
     show,
     setCamera,
     setMicrophone,
+    localEncodings,
     leave,
     events: () => eventLog.slice(),
     harnessInfo,

@@ -211,6 +211,11 @@ class HarnessPage:
     async def show(self, target: str) -> int:
         return int(await self.call("show", target, timeout_s=5.0))
 
+    async def local_encodings(self, kind: str = "video") -> list[dict[str, Any]]:
+        """`RTCRtpSender.getParameters().encodings` of the local `kind` track: rid, active, ..."""
+        result: list[dict[str, Any]] = await self.call("localEncodings", kind, timeout_s=5.0)
+        return result
+
     async def set_camera(self, enabled: bool) -> None:
         await self.call("setCamera", enabled, timeout_s=25.0)
 
@@ -337,6 +342,12 @@ def remote_inbound(stats: dict[str, Any], identity: str, kind: str) -> dict[str,
             first: dict[str, Any] = inbound[0]
             return first
     return None
+
+
+def signal_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The UpdateTrackSettings a page sent and the SubscribedQualityUpdates it received."""
+    kinds = {"UpdateTrackSettings", "SubscribedQualityUpdate"}
+    return [e for e in events if e.get("type") in kinds]
 
 
 def local_outbound(stats: dict[str, Any], kind: str = "video") -> list[dict[str, Any]]:
