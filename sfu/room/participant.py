@@ -86,6 +86,10 @@ class Subscription:
     mid: str
     stream_id: str = field(default="")
     paused: bool = False  # last StreamState sent to the subscriber
+    #: the id of the first subscriber offer carrying this track (0: not offered yet)
+    offer_id: int = 0
+    #: whether the client has answered that offer (it knows the SSRC: media may flow)
+    negotiated: bool = False
 
 
 class Participant:
@@ -267,8 +271,7 @@ class Participant:
             if self.state != models.ParticipantInfo.State.ACTIVE:
                 self.state = models.ParticipantInfo.State.ACTIVE
                 self.room.broadcast_participant(self)
-            for sub in self.subscriptions.values():
-                sub.downtrack.start()
+            self._start_negotiated()
         elif state in ("failed", "closed") and not self.closed:
             log.info("participant %s: subscriber transport %s", self.identity, state)
             self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
@@ -297,6 +300,9 @@ class Participant:
             sdp = await self.subscriber.create_offer()
             self._offer_id += 1
             self._awaiting_answer = True
+            for sub in self.subscriptions.values():
+                if sub.offer_id == 0:
+                    sub.offer_id = self._offer_id
             offer = rtc.SessionDescription(type="offer", sdp=sdp, id=self._offer_id)
             self.send(rtc.SignalResponse(offer=offer))
 
@@ -312,6 +318,10 @@ class Participant:
             )
         await self.subscriber.handle_answer(answer.sdp)
         self._awaiting_answer = False
+        for sub in self.subscriptions.values():
+            if 0 < sub.offer_id <= self._offer_id:
+                sub.negotiated = True
+        self._start_negotiated()
         if self._renegotiate:
             await self.negotiate()
 
@@ -470,10 +480,17 @@ class Participant:
         receiver.add_sink(downtrack)
         self.feedback.add(downtrack)
         self.subscriptions[track.sid] = Subscription(track, downtrack, mid, stream_id)
-        if self.subscriber.state == "connected":
-            downtrack.start()
         receiver.demand_changed()
         return True
+
+    def _start_negotiated(self) -> None:
+        """Let media flow on subscriptions the client knows about, once the PC is up: a key
+        frame sent before the client has applied the offer carrying its SSRC would be lost."""
+        if self.subscriber is None or self.subscriber.state != "connected":
+            return
+        for sub in self.subscriptions.values():
+            if sub.negotiated:
+                sub.downtrack.start()
 
     def _apply_initial_settings(self, track: PublishedTrack, downtrack: DownTrack) -> None:
         """LiveKit's defaults when a subscription binds: LOW for adaptive-stream clients (they
