@@ -169,3 +169,37 @@ async def test_python_sdk_subscriber_requests_each_quality(sfu: SfuInstance) -> 
         await alice.leave()
         await bob.leave()
         print(f"---- bob's room events ----\n{bob.event_log()}")
+
+
+async def test_layer_dimensions_and_bitrates_in_metrics(sfu: SfuInstance) -> None:
+    """Each received simulcast layer's size and measured bitrate appear in /metrics."""
+    import httpx
+
+    room = f"metrics-{uuid.uuid4().hex[:6]}"
+    publisher = SyntheticPublisher("alice", width=1280, height=720, simulcast=True)
+    watcher = CollectingSubscriber("bob")
+    await publisher.connect(sfu.url, sfu.token("alice", room))
+    await watcher.connect(sfu.url, sfu.token("bob", room))
+    try:
+        await publisher.publish(video=True, audio=False)
+        layers: dict[str, tuple[float, float]] = {}
+        async with asyncio.timeout(30):
+            while len([b for b, _h in layers.values() if b > 0]) < 3:
+                await asyncio.sleep(1.0)
+                async with httpx.AsyncClient(timeout=10) as client:
+                    text = (await client.get(sfu.metrics_url)).text
+                heights = {
+                    line.split('quality="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("sfu_layer_height_pixels{")
+                }
+                rates = {
+                    line.split('quality="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("sfu_layer_bitrate_bps{")
+                }
+                layers = {q: (rates.get(q, 0.0), h) for q, h in heights.items()}
+        assert {q: h for q, (_b, h) in layers.items()} == {"low": 180, "medium": 360, "high": 720}
+    finally:
+        await watcher.leave()
+        await publisher.leave()

@@ -922,3 +922,27 @@ def test_router_garbage_never_raises(data: bytes) -> None:
         for i in range(0, len(data) - 3, 4)
     )
     router.on_rtcp(bytes(rtcp.Nack(SUBSCRIBER_SSRC, OUT_SSRC, pairs)))
+
+
+def test_paused_and_subscribed_layer_follow_what_the_publisher_sends(clock: Clock) -> None:
+    """StreamStateUpdate and dynacast read these: paused = wanted but no usable layer is sent;
+    subscribed_layer = max(preferred, still forwarded) while enabled, -1 when disabled."""
+    rig = Rig(clock)
+    rig.downtrack.start()
+    assert rig.downtrack.paused  # nothing received yet
+    rig.tick(keys=(0, 1, 2))
+    assert not rig.downtrack.paused
+    assert rig.downtrack.current_layer == 2
+    rig.downtrack.set_max_layer(0)
+    assert rig.downtrack.subscribed_layer == 2  # still forwarding f until the switch down
+    rig.tick(keys=(0,))
+    assert rig.downtrack.current_layer == 0
+    assert rig.downtrack.subscribed_layer == 0
+    for _ in range(40):  # the publisher stops q (dynacast paused it); h and f go on
+        rig.tick(layers=(1, 2))
+    assert rig.downtrack.paused  # nothing at or below the preferred layer arrives
+    rig.downtrack.set_max_layer(1)
+    assert not rig.downtrack.paused
+    rig.downtrack.set_enabled(False)
+    assert rig.downtrack.subscribed_layer == -1
+    assert not rig.downtrack.paused  # disabled by the subscriber is not "paused"
