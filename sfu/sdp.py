@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 __all__ = [
     "DIRECTIONS",
@@ -255,16 +255,8 @@ class MediaSection:
                 self.rid_params[tokens[0]] = tokens[2].strip()
         elif name == "simulcast" and value is not None and self.simulcast is None:
             self.simulcast = Simulcast.parse(value)
-        elif name == "ice-ufrag" and value is not None:
-            self.ice_ufrag = value
-        elif name == "ice-pwd" and value is not None:
-            self.ice_pwd = value
-        elif name == "ice-options" and value is not None:
-            self.ice_options = value.split()
-        elif name == "fingerprint" and value is not None:
-            self.fingerprints.append(_fingerprint(value))
-        elif name == "setup" and value is not None:
-            self.setup = value.strip()
+        elif _transport_attribute(self, name, value):
+            pass
         elif name == "candidate" and value is not None:
             self.candidates.append(value)
         elif name == "end-of-candidates" and value is None:
@@ -351,6 +343,25 @@ class MediaSection:
             out.append("a=end-of-candidates")
         out.extend(f"a={a}" for a in self.attributes)
         return out
+
+
+def _transport_attribute(target: Any, name: str, value: str | None) -> bool:
+    """ICE and DTLS attributes, valid at session and media level alike; False if not one."""
+    if value is None:
+        return False
+    if name == "ice-ufrag":
+        target.ice_ufrag = value
+    elif name == "ice-pwd":
+        target.ice_pwd = value
+    elif name == "ice-options":
+        target.ice_options = value.split()
+    elif name == "fingerprint":
+        target.fingerprints.append(_fingerprint(value))
+    elif name == "setup":
+        target.setup = value.strip()
+    else:
+        return False
+    return True
 
 
 def _fingerprint(value: str) -> tuple[str, str]:
@@ -501,16 +512,8 @@ class SessionDescription:
             self.msid_semantic = " ".join(value.split())
         elif name == "ice-lite" and value is None:
             self.ice_lite = True
-        elif name == "ice-ufrag" and value is not None:
-            self.ice_ufrag = value
-        elif name == "ice-pwd" and value is not None:
-            self.ice_pwd = value
-        elif name == "ice-options" and value is not None:
-            self.ice_options = value.split()
-        elif name == "fingerprint" and value is not None:
-            self.fingerprints.append(_fingerprint(value))
-        elif name == "setup" and value is not None:
-            self.setup = value.strip()
+        elif _transport_attribute(self, name, value):
+            pass
         else:
             self.attributes.append(name if value is None else f"{name}:{value}")
 

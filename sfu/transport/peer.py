@@ -400,27 +400,18 @@ class PeerTransport:
 
     def send_rtp(self, data: bytes) -> None:
         """SRTP-protect one plaintext RTP packet and send it; drop (and count) if not connected."""
-        protect = self._protect
-        if protect is None:
-            self.send_dropped += 1
-            return
-        try:
-            if self._backlog() > MAX_SEND_BACKLOG:  # the socket is full: drop, don't queue
-                raise BlockingIOError
-            packet = protect(data)
-            self._sendto(packet, self._remote_addr)
-        except Exception:
-            self.send_dropped += 1
-            return
-        self.rtp_packets_sent += 1
-        self.bytes_sent += len(packet)
+        if self._send(self._protect, data):
+            self.rtp_packets_sent += 1
 
     def send_rtcp(self, data: bytes) -> None:
         """SRTCP-protect one plaintext RTCP compound packet and send it; drop if not connected."""
-        protect = self._protect_rtcp
+        if self._send(self._protect_rtcp, data):
+            self.rtcp_packets_sent += 1
+
+    def _send(self, protect: Callable[[bytes], bytes] | None, data: bytes) -> bool:
         if protect is None:
             self.send_dropped += 1
-            return
+            return False
         try:
             if self._backlog() > MAX_SEND_BACKLOG:  # the socket is full: drop, don't queue
                 raise BlockingIOError
@@ -428,9 +419,9 @@ class PeerTransport:
             self._sendto(packet, self._remote_addr)
         except Exception:
             self.send_dropped += 1
-            return
-        self.rtcp_packets_sent += 1
+            return False
         self.bytes_sent += len(packet)
+        return True
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         self.rtp_packets_received += 1
