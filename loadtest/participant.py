@@ -1,0 +1,224 @@
+"""Load-test participants: the subscriber side every participant has, and the two roles.
+
+`Participant` joins, answers the SFU's subscriber offers (ICE controlled, DTLS client) and keeps
+the room's track list. `Subscriber` counts every RTP packet from its clear header (sequence gaps
+→ loss, bytes → bitrate), decrypts one in `sample_every` to read the latency trailer, and sends
+`UpdateTrackSettings` for its layout. `Publisher` (see `publisher.py`) adds a sending transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from livekit.protocol import models, rtc
+
+from loadtest.packets import PacketError, Trailer
+from loadtest.signal import SignalClient
+from loadtest.webrtc import Sdp, SdpError, Transport, answer_subscriber_offer
+
+__all__ = ["Participant", "StreamStats", "Subscriber", "TileRequest"]
+
+MAX_LATENCY_SAMPLES = 20_000
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """One SSRC the SFU sends this subscriber."""
+
+    base: int
+    highest: int
+    received: int = 1
+    octets: int = 0
+    track: int = -1
+    layer: int = -1
+    layer_switches: int = 0
+    octets_by_layer: dict[int, int] = field(default_factory=dict)
+    since_sample: int = 0
+
+    @property
+    def expected(self) -> int:
+        return self.highest - self.base + 1
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """What the layout wants from one video track."""
+
+    disabled: bool
+    width: int = 0
+    height: int = 0
+
+
+class Participant:
+    """Signalling plus the subscriber transport."""
+
+    def __init__(self, url: str, token: str, identity: str, *, auto_subscribe: bool) -> None:
+        self.identity = identity
+        self.signal = SignalClient(url, token, auto_subscribe=auto_subscribe, on_message=self._on)
+        self.sub_transport = Transport(controlling=False)
+        self.error: str | None = None
+        self.join_time_ms: float | None = None
+        #: track sid -> (publisher identity, TrackType)
+        self.tracks: dict[str, tuple[str, int]] = {}
+        self._sub_local_ready = False
+        self._answering = asyncio.Lock()
+
+    async def join(self) -> None:
+        start = time.perf_counter()
+        join = await self.signal.connect()
+        self._learn(list(join.other_participants))
+        self.join_time_ms = (time.perf_counter() - start) * 1000.0
+
+    def _learn(self, participants: list[models.ParticipantInfo]) -> None:
+        for p in participants:
+            if p.identity == self.identity:
+                continue
+            sids = {t.sid for t in p.tracks}
+            for sid in [s for s, (who, _) in self.tracks.items() if who == p.identity]:
+                if sid not in sids or p.state == models.ParticipantInfo.DISCONNECTED:
+                    del self.tracks[sid]
+            if p.state != models.ParticipantInfo.DISCONNECTED:
+                for t in p.tracks:
+                    self.tracks[t.sid] = (p.identity, t.type)
+        self.tracks_changed()
+
+    def tracks_changed(self) -> None:
+        """Hook: the room's published tracks changed."""
+
+    async def _on(self, response: rtc.SignalResponse) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "offer":
+            await self._answer(response.offer)
+        elif kind == "update":
+            self._learn(list(response.update.participants))
+        elif kind == "leave":
+            self.error = self.error or "the server sent leave"
+        else:
+            await self.on_signal(kind, response)
+
+    async def on_signal(self, kind: str | None, response: rtc.SignalResponse) -> None:
+        """Hook for messages the base class does not handle."""
+
+    async def _answer(self, offer: rtc.SessionDescription) -> None:
+        async with self._answering:
+            try:
+                parsed = Sdp.parse(offer.sdp)
+                local = await self.sub_transport.local_parameters()
+
+                sdp = answer_subscriber_offer(parsed, local)
+                remote = parsed.first_bundled()
+            except SdpError as exc:
+                self.error = f"subscriber offer: {exc}"
+                return
+            answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
+            await self.signal.send(rtc.SignalRequest(answer=answer))
+            # The SFU offered actpass; we answered active: DTLS client.
+            self.sub_transport.start(remote, "client")
+
+    async def close(self) -> None:
+        await self.signal.close()
+        await self.sub_transport.close()
+
+
+class Subscriber(Participant):
+    """A cheap receiver: counts everything, decrypts a sample, follows a layout."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        identity: str,
+        *,
+        sample_every: int,
+        layout: Callable[[dict[str, tuple[str, int]]], dict[str, TileRequest]],
+    ) -> None:
+        super().__init__(url, token, identity, auto_subscribe=True)
+        self.sample_every = max(1, sample_every)
+        self.layout = layout
+        self.streams: dict[int, StreamStats] = {}
+        self.packets = 0
+        self.octets = 0
+        self.latency_ms: list[float] = []
+        self.new_latency_ms: list[float] = []
+        self.decrypt_errors = 0
+        self._settings: dict[str, TileRequest] = {}
+        self.sub_transport.on_rtp = self._on_rtp
+        self.sub_transport.on_rtp_clear = self._on_rtp_clear
+
+    def _stream(self, data: bytes) -> StreamStats:
+        seq = (data[2] << 8) | data[3]
+        ssrc = int.from_bytes(data[8:12], "big")
+        stream = self.streams.get(ssrc)
+        if stream is None:
+            stream = self.streams[ssrc] = StreamStats(seq, seq)
+            stream.since_sample = self.sample_every  # sample the first packet
+            return stream
+        stream.received += 1
+        delta = (seq - stream.highest) & 0xFFFF
+        if delta < 0x8000:
+            stream.highest += delta
+        return stream
+
+    def _on_rtp(self, data: bytes) -> None:
+        self.packets += 1
+        size = len(data)
+        self.octets += size
+        stream = self._stream(data)
+        stream.octets += size
+        stream.since_sample += 1
+        if stream.since_sample >= self.sample_every:
+            stream.since_sample = 0
+            try:
+                clear = self.sub_transport.unprotect(data)
+            except Exception:
+                self.decrypt_errors += 1
+            else:
+                self._read_trailer(stream, clear)
+        if stream.layer >= 0:
+            stream.octets_by_layer[stream.layer] = (
+                stream.octets_by_layer.get(stream.layer, 0) + size
+            )
+
+    def _on_rtp_clear(self, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        self.packets += 1
+        self.octets += len(data)
+        stream = self._stream(data)
+        stream.octets += len(data)
+        self._read_trailer(stream, data)
+
+    def _read_trailer(self, stream: StreamStats, clear: bytes) -> None:
+        try:
+            trailer = Trailer.parse(clear)
+        except PacketError:
+            return
+        latency = (time.monotonic_ns() - trailer.sent_ns) / 1e6
+        if len(self.latency_ms) < MAX_LATENCY_SAMPLES:
+            self.latency_ms.append(latency)
+        if len(self.new_latency_ms) < MAX_LATENCY_SAMPLES:
+            self.new_latency_ms.append(latency)
+        if stream.layer != trailer.layer:
+            if stream.layer >= 0:
+                stream.layer_switches += 1
+            stream.layer = trailer.layer
+        stream.track = trailer.track
+
+    def tracks_changed(self) -> None:
+        self.apply_layout()
+
+    def apply_layout(self) -> None:
+        wanted = self.layout(self.tracks)
+        changed = [sid for sid, tile in wanted.items() if self._settings.get(sid) != tile]
+        for sid in changed:
+            tile = wanted[sid]
+            self._settings[sid] = tile
+            settings = rtc.UpdateTrackSettings(
+                track_sids=[sid], disabled=tile.disabled, width=tile.width, height=tile.height
+            )
+            asyncio.get_running_loop().create_task(
+                self.signal.send(rtc.SignalRequest(track_setting=settings))
+            )

@@ -1,0 +1,86 @@
+"""What the SFU says about itself: a Prometheus `/metrics` scrape, or `/proc/PID` for a local one.
+
+`parse_prometheus(text)` reads the text exposition format into (name, labels, value) samples;
+`Snapshot` keeps the few numbers the report needs: forwarded packets, process CPU seconds, RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["Snapshot", "metrics_url_for", "parse_prometheus", "scrape"]
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        samples.append((match.group(1), labels, value))
+    return samples
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    t: float
+    packets_out: float | None
+    cpu_s: float | None
+    rss_bytes: float | None
+
+
+def metrics_url_for(url: str) -> str:
+    """`ws://host:port` → `http://host:port/metrics` (the SFU serves both on one port)."""
+    http = re.sub(r"^ws", "http", url.rstrip("/"))
+    return f"{http}/metrics"
+
+
+def _proc(pid: int) -> tuple[float | None, float | None]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        return cpu, float(rss)
+    except (OSError, IndexError, ValueError):
+        return None, None
+
+
+async def scrape(metrics_url: str | None, pid: int | None = None) -> Snapshot:
+    """Read the counters now; fields are None when unavailable."""
+    packets = cpu = rss = None
+    if metrics_url:
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.get(metrics_url)
+            if response.status_code == 200:
+                for name, labels, value in parse_prometheus(response.text):
+                    if name == "livekit_packet_total" and labels.get("direction") == "outgoing":
+                        packets = (packets or 0.0) + value
+                    elif name == "process_cpu_seconds_total":
+                        cpu = value
+                    elif name == "process_resident_memory_bytes":
+                        rss = value
+        except httpx.HTTPError:
+            pass
+    if pid is not None:
+        proc_cpu, proc_rss = _proc(pid)
+        cpu = proc_cpu if proc_cpu is not None else cpu
+        rss = proc_rss if proc_rss is not None else rss
+    return Snapshot(time.monotonic(), packets, cpu, rss)
