@@ -77,9 +77,14 @@ STOP_TIMEOUT_S = 20.0
 # -- measurements -------------------------------------------------------------------------------
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds, from /proc/PID/stat."""
+    return sum(proc_user_sys_s(pid))
+
+
+def proc_user_sys_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def proc_sched_s(pid: int) -> float:
@@ -130,13 +135,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     """The SFU's Prometheus text → {"name{label=value,...}": value} for the lines we use."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith("livekit_"):
+        if not line.startswith(("livekit_", "sfu_send_")):
             continue
         name, _, value = line.rpartition(" ")
         if "{" in name:
             base, labels = name[:-1].split("{", 1)
             keep = sorted(
-                p for p in labels.split(",") if p.startswith(("direction=", "transmission="))
+                p for p in labels.split(",") if p.startswith(("direction=", "transmission=", "le="))
             )
             name = base + ("{" + ",".join(keep) + "}" if keep else "")
         out[name] = out.get(name, 0.0) + float(value)
@@ -147,6 +152,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 class Snapshot:
     at: float
     sfu_cpu_s: float
+    sfu_sys_s: float
     sfu_sched_s: float
     sfu_switches: int
     pub_cpu_s: float
@@ -204,6 +210,7 @@ def window(name: str, a: Snapshot, b: Snapshot) -> dict[str, Any]:
             2,
         ),
         "us_per_packet": round(1e6 * cpu / out, 2) if out > 0 else None,
+        "sfu_sys_share_pct": round(100 * (b.sfu_sys_s - a.sfu_sys_s) / cpu, 1) if cpu else None,
         "sfu_sched_pct": round(100 * sched / dt, 2),
         "sfu_switches_per_s": round((b.sfu_switches - a.sfu_switches) / dt, 1),
         "us_per_packet_sched": round(1e6 * sched / out, 2) if out > 0 else None,
@@ -215,10 +222,42 @@ def window(name: str, a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "sfu_dropped": int(
             b.metric("livekit_packet_dropped_total") - a.metric("livekit_packet_dropped_total")
         ),
+        **send_path(a, b),
         "publisher_cpu_pct": round(100 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
         "subscribers_cpu_pct": round(100 * (b.workers_cpu_s - a.workers_cpu_s) / dt, 1),
         "others_cpu_pct": round(100 * (host - cpu - gen) / dt, 1),
         "loadavg": [a.loadavg, b.loadavg],
+    }
+
+
+def send_path(a: Snapshot, b: Snapshot) -> dict[str, Any]:
+    """The batched send path's figures (rtc.send_mode gso/batch): datagrams per socket flush,
+    per system call, per GSO send, and the flush-size histogram (bucket upper bound → flushes)."""
+
+    def delta(name: str) -> float:
+        return b.metric(name) - a.metric(name)
+
+    flushes = delta("sfu_send_flushes_total")
+    datagrams = delta("sfu_send_datagrams_total")
+    syscalls = delta("sfu_send_syscalls_total")
+    if not flushes:
+        return {}
+    histogram: dict[str, int] = {}
+    below = 0.0
+    for key in sorted(
+        (k for k in b.metrics if k.startswith("sfu_send_batch_size_bucket")),
+        key=lambda k: float(k.split('le="')[1].rstrip('"}')),
+    ):
+        cumulative = delta(key)
+        histogram[key.split('le="')[1].rstrip('"}')] = int(cumulative - below)
+        below = cumulative
+    return {
+        "send_datagrams_per_flush": round(datagrams / flushes, 2),
+        "send_datagrams_per_syscall": round(datagrams / syscalls, 2) if syscalls else None,
+        "send_gso_share_pct": round(100 * delta("sfu_send_gso_datagrams_total") / datagrams, 1)
+        if datagrams
+        else None,
+        "send_flush_sizes": histogram,
     }
 
 
@@ -366,9 +405,12 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 class Scenario:
-    def __init__(self, args: argparse.Namespace, n: int, workdir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, n: int, workdir: Path, send_mode: str | None = None
+    ) -> None:
         self.args = args
         self.n = n
+        self.send_mode = send_mode
         self.workdir = workdir
         self.sfu: SfuInstance | None = None
         self.workers: list[Worker] = []
@@ -381,7 +423,8 @@ class Scenario:
         response = await self.http.get(self.sfu.metrics_url)
         return Snapshot(
             at=time.monotonic(),
-            sfu_cpu_s=proc_cpu_s(self.sfu.pid),
+            sfu_cpu_s=sum(user_sys := proc_user_sys_s(self.sfu.pid)),
+            sfu_sys_s=user_sys[1],
             sfu_sched_s=proc_sched_s(self.sfu.pid),
             sfu_switches=proc_switches(self.sfu.pid),
             pub_cpu_s=sum(os.times()[:2]),
@@ -415,10 +458,11 @@ class Scenario:
     async def run(self) -> dict[str, Any]:
         args, n = self.args, self.n
         tracks = 1 if args.no_audio else 2
-        result: dict[str, Any] = {"subscribers": n}
+        result: dict[str, Any] = {"subscribers": n, "send_mode": self.send_mode or "default"}
         async with running_sfu(
             self.workdir / "sfu",
             log_level="warn",
+            extra_config={"rtc": {"send_mode": self.send_mode}} if self.send_mode else None,
             command=self.sfu_command(),
             rtc_ports=max(100, 2 * n + 20),
             startup_timeout_s=30.0,
@@ -426,7 +470,7 @@ class Scenario:
             self.sfu = sfu
             if args.pin:
                 pin(sfu.pid, {0})
-            log(f"N={n}: SFU pid {sfu.pid} on {sfu.url}")
+            log(f"N={n}, send mode {result['send_mode']}: SFU pid {sfu.pid} on {sfu.url}")
             publisher = PooledPublisher(
                 "publisher",
                 pool=int(args.fps),
@@ -555,6 +599,7 @@ def summarise_cprofile(path: Path, top: int) -> str:
 # -- output -----------------------------------------------------------------------------------------
 COLUMNS = (
     ("N", "subscribers", "{:>4}"),
+    ("send", "send_mode", "{:>9}"),
     ("window", "window", "{:>6}"),
     ("s", "seconds", "{:>4.0f}"),
     ("fwd pps", "fwd_pps", "{:>7.0f}"),
@@ -564,6 +609,7 @@ COLUMNS = (
     ("µs/pkt", "us_per_packet", "{:>6.1f}"),
     ("µs/pkt sched", "us_per_packet_sched", "{:>6.1f}"),
     ("µs/pkt net", "us_per_packet_net", "{:>6.1f}"),
+    ("sys %", "sfu_sys_share_pct", "{:>5.1f}"),
     ("loss %", "client_loss_pct", "{:>5.2f}"),
     ("delivered %", "delivered_pct", "{:>5.1f}"),
     ("pub CPU %", "publisher_cpu_pct", "{:>5.1f}"),
@@ -580,7 +626,11 @@ def table(results: list[dict[str, Any]]) -> str:
         for window_name in WINDOWS:
             if window_name not in r:
                 continue
-            values = {**r[window_name], "subscribers": r["subscribers"]}
+            values = {
+                **r[window_name],
+                "subscribers": r["subscribers"],
+                "send_mode": r.get("send_mode", "default"),
+            }
             if window_name == "idle":  # no packets: per-packet columns are meaningless
                 values = {k: v for k, v in values.items() if "packet" not in k}
             cells = []
@@ -597,17 +647,33 @@ def marginal(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Fixed costs (timers, and the per-wake-up and per-received-packet work, which do not grow
     with N) cancel out; what is left is the cost of one more copy sent.
     """
-    loads = sorted(
-        ((r["subscribers"], r["load"]) for r in results if r.get("load")), key=lambda x: x[0]
-    )
     out = []
-    for (n_a, a), (n_b, b) in itertools.pairwise(loads):
-        d_pps = b["fwd_pps"] - a["fwd_pps"]
-        if d_pps > 0:
-            d_cpu = (b["sfu_cpu_s"] / b["seconds"]) - (a["sfu_cpu_s"] / a["seconds"])
-            out.append(
-                {"from": n_a, "to": n_b, "us_per_extra_packet": round(1e6 * d_cpu / d_pps, 2)}
-            )
+    modes = sorted({r.get("send_mode", "default") for r in results})
+    for mode in modes:
+        # per N, over the rounds: (CPU s per s, forwarded packets per s)
+        by_n: dict[int, list[tuple[float, float]]] = {}
+        for r in results:
+            if r.get("load") and r.get("send_mode", "default") == mode:
+                w = r["load"]
+                by_n.setdefault(r["subscribers"], []).append(
+                    (w["sfu_cpu_s"] / w["seconds"], w["fwd_pps"])
+                )
+        loads = [
+            (n, sum(c for c, _ in v) / len(v), sum(p for _, p in v) / len(v))
+            for n, v in sorted(by_n.items())
+        ]
+        for (n_a, cpu_a, pps_a), (n_b, cpu_b, pps_b) in itertools.pairwise(loads):
+            d_pps = pps_b - pps_a
+            if d_pps > 0:
+                d_cpu = cpu_b - cpu_a
+                out.append(
+                    {
+                        "send_mode": mode,
+                        "from": n_a,
+                        "to": n_b,
+                        "us_per_extra_packet": round(1e6 * d_cpu / d_pps, 2),
+                    }
+                )
     return out
 
 
@@ -622,7 +688,7 @@ def gap_summary(result: dict[str, Any]) -> str:
         f"{stream} {gaps}" for stream, gaps in clients.get("gap_examples", {}).items() if gaps
     )
     return (
-        f"N={result['subscribers']}: sequence gaps seen by subscribers since they joined: "
+        f"N={result['subscribers']} {result.get('send_mode', 'default')}: sequence gaps seen by subscribers since they joined: "
         + (", ".join(parts) or "none")
         + (
             f" (first subscriber, [packets before, missing, ms into stream]: {examples})"
@@ -646,13 +712,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-audio", action="store_true", help="publish video only")
     parser.add_argument("--per-worker", type=int, default=25, help="subscribers per process")
     parser.add_argument("--pin", action="store_true", help="SFU on CPU 0, load generators off it")
+    parser.add_argument(
+        "--send-modes",
+        nargs="+",
+        choices=("gso", "batch", "immediate"),
+        help="run each N once per rtc.send_mode, interleaved (default: the SFU's default only)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the whole N × send-mode sequence"
+    )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
     parser.add_argument("--py-spy", help="path of the py-spy binary (default: from PATH)")
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    if min(args.subscribers) < 1 or args.per_worker < 1:
+    if min(args.subscribers) < 1 or args.per_worker < 1 or args.rounds < 1:
         parser.error("N and --per-worker must be at least 1")
     if args.duration <= 0 or args.idle <= 0 or args.warmup < 0 or args.fps <= 0:
         parser.error("durations and --fps must be positive")
@@ -672,8 +747,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     log(f"work directory {workdir}; load average {loadavg()}")
     try:
-        for n in args.subscribers:
-            scenario = Scenario(args, n, workdir / f"n{n}")
+        runs = [
+            (n, mode)
+            for _ in range(args.rounds)
+            for n in args.subscribers
+            for mode in args.send_modes or [None]
+        ]
+        for i, (n, mode) in enumerate(runs):
+            scenario = Scenario(args, n, workdir / f"run{i}-n{n}-{mode or 'default'}", mode)
             # The harness prints the SFU's log tail on stop: keep stdout for the results.
             with contextlib.redirect_stdout(sys.stderr):
                 try:
@@ -688,7 +769,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if args.profile == "cprofile"
                     else summarise_py_spy(path, args.top)
                 )
-                output["profiles"].append({"subscribers": n, "file": str(path), "summary": text})
+                output["profiles"].append(
+                    {"subscribers": n, "send_mode": mode, "file": str(path), "summary": text}
+                )
     finally:
         output["loadavg_end"] = loadavg()
         if args.keep or args.profile != "none":
@@ -732,11 +815,22 @@ def main() -> None:
     output["marginal"] = marginal(output["results"])
     for m in output["marginal"]:
         print(
-            f"marginal SFU CPU per extra forwarded packet, N={m['from']}→{m['to']}: "
+            f"marginal SFU CPU per extra forwarded packet, send mode {m['send_mode']}, "
+            f"N={m['from']}→{m['to']}: "
             f"{m['us_per_extra_packet']:.1f} µs"
         )
     for result in output["results"]:
         print(gap_summary(result))
+    for result in output["results"]:
+        load = result.get("load") or {}
+        if "send_datagrams_per_flush" in load:
+            print(
+                f"send path, N={result['subscribers']} {result['send_mode']}: "
+                f"{load['send_datagrams_per_flush']} datagrams per socket flush, "
+                f"{load['send_datagrams_per_syscall']} per syscall, "
+                f"{load['send_gso_share_pct']} % in GSO sends; flushes by size (≤ bound): "
+                f"{load['send_flush_sizes']}"
+            )
     line = json.dumps(output, separators=(",", ":"))
     if args.json:
         args.json.write_text(line + "\n")

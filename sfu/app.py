@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
@@ -27,7 +28,7 @@ from sfu.ids import NodeId, new_node_id
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, Room, RoomManager, RoomNotFoundError
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
-from sfu.transport import TransportConfig
+from sfu.transport import SendMode, TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Sfu:
             node_ip=config.rtc.node_ip or None,
             port_range_start=config.rtc.port_range_start,
             port_range_end=config.rtc.port_range_end,
+            send_mode=cast(SendMode, config.rtc.send_mode),
         )
         return cls(config, node_id, TokenVerifier(config.keys), rooms, metrics, transport_config)
 

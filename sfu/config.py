@@ -21,6 +21,8 @@ import yaml
 log = logging.getLogger(__name__)
 
 MIN_SECRET_LENGTH = 32
+#: rtc.send_mode values (sfu.transport.peer.SEND_MODES)
+SEND_MODES = ("gso", "batch", "immediate")
 PLACEHOLDER_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "change_me", "devsecret", "password", "xxxx", "todo"}
 )
@@ -74,6 +76,10 @@ class RtcConfig:
     node_ip: str = ""
     #: STUN/TURN URLs handed to clients in JoinResponse.ice_servers.
     ice_servers: tuple[str, ...] = ()
+    #: not a LiveKit key: how media leaves each socket. "gso": the datagrams of one event-loop
+    #: iteration together, equal-size runs in one UDP GSO send; "batch": together, one sendto
+    #: each; "immediate": one sendto per packet as it is forwarded.
+    send_mode: str = "gso"
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("rtc.port_range_start/rtc.port_range_end: not a valid UDP port range")
     if rtc.port_range_start == 0 and rtc.port_range_end != 0:
         raise ConfigError("rtc.port_range_start: must be set when rtc.port_range_end is")
+    if rtc.send_mode not in SEND_MODES:
+        raise ConfigError(f"rtc.send_mode: must be one of {', '.join(SEND_MODES)}")
     for address in (*config.bind_addresses, *([rtc.node_ip] if rtc.node_ip else [])):
         if address in ("", "0.0.0.0", "::"):
             continue

@@ -8,14 +8,21 @@ from a callback the composition root installs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: upper bounds of the send batch-size histogram (datagrams per socket per loop iteration)
+SEND_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass(slots=True)
@@ -38,6 +45,13 @@ class Counters:
     participant_joins: int = 0
     data_packets: int = 0
     signal_errors: int = 0
+    # the batched send path (sfu.transport.batch): per socket and loop iteration
+    send_flushes: int = 0  # queues flushed (one per socket per loop iteration with datagrams)
+    send_datagrams: int = 0  # datagrams those flushes held
+    send_syscalls: int = 0  # sendto/sendmsg calls they took
+    send_gso_datagrams: int = 0  # datagrams sent inside a UDP GSO sendmsg
+    #: flushes by size: ≤ SEND_BATCH_BUCKETS[i], and the last slot for larger ones
+    send_batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(SEND_BATCH_BUCKETS) + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,25 @@ class _Collector(Collector):
             metric = CounterMetricFamily(name, doc, labels=labels)
             metric.add_metric(node, value)
             yield metric
+        for name, doc, value in (
+            ("sfu_send_flushes", "socket send queues flushed", c.send_flushes),
+            ("sfu_send_datagrams", "datagrams sent through send queues", c.send_datagrams),
+            ("sfu_send_syscalls", "send system calls made by send queues", c.send_syscalls),
+            ("sfu_send_gso_datagrams", "datagrams sent with UDP GSO", c.send_gso_datagrams),
+        ):
+            metric = CounterMetricFamily(name, doc, labels=labels)
+            metric.add_metric(node, value)
+            yield metric
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*SEND_BATCH_BUCKETS, "+Inf"), c.send_batch_sizes, strict=True):
+            cumulative += count
+            buckets.append((str(bound), cumulative))
+        batch = HistogramMetricFamily(
+            "sfu_send_batch_size", "datagrams per send queue flush", labels=labels
+        )
+        batch.add_metric(node, buckets, sum_value=c.send_datagrams)
+        yield batch
         g = self.gauges()
         for name, doc, value in (
             ("livekit_room_total", "open rooms", g.rooms),

@@ -1,18 +1,26 @@
 """The SFU's WebRTC transport: the only package that touches aiortc and aioice.
 
 `PeerTransport` is one BUNDLEd peer connection (ICE, DTLS-SRTP, SCTP data channels) speaking SDP
-written by `sfu.sdp`; it hands decrypted RTP/RTCP to callbacks and sends plaintext RTP/RTCP
-synchronously.  It never decodes or parses media payloads.
+written by `sfu.sdp`; it hands decrypted RTP/RTCP to callbacks, protects plaintext RTP/RTCP
+synchronously and sends them by the end of the event-loop iteration (`sfu.transport.batch`).
+It never decodes or parses media payloads.
 """
 
 from sfu.transport.negotiation import SUBSCRIBER_EXTENSION_IDS, PublishedMedia
-from sfu.transport.peer import IceRestartError, PeerTransport, TransportConfig, TransportStats
+from sfu.transport.peer import (
+    IceRestartError,
+    PeerTransport,
+    SendMode,
+    TransportConfig,
+    TransportStats,
+)
 
 __all__ = [
     "SUBSCRIBER_EXTENSION_IDS",
     "IceRestartError",
     "PeerTransport",
     "PublishedMedia",
+    "SendMode",
     "TransportConfig",
     "TransportStats",
 ]

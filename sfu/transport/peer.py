@@ -4,7 +4,9 @@ This module owns the lifetime of one BUNDLEd, rtcp-mux transport: an aioice ICE 
 DTLS-SRTP transport, one SCTP association with its data channels, and the SDP exchanged for them.
 aiortc's RTCPeerConnection, RTP senders and receivers are never created: decrypted RTP/RTCP go
 straight to the caller's callbacks, and `send_rtp`/`send_rtcp` protect and send synchronously on
-the nominated candidate pair's socket.  Media payloads are never parsed.
+the nominated candidate pair's socket: by default through a `SendQueue` (`sfu.transport.batch`)
+that sends each loop iteration's datagrams together, with UDP GSO where it can.  Media payloads
+are never parsed.
 
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
@@ -33,6 +35,7 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
 from sfu.sdp import Codec, SdpError, SessionDescription
+from sfu.transport.batch import SendQueue
 from sfu.transport.ice import gather_host_candidates, parse_candidate_init
 from sfu.transport.negotiation import (
     SUBSCRIBER_EXTENSION_IDS,
@@ -45,11 +48,22 @@ from sfu.transport.negotiation import (
 )
 from sfu.transport.srtp import SrtpProtector
 
-__all__ = ["IceRestartError", "PeerTransport", "TransportConfig", "TransportStats"]
+__all__ = [
+    "SEND_MODES",
+    "IceRestartError",
+    "PeerTransport",
+    "SendMode",
+    "TransportConfig",
+    "TransportStats",
+]
 
 logger = logging.getLogger(__name__)
 
 State = Literal["new", "connecting", "connected", "failed", "closed"]
+#: how RTP/RTCP leave: "gso" (batched per loop iteration, UDP GSO for equal-size runs),
+#: "batch" (batched, one sendto per datagram) or "immediate" (one sendto per send_rtp call)
+SendMode = Literal["gso", "batch", "immediate"]
+SEND_MODES: tuple[SendMode, ...] = ("gso", "batch", "immediate")
 SCTP_PORT = 5000
 LOCAL_MAX_MESSAGE_SIZE = 262144
 # The event loop queues datagrams when the socket would block; beyond this, send_rtp drops.
@@ -74,10 +88,13 @@ class TransportConfig:
     port_range_end: int = 0
     connect_timeout: float = 20.0  # ICE + DTLS must complete within this, else "failed"
     video_codecs: tuple[str, ...] = ("vp8", "h264")  # accepted from publishers (lower case)
+    send_mode: SendMode = "gso"
 
     def __post_init__(self) -> None:
         if not self.bind_addresses:
             raise ValueError("bind_addresses must not be empty")
+        if self.send_mode not in SEND_MODES:
+            raise ValueError(f"send_mode must be one of {SEND_MODES}")
         if (self.port_range_start, self.port_range_end) != (0, 0) and not (
             0 < self.port_range_start <= self.port_range_end < 65536
         ):
@@ -167,6 +184,7 @@ class PeerTransport:
         self._sendto: Callable[[bytes, Any], None] = _noop_send
         self._backlog: Callable[[], int] = int  # bytes the event loop holds for the socket
         self._remote_addr: Any = None
+        self._queue: SendQueue | None = None  # None: send_mode "immediate", or not connected
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
 
@@ -412,16 +430,31 @@ class PeerTransport:
         if protect is None:
             self.send_dropped += 1
             return False
+        queue = self._queue
         try:
-            if self._backlog() > MAX_SEND_BACKLOG:  # the socket is full: drop, don't queue
-                raise BlockingIOError
-            packet = protect(data)
-            self._sendto(packet, self._remote_addr)
+            if queue is not None:
+                packet = protect(data)
+                if not queue.send(packet):
+                    raise BlockingIOError
+            else:
+                if self._backlog() > MAX_SEND_BACKLOG:  # the socket is full: drop, don't queue
+                    raise BlockingIOError
+                packet = protect(data)
+                self._sendto(packet, self._remote_addr)
         except Exception:
             self.send_dropped += 1
             return False
         self.bytes_sent += len(packet)
         return True
+
+    def _on_send_failed(self, packet: bytes) -> None:
+        """A queued datagram the socket refused at flush time: uncount it, count a drop."""
+        if 192 <= packet[1] <= 223:  # RFC 5761 §4: RTCP packet types 192-223 (SR 200, RR 201...)
+            self.rtcp_packets_sent -= 1
+        else:
+            self.rtp_packets_sent -= 1
+        self.bytes_sent -= len(packet)
+        self.send_dropped += 1
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         self.rtp_packets_received += 1
@@ -477,6 +510,7 @@ class PeerTransport:
             return
         self._closing = True
         self._protect = self._protect_rtcp = None
+        self._close_queue()
         tasks = [t for t in (self._connect_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -595,6 +629,16 @@ class PeerTransport:
         self._remote_addr = pair.remote_addr
         self._sendto = pair.protocol.transport.sendto
         self._backlog = pair.protocol.transport.get_write_buffer_size
+        if self._config.send_mode != "immediate":
+            try:
+                self._queue = SendQueue.for_transport(
+                    pair.protocol.transport,
+                    pair.remote_addr,
+                    self._on_send_failed,
+                    gso=self._config.send_mode == "gso",
+                )
+            except (OSError, ValueError) as exc:  # no socket to batch on: send immediately
+                logger.warning("batched sends unavailable (%r); sending one by one", exc)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
         self._ice.on("statechange", self._on_transport_change)
@@ -610,8 +654,14 @@ class PeerTransport:
         dtls_state = self._dtls.state
         if ice_lost or dtls_state in ("failed", "closed"):
             self._protect = self._protect_rtcp = None
+            self._close_queue()
             # DTLS closed over a live ICE connection: the peer sent close_notify (it hung up).
             self._set_state("failed" if ice_lost or dtls_state == "failed" else "closed")
+
+    def _close_queue(self) -> None:
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.close()
 
     def _maybe_start_sctp(self) -> None:
         if self._sctp_started or self._sctp_remote is None or self._sctp is None:

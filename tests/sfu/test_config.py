@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sfu.config import ConfigError, from_mapping, load
+from sfu.config import SEND_MODES, ConfigError, from_mapping, load
+from sfu.transport.peer import SEND_MODES as TRANSPORT_SEND_MODES
 
 SECRET = "s" * 40
 
@@ -49,6 +50,15 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert config.rtc.node_ip == "10.0.0.5"
 
 
+def test_send_mode_defaults_to_gso_and_matches_the_transport() -> None:
+    assert from_mapping({"keys": {"k": SECRET}}).rtc.send_mode == "gso"
+    assert SEND_MODES == TRANSPORT_SEND_MODES
+    for mode in SEND_MODES:
+        assert (
+            from_mapping({"keys": {"k": SECRET}, "rtc": {"send_mode": mode}}).rtc.send_mode == mode
+        )
+
+
 def test_keys_from_env_and_body() -> None:
     config = load(None, env={"LIVEKIT_CONFIG": "port: 7200", "LIVEKIT_KEYS": f"k1: {SECRET}"})
     assert config.keys == {"k1": SECRET}
@@ -71,6 +81,7 @@ def test_keys_from_env_and_body() -> None:
         ),
         ({"keys": {"k": SECRET}, "rtc": {"node_ip": "example.org"}}, "not an IP address"),
         ({"keys": {"k": SECRET}, "room": [1]}, "expected a mapping"),
+        ({"keys": {"k": SECRET}, "rtc": {"send_mode": "fast"}}, "rtc.send_mode: must be one of"),
     ],
 )
 def test_errors_are_clear(raw: dict[str, object], message: str) -> None:

@@ -20,8 +20,10 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
+from sfu.metrics import COUNTERS
 from sfu.sdp import SessionDescription
-from sfu.transport import IceRestartError, PeerTransport, TransportConfig
+from sfu.transport import IceRestartError, PeerTransport, SendMode, TransportConfig
+from sfu.transport.peer import SEND_MODES
 
 
 @pytest.fixture(autouse=True)
@@ -128,9 +130,10 @@ async def test_publisher_receives_rtp_rtcp_and_data_from_aiortc() -> None:
     assert rec.states[-1] in ("closed", "failed")
 
 
-async def test_subscriber_sends_rtp_and_data_to_aiortc() -> None:
+@pytest.mark.parametrize("send_mode", SEND_MODES)
+async def test_subscriber_sends_rtp_and_data_to_aiortc(send_mode: SendMode) -> None:
     rec = Recorder()
-    transport = rec.transport("subscriber")
+    transport = rec.transport("subscriber", TransportConfig(send_mode=send_mode))
     audio_mid = transport.add_track("audio", "audio/opus", 1111, "PA_x|camera", "TR_a")
     video_mid = transport.add_track("video", "video/VP8", 2222, "PA_x|camera", "TR_v")
     assert (audio_mid, video_mid) == ("1", "2")
@@ -160,13 +163,19 @@ async def test_subscriber_sends_rtp_and_data_to_aiortc() -> None:
             transport.send_rtp(rtp_packet(audio_pt, seq, 1111, b"\xfc" + bytes(40)))
             transport.send_rtp(rtp_packet(video_pt, seq, 2222, b"\x10" + bytes(100)))
             await asyncio.sleep(0.005)
-        await wait_for(lambda: transport.stats.rtp_packets_sent == 80, what="sent")
+        # a frame's worth of equal-size packets in one loop iteration: one GSO send in "gso" mode
+        gso_before = COUNTERS.send_gso_datagrams
+        for seq in range(40, 60):
+            transport.send_rtp(rtp_packet(video_pt, seq, 2222, b"\x10" + bytes(1000)))
+        await wait_for(lambda: transport.stats.rtp_packets_sent == 100, what="sent")
+        await asyncio.sleep(0)  # the end of this loop iteration: the burst has left
+        assert (COUNTERS.send_gso_datagrams - gso_before >= 20) == (send_mode == "gso")
 
         async def counts() -> dict[int, int]:
             return await inbound_rtp(pc)
 
         deadline = time.monotonic() + 5
-        while (got := await counts()) != {1111: 40, 2222: 40}:
+        while (got := await counts()) != {1111: 40, 2222: 60}:
             assert time.monotonic() < deadline, got
             await asyncio.sleep(0.05)
         # aiortc's receivers answer with RTCP (RR, NACK/PLI) on the bundle.
@@ -488,3 +497,16 @@ async def test_consent_expiry_reports_failed(monkeypatch: pytest.MonkeyPatch) ->
         await subscriber.close()
         await publisher.close()
     assert down.states[-1] == "closed"
+
+
+async def test_datagrams_refused_at_flush_time_are_uncounted_and_dropped() -> None:
+    transport = Recorder().transport("subscriber")
+    try:
+        transport.rtp_packets_sent, transport.rtcp_packets_sent, transport.bytes_sent = 5, 2, 900
+        transport._on_send_failed(rtp_packet(96, 1, 1, bytes(88)))  # 100 bytes of SRTP
+        transport._on_send_failed(b"\x80\xc8" + bytes(48))  # 50 bytes of SRTCP (an SR)
+        stats = transport.stats
+        assert (stats.rtp_packets_sent, stats.rtcp_packets_sent) == (4, 1)
+        assert stats.bytes_sent == 750 and stats.send_dropped == 2
+    finally:
+        await transport.close()
