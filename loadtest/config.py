@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load-test a LiveKit-compatible SFU: synthetic simulcast publishers, cheap "
         "subscribers, a report with joins, loss, bitrate, end-to-end latency and SFU cost.",
     )
-    p.add_argument("--url", help="SFU signalling URL, ws://host:port (default ws://127.0.0.1:7880)")
+    p.add_argument(
+        "--url",
+        help="signalling URL: ws://host:port or wss://host (LiveKit Cloud too); http(s):// is "
+        "read as ws(s):// (default ws://127.0.0.1:7880)",
+    )
     p.add_argument("--api-key", help="API key: mint HS256 access tokens locally")
     p.add_argument("--api-secret", help="API secret for --api-key")
     p.add_argument(
@@ -210,6 +214,12 @@ def parse_args(argv: list[str] | None = None) -> Scenario:
     values: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     values.update({k: v for k, v in args.items() if v is not None})
     scenario = replace(Scenario(), preset=preset, **values)
+    url = scenario.url
+    if url.startswith(("http://", "https://")):  # as `lk` accepts: http(s) → ws(s)
+        url = "ws" + url.removeprefix("http")
+    if not url.startswith(("ws://", "wss://")):
+        parser.error(f"--url must be ws://, wss://, http:// or https://, not {scenario.url!r}")
+    scenario = replace(scenario, url=url)
     if scenario.api_key is None and scenario.token_url is None:
         parser.error("give --api-key and --api-secret, or --token-url")
     if scenario.api_key is not None and not scenario.api_secret:

@@ -1,7 +1,8 @@
 """Load-test participants: the subscriber side every participant has, and the two roles.
 
-`Participant` joins, answers the SFU's subscriber offers (ICE controlled, DTLS client) and keeps
-the room's track list. `Subscriber` counts every RTP packet from its clear header (sequence gaps
+`Participant` joins, answers the SFU's subscriber offers (ICE controlled, DTLS client), takes
+trickled ICE candidates for either transport (before or after the SDP they belong to), trickles
+its own when the server's SDP carries none, and keeps the room's track list. `Subscriber` counts every RTP packet from its clear header (sequence gaps
 → loss, bytes → bitrate), decrypts one in `sample_every` to read the latency trailer, and sends
 `UpdateTrackSettings` for its layout. `Publisher` (see `publisher.py`) adds a sending transport.
 """
@@ -17,7 +18,15 @@ from livekit.protocol import models, rtc
 
 from loadtest.packets import PacketError, Trailer
 from loadtest.signal import SignalClient
-from loadtest.webrtc import Sdp, SdpError, Transport, answer_subscriber_offer
+from loadtest.webrtc import (
+    LocalParameters,
+    Sdp,
+    SdpError,
+    Transport,
+    answer_subscriber_offer,
+    candidate_init,
+    parse_candidate_init,
+)
 
 __all__ = ["Participant", "StreamStats", "Subscriber", "TileRequest"]
 
@@ -64,7 +73,10 @@ class Participant:
         #: track sid -> (publisher identity, TrackType)
         self.tracks: dict[str, tuple[str, int]] = {}
         self._sub_local_ready = False
+        self._sub_trickled = False
         self._answering = asyncio.Lock()
+        #: trickled candidates that could not be read (counted, never fatal)
+        self.bad_candidates = 0
 
     async def join(self) -> None:
         start = time.perf_counter()
@@ -94,10 +106,36 @@ class Participant:
             await self._answer(response.offer)
         elif kind == "update":
             self._learn(list(response.update.participants))
+        elif kind == "trickle":
+            await self._on_trickle(response.trickle)
         elif kind == "leave":
             self.error = self.error or "the server sent leave"
         else:
             await self.on_signal(kind, response)
+
+    def transport_for(self, target: int) -> Transport | None:
+        """The transport a `SignalTarget` names (publishers override for PUBLISHER)."""
+        return self.sub_transport if target == rtc.SignalTarget.SUBSCRIBER else None
+
+    async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        transport = self.transport_for(trickle.target)
+        try:
+            candidate = parse_candidate_init(trickle.candidateInit)
+            if transport is None or candidate is None:
+                return
+            await transport.add_remote_candidate(candidate)
+        except SdpError:
+            self.bad_candidates += 1
+
+    async def trickle_local(
+        self, local: LocalParameters, target: rtc.SignalTarget, mid: str, mline_index: int
+    ) -> None:
+        """Send our candidates as `TrickleRequest`s (for a server whose SDP had none of its own,
+        which is a server that expects them trickled; they stay in our SDP too)."""
+        for candidate in local.candidates:
+            init = candidate_init(candidate, mid, mline_index, local.ufrag)
+            trickle = rtc.TrickleRequest(candidateInit=init, target=target)
+            await self.signal.send(rtc.SignalRequest(trickle=trickle))
 
     async def on_signal(self, kind: str | None, response: rtc.SignalResponse) -> None:
         """Hook for messages the base class does not handle."""
@@ -115,6 +153,10 @@ class Participant:
                 return
             answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
             await self.signal.send(rtc.SignalRequest(answer=answer))
+            if not parsed.has_candidates and not self._sub_trickled:
+                self._sub_trickled = True
+                index = parsed.media.index(remote)
+                await self.trickle_local(local, rtc.SignalTarget.SUBSCRIBER, remote.mid, index)
             # The SFU offered actpass; we answered active: DTLS client.
             self.sub_transport.start(remote, "client")
 

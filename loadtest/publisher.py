@@ -3,20 +3,41 @@
 Each publisher announces a camera (VP8, simulcast `q`/`h`/`f` or one layer) and a microphone
 (Opus), offers them on its publisher transport (ICE controlling), and once DTLS-SRTP is up sends
 the cached loops at their frame rates. Every payload ends with a `Trailer` stamped at send time.
-A PLI makes the next frame of that layer the next cached key frame.
+
+Like Element Call's publishers (dynacast on), a `SubscribedQualityUpdate` pauses the layers whose
+quality nobody watches — the layer's clock runs on, but no packets and no sequence numbers are
+spent — and a re-enabled layer resumes with a key frame. A PLI or FIR makes the next frame of that
+layer the next cached key frame. Every `SR_INTERVAL_S` each stream that is sending gets an RTCP
+SR + SDES CNAME whose NTP ↔ RTP mapping comes from the monotonic clock the frames are paced by.
+A generic NACK is answered from a short history of the datagrams already sent (re-sent as they
+were, already protected: no RTX, as none is negotiated).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livekit.protocol import models, rtc
 
 from loadtest.media import AUDIO_FRAME_MS, LAYERS, MediaSet
-from loadtest.packets import Trailer, rtp_header, vp8_descriptor, vp8_packetize
+from loadtest.packets import (
+    PT_PSFB,
+    PT_RTPFB,
+    Feedback,
+    PacketError,
+    SdesCname,
+    SenderReport,
+    Trailer,
+    ntp_timestamp,
+    rtp_header,
+    split_rtcp,
+    vp8_descriptor,
+    vp8_packetize,
+)
 from loadtest.participant import Participant
 from loadtest.webrtc import LocalParameters, Sdp, SdpError, Transport
 
@@ -31,6 +52,12 @@ PUBLISH_TIMEOUT_S = 10.0
 PLI_MIN_INTERVAL_S = 0.5
 DTX_INTERVAL_MS = 400
 RESYNC_S = 1.0
+SR_INTERVAL_S = 1.0
+VIDEO_HISTORY = 512  # datagrams kept per video stream for NACKs (≈ 1 s of 720p)
+AUDIO_HISTORY = 64
+VIDEO_CLOCK, AUDIO_CLOCK = 90_000, 48_000
+#: Unix time minus monotonic time, fixed once: SR NTP times follow the pacing clock.
+_UNIX_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()
 
 
 @dataclass
@@ -47,6 +74,44 @@ class _Stream:
     key_requested: bool = False
     last_pli: float = 0.0
     packets: int = 0
+    octets: int = 0  # payload octets, for the SR
+    #: False while dynacast has this layer paused (nobody subscribes to its quality)
+    active: bool = True
+    #: the RTP timestamp of the last frame sent, and the monotonic time it was captured (sent)
+    sent_timestamp: int = 0
+    sent_ns: int = 0
+    history: list[bytes | None] = field(default_factory=list)
+
+    @property
+    def clock_rate(self) -> int:
+        return AUDIO_CLOCK if not self.rid else VIDEO_CLOCK
+
+    def remember(self, sequence_number: int, datagram: bytes) -> None:
+        if not self.history:
+            self.history = [None] * (VIDEO_HISTORY if self.rid else AUDIO_HISTORY)
+        self.history[sequence_number % len(self.history)] = datagram
+
+    def recall(self, sequence_number: int) -> bytes | None:
+        """The datagram sent with `sequence_number`, if still in the history."""
+        if not self.history:
+            return None
+        datagram = self.history[sequence_number % len(self.history)]
+        # SRTP leaves the RTP header in clear: check it is this sequence number, not an older one.
+        if datagram is None or int.from_bytes(datagram[2:4], "big") != sequence_number:
+            return None
+        return datagram
+
+    def sender_report(self, now_ns: int) -> SenderReport:
+        """NTP now ↔ the RTP timestamp now, extrapolated from the last frame's capture time."""
+        elapsed_ns = now_ns - self.sent_ns
+        rtp_now = self.sent_timestamp + elapsed_ns * self.clock_rate // 1_000_000_000
+        return SenderReport(
+            self.ssrc,
+            ntp_timestamp(now_ns + _UNIX_MINUS_MONOTONIC_NS),
+            rtp_now & 0xFFFFFFFF,
+            self.packets,
+            self.octets,
+        )
 
 
 class Publisher(Participant):
@@ -74,6 +139,11 @@ class Publisher(Participant):
         self.pub_transport.on_rtcp = self._on_rtcp
         self.streams: dict[int, _Stream] = {}
         self.plis = 0
+        self.quality_updates = 0
+        self.sender_reports = 0
+        self.nacked = 0  # sequence numbers NACKed
+        self.retransmitted = 0  # of those, re-sent from the history
+        self.video_sid: str | None = None
         self._published: dict[str, asyncio.Future[models.TrackInfo]] = {}
         self._pub_answer: asyncio.Future[rtc.SessionDescription] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +161,36 @@ class Publisher(Participant):
                 future.set_result(response.track_published.track)
         elif kind == "answer" and self._pub_answer is not None and not self._pub_answer.done():
             self._pub_answer.set_result(response.answer)
+        elif kind == "subscribed_quality_update":
+            self.on_quality_update(response.subscribed_quality_update)
+
+    def transport_for(self, target: int) -> Transport | None:
+        if target == rtc.SignalTarget.PUBLISHER:
+            return self.pub_transport
+        return super().transport_for(target)
+
+    def on_quality_update(self, update: rtc.SubscribedQualityUpdate) -> None:
+        """Dynacast: pause the layers nobody watches, resume the others with a key frame.
+
+        Reads `subscribed_codecs` (the entry for vp8), falling back to the deprecated
+        `subscribed_qualities`, as LiveKit's Rust SDK does; qualities not listed are left as
+        they are.
+        """
+        if self.video_sid is None or update.track_sid != self.video_sid:
+            return
+        qualities = next(
+            (list(c.qualities) for c in update.subscribed_codecs if c.codec.lower() == "vp8"),
+            list(update.subscribed_qualities),
+        )
+        enabled: dict[int, bool] = {int(q.quality): q.enabled for q in qualities}
+        self.quality_updates += 1
+        for stream in self.streams.values():
+            if not stream.rid or stream.layer not in enabled:
+                continue
+            on = enabled[stream.layer]
+            if on and not stream.active:
+                stream.key_requested = True  # an encoder layer restarts with a key frame
+            stream.active = on
 
     async def publish(self) -> None:
         """Announce the tracks, negotiate, connect; raises on failure or timeout."""
@@ -140,7 +240,8 @@ class Publisher(Participant):
             self._published[cid] = loop.create_future()
             await self.signal.send(rtc.SignalRequest(add_track=request))
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await asyncio.gather(*self._published.values())
+            infos = await asyncio.gather(*self._published.values())
+        self.video_sid = next((t.sid for t in infos if t.type == models.TrackType.VIDEO), None)
         local = await self.pub_transport.local_parameters()
         cids = {("video" if c.startswith("video") else "audio"): c for c, _ in requests}
         offer_sdp = self._offer(local, cids)
@@ -150,11 +251,14 @@ class Publisher(Participant):
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             answer = await self._pub_answer
         try:
-            remote = Sdp.parse(answer.sdp).first_bundled()
+            parsed = Sdp.parse(answer.sdp)
+            remote = parsed.first_bundled()
         except SdpError as exc:
             raise ConnectionError(f"publisher answer: {exc}") from exc
         # We offered actpass: the answerer's `active` makes us the DTLS server.
         self.pub_transport.start(remote, "server" if remote.setup == "active" else "client")
+        if not parsed.has_candidates:  # a trickling server: it wants ours trickled too
+            await self.trickle_local(local, rtc.SignalTarget.PUBLISHER, remote.mid, 0)
         async with asyncio.timeout(PUBLISH_TIMEOUT_S * 2):
             while not self.pub_transport.connected.is_set():
                 if self.pub_transport.failed:
@@ -242,6 +346,7 @@ class Publisher(Participant):
                 self._tasks.append(asyncio.create_task(self._video_loop(stream)))
             else:
                 self._tasks.append(asyncio.create_task(self._audio_loop(stream)))
+        self._tasks.append(asyncio.create_task(self._rtcp_loop()))
 
     async def stop_media(self) -> None:
         self.sending = False
@@ -262,9 +367,12 @@ class Publisher(Participant):
             marker=marker,
             extensions=extensions,
         )
-        if self.pub_transport.send_rtp(header + payload):
+        datagram = self.pub_transport.send_rtp(header + payload)
+        if datagram is not None:
+            stream.remember(stream.sequence_number, datagram)
             stream.sequence_number = (stream.sequence_number + 1) & 0xFFFF
             stream.packets += 1
+            stream.octets += len(payload)
 
     async def _video_loop(self, stream: _Stream) -> None:
         spec = LAYERS[stream.rid]
@@ -279,6 +387,15 @@ class Publisher(Participant):
         stream.frame_index = max(k for k in keys if k <= stream.frame_index)
         deadline = loop.time()
         while self.sending:
+            if not stream.active:  # paused by dynacast: the clock runs on, nothing is sent
+                stream.timestamp = (stream.timestamp + ts_step) & 0xFFFFFFFF
+                stream.frame_index = (stream.frame_index + 1) % len(frames)
+                deadline += interval
+                delay = deadline - loop.time()
+                if delay < -RESYNC_S:
+                    deadline = loop.time()
+                await asyncio.sleep(max(0.0, delay))
+                continue
             if stream.key_requested:
                 stream.key_requested = False
                 later = [k for k in keys if k >= stream.frame_index]
@@ -286,6 +403,7 @@ class Publisher(Participant):
             key, frame = frames[stream.frame_index]
             chunks = vp8_packetize(frame, MAX_PAYLOAD)
             now_ns = time.monotonic_ns()
+            stream.sent_timestamp, stream.sent_ns = stream.timestamp, now_ns
             for n, chunk in enumerate(chunks):
                 trailer = Trailer(self.number, stream.layer, int(key), now_ns)
                 payload = vp8_descriptor(stream.picture_id, n == 0) + chunk + bytes(trailer)
@@ -309,7 +427,9 @@ class Publisher(Participant):
         deadline = loop.time()
         while self.sending:
             body = frames[stream.frame_index] if self.talking else self.media.silence
-            trailer = Trailer(self.number, 255, 0, time.monotonic_ns())
+            now_ns = time.monotonic_ns()
+            stream.sent_timestamp, stream.sent_ns = stream.timestamp, now_ns
+            trailer = Trailer(self.number, 255, 0, now_ns)
             self._send(stream, body + bytes(trailer), OPUS_PT, False, mid)
             stream.timestamp = (stream.timestamp + ts_step) & 0xFFFFFFFF
             stream.frame_index = (stream.frame_index + 1) % len(frames)
@@ -319,23 +439,45 @@ class Publisher(Participant):
                 deadline = loop.time()
             await asyncio.sleep(max(0.0, delay))
 
+    async def _rtcp_loop(self) -> None:
+        """An SR + SDES CNAME per sending stream every `SR_INTERVAL_S` (RFC 3550 §6.4.1)."""
+        while self.sending:
+            await asyncio.sleep(SR_INTERVAL_S)
+            now_ns = time.monotonic_ns()
+            for stream in self.streams.values():
+                if stream.active and stream.packets:
+                    compound = bytes(stream.sender_report(now_ns)) + bytes(
+                        SdesCname(stream.ssrc, self.identity)
+                    )
+                    if self.pub_transport.send_rtcp(compound):
+                        self.sender_reports += 1
+
     def _on_rtcp(self, data: bytes) -> None:
-        """Find PLIs (RFC 4585 §6.3.1: PT 206, FMT 1) and FIRs (RFC 5104: PT 206, FMT 4)."""
-        offset = 0
+        """PLI (RFC 4585 §6.3.1) and FIR (RFC 5104 §4.3.1) → a key frame; NACK → re-send."""
         now = time.monotonic()
-        while offset + 12 <= len(data):
-            fmt, pt = data[offset] & 0x1F, data[offset + 1]
-            length = (int.from_bytes(data[offset + 2 : offset + 4], "big") + 1) * 4
-            if pt == 206 and fmt in (1, 4):
-                media_ssrc = int.from_bytes(data[offset + 8 : offset + 12], "big")
-                if fmt == 4 and offset + 16 <= len(data):
-                    media_ssrc = int.from_bytes(data[offset + 12 : offset + 16], "big")
-                stream = self.streams.get(media_ssrc)
-                if stream is not None and now - stream.last_pli >= PLI_MIN_INTERVAL_S:
-                    stream.last_pli = now
-                    stream.key_requested = True
-                    self.plis += 1
-            offset += length
+        with contextlib.suppress(PacketError):  # an unreadable tail: keep what was read
+            for _, pt, packet in split_rtcp(data):
+                if pt not in (PT_RTPFB, PT_PSFB):
+                    continue
+                feedback = Feedback.parse(packet)
+                for ssrc in feedback.key_frame_ssrcs():
+                    stream = self.streams.get(ssrc)
+                    if stream is not None and now - stream.last_pli >= PLI_MIN_INTERVAL_S:
+                        stream.last_pli = now
+                        stream.key_requested = True
+                        self.plis += 1
+                if feedback.is_nack:
+                    self._answer_nack(feedback)
+
+    def _answer_nack(self, nack: Feedback) -> None:
+        stream = self.streams.get(nack.media_ssrc)
+        if stream is None:
+            return
+        for sequence_number in nack.nack_sequence_numbers():
+            self.nacked += 1
+            datagram = stream.recall(sequence_number)
+            if datagram is not None and self.pub_transport.resend(datagram):
+                self.retransmitted += 1
 
     async def close(self) -> None:
         await self.stop_media()

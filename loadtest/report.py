@@ -53,6 +53,8 @@ class Report:
         self.finals: list[dict[str, Any]] = []
         self.packets_sent = 0
         self.plis = 0
+        #: dynacast updates, SRs sent, NACKed / retransmitted packets, trickled candidates
+        self.publisher_rtcp: dict[str, int] = {}
         self.sfu_before: Snapshot | None = None
         self.sfu_steady_start: Snapshot | None = None
         self.sfu_steady_end: Snapshot | None = None
@@ -147,6 +149,7 @@ class Report:
             "receive_kbps_total": round(sum(f["octets"] for f in finals) * 8 / elapsed / 1000, 1),
             "layer_switches": sum(f["layer_switches"] for f in finals),
             "plis_received_by_publishers": self.plis,
+            "publisher_rtcp": self.publisher_rtcp,
             "subscribers_connected": sum(f["connected"] for f in finals),
             "errors": (self.join_errors + [e for f in finals for e in f["errors"]])[:10],
         }
@@ -172,6 +175,22 @@ class Report:
                 forwarded = b.packets_out - a.packets_out
                 if forwarded > 0:
                     out["sfu_cpu_us_per_packet"] = round(cpu * 1e6 / forwarded, 2)
+        if out["sfu_cpu_us_per_packet"] is None and before and after:
+            # No steady-phase scrape (a saturated server did not answer in time): the whole
+            # run, joins and teardown included, says so in `sfu_cpu_basis`.
+            if None not in (before.cpu_s, after.cpu_s, before.packets_out, after.packets_out):
+                assert before.cpu_s is not None and after.cpu_s is not None
+                assert before.packets_out is not None and after.packets_out is not None
+                forwarded = after.packets_out - before.packets_out
+                if forwarded > 0:
+                    cpu = after.cpu_s - before.cpu_s
+                    out["sfu_cpu_us_per_packet"] = round(cpu * 1e6 / forwarded, 2)
+                    out["sfu_cpu_basis"] = "whole run (no steady-phase /metrics scrape)"
+        elif out["sfu_cpu_us_per_packet"] is not None:
+            out["sfu_cpu_basis"] = "steady phase"
+        if before and after and None not in (before.packets_dropped, after.packets_dropped):
+            assert before.packets_dropped is not None and after.packets_dropped is not None
+            out["sfu_packets_dropped"] = int(after.packets_dropped - before.packets_dropped)
         participants = self.publishers_ok + self.joined
         if b and before and b.rss_bytes is not None and participants:
             out["sfu_rss_per_participant_kb"] = round(b.rss_bytes / participants / 1024, 1)

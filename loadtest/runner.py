@@ -25,6 +25,7 @@ from loadtest.publisher import Publisher
 from loadtest.report import Report, write_report
 from loadtest.sfu_metrics import Snapshot, metrics_url_for, scrape
 from loadtest.signal import SignalError, TokenSource
+from loadtest.webrtc import use_interfaces_for
 from loadtest.worker import run_worker
 
 __all__ = ["run"]
@@ -87,6 +88,7 @@ class _Run:
 
     async def run(self) -> Report:
         s = self.s
+        use_interfaces_for(s.url)
         media = load_media(s.cache, s.layers)
         tokens = TokenSource(s.api_key, s.api_secret, s.token_url)
         self.report.sfu_before = await self.snapshot()
@@ -179,6 +181,15 @@ class _Run:
             await pub.stop_media()
         self.report.packets_sent = sum(p.packets_sent for p in self.publishers)
         self.report.plis = sum(p.plis for p in self.publishers)
+        self.report.publisher_rtcp = {
+            "quality_updates": sum(p.quality_updates for p in self.publishers),
+            "sender_reports": sum(p.sender_reports for p in self.publishers),
+            "nacked": sum(p.nacked for p in self.publishers),
+            "retransmitted": sum(p.retransmitted for p in self.publishers),
+            "trickled_candidates": sum(
+                p.pub_transport.trickled + p.sub_transport.trickled for p in self.publishers
+            ),
+        }
         await asyncio.sleep(DRAIN_S)
         self.pump()
         for _, conn in self.workers:
@@ -190,6 +201,9 @@ class _Run:
             await asyncio.sleep(0.1)
         self.report.sfu_after = await self.snapshot()
         self.report.finals = self.finals
+        lost = [p.exitcode for p, _ in self.workers if not p.is_alive() and p.exitcode]
+        if lost:  # their subscribers are missing from the totals: say so first
+            self.report.join_errors.insert(0, f"{len(lost)} worker(s) died, exit codes {lost}")
         for _, conn in self.workers:
             with contextlib.suppress(OSError):
                 conn.send("stop")

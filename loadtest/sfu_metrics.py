@@ -16,6 +16,7 @@ import httpx
 
 __all__ = ["Snapshot", "metrics_url_for", "parse_prometheus", "scrape"]
 
+SCRAPE_TIMEOUT_S = 15.0
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -43,6 +44,7 @@ class Snapshot:
     packets_out: float | None
     cpu_s: float | None
     rss_bytes: float | None
+    packets_dropped: float | None = None
 
 
 def metrics_url_for(url: str) -> str:
@@ -64,15 +66,18 @@ def _proc(pid: int) -> tuple[float | None, float | None]:
 
 async def scrape(metrics_url: str | None, pid: int | None = None) -> Snapshot:
     """Read the counters now; fields are None when unavailable."""
-    packets = cpu = rss = None
+    packets = cpu = rss = dropped = None
     if metrics_url:
         try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
+            # generous: a saturated server answers late, and a missing scrape loses a figure
+            async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S) as client:
                 response = await client.get(metrics_url)
             if response.status_code == 200:
                 for name, labels, value in parse_prometheus(response.text):
                     if name == "livekit_packet_total" and labels.get("direction") == "outgoing":
                         packets = (packets or 0.0) + value
+                    elif name in ("livekit_packet_dropped", "livekit_packet_dropped_total"):
+                        dropped = (dropped or 0.0) + value
                     elif name == "process_cpu_seconds_total":
                         cpu = value
                     elif name == "process_resident_memory_bytes":
@@ -83,4 +88,4 @@ async def scrape(metrics_url: str | None, pid: int | None = None) -> Snapshot:
         proc_cpu, proc_rss = _proc(pid)
         cpu = proc_cpu if proc_cpu is not None else cpu
         rss = proc_rss if proc_rss is not None else rss
-    return Snapshot(time.monotonic(), packets, cpu, rss)
+    return Snapshot(time.monotonic(), packets, cpu, rss, dropped)

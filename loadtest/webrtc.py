@@ -4,7 +4,11 @@ few SDP lines the two sides of a LiveKit call need.
 Built from aiortc's ORTC objects (`RTCIceGatherer`, `RTCIceTransport`, `RTCDtlsTransport`); no
 `RTCPeerConnection`, no aiortc RTP senders or receivers. Once connected:
 
-- `send_rtp`/`send_rtcp` protect with libsrtp and `sendto` the nominated pair's socket at once;
+- `send_rtp`/`send_rtcp` protect with libsrtp and `sendto` the nominated pair's socket at once
+  (`send_rtp` returns the datagram, which `resend` can send again to answer a NACK);
+- remote candidates come from the SDP and, for servers that trickle (LiveKit does), from
+  `add_remote_candidate` at any time — before or after the SDP; end-of-candidates is never
+  signalled, so late candidates are always accepted (aioice keeps checking until one pair works);
 - received RTP bypasses aiortc: `on_rtp(data)` gets the *still encrypted* packet (the RTP header
   is readable, RFC 3711 §3.1) straight from the UDP protocol, and `unprotect(data)` decrypts the
   few the caller samples; received RTCP is decrypted by aiortc and handed to `on_rtcp(data)`.
@@ -18,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aioice.ice
 from aiortc.rtcdtlstransport import (
@@ -30,10 +37,24 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsParameters,
     RTCDtlsTransport,
 )
-from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceGatherer,
+    RTCIceParameters,
+    RTCIceTransport,
+)
 from aiortc.sdp import candidate_from_sdp
 
-__all__ = ["MediaLine", "Sdp", "SdpError", "Transport"]
+__all__ = [
+    "MediaLine",
+    "Sdp",
+    "SdpError",
+    "Transport",
+    "candidate_init",
+    "parse_candidate_init",
+    "read_candidate",
+    "use_interfaces_for",
+]
 
 CONNECT_TIMEOUT_S = 20.0
 
@@ -42,8 +63,27 @@ def _loopback_only(use_ipv4: bool = True, use_ipv6: bool = False) -> list[str]:
     return ["127.0.0.1"]
 
 
-#: Host candidates on loopback only: a load test never sprays other interfaces.
+_all_interfaces = aioice.ice.get_host_addresses
+
+#: Host candidates on loopback only: a load test of a local SFU never sprays other interfaces.
 aioice.ice.get_host_addresses = _loopback_only
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether the signalling URL's host is this machine's loopback (`localhost`, 127/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def use_interfaces_for(url: str) -> None:
+    """Gather host candidates on loopback for a local server, on every interface otherwise."""
+    aioice.ice.get_host_addresses = _loopback_only if is_loopback_url(url) else _all_interfaces
+
 
 _certificate: RTCCertificate | None = None
 
@@ -79,6 +119,7 @@ class MediaLine:
     setup: str = ""
     candidates: list[str] = field(default_factory=list)
     ssrcs: list[int] = field(default_factory=list)
+    ice_lite: bool = False
 
 
 @dataclass
@@ -101,6 +142,7 @@ class Sdp:
                     current.ice_pwd = session.get("ice-pwd", "")
                     current.fingerprint = session.get("fingerprint", "")
                     current.setup = session.get("setup", "")
+                    current.ice_lite = "ice-lite" in session
                     media.append(current)
                     continue
                 if not line.startswith("a="):
@@ -148,6 +190,61 @@ class Sdp:
                 return m
         raise SdpError("every m= section is rejected")
 
+    @property
+    def has_candidates(self) -> bool:
+        """Whether any m= section carries an `a=candidate` (else the sender trickles them)."""
+        return any(m.candidates for m in self.media)
+
+
+def parse_candidate_init(text: str) -> str | None:
+    """The `a=candidate` value (without `candidate:`) in a trickled `RTCIceCandidateInit` JSON.
+
+    `TrickleRequest.candidateInit` is a browser `RTCIceCandidateInit`: `{"candidate":
+    "candidate:…", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "…"}`. An empty
+    candidate (a browser's end-of-candidates) gives None. Raises only `SdpError`.
+    """
+    try:
+        init = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SdpError(f"trickled candidate is not JSON: {exc}") from exc
+    if not isinstance(init, dict):
+        raise SdpError("trickled candidate is not a JSON object")
+    candidate = init.get("candidate")
+    if candidate is None or candidate == "":
+        return None
+    if not isinstance(candidate, str):
+        raise SdpError("trickled candidate: 'candidate' is not a string")
+    value = candidate.strip().removeprefix("a=").removeprefix("candidate:")
+    read_candidate(value)
+    return value
+
+
+def read_candidate(value: str) -> RTCIceCandidate:
+    """An `a=candidate` value (`foundation component proto priority ip port typ type …`) as
+    aiortc's candidate; raises only `SdpError` (aiortc's own reader asserts on short input)."""
+    bits = value.split()
+    try:
+        if len(bits) < 8 or bits[6] != "typ" or bits[2].lower() not in ("udp", "tcp"):
+            raise ValueError("not `foundation component proto priority ip port typ type`")
+        if not 0 < int(bits[5]) < 65536 or int(bits[1]) < 1 or int(bits[3]) < 0:
+            raise ValueError("bad component, priority or port")
+        ipaddress.ip_address(bits[4])
+        return candidate_from_sdp(value)
+    except (ValueError, IndexError, TypeError, AssertionError) as exc:
+        raise SdpError(f"unreadable candidate {value!r}: {exc}") from exc
+
+
+def candidate_init(candidate: str, mid: str, mline_index: int, ufrag: str) -> str:
+    """The `RTCIceCandidateInit` JSON for one of our candidates (`candidate:…`), to trickle."""
+    return json.dumps(
+        {
+            "candidate": candidate,
+            "sdpMid": mid,
+            "sdpMLineIndex": mline_index,
+            "usernameFragment": ufrag,
+        }
+    )
+
 
 @dataclass(frozen=True)
 class LocalParameters:
@@ -177,6 +274,8 @@ class Transport:
         self.connected = asyncio.Event()
         self.failed: str | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        #: trickled remote candidates added so far (the SDP's are not counted)
+        self.trickled = 0
         self._dtls._handle_rtp_data = self._slow_rtp  # type: ignore[method-assign]
         self._dtls._handle_rtcp_data = self._slow_rtcp  # type: ignore[method-assign]
 
@@ -207,10 +306,14 @@ class Transport:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 for text in remote.candidates:
-                    await self._ice.addRemoteCandidate(candidate_from_sdp(text))
-                await self._ice.addRemoteCandidate(None)
-                self._ice._connection.ice_controlling = self.controlling
-                await self._ice.start(RTCIceParameters(remote.ice_ufrag, remote.ice_pwd))
+                    with contextlib.suppress(SdpError):  # skip what aiortc cannot read
+                        await self._ice.addRemoteCandidate(read_candidate(text))
+                # No end-of-candidates: a trickling server may send more at any time. An
+                # ICE-lite server is never the controlling agent (RFC 8445 §6.1.1).
+                self._ice._connection.ice_controlling = self.controlling or remote.ice_lite
+                await self._ice.start(
+                    RTCIceParameters(remote.ice_ufrag, remote.ice_pwd, iceLite=remote.ice_lite)
+                )
                 if self._ice.state != "completed":
                     raise ConnectionError(f"ICE {self._ice.state}")
                 self._dtls._set_role(dtls_role)
@@ -242,6 +345,17 @@ class Transport:
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
         self.connected.set()
 
+    async def add_remote_candidate(self, candidate: str) -> None:
+        """Add one trickled remote candidate (`a=candidate` value), before or after `start`.
+
+        Before `start` aioice keeps it and pairs it when the checks begin; after, it is paired at
+        once. Duplicates are ignored. Raises `SdpError` for a candidate aiortc cannot read.
+        """
+        parsed = read_candidate(candidate)
+        with contextlib.suppress(ValueError):  # closed or ended: nothing to add to
+            await self._ice.addRemoteCandidate(parsed)
+            self.trickled += 1
+
     async def _slow_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         # Only before the fast path is installed; `data` is already decrypted here.
         self.on_rtp_clear(data)
@@ -249,10 +363,19 @@ class Transport:
     async def _slow_rtcp(self, data: bytes) -> None:
         self.on_rtcp(data)
 
-    def send_rtp(self, data: bytes) -> bool:
+    def send_rtp(self, data: bytes) -> bytes | None:
+        """Protect and send one RTP packet; the datagram sent (for a NACK history), or None."""
         if self._protect is None or self._sendto is None:
+            return None
+        datagram: bytes = self._protect(data)
+        self._sendto(datagram, self._remote_addr)
+        return datagram
+
+    def resend(self, datagram: bytes) -> bool:
+        """Send an already protected datagram again (a retransmission answering a NACK)."""
+        if self._sendto is None or self._protect is None:
             return False
-        self._sendto(self._protect(data), self._remote_addr)
+        self._sendto(datagram, self._remote_addr)
         return True
 
     def send_rtcp(self, data: bytes) -> bool:

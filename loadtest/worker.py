@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import time
@@ -25,6 +26,7 @@ from livekit.protocol import models
 
 from loadtest.participant import Subscriber, TileRequest
 from loadtest.signal import SignalError, TokenSource
+from loadtest.webrtc import use_interfaces_for
 
 __all__ = ["make_layout", "publisher_number", "run_worker"]
 
@@ -33,6 +35,8 @@ CONNECT_TIMEOUT_S = 20.0
 SMALL_TILES = 5
 GRID_TILES = 9
 VIDEO = models.TrackType.VIDEO
+#: latency samples one worker reports at the end (evenly thinned beyond this, the max kept)
+MAX_FINAL_LATENCY_SAMPLES = 200_000
 
 
 def publisher_number(identity: str) -> int | None:
@@ -71,7 +75,8 @@ def make_layout(layout: str, index: int, seed: int, talking: int, epoch_ns: int)
                 for _, sid in video
             }
         elapsed = (time.monotonic_ns() - epoch_ns) / 1e9
-        speakers = [sid for n, sid in video if n < max(1, talking)]
+        # The talkers' video, or (while their tracks are not known yet) any video.
+        speakers = [sid for n, sid in video if n < max(1, talking)] or [sid for _, sid in video]
         large = speakers[int(elapsed // SPEAKER_PERIOD_S) % len(speakers)]
         small = [sid for sid in shuffled if sid != large][:SMALL_TILES]
         requests = {sid: TileRequest(True) for _, sid in video}
@@ -81,6 +86,25 @@ def make_layout(layout: str, index: int, seed: int, talking: int, epoch_ns: int)
         return requests
 
     return policy
+
+
+def _send(conn: Connection, message: dict[str, Any]) -> None:
+    """Send to the parent, blocking: the event loop's reader made the shared socket non-blocking,
+    and a large message must not fail with EAGAIN when the parent is slow to read."""
+    fd = conn.fileno()
+    os.set_blocking(fd, True)
+    try:
+        conn.send(message)
+    finally:
+        os.set_blocking(fd, False)
+
+
+def _thin(samples: list[float], limit: int) -> list[float]:
+    """At most about `limit` evenly spaced samples, always including the largest."""
+    if len(samples) <= limit:
+        return samples
+    step = -(-len(samples) // limit)
+    return [*samples[::step], max(samples)]
 
 
 def _totals(subs: list[Subscriber]) -> dict[str, Any]:
@@ -99,7 +123,7 @@ def _totals(subs: list[Subscriber]) -> dict[str, Any]:
         "layer_switches": sum(s.layer_switches for s in streams),
         "octets_by_track_layer": by_layer,
         "decrypt_errors": sum(s.decrypt_errors for s in subs),
-        "latency_ms": [x for sub in subs for x in sub.latency_ms],
+        "latency_ms": _thin([x for sub in subs for x in sub.latency_ms], MAX_FINAL_LATENCY_SAMPLES),
         "connected": sum(s.sub_transport.connected.is_set() for s in subs),
         "errors": [f"{s.identity}: {s.error}" for s in subs if s.error][:10],
     }
@@ -107,6 +131,7 @@ def _totals(subs: list[Subscriber]) -> dict[str, Any]:
 
 async def _worker(conn: Connection, config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
+    use_interfaces_for(config["url"])
     tokens = TokenSource(config.get("api_key"), config.get("api_secret"), config.get("token_url"))
     epoch_ns: int = config["epoch_ns"]
     subs: list[Subscriber] = []
@@ -150,7 +175,7 @@ async def _worker(conn: Connection, config: dict[str, Any]) -> None:
             if sub is not None and sub.sub_transport.failed:
                 error = sub.sub_transport.failed
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        conn.send({"type": "join", "identity": identity, "ms": elapsed_ms, "error": error})
+        _send(conn, {"type": "join", "identity": identity, "ms": elapsed_ms, "error": error})
 
     joins = [asyncio.create_task(join_one(spec)) for spec in config["subscribers"]]
     deadline = time.monotonic() + config["max_seconds"]
@@ -168,18 +193,19 @@ async def _worker(conn: Connection, config: dict[str, Any]) -> None:
                     sub.new_latency_ms.clear()
                     if sub.signal.join is not None:
                         sub.apply_layout()
-                conn.send(
+                _send(
+                    conn,
                     {
                         "type": "tick",
                         "t": time.monotonic(),
                         "packets": sum(s.packets for s in subs),
                         "octets": sum(s.octets for s in subs),
                         "latency_ms": new[:5000],
-                    }
+                    },
                 )
                 last_lat += len(new)
             elif message == "final":
-                conn.send({"type": "final", **_totals(subs)})
+                _send(conn, {"type": "final", **_totals(subs)})
             elif message == "stop":
                 break
     finally:
@@ -192,7 +218,7 @@ async def _worker(conn: Connection, config: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
             loop.remove_reader(conn.fileno())
         with contextlib.suppress(Exception):
-            conn.send({"type": "closed"})
+            _send(conn, {"type": "closed"})
 
 
 def run_worker(conn: Connection, config: dict[str, Any]) -> None:

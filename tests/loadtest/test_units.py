@@ -147,3 +147,19 @@ def test_speaker_layout_one_large_five_small() -> None:
     assert publisher_number("pub-0012") == 12 and publisher_number("sub-0001") is None
     hidden = make_layout("audio-only", 0, 1, 3, 0)(tracks)
     assert all(r.disabled for r in hidden.values())
+
+
+def test_speaker_layout_without_the_talkers_tracks() -> None:
+    """The talkers' video not (yet) in the room: another track is the large tile, no crash."""
+    tracks = {f"TR_v{n}": (f"pub-{n:04d}", 1) for n in (5, 6)}
+    requests = make_layout("speaker", index=0, seed=1, talking=3, epoch_ns=0)(tracks)
+    assert sorted((r.width, r.height) for r in requests.values()) == [(160, 90), (1280, 720)]
+
+
+def test_final_latency_samples_thinned_keeping_the_max() -> None:
+    from loadtest.worker import _thin
+
+    samples = [float(i % 1000) for i in range(10_000)] + [5000.0]
+    thinned = _thin(samples, 1000)
+    assert len(thinned) <= 1002 and max(thinned) == 5000.0
+    assert _thin([1.0, 2.0], 1000) == [1.0, 2.0]
