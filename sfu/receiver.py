@@ -21,7 +21,7 @@ from sfu.rtp import rtcp
 from sfu.rtp.errors import PacketError
 from sfu.rtp.h264 import is_keyframe as h264_is_keyframe
 from sfu.rtp.header import RtpPacket
-from sfu.rtp.munger import SenderReportTranslator
+from sfu.rtp.timebase import SenderReportTranslator
 from sfu.rtp.vp8 import is_keyframe as vp8_is_keyframe
 from sfu.sdp import Codec
 

@@ -4,6 +4,6 @@ No I/O, no asyncio, nothing above this package may be imported from here.
 
 Modules: `errors` (the `PacketError` hierarchy), `header` (RTP parse/build/rewrite), `extensions`
 (RFC 8285 extension values and blocks), `rtcp` and `twcc` (RTCP packets), `vp8` and `h264`
-(payload descriptors, key frames), `seqnum` (wrapping arithmetic), `munger` (per-subscriber
-renumbering across layer switches).
+(payload descriptors, key frames), `seqnum` (wrapping arithmetic), `timebase` (relating sources'
+RTP timebases through sender reports).
 """
