@@ -34,7 +34,7 @@ from aiortc.rtcdtlstransport import (
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
-from sfu.sdp import Codec, SdpError, SessionDescription
+from sfu.sdp import Codec, MediaSection, SdpError, SessionDescription
 from sfu.transport.batch import SendQueue
 from sfu.transport.ice import gather_host_candidates, parse_candidate_init
 from sfu.transport.negotiation import (
@@ -113,6 +113,21 @@ class TransportStats:
     data_sent: int
     data_received: int
     data_dropped: int
+
+
+def _remote_transport(
+    description: SessionDescription, kind: str
+) -> tuple[MediaSection, str, str, list[tuple[str, str]]]:
+    """The BUNDLE transport's m-line (the first one not rejected) and its ICE/DTLS parameters."""
+    bundled = [m for m in description.media if m.port != 0]
+    if not bundled:
+        raise SdpError(f"the {kind} has no usable m= section")
+    first = bundled[0]
+    ufrag, pwd = description.ice_credentials(first)
+    fingerprints = description.dtls_fingerprints(first)
+    if not ufrag or not pwd or not fingerprints:
+        raise SdpError(f"the {kind} lacks ICE credentials or a DTLS fingerprint")
+    return first, ufrag, pwd, fingerprints
 
 
 def _noop_send(data: bytes, addr: Any) -> None:  # pragma: no cover - replaced when connected
@@ -235,14 +250,7 @@ class PeerTransport:
             raise RuntimeError("only the publisher PC receives offers")
         self._check_open()
         offer = SessionDescription.parse(sdp)
-        bundled = [m for m in offer.media if m.port != 0]
-        if not bundled:
-            raise SdpError("the offer has no usable m= section")
-        first = bundled[0]
-        ufrag, pwd = offer.ice_credentials(first)
-        fingerprints = offer.dtls_fingerprints(first)
-        if not ufrag or not pwd or not fingerprints:
-            raise SdpError("the offer lacks ICE credentials or a DTLS fingerprint")
+        first, ufrag, pwd, fingerprints = _remote_transport(offer, "offer")
         if self._local_setup is None:
             remote_setup = offer.dtls_setup(first) or "actpass"
             if remote_setup not in ("actpass", "active", "passive"):
@@ -352,14 +360,7 @@ class PeerTransport:
         if self._local is None:
             raise RuntimeError("no offer was made")
         answer = SessionDescription.parse(sdp)
-        bundled = [m for m in answer.media if m.port != 0]
-        if not bundled:
-            raise SdpError("the answer rejects every m= section")
-        first = bundled[0]
-        ufrag, pwd = answer.ice_credentials(first)
-        fingerprints = answer.dtls_fingerprints(first)
-        if not ufrag or not pwd or not fingerprints:
-            raise SdpError("the answer lacks ICE credentials or a DTLS fingerprint")
+        first, ufrag, pwd, fingerprints = _remote_transport(answer, "answer")
         setup = answer.dtls_setup(first)
         if setup not in ("active", "passive"):
             raise SdpError(f"an answer needs a=setup active or passive, not {setup!r}")
