@@ -125,7 +125,9 @@ async def test_trickled_candidates_both_ways(tmp_path: Path, media_cache: Path) 
             await sub.join()
             await asyncio.wait_for(sub.sub_transport.connected.wait(), CONNECT_TIMEOUT_S)
             deadline = time.monotonic() + MEDIA_TIMEOUT_S
-            while time.monotonic() < deadline and (sub.packets < 100 or not sub.latency_ms):
+            while time.monotonic() < deadline and (
+                sub.packets < 100 or not sub.latency_ms or pub.sender_reports == 0
+            ):
                 await asyncio.sleep(0.2)
             sfu.assert_alive()
         finally:
