@@ -10,8 +10,9 @@ are never parsed.
 
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
-`._set_role`, `._task`; aioice `Connection._nominated`, `._add_remote_candidate`, `._closing`
-and the gathering state in `ice.py`.
+`._rx_srtp`, `._set_role`, `._task`; aioice `Connection._nominated`, `._add_remote_candidate`,
+`._closing`, `StunProtocol.datagram_received` (fronted by `sfu.transport.ingress` once DTLS is
+connected) and the gathering state in `ice.py`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 from sfu.sdp import Codec, MediaSection, SdpError, SessionDescription
 from sfu.transport.batch import SendQueue
 from sfu.transport.ice import gather_host_candidates, parse_candidate_init
+from sfu.transport.ingress import SrtpIngress
 from sfu.transport.negotiation import (
     SUBSCRIBER_EXTENSION_IDS,
     LocalParameters,
@@ -134,6 +136,13 @@ def _noop_send(data: bytes, addr: Any) -> None:  # pragma: no cover - replaced w
     raise ConnectionError
 
 
+class _NoIngress:
+    rtp_packets_received = rtcp_packets_received = bytes_received = 0
+
+
+_NO_INGRESS = _NoIngress()
+
+
 class PeerTransport:
     """One peer connection.  Publisher role: the client offers.  Subscriber role: we offer."""
 
@@ -202,6 +211,7 @@ class PeerTransport:
         self._queue: SendQueue | None = None  # None: send_mode "immediate", or not connected
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
+        self._ingress: SrtpIngress | None = None  # the receive fast path, once DTLS is up
 
         # counters
         self.rtp_packets_sent = 0
@@ -223,9 +233,12 @@ class PeerTransport:
 
     @property
     def stats(self) -> TransportStats:
+        ingress = self._ingress or _NO_INGRESS
         return TransportStats(
             self.rtp_packets_sent, self.rtcp_packets_sent, self.bytes_sent, self.send_dropped,
-            self.rtp_packets_received, self.rtcp_packets_received, self.bytes_received,
+            self.rtp_packets_received + ingress.rtp_packets_received,
+            self.rtcp_packets_received + ingress.rtcp_packets_received,
+            self.bytes_received + ingress.bytes_received,
             self.data_sent, self.data_received, self.data_dropped,
         )  # fmt: skip
 
@@ -512,6 +525,8 @@ class PeerTransport:
         self._closing = True
         self._protect = self._protect_rtcp = None
         self._close_queue()
+        if self._ingress is not None:
+            self._ingress.detach()
         tasks = [t for t in (self._connect_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -640,6 +655,8 @@ class PeerTransport:
                 )
             except (OSError, ValueError) as exc:  # no socket to batch on: send immediately
                 logger.warning("batched sends unavailable (%r); sending one by one", exc)
+        self._ingress = SrtpIngress(self._dtls._rx_srtp, self._on_rtp, self._on_rtcp)
+        self._ingress.attach(pair.protocol)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
         self._ice.on("statechange", self._on_transport_change)
