@@ -79,7 +79,7 @@ class DownTrack:
         self._pid_offset = 0
         self._tl0_offset = 0
         self._keyidx_offset = 0
-        self._last_packet: RtpPacket | None = None  # the newest packet forwarded
+        self._last_packet: RtpPacket | None = None  # the newest media packet forwarded
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
@@ -181,7 +181,8 @@ class DownTrack:
                 ssrc=self.ssrc,
             )
         if newest:
-            self._last_packet = packet
+            if not padding_only:  # a probe carries no VP8 descriptor to continue from
+                self._last_packet = packet
             self._sent_any = True
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts

@@ -946,3 +946,19 @@ def test_paused_and_subscribed_layer_follow_what_the_publisher_sends(clock: Cloc
     rig.downtrack.set_enabled(False)
     assert rig.downtrack.subscribed_layer == -1
     assert not rig.downtrack.paused  # disabled by the subscriber is not "paused"
+
+
+def test_a_probe_just_before_a_switch_keeps_picture_ids_continuous(clock: Clock) -> None:
+    """Found by the property above: a padding probe was taken as the packet to continue the VP8
+    picture id / TL0PICIDX from, and it has no payload descriptor."""
+    rig = Rig(clock)
+    rig.downtrack.start()
+    rig.tick(keys=(1,))
+    rig.downtrack.set_max_layer(1)
+    rig.tick()
+    rig.downtrack.set_max_layer(0)
+    rig.feed(1, rig.sources[1].probe())
+    rig.tick(keys=(0,))
+    assert rig.out_layers()[-2:] == [0, 0]
+    assert_continuous(rig.sent)
+    assert_payloads_untouched(rig)
