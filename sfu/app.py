@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
+from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, Room, RoomManager, RoomNotFoundError
@@ -53,6 +54,7 @@ class Sfu:
     rooms: RoomManager
     metrics: Metrics
     transport_config: TransportConfig
+    cpu_load: CpuLoad = dataclasses.field(default_factory=CpuLoad)
     sessions: int = 0
 
     @classmethod
@@ -60,7 +62,12 @@ class Sfu:
         node_id = new_node_id()
         rooms = RoomManager(config.room)
         metrics = Metrics(node_id)
-        metrics.set_gauges(lambda: dataclasses.replace(rooms.gauges(), tasks=_task_count()))
+        cpu_load = CpuLoad()
+        metrics.set_gauges(
+            lambda: dataclasses.replace(
+                rooms.gauges(), tasks=_task_count(), cpu_load=cpu_load.value
+            )
+        )
         transport_config = TransportConfig(
             bind_addresses=tuple(a for a in config.bind_addresses if a) or ("0.0.0.0",),
             node_ip=config.rtc.node_ip or None,
@@ -68,7 +75,9 @@ class Sfu:
             port_range_end=config.rtc.port_range_end,
             send_mode=cast(SendMode, config.rtc.send_mode),
         )
-        return cls(config, node_id, TokenVerifier(config.keys), rooms, metrics, transport_config)
+        return cls(
+            config, node_id, TokenVerifier(config.keys), rooms, metrics, transport_config, cpu_load
+        )
 
     # -- admission ------------------------------------------------------------------------------
     def admit(self, conn: HTTPConnection) -> tuple[ClaimGrants, Room]:
@@ -85,6 +94,17 @@ class Sfu:
         limit = self.config.limits.max_sessions
         if limit and self.sessions >= limit:
             raise AdmissionError(503, "the server is at capacity")
+        max_load = self.config.limits.max_cpu_load
+        if max_load and self.cpu_load.value > max_load:
+            # A participant rejoining its room (same identity) is let through: it replaces itself.
+            room = self.rooms.get(grants.video.room)
+            if room is None or grants.identity not in room.participants:
+                COUNTERS.joins_refused_cpu += 1
+                raise AdmissionError(
+                    503,
+                    f"the server is at capacity: CPU load {self.cpu_load.value:.2f} over the last "
+                    f"{self.cpu_load.window_s:.0f} s exceeds limits.max_cpu_load {max_load:.2f}",
+                )
         try:
             room = self.rooms.get_or_create(grants.video.room)
         except RoomNotFoundError as exc:
@@ -187,8 +207,14 @@ def build_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         log.info("SFU node %s ready", sfu.node_id)
-        yield
-        await sfu.rooms.close_all()
+        sampler = asyncio.create_task(sfu.cpu_load.run(), name="cpu-load")
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            await sfu.rooms.close_all()
 
     app = Starlette(
         routes=[

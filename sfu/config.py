@@ -111,6 +111,9 @@ class LimitsConfig:
     max_signal_message_size: int = 1 << 20
     #: concurrent WebSocket sessions per node (0 = unlimited)
     max_sessions: int = 0
+    #: refuse new participants (503) while the SFU process used more than this share of one
+    #: core over the last 5 s; its one event loop saturates at 1.0 (0 = no limit)
+    max_cpu_load: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,13 @@ def _coerce(path: str, value: Any, default: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return number
         if isinstance(default, str):
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
@@ -258,6 +268,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"logging.level: unknown level {config.logging.level!r}")
     if config.room.empty_timeout < 0 or config.room.departure_timeout < 0:
         raise ConfigError("room timeouts must not be negative")
+    if config.limits.max_cpu_load < 0:
+        raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

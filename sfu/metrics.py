@@ -45,6 +45,7 @@ class Counters:
     participant_joins: int = 0
     data_packets: int = 0
     signal_errors: int = 0
+    joins_refused_cpu: int = 0  # refused by limits.max_cpu_load
     # the batched send path (sfu.transport.batch): per socket and loop iteration
     send_flushes: int = 0  # queues flushed (one per socket per loop iteration with datagrams)
     send_datagrams: int = 0  # datagrams those flushes held
@@ -72,6 +73,7 @@ class Gauges:
     tracks_published: int = 0
     tracks_subscribed: int = 0
     tasks: int = 0
+    cpu_load: float = 0.0  # process CPU seconds per second over the admission window
     layers: tuple[LayerGauge, ...] = ()
 
 
@@ -110,6 +112,7 @@ class _Collector(Collector):
             ("livekit_layer_switch", "simulcast layer switches", c.layer_switches),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
+            ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),
         ):
             metric = CounterMetricFamily(name, doc, labels=labels)
             metric.add_metric(node, value)
@@ -134,15 +137,21 @@ class _Collector(Collector):
         batch.add_metric(node, buckets, sum_value=c.send_datagrams)
         yield batch
         g = self.gauges()
-        for name, doc, value in (
+        gauges: tuple[tuple[str, str, float], ...] = (
             ("livekit_room_total", "open rooms", g.rooms),
             ("livekit_participant_total", "connected participants", g.participants),
             ("livekit_track_published_total", "published tracks", g.tracks_published),
             ("livekit_track_subscribed_total", "subscribed tracks", g.tracks_subscribed),
             ("sfu_asyncio_tasks", "asyncio tasks alive in this process", g.tasks),
-        ):
+            (
+                "sfu_cpu_load",
+                "SFU process CPU time per second, last 5 s (1 = one core)",
+                g.cpu_load,
+            ),
+        )
+        for name, doc, reading in gauges:
             gauge = GaugeMetricFamily(name, doc, labels=labels)
-            gauge.add_metric(node, value)
+            gauge.add_metric(node, reading)
             yield gauge
         layer_labels = [*labels, "track_sid", "quality"]
         bitrate = GaugeMetricFamily(

@@ -298,3 +298,27 @@ async def test_churn_leaves_nothing_behind(tmp_path: Path, sfu_keys: tuple[str, 
         assert metric(text, "sfu_asyncio_tasks") <= baseline_tasks + 2
         assert rss_after[-1] - rss_after[0] < 30_000, f"RSS grew {rss_after}"
         sfu.assert_alive()
+
+
+async def test_joins_past_the_cpu_limit_get_503(tmp_path: Path, sfu_keys: tuple[str, str]) -> None:
+    """`limits.max_cpu_load` below what even an idle SFU uses: every newcomer is refused, clearly."""
+    key, secret = sfu_keys
+    limits = {"limits": {"max_cpu_load": 0.000001}}
+    async with running_sfu(
+        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config=limits
+    ) as sfu:
+        async with httpx.AsyncClient(base_url=sfu.http_url, timeout=WAIT) as http:
+            deadline = time.monotonic() + WAIT
+            while metric((await http.get("/metrics")).text, "sfu_cpu_load") <= 0.000001:
+                assert time.monotonic() < deadline, "sfu_cpu_load never rose above zero"
+                await asyncio.sleep(0.2)
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await connect_raw(sfu, "late")
+            response = refused.value.response
+            assert response.status_code == 503
+            assert b"the server is at capacity: CPU load" in response.body
+            assert b"limits.max_cpu_load 0.00" in response.body
+            validate = await http.get(f"/rtc/validate?access_token={sfu.token('late', ROOM)}")
+            assert validate.status_code == 503 and "at capacity" in validate.text
+            assert metric((await http.get("/metrics")).text, "sfu_joins_refused_cpu_total") == 2
+        sfu.assert_alive()

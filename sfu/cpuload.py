@@ -1,0 +1,71 @@
+"""The SFU process's CPU load: its CPU time as a share of one core, over a sliding window.
+
+One event loop carries all of a node's media and signalling, so the process saturates at one
+core; past that point every call on the node degrades at once (packets wait in socket buffers,
+then drop) and signalling starves. `CpuLoad` tells admission (`limits.max_cpu_load`) when to
+refuse newcomers so that the calls already running keep their quality, and feeds the
+`sfu_cpu_load` gauge.
+
+The window always spans `window_s` of wall time; before the process has been up that long, the
+time before the first sample counts as idle, so a burst of joins right after start-up is not
+mistaken for sustained load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["CpuLoad"]
+
+
+class CpuLoad:
+    """``value``: process CPU seconds per wall second over the last `window_s` (1.0 = one core)."""
+
+    def __init__(
+        self,
+        window_s: float = 5.0,
+        interval_s: float = 0.5,
+        *,
+        wall: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.process_time,
+    ) -> None:
+        if window_s <= 0 or interval_s <= 0:
+            raise ValueError("window and interval must be positive")
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self._wall = wall
+        self._cpu = cpu
+        now, used = wall(), cpu()
+        # (wall, cpu) samples, oldest first; the first two say "idle for a window before now"
+        self._samples: deque[tuple[float, float]] = deque([(now - window_s, used), (now, used)])
+        self.value = 0.0
+
+    def sample(self) -> float:
+        """Take a sample now and return the updated load."""
+        now, cpu = self._wall(), self._cpu()
+        samples = self._samples
+        samples.append((now, cpu))
+        start = now - self.window_s
+        # keep the newest sample at or before the window's start as its baseline
+        while len(samples) > 2 and samples[1][0] <= start:
+            samples.popleft()
+        base_wall, base_cpu = samples[0]
+        if base_wall < start and len(samples) > 1:
+            # interpolate the CPU time at the window's start between the baseline and the next
+            next_wall, next_cpu = samples[1]
+            span = next_wall - base_wall
+            if span > 0:
+                base_cpu += (next_cpu - base_cpu) * (start - base_wall) / span
+            base_wall = start
+        elapsed = now - base_wall
+        self.value = max(0.0, (cpu - base_cpu) / elapsed) if elapsed > 0 else 0.0
+        return self.value
+
+    async def run(self) -> None:
+        """Sample every `interval_s` until cancelled."""
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
