@@ -95,15 +95,17 @@ class Sfu:
         if limit and self.sessions >= limit:
             raise AdmissionError(503, "the server is at capacity")
         max_load = self.config.limits.max_cpu_load
-        if max_load and self.cpu_load.value > max_load:
+        load = self.cpu_load.predicted(self.sessions) if max_load else 0.0
+        if load > max_load:
             # A participant rejoining its room (same identity) is let through: it replaces itself.
             room = self.rooms.get(grants.video.room)
             if room is None or grants.identity not in room.participants:
                 COUNTERS.joins_refused_cpu += 1
                 raise AdmissionError(
                     503,
-                    f"the server is at capacity: CPU load {self.cpu_load.value:.2f} over the last "
-                    f"{self.cpu_load.window_s:.0f} s exceeds limits.max_cpu_load {max_load:.2f}",
+                    f"the server is at capacity: CPU load {load:.2f} (last "
+                    f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
+                    f"limits.max_cpu_load {max_load:.2f}",
                 )
         try:
             room = self.rooms.get_or_create(grants.video.room)
@@ -150,6 +152,7 @@ class Sfu:
             room, grants, options, self.transport_config, session.send, self.refresh_token
         )
         COUNTERS.participant_joins += 1
+        self.cpu_load.note_admission()
         self.sessions += 1
         try:
             await session.run(participant, on_ready=lambda: room.join(participant))

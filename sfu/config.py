@@ -111,9 +111,10 @@ class LimitsConfig:
     max_signal_message_size: int = 1 << 20
     #: concurrent WebSocket sessions per node (0 = unlimited)
     max_sessions: int = 0
-    #: refuse new participants (503) while the SFU process used more than this share of one
-    #: core over the last 5 s; its one event loop saturates at 1.0 (0 = no limit)
-    max_cpu_load: float = 0.9
+    #: refuse new participants (503) while the SFU process's share of one core over the last 3 s,
+    #: plus what the participants joining in that time will add, is above this; its one event
+    #: loop saturates at 1.0 (0 = no limit)
+    max_cpu_load: float = 0.8
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ refuse newcomers so that the calls already running keep their quality, and feeds
 The window always spans `window_s` of wall time; before the process has been up that long, the
 time before the first sample counts as idle, so a burst of joins right after start-up is not
 mistaken for sustained load.
+
+A participant costs little when it is admitted and its full share only once it has connected and
+subscribed, seconds later: admitting on the measured load alone lets a join storm overshoot. So
+`predicted` adds, for each participant admitted within the window, the average cost of one that
+was already there.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class CpuLoad:
 
     def __init__(
         self,
-        window_s: float = 5.0,
+        window_s: float = 3.0,
         interval_s: float = 0.5,
         *,
         wall: Callable[[], float] = time.monotonic,
@@ -42,6 +47,7 @@ class CpuLoad:
         # (wall, cpu) samples, oldest first; the first two say "idle for a window before now"
         self._samples: deque[tuple[float, float]] = deque([(now - window_s, used), (now, used)])
         self.value = 0.0
+        self._admitted: deque[float] = deque()  # when recent participants were admitted
 
     def sample(self) -> float:
         """Take a sample now and return the updated load."""
@@ -63,6 +69,22 @@ class CpuLoad:
         elapsed = now - base_wall
         self.value = max(0.0, (cpu - base_cpu) / elapsed) if elapsed > 0 else 0.0
         return self.value
+
+    def note_admission(self) -> None:
+        """A participant was admitted now; its cost is not in the measurement yet."""
+        self._admitted.append(self._wall())
+
+    def predicted(self, participants: int) -> float:
+        """The measured load plus what the participants admitted within the window will add,
+        at the average cost of the other `participants` (all connected ones, recent included)."""
+        admitted = self._admitted
+        start = self._wall() - self.window_s
+        while admitted and admitted[0] <= start:
+            admitted.popleft()
+        settled = participants - len(admitted)
+        if settled <= 0 or not admitted:
+            return self.value
+        return self.value * (1 + len(admitted) / settled)
 
     async def run(self) -> None:
         """Sample every `interval_s` until cancelled."""

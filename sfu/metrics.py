@@ -145,7 +145,7 @@ class _Collector(Collector):
             ("sfu_asyncio_tasks", "asyncio tasks alive in this process", g.tasks),
             (
                 "sfu_cpu_load",
-                "SFU process CPU time per second, last 5 s (1 = one core)",
+                "SFU process CPU time per second, last 3 s (1 = one core)",
                 g.cpu_load,
             ),
         )

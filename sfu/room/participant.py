@@ -26,6 +26,7 @@ from sfu.receiver import RtpDemuxer, TrackReceiver
 from sfu.room.dynacast import Dynacast
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
+from sfu.rtp import rtcp
 from sfu.transport import PeerTransport, PublishedMedia, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -593,10 +594,10 @@ class Participant:
                         self.publisher.send_rtcp(report)
             with contextlib.suppress(Exception):
                 if self.subscriber is not None and self.subscriber.state == "connected":
-                    for sub in self.subscriptions.values():
-                        report = sub.downtrack.sender_report()
-                        if report:
-                            self.subscriber.send_rtcp(report)
+                    # one SR + SDES per forwarded stream, packed into as few datagrams as fit
+                    reports = [sub.downtrack.sender_report() for sub in self.subscriptions.values()]
+                    for compound in rtcp.pack_compounds(r for r in reports if r):
+                        self.subscriber.send_rtcp(compound)
                     self._send_stream_states()
 
     def _send_stream_states(self) -> None:

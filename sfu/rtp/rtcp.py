@@ -62,6 +62,7 @@ __all__ = [
     "UnknownXrBlock",
     "XrBlock",
     "build_compound",
+    "pack_compounds",
     "parse_compound",
 ]
 
@@ -715,3 +716,22 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
 def build_compound(packets: Iterable[RtcpPacket]) -> bytes:
     """The compound packet made of `packets`, concatenated."""
     return b"".join(bytes(p) for p in packets)
+
+
+def pack_compounds(groups: Iterable[bytes], limit: int = 1200) -> list[bytes]:
+    """Concatenate already-built RTCP groups (e.g. one stream's SR + SDES) into as few compound
+    packets of at most `limit` bytes as fit; a group is never split, and one longer than `limit`
+    goes out alone.  Each result starts with its first group's first packet (RFC 3550 §6.1: send
+    SR/RR first)."""
+    out: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for group in groups:
+        if current and size + len(group) > limit:
+            out.append(b"".join(current))
+            current, size = [], 0
+        current.append(group)
+        size += len(group)
+    if current:
+        out.append(b"".join(current))
+    return out

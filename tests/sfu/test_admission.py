@@ -29,7 +29,7 @@ class Clocks:
         return load.value
 
 
-def monitor(clocks: Clocks, window_s: float = 5.0) -> CpuLoad:
+def monitor(clocks: Clocks, window_s: float = 5.0) -> CpuLoad:  # 5 s: round numbers below
     return CpuLoad(window_s, wall=lambda: clocks.wall, cpu=lambda: clocks.cpu)
 
 
@@ -63,6 +63,21 @@ def test_uneven_samples_are_interpolated_at_the_window_start() -> None:
     assert clocks.run(3, 0.0, load, step=3.0) == pytest.approx(0.4)  # 2 busy s of the last 5
 
 
+def test_participants_admitted_within_the_window_count_at_the_average_cost() -> None:
+    clocks = Clocks()
+    load = monitor(clocks)
+    clocks.run(10, 0.6, load)
+    assert load.predicted(10) == pytest.approx(0.6)  # nobody joining
+    for _ in range(2):
+        load.note_admission()
+    # 10 connected, 2 of them just admitted: the 8 settled ones cost 0.075 each
+    assert load.predicted(10) == pytest.approx(0.6 * 10 / 8)
+    clocks.run(5, 0.6, load)
+    assert load.predicted(10) == pytest.approx(0.6)  # out of the window: measured now
+    load.note_admission()
+    assert load.predicted(1) == pytest.approx(0.6)  # nobody settled to take a cost from
+
+
 def test_bad_windows_are_refused() -> None:
     with pytest.raises(ValueError):
         CpuLoad(0)
@@ -94,7 +109,7 @@ def rtc_request(identity: str, room: str = "busy") -> Request:
 
 
 def test_config_reads_the_limit() -> None:
-    assert from_mapping({"keys": {KEY: SECRET}}).limits.max_cpu_load == 0.9
+    assert from_mapping({"keys": {KEY: SECRET}}).limits.max_cpu_load == 0.8
     assert build("0.75").config.limits.max_cpu_load == 0.75
     assert build(0).config.limits.max_cpu_load == 0.0
     for bad in (-0.1, "lots", True, ".nan", "inf"):
@@ -115,8 +130,8 @@ async def test_joins_are_refused_above_the_limit_except_a_rejoin() -> None:
             sfu.admit(rtc_request("bob"))
         assert caught.value.status == 503
         assert caught.value.message == (
-            "the server is at capacity: CPU load 0.95 over the last 5 s exceeds "
-            "limits.max_cpu_load 0.80"
+            "the server is at capacity: CPU load 0.95 (last 3 s, with the participants joining) "
+            "exceeds limits.max_cpu_load 0.80"
         )
         with pytest.raises(AdmissionError):
             sfu.admit(rtc_request("carol", room="another"))

@@ -361,3 +361,30 @@ def test_parsers_raise_only_rtcp_error_on_mutated_packets(seed: bytes, data: st.
     if data.draw(st.booleans()):
         b[0] = 0x80 | (b[0] & 0x3F)  # keep the version valid to reach the body parsers
     _check_parsers(bytes(b[: data.draw(st.integers(0, len(b)))]))
+
+
+def _stream_report(ssrc: int) -> bytes:
+    sr = SenderReport(
+        ssrc=ssrc, ntp_timestamp=ssrc << 32, rtp_timestamp=ssrc, packet_count=1, octet_count=2
+    )
+    return bytes(sr) + bytes(Sdes.for_cname(ssrc, "cname-0123456789"))
+
+
+def test_pack_compounds_fills_datagrams_without_splitting_a_stream() -> None:
+    from sfu.rtp.rtcp import pack_compounds
+
+    groups = [_stream_report(0x100 + n) for n in range(30)]
+    size = len(groups[0])
+    assert size == 28 + 28  # SR without report blocks; SDES with one 16-byte CNAME, padded
+    compounds = pack_compounds(groups, limit=1200)
+    assert [len(c) for c in compounds] == [size * 21, size * 9]  # 21 * 56 = 1176 ≤ 1200
+    assert b"".join(compounds) == b"".join(groups)
+    ssrcs = []
+    for compound in compounds:
+        packets = parse_compound(compound)
+        assert isinstance(packets[0], SenderReport)  # RFC 3550 §6.1: SR first
+        ssrcs += [p.ssrc for p in packets if isinstance(p, SenderReport)]
+    assert ssrcs == [0x100 + n for n in range(30)]
+    assert pack_compounds([]) == []
+    big = b"\x80\xc8" + bytes(2000)
+    assert pack_compounds([groups[0], big, groups[1]], limit=1200) == [groups[0], big, groups[1]]
