@@ -3,8 +3,10 @@
 `DownTrack` picks the layer to forward (the highest one the publisher is sending, up to the
 subscriber's limit), switches only on a key frame of the new layer, and rewrites SSRC, payload type,
 sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
-subscriber sees one continuous stream. The payload itself is never touched. It keeps the last sent
-packets to answer NACKs, and produces RTCP sender reports mapped from the publisher's.
+subscriber sees one continuous stream. The payload itself is never touched. It answers NACKs from
+a history of what it sent — references to the received packets, which every down track of the
+layer shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a
+private copy of every datagram — and produces RTCP sender reports mapped from the publisher's.
 `FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track.
 """
 
@@ -83,7 +85,10 @@ class DownTrack:
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
-        self._history: list[bytes | None] = [None] * HISTORY_SIZE
+        #: (out_seq, out_ts, packet, epoch) per slot; epoch counts switches: header rewrites
+        #: made before the last switch can no longer be rebuilt
+        self._history: list[tuple[int, int, RtpPacket, int] | None] = [None] * HISTORY_SIZE
+        self._epoch = 0
 
     # -- control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,22 +169,7 @@ class DownTrack:
         # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
         # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
         newest = not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000
-        if padding_only:
-            # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
-            # not its bytes, which were sized for the publisher's link, not this one.
-            data = _PADDING_PACKET.pack(
-                0xA0, packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, 1
-            )
-        elif self._pid_offset or self._tl0_offset or self._keyidx_offset:
-            data = self._rewrite_vp8(packet, out_seq, out_ts)
-        else:
-            data = rewrite(
-                packet,
-                payload_type=self.payload_type,
-                sequence_number=out_seq,
-                timestamp=out_ts,
-                ssrc=self.ssrc,
-            )
+        data = self._build(packet, out_seq, out_ts, padding_only)
         if newest:
             if not padding_only:  # a probe carries no VP8 descriptor to continue from
                 self._last_packet = packet
@@ -191,12 +181,30 @@ class DownTrack:
             # 32768 packets after a switch every new packet would read as older than it.
             if ((seq - self._switch_seq) & 0xFFFF) > 0x4000:
                 self._switch_seq = (seq - 0x4000) & 0xFFFF
-        self._history[out_seq & HISTORY_MASK] = data
+        self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet, self._epoch)
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
         COUNTERS.packets_out += 1
         COUNTERS.bytes_out += len(data)
         self._send(data)
+
+    def _build(self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool) -> bytes:
+        """The datagram to send for ``packet`` under the outgoing sequence number/timestamp."""
+        if padding_only:
+            # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
+            # not its bytes, which were sized for the publisher's link, not this one.
+            return _PADDING_PACKET.pack(
+                0xA0, packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, 1
+            )
+        if self._pid_offset or self._tl0_offset or self._keyidx_offset:
+            return self._rewrite_vp8(packet, out_seq, out_ts)
+        return rewrite(
+            packet,
+            payload_type=self.payload_type,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=self.ssrc,
+        )
 
     def _maybe_switch(self, packet: RtpPacket, layer: int, keyframe: bool) -> bool:
         """Whether ``packet``, of a layer not being forwarded, starts forwarding that layer.
@@ -235,6 +243,7 @@ class DownTrack:
                 packet.timestamp - self._expected_timestamp(packet, now)
             ) & 0xFFFFFFFF
         self._switch_seq = packet.sequence_number
+        self._epoch += 1
         log.debug(
             "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
             self.ssrc,
@@ -320,11 +329,17 @@ class DownTrack:
 
     # -- RTCP ----------------------------------------------------------------------------------------
     def retransmit(self, sequence_numbers: list[int]) -> None:
+        """Send again what went out under these sequence numbers (RFC 4585 generic NACK),
+        rebuilt from the received packet; packets from before the last switch are not resent."""
+        history = self._history
         for seq in sequence_numbers:
-            data = self._history[seq & HISTORY_MASK]
-            if data is not None and int.from_bytes(data[2:4], "big") == seq:
-                COUNTERS.retransmits_out += 1
-                self._send(data)
+            entry = history[seq & HISTORY_MASK]
+            if entry is None or entry[0] != seq or entry[3] != self._epoch:
+                continue
+            _, out_ts, packet, _ = entry
+            padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+            COUNTERS.retransmits_out += 1
+            self._send(self._build(packet, seq, out_ts, padding_only))
 
     def on_keyframe_request(self) -> None:
         if self.current_layer >= 0:

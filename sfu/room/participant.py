@@ -310,6 +310,9 @@ class Participant:
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         if self.subscriber is None or not self._awaiting_answer:
             raise SignalStateError("answer received but no subscriber offer is outstanding")
+        if self.subscriber.state in ("failed", "closed"):
+            # e.g. ICE gave up before the client's answer arrived: nothing left to negotiate
+            raise SignalStateError(f"answer received for a {self.subscriber.state} subscriber")
         if answer.id not in (0, self._offer_id):
             log.debug(
                 "participant %s: answer id %d for offer %d",
