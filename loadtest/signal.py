@@ -18,6 +18,7 @@ import httpx
 import jwt
 from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 __all__ = ["PROTOCOL", "SignalClient", "SignalError", "TokenSource"]
 
@@ -113,6 +114,16 @@ class SignalClient:
                     if isinstance(message, bytes):
                         break
             first = rtc.SignalResponse.FromString(message)
+        except InvalidStatus as exc:  # refused: the server's reason is in the body
+            await self.close()
+            reason = (
+                exc.response.body.decode("utf-8", "replace").strip()[:200]
+                if exc.response.body
+                else ""
+            )
+            raise SignalError(
+                f"join refused: HTTP {exc.response.status_code}" + (f": {reason}" if reason else "")
+            ) from exc
         except Exception as exc:
             await self.close()
             raise SignalError(f"join failed: {type(exc).__name__}: {exc}") from exc

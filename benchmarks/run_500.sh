@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The 500-participant benchmark against a local SFU, as quoted in the README:
+#   benchmarks/run_500.sh OUT_DIR [MAX_CPU_LOAD] [extra loadtest flags...]
+# Starts the SFU on 127.0.0.1:17880 (fresh key, UDP 40000-49999, logging warn,
+# limits.max_cpu_load MAX_CPU_LOAD, default 0.8; 0 turns admission off), runs
+# `python -m loadtest --preset 500` against it while benchmarks/machine_sampler.py
+# records OUT_DIR/machine.json, then stops the SFU by its PID.
+set -euo pipefail
+out=${1:?usage: benchmarks/run_500.sh OUT_DIR [MAX_CPU_LOAD] [loadtest flags...]}
+max_cpu_load=${2:-0.8}
+shift $(( $# >= 2 ? 2 : 1 ))
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+work=$(mktemp -d)
+key=APIbench500
+secret=$(openssl rand -hex 32)
+cat > "$work/sfu.yaml" <<YAML
+port: 17880
+bind_addresses: ["127.0.0.1"]
+keys: {$key: $secret}
+rtc: {port_range_start: 40000, port_range_end: 49999}
+logging: {level: warn}
+limits: {max_cpu_load: $max_cpu_load}
+YAML
+$py -m sfu --config "$work/sfu.yaml" > "$work/sfu.log" 2>&1 &
+sfu=$!
+trap 'kill "$sfu" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:17880/healthz > /dev/null && break
+  sleep 0.2
+done
+$py -m loadtest --preset 500 --url ws://127.0.0.1:17880 --api-key "$key" --api-secret "$secret" \
+  --sfu-pid "$sfu" --out "$out" "$@" &
+loadtest=$!
+$py benchmarks/machine_sampler.py --sfu-pid "$sfu" --loadtest-pid "$loadtest" \
+  --out "$out/machine.json" --max-duration 900 &
+sampler=$!
+status=0
+wait "$loadtest" || status=$?
+wait "$sampler" || true
+echo "SFU log: $work/sfu.log"
+exit "$status"
