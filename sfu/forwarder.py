@@ -4,9 +4,10 @@
 subscriber's limit), switches only on a key frame of the new layer, and rewrites SSRC, payload type,
 sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
 subscriber sees one continuous stream. The payload itself is never touched. It answers NACKs from
-a history of what it sent — references to the received packets, which every down track of the
-layer shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a
-private copy of every datagram — and produces RTCP sender reports mapped from the publisher's.
+a history of what it sent — the received packets' bytes, which every down track of the layer
+shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a private
+copy of every datagram — and produces RTCP sender reports mapped from the publisher's. History
+entries hold only ints and bytes, so the cyclic garbage collector never has to walk them.
 `FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track.
 """
 
@@ -85,9 +86,9 @@ class DownTrack:
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
-        #: (out_seq, out_ts, packet, epoch) per slot; epoch counts switches: header rewrites
-        #: made before the last switch can no longer be rebuilt
-        self._history: list[tuple[int, int, RtpPacket, int] | None] = [None] * HISTORY_SIZE
+        #: (out_seq, out_ts, received bytes, epoch) per slot; epoch counts switches: header
+        #: rewrites made before the last switch can no longer be rebuilt
+        self._history: list[tuple[int, int, bytes, int] | None] = [None] * HISTORY_SIZE
         self._epoch = 0
 
     # -- control ------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class DownTrack:
             # 32768 packets after a switch every new packet would read as older than it.
             if ((seq - self._switch_seq) & 0xFFFF) > 0x4000:
                 self._switch_seq = (seq - 0x4000) & 0xFFFF
-        self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet, self._epoch)
+        self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet.data, self._epoch)
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
         COUNTERS.packets_out += 1
@@ -336,7 +337,11 @@ class DownTrack:
             entry = history[seq & HISTORY_MASK]
             if entry is None or entry[0] != seq or entry[3] != self._epoch:
                 continue
-            _, out_ts, packet, _ = entry
+            _, out_ts, received, _ = entry
+            try:
+                packet = RtpPacket.parse(received)
+            except PacketError:  # pragma: no cover - it was parsed once already
+                continue
             padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
             COUNTERS.retransmits_out += 1
             self._send(self._build(packet, seq, out_ts, padding_only))
