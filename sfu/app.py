@@ -30,6 +30,7 @@ from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, Room, RoomManager, RoomNotFoundError
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
 from sfu.transport import SendMode, TransportConfig
+from sfu.transport.udpmux import close_muxes, open_mux
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Sfu:
             node_ip=config.rtc.node_ip or None,
             port_range_start=config.rtc.port_range_start,
             port_range_end=config.rtc.port_range_end,
+            udp_port=config.rtc.udp_port,
             send_mode=cast(SendMode, config.rtc.send_mode),
         )
         return cls(
@@ -209,6 +211,11 @@ def build_app(config: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        udp_port = sfu.transport_config.udp_port
+        if udp_port:  # bind the shared sockets now: a taken port is a startup error
+            for address in sfu.transport_config.bind_addresses:
+                await open_mux(address, udp_port)
+            log.info("ICE/media on UDP port %d (one socket per bind address)", udp_port)
         log.info("SFU node %s ready", sfu.node_id)
         sampler = asyncio.create_task(sfu.cpu_load.run(), name="cpu-load")
         try:
@@ -218,6 +225,7 @@ def build_app(config: Config) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
             await sfu.rooms.close_all()
+            close_muxes()
 
     app = Starlette(
         routes=[

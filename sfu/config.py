@@ -44,7 +44,6 @@ IGNORED_LIVEKIT_KEYS = frozenset(
         "limit",
         "key_file",
         "rtc.tcp_port",
-        "rtc.udp_port",
         "rtc.use_external_ip",
         "rtc.use_ice_lite",
         "rtc.stun_servers",
@@ -73,6 +72,9 @@ class ConfigError(Exception):
 class RtcConfig:
     port_range_start: int = 50000
     port_range_end: int = 60000
+    #: one UDP port for every peer connection (ICE demultiplexed by ufrag and address); when
+    #: set, the port range is not used
+    udp_port: int = 0
     node_ip: str = ""
     #: STUN/TURN URLs handed to clients in JoinResponse.ice_servers.
     ice_servers: tuple[str, ...] = ()
@@ -256,6 +258,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("rtc.port_range_start/rtc.port_range_end: not a valid UDP port range")
     if rtc.port_range_start == 0 and rtc.port_range_end != 0:
         raise ConfigError("rtc.port_range_start: must be set when rtc.port_range_end is")
+    if not 0 <= rtc.udp_port < 65536:
+        raise ConfigError(f"rtc.udp_port: {rtc.udp_port} is not a valid UDP port")
     if rtc.send_mode not in SEND_MODES:
         raise ConfigError(f"rtc.send_mode: must be one of {', '.join(SEND_MODES)}")
     for address in (*config.bind_addresses, *([rtc.node_ip] if rtc.node_ip else [])):

@@ -3,8 +3,10 @@
 This module owns the two places where the SFU steps around aioice's defaults:
 
 * gathering: aioice binds one ephemeral port per non-loopback interface.  The SFU binds one UDP
-  socket per configured bind address, inside `port_range_start..port_range_end`, and advertises
-  `node_ip` (LiveKit's `rtc.node_ip`) instead of the bound address when set;
+  socket per configured bind address, inside `port_range_start..port_range_end` — or, with
+  `rtc.udp_port`, shares one socket per bind address with every other connection
+  (`sfu.transport.udpmux`) — and advertises `node_ip` (LiveKit's `rtc.node_ip`) instead of the
+  bound address when set;
 * remote candidates: a browser's `RTCIceCandidateInit` JSON is validated here.  mDNS (`.local`)
   candidates are dropped rather than resolved (the SFU has no multicast; Chrome's connectivity
   checks reach us anyway and become peer-reflexive candidates), as are TCP and RTCP (component 2)
@@ -26,6 +28,8 @@ from typing import Any
 from aioice import Candidate
 from aioice.candidate import candidate_foundation
 from aioice.ice import StunProtocol, get_host_addresses
+
+from sfu.transport.udpmux import open_mux
 
 __all__ = ["HostCandidates", "gather_host_candidates", "parse_candidate_init"]
 
@@ -87,8 +91,12 @@ async def gather_host_candidates(
     bind_addresses: tuple[str, ...],
     node_ip: str | None,
     port_range: tuple[int, int],
+    udp_port: int = 0,
 ) -> HostCandidates:
     """Bind the sockets of an aioice `Connection` and make it consider gathering complete.
+
+    With `udp_port`, the connection joins each bind address's shared socket on that port
+    (`sfu.transport.udpmux`) instead of binding its own in `port_range`.
 
     Touches aioice privates (`_protocols`, `_local_candidates`, `_local_candidates_*`), the same
     state `Connection.gather_candidates` fills in.
@@ -96,7 +104,12 @@ async def gather_host_candidates(
     sdp: list[str] = []
     local_preference = 65535
     for address in bind_addresses:
-        transport, protocol = await _bind(connection, address, *port_range)
+        if udp_port:
+            mux = await open_mux(address, udp_port)
+            protocol = mux.register(connection.local_username, connection)
+            transport = protocol.transport
+        else:
+            transport, protocol = await _bind(connection, address, *port_range)
         host, port = transport.get_extra_info("sockname")[:2]
         family = ipaddress.ip_address(host).version
         candidate = Candidate(

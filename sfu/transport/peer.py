@@ -88,6 +88,7 @@ class TransportConfig:
     node_ip: str | None = None  # advertised candidate address (rtc.node_ip), e.g. behind 1:1 NAT
     port_range_start: int = 0  # rtc.port_range_start; 0/0: ephemeral ports
     port_range_end: int = 0
+    udp_port: int = 0  # rtc.udp_port: one shared socket per bind address (port range unused)
     connect_timeout: float = 20.0  # ICE + DTLS must complete within this, else "failed"
     video_codecs: tuple[str, ...] = ("vp8", "h264")  # accepted from publishers (lower case)
     send_mode: SendMode = "gso"
@@ -101,6 +102,8 @@ class TransportConfig:
             0 < self.port_range_start <= self.port_range_end < 65536
         ):
             raise ValueError("bad port range")
+        if not 0 <= self.udp_port < 65536:
+            raise ValueError("bad UDP port")
 
 
 @dataclass(frozen=True)
@@ -570,6 +573,7 @@ class PeerTransport:
                     self._config.bind_addresses,
                     self._config.node_ip,
                     (self._config.port_range_start, self._config.port_range_end),
+                    self._config.udp_port,
                 )
                 # One fingerprint (sha-256), as browsers write it; every peer checks that one.
                 fingerprints = [

@@ -25,6 +25,7 @@ rtc:
   port_range_end: 51100
   node_ip: 127.0.0.1
   tcp_port: 7881
+  udp_port: 7882
   use_external_ip: false
 room:
   auto_create: false
@@ -38,6 +39,7 @@ logging:
     assert config.keys == {"APIabc": SECRET}
     assert config.rtc.port_range_start == 51000
     assert config.rtc.node_ip == "127.0.0.1"
+    assert config.rtc.udp_port == 7882  # single-port mode: the port range is then unused
     assert config.room.auto_create is False
     assert config.room.empty_timeout == 30
 
@@ -75,6 +77,7 @@ def test_keys_from_env_and_body() -> None:
         ({}, "no API keys"),
         ({"keys": {"k": SECRET}, "port": "x"}, "port: invalid value"),
         ({"keys": {"k": SECRET}, "room": {"auto_create": "maybe"}}, "room.auto_create"),
+        ({"keys": {"k": SECRET}, "rtc": {"udp_port": 70000}}, "rtc.udp_port"),
         (
             {"keys": {"k": SECRET}, "rtc": {"port_range_start": 9, "port_range_end": 2}},
             "port range",

@@ -1,0 +1,238 @@
+"""One UDP port for every peer connection (LiveKit's `rtc.udp_port`): the ICE demultiplexer.
+
+With `rtc.udp_port` set, each bind address gets one socket on that port instead of one socket per
+peer connection from the port range, so a firewall or a container needs exactly one UDP port open.
+`UdpMux` owns that socket and hands each datagram to the aioice `StunProtocol` of the connection
+it belongs to:
+
+* a STUN Binding request names its connection: the USERNAME attribute is
+  ``<our ufrag>:<their ufrag>`` (RFC 8445 §7.2.2), so it is routed by our ufrag, and its source
+  address is remembered for that connection (re-pointed if another connection claims it later);
+* anything else (STUN responses, DTLS, SRTP) is routed by source address: one the connection
+  sent a connectivity check to, or one a request came from;
+* a datagram from an unknown address that is not a Binding request with a known ufrag is dropped.
+
+aioice still checks every request's USERNAME and MESSAGE-INTEGRITY against the connection's
+credentials, so learning an address grants nothing. Each connection's `StunProtocol` sees a
+`MuxedTransport` whose `sendto` goes out of the shared socket and whose `close` only
+unregisters the connection. Addresses per connection are bounded (`MAX_ADDRESSES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import weakref
+from typing import Any
+
+from aioice.ice import StunProtocol
+
+__all__ = ["MAX_ADDRESSES", "MuxedTransport", "UdpMux", "close_muxes", "open_mux"]
+
+log = logging.getLogger(__name__)
+
+#: remote addresses one connection may be reached from (its candidates, in practice a few)
+MAX_ADDRESSES = 16
+_UDP_BUFFER = 4 * 1024 * 1024
+_STUN_HEADER = struct.Struct("!HHI12s")
+_STUN_MAGIC_COOKIE = 0x2112A442
+_STUN_BINDING_REQUEST = 0x0001
+_ATTR_USERNAME = 0x0006
+
+
+def stun_request_ufrag(data: bytes) -> str | None:
+    """Our ufrag from a STUN Binding request's USERNAME (``ours:theirs``), else None.
+
+    Reads only the header and walks the attributes; never raises.
+    """
+    if len(data) < 20 or data[0] > 1:
+        return None
+    message_type, length, cookie, _ = _STUN_HEADER.unpack_from(data)
+    if message_type != _STUN_BINDING_REQUEST or cookie != _STUN_MAGIC_COOKIE:
+        return None
+    end = min(len(data), 20 + length)
+    offset = 20
+    while offset + 4 <= end:
+        attr_type, attr_length = struct.unpack_from("!HH", data, offset)
+        value_start = offset + 4
+        if attr_type == _ATTR_USERNAME:
+            if value_start + attr_length > end:
+                return None
+            username = data[value_start : value_start + attr_length]
+            ours, colon, _ = username.partition(b":")
+            if not colon or not ours:
+                return None
+            try:
+                return ours.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        offset = value_start + attr_length + (-attr_length % 4)
+    return None
+
+
+class MuxedTransport(asyncio.DatagramTransport):
+    """What one connection's `StunProtocol` sends through: the shared socket, its own close."""
+
+    def __init__(self, mux: UdpMux, protocol: StunProtocol) -> None:
+        super().__init__()
+        self._mux = mux
+        self._protocol: StunProtocol | None = protocol
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        self._mux.learn(addr, protocol)
+        self._mux.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._mux.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._mux.get_write_buffer_size()
+
+    def is_closing(self) -> bool:
+        return self._protocol is None
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            return
+        self._mux.unregister(protocol)
+        # aioice's StunProtocol.close() waits for connection_lost, as with a real socket
+        asyncio.get_running_loop().call_soon(protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """The shared socket of one bind address and the routing table in front of it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self._by_ufrag: dict[str, StunProtocol] = {}
+        self._by_addr: dict[Any, StunProtocol] = {}
+        self._addrs: dict[StunProtocol, list[Any]] = {}
+        self.dropped = 0
+
+    # -- asyncio.DatagramProtocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        addr = (addr[0], addr[1])
+        protocol = None
+        if data and data[0] <= 1:  # STUN (RFC 7983): a request names its connection
+            ufrag = stun_request_ufrag(data)
+            if ufrag is not None:
+                protocol = self._by_ufrag.get(ufrag)
+                if protocol is not None:
+                    self.learn(addr, protocol)
+        if protocol is None:
+            protocol = self._by_addr.get(addr)
+        if protocol is None:
+            self.dropped += 1
+            return
+        protocol.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP mux socket error: %r", exc)
+
+    # -- connections -------------------------------------------------------------------------------
+    def register(self, ufrag: str, connection: Any) -> StunProtocol:
+        """A `StunProtocol` for an aioice `Connection` whose local ufrag is `ufrag`."""
+        if ufrag in self._by_ufrag:
+            raise ValueError("ICE ufrag already registered")
+        protocol = StunProtocol(connection)
+        protocol.connection_made(MuxedTransport(self, protocol))
+        self._by_ufrag[ufrag] = protocol
+        self._addrs[protocol] = []
+        return protocol
+
+    def unregister(self, protocol: StunProtocol) -> None:
+        for addr in self._addrs.pop(protocol, []):
+            if self._by_addr.get(addr) is protocol:
+                del self._by_addr[addr]
+        for ufrag, registered in list(self._by_ufrag.items()):
+            if registered is protocol:
+                del self._by_ufrag[ufrag]
+
+    def learn(self, addr: Any, protocol: StunProtocol) -> None:
+        """Route datagrams from `addr` to `protocol` (bounded per connection)."""
+        addr = (addr[0], addr[1])
+        if self._by_addr.get(addr) is protocol:
+            return
+        addrs = self._addrs.get(protocol)
+        if addrs is None:  # unregistered meanwhile
+            return
+        if len(addrs) >= MAX_ADDRESSES:
+            oldest = addrs.pop(0)
+            if self._by_addr.get(oldest) is protocol:
+                del self._by_addr[oldest]
+        previous = self._by_addr.get(addr)
+        if previous is not None:
+            previous_addrs = self._addrs.get(previous)
+            if previous_addrs is not None and addr in previous_addrs:
+                previous_addrs.remove(addr)
+        self._by_addr[addr] = protocol
+        addrs.append(addr)
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_ufrag)
+
+    # -- the shared socket ---------------------------------------------------------------------------
+    def sendto(self, data: Any, addr: Any) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        transport: Any = self.transport  # uvloop's and asyncio's UDP transports both have it
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+_MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], UdpMux]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def open_mux(address: str, port: int) -> UdpMux:
+    """The event loop's mux for ``address:port``, binding its socket on first use."""
+    loop = asyncio.get_running_loop()
+    lock = _LOCKS.setdefault(loop, asyncio.Lock())
+    async with lock:
+        muxes = _MUXES.setdefault(loop, {})
+        mux = muxes.get((address, port))
+        if mux is not None and mux.transport is not None:
+            return mux
+        _, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=(address, port))
+        sock = mux.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _UDP_BUFFER)
+        muxes[(address, port)] = mux
+        return mux
+
+
+def close_muxes() -> None:
+    """Close the running loop's shared sockets (at shutdown, after every transport closed)."""
+    for mux in _MUXES.pop(asyncio.get_running_loop(), {}).values():
+        mux.close()

@@ -1,0 +1,87 @@
+"""`rtc.udp_port`: every peer connection on one UDP port, with real clients.
+
+The LiveKit Python SDK (libwebrtc's ICE) and livekit-client in Chromium join an SFU configured
+with a single UDP port; media flows both ways, and the SFU process holds no UDP socket on any
+other port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher
+from tests.harness.sfu import SfuInstance, running_sfu
+from tests.integration.test_browser_call import _two_party_call
+from tests.integration.test_sfu_robustness import ROOM, assert_media_flowing
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def udp_ports_of(pid: int) -> set[int]:
+    """Local ports of the UDP sockets process `pid` holds (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.fixture
+async def sfu_one_port(
+    tmp_path: Path, sfu_keys: tuple[str, str]
+) -> AsyncIterator[tuple[SfuInstance, int]]:
+    key, secret = sfu_keys
+    port = _free_udp_port()
+    async with running_sfu(
+        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config={"rtc": {"udp_port": port}}
+    ) as sfu:
+        yield sfu, port
+
+
+async def test_python_sdk_media_over_one_udp_port(sfu_one_port: tuple[SfuInstance, int]) -> None:
+    sfu, port = sfu_one_port
+    assert udp_ports_of(sfu.pid) == {port}  # bound at start-up
+    publisher = SyntheticPublisher("alice")
+    subscribers = [CollectingSubscriber("bob"), CollectingSubscriber("carol")]
+    await publisher.connect(sfu.url, sfu.token("alice", ROOM))
+    for subscriber in subscribers:
+        await subscriber.connect(sfu.url, sfu.token(subscriber.identity, ROOM))
+    try:
+        await publisher.publish()
+        for subscriber in subscribers:
+            await assert_media_flowing(subscriber, "alice")
+        # five peer connections (publisher + subscriber PCs) and still one port
+        assert udp_ports_of(sfu.pid) == {port}
+        await subscribers[0].leave()
+        await assert_media_flowing(subscribers[1], "alice")
+    finally:
+        await subscribers[1].leave()
+        await publisher.leave()
+    sfu.assert_alive()
+
+
+async def test_two_browsers_call_over_one_udp_port(sfu_one_port: tuple[SfuInstance, int]) -> None:
+    sfu, port = sfu_one_port
+    await _two_party_call(sfu, e2ee_key=None)
+    assert udp_ports_of(sfu.pid) == {port}
