@@ -21,7 +21,6 @@ import ipaddress
 import json
 import logging
 import random
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +28,13 @@ from aioice import Candidate
 from aioice.candidate import candidate_foundation
 from aioice.ice import StunProtocol, get_host_addresses
 
+from sfu.transport.sockbuf import size_buffers
 from sfu.transport.udpmux import open_mux
 
 __all__ = ["HostCandidates", "gather_host_candidates", "parse_candidate_init"]
 
 logger = logging.getLogger(__name__)
 
-_UDP_BUFFER = 1024 * 1024
 _HOST_TYPE_PREFERENCE = 126
 
 
@@ -77,8 +76,7 @@ async def _bind(
             continue
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _UDP_BUFFER)
+            size_buffers(sock)
         return transport, protocol
     raise OSError(
         errno.EADDRINUSE,

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 import weakref
 from typing import Any
 
 from aioice.ice import StunProtocol
+
+from sfu.transport.sockbuf import UDP_BUFFER, size_buffers
 
 __all__ = ["MAX_ADDRESSES", "MuxedTransport", "UdpMux", "close_muxes", "open_mux"]
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 #: remote addresses one connection may be reached from (its candidates, in practice a few)
 MAX_ADDRESSES = 16
-_UDP_BUFFER = 4 * 1024 * 1024
 _STUN_HEADER = struct.Struct("!HHI12s")
 _STUN_MAGIC_COOKIE = 0x2112A442
 _STUN_BINDING_REQUEST = 0x0001
@@ -226,8 +226,7 @@ async def open_mux(address: str, port: int) -> UdpMux:
         _, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=(address, port))
         sock = mux.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _UDP_BUFFER)
+            size_buffers(sock, 8 * UDP_BUFFER)  # every connection's datagrams queue here
         muxes[(address, port)] = mux
         return mux
 
