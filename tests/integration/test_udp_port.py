@@ -13,11 +13,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aioice import stun
 
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher
 from tests.harness.sfu import SfuInstance, running_sfu
 from tests.integration.test_browser_call import _two_party_call
 from tests.integration.test_sfu_robustness import ROOM, assert_media_flowing
+
+
+def _binding_request(username: str) -> bytes:
+    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    message.attributes["USERNAME"] = username
+    message.add_message_integrity(b"not-the-password")
+    message.add_fingerprint()
+    return bytes(message)
 
 
 def _free_udp_port() -> int:
@@ -73,6 +82,16 @@ async def test_python_sdk_media_over_one_udp_port(sfu_one_port: tuple[SfuInstanc
             await assert_media_flowing(subscriber, "alice")
         # five peer connections (publisher + subscriber PCs) and still one port
         assert udp_ports_of(sfu.pid) == {port}
+        # garbage, unknown STUN users and fake SRTP at the shared port: dropped, media unaffected
+        junk = [os.urandom(n % 300) for n in range(600)]
+        junk += [_binding_request(f"nobody{n}:x") for n in range(200)]
+        junk += [b"\x80\x60" + os.urandom(200) for _ in range(200)]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            for datagram in junk:
+                attacker.sendto(datagram, ("127.0.0.1", port))
+        for subscriber in subscribers:
+            await assert_media_flowing(subscriber, "alice")
+        sfu.assert_alive()
         await subscribers[0].leave()
         await assert_media_flowing(subscribers[1], "alice")
     finally:
