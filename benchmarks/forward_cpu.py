@@ -455,6 +455,14 @@ class Scenario:
             return (sys.executable, wrapper, str(self.profile_out), "--config", "{config}")
         return SFU_COMMAND
 
+    def rtc_config(self) -> dict[str, Any]:
+        rtc: dict[str, Any] = {}
+        if self.send_mode:
+            rtc["send_mode"] = self.send_mode
+        if self.args.udp_port:
+            rtc["udp_port"] = self.args.udp_port
+        return rtc
+
     async def run(self) -> dict[str, Any]:
         args, n = self.args, self.n
         tracks = 1 if args.no_audio else 2
@@ -462,7 +470,7 @@ class Scenario:
         async with running_sfu(
             self.workdir / "sfu",
             log_level="warn",
-            extra_config={"rtc": {"send_mode": self.send_mode}} if self.send_mode else None,
+            extra_config={"rtc": self.rtc_config()} if self.rtc_config() else None,
             command=self.sfu_command(),
             rtc_ports=max(100, 2 * n + 20),
             startup_timeout_s=30.0,
@@ -712,6 +720,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-audio", action="store_true", help="publish video only")
     parser.add_argument("--per-worker", type=int, default=25, help="subscribers per process")
     parser.add_argument("--pin", action="store_true", help="SFU on CPU 0, load generators off it")
+    parser.add_argument(
+        "--udp-port", type=int, default=0, help="run the SFU in single-port mode (rtc.udp_port)"
+    )
     parser.add_argument(
         "--send-modes",
         nargs="+",
