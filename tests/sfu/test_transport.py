@@ -9,6 +9,7 @@ import asyncio
 import gc
 import json
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from sfu.metrics import COUNTERS
 from sfu.sdp import SessionDescription
 from sfu.transport import IceRestartError, PeerTransport, SendMode, TransportConfig
 from sfu.transport.peer import SEND_MODES
+from sfu.transport.udpmux import close_muxes, open_mux
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +82,10 @@ async def inbound_rtp(pc: RTCPeerConnection) -> dict[int, int]:
     return {s.ssrc: s.packetsReceived for s in report.values() if s.type == "inbound-rtp"}
 
 
-async def publish(rec: Recorder, pc: RTCPeerConnection) -> tuple[PeerTransport, list[Any]]:
-    transport = rec.transport("publisher")
+async def publish(
+    rec: Recorder, pc: RTCPeerConnection, config: TransportConfig | None = None
+) -> tuple[PeerTransport, list[Any]]:
+    transport = rec.transport("publisher", config)
     await pc.setLocalDescription(await pc.createOffer())
     answer, published = await transport.handle_offer(pc.localDescription.sdp)
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -312,6 +316,41 @@ async def test_close_releases_sockets_and_tasks() -> None:
         assert time.monotonic() < deadline, (leftover, fds - fds_before)
     with pytest.raises(RuntimeError):
         await transport.handle_offer("v=0")
+
+
+async def test_single_udp_port_is_shared_and_released() -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    config = TransportConfig(udp_port=port)
+    peers = []
+    for _ in range(3):
+        rec, pc = Recorder(), aiortc_peer()
+        pc.addTrack(AudioStreamTrack())
+        transport, _ = await publish(rec, pc, config)
+        peers.append((rec, pc, transport))
+    try:
+        for rec, _, transport in peers:
+            candidates = [aioice.Candidate.from_sdp(c) for c in transport.local_candidates]
+            assert candidates and {c.port for c in candidates} == {port}
+            await wait_for(lambda t=transport: t.state == "connected", what="connected")
+            await wait_for(lambda r=rec: len(r.rtp) > 5, what="RTP through the shared port")
+        mux = await open_mux("127.0.0.1", port)
+        assert mux.connections == 3
+        rec, pc, transport = peers.pop(0)
+        await transport.close()
+        await pc.close()
+        assert mux.connections == 2
+        for rec, _, _ in peers:  # the others keep receiving
+            count = len(rec.rtp)
+            await wait_for(lambda r=rec, n=count: len(r.rtp) > n + 5, what="RTP after a close")
+    finally:
+        for _, pc, transport in peers:
+            await transport.close()
+            await pc.close()
+    assert mux.connections == 0
+    close_muxes()
 
 
 async def test_unused_transport_closes_cleanly() -> None:
