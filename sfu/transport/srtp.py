@@ -21,55 +21,59 @@ class SrtpError(Exception):
     """libsrtp refused a packet: a replayed or far too old sequence number, a bad auth tag..."""
 
 
-class SrtpProtector:
-    """``protector(plaintext) -> protected`` for RTP (or RTCP) on one SRTP session."""
+class _SrtpCall:
+    """``call(packet) -> packet`` through one libsrtp function, on a buffer allocated once."""
 
-    __slots__ = ("_buffer", "_context", "_function", "_length", "_limit", "_session", "_view")
+    __slots__ = (
+        "_buffer",
+        "_context",
+        "_function",
+        "_length",
+        "_limit",
+        "_name",
+        "_session",
+        "_view",
+    )
 
-    def __init__(self, session: Session, *, rtcp: bool) -> None:
+    def __init__(self, session: Session, function: Any, limit: int, name: str) -> None:
         self._session = session  # owns the libsrtp context; keep it alive
         self._context: Any = session._srtp[0]
         self._buffer: Any = ffi.new("unsigned char[]", BUFFER_SIZE)
         self._view: Any = ffi.buffer(self._buffer)
         self._length: Any = ffi.new("int *")
-        self._function: Any = lib.srtp_protect_rtcp if rtcp else lib.srtp_protect
-        trailer = SRTP_MAX_SRTCP_TRAILER_LEN if rtcp else SRTP_MAX_TRAILER_LEN
-        self._limit = BUFFER_SIZE - trailer
+        self._function = function
+        self._limit = limit
+        self._name = name
 
     def __call__(self, data: bytes) -> bytes:
         size = len(data)
         if size > self._limit:
-            raise SrtpError("packet too long to protect")
+            raise SrtpError(f"packet too long to {self._name}")
         self._view[0:size] = data
         self._length[0] = size
         status = self._function(self._context, self._buffer, self._length)
         if status:
-            raise SrtpError(f"srtp_protect failed with status {status}")
+            raise SrtpError(f"srtp_{self._name} failed with status {status}")
         result: bytes = self._view[0 : self._length[0]]
         return result
 
 
-class SrtpUnprotector:
-    """``unprotector(protected) -> plaintext`` for SRTP (or SRTCP) on one SRTP session."""
+class SrtpProtector(_SrtpCall):
+    """``protector(plaintext) -> protected`` for RTP (or RTCP) on one SRTP session."""
 
-    __slots__ = ("_buffer", "_context", "_function", "_length", "_session", "_view")
+    __slots__ = ()
 
     def __init__(self, session: Session, *, rtcp: bool) -> None:
-        self._session = session  # owns the libsrtp context; keep it alive
-        self._context: Any = session._srtp[0]
-        self._buffer: Any = ffi.new("unsigned char[]", BUFFER_SIZE)
-        self._view: Any = ffi.buffer(self._buffer)
-        self._length: Any = ffi.new("int *")
-        self._function: Any = lib.srtp_unprotect_rtcp if rtcp else lib.srtp_unprotect
+        trailer = SRTP_MAX_SRTCP_TRAILER_LEN if rtcp else SRTP_MAX_TRAILER_LEN
+        function = lib.srtp_protect_rtcp if rtcp else lib.srtp_protect
+        super().__init__(session, function, BUFFER_SIZE - trailer, "protect")
 
-    def __call__(self, data: bytes) -> bytes:
-        size = len(data)
-        if size > BUFFER_SIZE:
-            raise SrtpError("packet too long to unprotect")
-        self._view[0:size] = data
-        self._length[0] = size
-        status = self._function(self._context, self._buffer, self._length)
-        if status:
-            raise SrtpError(f"srtp_unprotect failed with status {status}")
-        result: bytes = self._view[0 : self._length[0]]
-        return result
+
+class SrtpUnprotector(_SrtpCall):
+    """``unprotector(protected) -> plaintext`` for SRTP (or SRTCP) on one SRTP session."""
+
+    __slots__ = ()
+
+    def __init__(self, session: Session, *, rtcp: bool) -> None:
+        function = lib.srtp_unprotect_rtcp if rtcp else lib.srtp_unprotect
+        super().__init__(session, function, BUFFER_SIZE, "unprotect")
