@@ -53,6 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"matrix-sfu: cannot listen on port {config.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    if config.rtc.udp_port:  # the shared media sockets bind at start-up: check the port now
+        for address in config.bind_addresses or ("0.0.0.0",):
+            host = address or "0.0.0.0"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, config.rtc.udp_port))
+            except OSError as exc:
+                print(
+                    f"matrix-sfu: cannot bind rtc.udp_port {config.rtc.udp_port} on {host}: "
+                    f"{exc.strerror}",
+                    file=sys.stderr,
+                )
+                return 2
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(config),

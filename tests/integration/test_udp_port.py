@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +29,13 @@ def _binding_request(username: str) -> bytes:
     message.add_message_integrity(b"not-the-password")
     message.add_fingerprint()
     return bytes(message)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _free_udp_port() -> int:
@@ -104,3 +113,22 @@ async def test_two_browsers_call_over_one_udp_port(sfu_one_port: tuple[SfuInstan
     sfu, port = sfu_one_port
     await _two_party_call(sfu, e2ee_key=None)
     assert udp_ports_of(sfu.pid) == {port}
+
+
+def test_a_taken_udp_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        taken = holder.getsockname()[1]
+        config = tmp_path / "sfu.yaml"
+        config.write_text(
+            f'port: {_free_tcp_port()}\nbind_addresses: ["127.0.0.1"]\nkeys: {{APIudp: {"s" * 40}}}\n'
+            f"rtc: {{udp_port: {taken}}}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "sfu", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"matrix-sfu: cannot bind rtc.udp_port {taken} on 127.0.0.1: Address already in use"
+    )
