@@ -12,8 +12,8 @@ mistaken for sustained load.
 
 A participant costs little when it is admitted and its full share only once it has connected and
 subscribed, seconds later: admitting on the measured load alone lets a join storm overshoot. So
-`predicted` adds, for each participant admitted within the window, the average cost of one that
-was already there.
+`predicted` adds, for each participant admitted within the window, the average cost per connected
+participant (recent ones included, so that the estimate stays at most twice the measurement).
 """
 
 from __future__ import annotations
@@ -76,15 +76,14 @@ class CpuLoad:
 
     def predicted(self, participants: int) -> float:
         """The measured load plus what the participants admitted within the window will add,
-        at the average cost of the other `participants` (all connected ones, recent included)."""
+        at the average cost per connected participant (`participants`, recent ones included)."""
         admitted = self._admitted
         start = self._wall() - self.window_s
         while admitted and admitted[0] <= start:
             admitted.popleft()
-        settled = participants - len(admitted)
-        if settled <= 0 or not admitted:
+        if participants <= 0 or not admitted:
             return self.value
-        return self.value * (1 + len(admitted) / settled)
+        return self.value * (1 + min(len(admitted), participants) / participants)
 
     async def run(self) -> None:
         """Sample every `interval_s` until cancelled."""

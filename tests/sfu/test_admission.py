@@ -70,12 +70,14 @@ def test_participants_admitted_within_the_window_count_at_the_average_cost() -> 
     assert load.predicted(10) == pytest.approx(0.6)  # nobody joining
     for _ in range(2):
         load.note_admission()
-    # 10 connected, 2 of them just admitted: the 8 settled ones cost 0.075 each
-    assert load.predicted(10) == pytest.approx(0.6 * 10 / 8)
+    # 10 connected, 2 of them just admitted: each will cost the average, 0.06
+    assert load.predicted(10) == pytest.approx(0.6 * 1.2)
     clocks.run(5, 0.6, load)
     assert load.predicted(10) == pytest.approx(0.6)  # out of the window: measured now
-    load.note_admission()
-    assert load.predicted(1) == pytest.approx(0.6)  # nobody settled to take a cost from
+    for _ in range(5):
+        load.note_admission()
+    assert load.predicted(2) == pytest.approx(1.2)  # a join storm: at most twice the measurement
+    assert load.predicted(0) == pytest.approx(0.6)
 
 
 def test_bad_windows_are_refused() -> None:
