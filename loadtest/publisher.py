@@ -259,11 +259,16 @@ class Publisher(Participant):
         self.pub_transport.start(remote, "server" if remote.setup == "active" else "client")
         if not parsed.has_candidates:  # a trickling server: it wants ours trickled too
             await self.trickle_local(local, rtc.SignalTarget.PUBLISHER, remote.mid, 0)
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S * 2):
-            while not self.pub_transport.connected.is_set():
-                if self.pub_transport.failed:
-                    raise ConnectionError(self.pub_transport.failed)
-                await asyncio.sleep(0.05)
+        deadline = loop.time() + PUBLISH_TIMEOUT_S * 2
+        while not self.pub_transport.connected.is_set():
+            if self.pub_transport.failed:
+                raise ConnectionError(self.pub_transport.failed)
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"publisher transport not connected after {PUBLISH_TIMEOUT_S * 2:.0f} s "
+                    f"({self.pub_transport.describe()})"
+                )
+            await asyncio.sleep(0.05)
 
     def _offer(self, local: LocalParameters, cids: dict[str, str]) -> str:
         stream_id = f"{self.identity}-stream"

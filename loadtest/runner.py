@@ -116,7 +116,8 @@ class _Run:
                 await pub.join()
                 await pub.publish()
             except (SignalError, TimeoutError, ConnectionError, OSError) as exc:
-                self.report.add_join((time.perf_counter() - started) * 1000, str(exc), True)
+                error = f"publisher {pub.identity}: {type(exc).__name__}: {exc}"
+                self.report.add_join((time.perf_counter() - started) * 1000, error, True)
                 continue
             self.report.add_join((time.perf_counter() - started) * 1000, None, True)
             pub.start_media()

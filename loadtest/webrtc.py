@@ -297,6 +297,10 @@ class Transport:
             candidates,
         )
 
+    def describe(self) -> str:
+        """Where the connection stands, for error messages."""
+        return f"ICE {self._ice.state}, DTLS {self._dtls.state}"
+
     def start(self, remote: MediaLine, dtls_role: str) -> None:
         """Begin ICE then DTLS towards `remote` (its credentials, fingerprint, candidates)."""
         if self._connect_task is None:
