@@ -82,7 +82,16 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    return _free_port(socket.SOCK_STREAM)
+
+
+def free_udp_port() -> int:
+    return _free_port(socket.SOCK_DGRAM)
+
+
+def _free_port(kind: socket.SocketKind) -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -18,7 +18,7 @@ import pytest
 from aioice import stun
 
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, free_tcp_port, free_udp_port, running_sfu
 from tests.integration.test_browser_call import _two_party_call
 from tests.integration.test_sfu_robustness import ROOM, assert_media_flowing
 
@@ -29,20 +29,6 @@ def _binding_request(username: str) -> bytes:
     message.add_message_integrity(b"not-the-password")
     message.add_fingerprint()
     return bytes(message)
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def udp_ports_of(pid: int) -> set[int]:
@@ -70,7 +56,7 @@ async def sfu_one_port(
     tmp_path: Path, sfu_keys: tuple[str, str]
 ) -> AsyncIterator[tuple[SfuInstance, int]]:
     key, secret = sfu_keys
-    port = _free_udp_port()
+    port = free_udp_port()
     async with running_sfu(
         tmp_path / "sfu", api_key=key, api_secret=secret, extra_config={"rtc": {"udp_port": port}}
     ) as sfu:
@@ -121,7 +107,7 @@ def test_a_taken_udp_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
         taken = holder.getsockname()[1]
         config = tmp_path / "sfu.yaml"
         config.write_text(
-            f'port: {_free_tcp_port()}\nbind_addresses: ["127.0.0.1"]\nkeys: {{APIudp: {"s" * 40}}}\n'
+            f'port: {free_tcp_port()}\nbind_addresses: ["127.0.0.1"]\nkeys: {{APIudp: {"s" * 40}}}\n'
             f"rtc: {{udp_port: {taken}}}\n"
         )
         result = subprocess.run(

@@ -9,7 +9,6 @@ import asyncio
 import gc
 import json
 import os
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from sfu.sdp import SessionDescription
 from sfu.transport import IceRestartError, PeerTransport, SendMode, TransportConfig
 from sfu.transport.peer import SEND_MODES
 from sfu.transport.udpmux import close_muxes, open_mux
+from tests.harness.sfu import free_udp_port
 
 
 @pytest.fixture(autouse=True)
@@ -319,10 +319,7 @@ async def test_close_releases_sockets_and_tasks() -> None:
 
 
 async def test_single_udp_port_is_shared_and_released() -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_udp_port()
     config = TransportConfig(udp_port=port)
     peers = []
     for _ in range(3):

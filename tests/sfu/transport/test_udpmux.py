@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from aioice import stun
@@ -12,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu.transport.udpmux import MAX_ADDRESSES, UdpMux, open_mux, stun_request_ufrag
+from tests.harness.sfu import free_udp_port
 
 A = ("127.0.0.1", 40001)
 B = ("127.0.0.1", 40002)
@@ -115,10 +115,7 @@ async def test_addresses_per_connection_are_bounded_and_unregister_forgets() -> 
 
 
 async def test_one_shared_socket_per_address_and_port() -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_udp_port()
     first = await open_mux("127.0.0.1", port)
     assert await open_mux("127.0.0.1", port) is first
     assert first.get_extra_info("sockname")[1] == port
