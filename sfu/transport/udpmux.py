@@ -114,6 +114,7 @@ class UdpMux(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self._by_ufrag: dict[str, StunProtocol] = {}
+        self._ufrag_of: dict[StunProtocol, str] = {}
         self._by_addr: dict[Any, StunProtocol] = {}
         self._addrs: dict[StunProtocol, list[Any]] = {}
         self.dropped = 0
@@ -152,6 +153,7 @@ class UdpMux(asyncio.DatagramProtocol):
         protocol = StunProtocol(connection)
         protocol.connection_made(MuxedTransport(self, protocol))
         self._by_ufrag[ufrag] = protocol
+        self._ufrag_of[protocol] = ufrag
         self._addrs[protocol] = []
         return protocol
 
@@ -159,9 +161,9 @@ class UdpMux(asyncio.DatagramProtocol):
         for addr in self._addrs.pop(protocol, []):
             if self._by_addr.get(addr) is protocol:
                 del self._by_addr[addr]
-        for ufrag, registered in list(self._by_ufrag.items()):
-            if registered is protocol:
-                del self._by_ufrag[ufrag]
+        ufrag = self._ufrag_of.pop(protocol, None)
+        if ufrag is not None:
+            del self._by_ufrag[ufrag]
 
     def learn(self, addr: Any, protocol: StunProtocol) -> None:
         """Route datagrams from `addr` to `protocol` (bounded per connection)."""
