@@ -40,14 +40,9 @@ class SrtpIngress:
         "unprotect_failures",
     )
 
-    def __init__(
-        self,
-        session: Session,
-        on_rtp: Callable[[bytes], None],
-        on_rtcp: Callable[[bytes], None],
-    ) -> None:
-        self._unprotect = SrtpUnprotector(session, rtcp=False)
-        self._unprotect_rtcp = SrtpUnprotector(session, rtcp=True)
+    def __init__(self, on_rtp: Callable[[bytes], None], on_rtcp: Callable[[bytes], None]) -> None:
+        self._unprotect: Callable[[bytes], bytes] | None = None
+        self._unprotect_rtcp: Callable[[bytes], bytes] | None = None
         self._on_rtp = on_rtp
         self._on_rtcp = on_rtcp
         self._protocol: Any = None
@@ -57,9 +52,12 @@ class SrtpIngress:
         self.bytes_received = 0
         self.unprotect_failures = 0
 
-    def attach(self, protocol: Any) -> None:
-        """Sit in front of `protocol.datagram_received` (an aioice `StunProtocol`)."""
+    def attach(self, protocol: Any, session: Session) -> None:
+        """Sit in front of `protocol.datagram_received` (an aioice `StunProtocol`), decrypting
+        with `session` (the receive side of the transport's DTLS-SRTP keys)."""
         self.detach()
+        self._unprotect = SrtpUnprotector(session, rtcp=False)
+        self._unprotect_rtcp = SrtpUnprotector(session, rtcp=True)
         self._protocol = protocol
         self._fallback = protocol.datagram_received
         protocol.datagram_received = self.datagram_received
@@ -72,23 +70,34 @@ class SrtpIngress:
         self._fallback = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not 127 < (data[0] if data else 0) < 192:
+        unprotect, unprotect_rtcp = self._unprotect, self._unprotect_rtcp
+        if unprotect is None or unprotect_rtcp is None or not 127 < (data[0] if data else 0) < 192:
             fallback = self._fallback
             if fallback is not None:
                 fallback(data, addr)
             return
         try:
             if len(data) > 1 and 191 < data[1] < 224:
-                plain = self._unprotect_rtcp(data)
-                self.rtcp_packets_received += 1
-                self.bytes_received += len(plain)
-                self._on_rtcp(plain)
+                self.deliver_rtcp(unprotect_rtcp(data))
             else:
-                plain = self._unprotect(data)
-                self.rtp_packets_received += 1
-                self.bytes_received += len(plain)
-                self._on_rtp(plain)
+                self.deliver_rtp(unprotect(data))
         except SrtpError:
             self.unprotect_failures += 1  # replayed, forged or truncated: dropped like aiortc does
+
+    def deliver_rtp(self, plain: bytes) -> None:
+        """Count one decrypted RTP packet and hand it on (also aiortc's path, before `attach`)."""
+        self.rtp_packets_received += 1
+        self.bytes_received += len(plain)
+        try:
+            self._on_rtp(plain)
         except Exception:
-            logger.exception("dispatching a received packet failed")
+            logger.exception("on_rtp failed")
+
+    def deliver_rtcp(self, plain: bytes) -> None:
+        """Count one decrypted RTCP compound and hand it on."""
+        self.rtcp_packets_received += 1
+        self.bytes_received += len(plain)
+        try:
+            self._on_rtcp(plain)
+        except Exception:
+            logger.exception("on_rtcp failed")

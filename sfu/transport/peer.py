@@ -139,13 +139,6 @@ def _noop_send(data: bytes, addr: Any) -> None:  # pragma: no cover - replaced w
     raise ConnectionError
 
 
-class _NoIngress:
-    rtp_packets_received = rtcp_packets_received = bytes_received = 0
-
-
-_NO_INGRESS = _NoIngress()
-
-
 class PeerTransport:
     """One peer connection.  Publisher role: the client offers.  Subscriber role: we offer."""
 
@@ -163,8 +156,6 @@ class PeerTransport:
             raise ValueError(f"bad role {role!r}")
         self.role = role
         self._config = config
-        self._on_rtp = on_rtp
-        self._on_rtcp = on_rtcp
         self._on_data = on_data
         self._on_state = on_state
         self._state: State = "new"
@@ -214,16 +205,14 @@ class PeerTransport:
         self._queue: SendQueue | None = None  # None: send_mode "immediate", or not connected
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
-        self._ingress: SrtpIngress | None = None  # the receive fast path, once DTLS is up
+        # what reaches on_rtp/on_rtcp, counted; the socket fast path once DTLS is up
+        self._ingress = SrtpIngress(on_rtp, on_rtcp)
 
         # counters
         self.rtp_packets_sent = 0
         self.rtcp_packets_sent = 0
         self.bytes_sent = 0
         self.send_dropped = 0
-        self.rtp_packets_received = 0
-        self.rtcp_packets_received = 0
-        self.bytes_received = 0
         self.data_sent = 0
         self.data_received = 0
         self.data_dropped = 0
@@ -236,12 +225,10 @@ class PeerTransport:
 
     @property
     def stats(self) -> TransportStats:
-        ingress = self._ingress or _NO_INGRESS
+        ingress = self._ingress
         return TransportStats(
             self.rtp_packets_sent, self.rtcp_packets_sent, self.bytes_sent, self.send_dropped,
-            self.rtp_packets_received + ingress.rtp_packets_received,
-            self.rtcp_packets_received + ingress.rtcp_packets_received,
-            self.bytes_received + ingress.bytes_received,
+            ingress.rtp_packets_received, ingress.rtcp_packets_received, ingress.bytes_received,
             self.data_sent, self.data_received, self.data_dropped,
         )  # fmt: skip
 
@@ -474,20 +461,10 @@ class PeerTransport:
         self.send_dropped += 1
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
-        self.rtp_packets_received += 1
-        self.bytes_received += len(data)
-        try:
-            self._on_rtp(data)
-        except Exception:
-            logger.exception("on_rtp failed")
+        self._ingress.deliver_rtp(data)
 
     async def _handle_rtcp_data(self, data: bytes) -> None:
-        self.rtcp_packets_received += 1
-        self.bytes_received += len(data)
-        try:
-            self._on_rtcp(data)
-        except Exception:
-            logger.exception("on_rtcp failed")
+        self._ingress.deliver_rtcp(data)
 
     # ------------------------------------------------------------------ data channels
 
@@ -528,8 +505,7 @@ class PeerTransport:
         self._closing = True
         self._protect = self._protect_rtcp = None
         self._close_queue()
-        if self._ingress is not None:
-            self._ingress.detach()
+        self._ingress.detach()
         tasks = [t for t in (self._connect_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -659,8 +635,7 @@ class PeerTransport:
                 )
             except (OSError, ValueError) as exc:  # no socket to batch on: send immediately
                 logger.warning("batched sends unavailable (%r); sending one by one", exc)
-        self._ingress = SrtpIngress(self._dtls._rx_srtp, self._on_rtp, self._on_rtcp)
-        self._ingress.attach(pair.protocol)
+        self._ingress.attach(pair.protocol, self._dtls._rx_srtp)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
         self._ice.on("statechange", self._on_transport_change)

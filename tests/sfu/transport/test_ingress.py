@@ -62,10 +62,8 @@ class Rig:
         self.rtcp: list[bytes] = []
         self.receiver = Receiver()
         self.protocol = stun_protocol(self.receiver)
-        self.ingress = SrtpIngress(
-            session(Policy.SSRC_ANY_INBOUND), self.rtp.append, self.rtcp.append
-        )
-        self.ingress.attach(self.protocol)
+        self.ingress = SrtpIngress(self.rtp.append, self.rtcp.append)
+        self.ingress.attach(self.protocol, session(Policy.SSRC_ANY_INBOUND))
         self.sender = session(Policy.SSRC_ANY_OUTBOUND)
 
 
@@ -109,8 +107,8 @@ def test_a_failing_callback_does_not_escape() -> None:
         raise RuntimeError("bad handler")
 
     rig = Rig()
-    rig.ingress = SrtpIngress(session(Policy.SSRC_ANY_INBOUND), boom, boom)
-    rig.ingress.attach(rig.protocol)
+    rig.ingress = SrtpIngress(boom, boom)
+    rig.ingress.attach(rig.protocol, session(Policy.SSRC_ANY_INBOUND))
     rig.protocol.datagram_received(rig.sender.protect(rtp(1)), ADDR)
 
 
