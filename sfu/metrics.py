@@ -53,6 +53,13 @@ class Counters:
     send_gso_datagrams: int = 0  # datagrams sent inside a UDP GSO sendmsg
     #: flushes by size: ≤ SEND_BATCH_BUCKETS[i], and the last slot for larger ones
     send_batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(SEND_BATCH_BUCKETS) + 1))
+    #: times each documented cap (docs/limits.md) was hit, by the cap's name; the names are
+    #: constants in the code, never remote input, so this stays as small as that list
+    limits_exceeded: dict[str, int] = field(default_factory=dict)
+
+    def limit_exceeded(self, limit: str) -> None:
+        """Count one hit of the cap named `limit` (exported as `sfu_limit_exceeded_total`)."""
+        self.limits_exceeded[limit] = self.limits_exceeded.get(limit, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +143,14 @@ class _Collector(Collector):
         )
         batch.add_metric(node, buckets, sum_value=c.send_datagrams)
         yield batch
+        limits = CounterMetricFamily(
+            "sfu_limit_exceeded",
+            "remote input refused or dropped by a documented cap (docs/limits.md)",
+            labels=[*labels, "limit"],
+        )
+        for limit, hits in sorted(c.limits_exceeded.items()):
+            limits.add_metric([*node, limit], hits)
+        yield limits
         g = self.gauges()
         gauges: tuple[tuple[str, str, float], ...] = (
             ("livekit_room_total", "open rooms", g.rooms),
