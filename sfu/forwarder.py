@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sfu.metrics import COUNTERS
 from sfu.receiver import TrackReceiver
@@ -37,6 +37,12 @@ NTP_EPOCH_OFFSET = 2208988800
 #: how long the forwarded layer may be silent before a lower one is taken
 LAYER_STALE_AFTER = 1.0
 KEYFRAME_RETRY = 0.25
+#: a sequence number is resent at most once per this interval (LiveKit waits min(100 ms, 2 RTT);
+#: no RTT estimate here, so the 100 ms bound) and at most NACK_MAX_RESENDS times (LiveKit's maxAck)
+NACK_RESEND_INTERVAL = 0.1
+NACK_MAX_RESENDS = 3
+#: NACKed sequence numbers one down track looks at per one-second window; the rest is dropped
+NACK_BUDGET = 1000
 
 
 def ntp_now() -> int:
@@ -90,6 +96,11 @@ class DownTrack:
         #: rewrites made before the last switch can no longer be rebuilt
         self._history: list[tuple[int, int, bytes, int] | None] = [None] * HISTORY_SIZE
         self._epoch = 0
+        #: per history slot, the last resend: (out_seq, out_ts, time, count); seq and ts tell
+        #: the packet it was for from a later one in the same slot
+        self._resent: list[tuple[int, int, float, int] | None] = [None] * HISTORY_SIZE
+        self._nack_window = -1.0  # start of the current one-second NACK budget window
+        self._nack_left = 0
 
     # -- control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -144,6 +155,7 @@ class DownTrack:
         self.closed = True
         self.started = False
         self._history = [None] * HISTORY_SIZE
+        self._resent = [None] * HISTORY_SIZE
 
     def _best_layer(self, now: float) -> int:
         best = self.receiver.highest_active_layer(now, self.max_layer)
@@ -329,15 +341,52 @@ class DownTrack:
         )
 
     # -- RTCP ----------------------------------------------------------------------------------------
-    def retransmit(self, sequence_numbers: list[int]) -> None:
+    def _nack_allowance(self, now: float) -> int:
+        """NACKed sequence numbers still allowed in the current one-second window."""
+        if now - self._nack_window >= 1.0:
+            self._nack_window = now
+            self._nack_left = NACK_BUDGET
+        return self._nack_left
+
+    def on_nack(self, nack: rtcp.Nack) -> None:
+        """A generic NACK from the subscriber: checked against the budget before its sequence
+        numbers are even listed."""
+        if self._nack_allowance(time.monotonic()) <= 0:
+            COUNTERS.limit_exceeded("nack_budget")
+            return
+        self.retransmit(nack.lost)
+
+    def retransmit(self, sequence_numbers: Iterable[int]) -> None:
         """Send again what went out under these sequence numbers (RFC 4585 generic NACK),
-        rebuilt from the received packet; packets from before the last switch are not resent."""
-        history = self._history
+        rebuilt from the received packet; packets from before the last switch are not resent.
+
+        Bounded before any rebuild or protect: at most `NACK_BUDGET` sequence numbers are looked
+        at per one-second window (the rest of a NACK is dropped), and each packet is resent at
+        most `NACK_MAX_RESENDS` times, never twice within `NACK_RESEND_INTERVAL`.
+        """
+        now = time.monotonic()
+        budget = self._nack_allowance(now)
+        history, resent, epoch = self._history, self._resent, self._epoch
+        looked = 0
+        repeated = False
         for seq in sequence_numbers:
-            entry = history[seq & HISTORY_MASK]
-            if entry is None or entry[0] != seq or entry[3] != self._epoch:
+            if looked >= budget:
+                COUNTERS.limit_exceeded("nack_budget")
+                break
+            looked += 1
+            slot = seq & HISTORY_MASK
+            entry = history[slot]
+            if entry is None or entry[0] != seq or entry[3] != epoch:
                 continue
             _, out_ts, received, _ = entry
+            count = 1
+            last = resent[slot]
+            if last is not None and last[0] == seq and last[1] == out_ts:
+                if now - last[2] < NACK_RESEND_INTERVAL or last[3] >= NACK_MAX_RESENDS:
+                    repeated = True
+                    continue
+                count = last[3] + 1
+            resent[slot] = (seq, out_ts, now, count)
             try:
                 packet = RtpPacket.parse(received)
             except PacketError:  # pragma: no cover - it was parsed once already
@@ -345,6 +394,9 @@ class DownTrack:
             padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
             COUNTERS.retransmits_out += 1
             self._send(self._build(packet, seq, out_ts, padding_only))
+        self._nack_left = budget - looked
+        if repeated:
+            COUNTERS.limit_exceeded("nack_resend_interval")
 
     def on_keyframe_request(self) -> None:
         if self.current_layer >= 0:
@@ -373,6 +425,11 @@ class DownTrack:
         return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
 
 
+#: the subscriber RTCP a down track acts on; anything else (receiver reports, REMB, transport-cc)
+#: is left unparsed: a transport-cc packet can announce 65,535 statuses in 40 bytes
+_FEEDBACK_TYPES = frozenset((rtcp.Nack, rtcp.Pli, rtcp.Fir))
+
+
 class FeedbackRouter:
     """Subscriber-PC RTCP → the down track it is about."""
 
@@ -389,7 +446,7 @@ class FeedbackRouter:
     def on_rtcp(self, data: bytes) -> None:
         COUNTERS.rtcp_in += 1
         try:
-            packets = rtcp.parse_compound(data)
+            packets = rtcp.parse_compound(data, _FEEDBACK_TYPES)
         except PacketError:
             return
         for packet in packets:
@@ -397,7 +454,7 @@ class FeedbackRouter:
                 downtrack = self._by_ssrc.get(packet.media_ssrc)
                 if downtrack is not None:
                     COUNTERS.nack_in += 1
-                    downtrack.retransmit(packet.lost)
+                    downtrack.on_nack(packet)
             elif isinstance(packet, rtcp.Pli):
                 downtrack = self._by_ssrc.get(packet.media_ssrc)
                 if downtrack is not None:

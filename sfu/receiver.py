@@ -27,6 +27,8 @@ from sfu.sdp import Codec
 
 log = logging.getLogger(__name__)
 
+#: simulcast layers per track (LiveKit's maximum: q, h, f); more are clamped, and counted
+MAX_LAYERS = 3
 #: a layer is "active" while its packets keep arriving
 LAYER_ACTIVE_WINDOW = 1.0
 #: minimum spacing of PLIs per publisher layer (LiveKit: 500 ms for LOW, 1 s above)
@@ -75,6 +77,15 @@ class LayerState:
     #: bits per second over the last report interval
     bitrate: int = 0
 
+    def new_stream(self, ssrc: int) -> None:
+        """The layer now arrives on `ssrc`: forget the sequence and report state of the old one."""
+        self.ssrc = ssrc
+        self.base_seq = self.max_ext_seq = -1
+        self.cycles = 0
+        self.sr_ntp = self.sr_rtp = 0
+        self.sr_arrival = 0.0
+        self.packets = self.expected_prior = self.received_prior = 0
+
     def on_sequence(self, sequence_number: int) -> None:
         if self.max_ext_seq < 0:
             self.base_seq = self.max_ext_seq = sequence_number
@@ -105,6 +116,9 @@ class TrackReceiver:
         self.mime_type = mime_type
         self.clock_rate = clock_rate
         self.codec = codec
+        if layer_count > MAX_LAYERS:
+            COUNTERS.limit_exceeded("simulcast_layers")
+            layer_count = MAX_LAYERS
         self.layers = [LayerState() for _ in range(max(layer_count, 1))]
         self.sinks: list[PacketSink] = []
         self.muted = False
@@ -184,9 +198,10 @@ class TrackReceiver:
         state.sr_ntp = report.ntp_timestamp
         state.sr_rtp = report.rtp_timestamp
         state.sr_arrival = time.monotonic()
-        self.sender_reports.on_sender_report(
+        if self.sender_reports.on_sender_report(
             report.ssrc, report.ntp_timestamp, report.rtp_timestamp
-        )
+        ):
+            COUNTERS.limit_exceeded("sender_reports")
 
     def demand_changed(self) -> None:
         if self.on_demand_change is not None:
@@ -274,6 +289,10 @@ class TrackReceiver:
         self.sinks.clear()
 
 
+#: the publisher RTCP acted on; the rest (receiver reports, SDES, transport-cc...) stays unparsed
+_PUBLISHER_TYPES = frozenset((rtcp.SenderReport,))
+
+
 @dataclass
 class _Binding:
     receiver: TrackReceiver
@@ -304,7 +323,11 @@ class RtpDemuxer:
     def bind(
         self, mid: str, receiver: TrackReceiver, layer_by_rid: dict[str, int], *, payload_type: int
     ) -> None:
-        self._by_mid[mid] = _Binding(receiver, dict(layer_by_rid), payload_type)
+        """Route `mid`'s packets to `receiver`; rids naming a layer it does not have (over
+        `MAX_LAYERS`) are not bound, so their packets are dropped."""
+        layers = len(receiver.layers)
+        rids = {rid: layer for rid, layer in layer_by_rid.items() if 0 <= layer < layers}
+        self._by_mid[mid] = _Binding(receiver, rids, payload_type)
         if not receiver.is_video:
             receiver.audio_level_id = self.audio_level_id
 
@@ -312,8 +335,10 @@ class RtpDemuxer:
         binding = self._by_mid.pop(mid, None)
         if binding is None:
             return
-        for ssrc in [s for s, (r, _) in self._by_ssrc.items() if r is binding.receiver]:
-            del self._by_ssrc[ssrc]
+        receiver = binding.receiver
+        for layer, state in enumerate(receiver.layers):  # at most MAX_LAYERS
+            if self._by_ssrc.get(state.ssrc) == (receiver, layer):
+                del self._by_ssrc[state.ssrc]
 
     def receivers(self) -> list[TrackReceiver]:
         return [b.receiver for b in self._by_mid.values()]
@@ -363,8 +388,17 @@ class RtpDemuxer:
                 layer = binding.layer_by_rid[rid]
         except PacketError:
             return None
-        binding.receiver.layers[layer].ssrc = packet.ssrc
-        entry = (binding.receiver, layer)
+        # One SSRC per layer: a layer that moves to a new SSRC forgets the old one, so SSRC churn
+        # cannot grow this table (or the sender-report table) beyond the layers bound.
+        receiver = binding.receiver
+        state = receiver.layers[layer]
+        entry = (receiver, layer)
+        if state.ssrc and state.ssrc != packet.ssrc:
+            if self._by_ssrc.get(state.ssrc) == entry:
+                del self._by_ssrc[state.ssrc]
+            receiver.sender_reports.forget(state.ssrc)
+            state.new_stream(packet.ssrc)
+        state.ssrc = packet.ssrc
         self._by_ssrc[packet.ssrc] = entry
         log.debug("ssrc %d → layer %d of %s", packet.ssrc, layer, binding.receiver.mime_type)
         return entry
@@ -372,7 +406,7 @@ class RtpDemuxer:
     def on_rtcp(self, data: bytes) -> None:
         COUNTERS.rtcp_in += 1
         try:
-            packets = rtcp.parse_compound(data)
+            packets = rtcp.parse_compound(data, _PUBLISHER_TYPES)
         except PacketError:
             return
         for packet in packets:

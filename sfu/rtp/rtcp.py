@@ -11,7 +11,7 @@ Every parser raises only `RtcpError`. Each class's `parse(data)` takes exactly o
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Self, TypeAlias
 
@@ -639,7 +639,7 @@ class UnknownRtcp:
         return bytes(self.data)
 
 
-RtcpPacket: TypeAlias = (
+_KnownRtcp: TypeAlias = (
     SenderReport
     | ReceiverReport
     | Sdes
@@ -650,42 +650,47 @@ RtcpPacket: TypeAlias = (
     | Remb
     | TransportCcFeedback
     | ExtendedReport
-    | UnknownRtcp
 )
+RtcpPacket: TypeAlias = _KnownRtcp | UnknownRtcp
 
-_BY_TYPE: dict[int, Callable[[int, bytes], RtcpPacket]] = {
-    PT_SR: SenderReport._from_body,
-    PT_RR: ReceiverReport._from_body,
-    PT_SDES: Sdes._from_body,
-    PT_BYE: Bye._from_body,
-    PT_XR: ExtendedReport._from_body,
+_BY_TYPE: dict[int, type[_KnownRtcp]] = {
+    PT_SR: SenderReport,
+    PT_RR: ReceiverReport,
+    PT_SDES: Sdes,
+    PT_BYE: Bye,
+    PT_XR: ExtendedReport,
 }
 
 
-def _parse_one(count: int, packet_type: int, body: bytes) -> RtcpPacket | None:
+def _parser(count: int, packet_type: int, body: bytes) -> type[_KnownRtcp] | None:
+    """The class that parses this packet (from its header and, for AFB, its REMB tag)."""
     if packet_type == PT_RTPFB:
         if count == Nack.FMT:
-            return Nack._from_body(count, body)
+            return Nack
         if count == TransportCcFeedback.FMT:
-            return TransportCcFeedback._from_body(count, body)
+            return TransportCcFeedback
         return None
     if packet_type == PT_PSFB:
         if count == Pli.FMT:
-            return Pli._from_body(count, body)
+            return Pli
         if count == Fir.FMT:
-            return Fir._from_body(count, body)
+            return Fir
         if count == Remb.FMT and body[8:12] == b"REMB":
-            return Remb._from_body(count, body)
+            return Remb
         return None
-    parser = _BY_TYPE.get(packet_type)
-    return parser(count, body) if parser is not None else None
+    return _BY_TYPE.get(packet_type)
 
 
-def parse_compound(data: bytes) -> list[RtcpPacket]:
+def parse_compound(
+    data: bytes, only: Collection[type[RtcpPacket]] | None = None
+) -> list[RtcpPacket]:
     """The packets of a compound RTCP packet (or of a single one), in order.
 
     Checks each packet's version and that its length and padding fit; raises `RtcpError` otherwise.
     Reduced-size RTCP (RFC 5506) is accepted: the first packet need not be an SR or RR.
+
+    With `only`, packets of other types are not parsed but kept as `UnknownRtcp` (bytes only):
+    the receive path names the types it acts on, so what it ignores costs it nothing.
     """
     n = len(data)
     if n == 0:
@@ -707,8 +712,13 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
             if padding == 0 or padding > 4 * words:
                 raise RtcpError("invalid RTCP padding")
             body_end -= padding
-        packet = _parse_one(b0 & 0x1F, packet_type, data[i + 4 : body_end])
-        packets.append(packet if packet is not None else UnknownRtcp(packet_type, data[i:end]))
+        count = b0 & 0x1F
+        body = data[i + 4 : body_end]
+        cls = _parser(count, packet_type, body)
+        if cls is None or (only is not None and cls not in only):
+            packets.append(UnknownRtcp(packet_type, data[i:end]))
+        else:
+            packets.append(cls._from_body(count, body))
         i = end
     return packets
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from .seqnum import ts_diff
 
-__all__ = ["SenderReportTranslator"]
+__all__ = ["MAX_SENDER_REPORTS", "SenderReportTranslator"]
+
+#: sources one translator keeps a report for (a track has at most 3 layers; the rest is slack
+#: for SSRC changes); beyond it the oldest is forgotten
+MAX_SENDER_REPORTS = 8
 
 
 class SenderReportTranslator:
@@ -27,9 +31,16 @@ class SenderReportTranslator:
         self._clock_rate = clock_rate
         self._reports: dict[int, tuple[int, int]] = {}
 
-    def on_sender_report(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> None:
-        """Record a publisher SR for `ssrc`."""
-        self._reports[ssrc] = (ntp_timestamp, rtp_timestamp & 0xFFFFFFFF)
+    def on_sender_report(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> bool:
+        """Record a publisher SR for `ssrc`; True if that made it forget the oldest source's
+        (more than `MAX_SENDER_REPORTS` sources)."""
+        reports = self._reports
+        evicted = False
+        if ssrc not in reports and len(reports) >= MAX_SENDER_REPORTS:
+            del reports[next(iter(reports))]
+            evicted = True
+        reports[ssrc] = (ntp_timestamp, rtp_timestamp & 0xFFFFFFFF)
+        return evicted
 
     def has_report(self, ssrc: int) -> bool:
         """Whether an SR has been seen for `ssrc` (LiveKit switches only then)."""

@@ -13,7 +13,7 @@ packet — not the chunk layout, so `bytes()` picks its own chunk encoding.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -72,13 +72,18 @@ def _wrap24(value: int) -> int:
     return ((value + 0x800000) & 0xFFFFFF) - 0x800000
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TransportCcFeedback:
     """Transport-wide CC feedback for packets `base_sequence_number`, `base_sequence_number + 1`, …
 
-    `deltas[k]` is None when packet `base + k` was not received, else its receive delta in 250 µs
-    ticks (signed 16-bit) from the previous received packet — or, for the first one, from
-    `reference_time`, a signed 24-bit count of 64 ms units.
+    Built from `deltas`: `deltas[k]` is None when packet `base + k` was not received, else its
+    receive delta in 250 µs ticks (signed 16-bit) from the previous received packet — or, for the
+    first one, from `reference_time`, a signed 24-bit count of 64 ms units.
+
+    Kept sparse, as libwebrtc keeps it: `packet_status_count` and one `(k, delta)` pair per
+    received packet. A packet can announce 65,535 statuses in a few bytes of run-length chunks,
+    but each received one needs a delta byte on the wire, so what a parsed packet holds is
+    bounded by its size. `deltas` expands on demand.
     """
 
     sender_ssrc: int
@@ -86,14 +91,47 @@ class TransportCcFeedback:
     base_sequence_number: int
     reference_time: int
     feedback_packet_count: int
-    deltas: tuple[int | None, ...] = ()
+    packet_status_count: int
+    #: `(k, delta)` for each received packet `base + k`, in increasing k
+    received: tuple[tuple[int, int], ...]
 
     FMT = 15
 
+    def __init__(
+        self,
+        sender_ssrc: int,
+        media_ssrc: int,
+        base_sequence_number: int,
+        reference_time: int,
+        feedback_packet_count: int,
+        deltas: Sequence[int | None] = (),
+    ) -> None:
+        self.sender_ssrc = sender_ssrc
+        self.media_ssrc = media_ssrc
+        self.base_sequence_number = base_sequence_number
+        self.reference_time = reference_time
+        self.feedback_packet_count = feedback_packet_count
+        self.packet_status_count = len(deltas)
+        self.received = tuple((k, d) for k, d in enumerate(deltas) if d is not None)
+
     @property
-    def packet_status_count(self) -> int:
-        """How many packets the feedback covers (received or not)."""
-        return len(self.deltas)
+    def deltas(self) -> tuple[int | None, ...]:
+        """One receive delta or None per packet covered (`packet_status_count` entries)."""
+        out: list[int | None] = [None] * self.packet_status_count
+        for k, d in self.received:
+            out[k] = d
+        return tuple(out)
+
+    def received_arrivals(self) -> list[tuple[int, int]]:
+        """`(sequence_number (uint16), arrival time in µs)` of the received packets only, on the
+        time base of `arrivals`: bounded by the packet's size, unlike `arrivals`."""
+        t = self.reference_time * REFERENCE_TIME_TICK_US
+        base = self.base_sequence_number
+        out: list[tuple[int, int]] = []
+        for k, d in self.received:
+            t += d * DELTA_TICK_US
+            out.append(((base + k) & 0xFFFF, t))
+        return out
 
     def arrivals(self) -> dict[int, int | None]:
         """`{sequence_number (uint16): arrival time in µs or None}` on the feedback's time base.
@@ -189,47 +227,94 @@ class TransportCcFeedback:
 
     @classmethod
     def _from_body(cls, count: int, body: bytes) -> Self:
+        """Parse the fields after the common header.
+
+        The work is bounded by the bytes present, not by `packet_status_count`: a run-length
+        chunk of "not received" (2 bytes for up to 8,191 packets) is expanded in one step, and
+        every received packet needs a receive-delta byte in the packet, so Python-level steps
+        are at most 7 per chunk byte plus one per delta byte. A status count that the chunks
+        present cannot describe is refused before anything is expanded.
+        """
         n = len(body)
         if n < 16:
             raise RtcpError("transport-cc feedback shorter than its fixed fields")
         sender, media, base, status_count, word = _FIXED.unpack_from(body)
-        symbols: list[int] = []
+        # Pass 1: walk the chunks (O(chunks)), counting statuses and the delta bytes they need.
         i = 16
-        while len(symbols) < status_count:
+        described = 0
+        delta_bytes = 0
+        while described < status_count:
             if i + 2 > n:
                 raise RtcpError("transport-cc status chunks overrun the packet")
             chunk = (body[i] << 8) | body[i + 1]
             i += 2
             if chunk < 0x8000:  # run length
-                run = min(chunk & _MAX_RUN, status_count - len(symbols))
-                symbols.extend([chunk >> 13] * run)
+                symbol = chunk >> 13
+                if symbol == 3:
+                    raise RtcpError("reserved transport-cc packet status symbol")
+                run = min(chunk & _MAX_RUN, status_count - described)
+                described += run
+                delta_bytes += run * symbol
             elif chunk < 0xC000:  # 1-bit vector
-                symbols.extend((chunk >> b) & 1 for b in range(13, -1, -1))
+                take = min(14, status_count - described)
+                described += take
+                delta_bytes += ((chunk & 0x3FFF) >> (14 - take)).bit_count()
             else:  # 2-bit vector
-                symbols.extend((chunk >> b) & 3 for b in range(12, -1, -2))
-        del symbols[status_count:]
-        deltas: list[int | None] = []
-        for s in symbols:
-            if s == _NOT_RECEIVED:
-                deltas.append(None)
-            elif s == _SMALL:
-                if i >= n:
-                    raise RtcpError("transport-cc receive deltas overrun the packet")
-                deltas.append(body[i])
-                i += 1
-            elif s == _LARGE:
-                if i + 2 > n:
-                    raise RtcpError("transport-cc receive deltas overrun the packet")
-                deltas.append(_I16.unpack_from(body, i)[0])
-                i += 2
-            else:
-                raise RtcpError("reserved transport-cc packet status symbol")
-        if n - i > 3:
+                take = min(7, status_count - described)
+                described += take
+                for b in range(12, 12 - 2 * take, -2):
+                    symbol = (chunk >> b) & 3
+                    if symbol == 3:
+                        raise RtcpError("reserved transport-cc packet status symbol")
+                    delta_bytes += symbol
+            if i + delta_bytes > n:
+                raise RtcpError("transport-cc receive deltas overrun the packet")
+        chunks_end = i
+        if n - chunks_end - delta_bytes > 3:
             raise RtcpError("unexpected bytes after transport-cc receive deltas")
-        return cls(sender, media, base, _wrap24(word >> 8), word & 0xFF, tuple(deltas))
+        # Pass 2: the received packets. A run of "not received" costs one step; every other
+        # status consumes a delta byte that pass 1 proved present.
+        received: list[tuple[int, int]] = []
+        d = chunks_end
+        i = 16
+        k = 0
+        while k < status_count:
+            chunk = (body[i] << 8) | body[i + 1]
+            i += 2
+            if chunk < 0x8000:
+                symbol = chunk >> 13
+                run = min(chunk & _MAX_RUN, status_count - k)
+                if symbol == _SMALL:
+                    received += zip(range(k, k + run), body[d : d + run], strict=True)
+                    d += run
+                elif symbol == _LARGE:
+                    values = (v for (v,) in _I16.iter_unpack(body[d : d + 2 * run]))
+                    received += zip(range(k, k + run), values, strict=True)
+                    d += 2 * run
+                k += run
+                continue
+            if chunk < 0xC000:
+                symbols = [(chunk >> b) & 1 for b in range(13, 13 - min(14, status_count - k), -1)]
+            else:
+                symbols = [
+                    (chunk >> b) & 3 for b in range(12, 12 - 2 * min(7, status_count - k), -2)
+                ]
+            for s in symbols:
+                if s == _SMALL:
+                    received.append((k, body[d]))
+                    d += 1
+                elif s == _LARGE:
+                    received.append((k, _I16.unpack_from(body, d)[0]))
+                    d += 2
+                k += 1
+        feedback = cls(sender, media, base, _wrap24(word >> 8), word & 0xFF)
+        feedback.packet_status_count = status_count
+        feedback.received = tuple(received)
+        return feedback
 
     def __bytes__(self) -> bytes:
-        if len(self.deltas) > 0xFFFF:
+        deltas = self.deltas
+        if len(deltas) > 0xFFFF:
             raise RtcpError("at most 65535 packets per transport-cc feedback")
         if not -0x800000 <= self.reference_time <= 0x7FFFFF:
             raise RtcpError("reference time out of the signed 24-bit range")
@@ -237,7 +322,7 @@ class TransportCcFeedback:
             raise RtcpError("feedback packet count out of range")
         symbols: list[int] = []
         delta_bytes = bytearray()
-        for d in self.deltas:
+        for d in deltas:
             if d is None:
                 symbols.append(_NOT_RECEIVED)
             elif 0 <= d <= 255:
@@ -253,7 +338,7 @@ class TransportCcFeedback:
                 self.sender_ssrc,
                 self.media_ssrc,
                 self.base_sequence_number,
-                len(self.deltas),
+                len(deltas),
                 ((self.reference_time & 0xFFFFFF) << 8) | self.feedback_packet_count,
             )
         except struct.error:

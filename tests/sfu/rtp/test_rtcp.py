@@ -388,3 +388,14 @@ def test_pack_compounds_fills_datagrams_without_splitting_a_stream() -> None:
     assert pack_compounds([]) == []
     big = b"\x80\xc8" + bytes(2000)
     assert pack_compounds([groups[0], big, groups[1]], limit=1200) == [groups[0], big, groups[1]]
+
+
+def test_only_the_named_types_are_parsed() -> None:
+    data = TWCC + APP + bytes(Nack(1, 2, ((10, 0),))) + bytes(Pli(1, 2))
+    twcc, app, nack, pli = parse_compound(data, only=frozenset((Nack,)))
+    assert twcc == UnknownRtcp(205, TWCC) and app == UnknownRtcp(204, APP)
+    assert nack == Nack(1, 2, ((10, 0),))
+    assert pli == UnknownRtcp(206, bytes(Pli(1, 2)))
+    assert build_compound([twcc, app, nack, pli]) == data
+    with pytest.raises(RtcpError):  # framing is still checked for what is skipped
+        parse_compound(TWCC[:-1], only=frozenset((Nack,)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sfu.rtp.timebase import SenderReportTranslator
+from sfu.rtp.timebase import MAX_SENDER_REPORTS, SenderReportTranslator
 
 A, B, C = 0xA, 0xB, 0xC
 
@@ -50,3 +50,12 @@ def test_layer_switch_with_sender_reports() -> None:
     offset_b = (ts_b(11.6) - expected) & 0xFFFFFFFF  # outgoing = incoming − offset
     assert (ts_b(11.6) - offset_b) & 0xFFFFFFFF == ts_a(11.6)
     assert t.translate(B, offset_b) == (11 * NTP_1S, ts_a(11))
+
+
+def test_reports_are_kept_for_a_bounded_number_of_sources() -> None:
+    tr = SenderReportTranslator(90000)
+    evicted = [tr.on_sender_report(ssrc, 1 << 60, ssrc) for ssrc in range(1, 1001)]
+    assert evicted == [False] * MAX_SENDER_REPORTS + [True] * (1000 - MAX_SENDER_REPORTS)
+    assert len(tr._reports) == MAX_SENDER_REPORTS
+    assert tr.has_report(1000) and not tr.has_report(1)
+    assert tr.on_sender_report(1000, 1 << 61, 5) is False  # an update evicts nothing

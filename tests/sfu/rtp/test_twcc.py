@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,6 +102,7 @@ def test_from_arrivals_basic() -> None:
     (fb,) = TransportCcFeedback.from_arrivals(
         1, 2, {10: 1_000_000, 11: 1_000_250, 13: 999_000, 14: None}, feedback_packet_count=255
     )
+    assert fb.received_arrivals() == [(10, 1_000_000), (11, 1_000_250), (13, 999_000)]
     assert (fb.base_sequence_number, fb.reference_time, fb.feedback_packet_count) == (10, 15, 255)
     assert fb.deltas == (160, 1, None, -5, None)
     assert fb.arrivals() == {10: 1_000_000, 11: 1_000_250, 12: None, 13: 999_000, 14: None}
@@ -168,3 +172,53 @@ def test_from_arrivals_reconstructs_times(
 def test_long_feedback_round_trips(deltas: list[int | None], base: int) -> None:
     fb = TransportCcFeedback(1, 2, base, -0x800000, 9, tuple(deltas))
     assert TransportCcFeedback.parse(bytes(fb)) == fb
+
+
+# --- hostile feedback (audit 2026-12 finding 2) ---------------------------------------------------
+
+#: 65,535 "not received" statuses in nine run-length chunks: 40 bytes, 30 to a 1,200-byte datagram
+ALL_LOST_BLOB = (
+    bytes((0x8F, 205, 0, 9))
+    + struct.pack("!IIHHI", 1, 2, 0, 65535, 0)
+    + struct.pack("!H", 8191) * 9
+    + b"\0\0"
+)
+
+
+def test_a_datagram_of_maximal_run_length_feedback_parses_in_bounded_time() -> None:
+    start = time.perf_counter()
+    packets = parse_compound(ALL_LOST_BLOB * 30)
+    elapsed = time.perf_counter() - start
+    assert len(packets) == 30
+    assert all(p == packets[0] for p in packets)
+    assert isinstance(packets[0], TransportCcFeedback)
+    assert packets[0].packet_status_count == 65535 and packets[0].received == ()
+    assert packets[0].received_arrivals() == []
+    assert elapsed < 0.005  # was about 40-250 ms: one Python step and one slot per status
+
+
+def test_the_status_count_is_capped_by_what_the_chunks_describe() -> None:
+    # 65,535 statuses announced, one 1-bit vector chunk present: refused before any expansion
+    data = _packet(bytes.fromhex("0000 ffff 000000 00") + bytes.fromhex("8000"))
+    with pytest.raises(RtcpError):
+        TransportCcFeedback.parse(data)
+    # received packets need a delta byte each: 8,191 small deltas announced, none present
+    data = _packet(bytes.fromhex("0000 1fff 000000 00") + bytes.fromhex("3fff"))
+    start = time.perf_counter()
+    with pytest.raises(RtcpError):
+        TransportCcFeedback.parse(data)
+    assert time.perf_counter() - start < 0.01
+
+
+def test_python_work_follows_the_bytes_not_the_status_count() -> None:
+    # the cost of a run of "not received" must not grow with its length
+    short = _packet(bytes.fromhex("0000 0001 000000 00") + bytes.fromhex("0001"))
+    long = ALL_LOST_BLOB
+
+    def cost(data: bytes) -> float:
+        start = time.perf_counter()
+        for _ in range(200):
+            TransportCcFeedback.parse(data)
+        return time.perf_counter() - start
+
+    assert cost(long) < 20 * cost(short) + 0.05

@@ -1,0 +1,171 @@
+"""Tests for sfu.forwarder under hostile subscriber feedback: the NACK budget and per-packet
+resend interval (audit 2026-12 finding 7), RTCP the SFU ignores left unparsed (finding 2), and
+layer counts over the simulcast maximum (finding 9); on the rig of test_forwarder."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+
+import pytest
+
+from sfu.forwarder import NACK_BUDGET, NACK_RESEND_INTERVAL, DownTrack, FeedbackRouter
+from sfu.metrics import COUNTERS
+from sfu.receiver import MAX_LAYERS, TrackReceiver
+from sfu.rtp import rtcp
+from sfu.rtp.twcc import TransportCcFeedback
+from tests.sfu.test_forwarder import (
+    CNAME,
+    OUT_PT,
+    OUT_SSRC,
+    SUBSCRIBER_SSRC,
+    Clock,
+    Rig,
+    clock,
+    parse_out,
+)
+
+__all__ = ["clock"]  # the fixture
+
+#: the audit's transport-cc blob: 65,535 "not received" statuses in 40 bytes, 30 per datagram
+TWCC_BLOB = (
+    bytes((0x8F, 205, 0, 9))
+    + struct.pack("!IIHHI", 1, 2, 0, 65535, 0)
+    + struct.pack("!H", 8191) * 9
+    + b"\0\0"
+)
+
+
+def _flowing(clock: Clock, frames: int = 300) -> tuple[Rig, FeedbackRouter]:
+    """A down track forwarding layer 0 (two packets per frame), its history full."""
+    rig = Rig(clock)
+    router = FeedbackRouter()
+    router.add(rig.downtrack)
+    rig.downtrack.start()
+    rig.tick(layers=(0,), keys=(0,))
+    for _ in range(frames):
+        rig.tick(layers=(0,))
+    return rig, router
+
+
+def _hostile_nacks(newest: int) -> bytes:
+    """Eight generic NACKs, each naming the 512 sequence numbers up to `newest`."""
+    seqs = [(newest - k) & 0xFFFF for k in range(512)]
+    nack = bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, seqs))
+    return nack * 8
+
+
+def test_a_nack_flood_is_held_to_the_budget_and_each_packet_to_its_interval(clock: Clock) -> None:
+    rig, router = _flowing(clock)
+    hits = COUNTERS.limits_exceeded.get("nack_budget", 0)
+    before = COUNTERS.retransmits_out
+    resent: dict[int, list[float]] = {}
+    for _ in range(25):  # one second: a compound every 40 ms while the publisher keeps sending
+        rig.tick(layers=(0,))
+        newest = parse_out(rig.sent[-1]).seq
+        n = len(rig.sent)
+        router.on_rtcp(_hostile_nacks(newest))
+        for data in rig.sent[n:]:
+            resent.setdefault(parse_out(data).seq, []).append(clock.now)
+        clock.advance(0.04 - 1 / 32)
+    retransmits = COUNTERS.retransmits_out - before
+    assert retransmits <= NACK_BUDGET  # was 8 x 512 x 25 = 102,400
+    assert retransmits >= 500  # the first NACK of the flood is answered in full
+    assert COUNTERS.limits_exceeded.get("nack_budget", 0) > hits
+    for times in resent.values():
+        assert all(b - a >= NACK_RESEND_INTERVAL for a, b in itertools.pairwise(times))
+
+
+def test_one_nack_naming_a_packet_eight_times_resends_it_once(clock: Clock) -> None:
+    rig, router = _flowing(clock, frames=4)
+    seq = parse_out(rig.sent[3]).seq
+    nack = bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, [seq]))
+    n = len(rig.sent)
+    router.on_rtcp(nack * 8)
+    assert rig.sent[n:] == [rig.sent[3]]
+    clock.advance(NACK_RESEND_INTERVAL / 2)
+    router.on_rtcp(nack)
+    assert len(rig.sent) == n + 1  # not again within the interval
+    clock.advance(NACK_RESEND_INTERVAL)
+    router.on_rtcp(nack)
+    assert rig.sent[n + 1 :] == [rig.sent[3]]  # a real second loss is answered
+
+
+def test_a_legit_nack_is_answered_during_and_after_a_flood(clock: Clock) -> None:
+    rig = Rig(clock)
+    router = FeedbackRouter()
+    router.add(rig.downtrack)
+    other: list[bytes] = []
+    victim = DownTrack(
+        rig.receiver, ssrc=OUT_SSRC + 1, payload_type=OUT_PT, send_rtp=other.append, cname=CNAME
+    )
+    rig.receiver.add_sink(victim)
+    router.add(victim)
+    rig.downtrack.start()
+    victim.start()
+    rig.tick(layers=(0,), keys=(0,))
+    for _ in range(300):
+        rig.tick(layers=(0,))
+    newest = parse_out(rig.sent[-1]).seq
+    for _ in range(3):
+        router.on_rtcp(_hostile_nacks(newest))
+    # another subscription on the same PC keeps its own budget
+    expected = other[-3]
+    n = len(other)
+    nack = rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC + 1, [parse_out(expected).seq])
+    router.on_rtcp(bytes(nack))
+    assert other[n:] == [expected]
+    # and the flooded one answers again once its window has passed
+    clock.advance(1.0)
+    rig.tick(layers=(0,))
+    wanted = parse_out(rig.sent[-2]).seq
+    n = len(rig.sent)
+    router.on_rtcp(bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, [wanted])))
+    assert [parse_out(d).seq for d in rig.sent[n:]] == [wanted]
+
+
+# --- RTCP the SFU does not act on ------------------------------------------------------------------
+
+
+def test_transport_cc_from_a_subscriber_is_not_parsed(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig, router = _flowing(clock, frames=4)
+
+    def refuse(count: int, body: bytes) -> TransportCcFeedback:
+        raise AssertionError("transport-cc parsed on the receive path")
+
+    seq = parse_out(rig.sent[3]).seq
+    nack = bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, [seq]))
+    blob = TWCC_BLOB * 29 + nack
+    elapsed = []
+    for _ in range(3):
+        start = time.perf_counter()
+        router.on_rtcp(blob)
+        elapsed.append(time.perf_counter() - start)
+    assert min(elapsed) < 0.005
+    monkeypatch.setattr(TransportCcFeedback, "_from_body", refuse)
+    n = len(rig.sent)
+    clock.advance(1.0)
+    router.on_rtcp(blob)
+    assert rig.sent[n:] == [rig.sent[3]]  # what follows the ignored packets still acts
+
+
+def test_more_layers_than_simulcast_allows_are_clamped(clock: Clock) -> None:
+    hits = COUNTERS.limits_exceeded.get("simulcast_layers", 0)
+    receiver = TrackReceiver(
+        kind="video",
+        mime_type="video/VP8",
+        clock_rate=90000,
+        layer_count=50_000,
+        send_rtcp=lambda _: None,
+    )
+    assert len(receiver.layers) == MAX_LAYERS == 3
+    assert COUNTERS.limits_exceeded.get("simulcast_layers", 0) == hits + 1
+    downtrack = DownTrack(
+        receiver, ssrc=OUT_SSRC, payload_type=OUT_PT, send_rtp=lambda _: None, cname=CNAME
+    )
+    downtrack.set_max_layer(49_999)
+    assert downtrack.max_layer == 2
+    assert receiver.highest_active_layer(clock.now, 49_999) == -1
