@@ -392,8 +392,16 @@ class DownTrack:
             except PacketError:  # pragma: no cover - it was parsed once already
                 continue
             padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+            data = self._build(packet, seq, out_ts, padding_only)
             COUNTERS.retransmits_out += 1
-            self._send(self._build(packet, seq, out_ts, padding_only))
+            dropped = COUNTERS.send_dropped
+            self._send(data)
+            if COUNTERS.send_dropped != dropped:
+                # The transport refused it and uncounted it as an original (write counts those
+                # before sending): move that back to where it belongs.
+                COUNTERS.retransmits_out -= 1
+                COUNTERS.packets_out += 1
+                COUNTERS.bytes_out += len(data)
         self._nack_left = budget - looked
         if repeated:
             COUNTERS.limit_exceeded("nack_resend_interval")

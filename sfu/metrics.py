@@ -51,6 +51,7 @@ class Counters:
     send_datagrams: int = 0  # datagrams those flushes held
     send_syscalls: int = 0  # sendto/sendmsg calls they took
     send_gso_datagrams: int = 0  # datagrams sent inside a UDP GSO sendmsg
+    send_dropped: int = 0  # datagrams the transport dropped (not connected, queue full, EAGAIN)
     #: flushes by size: ≤ SEND_BATCH_BUCKETS[i], and the last slot for larger ones
     send_batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(SEND_BATCH_BUCKETS) + 1))
     #: times each documented cap (docs/limits.md) was hit, by the cap's name; the names are
@@ -115,7 +116,11 @@ class _Collector(Collector):
             ("livekit_nack", "NACKs received from subscribers", c.nack_in),
             ("livekit_pli", "PLIs sent to publishers", c.pli_out),
             ("livekit_fir", "FIRs received from subscribers", c.fir_in),
-            ("livekit_packet_dropped", "packets dropped before sending", c.packets_dropped),
+            (
+                "livekit_packet_dropped",
+                "received packets dropped (unparseable, unknown stream, wrong source)",
+                c.packets_dropped,
+            ),
             ("livekit_layer_switch", "simulcast layer switches", c.layer_switches),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
@@ -129,6 +134,11 @@ class _Collector(Collector):
             ("sfu_send_datagrams", "datagrams sent through send queues", c.send_datagrams),
             ("sfu_send_syscalls", "send system calls made by send queues", c.send_syscalls),
             ("sfu_send_gso_datagrams", "datagrams sent with UDP GSO", c.send_gso_datagrams),
+            (
+                "sfu_send_dropped",
+                "datagrams the transport dropped instead of sending (not connected, full)",
+                c.send_dropped,
+            ),
         ):
             metric = CounterMetricFamily(name, doc, labels=labels)
             metric.add_metric(node, value)

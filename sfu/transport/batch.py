@@ -11,8 +11,10 @@ the last of a run may be shorter) goes out in one ``sendmsg`` with a ``UDP_SEGME
 message (UDP GSO, Linux ≥ 4.18): one syscall and one trip down the stack for up to 64 datagrams,
 which the kernel (or the NIC) splits. Anything else goes out with one ``sendto`` each. Order is
 kept: the queue is sent in the order it was filled. A send that would block drops its
-datagrams (counted by the ``on_drop`` callback); nothing waits and nothing grows beyond
-`MAX_QUEUE` datagrams per queue. If the kernel refuses GSO on a socket, that queue stops using
+datagrams (counted by the ``on_drop`` callback and `count_send_drop`); nothing waits and nothing
+grows beyond `MAX_QUEUE` datagrams per queue. That also bounds a queue's bytes: every datagram
+comes out of an `SrtpProtector`, whose buffer is `sfu.transport.srtp.BUFFER_SIZE` (2,048) bytes,
+so one queue holds at most `MAX_QUEUE_BYTES` (2 MiB), and only until the end of the iteration. If the kernel refuses GSO on a socket, that queue stops using
 it and sends the run one datagram at a time.
 
 The socket is a duplicate of the event loop transport's descriptor (the same open socket, so the
@@ -31,8 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sfu.metrics import COUNTERS, SEND_BATCH_BUCKETS
+from sfu.transport.srtp import BUFFER_SIZE
 
-__all__ = ["MAX_QUEUE", "Flusher", "SendQueue", "flusher_for"]
+__all__ = ["MAX_QUEUE", "MAX_QUEUE_BYTES", "Flusher", "SendQueue", "count_send_drop", "flusher_for"]
 
 #: setsockopt/cmsg level SOL_UDP, option UDP_SEGMENT (linux/udp.h); Python ≥ 3.12 names them
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -43,11 +46,26 @@ MAX_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 #: datagrams one queue may hold within one loop iteration; beyond this, `send` refuses
 MAX_QUEUE = 1024
+#: what that is in bytes at most: no protected datagram is longer than the SRTP buffer
+MAX_QUEUE_BYTES = MAX_QUEUE * BUFFER_SIZE
 #: errors that mean "this socket or route cannot do GSO", not "this datagram failed"
 _GSO_UNSUPPORTED = frozenset(
     (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE)
 )
 _SEGMENT_SIZE = struct.Struct("=H")
+
+
+def count_send_drop(datagram: bytes, size: int) -> None:
+    """Count one datagram the transport dropped instead of sending (`sfu_send_dropped_total`).
+
+    An RTP packet was counted as forwarded (`livekit_packet_total{direction="outgoing"}`) when
+    the down track handed it on; it is uncounted here, `size` bytes with it, so that total counts
+    only what reached the socket. RTCP is told apart by its packet type (RFC 5761 §4: 192-223).
+    """
+    COUNTERS.send_dropped += 1
+    if not (len(datagram) > 1 and 192 <= datagram[1] <= 223):
+        COUNTERS.packets_out -= 1
+        COUNTERS.bytes_out -= size
 
 
 class Flusher:
@@ -136,12 +154,16 @@ class SendQueue:
                 return False
             self._flusher.add(self)
         elif len(queue) >= MAX_QUEUE:
+            COUNTERS.limit_exceeded("send_queue")
             return False
         queue.append(data)
         return True
 
     def close(self) -> None:
-        """Drop what is queued (uncounted) and release the duplicated descriptor.  Idempotent."""
+        """Drop what is queued (counted as dropped) and release the duplicated descriptor.
+        Idempotent."""
+        for dropped in self._queue:
+            count_send_drop(dropped, len(dropped))
         self._queue = []
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -186,11 +208,13 @@ class SendQueue:
                     COUNTERS.send_gso_datagrams += end - i
             except BlockingIOError:
                 for dropped in queue[i:end]:
+                    count_send_drop(dropped, len(dropped))
                     self._on_drop(dropped)
             except OSError as exc:
                 if end - i > 1 and exc.errno in _GSO_UNSUPPORTED:
                     self._gso = False  # and send this run again, one datagram at a time
                     continue
                 for dropped in queue[i:end]:
+                    count_send_drop(dropped, len(dropped))
                     self._on_drop(dropped)
             i = end

@@ -36,7 +36,7 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
 from sfu.sdp import Codec, MediaSection, SdpError, SessionDescription
-from sfu.transport.batch import SendQueue
+from sfu.transport.batch import SendQueue, count_send_drop
 from sfu.transport.ice import gather_host_candidates, parse_candidate_init
 from sfu.transport.ingress import SrtpIngress
 from sfu.transport.negotiation import (
@@ -433,6 +433,7 @@ class PeerTransport:
     def _send(self, protect: Callable[[bytes], bytes] | None, data: bytes) -> bool:
         if protect is None:
             self.send_dropped += 1
+            count_send_drop(data, len(data))
             return False
         queue = self._queue
         try:
@@ -447,6 +448,7 @@ class PeerTransport:
                 self._sendto(packet, self._remote_addr)
         except Exception:
             self.send_dropped += 1
+            count_send_drop(data, len(data))
             return False
         self.bytes_sent += len(packet)
         return True

@@ -6,16 +6,20 @@ peer connection from the port range, so a firewall or a container needs exactly 
 it belongs to:
 
 * a STUN Binding request names its connection: the USERNAME attribute is
-  ``<our ufrag>:<their ufrag>`` (RFC 8445 §7.2.2), so it is routed by our ufrag, and its source
-  address is remembered for that connection (re-pointed if another connection claims it later);
-* anything else (STUN responses, DTLS, SRTP) is routed by source address: one the connection
-  sent a connectivity check to, or one a request came from;
+  ``<our ufrag>:<their ufrag>`` (RFC 8445 §7.2.2), so it is routed by our ufrag;
+* anything else (STUN responses, DTLS, SRTP) is routed by source address;
 * a datagram from an unknown address that is not a Binding request with a known ufrag is dropped.
 
-aioice still checks every request's USERNAME and MESSAGE-INTEGRITY against the connection's
-credentials, so learning an address grants nothing. Each connection's `StunProtocol` sees a
-`MuxedTransport` whose `sendto` goes out of the shared socket and whose `close` only
-unregisters the connection. Addresses per connection are bounded (`MAX_ADDRESSES`).
+An address is learnt for a connection only from what the connection sends there: a connectivity
+check of its own, or the success response aioice sends once a request's USERNAME and
+MESSAGE-INTEGRITY checked out (an error response teaches nothing). So a request with a known
+ufrag but forged credentials cannot re-point anyone's address; and an address that is a
+connection's nominated pair is never taken by another connection (a participant spoofing another's
+source with its own credentials). Each connection's `StunProtocol` sees a `MuxedTransport` whose
+`sendto` goes out of the shared socket and whose `close` only unregisters the connection.
+Addresses per connection are bounded (`MAX_ADDRESSES`). Whatever a datagram makes aioice raise
+(0.13.0's STUN parser raises `struct.error` on a wrong attribute length) is counted in
+`malformed` and logged at DEBUG only, never raised into the event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from aioice.ice import StunProtocol
 
+from sfu.metrics import COUNTERS
 from sfu.transport.sockbuf import UDP_BUFFER, size_buffers
 
 __all__ = ["MAX_ADDRESSES", "MuxedTransport", "UdpMux", "close_muxes", "open_mux"]
@@ -72,6 +77,15 @@ def stun_request_ufrag(data: bytes) -> str | None:
     return None
 
 
+def _nominated_to(protocol: StunProtocol, addr: Any) -> bool:
+    """Whether `protocol`'s connection has nominated its pair towards `addr` (aioice's
+    `Connection._nominated`: component → CandidatePair)."""
+    nominated = getattr(protocol.receiver, "_nominated", None) or {}
+    return any(
+        pair.protocol is protocol and pair.remote_addr == addr for pair in nominated.values()
+    )
+
+
 class MuxedTransport(asyncio.DatagramTransport):
     """What one connection's `StunProtocol` sends through: the shared socket, its own close."""
 
@@ -84,7 +98,10 @@ class MuxedTransport(asyncio.DatagramTransport):
         protocol = self._protocol
         if protocol is None:
             return
-        self._mux.learn(addr, protocol)
+        # A STUN error response (class bits 0x0110: a request aioice refused) teaches nothing;
+        # a check, a success response, DTLS or SRTP goes where the connection means to talk.
+        if not (len(data) > 1 and data[0] & 0xFE == 0 and data[0] & 1 and data[1] & 0x10):
+            self._mux.learn(addr, protocol)
         self._mux.sendto(data, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -117,7 +134,9 @@ class UdpMux(asyncio.DatagramProtocol):
         self._ufrag_of: dict[StunProtocol, str] = {}
         self._by_addr: dict[Any, StunProtocol] = {}
         self._addrs: dict[StunProtocol, list[Any]] = {}
-        self.dropped = 0
+        self.dropped = 0  # from an unknown address, or for an unknown ufrag
+        self.malformed = 0  # routed, but aioice raised on it
+        self.refused = 0  # re-points of another connection's nominated address refused
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,14 +152,18 @@ class UdpMux(asyncio.DatagramProtocol):
             ufrag = stun_request_ufrag(data)
             if ufrag is not None:
                 protocol = self._by_ufrag.get(ufrag)
-                if protocol is not None:
-                    self.learn(addr, protocol)
         if protocol is None:
             protocol = self._by_addr.get(addr)
         if protocol is None:
             self.dropped += 1
+            COUNTERS.packets_dropped += 1
             return
-        protocol.datagram_received(data, addr)
+        try:
+            protocol.datagram_received(data, addr)
+        except Exception as exc:  # one bad datagram must not reach the loop
+            self.malformed += 1
+            COUNTERS.packets_dropped += 1
+            log.debug("UDP mux: datagram from %s dropped: %r", addr, exc)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP mux socket error: %r", exc)
@@ -174,10 +197,15 @@ class UdpMux(asyncio.DatagramProtocol):
         if addrs is None:  # unregistered meanwhile
             return
         if len(addrs) >= MAX_ADDRESSES:
+            COUNTERS.limit_exceeded("mux_addresses")
             oldest = addrs.pop(0)
             if self._by_addr.get(oldest) is protocol:
                 del self._by_addr[oldest]
         previous = self._by_addr.get(addr)
+        if previous is not None and _nominated_to(previous, addr):
+            self.refused += 1
+            COUNTERS.limit_exceeded("mux_address_in_use")
+            return
         if previous is not None:
             previous_addrs = self._addrs.get(previous)
             if previous_addrs is not None and addr in previous_addrs:

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pylibsrtp import Policy, Session
 
 from sfu.metrics import COUNTERS
-from sfu.transport.batch import MAX_QUEUE, SendQueue, flusher_for
+from sfu.transport.batch import MAX_QUEUE, MAX_QUEUE_BYTES, SendQueue, flusher_for
+from sfu.transport.srtp import BUFFER_SIZE, SrtpError, SrtpProtector
 
 
 @pytest.fixture
@@ -223,9 +225,11 @@ async def test_other_send_errors_drop_only_that_send(
 
 async def test_the_queue_is_bounded(sender: socket.socket, receiver: socket.socket) -> None:
     queue = make_queue(sender, receiver)
+    hits = COUNTERS.limits_exceeded.get("send_queue", 0)
     try:
         accepted = sum(queue.send(datagram(i, 20)) for i in range(MAX_QUEUE + 10))
         assert accepted == MAX_QUEUE
+        assert COUNTERS.limits_exceeded.get("send_queue", 0) == hits + 10
         await asyncio.sleep(0)
         assert queue.send(datagram(0, 20))  # room again after the flush
         await asyncio.sleep(0)
@@ -273,3 +277,35 @@ async def test_for_transport_uses_the_event_loop_transports_socket(
         queue.close()
     finally:
         transport.close()
+
+
+async def test_dropped_datagrams_are_counted_and_no_longer_count_as_forwarded(
+    sender: socket.socket, receiver: socket.socket
+) -> None:
+    queue = make_queue(sender, receiver, gso=False)
+    real = queue._sock
+    queue._sock = FakeSocket(sendto_error=BlockingIOError())  # type: ignore[assignment]
+    rtp_packets = [bytes([0x80, 96]) + bytes(98), bytes([0x80, 96]) + bytes(48)]
+    sender_report = bytes([0x80, 200]) + bytes(50)
+    before = (COUNTERS.send_dropped, COUNTERS.packets_out, COUNTERS.bytes_out)
+    try:
+        for data in [*rtp_packets, sender_report]:
+            queue.send(data)
+        await asyncio.sleep(0)
+    finally:
+        queue._sock = real
+    assert COUNTERS.send_dropped == before[0] + 3
+    assert COUNTERS.packets_out == before[1] - 2  # RTP only: the SR was never counted there
+    assert COUNTERS.bytes_out == before[2] - 150
+    queue.send(rtp_packets[0])
+    queue.close()  # what close throws away is a drop too
+    assert COUNTERS.send_dropped == before[0] + 4
+
+
+def test_a_queue_is_bounded_in_bytes_by_the_srtp_buffer() -> None:
+    assert MAX_QUEUE_BYTES == MAX_QUEUE * BUFFER_SIZE <= 2 * 1024 * 1024
+    session = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    protect = SrtpProtector(session, rtcp=False)
+    assert len(protect(bytes([0x80, 96]) + bytes(1000))) <= BUFFER_SIZE
+    with pytest.raises(SrtpError):  # nothing longer than the buffer is ever queued
+        protect(bytes([0x80, 96]) + bytes(BUFFER_SIZE))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 from typing import Any
 
-from aioice.ice import StunProtocol
-from hypothesis import given
+import pytest
+from aioice import stun
+from aioice.candidate import Candidate
+from aioice.ice import CandidatePair, StunProtocol
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
@@ -16,7 +20,14 @@ from sfu.transport.ingress import SrtpIngress
 from sfu.transport.srtp import SrtpError, SrtpUnprotector
 
 KEY = os.urandom(30)
-ADDR = ("127.0.0.1", 5000)
+ADDR = ("127.0.0.1", 5000)  # the nominated pair's remote address
+OTHER = ("127.0.0.1", 5001)
+#: the audit's STUN fixture: a PRIORITY attribute one byte long (aioice raises struct.error)
+MALFORMED_STUN = (
+    struct.pack("!HHI12s", 1, 8, 0x2112A442, b"0123456789ab")
+    + struct.pack("!HH", 0x24, 1)
+    + b"X\0\0\0"
+)
 
 
 def session(direction: int) -> Session:
@@ -36,9 +47,14 @@ class Receiver:
 
     def __init__(self) -> None:
         self.data: list[bytes] = []
+        self.requests: list[Any] = []
+        self._nominated: dict[int, CandidatePair] = {}
 
     def data_received(self, data: bytes, component: int) -> None:
         self.data.append(data)
+
+    def request_received(self, message: Any, addr: Any, protocol: Any) -> None:
+        self.requests.append(message)
 
 
 def stun_protocol(receiver: Receiver) -> Any:
@@ -57,13 +73,15 @@ def stun_protocol(receiver: Receiver) -> Any:
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, remote_addr: Any = ADDR) -> None:
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.receiver = Receiver()
         self.protocol = stun_protocol(self.receiver)
         self.ingress = SrtpIngress(self.rtp.append, self.rtcp.append)
-        self.ingress.attach(self.protocol, session(Policy.SSRC_ANY_INBOUND))
+        self.ingress.attach(
+            self.protocol, session(Policy.SSRC_ANY_INBOUND), remote_addr=remote_addr
+        )
         self.sender = session(Policy.SSRC_ANY_OUTBOUND)
 
 
@@ -136,9 +154,77 @@ def test_unprotector_matches_pylibsrtp() -> None:
         raise AssertionError("garbage was accepted")
 
 
-@given(st.binary(max_size=2100))
-def test_any_datagram_is_dispatched_dropped_or_passed_on(data: bytes) -> None:
+def _is_stun(data: bytes) -> bool:
+    try:
+        stun.parse_message(data)
+    except Exception:  # whatever aioice refuses is not STUN
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=2100), st.sampled_from([ADDR, OTHER]))
+def test_any_datagram_is_handled_exactly_once(data: bytes, addr: tuple[str, int]) -> None:
+    """Decrypted, refused by libsrtp, dropped (wrong source, or aioice raised), or passed on to
+    aioice; only a STUN message may end as nothing (a response to no transaction of ours)."""
     rig = Rig()
-    rig.protocol.datagram_received(data, ADDR)
-    handled = len(rig.rtp) + len(rig.rtcp) + len(rig.receiver.data) + rig.ingress.unprotect_failures
-    assert handled <= 1
+    rig.protocol.datagram_received(data, addr)
+    ingress = rig.ingress
+    handled = (
+        len(rig.rtp)
+        + len(rig.rtcp)
+        + len(rig.receiver.data)
+        + len(rig.receiver.requests)
+        + ingress.unprotect_failures
+        + ingress.malformed
+        + ingress.wrong_source
+    )
+    if _is_stun(data):
+        assert handled <= 1
+    else:
+        assert handled == 1
+
+
+def test_malformed_stun_is_contained_and_logs_nothing_above_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig()
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(struct.error):
+        stun.parse_message(MALFORMED_STUN)  # aioice 0.13.0: not a ValueError, so not caught
+    for _ in range(3):
+        rig.protocol.datagram_received(MALFORMED_STUN, ADDR)
+    assert rig.ingress.malformed == 3
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    rig.protocol.datagram_received(bytes(request), OTHER)  # STUN from anywhere still reaches ICE
+    assert len(rig.receiver.requests) == 1
+
+
+def test_media_from_another_address_is_dropped_before_unprotect() -> None:
+    rig = Rig()
+    protected = rig.sender.protect(rtp(1))
+    rig.protocol.datagram_received(protected, OTHER)
+    rig.protocol.datagram_received(rig.sender.protect_rtcp(sender_report()), OTHER)
+    dtls_record = bytes([23, 0xFE, 0xFD]) + bytes(20)
+    rig.protocol.datagram_received(dtls_record, OTHER)
+    assert rig.rtp == rig.rtcp == rig.receiver.data == []
+    assert rig.ingress.wrong_source == 3 and rig.ingress.unprotect_failures == 0
+    # libsrtp never saw it: the same packet from the peer is not a replay
+    rig.protocol.datagram_received(protected, ADDR)
+    rig.protocol.datagram_received(dtls_record, ADDR)
+    assert rig.rtp == [rtp(1)] and rig.receiver.data == [dtls_record]
+
+
+def test_the_remote_address_is_taken_from_the_nominated_pair() -> None:
+    receiver = Receiver()
+    protocol = stun_protocol(receiver)
+    remote = Candidate("1", 1, "udp", 1, OTHER[0], OTHER[1], "host")
+    receiver._nominated[1] = CandidatePair(protocol, remote)
+    rtp_in: list[bytes] = []
+    ingress = SrtpIngress(rtp_in.append, rtp_in.append)
+    ingress.attach(protocol, session(Policy.SSRC_ANY_INBOUND))
+    sender = session(Policy.SSRC_ANY_OUTBOUND)
+    protocol.datagram_received(sender.protect(rtp(1)), ADDR)
+    protocol.datagram_received(sender.protect(rtp(2)), (OTHER[0], OTHER[1], 0, 0))  # IPv6 form
+    assert rtp_in == [rtp(2)] and ingress.wrong_source == 1
