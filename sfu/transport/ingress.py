@@ -22,14 +22,32 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from aioice.ice import StunProtocol
 from pylibsrtp import Session
 
 from sfu.metrics import COUNTERS
 from sfu.transport.srtp import SrtpError, SrtpUnprotector
 
-__all__ = ["SrtpIngress"]
+__all__ = ["GuardedStunProtocol", "SrtpIngress"]
 
 logger = logging.getLogger(__name__)
+
+
+class GuardedStunProtocol(StunProtocol):
+    """aioice's `StunProtocol` for a socket of its own, whose `datagram_received` never raises.
+
+    Before DTLS is up nothing fronts the protocol, and aioice 0.13.0's STUN parser raises
+    `struct.error` (not the `ValueError` it catches) for an attribute of the wrong length: the
+    event loop would log a traceback per such datagram. Here it is counted as a dropped packet
+    and logged at DEBUG.
+    """
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        try:
+            super().datagram_received(data, addr)
+        except Exception as exc:  # one bad datagram must not reach the loop
+            COUNTERS.packets_dropped += 1
+            logger.debug("datagram from %s dropped: %r", addr, exc)
 
 
 def _nominated_remote(protocol: Any) -> Any:

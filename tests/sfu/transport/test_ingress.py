@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
-from sfu.transport.ingress import SrtpIngress
+from sfu.metrics import COUNTERS
+from sfu.transport.ingress import GuardedStunProtocol, SrtpIngress
 from sfu.transport.srtp import SrtpError, SrtpUnprotector
 
 KEY = os.urandom(30)
@@ -228,3 +229,28 @@ def test_the_remote_address_is_taken_from_the_nominated_pair() -> None:
     protocol.datagram_received(sender.protect(rtp(1)), ADDR)
     protocol.datagram_received(sender.protect(rtp(2)), (OTHER[0], OTHER[1], 0, 0))  # IPv6 form
     assert rtp_in == [rtp(2)] and ingress.wrong_source == 1
+
+
+def test_a_guarded_stun_protocol_contains_what_aioice_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver = Receiver()
+
+    async def make() -> Any:
+        protocol: Any = GuardedStunProtocol(receiver)  # type: ignore[arg-type]
+        protocol.local_candidate = type("C", (), {"component": 1})()
+        return protocol
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = loop.run_until_complete(make())
+    finally:
+        loop.close()
+    caplog.set_level(logging.DEBUG)
+    dropped = COUNTERS.packets_dropped
+    protocol.datagram_received(MALFORMED_STUN, OTHER)
+    assert COUNTERS.packets_dropped == dropped + 1
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    protocol.datagram_received(bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST)), OTHER)
+    protocol.datagram_received(b"\x17\xfe\xfd", OTHER)
+    assert len(receiver.requests) == 1 and receiver.data == [b"\x17\xfe\xfd"]
