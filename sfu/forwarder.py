@@ -8,7 +8,11 @@ a history of what it sent — the received packets' bytes, which every down trac
 shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a private
 copy of every datagram — and produces RTCP sender reports mapped from the publisher's. History
 entries hold only ints and bytes, so the cyclic garbage collector never has to walk them.
-`FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track.
+NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
+numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
+and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
+`FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track and leaves
+every other RTCP type unparsed.
 """
 
 from __future__ import annotations

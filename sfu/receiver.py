@@ -5,6 +5,8 @@ the mid and rid header extensions on the first packets (libwebrtc stops sending 
 receiver reports). `TrackReceiver` keeps per-layer statistics, detects key frames once per packet,
 fans each packet out to its sinks (the down tracks), throttles key-frame requests to the
 publisher, and builds the receiver reports and REMB the publisher needs to keep its layers up.
+What a publisher controls stays bounded: at most `MAX_LAYERS` layers per track, one SSRC per layer
+(a new one replaces the old mapping), and only sender reports are parsed of its RTCP.
 """
 
 from __future__ import annotations
