@@ -11,8 +11,8 @@ entries hold only ints and bytes, so the cyclic garbage collector never has to w
 NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
 numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
-`FeedbackRouter` sends the subscriber's RTCP (PLI, FIR, NACK) to the right down track and leaves
-every other RTCP type unparsed.
+`FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
+track and leaves every other RTCP type unparsed.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ NTP_EPOCH_OFFSET = 2208988800
 #: how long the forwarded layer may be silent before a lower one is taken
 LAYER_STALE_AFTER = 1.0
 KEYFRAME_RETRY = 0.25
-#: a sequence number is resent at most once per this interval (LiveKit waits min(100 ms, 2 RTT);
-#: no RTT estimate here, so the 100 ms bound) and at most NACK_MAX_RESENDS times (LiveKit's maxAck)
+#: a sequence number is resent at most once per min(this, 2 RTT) (as LiveKit does; the RTT from
+#: the subscriber's receiver reports, this bound until one came) and at most NACK_MAX_RESENDS
+#: times (LiveKit's maxAck)
 NACK_RESEND_INTERVAL = 0.1
 NACK_MAX_RESENDS = 3
 #: NACKed sequence numbers one down track looks at per one-second window; the rest is dropped
@@ -105,6 +106,12 @@ class DownTrack:
         self._resent: list[tuple[int, int, float, int] | None] = [None] * HISTORY_SIZE
         self._nack_window = -1.0  # start of the current one-second NACK budget window
         self._nack_left = 0
+        self._resend_interval = NACK_RESEND_INTERVAL
+        #: the last two sender reports sent: (middle 32 bits of the NTP timestamp, when), newest
+        #: first; a receiver report answers one of them
+        self._last_srs = ((0, 0.0), (0, 0.0))
+        #: round-trip time from the subscriber's receiver reports (RFC 3550 §6.4.1), seconds
+        self.rtt: float | None = None
 
     # -- control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -366,7 +373,7 @@ class DownTrack:
 
         Bounded before any rebuild or protect: at most `NACK_BUDGET` sequence numbers are looked
         at per one-second window (the rest of a NACK is dropped), and each packet is resent at
-        most `NACK_MAX_RESENDS` times, never twice within `NACK_RESEND_INTERVAL`.
+        most `NACK_MAX_RESENDS` times, never twice within min(`NACK_RESEND_INTERVAL`, 2 RTT).
         """
         now = time.monotonic()
         budget = self._nack_allowance(now)
@@ -386,7 +393,7 @@ class DownTrack:
             count = 1
             last = resent[slot]
             if last is not None and last[0] == seq and last[1] == out_ts:
-                if now - last[2] < NACK_RESEND_INTERVAL or last[3] >= NACK_MAX_RESENDS:
+                if now - last[2] < self._resend_interval or last[3] >= NACK_MAX_RESENDS:
                     repeated = True
                     continue
                 count = last[3] + 1
@@ -409,6 +416,17 @@ class DownTrack:
         self._nack_left = budget - looked
         if repeated:
             COUNTERS.limit_exceeded("nack_resend_interval")
+
+    def on_report_block(self, block: rtcp.ReportBlock) -> None:
+        """The subscriber's reception report on this stream: the round-trip time, when it answers
+        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR)."""
+        sent_at = next((t for lsr, t in self._last_srs if lsr == block.last_sr), None)
+        if not block.last_sr or sent_at is None:
+            return
+        rtt = time.monotonic() - sent_at - block.delay_since_last_sr / 65536
+        if 0 <= rtt < 10:
+            self.rtt = rtt
+            self._resend_interval = min(NACK_RESEND_INTERVAL, 2 * rtt)
 
     def on_keyframe_request(self) -> None:
         if self.current_layer >= 0:
@@ -433,13 +451,15 @@ class DownTrack:
             packet_count=self.packets_sent & 0xFFFFFFFF,
             octet_count=self.octets_sent & 0xFFFFFFFF,
         )
+        sent = ((report.ntp_timestamp >> 16) & 0xFFFFFFFF, time.monotonic())
+        self._last_srs = (sent, self._last_srs[0])
         COUNTERS.rtcp_out += 1
         return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
 
 
-#: the subscriber RTCP a down track acts on; anything else (receiver reports, REMB, transport-cc)
-#: is left unparsed: a transport-cc packet can announce 65,535 statuses in 40 bytes
-_FEEDBACK_TYPES = frozenset((rtcp.Nack, rtcp.Pli, rtcp.Fir))
+#: the subscriber RTCP a down track acts on; anything else (SDES, REMB, transport-cc...) is left
+#: unparsed: a transport-cc packet can announce 65,535 statuses in 40 bytes
+_FEEDBACK_TYPES = frozenset((rtcp.ReceiverReport, rtcp.Nack, rtcp.Pli, rtcp.Fir))
 
 
 class FeedbackRouter:
@@ -462,7 +482,12 @@ class FeedbackRouter:
         except PacketError:
             return
         for packet in packets:
-            if isinstance(packet, rtcp.Nack):
+            if isinstance(packet, rtcp.ReceiverReport):
+                for block in packet.reports:  # at most 31
+                    downtrack = self._by_ssrc.get(block.ssrc)
+                    if downtrack is not None:
+                        downtrack.on_report_block(block)
+            elif isinstance(packet, rtcp.Nack):
                 downtrack = self._by_ssrc.get(packet.media_ssrc)
                 if downtrack is not None:
                     COUNTERS.nack_in += 1

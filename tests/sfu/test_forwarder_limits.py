@@ -230,3 +230,31 @@ def test_arbitrary_nacks_resend_only_what_was_sent_within_the_bounds(
     seqs = [parse_out(d).seq for d in resent]
     assert len(seqs) == len(set(seqs)) <= NACK_BUDGET
     assert all(flowing.originals.get(seq) == d for seq, d in zip(seqs, resent, strict=True))
+
+
+def test_the_resend_interval_follows_the_round_trip_time(clock: Clock) -> None:
+    rig, router = _flowing(clock, frames=4)
+    assert rig.downtrack.rtt is None
+    source = rig.sources[0]
+    ntp = 0xE8000000_40000000
+    rig.receiver.on_sender_report(0, rtcp.SenderReport(source.ssrc, ntp, source.ts, 0, 0))
+    sr = rtcp.parse_compound(rig.downtrack.sender_report())[0]
+    assert isinstance(sr, rtcp.SenderReport)
+    lsr = (sr.ntp_timestamp >> 16) & 0xFFFFFFFF
+    clock.advance(0.015)  # the report reaches the subscriber and its answer comes back: 10 ms RTT
+    block = rtcp.ReportBlock(OUT_SSRC, last_sr=lsr, delay_since_last_sr=int(0.005 * 65536))
+    router.on_rtcp(bytes(rtcp.ReceiverReport(SUBSCRIBER_SSRC, (block,))))
+    assert rig.downtrack.rtt == pytest.approx(0.010, abs=1e-4)
+    seq = parse_out(rig.sent[3]).seq
+    nack = bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, [seq]))
+    n = len(rig.sent)
+    router.on_rtcp(nack)
+    clock.advance(0.015)
+    router.on_rtcp(nack)
+    assert len(rig.sent) == n + 1  # within 2 RTT: not again
+    clock.advance(0.010)
+    router.on_rtcp(nack)
+    assert len(rig.sent) == n + 2  # a second loss, 25 ms later, is answered
+    stale = rtcp.ReportBlock(OUT_SSRC, last_sr=lsr ^ 1, delay_since_last_sr=0)
+    router.on_rtcp(bytes(rtcp.ReceiverReport(SUBSCRIBER_SSRC, (stale,))))  # answers no SR of ours
+    assert rig.downtrack.rtt == pytest.approx(0.010, abs=1e-4)
