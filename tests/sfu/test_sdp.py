@@ -390,6 +390,7 @@ def test_publisher_codec_parameters_are_normalised_for_subscribers() -> None:
     )
     answer, published = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
     audio, video = (p.codec for p in published)
+    assert [c.payload_type for c in answer.media[1].codecs] == [102]  # not VP8/1/9
     assert audio.fmtp == {"minptime": "10", "useinbandfec": "1", "stereo": "1"}
     assert (video.payload_type, video.clock_rate, video.channels) == (102, 90000, None)
     assert video.fmtp == {"packetization-mode": "1"}
