@@ -73,6 +73,8 @@ def _scope(address: _IPAddress) -> str:
     """ "unusable", "loopback", "private" or "global" (anything else may be a peer's address)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
     if (
         address.is_unspecified
         or address.is_multicast
@@ -81,8 +83,6 @@ def _scope(address: _IPAddress) -> str:
         or address == ipaddress.IPv4Address("255.255.255.255")
     ):
         return "unusable"
-    if address.is_loopback:
-        return "loopback"
     if any(address in network for network in _PRIVATE_NETWORKS):
         return "private"
     return "global"

@@ -451,13 +451,23 @@ class PeerTransport:
 
     def add_remote_candidate(self, candidate_init_json: str) -> None:
         """A trickled remote candidate (LiveKit TrickleRequest.candidateInit).  Never raises."""
+        if self._candidates_full():
+            return
         candidate, ufrag, reason = parse_candidate_init(candidate_init_json)
         if candidate is None:
             logger.debug("ignoring remote candidate %r: %s", candidate_init_json[:200], reason)
             return
         self._add_remote(candidate, ufrag)
 
+    def _candidates_full(self) -> bool:
+        if self._remote_candidates < MAX_REMOTE_CANDIDATES:
+            return False
+        COUNTERS.limit_exceeded("ice_remote_candidates")
+        return True
+
     def _add_candidate_line(self, line: str, ufrag: str | None) -> None:
+        if self._candidates_full():
+            return
         candidate, _, reason = parse_candidate_init(line)
         if candidate is None:
             logger.debug("ignoring SDP candidate %r: %s", line[:200], reason)
@@ -482,8 +492,7 @@ class PeerTransport:
         if refusal is not None:
             logger.debug("ignoring candidate %s: %s", candidate, refusal)
             return
-        if self._remote_candidates >= MAX_REMOTE_CANDIDATES:
-            COUNTERS.limit_exceeded("ice_remote_candidates")
+        if self._candidates_full():
             return
         self._remote_candidates += 1
         try:
