@@ -15,8 +15,9 @@ This module owns the two places where the SFU steps around aioice's defaults:
   must never send STUN to (unspecified, multicast, broadcast, link-local such as a cloud
   metadata address, reserved), loopback unless the SFU itself advertises a loopback address, and
   private ranges (RFC 1918, CGNAT, ULA) unless it advertises one or `rtc.allow_private_candidates`
-  is set; a peer connection takes at most `MAX_REMOTE_CANDIDATES` (aioice pairs each one in time
-  linear in those before it);
+  is set; a peer connection takes at most `MAX_REMOTE_CANDIDATES` signalled ones, and learns
+  peer-reflexive ones only while it knows fewer (aioice pairs each one in time linear in those
+  before it, and checks each);
 * the receive queue: aioice queues every non-STUN datagram for the DTLS transport in an
   unbounded `asyncio.Queue`, read only once DTLS runs.  `bound_receive_queue` replaces it with
   `DatagramQueue`, which holds at most `MAX_QUEUED_BYTES` and only what may be DTLS or SRTP
@@ -50,6 +51,7 @@ __all__ = [
     "DatagramQueue",
     "HostCandidates",
     "advertised_addresses",
+    "bound_peer_reflexive",
     "bound_receive_queue",
     "gather_host_candidates",
     "parse_candidate_init",
@@ -153,6 +155,24 @@ def bound_receive_queue(connection: Any) -> DatagramQueue:
     queue = DatagramQueue()
     connection._queue = queue
     return queue
+
+
+def bound_peer_reflexive(connection: Any) -> None:
+    """Stop an aioice `Connection` learning peer-reflexive candidates (from authenticated checks
+    arriving from new source addresses, RFC 8445 §7.3.1.3) once it knows
+    `MAX_REMOTE_CANDIDATES` remote candidates: aioice pairs and checks each one it learns."""
+    check_incoming = connection.check_incoming
+
+    def guarded(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        known = connection._remote_candidates
+        if len(known) >= MAX_REMOTE_CANDIDATES and not any(
+            c._network_host == addr[0] and c.port == addr[1] for c in known
+        ):
+            COUNTERS.limit_exceeded("ice_remote_candidates")
+            return
+        check_incoming(message, addr, protocol)
+
+    connection.check_incoming = guarded
 
 
 def _route_address(family: int) -> str | None:

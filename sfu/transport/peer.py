@@ -49,6 +49,7 @@ from sfu.transport.ice import (
     MAX_REMOTE_CANDIDATES,
     CandidatePolicy,
     advertised_addresses,
+    bound_peer_reflexive,
     bound_receive_queue,
     gather_host_candidates,
     parse_candidate_init,
@@ -191,6 +192,7 @@ class PeerTransport:
         self._ice = RTCIceTransport(self._gatherer)
         self._connection: Any = self._ice._connection
         self._receive_queue = bound_receive_queue(self._connection)
+        bound_peer_reflexive(self._connection)
         self._candidate_policy: CandidatePolicy | None = None
         self._remote_candidates = 0
         # RFC 8445 §6.1.1: the offerer (subscriber PC) controls; Chrome offers on the publisher PC.

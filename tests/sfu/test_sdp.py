@@ -303,11 +303,11 @@ def test_ssrc_times_fid_offer_is_refused_at_once() -> None:
     lines += [f"a=ssrc-group:FID {i} {i + 20000}" for i in range(20000)]
     text = _HEAD + _VIDEO + "\r\n".join(lines) + "\r\n"
     before = _limit_count("sdp_ssrcs")
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on a busy machine do not count
     with pytest.raises(SdpLimitError) as refused:
         offer = SessionDescription.parse(text)
         build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
-    assert time.perf_counter() - start < 0.1
+    assert time.process_time() - start < 0.1
     assert refused.value.limit == "sdp_ssrcs" and _limit_count("sdp_ssrcs") == before + 1
 
 
@@ -317,9 +317,9 @@ def test_build_answer_is_linear_in_ssrcs_and_fid_groups() -> None:
     video = offer.media[0]
     video.ssrcs = {i: {"cname": "x"} for i in range(40000)}
     video.ssrc_groups = [("FID", [i, i + 20000]) for i in range(20000)]
-    start = time.perf_counter()
+    start = time.process_time()
     _, published = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
-    assert time.perf_counter() - start < 0.1
+    assert time.process_time() - start < 0.1
     assert published[0].ssrcs == tuple(range(20000))
 
 

@@ -7,15 +7,18 @@ the helpers are those of tests/sfu/test_transport.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import socket
 import time
 from typing import Any
 
+import aioice.stun
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
+from sfu.config import from_mapping
 from sfu.metrics import COUNTERS
 from sfu.sdp import SessionDescription
 from sfu.transport import PeerTransport, TransportConfig
@@ -148,7 +151,7 @@ async def test_remote_candidates_are_filtered_and_capped() -> None:
         start = time.perf_counter()
         for port in range(1, 3001):
             transport.add_remote_candidate(_candidate("198.51.100.2", port))
-        assert time.perf_counter() - start < 0.1
+        assert time.perf_counter() - start < 0.5  # seconds when aioice took every one
         assert len(remote_hosts(transport)) == MAX_REMOTE_CANDIDATES
         assert limit_count("ice_remote_candidates") == before + 3000 - MAX_REMOTE_CANDIDATES + 2
     finally:
@@ -292,3 +295,62 @@ async def test_send_is_dropped_while_the_peer_leaves_too_much_unacknowledged() -
     transport.send_data("_reliable", b"x")
     assert stuck.sent == 1
     await transport.close()
+
+
+async def test_offer_with_twenty_thousand_candidates_is_answered_quickly() -> None:
+    """Audit 12: 80 m-lines of 250 candidates each (the parser's per-m-line cap is 256)."""
+    rec = Recorder()
+    pc = aiortc_peer()
+    pc.addTrack(AudioStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = SessionDescription.parse(pc.localDescription.sdp)
+    await pc.close()
+    audio = offer.media[0]
+    for index in range(80):
+        section = copy.deepcopy(audio)
+        section.mid = f"x{index}"
+        section.port = 0 if index else audio.port
+        section.candidates = [
+            f"{index} 1 udp 2122260223 198.51.100.{index % 250} {port} typ host"
+            for port in range(1, 251)
+        ]
+        offer.media.append(section)
+    transport = rec.transport("publisher")
+    try:
+        start = time.perf_counter()
+        await transport.handle_offer(str(offer))
+        assert time.perf_counter() - start < 1.0  # minutes before: aioice pairs in O(n²)
+        assert len(remote_hosts(transport)) <= MAX_REMOTE_CANDIDATES
+    finally:
+        await transport.close()
+
+
+def test_allow_private_candidates_is_a_config_key() -> None:
+    secret = "s" * 40
+    config = from_mapping({"keys": {"k": secret}, "rtc": {"allow_private_candidates": True}})
+    assert config.rtc.allow_private_candidates is True
+    assert from_mapping({"keys": {"k": secret}}).rtc.allow_private_candidates is False
+
+
+async def test_peer_reflexive_candidates_stop_at_the_cap() -> None:
+    """Authenticated checks from ever new source ports: aioice would learn (and check) each."""
+    transport = Recorder().transport("publisher")
+    try:
+        await transport._ensure_local()
+        connection = transport._connection
+        protocol = connection._protocols[0]
+        before = limit_count("ice_remote_candidates")
+        for port in range(40000, 40000 + MAX_REMOTE_CANDIDATES + 36):
+            request = aioice.stun.Message(
+                message_method=aioice.stun.Method.BINDING,
+                message_class=aioice.stun.Class.REQUEST,
+            )
+            request.attributes["PRIORITY"] = 1
+            connection.check_incoming(request, ("127.0.0.2", port), protocol)
+        assert len(connection._remote_candidates) == MAX_REMOTE_CANDIDATES
+        assert limit_count("ice_remote_candidates") == before + 36
+        # a known address is still answered
+        connection.check_incoming(request, ("127.0.0.2", 40000), protocol)
+        assert limit_count("ice_remote_candidates") == before + 36
+    finally:
+        await transport.close()
