@@ -231,6 +231,8 @@ class MediaSection:
     other_lines: list[str] = field(default_factory=list)  # unknown "x=..." lines, verbatim
     # lines seen per capped attribute ("fmtp", "rtcp-fb", "ssrc"), while parsing
     _line_counts: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    # payload type -> codec of the m= line, while parsing (a lookup per a=rtcp-fb line)
+    _by_payload_type: dict[int, Codec] = field(default_factory=dict, repr=False, compare=False)
 
     def _count(self, name: str, limit: str, cap: int) -> None:
         count = self._line_counts.get(name, 0) + 1
@@ -350,7 +352,7 @@ class MediaSection:
             self.attributes.append(name if value is None else f"{name}:{value}")
 
     def _codec_for(self, payload_type: int) -> Codec:
-        codec = self.codec(payload_type)
+        codec = self._by_payload_type.get(payload_type)
         if codec is None:
             raise SdpError(f"payload type {payload_type} is not on the m= line")
         return codec
@@ -540,9 +542,11 @@ class SessionDescription:
                 if tokens[2].startswith(("RTP/", "UDP/TLS/RTP/")):
                     for fmt in tokens[3:]:
                         pt = _int(fmt, "payload type", 0, 127)
-                        if current.codec(pt) is not None:
+                        if pt in current._by_payload_type:
                             raise SdpError(f"payload type {pt} repeated on the m= line")
-                        current.codecs.append(Codec(pt, "", 0))
+                        codec = Codec(pt, "", 0)
+                        current.codecs.append(codec)
+                        current._by_payload_type[pt] = codec
                 session.media.append(current)
             elif kind == "a":
                 name, colon, attr_value = value.partition(":")

@@ -308,10 +308,10 @@ class PeerTransport:
             session_version=self._session_version,
             video_codecs=self._config.video_codecs,
         )
+        offered_by_mid = {m.mid: m for m in reversed(offer.media)}  # the first of a mid wins
         for section in answer.media:
             if section.kind == "application" and section.port != 0:
-                offered = offer.media_by_mid(section.mid)
-                assert offered is not None
+                offered = offered_by_mid[section.mid]
                 self._sctp_remote = (
                     offered.sctp_port or SCTP_PORT,
                     offered.max_message_size or 65536,
