@@ -9,7 +9,8 @@ every `RTCDataChannel.send` without limit.  `GuardedSctpTransport` closes those 
 
 * it advertises a receive window of `RECEIVE_WINDOW` (room for one message of the
   `MAX_MESSAGE_SIZE` the SDP advertises); a peer that makes the association hold more than the
-  window, or more than `MAX_REASSEMBLY_CHUNKS` fragments, or data on more than
+  window, or more than `MAX_REASSEMBLY_CHUNKS` fragments, or more than `MAX_MISORDERED` TSNs
+  received out of order (aiortc sorts them all for each DATA chunk), or data on more than
   `MAX_INBOUND_STREAMS` streams, ignores the window: the association is aborted;
 * a reassembled message over `MAX_MESSAGE_SIZE` is dropped;
 * channels beyond `MAX_CHANNELS` are not opened (no DATA_CHANNEL_ACK is sent);
@@ -19,7 +20,7 @@ every `RTCDataChannel.send` without limit.  `GuardedSctpTransport` closes those 
 that does not acknowledge them takes no more.  Each hit is counted in `sfu_limit_exceeded_total`.
 aiortc internals used: `RTCSctpTransport._get_inbound_stream`, `._inbound_streams`,
 `._receive_data_chunk`, `._receive`, `._data_channel_receive`, `._data_channels`, `._handle_data`,
-`._abort`, `._set_state`, `._advertised_rwnd`, `._association_state`; `InboundStream.add_chunk`,
+`._abort`, `._set_state`, `._advertised_rwnd`, `._sack_misordered`; `InboundStream.add_chunk`,
 `.pop_messages`, `.prune_chunks`, `.reassembly`.
 """
 
@@ -50,6 +51,8 @@ RECEIVE_WINDOW = MAX_MESSAGE_SIZE + 16384
 #: fragments held for reassembly, all streams together (a full window of Chrome's 1,188-byte
 #: fragments is about 240)
 MAX_REASSEMBLY_CHUNKS = 1024
+#: TSNs received past a gap (a window's worth of the smallest messages a client sends)
+MAX_MISORDERED = 512
 #: streams with data held (LiveKit uses 2 channels per peer connection)
 MAX_INBOUND_STREAMS = 64
 #: data channels one peer connection opens for the remote side
@@ -60,6 +63,14 @@ MAX_BUFFERED_AMOUNT = 1024 * 1024
 _DATA_CHANNEL_OPEN = 3
 _DATA_CHANNEL_ACK = 2
 _WEBRTC_DCEP = 50
+
+
+class _PeerIgnoresLimits(Exception):
+    """The peer went past one of the association's limits (named, and counted, in `limit`)."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        COUNTERS.limit_exceeded(limit)
 
 
 class _Reassembly:
@@ -135,6 +146,8 @@ class GuardedSctpTransport(RTCSctpTransport):
     def _get_inbound_stream(self, stream_id: int) -> InboundStream:
         stream = self._inbound_streams.get(stream_id)
         if stream is None:
+            if len(self._inbound_streams) >= MAX_INBOUND_STREAMS:
+                raise _PeerIgnoresLimits("data_streams")
             stream = self._inbound_streams[stream_id] = _CountedInboundStream(self._held)
         return stream
 
@@ -143,6 +156,9 @@ class GuardedSctpTransport(RTCSctpTransport):
             return
         try:
             await super()._handle_data(data)
+        except _PeerIgnoresLimits as exc:
+            logger.info("SCTP association aborted: the peer went past %s", exc)
+            await self._give_up()
         except Exception as exc:  # aiortc asserts on protocol errors: end SCTP, not DTLS
             logger.info("SCTP association aborted on a malformed packet: %r", exc)
             await self._give_up()
@@ -150,19 +166,14 @@ class GuardedSctpTransport(RTCSctpTransport):
     async def _receive_data_chunk(self, chunk: Any) -> None:
         if self._aborted:
             return
-        if chunk.stream_id not in self._inbound_streams and (
-            len(self._inbound_streams) >= MAX_INBOUND_STREAMS
-        ):
-            COUNTERS.limit_exceeded("data_streams")
-            await self._give_up()
-            return
+        if len(self._sack_misordered) >= MAX_MISORDERED:
+            raise _PeerIgnoresLimits("data_reassembly")
         await super()._receive_data_chunk(chunk)
         held = self._held
         if held.bytes > RECEIVE_WINDOW or held.chunks > MAX_REASSEMBLY_CHUNKS:
             # The peer sent past the window it was given (a message that never ends, or one
             # far larger than a=max-message-size): nothing it sends can be delivered.
-            COUNTERS.limit_exceeded("data_reassembly")
-            await self._give_up()
+            raise _PeerIgnoresLimits("data_reassembly")
 
     async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
         if len(data) > MAX_MESSAGE_SIZE:

@@ -17,6 +17,17 @@ from typing import Any
 import aioice.stun
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG as FIRST,
+)
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_LAST_FRAG,
+    DataChunk,
+    serialize_packet,
+)
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_UNORDERED as UNORDERED,
+)
 
 from sfu.config import from_mapping
 from sfu.metrics import COUNTERS
@@ -353,4 +364,50 @@ async def test_peer_reflexive_candidates_stop_at_the_cap() -> None:
         connection.check_incoming(request, ("127.0.0.2", 40000), protocol)
         assert limit_count("ice_remote_candidates") == before + 36
     finally:
+        await transport.close()
+
+
+WHOLE = FIRST | SCTP_DATA_LAST_FRAG
+
+
+def _data_packet(sctp: Any, tsn: int, stream_id: int, flags: int, seq: int = 0) -> bytes:
+    chunk = DataChunk(flags=flags)
+    chunk.tsn, chunk.stream_id, chunk.stream_seq, chunk.protocol = tsn, stream_id, seq, 53
+    chunk.user_data = b"x"
+    return serialize_packet(
+        sctp._remote_port, sctp._local_port, sctp._local_verification_tag, chunk
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "packets"),
+    [
+        # an endless message: tiny fragments, none the last (aiortc rescans them all each time)
+        ("data_reassembly", lambda first: [(first + i, 1, FIRST if i == 0 else 0) for i in range(1100)]),
+        # complete unordered messages past a gap that is never filled (aiortc sorts them each time)
+        ("data_reassembly", lambda first: [(first + 1 + i, 1, WHOLE | UNORDERED) for i in range(600)]),
+        # data on ever new streams
+        ("data_streams", lambda first: [(first + i, 100 + i, WHOLE | UNORDERED) for i in range(70)]),
+    ],
+)  # fmt: skip
+async def test_crafted_sctp_data_aborts_the_association(limit: str, packets: Any) -> None:
+    rec = Recorder()
+    pc = aiortc_peer()
+    pc.addTrack(AudioStreamTrack())
+    channel = pc.createDataChannel("_reliable")
+    transport, _ = await publish(rec, pc)
+    try:
+        await wait_for(lambda: transport.state == "connected" and channel.readyState == "open")
+        sctp = transport._sctp
+        before = limit_count(limit)
+        first = (sctp._last_received_tsn + 1) % 2**32
+        start = time.process_time()
+        for tsn, stream_id, flags in packets(first):
+            await sctp._handle_data(_data_packet(sctp, tsn % 2**32, stream_id, flags))
+        assert time.process_time() - start < 0.5
+        assert limit_count(limit) == before + 1
+        assert sctp.held_bytes == 0 and sctp.state == "closed"
+        assert transport.state == "connected"  # media goes on
+    finally:
+        await pc.close()
         await transport.close()
