@@ -82,6 +82,9 @@ class RtcConfig:
     #: iteration together, equal-size runs in one UDP GSO send; "batch": together, one sendto
     #: each; "immediate": one sendto per packet as it is forwarded.
     send_mode: str = "gso"
+    #: not a LiveKit key: send ICE checks to a client's private candidates (RFC 1918, CGNAT,
+    #: ULA) even when the SFU advertises no private address itself
+    allow_private_candidates: bool = False
 
 
 @dataclass(frozen=True)

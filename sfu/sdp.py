@@ -4,6 +4,10 @@ This module owns parsing and writing session descriptions.  It knows the attribu
 negotiates (ICE, DTLS, BUNDLE, rtcp-mux, codecs, header extensions, msid, SSRCs, RIDs, simulcast,
 SCTP) and keeps every other line verbatim, so `parse` followed by `str` loses nothing a peer sent.
 `SessionDescription.parse` raises only `SdpError`, whatever the input.
+
+Every count a peer controls is capped (`MAX_*` below, documented in docs/limits.md): a description
+over a cap is refused with `SdpLimitError` naming the cap, which is counted in
+`sfu_limit_exceeded_total`.  No parse step costs more than linear time in the text.
 """
 
 from __future__ import annotations
@@ -12,12 +16,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
+from sfu.metrics import COUNTERS
+
 __all__ = [
     "DIRECTIONS",
+    "MAX_CANDIDATES",
+    "MAX_LINE_LENGTH",
+    "MAX_MEDIA_SECTIONS",
+    "MAX_RIDS",
+    "MAX_SSRCS",
     "Codec",
     "MediaSection",
     "Rid",
     "SdpError",
+    "SdpLimitError",
     "SessionDescription",
     "Simulcast",
     "SimulcastRid",
@@ -26,11 +38,49 @@ __all__ = [
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _LINE = re.compile(r"^([a-z])=(.*)$")
+# C0 controls and DEL other than tab, CR and LF (RFC 8866 §9: text carries none of them)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
+
+
+#: characters in one line (Chrome's longest, an a=ssrc-group or a=fmtp, is under 200)
+MAX_LINE_LENGTH = 4096
+#: m= sections in one description (a subscriber answer has one per subscribed track)
+MAX_MEDIA_SECTIONS = 1100
+#: distinct SSRCs declared with a=ssrc on one m-line (Chrome: 2 or, with SIM simulcast, 6)
+MAX_SSRCS = 16
+#: a=ssrc lines on one m-line (each SSRC carries cname, msid and maybe two legacy attributes)
+MAX_SSRC_LINES = 64
+#: a=ssrc-group lines on one m-line (Chrome: one FID per layer and one SIM)
+MAX_SSRC_GROUPS = 8
+#: a=rid lines on one m-line, and streams in its a=simulcast (LiveKit uses 3)
+MAX_RIDS = 8
+#: a=candidate lines on one m-line; a peer connection uses at most 64 (sfu.transport.ice)
+MAX_CANDIDATES = 256
+#: a=fmtp and a=rtcp-fb lines on one m-line (Chrome's video m-line: about 30 and 150)
+MAX_FMTP_LINES = 128
+MAX_RTCP_FB_LINES = 512
+#: a=extmap lines on one m-line (Chrome: about 15)
+MAX_EXTMAPS = 32
+#: attributes and lines kept verbatim, per m-line and at session level
+MAX_OTHER_LINES = 64
 
 
 class SdpError(ValueError):
     """The text is not a session description this module can represent."""
+
+
+class SdpLimitError(SdpError):
+    """The description exceeds one of the caps above; `limit` names it (as counted)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def _over(limit: str, what: str, cap: int) -> SdpLimitError:
+    COUNTERS.limit_exceeded(limit)
+    return SdpLimitError(limit, f"more than {cap} {what}")
 
 
 def reverse_direction(direction: str) -> str:
@@ -115,6 +165,8 @@ class Simulcast:
             raise SdpError(f"bad a=simulcast: {value!r}")
         result = cls()
         for direction, streams in zip(tokens[::2], tokens[1::2], strict=True):
+            if streams.count(";") + streams.count(",") >= MAX_RIDS:
+                raise _over("sdp_rids", "rids in a=simulcast", MAX_RIDS)
             if direction not in ("send", "recv"):
                 raise SdpError(f"bad a=simulcast direction: {direction!r}")
             parsed: list[list[SimulcastRid]] = []
@@ -177,6 +229,16 @@ class MediaSection:
     bandwidths: list[str] = field(default_factory=list)  # b= values
     attributes: list[str] = field(default_factory=list)  # unknown a= values, verbatim
     other_lines: list[str] = field(default_factory=list)  # unknown "x=..." lines, verbatim
+    # lines seen per capped attribute ("fmtp", "rtcp-fb", "ssrc"), while parsing
+    _line_counts: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    # payload type -> codec of the m= line, while parsing (a lookup per a=rtcp-fb line)
+    _by_payload_type: dict[int, Codec] = field(default_factory=dict, repr=False, compare=False)
+
+    def _count(self, name: str, limit: str, cap: int) -> None:
+        count = self._line_counts.get(name, 0) + 1
+        if count > cap:
+            raise _over(limit, f"a={name} lines on one m-line", cap)
+        self._line_counts[name] = count
 
     def codec(self, payload_type: int) -> Codec | None:
         for codec in self.codecs:
@@ -209,11 +271,13 @@ class MediaSection:
             codec.clock_rate = _int(parts[1], "clock rate", 1, 2**32)
             codec.channels = _int(parts[2], "channels", 1, 255) if len(parts) == 3 else None
         elif name == "fmtp" and value is not None:
+            self._count(name, "sdp_fmtp_lines", MAX_FMTP_LINES)
             pt_text, _, params = value.partition(" ")
             self._codec_for(_int(pt_text, "fmtp", 0, 127)).fmtp.update(Codec.parse_fmtp(params))
         elif name == "rtcp-fb" and value is not None and not value.startswith("*"):
             pt_text, _, feedback = value.partition(" ")
             feedback = " ".join(feedback.split())
+            self._count(name, "sdp_rtcp_fb_lines", MAX_RTCP_FB_LINES)
             if not feedback:
                 raise SdpError(f"bad a=rtcp-fb: {value!r}")
             self._codec_for(_int(pt_text, "rtcp-fb", 0, 127)).rtcp_fb.append(feedback)
@@ -224,6 +288,8 @@ class MediaSection:
             ext_id = _int(id_text, "extmap id", 1, 255)
             if not uri or ext_id in self.extmaps:
                 raise SdpError(f"bad a=extmap: {value!r}")
+            if len(self.extmaps) >= MAX_EXTMAPS:
+                raise _over("sdp_extmaps", "a=extmap lines on one m-line", MAX_EXTMAPS)
             self.extmaps[ext_id] = uri
             suffix = (slash + ext_direction) + ((" " + attrs.strip()) if attrs.strip() else "")
             if suffix:
@@ -239,17 +305,24 @@ class MediaSection:
             attr_name, _, attr_value = attr.strip().partition(":")
             if not attr_name:
                 raise SdpError(f"bad a=ssrc: {value!r}")
+            self._count(name, "sdp_ssrc_lines", MAX_SSRC_LINES)
+            if ssrc not in self.ssrcs and len(self.ssrcs) >= MAX_SSRCS:
+                raise _over("sdp_ssrcs", "SSRCs on one m-line", MAX_SSRCS)
             self.ssrcs.setdefault(ssrc, {})[attr_name] = attr_value
         elif name == "ssrc-group" and value is not None:
             tokens = value.split()
             if not tokens:
                 raise SdpError("empty a=ssrc-group")
+            if len(self.ssrc_groups) >= MAX_SSRC_GROUPS or len(tokens) > MAX_SSRCS + 1:
+                raise _over("sdp_ssrc_groups", "a=ssrc-group lines or SSRCs", MAX_SSRC_GROUPS)
             ssrcs = [_int(t, "ssrc-group", 0, 2**32 - 1) for t in tokens[1:]]
             self.ssrc_groups.append((tokens[0], ssrcs))
         elif name == "rid" and value is not None:
             tokens = value.split(None, 2)
             if len(tokens) < 2 or tokens[1] not in ("send", "recv") or not _TOKEN.match(tokens[0]):
                 raise SdpError(f"bad a=rid: {value!r}")
+            if len(self.rids) >= MAX_RIDS:
+                raise _over("sdp_rids", "a=rid lines on one m-line", MAX_RIDS)
             self.rids.append(Rid(tokens[0], tokens[1]))
             if len(tokens) > 2 and tokens[2].strip():
                 self.rid_params[tokens[0]] = tokens[2].strip()
@@ -258,6 +331,8 @@ class MediaSection:
         elif _transport_attribute(self, name, value):
             pass
         elif name == "candidate" and value is not None:
+            if len(self.candidates) >= MAX_CANDIDATES:
+                raise _over("sdp_candidates", "a=candidate lines on one m-line", MAX_CANDIDATES)
             self.candidates.append(value)
         elif name == "end-of-candidates" and value is None:
             self.end_of_candidates = True
@@ -272,10 +347,12 @@ class MediaSection:
         elif name == "max-message-size" and value is not None and self.max_message_size is None:
             self.max_message_size = _int(value, "max-message-size")
         else:
+            if len(self.attributes) >= MAX_OTHER_LINES:
+                raise _over("sdp_other_lines", "other attributes on one m-line", MAX_OTHER_LINES)
             self.attributes.append(name if value is None else f"{name}:{value}")
 
     def _codec_for(self, payload_type: int) -> Codec:
-        codec = self.codec(payload_type)
+        codec = self._by_payload_type.get(payload_type)
         if codec is None:
             raise SdpError(f"payload type {payload_type} is not on the m= line")
         return codec
@@ -356,6 +433,8 @@ def _transport_attribute(target: Any, name: str, value: str | None) -> bool:
     elif name == "ice-options":
         target.ice_options = value.split()
     elif name == "fingerprint":
+        if len(target.fingerprints) >= MAX_RIDS:
+            raise _over("sdp_other_lines", "a=fingerprint lines", MAX_RIDS)
         target.fingerprints.append(_fingerprint(value))
     elif name == "setup":
         target.setup = value.strip()
@@ -431,6 +510,8 @@ class SessionDescription:
     def _parse(cls, text: str) -> Self:
         if not isinstance(text, str):
             raise SdpError("SDP must be text")
+        if _CONTROL.search(text) is not None:
+            raise SdpError("SDP contains a control character")
         lines = [line.rstrip("\r") for line in text.split("\n")]
         lines = [line for line in lines if line.strip()]
         if not lines or lines[0] != "v=0":
@@ -439,11 +520,15 @@ class SessionDescription:
         seen_origin = False
         current: MediaSection | None = None
         for line in lines[1:]:
+            if len(line) > MAX_LINE_LENGTH:
+                raise _over("sdp_line_length", "characters in one SDP line", MAX_LINE_LENGTH)
             match = _LINE.match(line)
-            if match is None:
+            if match is None or "\r" in line:
                 raise SdpError(f"bad SDP line: {line!r}")
             kind, value = match.group(1), match.group(2)
             if kind == "m":
+                if len(session.media) >= MAX_MEDIA_SECTIONS:
+                    raise _over("sdp_media_sections", "m= sections", MAX_MEDIA_SECTIONS)
                 tokens = value.split()
                 if len(tokens) < 3 or not tokens[0].isprintable():
                     raise SdpError(f"bad m= line: {value!r}")
@@ -457,9 +542,11 @@ class SessionDescription:
                 if tokens[2].startswith(("RTP/", "UDP/TLS/RTP/")):
                     for fmt in tokens[3:]:
                         pt = _int(fmt, "payload type", 0, 127)
-                        if current.codec(pt) is not None:
+                        if pt in current._by_payload_type:
                             raise SdpError(f"payload type {pt} repeated on the m= line")
-                        current.codecs.append(Codec(pt, "", 0))
+                        codec = Codec(pt, "", 0)
+                        current.codecs.append(codec)
+                        current._by_payload_type[pt] = codec
                 session.media.append(current)
             elif kind == "a":
                 name, colon, attr_value = value.partition(":")
@@ -476,8 +563,12 @@ class SessionDescription:
                 else:
                     current.connection = value
             elif kind == "b" and current is not None:
+                if len(current.bandwidths) >= MAX_OTHER_LINES:
+                    raise _over("sdp_other_lines", "b= lines on one m-line", MAX_OTHER_LINES)
                 current.bandwidths.append(value)
             elif current is not None:
+                if len(current.other_lines) >= MAX_OTHER_LINES:
+                    raise _over("sdp_other_lines", "other lines on one m-line", MAX_OTHER_LINES)
                 current.other_lines.append(line)
             elif kind == "o" and not seen_origin:
                 tokens = value.split()
@@ -493,6 +584,8 @@ class SessionDescription:
             elif kind == "t":
                 session.timing = value
             else:
+                if len(session.other_lines) >= MAX_OTHER_LINES:
+                    raise _over("sdp_other_lines", "other session lines", MAX_OTHER_LINES)
                 session.other_lines.append(line)
         if not seen_origin:
             raise SdpError("SDP has no o= line")
@@ -507,6 +600,8 @@ class SessionDescription:
             tokens = value.split()
             if not tokens:
                 raise SdpError("empty a=group")
+            if len(self.groups) >= MAX_OTHER_LINES:
+                raise _over("sdp_other_lines", "a=group lines", MAX_OTHER_LINES)
             self.groups.append((tokens[0], tokens[1:]))
         elif name == "msid-semantic" and value is not None and self.msid_semantic is None:
             self.msid_semantic = " ".join(value.split())
@@ -515,6 +610,8 @@ class SessionDescription:
         elif _transport_attribute(self, name, value):
             pass
         else:
+            if len(self.attributes) >= MAX_OTHER_LINES:
+                raise _over("sdp_other_lines", "session attributes", MAX_OTHER_LINES)
             self.attributes.append(name if value is None else f"{name}:{value}")
 
     def lines(self) -> list[str]:

@@ -11,6 +11,7 @@ from sfu.transport.peer import (
     IceRestartError,
     PeerTransport,
     SendMode,
+    TrackSlotLimitError,
     TransportConfig,
     TransportStats,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "PeerTransport",
     "PublishedMedia",
     "SendMode",
+    "TrackSlotLimitError",
     "TransportConfig",
     "TransportStats",
 ]

@@ -10,7 +10,18 @@ This module owns the two places where the SFU steps around aioice's defaults:
 * remote candidates: a browser's `RTCIceCandidateInit` JSON is validated here.  mDNS (`.local`)
   candidates are dropped rather than resolved (the SFU has no multicast; Chrome's connectivity
   checks reach us anyway and become peer-reflexive candidates), as are TCP and RTCP (component 2)
-  candidates, since the SFU uses UDP with rtcp-mux only.
+  candidates, since the SFU uses UDP with rtcp-mux only;
+* what a remote peer may make the SFU do: `CandidatePolicy` refuses candidate addresses the SFU
+  must never send STUN to (unspecified, multicast, broadcast, link-local such as a cloud
+  metadata address, reserved), loopback unless the SFU itself advertises a loopback address, and
+  private ranges (RFC 1918, CGNAT, ULA) unless it advertises one or `rtc.allow_private_candidates`
+  is set; a peer connection takes at most `MAX_REMOTE_CANDIDATES` signalled ones, and learns
+  peer-reflexive ones only while it knows fewer (aioice pairs each one in time linear in those
+  before it, and checks each);
+* the receive queue: aioice queues every non-STUN datagram for the DTLS transport in an
+  unbounded `asyncio.Queue`, read only once DTLS runs.  `bound_receive_queue` replaces it with
+  `DatagramQueue`, which holds at most `MAX_QUEUED_BYTES` and only what may be DTLS or SRTP
+  (RFC 7983 §7).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import ipaddress
 import json
 import logging
 import random
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +40,168 @@ from aioice import Candidate
 from aioice.candidate import candidate_foundation
 from aioice.ice import StunProtocol, get_host_addresses
 
+from sfu.metrics import COUNTERS
 from sfu.transport.sockbuf import size_buffers
 from sfu.transport.udpmux import open_mux
 
-__all__ = ["HostCandidates", "gather_host_candidates", "parse_candidate_init"]
+__all__ = [
+    "MAX_QUEUED_BYTES",
+    "MAX_REMOTE_CANDIDATES",
+    "CandidatePolicy",
+    "DatagramQueue",
+    "HostCandidates",
+    "advertised_addresses",
+    "bound_peer_reflexive",
+    "bound_receive_queue",
+    "gather_host_candidates",
+    "parse_candidate_init",
+]
 
 logger = logging.getLogger(__name__)
 
 _HOST_TYPE_PREFERENCE = 126
+#: remote candidates one peer connection takes, from SDP and trickle together
+MAX_REMOTE_CANDIDATES = 64
+#: bytes of datagrams waiting for the DTLS transport (it reads them as they come once it runs)
+MAX_QUEUED_BYTES = 256 * 1024
+_PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _scope(address: _IPAddress) -> str:
+    """ "unusable", "loopback", "private" or "global" (anything else may be a peer's address)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_link_local
+        or address.is_reserved
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        return "unusable"
+    if any(address in network for network in _PRIVATE_NETWORKS):
+        return "private"
+    return "global"
+
+
+@dataclass(frozen=True)
+class CandidatePolicy:
+    """Which remote candidate addresses a peer connection sends connectivity checks to."""
+
+    allow_loopback: bool = False
+    allow_private: bool = False
+
+    @classmethod
+    def for_addresses(cls, advertised: list[str], allow_private: bool) -> CandidatePolicy:
+        """The policy of an SFU advertising `advertised`: a peer may name addresses of the
+        kinds the SFU itself is reachable on."""
+        scopes = {_scope(ipaddress.ip_address(a)) for a in advertised}
+        return cls("loopback" in scopes, allow_private or "private" in scopes)
+
+    def refusal(self, host: str) -> str | None:
+        """Why a candidate at `host` (an IP address) is refused, or None if it is allowed."""
+        scope = _scope(ipaddress.ip_address(host))
+        if scope == "unusable":
+            return "unspecified, multicast, broadcast, link-local or reserved address"
+        if scope == "loopback" and not self.allow_loopback:
+            return "loopback address (the SFU does not advertise one)"
+        if scope == "private" and not self.allow_private:
+            return "private address (rtc.allow_private_candidates is off)"
+        return None
+
+
+class DatagramQueue(asyncio.Queue[tuple[bytes, int] | None]):
+    """aioice's receive queue with a bound: datagrams over `MAX_QUEUED_BYTES`, and those that are
+    neither DTLS (first byte 20-63) nor SRTP/SRTCP (128-191), are dropped; the end-of-stream
+    marker (None) always gets in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued_bytes = 0
+        self.dropped = 0
+
+    def put_nowait(self, item: tuple[bytes, int] | None) -> None:
+        if item is not None:
+            first = item[0][0] if item[0] else 0
+            if not (19 < first < 64 or 127 < first < 192):
+                self.dropped += 1
+                return
+            if self.queued_bytes + len(item[0]) > MAX_QUEUED_BYTES:
+                self.dropped += 1
+                COUNTERS.limit_exceeded("ice_receive_queue")
+                return
+        super().put_nowait(item)
+
+    def _put(self, item: tuple[bytes, int] | None) -> None:
+        if item is not None:
+            self.queued_bytes += len(item[0])
+        super()._put(item)
+
+    def _get(self) -> tuple[bytes, int] | None:
+        item: tuple[bytes, int] | None = super()._get()
+        if item is not None:
+            self.queued_bytes -= len(item[0])
+        return item
+
+
+def bound_receive_queue(connection: Any) -> DatagramQueue:
+    """Give an aioice `Connection` (before it receives anything) a `DatagramQueue`."""
+    queue = DatagramQueue()
+    connection._queue = queue
+    return queue
+
+
+def bound_peer_reflexive(connection: Any) -> None:
+    """Stop an aioice `Connection` learning peer-reflexive candidates (from authenticated checks
+    arriving from new source addresses, RFC 8445 §7.3.1.3) once it knows
+    `MAX_REMOTE_CANDIDATES` remote candidates: aioice pairs and checks each one it learns."""
+    check_incoming = connection.check_incoming
+
+    def guarded(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        known = connection._remote_candidates
+        if len(known) >= MAX_REMOTE_CANDIDATES and not any(
+            c._network_host == addr[0] and c.port == addr[1] for c in known
+        ):
+            COUNTERS.limit_exceeded("ice_remote_candidates")
+            return
+        check_incoming(message, addr, protocol)
+
+    connection.check_incoming = guarded
+
+
+def _route_address(family: int) -> str | None:
+    """The source address of this host's route to the Internet (no packet is sent)."""
+    probe = "192.0.2.1" if family == 4 else "2001:db8::1"
+    try:
+        with socket.socket(
+            socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM
+        ) as s:
+            s.connect((probe, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+def advertised_addresses(bind_address: str, node_ip: str | None) -> list[str]:
+    """The host candidate addresses written into SDP for a socket bound to `bind_address`:
+    `node_ip` when set, else the bound address, else (a wildcard bind) one address of this host:
+    that of the default route, or the first interface address if there is none."""
+    if node_ip:
+        return [node_ip]
+    address = ipaddress.ip_address(bind_address)
+    if not address.is_unspecified:
+        return [bind_address]
+    hosts = get_host_addresses(use_ipv4=address.version == 4, use_ipv6=address.version == 6)
+    route = _route_address(address.version)
+    if route is not None and route in hosts:
+        return [route]
+    return hosts[:1]
 
 
 @dataclass
@@ -109,7 +275,6 @@ async def gather_host_candidates(
         else:
             transport, protocol = await _bind(connection, address, *port_range)
         host, port = transport.get_extra_info("sockname")[:2]
-        family = ipaddress.ip_address(host).version
         candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),
             component=1,
@@ -122,13 +287,7 @@ async def gather_host_candidates(
         protocol.local_candidate = candidate
         connection._protocols.append(protocol)
         connection._local_candidates.append(candidate)
-        if node_ip:
-            advertised = [node_ip]
-        elif ipaddress.ip_address(host).is_unspecified:
-            advertised = get_host_addresses(use_ipv4=family == 4, use_ipv6=family == 6)
-        else:
-            advertised = [host]
-        for ip in advertised:
+        for ip in advertised_addresses(host, node_ip):
             shown = Candidate(
                 foundation=candidate_foundation("host", "udp", ip),
                 component=1,

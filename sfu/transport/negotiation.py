@@ -3,12 +3,19 @@
 This module owns what the SFU accepts from a publishing client (codecs, RTCP feedback, header
 extensions, simulcast RIDs, data channels) and what it offers to a subscribing client (one
 sendonly m-line per forwarded track with an SSRC and msid chosen by the SFU).  It does no I/O.
+
+A publisher's SDP reaches every subscriber's offer, so what is kept of it is normalised here: at
+most `MAX_SIMULCAST_RIDS` layers, the clock rate and channels the codec's RTP payload format fixes,
+and only the fmtp parameters of `FMTP_PARAMETERS`, each with a well-formed value.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from sfu.metrics import COUNTERS
 from sfu.sdp import Codec, MediaSection, Rid, SdpError, SessionDescription, Simulcast
 
 __all__ = [
@@ -18,12 +25,15 @@ __all__ = [
     "EXT_REPAIRED_RID",
     "EXT_RID",
     "EXT_TRANSPORT_CC",
+    "FMTP_PARAMETERS",
+    "MAX_SIMULCAST_RIDS",
     "SUBSCRIBER_EXTENSION_IDS",
     "LocalParameters",
     "PublishedMedia",
     "TrackSlot",
     "build_answer",
     "build_offer",
+    "sanitize_codec",
     "subscriber_codec",
 ]
 
@@ -47,6 +57,43 @@ SUBSCRIBER_EXTENSION_IDS: dict[str, dict[str, int]] = {
     "video": {EXT_MID: 1, EXT_ABS_SEND_TIME: 2},
 }
 _SUBSCRIBER_PT = {"opus": 111, "vp8": 96, "h264": 102, "vp9": 98, "av1": 35}
+_Layer = TypeVar("_Layer")
+#: simulcast layers accepted per m-line (LiveKit's clients send at most 3: q, h, f)
+MAX_SIMULCAST_RIDS = 3
+
+_CODEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,31}")
+_BOOLEAN = re.compile(r"[01]")
+_NUMBER = re.compile(r"[0-9]{1,7}")
+#: the fmtp parameters kept per codec (lower-case name), each with the form its value must have:
+#: RFC 7741 (VP8: none), RFC 6184 §8.1 (H.264), RFC 7587 §6.1 (opus), the VP9 and AV1 RTP specs
+FMTP_PARAMETERS: dict[str, dict[str, re.Pattern[str]]] = {
+    "vp8": {},
+    "vp9": {"profile-id": re.compile(r"[0-3]")},
+    "av1": {
+        "profile": re.compile(r"[0-2]"),
+        "level-idx": re.compile(r"[0-9]{1,2}"),
+        "tier": _BOOLEAN,
+    },
+    "h264": {
+        "profile-level-id": re.compile(r"[0-9A-Fa-f]{6}"),
+        "packetization-mode": re.compile(r"[0-2]"),
+        "level-asymmetry-allowed": _BOOLEAN,
+    },
+    "opus": {
+        "minptime": _NUMBER,
+        "ptime": _NUMBER,
+        "maxptime": _NUMBER,
+        "useinbandfec": _BOOLEAN,
+        "stereo": _BOOLEAN,
+        "sprop-stereo": _BOOLEAN,
+        "usedtx": _BOOLEAN,
+        "cbr": _BOOLEAN,
+        "maxaveragebitrate": _NUMBER,
+    },
+}
+#: clock rate and channels per codec (RFC 7587 §7: opus/48000/2; video: 90000, no channels)
+_AUDIO_FORMAT = (48000, 2)
+_VIDEO_FORMAT = (90000, None)
 
 
 @dataclass(frozen=True)
@@ -107,12 +154,32 @@ def _transport_attributes(section: MediaSection, local: LocalParameters, setup: 
     section.end_of_candidates = True
 
 
+def sanitize_codec(kind: str, codec: Codec) -> Codec:
+    """`codec` with the clock rate and channels its payload format fixes and only the fmtp
+    parameters of `FMTP_PARAMETERS` whose values are well formed (a copy; rtcp-fb kept)."""
+    name = codec.name.lower()
+    allowed = FMTP_PARAMETERS.get(name, {})
+    fmtp = {
+        key: value
+        for key, value in codec.fmtp.items()
+        if key in allowed and allowed[key].fullmatch(value) is not None
+    }
+    clock_rate, channels = _AUDIO_FORMAT if name == "opus" else _VIDEO_FORMAT
+    if kind == "audio" and name != "opus":  # not offered by the SFU; keep what RTP fixes least
+        clock_rate, channels = codec.clock_rate, codec.channels
+    return Codec(codec.payload_type, codec.name, clock_rate, channels, fmtp, list(codec.rtcp_fb))
+
+
 def _choose_codec(offered: MediaSection, video_codecs: tuple[str, ...]) -> Codec | None:
     for codec in offered.codecs:
         name = codec.name.lower()
-        if offered.kind == "audio" and name == "opus" and codec.clock_rate == 48000:
-            return codec
+        if offered.kind == "audio" and name == "opus":
+            if (codec.clock_rate, codec.channels) == _AUDIO_FORMAT:
+                return codec
+            continue
         if offered.kind == "video" and name in video_codecs:
+            if (codec.clock_rate, codec.channels) != _VIDEO_FORMAT:
+                continue
             if name == "h264" and codec.fmtp.get("packetization-mode") != "1":
                 continue
             return codec
@@ -159,14 +226,8 @@ def _answer_media(
         offered.direction, "inactive"
     )
     allowed_fb = VIDEO_FEEDBACK if offered.kind == "video" else AUDIO_FEEDBACK
-    accepted = Codec(
-        payload_type=codec.payload_type,
-        name=codec.name,
-        clock_rate=codec.clock_rate,
-        channels=codec.channels,
-        fmtp=dict(codec.fmtp),
-        rtcp_fb=[fb for fb in codec.rtcp_fb if fb in allowed_fb],
-    )
+    accepted = sanitize_codec(offered.kind, codec)
+    accepted.rtcp_fb = [fb for fb in codec.rtcp_fb if fb in allowed_fb]
     answer.codecs = [accepted]
     answer.extmaps = {i: uri for i, uri in offered.extmaps.items() if uri in PUBLISHER_EXTENSIONS}
 
@@ -175,20 +236,22 @@ def _answer_media(
     if offered.kind == "video":
         send_rids = [r for r in offered.rids if r.direction == "send"]
         if offered.simulcast is not None and offered.simulcast.send:
-            ordered = offered.simulcast.send_rids()
             known = {r.rid for r in send_rids}
-            rids = [r.rid for r in ordered if r.rid in known]
-            paused = [r.rid for r in ordered if r.paused and r.rid in known]
-            answer.simulcast = Simulcast(recv=[[r] for r in ordered if r.rid in known])
+            ordered = [r for r in offered.simulcast.send_rids() if r.rid in known]
+            ordered = _first_layers(ordered)
+            rids = [r.rid for r in ordered]
+            paused = [r.rid for r in ordered if r.paused]
+            answer.simulcast = Simulcast(recv=[[r] for r in ordered])
         elif send_rids:
-            rids = [r.rid for r in send_rids]
+            rids = [r.rid for r in _first_layers(send_rids)]
         answer.rids = [Rid(rid, "recv") for rid in rids]
         # Keep the rid extmaps even without simulcast on this m-line: libwebrtc restricts the
         # extensions of later m-lines in the BUNDLE group to those already negotiated, so
         # dropping them here makes a later simulcast publish fail to apply its own offer.
 
     rtx_ssrcs = {g[1][0]: g[1][1] for g in offered.ssrc_groups if g[0] == "FID" and len(g[1]) == 2}
-    ssrcs = tuple(s for s in offered.ssrcs if s not in rtx_ssrcs.values())
+    repair_ssrcs = set(rtx_ssrcs.values())
+    ssrcs = tuple(s for s in offered.ssrcs if s not in repair_ssrcs)
     published = PublishedMedia(
         mid=offered.mid,
         kind=offered.kind,
@@ -202,6 +265,13 @@ def _answer_media(
         rtx_ssrcs=rtx_ssrcs,
     )
     return answer, published
+
+
+def _first_layers(layers: list[_Layer]) -> list[_Layer]:
+    """The first `MAX_SIMULCAST_RIDS` layers (low to high as LiveKit's clients offer them)."""
+    if len(layers) > MAX_SIMULCAST_RIDS:
+        COUNTERS.limit_exceeded("simulcast_rids")
+    return layers[:MAX_SIMULCAST_RIDS]
 
 
 def build_answer(
@@ -239,6 +309,9 @@ def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
             48000 if name.lower() == "opus" else 90000,
             2 if name.lower() == "opus" else None,
         )
+    if _CODEC_NAME.fullmatch(codec.name) is None:  # e.g. a hostile AddTrackRequest mime type
+        codec = Codec(0, "opus" if kind == "audio" else "VP8", 0)
+    codec = sanitize_codec(kind, codec)
     name = codec.name.lower()
     fmtp = dict(codec.fmtp)
     if name == "opus":

@@ -11,8 +11,14 @@ are never parsed.
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
 `._rx_srtp`, `._set_role`, `._task`; aioice `Connection._nominated`, `._add_remote_candidate`,
-`._closing`, `StunProtocol.datagram_received` (fronted by `sfu.transport.ingress` once DTLS is
-connected) and the gathering state in `ice.py`.
+`._closing`, `._queue` (bounded, `ice.py`), `StunProtocol.datagram_received` (fronted by
+`sfu.transport.ingress` once DTLS is connected) and the gathering state in `ice.py`; the SCTP
+association is `sfu.transport.datachannel`'s bounded subclass.
+
+Remote input is bounded per peer connection: `MAX_REMOTE_CANDIDATES` candidates at addresses
+`ice.CandidatePolicy` allows (none once ICE completed), `MAX_TRACK_SLOTS` subscriber m-lines (a
+track subscribed again before an answer gets its old slot back), the data-channel caps of
+`datachannel.py`, and an offer unanswered for `connect_timeout` fails the transport.
 """
 
 from __future__ import annotations
@@ -33,11 +39,21 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
-from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from aiortc.rtcsctptransport import RTCSctpCapabilities
 
+from sfu.metrics import COUNTERS
 from sfu.sdp import Codec, MediaSection, SdpError, SessionDescription
 from sfu.transport.batch import SendQueue, count_send_drop
-from sfu.transport.ice import gather_host_candidates, parse_candidate_init
+from sfu.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, send_allowed
+from sfu.transport.ice import (
+    MAX_REMOTE_CANDIDATES,
+    CandidatePolicy,
+    advertised_addresses,
+    bound_peer_reflexive,
+    bound_receive_queue,
+    gather_host_candidates,
+    parse_candidate_init,
+)
 from sfu.transport.ingress import SrtpIngress
 from sfu.transport.negotiation import (
     SUBSCRIBER_EXTENSION_IDS,
@@ -55,6 +71,7 @@ __all__ = [
     "IceRestartError",
     "PeerTransport",
     "SendMode",
+    "TrackSlotLimitError",
     "TransportConfig",
     "TransportStats",
 ]
@@ -67,7 +84,9 @@ State = Literal["new", "connecting", "connected", "failed", "closed"]
 SendMode = Literal["gso", "batch", "immediate"]
 SEND_MODES: tuple[SendMode, ...] = ("gso", "batch", "immediate")
 SCTP_PORT = 5000
-LOCAL_MAX_MESSAGE_SIZE = 262144
+LOCAL_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
+#: m-lines of one subscriber PC (each a forwarded track, or an inactive one to recycle)
+MAX_TRACK_SLOTS = 1000
 # The event loop queues datagrams when the socket would block; beyond this, send_rtp drops.
 MAX_SEND_BACKLOG = 256 * 1024
 DATA_CHANNELS = (
@@ -78,6 +97,10 @@ DATA_CHANNELS = (
 
 class IceRestartError(SdpError):
     """The remote description changes the ICE credentials (an ICE restart), which is unsupported."""
+
+
+class TrackSlotLimitError(RuntimeError):
+    """The subscriber PC already has `MAX_TRACK_SLOTS` m-lines."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,9 @@ class TransportConfig:
     connect_timeout: float = 20.0  # ICE + DTLS must complete within this, else "failed"
     video_codecs: tuple[str, ...] = ("vp8", "h264")  # accepted from publishers (lower case)
     send_mode: SendMode = "gso"
+    #: rtc.allow_private_candidates: send checks to RFC 1918/CGNAT/ULA candidates even when the
+    #: SFU advertises no such address itself
+    allow_private_candidates: bool = False
 
     def __post_init__(self) -> None:
         if not self.bind_addresses:
@@ -165,6 +191,10 @@ class PeerTransport:
         self._gatherer = RTCIceGatherer(iceServers=[])
         self._ice = RTCIceTransport(self._gatherer)
         self._connection: Any = self._ice._connection
+        self._receive_queue = bound_receive_queue(self._connection)
+        bound_peer_reflexive(self._connection)
+        self._candidate_policy: CandidatePolicy | None = None
+        self._remote_candidates = 0
         # RFC 8445 §6.1.1: the offerer (subscriber PC) controls; Chrome offers on the publisher PC.
         self._connection.ice_controlling = role == "subscriber"
         self._dtls = RTCDtlsTransport(self._ice, [self._certificate])
@@ -194,8 +224,11 @@ class PeerTransport:
         self._next_mid = 1
         self._offered_inactive: set[str] = set()
         self._recyclable: set[str] = set()
+        self._offered: set[str] = set()  # mids in an offer sent
+        self._slot_tracks: dict[str, str] = {}  # mid -> the track id it carries or last carried
 
         self._connect_task: asyncio.Task[None] | None = None
+        self._answer_timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
         # hot path
@@ -275,10 +308,10 @@ class PeerTransport:
             session_version=self._session_version,
             video_codecs=self._config.video_codecs,
         )
+        offered_by_mid = {m.mid: m for m in reversed(offer.media)}  # the first of a mid wins
         for section in answer.media:
             if section.kind == "application" and section.port != 0:
-                offered = offer.media_by_mid(section.mid)
-                assert offered is not None
+                offered = offered_by_mid[section.mid]
                 self._sctp_remote = (
                     offered.sctp_port or SCTP_PORT,
                     offered.max_message_size or 65536,
@@ -305,13 +338,28 @@ class PeerTransport:
             raise ValueError("bad ssrc")
         offered = subscriber_codec(kind, codec)
         for slot in self._slots:
-            if slot.kind == kind and slot.mid in self._recyclable:
+            # an answered inactive m-line, one no offer carried, or this track's own (subscribed
+            # again before the client answered the offer that removed it)
+            if (
+                slot.kind == kind
+                and not slot.active
+                and (
+                    slot.mid in self._recyclable
+                    or slot.mid not in self._offered
+                    or self._slot_tracks.get(slot.mid) == track_id
+                )
+            ):
                 self._recyclable.discard(slot.mid)
                 slot.codec, slot.ssrc, slot.msid = offered, ssrc, (stream_id, track_id)
+                self._slot_tracks[slot.mid] = track_id
                 return slot.mid
+        if len(self._slots) >= MAX_TRACK_SLOTS:
+            COUNTERS.limit_exceeded("subscriber_track_slots")
+            raise TrackSlotLimitError(f"more than {MAX_TRACK_SLOTS} subscriber m-lines")
         mid = str(self._next_mid)
         self._next_mid += 1
         self._slots.append(TrackSlot(mid, kind, offered, ssrc, (stream_id, track_id)))
+        self._slot_tracks[mid] = track_id
         return mid
 
     def remove_track(self, mid: str) -> None:
@@ -353,7 +401,18 @@ class PeerTransport:
             session_version=self._session_version,
         )
         self._offered_inactive = {s.mid for s in self._slots if not s.active}
+        self._offered.update(s.mid for s in self._slots)
+        if self._connect_task is None and self._answer_timer is None:
+            self._answer_timer = asyncio.create_task(self._fail_unanswered())
         return str(offer)
+
+    async def _fail_unanswered(self) -> None:
+        """The client never answered the first offer: give up, as ICE would (and stop holding
+        the port and whatever reaches it)."""
+        await asyncio.sleep(self._config.connect_timeout)
+        if self._connect_task is None and not self._closing:
+            logger.info("subscriber offer unanswered for %.0f s", self._config.connect_timeout)
+            self._set_state("failed")
 
     async def handle_answer(self, sdp: str) -> None:
         """Apply the client's answer to our last offer (subscriber PC)."""
@@ -394,13 +453,23 @@ class PeerTransport:
 
     def add_remote_candidate(self, candidate_init_json: str) -> None:
         """A trickled remote candidate (LiveKit TrickleRequest.candidateInit).  Never raises."""
+        if self._candidates_full():
+            return
         candidate, ufrag, reason = parse_candidate_init(candidate_init_json)
         if candidate is None:
             logger.debug("ignoring remote candidate %r: %s", candidate_init_json[:200], reason)
             return
         self._add_remote(candidate, ufrag)
 
+    def _candidates_full(self) -> bool:
+        if self._remote_candidates < MAX_REMOTE_CANDIDATES:
+            return False
+        COUNTERS.limit_exceeded("ice_remote_candidates")
+        return True
+
     def _add_candidate_line(self, line: str, ufrag: str | None) -> None:
+        if self._candidates_full():
+            return
         candidate, _, reason = parse_candidate_init(line)
         if candidate is None:
             logger.debug("ignoring SDP candidate %r: %s", line[:200], reason)
@@ -408,11 +477,26 @@ class PeerTransport:
             self._add_remote(candidate, ufrag)
 
     def _add_remote(self, candidate: Any, ufrag: str | None) -> None:
-        if self._closing or self._connection._closing:
-            return
+        if self._closing or self._connection._closing or self._connection._nominated:
+            return  # ICE completed: a pair is chosen, new candidates would only cost checks
         if ufrag is not None and self._remote_ufrag is not None and ufrag != self._remote_ufrag:
             logger.debug("ignoring candidate for ufrag %s", ufrag)
             return
+        if self._candidate_policy is None:
+            config = self._config
+            advertised = [
+                ip for a in config.bind_addresses for ip in advertised_addresses(a, config.node_ip)
+            ]
+            self._candidate_policy = CandidatePolicy.for_addresses(
+                advertised, config.allow_private_candidates
+            )
+        refusal = self._candidate_policy.refusal(candidate.host)
+        if refusal is not None:
+            logger.debug("ignoring candidate %s: %s", candidate, refusal)
+            return
+        if self._candidates_full():
+            return
+        self._remote_candidates += 1
         try:
             self._connection._add_remote_candidate(candidate, candidate.host)
         except Exception:  # a bad candidate must not break signalling
@@ -473,7 +557,7 @@ class PeerTransport:
     def send_data(self, label: str, data: bytes) -> None:
         """Send one message on the `_reliable`/`_lossy` channel; drop (and count) if not open."""
         channel = self._channels.get(label)
-        if channel is None or channel.readyState != "open":
+        if channel is None or channel.readyState != "open" or not send_allowed(channel):
             self.data_dropped += 1
             return
         try:
@@ -508,7 +592,7 @@ class PeerTransport:
         self._protect = self._protect_rtcp = None
         self._close_queue()
         self._ingress.detach()
-        tasks = [t for t in (self._connect_task, *self._tasks) if t is not None]
+        tasks = [t for t in (self._connect_task, self._answer_timer, *self._tasks) if t]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -569,7 +653,7 @@ class PeerTransport:
                     sctp_port=SCTP_PORT,
                     max_message_size=LOCAL_MAX_MESSAGE_SIZE,
                 )
-                self._sctp = RTCSctpTransport(self._dtls, SCTP_PORT)
+                self._sctp = GuardedSctpTransport(self._dtls, SCTP_PORT)
                 self._sctp.on("datachannel", self._watch_channel)
                 if self.role == "subscriber":
                     for parameters in DATA_CHANNELS:
@@ -643,6 +727,7 @@ class PeerTransport:
         self._ice.on("statechange", self._on_transport_change)
         self._dtls.on("statechange", self._on_transport_change)
         self._set_state("connected")
+        self._on_transport_change()  # in case DTLS already ended
         self._maybe_start_sctp()
 
     def _on_transport_change(self) -> None:

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.sdp import Codec, MediaSection, Rid, SdpError, SessionDescription, Simulcast, SimulcastRid
+from sfu.metrics import COUNTERS
+from sfu.sdp import (
+    MAX_CANDIDATES,
+    MAX_LINE_LENGTH,
+    MAX_MEDIA_SECTIONS,
+    MAX_RIDS,
+    MAX_SSRCS,
+    Codec,
+    MediaSection,
+    Rid,
+    SdpError,
+    SdpLimitError,
+    SessionDescription,
+    Simulcast,
+    SimulcastRid,
+)
 from sfu.transport.negotiation import (
     EXT_RID,
     EXT_TRANSPORT_CC,
@@ -265,3 +281,129 @@ def test_media_section_writer_builds_formats_from_codecs() -> None:
     section = MediaSection(kind="video", port=9, protocol="UDP/TLS/RTP/SAVPF",
                            codecs=[Codec(96, "VP8", 90000)], mid="v")  # fmt: skip
     assert section.lines()[0] == "m=video 9 UDP/TLS/RTP/SAVPF 96"
+
+
+# -- hostile publisher SDP (audit 2026-12 findings 8, 9 and 18) ---------------------------------
+
+_HEAD = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 AA:BB\r\n"
+)
+_VIDEO = "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\na=sendonly\r\n" \
+    "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"  # fmt: skip
+
+
+def _limit_count(name: str) -> int:
+    return COUNTERS.limits_exceeded.get(name, 0)
+
+
+def test_ssrc_times_fid_offer_is_refused_at_once() -> None:
+    """Audit 8: 20,000 a=ssrc and 20,000 a=ssrc-group:FID lines on one m-line."""
+    lines = [f"a=ssrc:{i} cname:x" for i in range(20000)]
+    lines += [f"a=ssrc-group:FID {i} {i + 20000}" for i in range(20000)]
+    text = _HEAD + _VIDEO + "\r\n".join(lines) + "\r\n"
+    before = _limit_count("sdp_ssrcs")
+    start = time.process_time()  # CPU time: other processes on a busy machine do not count
+    with pytest.raises(SdpLimitError) as refused:
+        offer = SessionDescription.parse(text)
+        build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
+    assert time.process_time() - start < 0.1
+    assert refused.value.limit == "sdp_ssrcs" and _limit_count("sdp_ssrcs") == before + 1
+
+
+def test_build_answer_is_linear_in_ssrcs_and_fid_groups() -> None:
+    """The same offer built as objects (past the parser's caps): the answer still takes < 100 ms."""
+    offer = SessionDescription.parse(_HEAD + _VIDEO)
+    video = offer.media[0]
+    video.ssrcs = {i: {"cname": "x"} for i in range(40000)}
+    video.ssrc_groups = [("FID", [i, i + 20000]) for i in range(20000)]
+    start = time.process_time()
+    _, published = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
+    assert time.process_time() - start < 0.1
+    assert published[0].ssrcs == tuple(range(20000))
+
+
+@pytest.mark.parametrize(
+    ("limit", "lines"),
+    [
+        ("sdp_ssrcs", [f"a=ssrc:{i} cname:x" for i in range(MAX_SSRCS + 1)]),
+        ("sdp_ssrc_lines", [f"a=ssrc:1 k{i}:v" for i in range(65)]),
+        ("sdp_ssrc_groups", [f"a=ssrc-group:FID {i} {i + 1}" for i in range(9)]),
+        ("sdp_ssrc_groups", ["a=ssrc-group:SIM " + " ".join(map(str, range(17)))]),
+        ("sdp_rids", [f"a=rid:r{i} send" for i in range(MAX_RIDS + 1)]),
+        ("sdp_rids", ["a=simulcast:send " + ";".join(f"r{i}" for i in range(MAX_RIDS + 1))]),
+        ("sdp_candidates",
+         [f"a=candidate:1 1 udp 1 192.0.2.1 {i + 1} typ host" for i in range(MAX_CANDIDATES + 1)]),
+        ("sdp_fmtp_lines", [f"a=fmtp:96 k{i}=1" for i in range(128)]),  # + the apt line
+        ("sdp_rtcp_fb_lines", ["a=rtcp-fb:96 nack"] * 513),
+        ("sdp_extmaps", [f"a=extmap:{i} urn:x:{i}" for i in range(1, 34)]),
+        ("sdp_other_lines", [f"a=x-unknown-{i}" for i in range(65)]),
+        ("sdp_other_lines", [f"b=AS:{i}" for i in range(65)]),
+        ("sdp_line_length", ["a=x-long:" + "y" * MAX_LINE_LENGTH]),
+        ("sdp_media_sections", ["m=audio 0 RTP/AVP 0"] * MAX_MEDIA_SECTIONS),
+    ],
+)  # fmt: skip
+def test_each_cap_is_a_precise_counted_error(limit: str, lines: list[str]) -> None:
+    before = _limit_count(limit)
+    with pytest.raises(SdpLimitError) as refused:
+        SessionDescription.parse(_HEAD + _VIDEO + "\r\n".join(lines) + "\r\n")
+    assert refused.value.limit == limit
+    assert _limit_count(limit) == before + 1
+    SessionDescription.parse(_HEAD + _VIDEO + "\r\n".join(lines[:-1]) + "\r\n")  # one less: fine
+
+
+@pytest.mark.parametrize(
+    "line", ["a=x-ctl:\x01", "a=x-cr:a\rb", "a=fmtp:96 x-google-start-bitrate=1\x7f"]
+)
+def test_control_characters_and_lone_cr_are_refused(line: str) -> None:
+    with pytest.raises(SdpError):
+        SessionDescription.parse(_HEAD + _VIDEO + line + "\r\n")
+
+
+def test_simulcast_layers_are_capped_at_three() -> None:
+    """Audit 9: only the first three layers of an m-line are accepted, and the cut is counted."""
+    rids = [f"r{i}" for i in range(MAX_RIDS)]
+    text = _HEAD + _VIDEO + "".join(f"a=rid:{r} send\r\n" for r in rids)
+    before = _limit_count("simulcast_rids")
+    offer = SessionDescription.parse(text + "a=simulcast:send " + ";".join(rids) + "\r\n")
+    answer, published = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
+    assert published[0].rids == ("r0", "r1", "r2")
+    assert [r.rid for r in answer.media[0].rids] == ["r0", "r1", "r2"]
+    assert str(answer.media[0].simulcast) == "recv r0;r1;r2"
+    _, published = build_answer(
+        SessionDescription.parse(text), LOCAL, setup="active", session_id=1, session_version=1
+    )  # rids without a=simulcast
+    assert published[0].rids == ("r0", "r1", "r2")
+    assert _limit_count("simulcast_rids") == before + 2
+
+
+def test_publisher_codec_parameters_are_normalised_for_subscribers() -> None:
+    """Audit 18: a bad clock rate is not accepted; only whitelisted, well-formed fmtp survive."""
+    offer = SessionDescription.parse(
+        _HEAD.replace("a=ice-ufrag", "a=setup:actpass\r\na=ice-ufrag")
+        + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000;stereo=1;x-evil=a b;usedtx=9\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 102 103\r\na=mid:1\r\na=sendonly\r\n"
+        "a=rtpmap:96 VP8/1/9\r\na=rtpmap:102 H264/90000\r\na=rtpmap:103 VP8/90000\r\n"
+        "a=fmtp:102 packetization-mode=1;profile-level-id=42e0 1f;x-google-max-bitrate=1\r\n"
+        "a=fmtp:103 x-google-start-bitrate=100000\r\n"
+    )
+    answer, published = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
+    audio, video = (p.codec for p in published)
+    assert [c.payload_type for c in answer.media[1].codecs] == [102]  # not VP8/1/9
+    assert audio.fmtp == {"minptime": "10", "useinbandfec": "1", "stereo": "1"}
+    assert (video.payload_type, video.clock_rate, video.channels) == (102, 90000, None)
+    assert video.fmtp == {"packetization-mode": "1"}
+    subscriber = subscriber_codec("video", video)
+    assert subscriber.fmtp["profile-level-id"] == "42e01f"  # the default, not "42e0 1f"
+    assert subscriber_codec("audio", audio).fmtp == audio.fmtp
+    vp8 = subscriber_codec("video", Codec(96, "VP8", 1, 9, {"x": "1", "y": "\r\n"}))
+    assert (vp8.clock_rate, vp8.channels, vp8.fmtp) == (90000, None, {})
+    opus = subscriber_codec("audio", Codec(111, "opus", 8000, 1, {"maxplaybackrate": "8000"}))
+    assert (opus.clock_rate, opus.channels) == (48000, 2)
+    assert "maxplaybackrate" not in opus.fmtp
+    assert subscriber_codec("video", "video/x y\r\nz").name == "VP8"  # a hostile mime type
+    # every subscriber offer built from these parses back
+    slots = [TrackSlot("1", "video", subscriber, 5, ("a", "b")), TrackSlot("2", "video", vp8)]
+    SessionDescription.parse(str(build_offer(slots, "0", LOCAL, cname="c", session_id=1,
+                                             session_version=1)))  # fmt: skip

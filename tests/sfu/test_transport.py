@@ -425,10 +425,11 @@ async def test_peer_reflexive_only() -> None:
 
 
 async def test_port_range_node_ip_and_connect_timeout() -> None:
-    rec = Recorder()
+    recs = [Recorder() for _ in range(3)]
+    rec = recs[0]
     config = TransportConfig(port_range_start=42000, port_range_end=42009,
                              node_ip="203.0.113.7", connect_timeout=1.0)  # fmt: skip
-    transports = [rec.transport("subscriber", config) for _ in range(3)]
+    transports = [r.transport("subscriber", config) for r in recs]
     try:
         offers = [SessionDescription.parse(await t.create_offer()) for t in transports]
         ports = set()
@@ -451,6 +452,8 @@ async def test_port_range_node_ip_and_connect_timeout() -> None:
         assert rec.states == ["connecting", "failed"]
         transports[0].send_rtp(b"\x80" + bytes(20))
         assert transports[0].stats.send_dropped == 1
+        # the two offers nobody answered fail too, after the same timeout
+        await wait_for(lambda: all(r.states == ["failed"] for r in recs[1:]), 5, "unanswered")
     finally:
         for t in transports:
             await t.close()
