@@ -39,7 +39,6 @@ PING_INTERVAL = 5
 PING_TIMEOUT = 15
 RTCP_INTERVAL = 1.0
 TOKEN_REFRESH_INTERVAL = 300
-MAX_PENDING_TRACKS = 32
 #: tracks a participant may publish, pending ones included (LiveKit clients publish ~4)
 MAX_TRACKS_PER_PARTICIPANT = 16
 MAX_TRACK_SETTINGS = 1024
@@ -333,11 +332,6 @@ class Participant:
             return
         pending = self.pending.get(request.cid)
         if pending is None:
-            if len(self.pending) >= MAX_PENDING_TRACKS:
-                COUNTERS.limit_exceeded("pending_tracks")
-                raise TrackRequestError(
-                    rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many pending tracks"
-                )
             if len(self.published) + len(self.pending) >= MAX_TRACKS_PER_PARTICIPANT:
                 COUNTERS.limit_exceeded("tracks_per_participant")
                 raise TrackRequestError(
@@ -627,6 +621,7 @@ class Participant:
                 len(self.track_settings) >= MAX_TRACK_SETTINGS
                 and track_sid not in self.track_settings
             ):
+                COUNTERS.limit_exceeded("track_settings")
                 continue  # a client cannot grow this without bound with made-up track sids
             self.track_settings[TrackSid(track_sid)] = settings
             sub = self.subscriptions.get(TrackSid(track_sid))

@@ -259,7 +259,12 @@ class SignalSession:
         elif kind == "track_setting":
             participant.update_track_settings(request.track_setting)
         elif kind == "subscription_permission":
-            participant.update_subscription_permission(request.subscription_permission)
+            try:
+                participant.update_subscription_permission(request.subscription_permission)
+            except TrackRequestError as exc:  # RequestResponse has no field for this request
+                response = rtc.RequestResponse(reason=exc.reason, message=exc.message)
+                self.send(rtc.SignalResponse(request_response=response))
+                raise
         elif kind == "leave":
             await participant.close(models.DisconnectReason.CLIENT_INITIATED)
         elif kind == "ping":

@@ -11,7 +11,7 @@ from livekit.protocol import models, rtc
 from starlette.websockets import WebSocketState
 
 from sfu.auth import ClaimGrants
-from sfu.metrics import COUNTERS
+from sfu.metrics import COUNTERS, Metrics
 from sfu.room.participant import Participant, ParticipantOptions
 from sfu.signal import session as session_module
 from sfu.signal.session import CLOSE_NORMAL, CLOSE_POLICY, SignalSession
@@ -150,4 +150,29 @@ async def test_a_client_that_stops_reading_is_disconnected_once(
     assert [r.WhichOneof("message") for r in deaf.websocket.sent][-1] == "leave"
     assert deaf.websocket.closed_with == (CLOSE_POLICY, "signal outbox full")
     assert "deaf" not in room.participants and not talker.participant.closed
+    await room.close()
+
+
+async def test_refused_requests_are_counted_in_sfu_signal_errors_total() -> None:
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    before = COUNTERS.signal_errors
+    a.websocket.request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid="TR_nope", muted=True)))
+    too_many = [rtc.TrackPermission(participant_identity=f"p{i}") for i in range(2000)]
+    a.websocket.request(
+        rtc.SignalRequest(
+            subscription_permission=rtc.SubscriptionPermission(track_permissions=too_many)
+        )
+    )
+    await a.until(lambda: len(a.websocket.of_kind("request_response")) == 2)
+    reasons = [r.request_response.reason for r in a.websocket.of_kind("request_response")]
+    assert reasons == [
+        rtc.RequestResponse.Reason.NOT_FOUND,
+        rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+    ]
+    assert COUNTERS.signal_errors == before + 2
+    exported = Metrics("n", COUNTERS).render().decode()
+    line = next(x for x in exported.splitlines() if x.startswith("sfu_signal_errors_total{"))
+    assert float(line.rsplit(" ", 1)[1]) == COUNTERS.signal_errors
     await room.close()
