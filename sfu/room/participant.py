@@ -25,7 +25,9 @@ from sfu.metrics import COUNTERS
 from sfu.receiver import RtpDemuxer, TrackReceiver
 from sfu.room.dynacast import Dynacast
 from sfu.room.permission import SubscriptionPermissions, forwardable
-from sfu.room.publication import PublishedTrack, Subscription, close_transports
+from sfu.room.publication import PublishedTrack as PublishedTrack  # re-exported
+from sfu.room.publication import Subscription as Subscription
+from sfu.room.publication import close_transports
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
 from sfu.rtp import rtcp
