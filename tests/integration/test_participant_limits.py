@@ -8,9 +8,13 @@ and checks the answer the client gets plus what the process holds afterwards.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import socket
+import struct
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import websockets
@@ -157,4 +161,87 @@ async def test_publishers_whose_ice_never_completes_leak_no_sockets(sfu: SfuInst
         await asyncio.sleep(0.2)
     text = await scrape(sfu)
     assert metric(text, "livekit_participant_total") == 0
+    sfu.assert_alive()
+
+
+class RawWebSocket:
+    """A WebSocket client on a plain socket that reads only when told to: unlike a client
+    library, it leaves the SFU's responses in the kernel until then."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, sfu: SfuInstance, path: str) -> RawWebSocket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up quickly
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sfu.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send(self, payload: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(payload)
+        header = (
+            struct.pack("!BB", 0x82, 0x80 | size)
+            if size < 126
+            else (struct.pack("!BBH", 0x82, 0x80 | 126, size))
+        )
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+        await self.writer.drain()
+
+    async def frames(self) -> AsyncIterator[tuple[int, bytes]]:
+        """(opcode, payload) of each frame the server sent, until it closes."""
+        while True:
+            first, second = await self.reader.readexactly(2)
+            size = second & 0x7F
+            if size == 126:
+                (size,) = struct.unpack("!H", await self.reader.readexactly(2))
+            elif size == 127:
+                (size,) = struct.unpack("!Q", await self.reader.readexactly(8))
+            payload = await self.reader.readexactly(size)
+            yield first & 0x0F, payload
+            if first & 0x0F == 0x8:
+                return
+
+
+async def test_a_client_that_stops_reading_is_disconnected_once(sfu: SfuInstance) -> None:
+    """Its own echoes (a TrackPublishedResponse per repeated AddTrackRequest) pile up unread."""
+    token = sfu.token("deaf", "robust")
+    ws = await RawWebSocket.connect(sfu, f"/rtc?access_token={token}&protocol=17&sdk=js")
+    request = rtc.SignalRequest(
+        add_track=rtc.AddTrackRequest(cid="c", name="n" * 256, type=models.TrackType.AUDIO)
+    ).SerializeToString()
+    sent = 0
+    async with asyncio.timeout(60):
+        # unread, until the SFU gives up on it (4 MiB or 4,096 responses queued)
+        while limit_hits(await scrape(sfu), "signal_outbox") == 0:
+            for _ in range(1000):
+                await ws.send(request)
+            sent += 1000
+            assert sent < 100_000
+            await asyncio.sleep(0.2)
+    kinds: list[str | None] = []
+    close: bytes = b""
+    async with asyncio.timeout(WAIT):
+        async for opcode, payload in ws.frames():
+            if opcode == 0x2:
+                kinds.append(rtc.SignalResponse.FromString(payload).WhichOneof("message"))
+            elif opcode == 0x8:
+                close = payload
+    assert kinds[-1] == "leave"
+    assert struct.unpack("!H", close[:2])[0] == 1008 and close[2:] == b"signal outbox full"
+    assert limit_hits(await scrape(sfu), "signal_outbox") == 1
+    assert sfu.log_tail(2000).count("signal outbox full; disconnecting") == 1
+    ws.writer.close()
     sfu.assert_alive()
