@@ -395,6 +395,10 @@ class Participant:
             log.info("participant %s: m-line %s has no AddTrackRequest", self.identity, media.mid)
             return
         del self.pending[pending.cid]
+        if self.room.track_count() >= self.room.max_tracks:  # others' pending tracks bound first
+            COUNTERS.limit_exceeded("tracks_per_room")
+            log.info("participant %s: room %s is full of tracks", self.identity, self.room.name)
+            return
         self._publish(pending, media)
 
     def _publish(self, pending: PendingTrack, media: PublishedMedia) -> None:

@@ -122,6 +122,20 @@ async def test_tracks_per_room_are_capped() -> None:
     await room.close()
 
 
+async def test_pending_tracks_of_several_participants_cannot_overfill_a_room() -> None:
+    room = make_room()
+    room.max_tracks = 2
+    people = [await joined(room, f"p{i}") for i in range(3)]
+    for person in people:  # all announced while the room still had room
+        person.participant.add_track(rtc.AddTrackRequest(cid="a", type=models.TrackType.AUDIO))
+    before = COUNTERS.limits_exceeded.get("tracks_per_room", 0)
+    for person in people:
+        await person.publish_audio("a", "0")
+    assert room.track_count() == 2
+    assert COUNTERS.limits_exceeded["tracks_per_room"] == before + 1
+    await room.close()
+
+
 async def test_subscription_toggles_without_answers_reuse_one_downtrack() -> None:
     room = make_room()
     alice = await joined(room, "alice")
