@@ -133,10 +133,13 @@ class Room:
             return
         infos = [(p, p.info()) for p in changed]
         public = [info for p, info in infos if not p.hidden]
+        hidden = {p.sid: info for p, info in infos if p.hidden}  # each sees only itself
         for other in list(self.participants.values()):
-            own = [info for p, info in infos if p is other and p.hidden]
-            if public or own:
-                other.send_participant_updates(public + own)
+            own = hidden.get(other.sid)
+            if own is not None:
+                other.send_participant_updates([*public, own])
+            elif public:
+                other.send_participant_updates(public)
 
     # -- tracks ---------------------------------------------------------------------------------
     def track_published(self, publisher: Participant, track: PublishedTrack) -> None:

@@ -108,3 +108,17 @@ async def test_duplicate_identity_replaces_and_closes_the_old_participant() -> N
     assert first.of_kind("leave")[0].leave.reason == models.DisconnectReason.DUPLICATE_IDENTITY
     assert first.publisher.closed and first.subscriber.closed
     await room.close()
+
+
+async def test_a_hidden_participant_is_announced_only_to_itself() -> None:
+    room = make_room()
+    alice = await joined(room, "alice")
+    ghost = await joined(room, "ghost", hidden=True)
+    await asyncio.sleep(room_module.UPDATE_INTERVAL * 2)
+    ghost_sid = ghost.participant.sid
+    assert not any(i.sid == ghost_sid for u in updates(alice) for i in u.participants)
+    assert any(i.sid == ghost_sid for u in updates(ghost) for i in u.participants)
+    await ghost.participant.close(models.DisconnectReason.CLIENT_INITIATED)
+    await asyncio.sleep(room_module.UPDATE_INTERVAL * 2)
+    assert not any(i.sid == ghost_sid for u in updates(alice) for i in u.participants)
+    await room.close()
