@@ -487,6 +487,7 @@ class Participant:
         parked = self._parked.pop(track.sid, None)
         if parked is not None:
             if parked.track is track:  # re-subscribed before the client answered: same slot
+                self._apply_initial_settings(track, parked.downtrack)
                 self._attach(parked)
                 return True
             self._release(parked)

@@ -155,6 +155,11 @@ async def test_subscription_toggles_without_answers_reuse_one_downtrack() -> Non
     assert bob.participant.subscriptions[sid] is sub
     assert bob.subscriber.add_track_calls == calls
     assert alice.participant.published[sid].receiver.sinks.count(sub.downtrack) == 1
+    # settings sent while unsubscribed apply to the reused subscription
+    bob.participant.update_subscription(rtc.UpdateSubscription(track_sids=[sid], subscribe=False))
+    bob.participant.update_track_settings(rtc.UpdateTrackSettings(track_sids=[sid], disabled=True))
+    bob.participant.update_subscription(rtc.UpdateSubscription(track_sids=[sid], subscribe=True))
+    assert bob.participant.subscriptions[sid] is sub and not sub.downtrack.enabled
     # unsubscribed and the offer answered: the m-line goes inactive for good
     bob.participant.update_subscription(rtc.UpdateSubscription(track_sids=[sid], subscribe=False))
     await bob.participant.handle_answer(rtc.SessionDescription(type="answer", sdp="a"))
