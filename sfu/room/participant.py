@@ -46,6 +46,8 @@ MAX_TRACKS_PER_PARTICIPANT = 16
 MAX_TRACK_SETTINGS = 1024
 #: track sids one UpdateSubscription may name (the rest are ignored, counted)
 MAX_SUBSCRIPTION_SIDS = 512
+#: bytes of a track sid a client may name (ours are "TR_" + 12 characters)
+MAX_SID_BYTES = 64
 DATA_LABELS = frozenset({"_reliable", "_lossy"})
 
 
@@ -602,6 +604,8 @@ class Participant:
             COUNTERS.limit_exceeded("subscription_sids")
             log.info("participant %s: UpdateSubscription with %d sids cut", self.identity, total)
         for track_sid in track_sids:
+            if not _sane_sid(track_sid):
+                continue
             if request.subscribe:
                 track = self.room.find_track(track_sid)
                 if track is None or track.publisher is self:
@@ -623,7 +627,19 @@ class Participant:
 
     def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
         """Adaptive stream: the subscriber's tile size (or quality), or disabled when hidden."""
-        for track_sid in settings.track_sids:
+        # kept per sid without the (client-sized) sid list
+        settings = rtc.UpdateTrackSettings(
+            track_sids=[sid for sid in settings.track_sids if _sane_sid(sid)],
+            disabled=settings.disabled,
+            quality=settings.quality,
+            width=settings.width,
+            height=settings.height,
+            fps=settings.fps,
+            priority=settings.priority,
+        )
+        track_sids = list(settings.track_sids)
+        del settings.track_sids[:]
+        for track_sid in track_sids:
             if (
                 len(self.track_settings) >= MAX_TRACK_SETTINGS
                 and track_sid not in self.track_settings
@@ -719,6 +735,15 @@ class Participant:
 
 class SignalStateError(Exception):
     """A request that is valid protobuf but arrives in the wrong state."""
+
+
+def _sane_sid(sid: str) -> bool:
+    """Whether a client-named sid is short enough to look up, store or echo (counted if not)."""
+    # characters ≤ bytes: the cheap bound first, so a huge sid is never encoded
+    if len(sid) <= MAX_SID_BYTES and len(sid.encode()) <= MAX_SID_BYTES:
+        return True
+    COUNTERS.limit_exceeded("track_sid_bytes")
+    return False
 
 
 def _ignore_rtp(_data: bytes) -> None:

@@ -249,3 +249,17 @@ async def test_requests_after_close_are_refused() -> None:
         alice.participant.add_track(rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO))
     assert alice.participant.publisher is None
     await room.close()
+
+
+async def test_overlong_track_sids_are_neither_stored_nor_echoed() -> None:
+    room = make_room()
+    bob = await joined(room, "bob")
+    junk = "x" * 100_000
+    before = COUNTERS.limits_exceeded.get("track_sid_bytes", 0)
+    bob.participant.update_track_settings(rtc.UpdateTrackSettings(track_sids=[junk, "TR_a"]))
+    bob.participant.update_subscription(rtc.UpdateSubscription(track_sids=[junk], subscribe=True))
+    assert list(bob.participant.track_settings) == ["TR_a"]
+    assert not bob.participant.track_settings["TR_a"].track_sids  # no copy of the request's list
+    assert not bob.of_kind("subscription_response")
+    assert COUNTERS.limits_exceeded["track_sid_bytes"] == before + 2
+    await room.close()
