@@ -125,6 +125,7 @@ class _Collector(Collector):
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),
+            ("sfu_signal_errors", "failed signal requests and RTCP rounds", c.signal_errors),
         ):
             metric = CounterMetricFamily(name, doc, labels=labels)
             metric.add_metric(node, value)

@@ -9,21 +9,25 @@ of subscribed tracks changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from livekit.protocol import models, rtc
 
-from sfu.allocator import QUALITY_HIGH, layer_sizes, preferred_layer
+from sfu.allocator import QUALITY_HIGH, layer_sizes
 from sfu.auth import ClaimGrants
 from sfu.forwarder import DownTrack, FeedbackRouter
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_participant_sid, new_ssrc
+from sfu.metrics import COUNTERS
 from sfu.receiver import RtpDemuxer, TrackReceiver
 from sfu.room.dynacast import Dynacast
+from sfu.room.permission import SubscriptionPermissions, forwardable
+from sfu.room.publication import PublishedTrack as PublishedTrack  # re-exported
+from sfu.room.publication import Subscription as Subscription
+from sfu.room.publication import close_transports
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
 from sfu.rtp import rtcp
@@ -37,8 +41,13 @@ PING_INTERVAL = 5
 PING_TIMEOUT = 15
 RTCP_INTERVAL = 1.0
 TOKEN_REFRESH_INTERVAL = 300
-MAX_PENDING_TRACKS = 32
+#: tracks a participant may publish, pending ones included (LiveKit clients publish ~4)
+MAX_TRACKS_PER_PARTICIPANT = 16
 MAX_TRACK_SETTINGS = 1024
+#: track sids one UpdateSubscription may name (the rest are ignored, counted)
+MAX_SUBSCRIPTION_SIDS = 512
+#: bytes of a track sid a client may name (ours are "TR_" + 12 characters)
+MAX_SID_BYTES = 64
 DATA_LABELS = frozenset({"_reliable", "_lossy"})
 
 
@@ -53,46 +62,6 @@ class ParticipantOptions:
     node_id: str = ""
 
 
-@dataclass
-class PublishedTrack:
-    """A track bound to an m-line of its publisher's offer."""
-
-    info: models.TrackInfo
-    publisher: Participant
-    receiver: TrackReceiver
-    mid: str
-    #: (width, height) and VideoQuality of each spatial layer, lowest first
-    layer_sizes: list[tuple[int, int]] = field(default_factory=list)
-    layer_qualities: list[int] = field(default_factory=list)
-    dynacast: Dynacast | None = None
-
-    def preferred_layer(self, settings: rtc.UpdateTrackSettings) -> int:
-        return preferred_layer(
-            self.layer_sizes,
-            self.layer_qualities,
-            settings.width,
-            settings.height,
-            settings.quality,
-        )
-
-    @property
-    def sid(self) -> TrackSid:
-        return TrackSid(self.info.sid)
-
-
-@dataclass
-class Subscription:
-    track: PublishedTrack
-    downtrack: DownTrack
-    mid: str
-    stream_id: str = field(default="")
-    paused: bool = False  # last StreamState sent to the subscriber
-    #: the id of the first subscriber offer carrying this track (0: not offered yet)
-    offer_id: int = 0
-    #: whether the client has answered that offer (it knows the SSRC: media may flow)
-    negotiated: bool = False
-
-
 class Participant:
     def __init__(
         self,
@@ -102,6 +71,8 @@ class Participant:
         transport_config: TransportConfig,
         send: Callable[[rtc.SignalResponse], None],
         refresh_token: Callable[[ClaimGrants], str] | None = None,
+        *,
+        make_transport: Callable[..., PeerTransport] = PeerTransport,
     ) -> None:
         self.room = room
         self.grants = grants
@@ -109,6 +80,10 @@ class Participant:
         self.transport_config = transport_config
         self._send = send
         self._refresh_token = refresh_token
+        self._make_transport = make_transport
+        #: called once when the participant closes, after its leave was sent: the session
+        #: flushes its outbox and closes the WebSocket
+        self.on_close: Callable[[], None] | None = None
         self.sid: ParticipantSid = new_participant_sid()
         self.identity = ParticipantIdentity(grants.identity)
         self.name = grants.name
@@ -130,6 +105,12 @@ class Participant:
         self.pending: dict[str, PendingTrack] = {}
         self.published: dict[TrackSid, PublishedTrack] = {}
         self.subscriptions: dict[TrackSid, Subscription] = {}
+        #: subscriptions dropped before the client answered the offer carrying them: kept (off
+        #: the receiver) until the next offer, so subscribe/unsubscribe toggles reuse them
+        self._parked: dict[TrackSid, Subscription] = {}
+        #: tracks this participant wants but their publisher does not allow it
+        self.denied: set[TrackSid] = set()
+        self.subscription_permission = SubscriptionPermissions()
         #: the latest UpdateTrackSettings per track; may arrive before the subscription binds
         self.track_settings: dict[TrackSid, rtc.UpdateTrackSettings] = {}
         self.publisher: PeerTransport | None = None
@@ -141,6 +122,7 @@ class Participant:
         self._renegotiate = False
         self._negotiation_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rtcp_error_logged = False
         self.closed = False
 
     # -- properties -----------------------------------------------------------------------------
@@ -223,7 +205,7 @@ class Participant:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, existing_tracks: Iterable[PublishedTrack]) -> None:
         """Create the subscriber PC (with data channels and the existing tracks) and offer it."""
-        self.subscriber = PeerTransport(
+        self.subscriber = self._make_transport(
             "subscriber",
             self.transport_config,
             on_rtp=_ignore_rtp,
@@ -254,12 +236,18 @@ class Participant:
             self._unpublish(track)
         for track_sid in list(self.subscriptions):
             self.unsubscribe(track_sid, renegotiate=False)
+        self._release_parked()
+        self.denied.clear()
         self.room.remove(self)
+        if self.on_close is not None:
+            self.on_close()
+        # A close spawned from a transport callback runs in one of our own tasks: cancelling it
+        # would stop the transports' close half way and leak their sockets.
+        current = asyncio.current_task()
         for task in list(self._tasks):
-            task.cancel()
-        for transport in (self.publisher, self.subscriber):
-            if transport is not None:
-                await transport.close()
+            if task is not current:
+                task.cancel()
+        await close_transports(self.publisher, self.subscriber)
         self._tasks.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -281,8 +269,9 @@ class Participant:
         if state == "connected" and self.state != models.ParticipantInfo.State.ACTIVE:
             self.state = models.ParticipantInfo.State.ACTIVE
             self.room.broadcast_participant(self)
-        elif state == "failed" and not self.closed:
-            log.info("participant %s: publisher transport failed", self.identity)
+        elif state in ("failed", "closed") and not self.closed:
+            # "closed": the client sent DTLS close_notify; its tracks must not stay advertised
+            log.info("participant %s: publisher transport %s", self.identity, state)
             self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
 
     # -- subscriber negotiation -------------------------------------------------------------------
@@ -298,6 +287,7 @@ class Participant:
                 self._renegotiate = True
                 return
             self._renegotiate = False
+            self._release_parked()
             sdp = await self.subscriber.create_offer()
             self._offer_id += 1
             self._awaiting_answer = True
@@ -331,6 +321,8 @@ class Participant:
 
     # -- publishing ----------------------------------------------------------------------------
     def add_track(self, request: rtc.AddTrackRequest) -> None:
+        if self.closed:
+            raise SignalStateError("AddTrackRequest after the participant closed")
         if not self.permission.can_publish:
             raise TrackRequestError(
                 rtc.RequestResponse.Reason.NOT_ALLOWED, "not allowed to publish"
@@ -344,9 +336,17 @@ class Participant:
             return
         pending = self.pending.get(request.cid)
         if pending is None:
-            if len(self.pending) >= MAX_PENDING_TRACKS:
+            if len(self.published) + len(self.pending) >= MAX_TRACKS_PER_PARTICIPANT:
+                COUNTERS.limit_exceeded("tracks_per_participant")
                 raise TrackRequestError(
-                    rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "too many pending tracks"
+                    rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+                    f"at most {MAX_TRACKS_PER_PARTICIPANT} tracks per participant",
+                )
+            if self.room.track_count() + len(self.pending) >= self.room.max_tracks:
+                COUNTERS.limit_exceeded("tracks_per_room")
+                raise TrackRequestError(
+                    rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+                    f"at most {self.room.max_tracks} tracks per room",
                 )
             sources = self.grants.video.can_publish_sources
             pending = PendingTrack(request.cid, track_info_from_request(request, sources))
@@ -355,8 +355,10 @@ class Participant:
         self.send(rtc.SignalResponse(track_published=published))
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
+        if self.closed:
+            raise SignalStateError("publisher offer after the participant closed")
         if self.publisher is None:
-            self.publisher = PeerTransport(
+            self.publisher = self._make_transport(
                 "publisher",
                 self.transport_config,
                 on_rtp=self.demuxer.on_rtp,
@@ -366,6 +368,8 @@ class Participant:
             )
         log.debug("participant %s: publisher offer %d:\n%s", self.identity, offer.id, offer.sdp)
         sdp, medias = await self.publisher.handle_offer(offer.sdp)
+        if self.closed:  # closed while answering: close() has closed the publisher too
+            raise SignalStateError("participant closed while its offer was answered")
         log.debug("participant %s: publisher answer:\n%s", self.identity, sdp)
         self.send(
             rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
@@ -393,6 +397,10 @@ class Participant:
             log.info("participant %s: m-line %s has no AddTrackRequest", self.identity, media.mid)
             return
         del self.pending[pending.cid]
+        if self.room.track_count() >= self.room.max_tracks:  # others' pending tracks bound first
+            COUNTERS.limit_exceeded("tracks_per_room")
+            log.info("participant %s: room %s is full of tracks", self.identity, self.room.name)
+            return
         self._publish(pending, media)
 
     def _publish(self, pending: PendingTrack, media: PublishedMedia) -> None:
@@ -462,9 +470,29 @@ class Participant:
         if self._add_subscription(track):
             self._spawn(self.negotiate())
 
+    def permits(self, subscriber: Participant, track: PublishedTrack) -> bool:
+        """Whether this publisher's SubscriptionPermission lets ``subscriber`` have ``track``."""
+        return self.subscription_permission.allows(subscriber.identity, subscriber.sid, track.sid)
+
     def _add_subscription(self, track: PublishedTrack) -> bool:
         if self.subscriber is None or track.sid in self.subscriptions or self.closed:
             return False
+        if not track.publisher.permits(self, track):
+            # LiveKit keeps the wish and tells the client it is not allowed (for now)
+            if track.sid not in self.denied:
+                self.denied.add(track.sid)
+                self.send_permission(track, allowed=False)
+            return False
+        if self.denied and track.sid in self.denied:
+            self.denied.discard(track.sid)
+            self.send_permission(track, allowed=True)
+        parked = self._parked.pop(track.sid, None)
+        if parked is not None:
+            if parked.track is track:  # re-subscribed before the client answered: same slot
+                self._apply_initial_settings(track, parked.downtrack)
+                self._attach(parked)
+                return True
+            self._release(parked)
         receiver = track.receiver
         ssrc = new_ssrc()
         # PA_|TR_ (LiveKit's default, not the PA_|camera sync form): clients then read the track
@@ -481,11 +509,36 @@ class Participant:
             cname=self.sid,
         )
         self._apply_initial_settings(track, downtrack)
-        receiver.add_sink(downtrack)
-        self.feedback.add(downtrack)
-        self.subscriptions[track.sid] = Subscription(track, downtrack, mid, stream_id)
-        receiver.demand_changed()
+        self._attach(Subscription(track, downtrack, mid, stream_id))
         return True
+
+    def _attach(self, sub: Subscription) -> None:
+        self.subscriptions[sub.track.sid] = sub
+        sub.track.receiver.add_sink(sub.downtrack)
+        self.feedback.add(sub.downtrack)
+        sub.track.receiver.demand_changed()
+
+    def _detach(self, sub: Subscription) -> None:
+        sub.track.receiver.remove_sink(sub.downtrack)
+        self.feedback.remove(sub.downtrack)
+        sub.track.receiver.demand_changed()
+
+    def _release(self, sub: Subscription) -> None:
+        """Drop a detached subscription for good: its m-line goes inactive in the next offer."""
+        sub.downtrack.close()
+        if self.subscriber is not None:
+            self.subscriber.remove_track(sub.mid)
+
+    def _release_parked(self) -> None:
+        parked, self._parked = self._parked, {}
+        for sub in parked.values():
+            self._release(sub)
+
+    def send_permission(self, track: PublishedTrack, *, allowed: bool) -> None:
+        update = rtc.SubscriptionPermissionUpdate(
+            participant_sid=track.publisher.sid, track_sid=track.sid, allowed=allowed
+        )
+        self.send(rtc.SignalResponse(subscription_permission_update=update))
 
     def _start_negotiated(self) -> None:
         """Let media flow on subscriptions the client knows about, once the PC is up: a key
@@ -517,24 +570,42 @@ class Participant:
         downtrack.max_layer = max(layer, 0)
         downtrack.enabled = (self.options.adaptive_stream or not settings.disabled) and layer >= 0
 
-    def unsubscribe(self, track_sid: str, *, renegotiate: bool = True) -> None:
-        sub = self.subscriptions.pop(TrackSid(track_sid), None)
+    def unsubscribe(self, track_sid: str, *, renegotiate: bool = True, park: bool = False) -> None:
+        """Stop forwarding a track. With ``park``, a subscription the client has not answered yet
+        keeps its DownTrack and m-line until the next offer, for a re-subscribe to reuse."""
+        sid = TrackSid(track_sid)
+        self.denied.discard(sid)
+        sub = self.subscriptions.pop(sid, None)
         if sub is None:
+            parked = self._parked.pop(sid, None)
+            if parked is not None and not park:
+                self._release(parked)
+            elif parked is not None:
+                self._parked[sid] = parked
             return
-        sub.track.receiver.remove_sink(sub.downtrack)
-        self.feedback.remove(sub.downtrack)
-        sub.downtrack.close()
-        sub.track.receiver.demand_changed()
-        if self.subscriber is not None:
-            self.subscriber.remove_track(sub.mid)
+        self._detach(sub)
+        if park and not sub.negotiated and not self.closed:
+            self._parked[sid] = sub
+        else:
+            self._release(sub)
         if renegotiate and not self.closed:
             self._spawn(self.negotiate())
 
     def update_subscription(self, request: rtc.UpdateSubscription) -> None:
-        track_sids = list(request.track_sids) + [
-            sid for pt in request.participant_tracks for sid in pt.track_sids
-        ]
+        track_sids = list(request.track_sids[:MAX_SUBSCRIPTION_SIDS])
+        for pt in request.participant_tracks:
+            if len(track_sids) >= MAX_SUBSCRIPTION_SIDS:
+                break
+            track_sids += pt.track_sids[: MAX_SUBSCRIPTION_SIDS - len(track_sids)]
+        total = len(request.track_sids) + sum(
+            len(pt.track_sids) for pt in request.participant_tracks
+        )
+        if total > len(track_sids):
+            COUNTERS.limit_exceeded("subscription_sids")
+            log.info("participant %s: UpdateSubscription with %d sids cut", self.identity, total)
         for track_sid in track_sids:
+            if not _sane_sid(track_sid):
+                continue
             if request.subscribe:
                 track = self.room.find_track(track_sid)
                 if track is None or track.publisher is self:
@@ -546,15 +617,34 @@ class Participant:
                 if self.can_subscribe:
                     self.subscribe(track)
             else:
-                self.unsubscribe(track_sid)
+                self.unsubscribe(track_sid, park=True)
+
+    def update_subscription_permission(self, request: rtc.SubscriptionPermission) -> None:
+        """A publisher's SubscriptionPermission: drop the subscriptions it no longer allows and
+        grant the waiting ones it now allows (LiveKit's SubscriptionPermissionUpdate both ways)."""
+        self.subscription_permission.update(request)
+        self.room.permission_changed(self)
 
     def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
         """Adaptive stream: the subscriber's tile size (or quality), or disabled when hidden."""
-        for track_sid in settings.track_sids:
+        # kept per sid without the (client-sized) sid list
+        settings = rtc.UpdateTrackSettings(
+            track_sids=[sid for sid in settings.track_sids if _sane_sid(sid)],
+            disabled=settings.disabled,
+            quality=settings.quality,
+            width=settings.width,
+            height=settings.height,
+            fps=settings.fps,
+            priority=settings.priority,
+        )
+        track_sids = list(settings.track_sids)
+        del settings.track_sids[:]
+        for track_sid in track_sids:
             if (
                 len(self.track_settings) >= MAX_TRACK_SETTINGS
                 and track_sid not in self.track_settings
             ):
+                COUNTERS.limit_exceeded("track_settings")
                 continue  # a client cannot grow this without bound with made-up track sids
             self.track_settings[TrackSid(track_sid)] = settings
             sub = self.subscriptions.get(TrackSid(track_sid))
@@ -578,6 +668,11 @@ class Participant:
         except Exception:  # protobuf DecodeError
             log.info("participant %s: malformed DataPacket dropped", self.identity)
             return
+        if not forwardable(packet):
+            log.debug(
+                "participant %s: %s packet dropped", self.identity, packet.WhichOneof("value")
+            )
+            return
         packet.participant_identity = self.identity
         packet.participant_sid = self.sid
         if packet.HasField("user"):
@@ -590,18 +685,25 @@ class Participant:
         """Receiver reports + REMB to the publisher, sender reports to the subscriber, every second."""
         while not self.closed:
             await asyncio.sleep(RTCP_INTERVAL)
-            with contextlib.suppress(Exception):
-                if self.publisher is not None and self.publisher.state == "connected":
-                    report = self.demuxer.rtcp_reports()
-                    if report:
-                        self.publisher.send_rtcp(report)
-            with contextlib.suppress(Exception):
-                if self.subscriber is not None and self.subscriber.state == "connected":
-                    # one SR + SDES per forwarded stream, packed into as few datagrams as fit
-                    reports = [sub.downtrack.sender_report() for sub in self.subscriptions.values()]
-                    for compound in rtcp.pack_compounds(r for r in reports if r):
-                        self.subscriber.send_rtcp(compound)
-                    self._send_stream_states()
+            try:
+                self._send_rtcp_reports()
+            except Exception:  # one bad report must not end the loop; say so, once
+                COUNTERS.signal_errors += 1
+                if not self._rtcp_error_logged:
+                    self._rtcp_error_logged = True
+                    log.exception("participant %s: RTCP reports failed", self.identity)
+
+    def _send_rtcp_reports(self) -> None:
+        if self.publisher is not None and self.publisher.state == "connected":
+            report = self.demuxer.rtcp_reports()
+            if report:
+                self.publisher.send_rtcp(report)
+        if self.subscriber is not None and self.subscriber.state == "connected":
+            # one SR + SDES per forwarded stream, packed into as few datagrams as fit
+            reports = [sub.downtrack.sender_report() for sub in self.subscriptions.values()]
+            for compound in rtcp.pack_compounds(r for r in reports if r):
+                self.subscriber.send_rtcp(compound)
+            self._send_stream_states()
 
     def _send_stream_states(self) -> None:
         """StreamStateUpdate for subscriptions that became paused (the publisher sends no layer
@@ -633,6 +735,15 @@ class Participant:
 
 class SignalStateError(Exception):
     """A request that is valid protobuf but arrives in the wrong state."""
+
+
+def _sane_sid(sid: str) -> bool:
+    """Whether a client-named sid is short enough to look up, store or echo (counted if not)."""
+    # characters ≤ bytes: the cheap bound first, so a huge sid is never encoded
+    if len(sid) <= MAX_SID_BYTES and len(sid.encode()) <= MAX_SID_BYTES:
+        return True
+    COUNTERS.limit_exceeded("track_sid_bytes")
+    return False
 
 
 def _ignore_rtp(_data: bytes) -> None:

@@ -16,15 +16,20 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models
 
 from sfu.config import RoomConfig
-from sfu.ids import ParticipantIdentity, RoomName, RoomSid, TrackSid, new_room_sid
+from sfu.ids import ParticipantIdentity, ParticipantSid, RoomName, RoomSid, TrackSid, new_room_sid
 
 if TYPE_CHECKING:
-    from sfu.room.participant import Participant, PublishedTrack
+    from sfu.room.participant import Participant
+    from sfu.room.publication import PublishedTrack
 
 log = logging.getLogger(__name__)
 
 SPEAKER_INTERVAL = 0.4  # seconds between SpeakersChanged updates (LiveKit's audio update interval)
 SPEAKER_LEVEL_STEP = 0.05  # level changes smaller than this are not re-sent
+#: tracks published in one room (each participant may publish MAX_TRACKS_PER_PARTICIPANT)
+MAX_ROOM_TRACKS = 512
+#: ParticipantUpdates are batched: changes within this many seconds go out as one message
+UPDATE_INTERVAL = 0.05
 
 
 class Room:
@@ -52,6 +57,12 @@ class Room:
         )
         self.metadata = metadata
         self.participants: dict[ParticipantIdentity, Participant] = {}
+        #: every published track by sid (UpdateSubscription looks sids up here)
+        self.tracks: dict[TrackSid, PublishedTrack] = {}
+        self.max_tracks = MAX_ROOM_TRACKS
+        #: participants whose info changed since the last ParticipantUpdate went out
+        self._changed: dict[ParticipantSid, Participant] = {}
+        self._update_timer: asyncio.TimerHandle | None = None
         self._speakers: dict[str, float] = {}
         self._speaker_task: asyncio.Task[None] | None = None
         self._on_close = on_close
@@ -100,38 +111,71 @@ class Room:
         """Forget a participant that has closed (called by Participant.close)."""
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
-        if not participant.hidden:
-            update = participant.info()
-            for other in self.participants.values():
-                other.send_participant_updates([update])
+        self.broadcast_participant(participant)
         if not self.participants and not self.closed:
             self._schedule_close(self.departure_timeout)
 
     def broadcast_participant(self, participant: Participant) -> None:
-        """Send a participant's full info to everyone in the room, itself included."""
-        update = participant.info()
+        """Send a participant's full info to everyone in the room (itself included) with the next
+        batch: a burst of changes (mute toggles, joins) costs one ParticipantUpdate each."""
+        self._changed[participant.sid] = participant
+        if self._update_timer is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._update_timer = loop.call_later(UPDATE_INTERVAL, self.flush_updates)
+
+    def flush_updates(self) -> None:
+        """Send the batched ParticipantUpdates now: one message per recipient."""
+        if self._update_timer is not None:
+            self._update_timer.cancel()
+            self._update_timer = None
+        changed, self._changed = list(self._changed.values()), {}
+        if not changed:
+            return
+        infos = [(p, p.info()) for p in changed]
+        public = [info for p, info in infos if not p.hidden]
+        hidden = {p.sid: info for p, info in infos if p.hidden}  # each sees only itself
         for other in list(self.participants.values()):
-            if other is participant or not participant.hidden:
-                other.send_participant_updates([update])
+            own = hidden.get(other.sid)
+            if own is not None:
+                other.send_participant_updates([*public, own])
+            elif public:
+                other.send_participant_updates(public)
 
     # -- tracks ---------------------------------------------------------------------------------
     def track_published(self, publisher: Participant, track: PublishedTrack) -> None:
+        self.tracks[track.sid] = track
+        # the update naming the track goes before the subscriber offers carrying it
         self.broadcast_participant(publisher)
+        self.flush_updates()
         for other in self.others(publisher):
             if other.auto_subscribe and other.can_subscribe:
                 other.subscribe(track)
 
     def track_unpublished(self, publisher: Participant, track: PublishedTrack) -> None:
+        if self.tracks.get(track.sid) is track:
+            del self.tracks[track.sid]
         for other in self.others(publisher):
             other.unsubscribe(track.sid)
         self.broadcast_participant(publisher)
+        self.flush_updates()
 
     def find_track(self, track_sid: str) -> PublishedTrack | None:
-        for participant in self.participants.values():
-            track = participant.published.get(TrackSid(track_sid))
-            if track is not None:
-                return track
-        return None
+        return self.tracks.get(TrackSid(track_sid))
+
+    def track_count(self) -> int:
+        return len(self.tracks)
+
+    def permission_changed(self, publisher: Participant) -> None:
+        """Apply a publisher's new SubscriptionPermission to everyone else."""
+        for other in self.others(publisher):
+            for track in publisher.published.values():
+                allowed = publisher.permits(other, track)
+                if not allowed and track.sid in other.subscriptions:
+                    other.unsubscribe(track.sid)
+                    other.denied.add(track.sid)
+                    other.send_permission(track, allowed=False)
+                elif allowed and track.sid in other.denied:
+                    other.subscribe(track)
 
     def route_data(self, sender: Participant, packet: models.DataPacket, label: str) -> None:
         destinations = set(packet.destination_identities) or set(packet.user.destination_identities)
@@ -195,6 +239,9 @@ class Room:
             return
         self.closed = True
         self._cancel_close()
+        if self._update_timer is not None:
+            self._update_timer.cancel()
+            self._update_timer = None
         if self._speaker_task is not None:
             self._speaker_task.cancel()
         for participant in list(self.participants.values()):

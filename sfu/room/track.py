@@ -7,10 +7,18 @@ from dataclasses import dataclass, field
 from livekit.protocol import models, rtc
 
 from sfu.ids import TrackSid, new_track_sid
+from sfu.metrics import COUNTERS
 
 #: rid → spatial layer when three encodings are published (LiveKit: q/h/f = LOW/MEDIUM/HIGH).
 RID_ORDER = ("q", "h", "f")
 SVC_CODECS = frozenset({"vp9", "av1"})
+#: LiveKit clients publish at most 3 simulcast layers and 2 codecs (primary + backup); more is
+#: refused before anything is copied (docs/limits.md).
+MAX_LAYERS = 3
+MAX_SIMULCAST_CODECS = 2
+#: bytes of each free-form string of an AddTrackRequest (name, stream, cid, codec names)
+MAX_FIELD_BYTES = 256
+MAX_AUDIO_FEATURES = 16
 SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
     models.TrackSource.MICROPHONE: "microphone",
@@ -40,6 +48,29 @@ def spatial_layers_for_rids(rids: list[str]) -> dict[str, int]:
     return {rid: index for index, rid in enumerate(ordered)}
 
 
+def _limit(name: str, message: str) -> TrackRequestError:
+    COUNTERS.limit_exceeded(name)
+    return TrackRequestError(rtc.RequestResponse.Reason.LIMIT_EXCEEDED, message)
+
+
+def check_request_limits(request: rtc.AddTrackRequest) -> None:
+    """Refuse an AddTrackRequest whose counts or strings exceed what any LiveKit client sends.
+
+    Runs before anything is copied: the repeated fields' lengths are O(1) to read.
+    """
+    if len(request.layers) > MAX_LAYERS:
+        raise _limit("track_layers", f"at most {MAX_LAYERS} layers per track")
+    if len(request.simulcast_codecs) > MAX_SIMULCAST_CODECS:
+        raise _limit("track_codecs", f"at most {MAX_SIMULCAST_CODECS} simulcast codecs per track")
+    if len(request.audio_features) > MAX_AUDIO_FEATURES:
+        raise _limit("track_audio_features", f"at most {MAX_AUDIO_FEATURES} audio features")
+    strings = [request.cid, request.name, request.stream, request.sid]
+    for codec in request.simulcast_codecs:
+        strings += (codec.codec, codec.cid)
+    if any(len(text.encode()) > MAX_FIELD_BYTES for text in strings):
+        raise _limit("track_field_bytes", f"track strings are limited to {MAX_FIELD_BYTES} bytes")
+
+
 def track_info_from_request(
     request: rtc.AddTrackRequest, allowed_sources: tuple[str, ...]
 ) -> models.TrackInfo:
@@ -55,6 +86,7 @@ def track_info_from_request(
         )
     if not request.cid:
         raise TrackRequestError(rtc.RequestResponse.Reason.UNCLASSIFIED_ERROR, "cid is required")
+    check_request_limits(request)
     info = models.TrackInfo(
         sid=new_track_sid(),
         type=request.type,

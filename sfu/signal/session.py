@@ -37,7 +37,9 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
-OUTBOX_LIMIT = 4096
+OUTBOX_LIMIT = 4096  # messages
+#: bytes of encoded responses a session may hold for a client that does not read them
+OUTBOX_BYTES = 4 * 1024 * 1024
 
 
 class ProtocolViolation(Exception):
@@ -56,29 +58,78 @@ class SignalSession:
         self.websocket = websocket
         self.max_message_size = max_message_size
         self.use_json = False
-        self._outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue(OUTBOX_LIMIT)
+        #: encoded responses (bytes, or str for protojson); None ends the writer
+        self._outbox: asyncio.Queue[bytes | str | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self._queued_bytes = 0
+        #: set once the outbox is ended: later responses are dropped, not queued
+        self._ended = False
+        self._close_code, self._close_reason = CLOSE_NORMAL, ""
+        self._overflow_close: asyncio.Task[None] | None = None
         self.participant: Participant | None = None
         self._last_received = time.monotonic()
 
     # -- outgoing ---------------------------------------------------------------------------------
     def send(self, response: rtc.SignalResponse) -> None:
         """Queue a response; a client that stops reading is disconnected, not buffered forever."""
-        try:
-            self._outbox.put_nowait(response)
-        except asyncio.QueueFull:
-            log.warning("signal outbox full; closing the session")
-            self._outbox = asyncio.Queue(1)
-            self._outbox.put_nowait(None)
+        if self._ended:
+            return
+        encoded = self._encode(response)
+        size = len(encoded)
+        if self._queued_bytes + size > OUTBOX_BYTES or self._outbox.full():
+            self._overflow()
+            return
+        self._queued_bytes += size
+        self._outbox.put_nowait(encoded)
+
+    def _encode(self, response: rtc.SignalResponse) -> bytes | str:
+        if self.use_json:
+            return json_format.MessageToJson(response, indent=None)
+        return response.SerializeToString()
+
+    def _overflow(self) -> None:
+        """The client does not read: drop what is queued, send a leave, close the socket and the
+        participant. Logged and counted once."""
+        COUNTERS.limit_exceeded("signal_outbox")
+        identity = self.participant.identity if self.participant is not None else "?"
+        log.warning("participant %s: signal outbox full; disconnecting", identity)
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        leave = rtc.LeaveRequest(
+            reason=models.DisconnectReason.SIGNAL_CLOSE, action=rtc.LeaveRequest.Action.DISCONNECT
+        )
+        encoded = self._encode(rtc.SignalResponse(leave=leave))
+        self._queued_bytes = len(encoded)
+        self._outbox.put_nowait(encoded)
+        self._close_code, self._close_reason = CLOSE_POLICY, "signal outbox full"
+        self.send_close()
+        participant = self.participant
+        if participant is not None and not participant.closed:
+            self._overflow_close = asyncio.ensure_future(
+                participant.close(models.DisconnectReason.SIGNAL_CLOSE)
+            )
+
+    def send_close(self) -> None:
+        """End the outbox: the writer sends what is queued, then closes the WebSocket."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._outbox.full():  # make room for the end marker: the client is not reading
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(None)
 
     async def _writer(self) -> None:
         while True:
-            response = await self._outbox.get()
-            if response is None:
-                return
-            if self.use_json:
-                await self.websocket.send_text(json_format.MessageToJson(response, indent=None))
+            encoded = await self._outbox.get()
+            if encoded is None:
+                break
+            self._queued_bytes -= len(encoded)
+            if isinstance(encoded, str):
+                await self.websocket.send_text(encoded)
             else:
-                await self.websocket.send_bytes(response.SerializeToString())
+                await self.websocket.send_bytes(encoded)
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(self._close_code, self._close_reason)
 
     # -- incoming ---------------------------------------------------------------------------------
     def decode(self, message: Mapping[str, Any]) -> rtc.SignalRequest:
@@ -101,6 +152,7 @@ class SignalSession:
     async def run(self, participant: Participant, on_ready: Callable[[], Awaitable[None]]) -> None:
         """Serve the session until the client leaves, the socket closes, or a violation."""
         self.participant = participant
+        participant.on_close = self.send_close
         writer = asyncio.ensure_future(self._writer())
         close_code, close_reason = CLOSE_NORMAL, ""
         try:
@@ -124,10 +176,11 @@ class SignalSession:
                     )
                 except TimeoutError:
                     close_code, close_reason = CLOSE_POLICY, "ping timeout"
+                    self._close_code, self._close_reason = close_code, close_reason
                     await participant.close(models.DisconnectReason.SIGNAL_CLOSE)
                     break
-                if message["type"] == "websocket.disconnect":
-                    break
+                if message["type"] == "websocket.disconnect" or participant.closed:
+                    break  # closed meanwhile (duplicate identity, transport failure, room close)
                 self._last_received = time.monotonic()
                 try:
                     request = self.decode(message)
@@ -152,6 +205,8 @@ class SignalSession:
         except WebSocketDisconnect:
             pass
         finally:
+            if close_code != CLOSE_NORMAL and self._close_code == CLOSE_NORMAL:
+                self._close_code, self._close_reason = close_code, close_reason
             if not participant.closed:
                 reason = (
                     models.DisconnectReason.CLIENT_INITIATED
@@ -166,10 +221,6 @@ class SignalSession:
             if self.websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(close_code, close_reason)
-
-    def send_close(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(None)
 
     async def dispatch(self, participant: Participant, request: rtc.SignalRequest) -> None:
         kind = request.WhichOneof("message")
@@ -207,6 +258,13 @@ class SignalSession:
             participant.update_subscription(request.subscription)
         elif kind == "track_setting":
             participant.update_track_settings(request.track_setting)
+        elif kind == "subscription_permission":
+            try:
+                participant.update_subscription_permission(request.subscription_permission)
+            except TrackRequestError as exc:  # RequestResponse has no field for this request
+                response = rtc.RequestResponse(reason=exc.reason, message=exc.message)
+                self.send(rtc.SignalResponse(request_response=response))
+                raise
         elif kind == "leave":
             await participant.close(models.DisconnectReason.CLIENT_INITIATED)
         elif kind == "ping":
@@ -219,7 +277,7 @@ class SignalSession:
         elif kind is None:
             raise SignalStateError("empty SignalRequest")
         else:
-            # update_metadata, subscription_permission, sync_state, simulate, data tracks...:
+            # update_metadata, sync_state, simulate, data tracks...:
             # accepted and ignored, as a v0 server without those features may.
             log.debug("participant %s: ignoring %s", participant.identity, kind)
 

@@ -1,0 +1,178 @@
+"""SignalSession: requests after a close, closing the WebSocket, the outbox byte budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from livekit.protocol import models, rtc
+from starlette.websockets import WebSocketState
+
+from sfu.auth import ClaimGrants
+from sfu.metrics import COUNTERS, Metrics
+from sfu.room.participant import Participant, ParticipantOptions
+from sfu.signal import session as session_module
+from sfu.signal.session import CLOSE_NORMAL, CLOSE_POLICY, SignalSession
+from sfu.transport import PublishedMedia, TransportConfig
+from tests.sfu.room.fakes import OPUS, make_room, make_transport
+
+
+class FakeWebSocket:
+    """The parts of starlette's WebSocket a session uses; the test plays the client."""
+
+    def __init__(self, *, reading: bool = True) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[rtc.SignalResponse] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.application_state = WebSocketState.CONNECTED
+        self.reading = asyncio.Event()
+        if reading:
+            self.reading.set()
+
+    def request(self, request: rtc.SignalRequest) -> None:
+        self.incoming.put_nowait(
+            {"type": "websocket.receive", "bytes": request.SerializeToString()}
+        )
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.reading.wait()
+        self.sent.append(rtc.SignalResponse.FromString(data))
+
+    async def send_text(self, data: str) -> None:
+        raise AssertionError("binary session")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = (code, reason)
+        self.application_state = WebSocketState.DISCONNECTED
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": code})
+
+    def of_kind(self, kind: str) -> list[rtc.SignalResponse]:
+        return [r for r in self.sent if r.WhichOneof("message") == kind]
+
+
+class Connection:
+    def __init__(self, room: Any, identity: str, *, reading: bool = True) -> None:
+        self.websocket = FakeWebSocket(reading=reading)
+        self.session = SignalSession(self.websocket, 1 << 20)  # type: ignore[arg-type]
+        grants = ClaimGrants(api_key="k", identity=identity)
+        self.participant = Participant(
+            room,
+            grants,
+            ParticipantOptions(),
+            TransportConfig(),
+            self.session.send,
+            make_transport=make_transport,
+        )
+        self.task = asyncio.ensure_future(
+            self.session.run(self.participant, on_ready=lambda: room.join(self.participant))
+        )
+
+    async def until(self, predicate: Any, within: float = 2.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+
+async def test_a_replaced_participant_handles_no_more_requests() -> None:
+    room = make_room()
+    a = Connection(room, "x")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    a.websocket.request(
+        rtc.SignalRequest(add_track=rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO))
+    )
+    await a.until(lambda: a.websocket.of_kind("track_published"))
+    b = Connection(room, "x")  # same identity: A gets a leave and its socket is closed
+    await b.until(lambda: b.websocket.of_kind("join"))
+    await a.until(lambda: a.participant.closed)
+    a.participant._make_transport = lambda *args, **kw: pytest.fail("new PeerTransport")
+    a.websocket.request(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="x")))
+    await a.until(lambda: a.task.done())
+    assert a.participant.publisher is None and not room.tracks
+    leaves = a.websocket.of_kind("leave")
+    assert [r.leave.reason for r in leaves] == [models.DisconnectReason.DUPLICATE_IDENTITY]
+    assert a.websocket.closed_with is not None and a.websocket.closed_with[0] == CLOSE_NORMAL
+    assert not b.participant.closed
+    b.websocket.request(rtc.SignalRequest(leave=rtc.LeaveRequest()))
+    await b.until(lambda: b.task.done())
+    await room.close()
+
+
+async def test_closing_the_participant_closes_the_websocket() -> None:
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    await room.close()
+    await a.until(lambda: a.task.done())
+    assert a.websocket.of_kind("leave")[0].leave.reason == models.DisconnectReason.ROOM_CLOSED
+    assert a.websocket.closed_with == (CLOSE_NORMAL, "")
+
+
+async def test_a_client_that_stops_reading_is_disconnected_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(session_module, "OUTBOX_BYTES", 64 * 1024)
+    room = make_room()
+    talker = Connection(room, "talker")
+    await talker.until(lambda: talker.websocket.of_kind("join"))
+    talker.websocket.request(
+        rtc.SignalRequest(
+            add_track=rtc.AddTrackRequest(cid="c", name="n" * 256, type=models.TrackType.AUDIO)
+        )
+    )
+    await talker.until(lambda: talker.websocket.of_kind("track_published"))
+    media = PublishedMedia("0", "audio", "sendonly", ("s", "c"), (), (), OPUS, {})
+    # the first offer creates the (fake) publisher PC, the second binds the m-line
+    talker.websocket.request(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="x")))
+    await talker.until(lambda: talker.participant.publisher is not None)
+    talker.participant.publisher.medias = [media]  # type: ignore[attr-defined]
+    talker.websocket.request(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="y")))
+    await talker.until(lambda: talker.participant.published)
+    sid = next(iter(talker.participant.published))
+    deaf = Connection(room, "deaf", reading=False)
+    await deaf.until(lambda: deaf.participant.subscriber is not None)
+    before = COUNTERS.limits_exceeded.get("signal_outbox", 0)
+    with caplog.at_level(logging.WARNING, logger="sfu.signal.session"):
+        for i in range(2000):
+            talker.participant.set_track_muted(sid, i % 2 == 0)
+            room.flush_updates()
+            await asyncio.sleep(0)  # the talker's own writer keeps up
+        await deaf.until(lambda: deaf.participant.closed)
+        deaf.websocket.reading.set()
+        await deaf.until(lambda: deaf.task.done())
+    warnings = [r for r in caplog.records if "outbox full" in r.getMessage()]
+    assert len(warnings) == 1
+    assert COUNTERS.limits_exceeded["signal_outbox"] == before + 1
+    assert [r.WhichOneof("message") for r in deaf.websocket.sent][-1] == "leave"
+    assert deaf.websocket.closed_with == (CLOSE_POLICY, "signal outbox full")
+    assert "deaf" not in room.participants and not talker.participant.closed
+    await room.close()
+
+
+async def test_refused_requests_are_counted_in_sfu_signal_errors_total() -> None:
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    before = COUNTERS.signal_errors
+    a.websocket.request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid="TR_nope", muted=True)))
+    too_many = [rtc.TrackPermission(participant_identity=f"p{i}") for i in range(2000)]
+    a.websocket.request(
+        rtc.SignalRequest(
+            subscription_permission=rtc.SubscriptionPermission(track_permissions=too_many)
+        )
+    )
+    await a.until(lambda: len(a.websocket.of_kind("request_response")) == 2)
+    reasons = [r.request_response.reason for r in a.websocket.of_kind("request_response")]
+    assert reasons == [
+        rtc.RequestResponse.Reason.NOT_FOUND,
+        rtc.RequestResponse.Reason.LIMIT_EXCEEDED,
+    ]
+    assert COUNTERS.signal_errors == before + 2
+    exported = Metrics("n", COUNTERS).render().decode()
+    line = next(x for x in exported.splitlines() if x.startswith("sfu_signal_errors_total{"))
+    assert float(line.rsplit(" ", 1)[1]) == COUNTERS.signal_errors
+    await room.close()
