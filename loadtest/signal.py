@@ -47,7 +47,9 @@ class TokenSource:
             raise ValueError("need api_key and api_secret, or token_url")
         self.api_key, self.api_secret, self.token_url = api_key, api_secret, token_url
 
-    def mint(self, identity: str, room: str, *, publish: bool) -> str:
+    def mint(self, identity: str, room: str, *, publish: bool, create: bool = False) -> str:
+        """A token for `room`; `create` adds roomCreate (an SFU with room.auto_create off creates
+        rooms only for such tokens)."""
         assert self.api_key is not None and self.api_secret is not None
         now = int(time.time())
         claims = {
@@ -62,13 +64,15 @@ class TokenSource:
                 "canPublish": publish,
                 "canSubscribe": True,
                 "canPublishData": publish,
+                "roomCreate": create,
             },
         }
         return jwt.encode(claims, self.api_secret, algorithm="HS256")
 
     async def token(self, identity: str, room: str, *, publish: bool) -> str:
         if self.api_key and self.api_secret:
-            return self.mint(identity, room, publish=publish)
+            # the load test's own rooms: whoever comes first creates it
+            return self.mint(identity, room, publish=publish, create=True)
         assert self.token_url is not None
         async with httpx.AsyncClient(timeout=10.0) as client:
             response = await client.get(self.token_url, params={"identity": identity, "room": room})
