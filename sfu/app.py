@@ -357,7 +357,8 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
                     Starlette(routes=[metrics_route]),
                     lifespan="off",
                     access_log=False,
-                    log_level=logging.WARNING,
+                    log_config=None,  # the signalling server configured logging already
+                    timeout_graceful_shutdown=2,
                 )
             )
             metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets))
