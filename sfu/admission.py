@@ -17,6 +17,7 @@ Caps (each hit answered 503 with a reason and counted in `sfu_limit_exceeded_tot
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import resource
 from collections.abc import Callable
@@ -29,6 +30,7 @@ __all__ = [
     "SESSIONS_PER_IDENTITY",
     "Reservation",
     "SessionLedger",
+    "address_key",
     "derived_max_sessions",
 ]
 
@@ -41,6 +43,21 @@ PEER_CONNECTIONS_PER_SESSION = 2
 FD_RESERVE = 64
 #: one live participant per identity and room, plus the join that replaces it
 SESSIONS_PER_IDENTITY = 2
+#: IPv6 clients are counted per /64: one host usually holds a whole /64
+IPV6_PREFIX = 64
+
+
+def address_key(host: str) -> str:
+    """What `max_sessions_per_ip` counts by: the IPv4 address, or the IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 def fds_per_session(bind_addresses: int, shared_udp_port: bool) -> int:

@@ -28,7 +28,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from sfu.admission import SESSIONS_PER_IDENTITY, Reservation, SessionLedger, derived_max_sessions
+from sfu.admission import (
+    SESSIONS_PER_IDENTITY,
+    Reservation,
+    SessionLedger,
+    address_key,
+    derived_max_sessions,
+)
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
@@ -153,7 +159,7 @@ class Sfu:
         except AuthError as exc:
             raise AdmissionError(exc.status, exc.message) from None
         ledger = self.ledger
-        address = conn.client.host if conn.client is not None else ""
+        address = address_key(conn.client.host) if conn.client is not None else ""
         refused = ledger.check_sessions(address)
         if refused == "max_sessions":
             raise self._refuse(

@@ -245,6 +245,14 @@ def test_sessions_per_address_are_capped() -> None:
     assert "limits.max_sessions_per_ip" in refused.value.message
     assert COUNTERS.limits_exceeded["max_sessions_per_ip"] == hits + 1
     sfu.admit(rtc_request("u3", address="192.0.2.8"), reserve=True)
+    # IPv6 counts per /64 (one host has them all); an IPv4-mapped address as IPv4
+    for i in range(3):
+        sfu.admit(rtc_request(f"v{i}", address=f"2001:db8:1:2::{i + 1}"), reserve=True)
+    with pytest.raises(AdmissionError):
+        sfu.admit(rtc_request("v3", address="2001:db8:1:2:ffff::9"), reserve=True)
+    sfu.admit(rtc_request("v3", address="2001:db8:1:3::1"), reserve=True)
+    with pytest.raises(AdmissionError):
+        sfu.admit(rtc_request("w", address="::ffff:192.0.2.7"), reserve=True)
     assert build(limits={"max_sessions_per_ip": 0}).ledger.max_per_address == 0  # no cap
 
 
