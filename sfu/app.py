@@ -86,6 +86,7 @@ class Sfu:
     transport_config: TransportConfig
     cpu_load: CpuLoad = dataclasses.field(default_factory=CpuLoad)
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
+    _warned_per_ip: bool = False
 
     @property
     def sessions(self) -> int:
@@ -167,12 +168,14 @@ class Sfu:
                 f"the server is at capacity: {ledger.max_sessions} sessions (limits.max_sessions)",
             )
         if refused == "max_sessions_per_ip":
-            log.warning(
-                "refused a session from %s: limits.max_sessions_per_ip %d reached (behind a "
-                "proxy, see FORWARDED_ALLOW_IPS)",
-                address,
-                ledger.max_per_address,
-            )
+            if not self._warned_per_ip:  # once: anyone can make this happen again and again
+                self._warned_per_ip = True
+                log.warning(
+                    "refused a session from %s: limits.max_sessions_per_ip %d reached (behind "
+                    "a proxy, see FORWARDED_ALLOW_IPS); further refusals are only counted",
+                    address,
+                    ledger.max_per_address,
+                )
             raise self._refuse(
                 refused,
                 f"too many sessions from this address ({ledger.max_per_address}, "
