@@ -47,9 +47,10 @@ class TokenSource:
             raise ValueError("need api_key and api_secret, or token_url")
         self.api_key, self.api_secret, self.token_url = api_key, api_secret, token_url
 
-    def mint(self, identity: str, room: str, *, publish: bool, create: bool = False) -> str:
-        """A token for `room`; `create` adds roomCreate (an SFU with room.auto_create off creates
-        rooms only for such tokens)."""
+    def mint(self, identity: str, room: str, *, publish: bool, create: bool = True) -> str:
+        """A token for `room`. With `create` (the load test's own rooms: whoever comes first
+        creates it) it carries roomCreate: an SFU with room.auto_create off (this SFU's
+        default) creates rooms only for such tokens."""
         assert self.api_key is not None and self.api_secret is not None
         now = int(time.time())
         claims = {
@@ -71,8 +72,7 @@ class TokenSource:
 
     async def token(self, identity: str, room: str, *, publish: bool) -> str:
         if self.api_key and self.api_secret:
-            # the load test's own rooms: whoever comes first creates it
-            return self.mint(identity, room, publish=publish, create=True)
+            return self.mint(identity, room, publish=publish)
         assert self.token_url is not None
         async with httpx.AsyncClient(timeout=10.0) as client:
             response = await client.get(self.token_url, params={"identity": identity, "room": room})
