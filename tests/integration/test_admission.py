@@ -199,7 +199,10 @@ async def test_three_concurrent_sockets_of_one_identity_leave_one_participant(
     try:
         outcomes = await asyncio.gather(attempt(), attempt(), attempt())
         assert set(outcomes) <= {"open", "503"} and "open" in outcomes
-        await asyncio.sleep(1.0)  # the joins and replacements settle
+        async with asyncio.timeout(WAIT):  # the joins and replacements settle
+            while metric(await scrape(sfu), "livekit_participant_total") != 1:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # and stay settled
         text = await scrape(sfu)
         assert metric(text, "livekit_participant_total") == 1
         assert metric(text, "livekit_room_total") == 1
