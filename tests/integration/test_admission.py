@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 import httpx
@@ -254,3 +255,34 @@ async def test_config_reaches_the_wire(tmp_path: Path, sfu_keys: tuple[str, str]
         sfu.assert_alive()
         log = sfu.log_tail()
         assert "INFO" not in log, log
+
+
+async def test_the_session_cap_follows_the_descriptor_limit(
+    tmp_path: Path, sfu_keys: tuple[str, str]
+) -> None:
+    """Under `ulimit -n 200` (soft = hard, so it cannot be raised): (200 - 64) // 5 = 27
+    sessions, then 503, and the SFU keeps answering (no EMFILE)."""
+    key, secret = sfu_keys
+    command = ("bash", "-c", 'ulimit -n 200 && exec "$0" -m sfu --config "$1"', sys.executable)
+    async with running_sfu(
+        tmp_path / "sfu",
+        api_key=key,
+        api_secret=secret,
+        rtc_ports=200,
+        command=(*command, "{config}"),
+    ) as sfu:
+        assert "RLIMIT_NOFILE 200, less 64 kept in reserve" in sfu.log_tail()
+        sockets = [await connect(sfu, sfu.token(f"u{i}", "fds")) for i in range(27)]
+        try:
+            for ws in sockets:
+                await first(ws, "join")
+            status, body = await refused(sfu, sfu.token("u27", "fds"))
+            assert (status, body) == (
+                503,
+                "the server is at capacity: 27 sessions (limits.max_sessions)",
+            )
+            async with httpx.AsyncClient(timeout=WAIT) as http:
+                assert (await http.get(f"{sfu.http_url}/healthz")).status_code == 200
+        finally:
+            await close_all(sockets)
+        sfu.assert_alive()
