@@ -20,6 +20,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "expect_log_errors(*regex): errors this test logs on purpose (each must appear)",
     )
+    config.addinivalue_line(
+        "markers",
+        "expect_sfu_log_errors(*regex): errors the test makes the `sfu` fixture's SFU log on "
+        "purpose (each must appear)",
+    )
 
 
 @pytest.fixture(autouse=True)
