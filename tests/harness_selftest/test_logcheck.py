@@ -109,3 +109,10 @@ def test_in_process_records_with_errors_or_tracebacks_are_collected() -> None:
 @pytest.mark.expect_log_errors(r"deliberate: \d+")
 def test_the_marker_declares_an_in_process_error() -> None:
     logging.getLogger("tests.selftest.logcheck").error("deliberate: %d", 7)
+
+
+def test_the_test_clients_own_logs_are_not_the_code_under_test() -> None:
+    collector = logcheck.ProblemCollector()
+    for name in ("livekit", "livekit.rtc", "livekitx", "sfu.room"):
+        collector.handle(logging.LogRecord(name, logging.ERROR, __file__, 1, "boom", None, None))
+    assert [p.text.split(" ", 1)[0] for p in collector.problems] == ["livekitx", "sfu.room"]
