@@ -18,6 +18,7 @@ from pathlib import Path
 import jwt
 import pytest
 import websockets
+from livekit import rtc
 
 from sfu.auth import LEEWAY_SECONDS
 from sfu.room import participant
@@ -87,3 +88,21 @@ async def test_refreshed_tokens_keep_the_grants_and_outlive_the_join_token(
                 rejoin = await again.next("join")
                 assert rejoin.response.join.participant.identity == "ria"
                 assert rejoin.response.join.room.name == ROOM
+
+
+async def test_the_python_sdk_takes_the_refreshed_token(tmp_path: Path) -> None:
+    """A real client accepts the refresh message and keeps the new token (for its reconnects)."""
+    async with running_sfu(tmp_path / "sfu", command=SHORTENED_SFU) as sfu:
+        room = rtc.Room()
+        refreshed = asyncio.Event()
+        room.on("token_refreshed", refreshed.set)
+        token = sfu.token("sam", ROOM)
+        try:
+            await asyncio.wait_for(room.connect(sfu.url, token), 20.0)
+            await asyncio.wait_for(refreshed.wait(), INTERVAL_S + 15)
+            new_token = room._token  # the SDK (1.2.1) keeps it there; it has no public getter
+            assert new_token != token
+            claims = jwt.decode(new_token, sfu.api_secret, algorithms=["HS256"])
+            assert (claims["sub"], claims["video"]["room"]) == ("sam", ROOM)
+        finally:
+            await room.disconnect()
