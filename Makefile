@@ -26,8 +26,10 @@ $(SYNAPSE_VENV)/.installed:
 
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
-# Debian packages the tests drive for real: redis-server (routing), chromium (livekit-client),
-# iproute2 (network namespaces + netem), openssl (test certificates).
+# Debian packages: the tests drive chromium (livekit-client) and openssl (test certificates) for
+# real. redis-server and iproute2 are installed but no test uses them yet: Redis routing is
+# reserved (single node only), and this kernel has no netem qdisc (tc's tbf and htb work, in
+# network namespaces), so loss and jitter are tested only by unit rigs, not end to end.
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -19,6 +19,7 @@ import yaml
 
 from auth_service.__main__ import main, synapse_config, well_known_client_fragment
 from auth_service.app import CORS_HEADERS
+from tests.harness.logcheck import check_log_text
 from tests.harness.synapse import Synapse, free_port
 
 SECRET = "cli-test-secret-0123456789abcdefghijklmnop"
@@ -187,5 +188,6 @@ def test_console_script_serves_tokens(
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert process.wait(10) in (0, -signal.SIGTERM)
     stderr = process.stderr.read() if process.stderr else ""
-    assert "Traceback" not in stderr
+    problems = check_log_text(f"auth service (pid {process.pid})", stderr)
+    assert problems is None, problems
     assert "issued token" in stderr

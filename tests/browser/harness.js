@@ -12,7 +12,8 @@
 //                           (dynacast: which simulcast layers the publisher has active)
 //   leave()                 disconnect and drop all elements
 //   events()                the event log (connection states, subscriptions, errors, E2EE, and
-//                           the UpdateTrackSettings / SubscribedQualityUpdate signal messages)
+//                           the UpdateTrackSettings / SubscribedQualityUpdate / StreamStateUpdate
+//                           signal messages)
 // and server-less self-test helpers: harnessInfo(), constructRoom(opts), localCamera(opts),
 // localMicrophone(ms), e2eeWorkerCheck(), loopbackCall(opts).
 'use strict';
@@ -181,6 +182,17 @@
           })),
           qualities: qualities(update.subscribedQualities),
         });
+      });
+      // Every StreamStateUpdate as received: livekit-client 2.21.0 sets the new state before
+      // comparing it with the old one, so its TrackStreamStateChanged event never fires.
+      engine.on('streamStateChanged', (update) => {
+        for (const s of update.streamStates || []) {
+          record('StreamStateUpdate', {
+            participantSid: s.participantSid,
+            trackSid: s.trackSid,
+            state: s.state === 1 ? 'paused' : s.state === 0 ? 'active' : String(s.state),
+          });
+        }
       });
     }
   }

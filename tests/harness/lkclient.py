@@ -12,7 +12,8 @@
 - `CollectingSubscriber`: joins, records room events, and for every subscribed track collects
   `PatternMatch`es (video, via `rtc.VideoStream` as RGBA) or samples (audio, via `rtc.AudioStream`).
 
-Every wait is bounded; every SDK object the helpers create is closed by them.
+Every wait is bounded; every SDK object the helpers create is closed by them. Their background
+tasks never fail silently (tests/harness/background.py): a crash fails the wait or the exit.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from livekit import rtc
+
+from tests.harness.background import BackgroundTaskError, cancel_tasks, raise_failures
 
 GRID_COLS = 16
 GRID_ROWS = 9
@@ -316,15 +319,6 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout_s: float) -> No
         raise TimeoutError(f"Room.connect({url}) did not finish in {timeout_s} s") from exc
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 5.0)
-    tasks.clear()
-
-
 class SyntheticPublisher:
     """A participant that publishes the test pattern (VP8) and a sine tone, paced in real time."""
 
@@ -336,6 +330,7 @@ class SyntheticPublisher:
         height: int = 360,
         fps: float = 15.0,
         tone_hz: float = 440.0,
+        tone_amplitude: float = 0.3,
         sample_rate: int = 48000,
         simulcast: bool = False,
         max_bitrate: int = 1_500_000,
@@ -343,6 +338,7 @@ class SyntheticPublisher:
         self.identity = identity
         self.width, self.height, self.fps = width, height, fps
         self.tone_hz, self.sample_rate = tone_hz, sample_rate
+        self.tone_amplitude = tone_amplitude
         self.simulcast, self.max_bitrate = simulcast, max_bitrate
         self.room = rtc.Room()
         self.video_source: rtc.VideoSource | None = None
@@ -410,6 +406,7 @@ class SyntheticPublisher:
                 frequency=self.tone_hz,
                 sample_rate=self.sample_rate,
                 frame_ms=frame_ms,
+                amplitude=self.tone_amplitude,
             )
             await source.capture_frame(frame)
             self.samples_sent += per_frame
@@ -418,24 +415,45 @@ class SyntheticPublisher:
             if ahead > 0.05:
                 await asyncio.sleep(ahead - 0.05)
 
+    def check_tasks(self) -> None:
+        """Raise `BackgroundTaskError` with the traceback if a frame feeder crashed."""
+        raise_failures([*self._video_tasks, *self._audio_tasks], self.identity)
+
+    def set_muted(self, kind: str, muted: bool) -> None:
+        """Mute or unmute the published `kind` ("video" or "audio") track, as a client's button."""
+        publication = self.video_publication if kind == "video" else self.audio_publication
+        assert publication is not None, f"{self.identity} has no {kind} track published"
+        track = publication.track
+        assert isinstance(track, rtc.LocalVideoTrack | rtc.LocalAudioTrack), track
+        if muted:
+            track.mute()
+        else:
+            track.unmute()
+
     async def unpublish_video(self, *, timeout_s: float = 10.0) -> None:
-        await _cancel(self._video_tasks)
+        await cancel_tasks(self._video_tasks, self.identity)
         if self.video_publication is not None:
             sid = self.video_publication.sid
             self.video_publication = None
             await asyncio.wait_for(self.room.local_participant.unpublish_track(sid), timeout_s)
 
     async def unpublish_audio(self, *, timeout_s: float = 10.0) -> None:
-        await _cancel(self._audio_tasks)
+        await cancel_tasks(self._audio_tasks, self.identity)
         if self.audio_publication is not None:
             sid = self.audio_publication.sid
             self.audio_publication = None
             await asyncio.wait_for(self.room.local_participant.unpublish_track(sid), timeout_s)
 
     async def leave(self, *, timeout_s: float = 10.0) -> None:
-        """Stop feeding, disconnect, close the sources. Safe to call twice."""
-        await _cancel(self._video_tasks)
-        await _cancel(self._audio_tasks)
+        """Stop feeding, disconnect, close the sources. Safe to call twice.
+
+        Raises `BackgroundTaskError` (after the cleanup) if a frame feeder had crashed."""
+        failed: list[BackgroundTaskError] = []
+        for tasks in (self._video_tasks, self._audio_tasks):
+            try:
+                await cancel_tasks(tasks, self.identity)
+            except BackgroundTaskError as exc:
+                failed.append(exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.room.disconnect(), timeout_s)
         for source in (self.video_source, self.audio_source):
@@ -443,12 +461,14 @@ class SyntheticPublisher:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(source.aclose(), timeout_s)
         self.video_source = self.audio_source = None
+        if failed:
+            raise failed[0]
 
     async def __aenter__(self) -> SyntheticPublisher:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.leave()
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        await _leave_keeping(self.leave(), exc)
 
 
 @dataclass
@@ -618,9 +638,12 @@ class CollectingSubscriber:
     async def wait_until(
         self, condition: Callable[[], bool], *, timeout_s: float, what: str = "condition"
     ) -> None:
-        """Wait (bounded) until `condition()` holds; it is re-checked on every event and frame."""
+        """Wait (bounded) until `condition()` holds; it is re-checked on every event and frame.
+
+        A crashed collector task raises `BackgroundTaskError` at once (with its traceback)."""
         deadline = time.monotonic() + timeout_s
         while not condition():
+            raise_failures(self._tasks, self.identity)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 rtp = await rtp_stats_summary(self.room) if self.room.isconnected() else ""
@@ -745,10 +768,21 @@ class CollectingSubscriber:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stream.aclose(), timeout_s)
         self._streams.clear()
-        await _cancel(self._tasks)
+        await cancel_tasks(self._tasks, self.identity)
 
     async def __aenter__(self) -> CollectingSubscriber:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.leave()
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        await _leave_keeping(self.leave(), exc)
+
+
+async def _leave_keeping(leave: Awaitable[None], exc: BaseException | None) -> None:
+    """Run `leave`; a crashed background task fails the block, or, when the block already
+    failed, is added to that error as a note (the test's own failure stays the headline)."""
+    try:
+        await leave
+    except BackgroundTaskError as failure:
+        if exc is None:
+            raise
+        exc.add_note(str(failure))

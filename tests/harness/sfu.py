@@ -5,6 +5,10 @@
 then SIGKILL to its own process group). If the SFU exits before the harness stops it, the harness
 raises `SfuExitedError` (an `AssertionError`, so pytest reports a failure) carrying the tail of
 the SFU's log. The log tail is also printed at teardown, which pytest shows only for failing tests.
+
+At teardown the whole log is scanned (`tests.harness.logcheck`): a traceback, an ERROR line or an
+asyncio "Task exception was never retrieved" fails the test with those records, unless the test
+declared it with `expect_log_errors=[regex, ...]` (and then each pattern must have appeared).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -25,6 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.harness.logcheck import UnexpectedLogErrors, check_log_text
 from tests.harness.tokens import mint_token, new_api_key_pair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +42,10 @@ SFU_COMMAND: tuple[str, ...] = (sys.executable, "-m", "sfu", "--config", "{confi
 
 class SfuExitedError(AssertionError):
     """The SFU process died on its own (at startup or while a test was running)."""
+
+
+class SfuLogErrors(UnexpectedLogErrors):
+    """The SFU logged a traceback or an error the test did not declare."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,14 @@ class SfuInstance:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return log_tail(self.log_path, lines)
+
+    def log_problems(self, expected: Sequence[str | re.Pattern[str]] = ()) -> str | None:
+        """The failure message for undeclared errors in the log so far (None when clean)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        return check_log_text(f"SFU (pid {self.pid}, {self.log_path})", text, expected)
 
     def assert_alive(self) -> None:
         """Raise `SfuExitedError` with the log tail if the process has exited."""
@@ -263,11 +281,13 @@ async def running_sfu(
     stop_timeout_s: float = STOP_TIMEOUT_S,
     env: dict[str, str] | None = None,
     command: Sequence[str] = SFU_COMMAND,
+    expect_log_errors: Sequence[str | re.Pattern[str]] = (),
 ) -> AsyncIterator[SfuInstance]:
     """Start the SFU on free loopback ports with a config in `workdir`; stop it by PID on exit.
 
     `command` is the argv, with `{config}` replaced by the config path (the harness self-test
-    runs a stand-in server through it).
+    runs a stand-in server through it). `expect_log_errors` lists regexes for the errors the test
+    provokes on purpose; any other logged error fails the test at teardown (see the module doc).
     """
     if api_key is None or api_secret is None:
         api_key, api_secret = new_api_key_pair()
@@ -312,7 +332,15 @@ async def running_sfu(
     died_early: int | None = None
     try:
         await _wait_healthy(process, f"{http_url}/healthz", log_path, startup_timeout_s)
-        yield instance
+        try:
+            yield instance
+        except BaseException as exc:
+            # The test failed anyway: keep its error, and add what the SFU logged to it.
+            await stop_process(process, stop_timeout_s)
+            problems = instance.log_problems(expect_log_errors)
+            if problems is not None:
+                exc.add_note(problems)
+            raise
         died_early = process.returncode
     finally:
         await stop_process(process, stop_timeout_s)
@@ -322,3 +350,6 @@ async def running_sfu(
             f"SFU (pid {process.pid}) exited during the test with code {died_early}; "
             f"log tail:\n{log_tail(log_path)}"
         )
+    problems = instance.log_problems(expect_log_errors)
+    if problems is not None:
+        raise SfuLogErrors(problems)

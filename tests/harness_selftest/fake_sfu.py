@@ -2,7 +2,8 @@
 
 It reads the config the harness wrote, checks it has the documented LiveKit key names, serves
 `/healthz` and `/metrics` on `port`, and misbehaves as `FAKE_SFU_MODE` asks:
-`ok` (default), `exit-early`, `die-later`, `ignore-term`, `never-healthy`.
+`ok` (default), `exit-early`, `die-later`, `ignore-term`, `never-healthy`, `log-traceback`
+(logs a handler failure the way the SFU does: a WARNING record with a traceback).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def main() -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     healthy = mode != "never-healthy"
+    if mode == "log-traceback":
+        print(
+            "2026-12-01 12:00:00,000 INFO sfu.app: SFU node fake ready\n"
+            "2026-12-01 12:00:01,000 WARNING sfu.signal.session: participant a: "
+            "request failed: boom\n"
+            "Traceback (most recent call last):\n"
+            '  File "sfu/signal/session.py", line 1, in run\n'
+            "RuntimeError: boom",
+            flush=True,
+        )
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -147,3 +147,36 @@ def test_expired_token() -> None:
     token = mint_token(key, secret, "bob", "r", ttl=timedelta(seconds=-60))
     with pytest.raises(jwt.ExpiredSignatureError):
         jwt.decode(token, secret, algorithms=["HS256"])
+
+
+async def test_a_logged_traceback_fails_the_test_with_the_record(tmp_path: Path) -> None:
+    with pytest.raises(hs.SfuLogErrors, match=r"request failed: boom(.|\n)*RuntimeError: boom"):
+        async with hs.running_sfu(tmp_path, command=FAKE, env={"FAKE_SFU_MODE": "log-traceback"}):
+            pass
+
+
+async def test_a_declared_error_passes_and_an_unseen_declared_error_fails(tmp_path: Path) -> None:
+    env = {"FAKE_SFU_MODE": "log-traceback"}
+    async with hs.running_sfu(
+        tmp_path / "a", command=FAKE, env=env, expect_log_errors=[r"RuntimeError: boom"]
+    ):
+        pass
+    with pytest.raises(hs.SfuLogErrors, match="expected a logged error matching 'never'"):
+        async with hs.running_sfu(tmp_path / "b", command=FAKE, expect_log_errors=["never"]):
+            pass
+    with pytest.raises(
+        hs.SfuLogErrors, match="RuntimeError: boom"
+    ):  # a pattern allows only its own
+        async with hs.running_sfu(
+            tmp_path / "c", command=FAKE, env=env, expect_log_errors=["something else"]
+        ):
+            pass
+
+
+async def test_a_failing_test_keeps_its_error_and_gets_the_logged_errors_as_a_note(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(KeyError) as caught:
+        async with hs.running_sfu(tmp_path, command=FAKE, env={"FAKE_SFU_MODE": "log-traceback"}):
+            raise KeyError("the test's own failure")
+    assert any("RuntimeError: boom" in note for note in caught.value.__notes__)

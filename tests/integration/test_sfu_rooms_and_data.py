@@ -215,3 +215,33 @@ async def test_active_speakers_follow_the_audio_level(sfu: SfuInstance) -> None:
     finally:
         await listener.disconnect()
         await speaker.leave()
+
+
+async def test_a_quiet_audio_track_is_not_reported_as_speaking(sfu: SfuInstance) -> None:
+    """A publisher whose tone is far below -35 dBov never becomes a speaker, while a loud one in
+    the same room does. The quiet audio is proven to flow (the listener decodes it) before the
+    loud publisher starts, so the speaker updates that announce the loud one also judged the
+    quiet one on real packets: the negative check does not rest on a sleep."""
+    from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher, rms
+
+    room = "quiet-talk"
+    quiet = SyntheticPublisher("quiet", tone_hz=300.0, tone_amplitude=0.003)  # about -53 dBov
+    loud = SyntheticPublisher("loud", tone_amplitude=0.3)  # about -13 dBov
+    listener = CollectingSubscriber("listener")
+    seen: list[list[str]] = []
+    listener.room.on(
+        "active_speakers_changed", lambda speakers: seen.append([p.identity for p in speakers])
+    )
+    async with quiet, loud, listener:
+        await listener.connect(sfu.url, sfu.token("listener", room))
+        await quiet.connect(sfu.url, sfu.token("quiet", room))
+        await loud.connect(sfu.url, sfu.token("loud", room))
+        await quiet.publish(video=False, audio=True)
+        heard = await listener.wait_audio_samples("quiet", 48000, timeout_s=WAIT)
+        assert 0 < rms(heard[-24000:]) < 0.01 * 32767, rms(heard)  # it is there, and it is quiet
+        await loud.publish(video=False, audio=True)
+        await listener.wait_until(
+            lambda: any("loud" in s for s in seen), timeout_s=WAIT, what="loud is a speaker"
+        )
+        await listener.wait_audio_samples("quiet", 48000 + 24000, timeout_s=WAIT)
+        assert not any("quiet" in s for s in seen), seen

@@ -121,6 +121,7 @@ def test_forged_replayed_and_truncated_packets_are_counted_and_dropped() -> None
     assert rig.ingress.unprotect_failures == 4
 
 
+@pytest.mark.expect_log_errors(r"on_rtp failed(.|\n)*RuntimeError: bad handler")
 def test_a_failing_callback_does_not_escape() -> None:
     def boom(_: bytes) -> None:
         raise RuntimeError("bad handler")
