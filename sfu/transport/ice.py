@@ -38,9 +38,10 @@ from typing import Any
 
 from aioice import Candidate
 from aioice.candidate import candidate_foundation
-from aioice.ice import StunProtocol, get_host_addresses
+from aioice.ice import get_host_addresses
 
 from sfu.metrics import COUNTERS
+from sfu.transport.ingress import GuardedStunProtocol
 from sfu.transport.sockbuf import size_buffers
 from sfu.transport.udpmux import open_mux
 
@@ -231,7 +232,7 @@ async def _bind(
     for port in ports:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address, port)
+                lambda: GuardedStunProtocol(connection), local_addr=(address, port)
             )
         except OSError as exc:
             # uvloop wraps the bind error (errno None) with the real one as __cause__
