@@ -110,6 +110,7 @@ class Sfu:
             port_range_end=config.rtc.port_range_end,
             udp_port=config.rtc.udp_port,
             send_mode=cast(SendMode, config.rtc.send_mode),
+            allow_private_candidates=config.rtc.allow_private_candidates,
         )
         max_sessions = config.limits.max_sessions
         derived, why = derived_max_sessions(

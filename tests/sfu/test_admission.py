@@ -390,3 +390,10 @@ def test_admissions_are_forgotten_with_cpu_admission_off() -> None:
         clocks.wall += 0.01
         load.note_admission()
     assert len(load._admitted) <= 5.0 / 0.01 + 1  # one window's worth
+
+
+def test_transport_settings_reach_the_transport_config() -> None:
+    sfu = build(rtc={"allow_private_candidates": True, "send_mode": "batch"})
+    assert sfu.transport_config.allow_private_candidates is True
+    assert sfu.transport_config.send_mode == "batch"
+    assert build().transport_config.allow_private_candidates is False
