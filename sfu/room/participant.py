@@ -31,7 +31,7 @@ from sfu.room.publication import close_transports
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
 from sfu.rtp import rtcp
-from sfu.transport import PeerTransport, PublishedMedia, TransportConfig
+from sfu.transport import PeerTransport, PublishedMedia, TrackSlotLimitError, TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -498,9 +498,13 @@ class Participant:
         # PA_|TR_ (LiveKit's default, not the PA_|camera sync form): clients then read the track
         # sid from the stream id, which stays right when an m-line is recycled for a new track.
         stream_id = f"{track.publisher.sid}|{track.sid}"
-        mid = self.subscriber.add_track(
-            receiver.kind, receiver.codec_for_subscribers(), ssrc, stream_id, track.sid
-        )
+        try:
+            mid = self.subscriber.add_track(
+                receiver.kind, receiver.codec_for_subscribers(), ssrc, stream_id, track.sid
+            )
+        except TrackSlotLimitError:  # counted by the transport; the others still subscribe
+            log.info("participant %r: no m-line left for track %s", self.identity, track.sid)
+            return False
         downtrack = DownTrack(
             receiver,
             ssrc=ssrc,

@@ -20,7 +20,7 @@ from sfu.metrics import COUNTERS
 from sfu.room import participant as participant_module
 from sfu.room.participant import MAX_TRACKS_PER_PARTICIPANT, Participant, ParticipantOptions
 from sfu.room.track import TrackRequestError
-from sfu.transport import TransportConfig
+from sfu.transport import TrackSlotLimitError, TransportConfig
 from tests.sfu.room.fakes import joined, make_room
 
 
@@ -263,4 +263,20 @@ async def test_overlong_track_sids_are_neither_stored_nor_echoed() -> None:
     assert not bob.participant.track_settings["TR_a"].track_sids  # no copy of the request's list
     assert not bob.of_kind("subscription_response")
     assert COUNTERS.limits_exceeded["track_sid_bytes"] == before + 2
+    await room.close()
+
+
+async def test_a_subscriber_out_of_m_lines_does_not_break_the_publish_for_others() -> None:
+    room = make_room()
+    alice = await joined(room, "alice")
+    bob = await joined(room, "bob")
+    carol = await joined(room, "carol")
+
+    def full(*_: object) -> str:
+        raise TrackSlotLimitError("more than 1000 subscriber m-lines")
+
+    bob.subscriber.add_track = full  # type: ignore[method-assign]
+    sid = await alice.publish_audio("mic", "0")  # the transport counted the refusal
+    assert sid in carol.participant.subscriptions
+    assert sid not in bob.participant.subscriptions
     await room.close()
