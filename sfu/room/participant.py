@@ -262,7 +262,7 @@ class Participant:
                 self.room.broadcast_participant(self)
             self._start_negotiated()
         elif state in ("failed", "closed") and not self.closed:
-            log.info("participant %s: subscriber transport %s", self.identity, state)
+            log.info("participant %r: subscriber transport %s", self.identity, state)
             self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
 
     def _on_publisher_state(self, state: str) -> None:
@@ -271,7 +271,7 @@ class Participant:
             self.room.broadcast_participant(self)
         elif state in ("failed", "closed") and not self.closed:
             # "closed": the client sent DTLS close_notify; its tracks must not stay advertised
-            log.info("participant %s: publisher transport %s", self.identity, state)
+            log.info("participant %r: publisher transport %s", self.identity, state)
             self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
 
     # -- subscriber negotiation -------------------------------------------------------------------
@@ -305,7 +305,7 @@ class Participant:
             raise SignalStateError(f"answer received for a {self.subscriber.state} subscriber")
         if answer.id not in (0, self._offer_id):
             log.debug(
-                "participant %s: answer id %d for offer %d",
+                "participant %r: answer id %d for offer %d",
                 self.identity,
                 answer.id,
                 self._offer_id,
@@ -366,11 +366,11 @@ class Participant:
                 on_data=self._on_data,
                 on_state=self._on_publisher_state,
             )
-        log.debug("participant %s: publisher offer %d:\n%s", self.identity, offer.id, offer.sdp)
+        log.debug("participant %r: publisher offer %d:\n%s", self.identity, offer.id, offer.sdp)
         sdp, medias = await self.publisher.handle_offer(offer.sdp)
         if self.closed:  # closed while answering: close() has closed the publisher too
             raise SignalStateError("participant closed while its offer was answered")
-        log.debug("participant %s: publisher answer:\n%s", self.identity, sdp)
+        log.debug("participant %r: publisher answer:\n%s", self.identity, sdp)
         self.send(
             rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
         )
@@ -394,12 +394,12 @@ class Participant:
             (p for p in self.pending.values() if p.kind == media.kind), None
         )
         if pending is None:
-            log.info("participant %s: m-line %s has no AddTrackRequest", self.identity, media.mid)
+            log.info("participant %r: m-line %s has no AddTrackRequest", self.identity, media.mid)
             return
         del self.pending[pending.cid]
         if self.room.track_count() >= self.room.max_tracks:  # others' pending tracks bound first
             COUNTERS.limit_exceeded("tracks_per_room")
-            log.info("participant %s: room %s is full of tracks", self.identity, self.room.name)
+            log.info("participant %r: room %s is full of tracks", self.identity, self.room.name)
             return
         self._publish(pending, media)
 
@@ -436,7 +436,7 @@ class Participant:
             )
             receiver.on_demand_change = track.dynacast.update
         self.published[track.sid] = track
-        log.info("participant %s published %s track %s", self.identity, media.kind, track.sid)
+        log.info("participant %r published %s track %s", self.identity, media.kind, track.sid)
         self.room.track_published(self, track)
         if track.dynacast is not None:
             track.dynacast.start()
@@ -606,7 +606,7 @@ class Participant:
         )
         if total > len(track_sids):
             COUNTERS.limit_exceeded("subscription_sids")
-            log.info("participant %s: UpdateSubscription with %d sids cut", self.identity, total)
+            log.info("participant %r: UpdateSubscription with %d sids cut", self.identity, total)
         for track_sid in track_sids:
             if not _sane_sid(track_sid):
                 continue
@@ -670,11 +670,11 @@ class Participant:
         try:
             packet = models.DataPacket.FromString(payload)
         except Exception:  # protobuf DecodeError
-            log.info("participant %s: malformed DataPacket dropped", self.identity)
+            log.info("participant %r: malformed DataPacket dropped", self.identity)
             return
         if not forwardable(packet):
             log.debug(
-                "participant %s: %s packet dropped", self.identity, packet.WhichOneof("value")
+                "participant %r: %s packet dropped", self.identity, packet.WhichOneof("value")
             )
             return
         packet.participant_identity = self.identity
@@ -695,7 +695,7 @@ class Participant:
                 COUNTERS.signal_errors += 1
                 if not self._rtcp_error_logged:
                     self._rtcp_error_logged = True
-                    log.exception("participant %s: RTCP reports failed", self.identity)
+                    log.exception("participant %r: RTCP reports failed", self.identity)
 
     def _send_rtcp_reports(self) -> None:
         if self.publisher is not None and self.publisher.state == "connected":

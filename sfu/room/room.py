@@ -133,8 +133,9 @@ class Room:
 
     def remove(self, participant: Participant) -> None:
         """Forget a participant that has closed (called by Participant.close)."""
-        if self.participants.get(participant.identity) is participant:
-            del self.participants[participant.identity]
+        if self.participants.get(participant.identity) is not participant:
+            return  # never joined, or already replaced: nobody was told it was here
+        del self.participants[participant.identity]
         self.broadcast_participant(participant)
         if not self.participants and not self.closed:
             self._schedule_close(self.departure_timeout)

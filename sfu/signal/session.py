@@ -25,7 +25,9 @@ from sfu.room.participant import (
     Participant,
     SignalStateError,
 )
+from sfu.room.room import RoomClosedError, RoomFullError
 from sfu.room.track import TrackRequestError
+from sfu.sdp import SdpError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
 OUTBOX_LIMIT = 4096  # messages
 #: bytes of encoded responses a session may hold for a client that does not read them
 OUTBOX_BYTES = 4 * 1024 * 1024
@@ -91,7 +94,7 @@ class SignalSession:
         participant. Logged and counted once."""
         COUNTERS.limit_exceeded("signal_outbox")
         identity = self.participant.identity if self.participant is not None else "?"
-        log.warning("participant %s: signal outbox full; disconnecting", identity)
+        log.warning("participant %r: signal outbox full; disconnecting", identity)
         while not self._outbox.empty():
             self._outbox.get_nowait()
         leave = rtc.LeaveRequest(
@@ -158,16 +161,13 @@ class SignalSession:
         try:
             try:
                 await on_ready()
+            except (RoomFullError, RoomClosedError) as exc:  # lost a race with the limits
+                log.info("participant %r: join refused: %s", participant.identity, exc)
+                await participant.close(models.DisconnectReason.JOIN_FAILURE)
+                raise ProtocolViolation(CLOSE_TRY_AGAIN, str(exc) or "room is full") from None
             except Exception as exc:
-                log.error("participant %s: join failed: %s", participant.identity, exc)
-                self.send(
-                    rtc.SignalResponse(
-                        leave=rtc.LeaveRequest(
-                            reason=models.DisconnectReason.JOIN_FAILURE,
-                            action=rtc.LeaveRequest.Action.DISCONNECT,
-                        )
-                    )
-                )
+                log.error("participant %r: join failed: %s", participant.identity, exc)
+                await participant.close(models.DisconnectReason.JOIN_FAILURE)
                 raise ProtocolViolation(CLOSE_INTERNAL, "join failed") from None
             while not participant.closed:
                 try:
@@ -187,13 +187,13 @@ class SignalSession:
                     await self.dispatch(participant, request)
                 except ProtocolViolation:
                     raise
-                except (SignalStateError, TrackRequestError) as exc:
+                except (SignalStateError, TrackRequestError, SdpError) as exc:
                     COUNTERS.signal_errors += 1
-                    log.info("participant %s: %s", participant.identity, exc)
+                    log.info("participant %r: %s", participant.identity, exc)
                 except Exception as exc:  # a bad request must not end the service
                     COUNTERS.signal_errors += 1
                     log.warning(
-                        "participant %s: request failed: %s",
+                        "participant %r: request failed: %s",
                         participant.identity,
                         exc,
                         exc_info=True,
@@ -201,7 +201,7 @@ class SignalSession:
         except ProtocolViolation as violation:
             COUNTERS.signal_errors += 1
             close_code, close_reason = violation.code, violation.reason
-            log.info("participant %s: %s", participant.identity, violation.reason)
+            log.info("participant %r: %s", participant.identity, violation.reason)
         except WebSocketDisconnect:
             pass
         finally:
@@ -279,7 +279,7 @@ class SignalSession:
         else:
             # update_metadata, sync_state, simulate, data tracks...:
             # accepted and ignored, as a v0 server without those features may.
-            log.debug("participant %s: ignoring %s", participant.identity, kind)
+            log.debug("participant %r: ignoring %s", participant.identity, kind)
 
     def _trickle(self, participant: Participant, trickle: rtc.TrickleRequest) -> None:
         target = (

@@ -217,7 +217,7 @@ async def test_only_client_kinds_of_data_packets_are_forwarded() -> None:
     await room.close()
 
 
-@pytest.mark.expect_log_errors(r"participant alice: RTCP reports failed")
+@pytest.mark.expect_log_errors(r"participant 'alice': RTCP reports failed")
 async def test_rtcp_loop_logs_a_failure_once_and_counts_each(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,10 +13,11 @@ from starlette.websockets import WebSocketState
 from sfu.auth import ClaimGrants
 from sfu.metrics import COUNTERS, Metrics
 from sfu.room.participant import Participant, ParticipantOptions
+from sfu.sdp import SdpError
 from sfu.signal import session as session_module
 from sfu.signal.session import CLOSE_NORMAL, CLOSE_POLICY, SignalSession
 from sfu.transport import PublishedMedia, TransportConfig
-from tests.sfu.room.fakes import OPUS, make_room, make_transport
+from tests.sfu.room.fakes import OPUS, FakeTransport, make_room, make_transport
 
 
 class FakeWebSocket:
@@ -175,4 +176,44 @@ async def test_refused_requests_are_counted_in_sfu_signal_errors_total() -> None
     exported = Metrics("n", COUNTERS).render().decode()
     line = next(x for x in exported.splitlines() if x.startswith("sfu_signal_errors_total{"))
     assert float(line.rsplit(" ", 1)[1]) == COUNTERS.signal_errors
+    await room.close()
+
+
+async def test_garbage_sdp_is_one_info_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(self: object, sdp: str) -> None:
+        raise SdpError("SDP must start with v=0")  # what the real parser says to garbage
+
+    monkeypatch.setattr(FakeTransport, "handle_offer", refuse)
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    with caplog.at_level(logging.INFO, logger="sfu.signal.session"):
+        for sdp in ("garbage", "v=0\r\n"):
+            a.websocket.request(
+                rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp))
+            )
+        a.websocket.request(rtc.SignalRequest(leave=rtc.LeaveRequest()))
+        await a.until(lambda: a.task.done())
+    lines = [
+        r for r in caplog.records if r.name == "sfu.signal.session" and "SDP" in r.getMessage()
+    ]
+    assert len(lines) == 2
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in lines)
+    await room.close()
+
+
+async def test_a_join_that_loses_the_race_for_the_last_place_gets_a_clear_refusal() -> None:
+    room = make_room()
+    room.max_participants = 1
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    b = Connection(room, "b")
+    await b.until(lambda: b.task.done())
+    assert [r.leave.reason for r in b.websocket.of_kind("leave")] == [
+        models.DisconnectReason.JOIN_FAILURE
+    ]
+    assert b.websocket.closed_with is not None and b.websocket.closed_with[0] == 1013
+    assert not a.participant.closed
     await room.close()
