@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import re
 import resource
 import socket
 import sys
@@ -35,6 +36,24 @@ def _raise_nofile() -> None:
     except (OSError, ValueError):
         return
     logging.getLogger("sfu").info("RLIMIT_NOFILE raised from %d to %d", soft, hard)
+
+
+_TOKEN_IN_QUERY = re.compile(r"((?:access_token|join_request)=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank access tokens in uvicorn's WebSocket lines (`"WebSocket /rtc?access_token=…"
+    [accepted]`), which `access_log=False` does not cover: a token in a log is a session for
+    whoever reads the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1…", record.msg)
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=5,
         )
     )
+    logging.getLogger("uvicorn.error").addFilter(RedactTokens())  # after uvicorn's log config
     # Everything imported and built so far lives for the whole process: move it out of the
     # cyclic collector's generations, so full collections only walk what calls create.
     gc.collect()
