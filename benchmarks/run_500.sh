@@ -20,7 +20,7 @@ bind_addresses: ["127.0.0.1"]
 keys: {$key: $secret}
 rtc: {port_range_start: 40000, port_range_end: 49999}
 logging: {level: warn}
-limits: {max_cpu_load: $max_cpu_load}
+limits: {max_cpu_load: $max_cpu_load, max_sessions_per_ip: 0}  # every load-test client is 127.0.0.1
 YAML
 $py -m sfu --config "$work/sfu.yaml" > "$work/sfu.log" 2>&1 &
 sfu=$!

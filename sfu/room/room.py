@@ -236,7 +236,7 @@ class Room:
         sent = self._speakers  # the level each speaker was last announced with
         changed: list[models.SpeakerInfo] = []
         for sid, level in current.items():
-            if abs(sent.get(sid, 0.0) - level) > SPEAKER_LEVEL_STEP:
+            if sid not in sent or abs(sent[sid] - level) > SPEAKER_LEVEL_STEP:
                 changed.append(models.SpeakerInfo(sid=sid, level=level, active=True))
                 sent[sid] = level
         for sid in [sid for sid in sent if sid not in current]:

@@ -122,3 +122,39 @@ async def test_a_hidden_participant_is_announced_only_to_itself() -> None:
     await asyncio.sleep(room_module.UPDATE_INTERVAL * 2)
     assert not any(i.sid == ghost_sid for u in updates(alice) for i in u.participants)
     await room.close()
+
+
+class _Level:
+    is_video = False
+
+    def __init__(self, level: float) -> None:
+        self.level = level
+
+    def take_audio_level(self) -> float:
+        return self.level
+
+
+class _Speaker:
+    hidden = False
+
+    def __init__(self, sid: str, level: float) -> None:
+        self.sid = sid
+        info = models.TrackInfo(muted=False)
+        self.published = {"TR_a": type("T", (), {"receiver": _Level(level), "info": info})()}
+        self.heard: list[list[models.SpeakerInfo]] = []
+
+    def send_speakers(self, speakers: list[models.SpeakerInfo]) -> None:
+        self.heard.append(list(speakers))
+
+
+async def test_a_quiet_new_speaker_is_announced_and_a_small_change_is_not() -> None:
+    room = make_room()
+    quiet = _Speaker("PA_quiet", 0.03)  # −30 dBov-ish: above the speaking threshold, level 0.03
+    room.participants["quiet"] = quiet  # type: ignore[assignment]
+    room.update_speakers()
+    assert [[(s.sid, s.active) for s in batch] for batch in quiet.heard] == [[("PA_quiet", True)]]
+    quiet.published["TR_a"].receiver.level = 0.05  # a change below SPEAKER_LEVEL_STEP
+    room.update_speakers()
+    assert len(quiet.heard) == 1
+    del room.participants["quiet"]
+    await room.close()
