@@ -48,6 +48,9 @@ MAX_TRACK_SETTINGS = 1024
 MAX_SUBSCRIPTION_SIDS = 512
 #: bytes of a track sid a client may name (ours are "TR_" + 12 characters)
 MAX_SID_BYTES = 64
+#: publisher candidates kept from before the first offer (the transport's own cap is also 64)
+MAX_EARLY_CANDIDATES = 64
+MAX_CANDIDATE_INIT_BYTES = 1024  # a real candidateInit is about 150 bytes
 DATA_LABELS = frozenset({"_reliable", "_lossy"})
 
 
@@ -103,6 +106,8 @@ class Participant:
         self.version = 0
         self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
         self.pending: dict[str, PendingTrack] = {}
+        #: publisher candidates trickled before the first offer (applied once it arrives)
+        self._early_candidates: list[str] = []
         self.published: dict[TrackSid, PublishedTrack] = {}
         self.subscriptions: dict[TrackSid, Subscription] = {}
         #: subscriptions dropped before the client answered the offer carrying them: kept (off
@@ -354,6 +359,20 @@ class Participant:
         published = rtc.TrackPublishedResponse(cid=request.cid, track=pending.info)
         self.send(rtc.SignalResponse(track_published=published))
 
+    def keep_early_candidate(self, candidate_init: str) -> bool:
+        """Keep a publisher candidate trickled before the publisher PC exists; False when the
+        participant already holds MAX_EARLY_CANDIDATES of them (counted)."""
+        if self.closed or self.publisher is not None:
+            return False
+        if (
+            len(self._early_candidates) >= MAX_EARLY_CANDIDATES
+            or len(candidate_init) > MAX_CANDIDATE_INIT_BYTES
+        ):
+            COUNTERS.limit_exceeded("early_candidates")
+            return False
+        self._early_candidates.append(candidate_init)
+        return True
+
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
         if self.closed:
             raise SignalStateError("publisher offer after the participant closed")
@@ -374,6 +393,9 @@ class Participant:
         self.send(
             rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
         )
+        for candidate in self._early_candidates:
+            self.publisher.add_remote_candidate(candidate)
+        self._early_candidates.clear()
         self.demuxer.set_extension_ids(m.extension_ids for m in medias)
         for media in medias:
             self._reconcile_media(media)

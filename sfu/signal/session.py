@@ -288,6 +288,9 @@ class SignalSession:
             else participant.publisher
         )
         if target is None:
+            publisher = trickle.target == rtc.SignalTarget.PUBLISHER
+            if publisher and participant.keep_early_candidate(trickle.candidateInit):
+                return  # libwebrtc may trickle before its offer reaches us: kept for it
             self.send(
                 rtc.SignalResponse(
                     request_response=rtc.RequestResponse(

@@ -33,12 +33,16 @@ class FakeTransport:
         #: what the next handle_offer reports as the offer's m-lines
         self.medias: list[PublishedMedia] = []
         self.closed = False
+        self.remote_candidates: list[str] = []
 
     def add_track(self, kind: str, codec: Any, ssrc: int, stream_id: str, track_id: str) -> str:
         self.add_track_calls += 1
         mid = str(len(self.slots) + 1)
         self.slots[mid] = (stream_id, track_id)
         return mid
+
+    def add_remote_candidate(self, candidate_init_json: str) -> None:
+        self.remote_candidates.append(candidate_init_json)
 
     def remove_track(self, mid: str) -> None:
         self.slots[mid] = None

@@ -217,3 +217,23 @@ async def test_a_join_that_loses_the_race_for_the_last_place_gets_a_clear_refusa
     assert b.websocket.closed_with is not None and b.websocket.closed_with[0] == 1013
     assert not a.participant.closed
     await room.close()
+
+
+async def test_publisher_candidates_that_arrive_before_the_offer_are_kept_for_it() -> None:
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    init = '{"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 %d typ host", "sdpMid": "0"}'
+    for port in range(1, 71):  # more than the cap: the rest are refused as before
+        trickle = rtc.TrickleRequest(candidateInit=init % port, target=rtc.SignalTarget.PUBLISHER)
+        a.websocket.request(rtc.SignalRequest(trickle=trickle))
+    a.websocket.request(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="x")))
+    await a.until(lambda: a.websocket.of_kind("answer"))
+    publisher = a.participant.publisher
+    assert publisher is not None
+    assert publisher.remote_candidates == [init % port for port in range(1, 65)]  # type: ignore[attr-defined]
+    refused = [r for r in a.websocket.of_kind("request_response")]
+    assert len(refused) == 6
+    a.websocket.request(rtc.SignalRequest(leave=rtc.LeaveRequest()))
+    await a.until(lambda: a.task.done())
+    await room.close()
