@@ -210,6 +210,8 @@ class Participant:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, existing_tracks: Iterable[PublishedTrack]) -> None:
         """Create the subscriber PC (with data channels and the existing tracks) and offer it."""
+        if self.closed:  # closed while joining (room closed, replaced): nothing to start
+            return
         self.subscriber = self._make_transport(
             "subscriber",
             self.transport_config,

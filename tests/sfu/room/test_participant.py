@@ -21,7 +21,7 @@ from sfu.room import participant as participant_module
 from sfu.room.participant import MAX_TRACKS_PER_PARTICIPANT, Participant, ParticipantOptions
 from sfu.room.track import TrackRequestError
 from sfu.transport import TrackSlotLimitError, TransportConfig
-from tests.sfu.room.fakes import joined, make_room
+from tests.sfu.room.fakes import Client, joined, make_room
 
 
 @pytest.fixture
@@ -279,4 +279,13 @@ async def test_a_subscriber_out_of_m_lines_does_not_break_the_publish_for_others
     sid = await alice.publish_audio("mic", "0")  # the transport counted the refusal
     assert sid in carol.participant.subscriptions
     assert sid not in bob.participant.subscriptions
+    await room.close()
+
+
+async def test_a_participant_closed_before_start_binds_nothing() -> None:
+    room = make_room()
+    client = Client(room, "late")
+    await client.participant.close(models.DisconnectReason.ROOM_CLOSED)
+    await client.participant.start([])
+    assert client.participant.subscriber is None and not client.participant._tasks
     await room.close()
