@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
-from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH, RTCSctpCapabilities, RTCSctpTransport
 from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -166,15 +166,10 @@ async def layer_codec_blowup(url: str, token: str, *, requests: int = 4) -> Atta
     start = time.monotonic()
     try:
         await signal.join()
-        for n in range(requests):
+        for n in range(requests):  # one at a time: a caller can stop a node that stalls
             await signal.send(add_track=add_track_blowup(f"blowup-{n}"))
             result.sent += 1
-        for n in range(requests):
-            await signal.wait_for(
-                "request_response",
-                _refusal_of(f"blowup-{n}"),
-                timeout_s=10,
-            )
+            await signal.wait_for("request_response", _refusal_of(f"blowup-{n}"), timeout_s=10)
         published = [r.track_published.track for r in signal.kept if r.HasField("track_published")]
         result.notes["max_layers"] = max((len(t.layers) for t in published), default=0)
         result.notes["max_codecs"] = max((len(t.codecs) for t in published), default=0)
@@ -373,6 +368,7 @@ async def subscription_toggle_flood(
     try:
         await signal.join()
         first = await signal.wait_for("offer", timeout_s=10)
+        result.notes["first_offer"] = first is not None
         for n in range(toggles):
             update = rtc.UpdateSubscription(track_sids=[track_sid], subscribe=n % 2 == 0)
             await signal.send(subscription=update)
@@ -388,7 +384,8 @@ async def subscription_toggle_flood(
             await signal.send(
                 answer=rtc.SessionDescription(type="answer", sdp=answer, id=first.offer.id)
             )
-            second = await signal.wait_for("offer", timeout_s=10, start=mark)
+            second = await signal.wait_for("offer", timeout_s=15, start=mark)
+            result.notes["answered_after_s"] = round(time.monotonic() - start, 1)
             if second is not None:
                 result.notes["next_offer_mlines"] = second.offer.sdp.count("\nm=")
                 result.notes["next_offer_bytes"] = len(second.offer.sdp)
@@ -673,13 +670,16 @@ async def huge_data_message(
     """(5) One `size`-byte message on `_reliable`; sent for at most `seconds`."""
     result = AttackResult("huge_data_message")
     start = time.monotonic()
+    sctp = publisher.sctp
+    assert sctp is not None
+    first_tsn = sctp._last_sacked_tsn
     publisher.send_data(b"\x00" * size)
     result.sent = 1
-    assert publisher.sctp is not None
-    while time.monotonic() - start < seconds and publisher.sctp.state == "connected":  # noqa: ASYNC110
+    while time.monotonic() - start < seconds and sctp.state == "connected":  # noqa: ASYNC110
         await asyncio.sleep(0.1)
-    result.notes["sctp_state"] = str(publisher.sctp.state)
-    result.notes["unsent_bytes"] = publisher.channel.bufferedAmount if publisher.channel else 0
+    result.notes["sctp_state"] = str(sctp.state)
+    acked_chunks = (sctp._last_sacked_tsn - first_tsn) % (1 << 32)
+    result.notes["acked_mb"] = round(acked_chunks * USERDATA_MAX_LENGTH / 1e6, 1)
     result.elapsed_s = time.monotonic() - start
     return result
 

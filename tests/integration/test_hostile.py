@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 ROOM = "hostile"
 MAX_HEALTHZ_MS = 100.0
 DEFAULT_RSS_MB = 50.0
-ABORT_RSS_MB = 600.0
+ABORT_RSS_MB = 400.0
 FD_SLACK = 5
 MAX_LOSS_PCT = 1.0
 FRAMES_AFTER = 10
@@ -117,6 +117,8 @@ class Stage:
     #: alice's view of active speakers and transcriptions (finding 19)
     speakers_seen: list[list[str]] = field(default_factory=list)
     transcriptions_seen: list[str] = field(default_factory=list)
+    #: set by an attack that left the node or the call damaged (the next test rebuilds)
+    damaged: bool = False
 
     def token(self, identity: str, **grants: Any) -> str:
         return self.sfu.token(identity, ROOM, **grants)
@@ -172,10 +174,13 @@ class StageHolder:
         self.workdir = workdir
         self.stage: Stage | None = None
         self.builds = 0
+        #: the last attack left the node damaged: start the next one on a fresh node
+        self.dirty = False
 
     async def ensure(self) -> Stage:
-        if self.stage is not None and await self.stage.healthy():
+        if self.stage is not None and not self.dirty and await self.stage.healthy():
             return self.stage
+        self.dirty = False
         await self.close()
         self.builds += 1
         self.stage = await build_stage(self.workdir / f"sfu-{self.builds}")
@@ -205,8 +210,10 @@ async def holder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stag
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def stage(holder: StageHolder) -> Stage:
-    return await holder.ensure()
+async def stage(holder: StageHolder) -> AsyncIterator[Stage]:
+    stage = await holder.ensure()
+    yield stage
+    holder.dirty = stage.damaged
 
 
 # -- one attack, measured -------------------------------------------------------------------------
@@ -228,6 +235,7 @@ class Outcome:
     error: str = ""
     result: hostile.AttackResult | None = None
     failures: list[str] = field(default_factory=list)
+    stage: Stage | None = None
 
     def require(self, ok: bool, what: str) -> None:
         if not ok:
@@ -263,8 +271,11 @@ class Outcome:
             "tracebacks": self.tracebacks,
             "loss_pct": round(self.loss_pct, 2),
             "notes": self.result.notes if self.result else {},
+            "responses": dict(self.result.responses) if self.result else {},
             "failures": self.failures,
         }
+        if self.stage is not None and self.failures:
+            self.stage.damaged = True  # whatever the attack left running, the next test won't see
         print(f"HOSTILE {json.dumps(row, default=str)}")
         path = os.environ.get("HOSTILE_RESULTS")
         if path:
@@ -304,7 +315,7 @@ async def run_attack(
 ) -> Outcome:
     """Run one attack under measurement; the returned Outcome holds the common checks."""
     sfu = stage.sfu
-    outcome = Outcome(name)
+    outcome = Outcome(name, stage=stage)
     rss0, fds0 = rss_mb(sfu.pid), fd_count(sfu.pid)
     log_offset = sfu.log_path.stat().st_size
     received0, lost0 = await inbound_counts(stage.bob.room)
@@ -348,6 +359,13 @@ async def run_attack(
             while stage.frames() < frames_end + FRAMES_AFTER:
                 await asyncio.sleep(0.1)
     outcome.frames_after = stage.frames() - frames_end
+    stage.damaged = bool(
+        outcome.aborted
+        or outcome.error
+        or outcome.max_healthz_ms > 1000
+        or outcome.rss_delta_mb > 2 * rss_budget_mb
+        or outcome.frames_after < FRAMES_AFTER
+    )
     return outcome
 
 
@@ -436,7 +454,10 @@ async def test_huge_track_name_and_mute_storm(stage: Stage) -> None:
 
 
 async def test_published_track_flood(stage: Stage) -> None:
-    """(11) 30 × (32 AddTrack + offer): the 65th track is refused; bob sees at most 64."""
+    """(11) 3 × (32 AddTrack + offer): the 65th track is refused; bob sees at most 64.
+
+    (The audit's 30 rounds also wedge the SDK client in this process, so the suite stops at 3.)
+    """
     token = stage.token("hostile-tracks")
     seen: list[int] = []
 
@@ -446,7 +467,7 @@ async def test_published_track_flood(stage: Stage) -> None:
             remote = stage.bob.room.remote_participants.get("hostile-tracks")
             seen.append(len(remote.track_publications) if remote else 0)
 
-        return await hostile.track_count_flood(stage.sfu.url, token, before_leave=count)
+        return await hostile.track_count_flood(stage.sfu.url, token, rounds=3, before_leave=count)
 
     outcome = await run_attack(stage, "11 published_track_flood", attack, settle_s=3.0)
     if outcome.result is not None:

@@ -33,8 +33,10 @@ async def holder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stag
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def stage(holder: StageHolder) -> Stage:
-    return await holder.ensure()
+async def stage(holder: StageHolder) -> AsyncIterator[Stage]:
+    stage = await holder.ensure()
+    yield stage
+    holder.dirty = stage.damaged
 
 
 async def test_twcc_rtcp_flood(stage: Stage) -> None:
