@@ -181,9 +181,17 @@ class StageHolder:
         if self.stage is not None and not self.dirty and await self.stage.healthy():
             return self.stage
         self.dirty = False
-        await self.close()
-        self.builds += 1
-        self.stage = await build_stage(self.workdir / f"sfu-{self.builds}")
+        for attempt in (1, 2):  # a loaded machine may miss one SDK connect deadline
+            await self.close()
+            self.builds += 1
+            try:
+                self.stage = await build_stage(self.workdir / f"sfu-{self.builds}")
+            except TimeoutError:
+                if attempt == 2:
+                    raise
+                continue
+            break
+        assert self.stage is not None
         return self.stage
 
     async def close(self) -> None:
@@ -372,6 +380,23 @@ async def run_attack(
 # -- signalling attacks ---------------------------------------------------------------------------
 
 
+async def test_control_a_well_behaved_client(stage: Stage) -> None:
+    """No attack: a well-behaved loadtest subscriber joins, receives 3 s, leaves. Its row is the
+    noise floor of the measurements on this machine; every check must hold."""
+    token = stage.token("polite")
+
+    async def polite() -> hostile.AttackResult:
+        subscriber = await hostile.connected_subscriber(stage.sfu.url, token, "polite")
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            await subscriber.close()
+        return hostile.AttackResult("control", notes={"packets": subscriber.packets})
+
+    outcome = await run_attack(stage, "control (no attack)", polite)
+    outcome.verdict(DEFAULT_RSS_MB)
+
+
 async def test_add_track_layers_times_codecs(stage: Stage) -> None:
     """(1) 4 × AddTrackRequest with 3,000 layers × 3,000 simulcast codecs: refused, cheaply."""
     token = stage.token("hostile-layers")
@@ -493,7 +518,8 @@ async def test_subscribe_toggle_flood(stage: Stage) -> None:
 
 
 async def test_update_subscription_sid_flood(stage: Stage) -> None:
-    """(23) 3 × 1 MiB UpdateSubscription of 60k made-up sids: not 60k answers each."""
+    """(23) 3 × 1 MiB UpdateSubscription of 60k made-up sids: a bounded answer (at most 1,024
+    SubscriptionResponses per request), not one per sid."""
     token = stage.token("hostile-sids")
     outcome = await run_attack(
         stage,
@@ -502,7 +528,7 @@ async def test_update_subscription_sid_flood(stage: Stage) -> None:
     )
     if outcome.result is not None:
         answers = outcome.result.responses["subscription_response"]
-        outcome.require(answers <= 1000, f"{answers} SubscriptionResponses for 3 requests")
+        outcome.require(answers <= 3 * 1024, f"{answers} SubscriptionResponses for 3 requests")
     outcome.verdict(DEFAULT_RSS_MB)
 
 
