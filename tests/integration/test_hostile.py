@@ -88,6 +88,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -236,6 +242,8 @@ class Outcome:
     rss_delta_mb: float = 0.0
     peak_rss_delta_mb: float = 0.0
     fd_delta: int = 0
+    #: the SFU's CPU use while the attack ran, in % of one core
+    cpu_pct: float = 0.0
     tracebacks: int = 0
     loss_pct: float = 0.0
     frames_after: int = 0
@@ -276,8 +284,10 @@ class Outcome:
             "rss_delta_mb": round(self.rss_delta_mb, 1),
             "peak_rss_delta_mb": round(self.peak_rss_delta_mb, 1),
             "fd_delta": self.fd_delta,
+            "sfu_cpu_pct": round(self.cpu_pct),
             "tracebacks": self.tracebacks,
             "loss_pct": round(self.loss_pct, 2),
+            "sent": self.result.sent if self.result else 0,
             "notes": self.result.notes if self.result else {},
             "responses": dict(self.result.responses) if self.result else {},
             "failures": self.failures,
@@ -328,6 +338,7 @@ async def run_attack(
     log_offset = sfu.log_path.stat().st_size
     received0, lost0 = await inbound_counts(stage.bob.room)
     probe = await start_probe(stage)
+    cpu0, started = cpu_seconds(sfu.pid), time.monotonic()
     task = asyncio.ensure_future(attack())
     deadline = time.monotonic() + timeout_s
     while not task.done():
@@ -340,6 +351,9 @@ async def run_attack(
             outcome.aborted = f"still running after {timeout_s:.0f} s"
         if outcome.aborted and not task.done():
             task.cancel()
+    if sfu.process.returncode is None:
+        busy = cpu_seconds(sfu.pid) - cpu0
+        outcome.cpu_pct = 100.0 * busy / max(time.monotonic() - started, 1e-3)
     try:
         outcome.result = await task
     except asyncio.CancelledError:
