@@ -9,12 +9,17 @@ buffer allocated once.
 
 from __future__ import annotations
 
+from socket import htonl
 from typing import Any
 
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi, lib
 
+from sfu.metrics import COUNTERS
+
 BUFFER_SIZE = 2048
+#: SSRCs one inbound session keeps libsrtp streams for (16 tracks × 3 simulcast layers fit)
+MAX_SRTP_STREAMS = 64
 
 
 class SrtpError(Exception):
@@ -70,10 +75,35 @@ class SrtpProtector(_SrtpCall):
 
 
 class SrtpUnprotector(_SrtpCall):
-    """``unprotector(protected) -> plaintext`` for SRTP (or SRTCP) on one SRTP session."""
+    """``unprotector(protected) -> plaintext`` for SRTP (or SRTCP) on one SRTP session.
 
-    __slots__ = ()
+    libsrtp clones a stream (keys, replay window, rollover counter) from the session's template
+    for every SSRC that authenticates, and keeps it for the session's life: a peer that sends
+    each packet under a fresh SSRC would grow that list without end. The unprotector remembers
+    the SSRCs libsrtp holds streams for, at most ``MAX_SRTP_STREAMS``, and removes the oldest
+    stream when a new one would pass the cap (counted as ``srtp_streams``). Each peer
+    connection has sessions of its own, so only the churning peer's streams are ever removed.
+    """
+
+    __slots__ = ("_ssrc_at", "streams")
 
     def __init__(self, session: Session, *, rtcp: bool) -> None:
         function = lib.srtp_unprotect_rtcp if rtcp else lib.srtp_unprotect
         super().__init__(session, function, BUFFER_SIZE, "unprotect")
+        self._ssrc_at = 4 if rtcp else 8  # RTCP: the sender's SSRC; RTP: the header's
+        #: SSRCs libsrtp holds a stream for, oldest first
+        self.streams: dict[int, None] = {}
+
+    def __call__(self, data: bytes) -> bytes:
+        result = _SrtpCall.__call__(self, data)  # raises before libsrtp made a stream
+        at = self._ssrc_at
+        ssrc = int.from_bytes(data[at : at + 4], "big")
+        streams = self.streams
+        if ssrc not in streams:
+            streams[ssrc] = None
+            if len(streams) > MAX_SRTP_STREAMS:
+                oldest = next(iter(streams))
+                del streams[oldest]
+                lib.srtp_remove_stream(self._context, htonl(oldest))
+                COUNTERS.limit_exceeded("srtp_streams")
+        return result

@@ -8,7 +8,8 @@ import struct
 import pytest
 from pylibsrtp import Policy, Session
 
-from sfu.transport.srtp import SrtpError, SrtpProtector
+from sfu.metrics import COUNTERS
+from sfu.transport.srtp import MAX_SRTP_STREAMS, SrtpError, SrtpProtector, SrtpUnprotector
 
 KEY = os.urandom(30)
 
@@ -66,3 +67,37 @@ def test_retransmissions_are_allowed_as_aiortc_keys_the_session() -> None:
     first = protect(rtp(9))
     assert protect(rtp(10)) != first
     assert protect(rtp(9)) == first
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("rtcp", [False, True])
+def test_ssrc_churn_keeps_libsrtps_streams_bounded(rtcp: bool) -> None:
+    """libsrtp keeps a stream (its keys and replay window) for every SSRC an inbound session has
+    seen; a publisher sending each packet under a fresh SSRC must not grow that list."""
+    sender = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    unprotect = SrtpUnprotector(session(Policy.SSRC_ANY_INBOUND), rtcp=rtcp)
+    before_limit = COUNTERS.limits_exceeded.get("srtp_streams", 0)
+    before = rss_kib()
+    for ssrc in range(1, 30_001):
+        if rtcp:
+            packet = struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+            protected = sender.protect_rtcp(packet)
+        else:
+            packet = struct.pack("!BBHII", 0x80, 96, 1, 3000, ssrc) + b"p" * 100
+            protected = sender.protect(packet)
+        sender.remove_stream(ssrc)  # the attacker's side need not grow
+        assert unprotect(protected) == packet
+    assert rss_kib() - before < 2048  # unbounded: about 8 MiB for 30,000 streams
+    assert len(unprotect.streams) == MAX_SRTP_STREAMS
+    assert COUNTERS.limits_exceeded["srtp_streams"] == before_limit + 30_000 - MAX_SRTP_STREAMS
+    # the streams still held keep their replay protection
+    last = struct.pack("!BBHI", 0x80, 201, 1, 30_000) if rtcp else None
+    if last is not None:
+        with pytest.raises(SrtpError):
+            protected = sender.protect_rtcp(last)
+            unprotect(protected)
+            unprotect(protected)
