@@ -268,6 +268,11 @@ class Sfu:
         COUNTERS.participant_joins += 1
         self.cpu_load.note_admission()
 
+        if reservation is not None:
+            # from the moment the room holds it the participant counts as live, not as joining
+            # (its transports may take a while to start; that is one session, not two)
+            participant.on_joined = reservation.joined
+
         async def join() -> None:
             try:
                 await self.rooms.join(participant)

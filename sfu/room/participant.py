@@ -87,6 +87,8 @@ class Participant:
         #: called once when the participant closes, after its leave was sent: the session
         #: flushes its outbox and closes the WebSocket
         self.on_close: Callable[[], None] | None = None
+        #: called once the room holds this participant (before its transports start)
+        self.on_joined: Callable[[], None] | None = None
         self.sid: ParticipantSid = new_participant_sid()
         self.identity = ParticipantIdentity(grants.identity)
         self.name = grants.name

@@ -126,6 +126,8 @@ class Room:
         if self._speaker_task is None:
             self._speaker_task = asyncio.ensure_future(self._speaker_loop())
         self.participants[participant.identity] = participant
+        if participant.on_joined is not None:  # admission: it counts as live from now on
+            participant.on_joined()
         visible_others = [p.info() for p in self.others(participant) if not p.hidden]
         participant.send_join(self.info(), visible_others)
         self.broadcast_participant(participant)

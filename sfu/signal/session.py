@@ -185,6 +185,9 @@ class SignalSession:
                 try:
                     request = self.decode(message)
                     await self.dispatch(participant, request)
+                    # Requests already queued on the socket would otherwise run back to back
+                    # without the loop seeing anything else: one request per iteration.
+                    await asyncio.sleep(0)
                 except ProtocolViolation:
                     raise
                 except (SignalStateError, TrackRequestError, SdpError) as exc:

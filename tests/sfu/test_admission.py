@@ -397,3 +397,26 @@ def test_transport_settings_reach_the_transport_config() -> None:
     assert sfu.transport_config.allow_private_candidates is True
     assert sfu.transport_config.send_mode == "batch"
     assert build().transport_config.allow_private_candidates is False
+
+
+async def test_a_participant_still_starting_its_transports_counts_as_one_session() -> None:
+    """Once the room holds a participant it counts as live, not also as joining: a rejoin of
+    that identity while its transports still start is the usual replacing join."""
+    sfu = build()
+    reservation = sfu.admit(rtc_request("x"), reserve=True).reservation
+    assert reservation is not None
+    p = participant(sfu, "x")
+    p.on_joined = reservation.joined
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_start(existing: object) -> None:
+        started.set()
+        await release.wait()
+
+    p.start = slow_start  # type: ignore[method-assign,assignment]
+    joining = asyncio.ensure_future(sfu.rooms.join(p))
+    await started.wait()
+    sfu.admit(rtc_request("x")).release()  # allowed: one live session plus this one
+    release.set()
+    await joining
+    reservation.release()

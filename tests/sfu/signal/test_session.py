@@ -237,3 +237,27 @@ async def test_publisher_candidates_that_arrive_before_the_offer_are_kept_for_it
     a.websocket.request(rtc.SignalRequest(leave=rtc.LeaveRequest()))
     await a.until(lambda: a.task.done())
     await room.close()
+
+
+async def test_a_backlog_of_requests_does_not_hold_the_event_loop() -> None:
+    """Requests already queued on the socket are served one per loop iteration, so a client
+    that sends 100k small requests at once cannot starve everybody else's media."""
+    room = make_room()
+    a = Connection(room, "a")
+    await a.until(lambda: a.websocket.of_kind("join"))
+    for _ in range(2000):
+        update = rtc.UpdateSubscription(track_sids=["TR_nope"], subscribe=True)
+        a.websocket.request(rtc.SignalRequest(subscription=update))
+    ticks = 0
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while a.websocket.incoming.qsize():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    await asyncio.gather(other_work(), a.until(lambda: not a.websocket.incoming.qsize(), 10))
+    assert ticks >= 1000  # everyone else ran between the requests
+    a.websocket.request(rtc.SignalRequest(leave=rtc.LeaveRequest()))
+    await a.until(lambda: a.task.done())
+    await room.close()
