@@ -87,6 +87,7 @@ class Participant:
         #: called once when the participant closes, after its leave was sent: the session
         #: flushes its outbox and closes the WebSocket
         self.on_close: Callable[[], None] | None = None
+        self._negotiation_task: asyncio.Task[None] | None = None
         #: called once the room holds this participant (before its transports start)
         self.on_joined: Callable[[], None] | None = None
         self.sid: ParticipantSid = new_participant_sid()
@@ -284,6 +285,16 @@ class Participant:
             self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
 
     # -- subscriber negotiation -------------------------------------------------------------------
+    def _schedule_negotiation(self) -> None:
+        """`negotiate` soon, in one task however many changes ask for it meanwhile (a client
+        toggling a subscription 100k times gets one offer, not 100k tasks queued on the lock)."""
+        if self._negotiation_task is not None and not self._negotiation_task.done():
+            self._renegotiate = True  # the pending offer may be built before this change
+            return
+        self._negotiation_task = asyncio.ensure_future(self.negotiate())
+        self._tasks.add(self._negotiation_task)
+        self._negotiation_task.add_done_callback(self._tasks.discard)
+
     async def negotiate(self) -> None:
         """Send a subscriber offer now, or as soon as the outstanding one is answered."""
         if self.subscriber is None or self.closed:
@@ -494,7 +505,7 @@ class Participant:
     # -- subscribing ---------------------------------------------------------------------------
     def subscribe(self, track: PublishedTrack) -> None:
         if self._add_subscription(track):
-            self._spawn(self.negotiate())
+            self._schedule_negotiation()
 
     def permits(self, subscriber: Participant, track: PublishedTrack) -> bool:
         """Whether this publisher's SubscriptionPermission lets ``subscriber`` have ``track``."""
@@ -619,7 +630,7 @@ class Participant:
         else:
             self._release(sub)
         if renegotiate and not self.closed:
-            self._spawn(self.negotiate())
+            self._schedule_negotiation()
 
     def update_subscription(self, request: rtc.UpdateSubscription) -> None:
         track_sids = list(request.track_sids[:MAX_SUBSCRIPTION_SIDS])

@@ -289,3 +289,29 @@ async def test_a_participant_closed_before_start_binds_nothing() -> None:
     await client.participant.start([])
     assert client.participant.subscriber is None and not client.participant._tasks
     await room.close()
+
+
+async def test_a_toggle_storm_before_the_first_offer_queues_one_negotiation() -> None:
+    room = make_room()
+    alice = await joined(room, "alice")
+    sid = await alice.publish_audio("mic", "0")
+    bob = await joined(room, "bob")
+    release = asyncio.Event()
+    offers_before = bob.subscriber.offers
+
+    async def slow_offer() -> str:  # gathering a socket and writing SDP takes a while
+        bob.subscriber.offers += 1
+        await release.wait()
+        return "offer"
+
+    bob.subscriber.create_offer = slow_offer  # type: ignore[method-assign]
+    bob.participant._awaiting_answer = False
+    for subscribe in [False, True] * 5000:
+        update = rtc.UpdateSubscription(track_sids=[sid], subscribe=subscribe)
+        bob.participant.update_subscription(update)
+    assert len(bob.participant._tasks) <= 3  # the RTCP loop, the token refresh, one negotiation
+    release.set()
+    await asyncio.sleep(0.05)
+    # one offer, built when its task ran: after the storm, so it holds the final state
+    assert bob.subscriber.offers - offers_before == 1
+    await room.close()
