@@ -15,6 +15,7 @@ import uvloop
 
 from sfu.app import build_app, listen_sockets
 from sfu.config import ConfigError, load
+from sfu.signal.wsprotocol import FairWSProtocol
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.Config(
             build_app(config, metrics_sockets or None),
             loop="uvloop",
-            ws="wsproto",
+            ws=FairWSProtocol,  # uvicorn's wsproto protocol, at most 64 events per turn
             ws_max_size=config.limits.max_signal_message_size,
+            ws_per_message_deflate=False,  # protobuf frames are small: deflate costs CPU, saves little
             ws_ping_interval=10,
             ws_ping_timeout=20,
             log_level=LEVELS[config.logging.level.lower()],
