@@ -1,0 +1,250 @@
+"""Bounds on what remote input can make the service hold (audit findings 21 and 25).
+
+Per-IP buckets are per IPv6 /64, outbound homeserver lookups are capped globally (503 when
+full), unreachable homeservers are remembered for a short while, device IDs have a grammar and
+identities a length limit, and every cap that is hit is counted in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from auth_service.app import create_app
+from auth_service.matrix import FederationDiscovery, LookupCapacityError, OpenIdError
+from auth_service.matrix import OpenIdVerifier as Verifier
+from auth_service.metrics import Metrics
+from auth_service.net import Timeouts, client_tls_context
+from auth_service.ratelimit import RateLimit
+
+from .fakes import FakeHttpServer, FakeResolver, Tarpit, asgi_client, make_settings
+from .test_app import ALICE, Harness, assert_error, claims_of, get_token_body, sfu_get_body
+from .test_discovery import userinfo_handler
+
+# --- finding 21: per-IP limit per IPv6 /64 ---------------------------------------------------
+
+
+async def test_64_addresses_of_one_ipv6_64_share_one_bucket() -> None:
+    harness = Harness(ip_rate_limit=RateLimit(per_second=5.0, burst=30))
+    statuses = []
+    for index in range(64):
+        async with asgi_client(harness.app, client=(f"2001:db8:1:2::{index + 1:x}", 1)) as http:
+            statuses.append((await http.post("/sfu/get", json=sfu_get_body())).status_code)
+    assert statuses == [200] * 30 + [429] * 34
+    # Another /64 of the same /48 has a bucket of its own.
+    async with asgi_client(harness.app, client=("2001:db8:1:3::1", 1)) as http:
+        assert (await http.post("/sfu/get", json=sfu_get_body())).status_code == 200
+    text = (await _metrics(harness)).text
+    assert 'sfu_limit_exceeded_total{limit="auth_ip_rate"} 34.0' in text
+
+
+async def test_an_ipv4_mapped_address_shares_the_ipv4_bucket() -> None:
+    harness = Harness(ip_rate_limit=RateLimit(per_second=0.001, burst=1))
+    async with asgi_client(harness.app, client=("198.51.100.7", 1)) as http:
+        assert (await http.post("/sfu/get", json=sfu_get_body())).status_code == 200
+    async with asgi_client(harness.app, client=("::ffff:198.51.100.7", 1)) as http:
+        assert (await http.post("/sfu/get", json=sfu_get_body())).status_code == 429
+    async with asgi_client(harness.app, client=("198.51.100.8", 1)) as http:
+        assert (await http.post("/sfu/get", json=sfu_get_body())).status_code == 200
+
+
+async def _metrics(harness: Harness) -> Any:
+    async with asgi_client(harness.app) as http:
+        return await http.get("/metrics")
+
+
+# --- finding 21: outbound lookups --------------------------------------------------------------
+
+
+def tarpit_verifier(
+    tarpit: Tarpit,
+    names: list[str],
+    *,
+    metrics: Metrics,
+    max_concurrent_lookups: int,
+    clock: Any = time.monotonic,
+    **options: Any,
+) -> Verifier:
+    """A real verifier whose every discovery step (well-known, fallback port) hits ``tarpit``."""
+    discovery = FederationDiscovery(
+        FakeResolver({name: ["127.0.0.1"] for name in names}),
+        tls_context=client_tls_context(verify=True),
+        allow_private=True,
+        timeouts=Timeouts(connect=5.0, request=5.0),
+        well_known_port=tarpit.port,
+        default_port=tarpit.port,
+        metrics=metrics,
+    )
+    return Verifier(
+        discovery,
+        total_timeout=0.5,
+        max_concurrent_lookups=max_concurrent_lookups,
+        clock=clock,
+        metrics=metrics,
+        **options,
+    )
+
+
+def body_for(server_name: str) -> dict[str, Any]:
+    openid = {"access_token": "t", "token_type": "Bearer", "matrix_server_name": server_name}
+    return {"room": "!r:example.org", "openid_token": openid, "device_id": "D"}
+
+
+async def test_1000_lookups_of_hanging_homeservers_hold_at_most_n_sockets() -> None:
+    names = [f"n{index}.test" for index in range(1000)]
+    metrics = Metrics()
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(tarpit, names, metrics=metrics, max_concurrent_lookups=8)
+        app = create_app(make_settings(), verifier=verifier, metrics=metrics)
+        async with asgi_client(app) as http:
+            started = time.monotonic()
+            responses = await asyncio.gather(
+                *(http.post("/sfu/get", json=body_for(name)) for name in names)
+            )
+            elapsed = time.monotonic() - started
+            text = (await http.get("/metrics")).text
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(401) == 8  # the ones that got a slot, timed out at 0.5 s
+    assert statuses.count(503) == 992
+    assert 1 <= tarpit.max_open <= 8
+    assert elapsed < 10.0  # the refused ones did not wait for the slow ones
+    busy = next(response for response in responses if response.status_code == 503)
+    assert busy.json() == {
+        "errcode": "M_UNKNOWN",
+        "error": "Too many homeserver lookups in progress; try again later",
+    }
+    assert busy.headers["retry-after"] == "1"
+    assert busy.headers["access-control-allow-origin"] == "*"
+    assert 'sfu_limit_exceeded_total{limit="auth_homeserver_lookups"} 992.0' in text
+    assert 'matrix_sfu_auth_requests_total{endpoint="sfu_get",outcome="busy"} 992.0' in text
+
+
+async def test_a_slot_is_free_again_once_its_lookup_ends() -> None:
+    metrics = Metrics()
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(
+            tarpit, ["a.test", "b.test"], metrics=metrics, max_concurrent_lookups=1
+        )
+        first = asyncio.ensure_future(verifier.verify("a.test", "t"))
+        await asyncio.sleep(0)
+        with pytest.raises(LookupCapacityError):
+            await verifier.verify("b.test", "t")
+        # The same token at the same server joins the running lookup instead of taking a slot.
+        second = asyncio.ensure_future(verifier.verify("a.test", "t"))
+        for future in (first, second):
+            with pytest.raises(OpenIdError, match="timed out"):
+                await future
+        with pytest.raises(OpenIdError, match="timed out"):
+            await verifier.verify("b.test", "t")
+
+
+async def test_an_unreachable_homeserver_is_remembered_for_a_while() -> None:
+    now = [0.0]
+    metrics = Metrics()
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(
+            tarpit, ["a.test"], metrics=metrics, max_concurrent_lookups=8, clock=lambda: now[0]
+        )
+        with pytest.raises(OpenIdError, match="timed out"):
+            await verifier.verify("a.test", "t1")
+        connections = tarpit.accepted
+        assert connections >= 1
+        now[0] = 29.0
+        started = time.monotonic()
+        with pytest.raises(OpenIdError, match="unreachable"):
+            await verifier.verify("a.test", "t2")
+        assert time.monotonic() - started < 0.1
+        assert tarpit.accepted == connections
+        now[0] = 31.0
+        with pytest.raises(OpenIdError, match="timed out"):
+            await verifier.verify("a.test", "t3")
+        assert tarpit.accepted > connections
+
+
+async def test_a_refused_token_does_not_mark_its_homeserver_unreachable(tls_files: Any) -> None:
+    async with FakeHttpServer(userinfo_handler({}), tls_files.cert, tls_files.key) as hs:
+        name = f"hs.test:{hs.port}"
+        hs.handler = userinfo_handler({"good": f"@a:{name}"})
+        discovery = FederationDiscovery(
+            FakeResolver({"hs.test": ["127.0.0.1"]}),
+            tls_context=client_tls_context(verify=True, cafile=str(tls_files.cert)),
+            allow_private=True,
+        )
+        verifier = Verifier(discovery)
+        with pytest.raises(OpenIdError):
+            await verifier.verify(name, "bad")
+        assert await verifier.verify(name, "good") == f"@a:{name}"
+
+
+async def test_unreachable_homeservers_are_bounded() -> None:
+    metrics = Metrics()
+    names = [f"n{index}.test" for index in range(12)]
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(
+            tarpit, names, metrics=metrics, max_concurrent_lookups=64, max_unreachable_entries=10
+        )
+        results = await asyncio.gather(
+            *(verifier.verify(name, "t") for name in names), return_exceptions=True
+        )
+    assert all(isinstance(result, OpenIdError) for result in results)
+    assert verifier.unreachable_count() <= 10
+    text = metrics.render().decode()
+    assert 'sfu_limit_exceeded_total{limit="auth_unreachable_cache"}' in text
+
+
+# --- finding 25: device IDs and identities ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device_id", ["X\nFAKE", "A:B", "tab\there", "space here", "del\x7f", "é", "x" * 256]
+)
+async def test_unsafe_device_ids_are_400(device_id: str) -> None:
+    harness = Harness()
+    async with asgi_client(harness.app) as http:
+        response = await http.post("/sfu/get", json=sfu_get_body(device_id=device_id))
+        body = assert_error(response, 400, "M_BAD_JSON")
+        assert "device_id" in body["error"]
+        member = {"id": "m", "claimed_user_id": ALICE, "claimed_device_id": device_id}
+        response = await http.post("/get_token", json=get_token_body(member=member))
+        assert "claimed_device_id" in assert_error(response, 400, "M_BAD_JSON")["error"]
+    assert harness.verifier.calls == []
+
+
+async def test_safe_device_ids_still_work() -> None:
+    harness = Harness()
+    async with asgi_client(harness.app) as http:
+        for device_id in ("ABCDEFGHIJ", "dev-1_2.3~!#$%&'()*+,/;<=>?@[]^`{|}", ""):
+            response = await http.post("/sfu/get", json=sfu_get_body(device_id=device_id))
+            assert claims_of(response)["sub"] == f"{ALICE}:{device_id}"
+
+
+async def test_a_legacy_identity_over_256_characters_is_400() -> None:
+    """The SFU refuses identities over 256 characters, so the service must not mint one."""
+    harness = Harness()
+    fits = "D" * (256 - len(ALICE) - 1)
+    async with asgi_client(harness.app) as http:
+        response = await http.post("/sfu/get", json=sfu_get_body(device_id=fits))
+        assert len(claims_of(response)["sub"]) == 256
+        response = await http.post("/sfu/get", json=sfu_get_body(device_id=fits + "D"))
+        body = assert_error(response, 400, "M_BAD_JSON")
+        assert "256" in body["error"]
+    text = (await _metrics(harness)).text
+    assert 'sfu_limit_exceeded_total{limit="auth_identity_length"} 1.0' in text
+
+
+async def test_a_newline_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness()
+    caplog.set_level(logging.INFO, logger="auth_service")
+    async with asgi_client(harness.app) as http:
+        forged = "\nINFO auth_service.app: sfu_get: issued token: user=@admin:example.org"
+        response = await http.post("/sfu/get", json=sfu_get_body(room="!r:example.org" + forged))
+        assert response.status_code == 200
+        response = await http.post("/sfu/get", json=sfu_get_body(device_id="X\nFAKE"))
+        assert response.status_code == 400
+    for record in caplog.records:
+        assert "\n" not in record.getMessage(), record.getMessage()
+    assert any("issued token" in record.getMessage() for record in caplog.records)
