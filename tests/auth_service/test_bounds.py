@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from auth_service.app import create_app
+from auth_service.app import build_verifier, create_app
 from auth_service.matrix import FederationDiscovery, LookupCapacityError, OpenIdError
 from auth_service.matrix import OpenIdVerifier as Verifier
 from auth_service.metrics import Metrics
@@ -248,3 +248,27 @@ async def test_a_newline_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixtur
     for record in caplog.records:
         assert "\n" not in record.getMessage(), record.getMessage()
     assert any("issued token" in record.getMessage() for record in caplog.records)
+
+
+def test_the_lookup_cap_comes_from_the_settings() -> None:
+    verifier = build_verifier(make_settings(max_concurrent_lookups=3))
+    assert verifier.max_concurrent_lookups == 3
+    assert verifier.cache_seconds == 0
+
+
+async def test_the_last_cancelled_waiter_cancels_the_lookup() -> None:
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(tarpit, ["a.test"], metrics=Metrics(), max_concurrent_lookups=1)
+        waiters = [asyncio.ensure_future(verifier.verify("a.test", "t")) for _ in range(2)]
+        while tarpit.open_now == 0:
+            await asyncio.sleep(0.01)
+        waiters[0].cancel()
+        await asyncio.sleep(0.05)
+        assert verifier.lookups_in_progress == 1  # the other waiter still wants it
+        waiters[1].cancel()
+        for _ in range(20):  # well before the 0.5 s time-out would end it anyway
+            if verifier.lookups_in_progress == 0 and tarpit.open_now == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert verifier.lookups_in_progress == 0
+        assert tarpit.open_now == 0  # its socket closed with it
