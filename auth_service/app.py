@@ -44,7 +44,14 @@ from starlette.types import Receive, Scope, Send
 from .config import IpNetwork, Settings
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
 from .metrics import Metrics
-from .models import LegacySfuRequest, MatrixError, RequestError, SfuRequest, unauthorized
+from .models import (
+    BadJsonError,
+    LegacySfuRequest,
+    MatrixError,
+    RequestError,
+    SfuRequest,
+    unauthorized,
+)
 from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
@@ -305,6 +312,8 @@ class TokenService:
             return await self._issue(request, endpoint, parse)
         except RequestError as error:
             outcome = "not_json" if error.errcode == "M_NOT_JSON" else "bad_json"
+            if isinstance(error, BadJsonError) and error.limit:
+                self.metrics.limit_hit(error.limit)
             log.info("%s: refused request from %r: %s", endpoint, self._client(request), error)
             return self._error(endpoint, outcome, error)
         except MatrixError as error:

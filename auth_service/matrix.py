@@ -50,6 +50,7 @@ from .net import (
     IpAddress,
     NetError,
     Resolver,
+    ResponseTooLarge,
     SrvRecord,
     Timeouts,
     http_get,
@@ -433,6 +434,8 @@ class FederationDiscovery:
                     timeouts=self.timeouts,
                 )
             except NetError as exc:
+                if isinstance(exc, ResponseTooLarge):
+                    self._limit_hit("auth_homeserver_response")
                 log.debug("no well-known for %s: %s", host, exc)
                 return None
             if response.status in _REDIRECT_STATUSES:
@@ -448,6 +451,8 @@ class FederationDiscovery:
             except InvalidWellKnown as exc:
                 log.debug("ignoring the well-known of %s: %s", host, exc)
                 return None
+        self._limit_hit("auth_well_known_redirects")
+        log.debug("the well-known of %s redirects more than %d times", host, MAX_REDIRECTS)
         return None
 
 
@@ -569,6 +574,8 @@ class OpenIdVerifier:
             self._mark_unreachable(server_name, "timed out")
             raise OpenIdError(f"OpenID lookup at {server_name} timed out") from None
         except NetError as exc:
+            if isinstance(exc, ResponseTooLarge):
+                self._limit_hit("auth_homeserver_response")
             self._mark_unreachable(server_name, str(exc))
             raise OpenIdError(f"OpenID lookup at {server_name} failed: {exc}") from None
         except (InvalidServerName, InvalidUserInfo) as exc:
@@ -635,6 +642,8 @@ class OpenIdVerifier:
                         timeouts=self.discovery.timeouts,
                     )
                 except NetError as exc:
+                    if isinstance(exc, ResponseTooLarge):
+                        self._limit_hit("auth_homeserver_response")
                     errors.append(str(exc))
             self.discovery.forget(server_name)
             if not cached or attempt == 1:

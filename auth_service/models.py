@@ -76,10 +76,14 @@ class NotJsonError(RequestError):
 
 
 class BadJsonError(RequestError):
-    """The body decoded but misses required fields (400 ``M_BAD_JSON``)."""
+    """The body decoded but misses required fields (400 ``M_BAD_JSON``).
 
-    def __init__(self, error: str) -> None:
+    ``limit`` names the cap of ``docs/limits.md`` the request exceeded, if that is the reason.
+    """
+
+    def __init__(self, error: str, limit: str = "") -> None:
         super().__init__(400, "M_BAD_JSON", error)
+        self.limit = limit
 
 
 def unauthorized() -> MatrixError:
@@ -208,7 +212,8 @@ def check_device_id(device_id: str, name: str) -> None:
     """Refuse a device ID that is not printable ASCII without ``:``, or longer than 255."""
     if len(device_id) > MAX_DEVICE_ID_LENGTH:
         raise BadJsonError(
-            f"The request body `{name}` is longer than {MAX_DEVICE_ID_LENGTH} characters"
+            f"The request body `{name}` is longer than {MAX_DEVICE_ID_LENGTH} characters",
+            limit="auth_device_id_length",
         )
     if not _DEVICE_ID.fullmatch(device_id):
         raise BadJsonError(

@@ -15,13 +15,18 @@ from typing import Any
 import pytest
 
 from auth_service.app import build_verifier, create_app
-from auth_service.matrix import FederationDiscovery, LookupCapacityError, OpenIdError
+from auth_service.matrix import (
+    WELL_KNOWN_PATH,
+    FederationDiscovery,
+    LookupCapacityError,
+    OpenIdError,
+)
 from auth_service.matrix import OpenIdVerifier as Verifier
 from auth_service.metrics import Metrics
-from auth_service.net import Timeouts, client_tls_context
+from auth_service.net import SrvRecord, Timeouts, client_tls_context
 from auth_service.ratelimit import RateLimit
 
-from .fakes import FakeHttpServer, FakeResolver, Tarpit, asgi_client, make_settings
+from .fakes import FakeHttpServer, FakeResolver, Reply, Tarpit, asgi_client, make_settings
 from .test_app import ALICE, Harness, assert_error, claims_of, get_token_body, sfu_get_body
 from .test_discovery import userinfo_handler
 
@@ -272,3 +277,49 @@ async def test_the_last_cancelled_waiter_cancels_the_lookup() -> None:
             await asyncio.sleep(0.01)
         assert verifier.lookups_in_progress == 0
         assert tarpit.open_now == 0  # its socket closed with it
+
+
+@pytest.mark.parametrize(
+    ("well_known", "limit"),
+    [
+        (Reply(200, b'{"m.server": "x.test", "pad": "' + b"x" * 60_000 + b'"}'), "response"),
+        (Reply(302, b"", (("Location", f"https://hs.test:PORT{WELL_KNOWN_PATH}"),)), "redirects"),
+    ],
+)
+async def test_homeserver_answers_over_a_cap_are_counted(
+    tls_files: Any, well_known: Reply, limit: str
+) -> None:
+    metrics = Metrics()
+    async with (
+        FakeHttpServer(
+            userinfo_handler({"t": "@bob:hs.test"}), tls_files.cert, tls_files.key
+        ) as hs,
+        FakeHttpServer(lambda _path: well_known, tls_files.cert, tls_files.key) as wk,
+    ):
+        headers = tuple(
+            (name, value.replace("PORT", str(wk.port))) for name, value in well_known.headers
+        )
+        wk.handler = lambda _path: Reply(well_known.status, well_known.body, headers)
+        discovery = FederationDiscovery(
+            FakeResolver(
+                {"hs.test": ["127.0.0.1"], "fed.test": ["127.0.0.1"]},
+                {"_matrix-fed._tcp.hs.test": [SrvRecord(10, 5, hs.port, "fed.test.")]},
+            ),
+            tls_context=client_tls_context(verify=True, cafile=str(tls_files.cert)),
+            allow_private=True,
+            well_known_port=wk.port,
+            metrics=metrics,
+        )
+        verifier = Verifier(discovery, metrics=metrics)
+        assert await verifier.verify("hs.test", "t") == "@bob:hs.test"  # falls through to SRV
+    name = {"response": "auth_homeserver_response", "redirects": "auth_well_known_redirects"}[limit]
+    assert f'sfu_limit_exceeded_total{{limit="{name}"}} 1.0' in metrics.render().decode()
+
+
+async def test_an_overlong_device_id_is_counted() -> None:
+    harness = Harness()
+    async with asgi_client(harness.app) as http:
+        response = await http.post("/sfu/get", json=sfu_get_body(device_id="x" * 256))
+        assert_error(response, 400, "M_BAD_JSON")
+    text = (await _metrics(harness)).text
+    assert 'sfu_limit_exceeded_total{limit="auth_device_id_length"} 1.0' in text
