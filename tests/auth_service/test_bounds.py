@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -323,3 +325,14 @@ async def test_an_overlong_device_id_is_counted() -> None:
         assert_error(response, 400, "M_BAD_JSON")
     text = (await _metrics(harness)).text
     assert 'sfu_limit_exceeded_total{limit="auth_device_id_length"} 1.0' in text
+
+
+def test_every_counted_cap_is_documented() -> None:
+    """Each limit name the service counts is a row of the "Auth service" section of limits.md."""
+    root = Path(__file__).resolve().parents[2]
+    source = "".join(path.read_text() for path in (root / "auth_service").glob("*.py"))
+    counted = set(re.findall(r'(?:limit_hit\(|limit=)"(auth_\w+)"', source))
+    section = (root / "docs" / "limits.md").read_text().split("## Auth service", 1)[1]
+    documented = set(re.findall(r"^\| `(auth_\w+)` \|", section, flags=re.MULTILINE))
+    assert len(counted) >= 12
+    assert counted == documented
