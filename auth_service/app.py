@@ -95,7 +95,10 @@ class UserVerifier(Protocol):
     """Turns an OpenID token into the Matrix user ID it belongs to."""
 
     async def verify(self, server_name: str, access_token: str) -> str:
-        """The verified user ID; raises :class:`OpenIdError` otherwise."""
+        """The verified user ID; raises :class:`OpenIdError` otherwise.
+
+        May raise :class:`LookupCapacityError` when no outbound lookup can start now.
+        """
         ...
 
 

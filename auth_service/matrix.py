@@ -244,6 +244,7 @@ class SingleFlight(Generic[_K, _V]):
 
     def __init__(self) -> None:
         self._running: dict[_K, asyncio.Future[_V]] = {}
+        self._keys: dict[asyncio.Future[_V], _K] = {}
         self._waiters: dict[asyncio.Future[_V], int] = {}
 
     def running(self, key: _K) -> asyncio.Future[_V] | None:
@@ -256,6 +257,7 @@ class SingleFlight(Generic[_K, _V]):
         if future is None:
             future = asyncio.ensure_future(factory())
             self._running[key] = future
+            self._keys[future] = key
             future.add_done_callback(lambda done: self._finished(key, done))
         return future
 
@@ -265,7 +267,11 @@ class SingleFlight(Generic[_K, _V]):
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            if self._waiters[future] == 1:
+            if self._waiters[future] == 1 and not future.done():
+                # Nobody else wants it: cancel it, and let the next caller start afresh.
+                key = self._keys.get(future)
+                if key is not None and self._running.get(key) is future:
+                    del self._running[key]
                 future.cancel()
             raise
         finally:
@@ -285,6 +291,7 @@ class SingleFlight(Generic[_K, _V]):
     def _finished(self, key: _K, future: asyncio.Future[_V]) -> None:
         if self._running.get(key) is future:
             del self._running[key]
+        self._keys.pop(future, None)
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not warn when nobody awaits it
 
@@ -402,7 +409,7 @@ class FederationDiscovery:
             if not records:
                 records = await self.resolver.resolve_srv(f"_matrix._tcp.{server_name}")
         except NetError as exc:
-            log.debug("SRV lookup for %s failed: %s", server_name, exc)
+            log.debug("SRV lookup for %s failed: %r", server_name, str(exc))
             records = []
         if records:
             usable = [r for r in records if r.target.rstrip(".") and 0 < r.port <= 65535]
@@ -436,7 +443,7 @@ class FederationDiscovery:
             except NetError as exc:
                 if isinstance(exc, ResponseTooLarge):
                     self._limit_hit("auth_homeserver_response")
-                log.debug("no well-known for %s: %s", host, exc)
+                log.debug("no well-known for %s: %r", host, str(exc))
                 return None
             if response.status in _REDIRECT_STATUSES:
                 location = _redirect_target(response, f"https://{host_header}{path}")
@@ -449,7 +456,7 @@ class FederationDiscovery:
             try:
                 return parse_well_known(response.body)
             except InvalidWellKnown as exc:
-                log.debug("ignoring the well-known of %s: %s", host, exc)
+                log.debug("ignoring the well-known of %s: %r", host, str(exc))
                 return None
         self._limit_hit("auth_well_known_redirects")
         log.debug("the well-known of %s redirects more than %d times", host, MAX_REDIRECTS)

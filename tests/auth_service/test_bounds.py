@@ -22,6 +22,7 @@ from auth_service.matrix import (
     FederationDiscovery,
     LookupCapacityError,
     OpenIdError,
+    SingleFlight,
 )
 from auth_service.matrix import OpenIdVerifier as Verifier
 from auth_service.metrics import Metrics
@@ -336,3 +337,21 @@ def test_every_counted_cap_is_documented() -> None:
     documented = set(re.findall(r"^\| `(auth_\w+)` \|", section, flags=re.MULTILINE))
     assert len(counted) >= 12
     assert counted == documented
+
+
+async def test_a_caller_right_after_the_last_cancelled_waiter_starts_afresh() -> None:
+    flight: SingleFlight[str, str] = SingleFlight()
+    started: list[int] = []
+
+    async def slow() -> str:
+        started.append(1)
+        await asyncio.sleep(0.05)
+        return "done"
+
+    first = asyncio.ensure_future(flight.run("k", slow))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)  # first's cancellation is handled; the call is cancelled with it
+    assert await flight.run("k", slow) == "done"  # not the cancelled call's CancelledError
+    assert started == [1, 1]
+    assert len(flight) == 0
