@@ -148,6 +148,18 @@ def client_address(
     return hops[0] if hops else peer
 
 
+def reserved_servers(settings: Settings) -> frozenset[str]:
+    """The operator's own homeservers, whose lookups get slots of their own.
+
+    Those of ``LIVEKIT_FULL_ACCESS_HOMESERVERS`` (unless it is ``*``) and of
+    ``LIVEKIT_AUTH_HOMESERVER_URLS``.
+    """
+    own = set(settings.homeserver_urls)
+    if settings.full_access_homeservers != ("*",):
+        own.update(settings.full_access_homeservers)
+    return frozenset(own)
+
+
 def build_verifier(
     settings: Settings,
     *,
@@ -173,6 +185,7 @@ def build_verifier(
         total_timeout=settings.openid_timeout_seconds,
         cache_seconds=settings.openid_cache_seconds,
         max_concurrent_lookups=settings.max_concurrent_lookups,
+        reserved_servers=reserved_servers(settings),
         metrics=metrics,
     )
 

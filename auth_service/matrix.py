@@ -25,7 +25,8 @@ share one request.
 Like upstream, every token is checked with its homeserver (an expired token is refused at once);
 a result cache exists but is off by default. Because anyone can name any server, outbound work is
 bounded: at most ``max_concurrent_lookups`` lookups run at a time (the next one fails at once with
-:class:`LookupCapacityError`), and a homeserver that could not be reached is not asked again for
+:class:`LookupCapacityError`) — and as many again for the operator's own homeservers, so that a
+flood of lookups for other servers cannot lock their users out — and a homeserver that could not be reached is not asked again for
 ``unreachable_seconds``. Every cache has a maximum size.
 """
 
@@ -38,7 +39,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -489,6 +490,8 @@ class OpenIdVerifier:
     each request asks the homeserver, so a token it expired is refused at once). Concurrent
     requests with the same token share one lookup. At most ``max_concurrent_lookups`` lookups
     run at once; beyond that :meth:`verify` raises :class:`LookupCapacityError` without waiting.
+    Lookups for ``reserved_servers`` (the operator's own homeservers) count in a pool of the same
+    size of their own, so lookups for everyone else cannot use up their slots.
     A server name whose homeserver could not be reached (network error or time-out, not a
     refused token) is refused without a lookup for ``unreachable_seconds``.
     """
@@ -501,6 +504,7 @@ class OpenIdVerifier:
         total_timeout: float = 10.0,
         cache_seconds: float = 0.0,
         max_concurrent_lookups: int = DEFAULT_MAX_CONCURRENT_LOOKUPS,
+        reserved_servers: Iterable[str] = (),
         unreachable_seconds: float = UNREACHABLE_SECONDS,
         max_unreachable_entries: int = MAX_UNREACHABLE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
@@ -521,7 +525,9 @@ class OpenIdVerifier:
             max_unreachable_entries, clock, lambda: self._limit_hit("auth_unreachable_cache")
         )
         self._flight: SingleFlight[tuple[str, bytes], str] = SingleFlight()
-        self._lookups = 0
+        self.reserved_servers = frozenset(reserved_servers)
+        self._lookups = 0  # for any server
+        self._reserved_lookups = 0  # for reserved_servers
 
     def _limit_hit(self, name: str) -> None:
         if self._metrics:
@@ -529,8 +535,8 @@ class OpenIdVerifier:
 
     @property
     def lookups_in_progress(self) -> int:
-        """Outbound lookups running now (at most ``max_concurrent_lookups``)."""
-        return self._lookups
+        """Outbound lookups running now (at most ``max_concurrent_lookups`` per pool)."""
+        return self._lookups + self._reserved_lookups
 
     def unreachable_count(self) -> int:
         """Server names remembered as unreachable."""
@@ -555,16 +561,26 @@ class OpenIdVerifier:
             raise OpenIdError(f"{server_name} was unreachable recently: {reason}")
         future = self._flight.running(key)
         if future is None:
-            if self._lookups >= self.max_concurrent_lookups:
+            reserved = server_name in self.reserved_servers
+            running = self._reserved_lookups if reserved else self._lookups
+            if running >= self.max_concurrent_lookups:
                 self._limit_hit("auth_homeserver_lookups")
-                raise LookupCapacityError(f"{self._lookups} homeserver lookups in progress")
-            self._lookups += 1
+                raise LookupCapacityError(f"{running} homeserver lookups in progress")
+            if reserved:
+                self._reserved_lookups += 1
+            else:
+                self._lookups += 1
             future = self._flight.start(key, lambda: self._lookup(key, server_name, access_token))
-            future.add_done_callback(self._release_slot)
+            future.add_done_callback(
+                self._release_reserved_slot if reserved else self._release_slot
+            )
         return await self._flight.wait(future)
 
     def _release_slot(self, _future: asyncio.Future[str]) -> None:
         self._lookups -= 1
+
+    def _release_reserved_slot(self, _future: asyncio.Future[str]) -> None:
+        self._reserved_lookups -= 1
 
     def _mark_unreachable(self, server_name: str, reason: str) -> None:
         if server_name not in self.homeserver_urls:  # the operator's own servers: never

@@ -355,3 +355,36 @@ async def test_a_caller_right_after_the_last_cancelled_waiter_starts_afresh() ->
     assert await flight.run("k", slow) == "done"  # not the cancelled call's CancelledError
     assert started == [1, 1]
     assert len(flight) == 0
+
+
+async def test_lookups_for_other_servers_cannot_use_up_the_operators_slots() -> None:
+    metrics = Metrics()
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(
+            tarpit,
+            ["a.test", "b.test", "home.test"],
+            metrics=metrics,
+            max_concurrent_lookups=1,
+            reserved_servers={"home.test"},
+        )
+        flood = asyncio.ensure_future(verifier.verify("a.test", "t"))
+        await asyncio.sleep(0)
+        with pytest.raises(LookupCapacityError):
+            await verifier.verify("b.test", "t")
+        own = asyncio.ensure_future(verifier.verify("home.test", "t"))  # has a slot of its own
+        await asyncio.sleep(0)
+        assert verifier.lookups_in_progress == 2
+        with pytest.raises(LookupCapacityError):
+            await verifier.verify("home.test", "other-token")
+        for future in (flood, own):
+            with pytest.raises(OpenIdError, match="timed out"):
+                await future
+
+
+def test_the_operators_servers_are_reserved() -> None:
+    settings = make_settings(
+        full_access_homeservers=("example.org", "other.org"),
+        homeserver_urls={"private.test": "http://127.0.0.1:1"},
+    )
+    assert build_verifier(settings).reserved_servers == {"example.org", "other.org", "private.test"}
+    assert build_verifier(make_settings(full_access_homeservers=("*",))).reserved_servers == set()
