@@ -25,9 +25,9 @@ share one request.
 Like upstream, every token is checked with its homeserver (an expired token is refused at once);
 a result cache exists but is off by default. Because anyone can name any server, outbound work is
 bounded: at most ``max_concurrent_lookups`` lookups run at a time (the next one fails at once with
-:class:`LookupCapacityError`) — and as many again for the operator's own homeservers, so that a
-flood of lookups for other servers cannot lock their users out — and a homeserver that could not be reached is not asked again for
-``unreachable_seconds``. Every cache has a maximum size.
+:class:`LookupCapacityError`), and as many again for the operator's own homeservers, so that a
+flood of lookups for other servers cannot lock their users out. Another homeserver that could not
+be reached is not asked again for ``unreachable_seconds``. Every cache has a maximum size.
 """
 
 from __future__ import annotations
@@ -493,7 +493,8 @@ class OpenIdVerifier:
     Lookups for ``reserved_servers`` (the operator's own homeservers) count in a pool of the same
     size of their own, so lookups for everyone else cannot use up their slots.
     A server name whose homeserver could not be reached (network error or time-out, not a
-    refused token) is refused without a lookup for ``unreachable_seconds``.
+    refused token) is refused without a lookup for ``unreachable_seconds``, unless it is one of
+    the operator's (``reserved_servers`` or ``homeserver_urls``).
     """
 
     def __init__(
@@ -583,8 +584,9 @@ class OpenIdVerifier:
         self._reserved_lookups -= 1
 
     def _mark_unreachable(self, server_name: str, reason: str) -> None:
-        if server_name not in self.homeserver_urls:  # the operator's own servers: never
-            self._unreachable.put(server_name, reason, self.unreachable_seconds)
+        if server_name in self.homeserver_urls or server_name in self.reserved_servers:
+            return  # the operator's own servers: a blip must not lock their users out
+        self._unreachable.put(server_name, reason, self.unreachable_seconds)
 
     async def _lookup(self, key: tuple[str, bytes], server_name: str, access_token: str) -> str:
         started = self._clock()

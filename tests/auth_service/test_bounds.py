@@ -388,3 +388,18 @@ def test_the_operators_servers_are_reserved() -> None:
     )
     assert build_verifier(settings).reserved_servers == {"example.org", "other.org", "private.test"}
     assert build_verifier(make_settings(full_access_homeservers=("*",))).reserved_servers == set()
+
+
+async def test_the_operators_servers_are_never_marked_unreachable() -> None:
+    async with Tarpit() as tarpit:
+        verifier = tarpit_verifier(
+            tarpit,
+            ["home.test"],
+            metrics=Metrics(),
+            max_concurrent_lookups=8,
+            reserved_servers={"home.test"},
+        )
+        for _ in range(2):
+            with pytest.raises(OpenIdError, match="timed out"):
+                await verifier.verify("home.test", "t")
+        assert verifier.unreachable_count() == 0
