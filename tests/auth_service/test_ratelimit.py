@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from auth_service.ratelimit import RateLimit, RateLimiter, address_bucket, retry_after_ms
 
 
@@ -91,3 +94,8 @@ def test_a_full_table_is_reported() -> None:
         limiter.acquire(str(index))
     assert hits == [1]
     assert len(limiter) <= 4
+
+
+@given(st.one_of(st.text(max_size=60), st.ip_addresses().map(str)))
+def test_address_bucket_takes_any_text(address: str) -> None:
+    assert isinstance(address_bucket(address), str)
