@@ -47,7 +47,10 @@ class TokenSource:
             raise ValueError("need api_key and api_secret, or token_url")
         self.api_key, self.api_secret, self.token_url = api_key, api_secret, token_url
 
-    def mint(self, identity: str, room: str, *, publish: bool) -> str:
+    def mint(self, identity: str, room: str, *, publish: bool, create: bool = True) -> str:
+        """A token for `room`. With `create` (the load test's own rooms: whoever comes first
+        creates it) it carries roomCreate: an SFU with room.auto_create off (this SFU's
+        default) creates rooms only for such tokens."""
         assert self.api_key is not None and self.api_secret is not None
         now = int(time.time())
         claims = {
@@ -62,6 +65,7 @@ class TokenSource:
                 "canPublish": publish,
                 "canSubscribe": True,
                 "canPublishData": publish,
+                "roomCreate": create,
             },
         }
         return jwt.encode(claims, self.api_secret, algorithm="HS256")

@@ -45,7 +45,13 @@ def dev_token(key: str, secret: str, room: str, identity: str) -> str:
         "nbf": now,
         "exp": now + 6 * 3600,
         "name": identity,
-        "video": {"room": room, "roomJoin": True, "canPublish": True, "canSubscribe": True},
+        "video": {
+            "room": room,
+            "roomJoin": True,
+            "roomCreate": True,  # the SFU creates rooms only for such tokens (auto_create false)
+            "canPublish": True,
+            "canSubscribe": True,
+        },
     }
     return jwt.encode(claims, secret, algorithm="HS256")
 
@@ -61,7 +67,6 @@ def main() -> int:
         f"keys:\n  {key}: {secret}\n"
         "rtc:\n  port_range_start: 50000\n  port_range_end: 50999\n"
         f"  node_ip: {HOST}\n"
-        "room:\n  auto_create: true\n"
         "logging:\n  level: info\n"
     )
     config.chmod(0o600)

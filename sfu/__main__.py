@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import resource
 import socket
 import sys
 
 import uvicorn
 import uvloop
 
-from sfu.app import build_app
+from sfu.app import build_app, listen_sockets
 from sfu.config import ConfigError, load
 
 LEVELS = {
@@ -23,16 +24,17 @@ LEVELS = {
 }
 
 
-def _sockets(addresses: tuple[str, ...], port: int) -> list[socket.socket]:
-    sockets = []
-    for address in addresses or ("0.0.0.0",):
-        host = address or "0.0.0.0"
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sockets.append(sock)
-    return sockets
+def _raise_nofile() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one (as Go does for LiveKit): sessions need
+    descriptors, and the default cap on sessions is derived from this limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return
+    logging.getLogger("sfu").info("RLIMIT_NOFILE raised from %d to %d", soft, hard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         level=LEVELS[config.logging.level.lower()],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _raise_nofile()
+    sockets: list[socket.socket] = []
+    metrics_sockets: list[socket.socket] = []
     try:
-        sockets = _sockets(config.bind_addresses, config.port)
+        sockets = listen_sockets(config.bind_addresses, config.port)
+        if config.prometheus_port:
+            metrics_sockets = listen_sockets(config.bind_addresses, config.prometheus_port)
     except OSError as exc:
-        print(f"matrix-sfu: cannot listen on port {config.port}: {exc.strerror}", file=sys.stderr)
+        port = config.prometheus_port if sockets else config.port
+        print(f"matrix-sfu: cannot listen on port {port}: {exc.strerror}", file=sys.stderr)
         return 2
     if config.rtc.udp_port:  # the shared media sockets bind at start-up: check the port now
         for address in config.bind_addresses or ("0.0.0.0",):
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(config),
+            build_app(config, metrics_sockets or None),
             loop="uvloop",
             ws="wsproto",
             ws_max_size=config.limits.max_signal_message_size,

@@ -1,7 +1,11 @@
 """The composition root: builds every SFU object from the config and serves the HTTP/WebSocket routes.
 
 Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/rtc/v1/validate``
-(404 with CORS so newer JS clients fall back to v0), ``/healthz``, ``/metrics`` and ``/``.
+(404 with CORS so newer JS clients fall back to v0), ``/healthz``, ``/metrics`` and ``/``. With
+``prometheus_port`` set, ``/metrics`` is served on that port (on the bind addresses) instead.
+
+Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, and the
+room: it must exist, or the token's ``roomCreate`` or ``room.auto_create`` must allow creating it.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import cast
 
+import uvicorn
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
@@ -22,12 +28,20 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from sfu.admission import (
+    SESSIONS_PER_IDENTITY,
+    Reservation,
+    SessionLedger,
+    address_key,
+    derived_max_sessions,
+)
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
-from sfu.room import Participant, ParticipantOptions, Room, RoomManager, RoomNotFoundError
+from sfu.room import Participant, ParticipantOptions, RoomManager
+from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
 from sfu.transport import SendMode, TransportConfig
 from sfu.transport.udpmux import close_muxes, open_mux
@@ -35,7 +49,9 @@ from sfu.transport.udpmux import close_muxes, open_mux
 log = logging.getLogger(__name__)
 
 CORS = {"Access-Control-Allow-Origin": "*"}
-TOKEN_REFRESH_TTL = 600
+#: a refreshed token is valid until the next refresh reaches the client, plus this long for a
+#: reconnect that starts just before it; never less than the original token's expiry
+TOKEN_REFRESH_GRACE = 60
 
 
 class AdmissionError(Exception):
@@ -43,6 +59,19 @@ class AdmissionError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+@dataclass
+class Admission:
+    """An admitted /rtc request: its grants, the room it joins, and the slots it holds."""
+
+    grants: ClaimGrants
+    room_name: str
+    reservation: Reservation | None = None
+
+    def release(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release()
 
 
 @dataclass
@@ -56,7 +85,12 @@ class Sfu:
     metrics: Metrics
     transport_config: TransportConfig
     cpu_load: CpuLoad = dataclasses.field(default_factory=CpuLoad)
-    sessions: int = 0
+    ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
+    _warned_per_ip: bool = False
+
+    @property
+    def sessions(self) -> int:
+        return self.ledger.sessions
 
     @classmethod
     def build(cls, config: Config) -> Sfu:
@@ -77,13 +111,45 @@ class Sfu:
             udp_port=config.rtc.udp_port,
             send_mode=cast(SendMode, config.rtc.send_mode),
         )
+        max_sessions = config.limits.max_sessions
+        derived, why = derived_max_sessions(
+            bind_addresses=len(transport_config.bind_addresses),
+            port_range=(config.rtc.port_range_start, config.rtc.port_range_end),
+            udp_port=config.rtc.udp_port,
+        )
+        if max_sessions:
+            log.info("limits.max_sessions %d (configured)", max_sessions)
+            if max_sessions > derived:
+                log.warning(
+                    "limits.max_sessions %d is above what this process can hold (%s)",
+                    max_sessions,
+                    why,
+                )
+        else:
+            max_sessions = derived
+            log.info("limits.max_sessions %d, derived from %s", max_sessions, why)
+        ledger = SessionLedger(max_sessions, config.limits.max_sessions_per_ip)
         return cls(
-            config, node_id, TokenVerifier(config.keys), rooms, metrics, transport_config, cpu_load
+            config,
+            node_id,
+            TokenVerifier(config.keys),
+            rooms,
+            metrics,
+            transport_config,
+            cpu_load,
+            ledger,
         )
 
     # -- admission ------------------------------------------------------------------------------
-    def admit(self, conn: HTTPConnection) -> tuple[ClaimGrants, Room]:
-        """Check a /rtc request: token, room, limits. Raises AdmissionError with LiveKit's status."""
+    def _refuse(self, limit: str, message: str) -> AdmissionError:
+        COUNTERS.limit_exceeded(limit)
+        return AdmissionError(503, message)
+
+    def admit(self, conn: HTTPConnection, *, reserve: bool = False) -> Admission:
+        """Check a /rtc request: token, session caps, CPU load, room. Raises AdmissionError with
+        LiveKit's status. With `reserve`, the admission holds its session slots until released
+        (checked and taken without an await in between, so concurrent handshakes cannot
+        overshoot a cap); /rtc/validate only checks. Never creates a room."""
         token = ""
         authorization = conn.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
@@ -93,42 +159,85 @@ class Sfu:
             grants = self.verifier.verify_join(token)
         except AuthError as exc:
             raise AdmissionError(exc.status, exc.message) from None
-        limit = self.config.limits.max_sessions
-        if limit and self.sessions >= limit:
-            raise AdmissionError(503, "the server is at capacity")
+        ledger = self.ledger
+        address = address_key(conn.client.host) if conn.client is not None else ""
+        refused = ledger.check_sessions(address)
+        if refused == "max_sessions":
+            raise self._refuse(
+                refused,
+                f"the server is at capacity: {ledger.max_sessions} sessions (limits.max_sessions)",
+            )
+        if refused == "max_sessions_per_ip":
+            if not self._warned_per_ip:  # once: anyone can make this happen again and again
+                self._warned_per_ip = True
+                log.warning(
+                    "refused a session from %s: limits.max_sessions_per_ip %d reached (behind "
+                    "a proxy, see FORWARDED_ALLOW_IPS); further refusals are only counted",
+                    address,
+                    ledger.max_per_address,
+                )
+            raise self._refuse(
+                refused,
+                f"too many sessions from this address ({ledger.max_per_address}, "
+                "limits.max_sessions_per_ip)",
+            )
+        name, identity = grants.video.room, grants.identity
+        room = self.rooms.get(name)
+        if room is not None and room.closed:
+            room = None
+        live = room is not None and identity in room.participants
+        joining = ledger.joining_identities(name)
+        if int(live) + joining.get(identity, 0) >= SESSIONS_PER_IDENTITY:
+            raise self._refuse(
+                "sessions_per_identity",
+                "too many sessions for this identity: one in the room and one joining already",
+            )
         max_load = self.config.limits.max_cpu_load
         load = self.cpu_load.predicted(self.sessions) if max_load else 0.0
-        if load > max_load:
+        if load > max_load and not live:
             # A participant rejoining its room (same identity) is let through: it replaces itself.
-            room = self.rooms.get(grants.video.room)
-            if room is None or grants.identity not in room.participants:
-                COUNTERS.joins_refused_cpu += 1
-                raise AdmissionError(
-                    503,
-                    f"the server is at capacity: CPU load {load:.2f} (last "
-                    f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
-                    f"limits.max_cpu_load {max_load:.2f}",
-                )
-        try:
-            room = self.rooms.get_or_create(grants.video.room)
-        except RoomNotFoundError as exc:
-            raise AdmissionError(404, str(exc)) from None
-        if room.is_full() and grants.identity not in room.participants:
-            raise AdmissionError(503, "room is full")
-        return grants, room
+            COUNTERS.joins_refused_cpu += 1
+            raise AdmissionError(
+                503,
+                f"the server is at capacity: CPU load {load:.2f} (last "
+                f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
+                f"limits.max_cpu_load {max_load:.2f}",
+            )
+        if room is None and not (self.config.room.auto_create or grants.video.room_create):
+            raise AdmissionError(404, "requested room does not exist")
+        max_participants = (
+            room.max_participants if room is not None else self.config.room.max_participants
+        )
+        if max_participants and not live and identity not in joining:
+            present = set(room.participants) if room is not None else set()
+            if len(present | set(joining)) >= max_participants:
+                raise self._refuse("max_participants", "room is full")
+        admission = Admission(grants, name)
+        if reserve:
+            admission.reservation = ledger.reserve(address, name, identity)
+        return admission
 
-    def refresh_token(self, grants: ClaimGrants) -> str:
-        now = int(time.time())
-        ttl = max(TOKEN_REFRESH_TTL, grants.expires_at - now)
-        return self.verifier.mint(grants, ttl, now)
+    def refresh_token(self, grants: ClaimGrants, now: int | None = None) -> str:
+        """A token with every grant of ``grants``, valid until the next refresh reaches the
+        client plus `TOKEN_REFRESH_GRACE` (or until the original expiry, if later)."""
+        now = int(time.time()) if now is None else now
+        expires = max(grants.expires_at, now + TOKEN_REFRESH_INTERVAL + TOKEN_REFRESH_GRACE)
+        return self.verifier.mint(grants, expires - now, now)
 
     # -- routes ---------------------------------------------------------------------------------
     async def rtc(self, websocket: WebSocket) -> None:
         try:
-            grants, room = self.admit(websocket)
+            admission = self.admit(websocket, reserve=True)
         except AdmissionError as exc:
             await websocket.send_denial_response(PlainTextResponse(exc.message, exc.status))
             return
+        try:
+            await self._serve(websocket, admission)
+        finally:
+            admission.release()
+
+    async def _serve(self, websocket: WebSocket, admission: Admission) -> None:
+        grants, reservation = admission.grants, admission.reservation
         params = websocket.query_params
         await websocket.accept()
         if _flag(params.get("reconnect"), default=False):
@@ -150,16 +259,22 @@ class Sfu:
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
+        # admitted: the room existed or this token may create it (RoomManager.join re-checks)
+        room = self.rooms.get_or_create(admission.room_name, create=True)
         participant = Participant(
             room, grants, options, self.transport_config, session.send, self.refresh_token
         )
         COUNTERS.participant_joins += 1
         self.cpu_load.note_admission()
-        self.sessions += 1
-        try:
-            await session.run(participant, on_ready=lambda: room.join(participant))
-        finally:
-            self.sessions -= 1
+
+        async def join() -> None:
+            try:
+                await self.rooms.join(participant)
+            finally:
+                if reservation is not None:
+                    reservation.joined()
+
+        await session.run(participant, on_ready=join)
 
     async def validate(self, request: Request) -> Response:
         try:
@@ -206,8 +321,32 @@ def _task_count() -> int:
         return 0
 
 
-def build_app(config: Config) -> Starlette:
+def listen_sockets(addresses: tuple[str, ...], port: int) -> list[socket.socket]:
+    """Bound TCP sockets on each address (``0.0.0.0`` when none); raises OSError."""
+    sockets = []
+    for address in addresses or ("0.0.0.0",):
+        host = address or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sockets.append(sock)
+    return sockets
+
+
+class _MetricsServer(uvicorn.Server):
+    """The ``prometheus_port`` listener; the signalling server owns the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None) -> Starlette:
+    """The signalling app. With ``prometheus_port``, /metrics is served by a second server on
+    `metrics_sockets` (bound here on the bind addresses when not given) and not on this one."""
     sfu = Sfu.build(config)
+    metrics_route = Route("/metrics", sfu.metrics_endpoint, methods=["GET"])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -216,6 +355,23 @@ def build_app(config: Config) -> Starlette:
             for address in sfu.transport_config.bind_addresses:
                 await open_mux(address, udp_port)
             log.info("ICE/media on UDP port %d (one socket per bind address)", udp_port)
+        metrics_server: _MetricsServer | None = None
+        metrics_task: asyncio.Task[None] | None = None
+        if config.prometheus_port:
+            sockets = metrics_sockets or listen_sockets(
+                config.bind_addresses, config.prometheus_port
+            )
+            metrics_server = _MetricsServer(
+                uvicorn.Config(
+                    Starlette(routes=[metrics_route]),
+                    lifespan="off",
+                    access_log=False,
+                    log_config=None,  # the signalling server configured logging already
+                    timeout_graceful_shutdown=2,
+                )
+            )
+            metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets))
+            log.info("/metrics on port %d", config.prometheus_port)
         log.info("SFU node %s ready", sfu.node_id)
         sampler = asyncio.create_task(sfu.cpu_load.run(), name="cpu-load")
         try:
@@ -224,6 +380,9 @@ def build_app(config: Config) -> Starlette:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+            if metrics_server is not None and metrics_task is not None:
+                metrics_server.should_exit = True
+                await metrics_task
             await sfu.rooms.close_all()
             close_muxes()
 
@@ -236,7 +395,7 @@ def build_app(config: Config) -> Starlette:
             Route("/rtc/v1/validate", _not_found, methods=["GET"]),
             Route("/rtc", _not_found, methods=["GET"]),
             Route("/healthz", _ok, methods=["GET", "HEAD"]),
-            Route("/metrics", sfu.metrics_endpoint, methods=["GET"]),
+            *([] if config.prometheus_port else [metrics_route]),
             Route("/", _ok, methods=["GET", "HEAD"]),
         ],
         lifespan=lifespan,

@@ -161,15 +161,21 @@ class TokenVerifier:
         return grants
 
     def mint(self, grants: ClaimGrants, ttl_seconds: int, now: int) -> str:
-        """Re-mint a token with the same grants (LiveKit's refresh_token)."""
+        """Re-mint a token with every grant of ``grants`` (LiveKit's refresh_token)."""
+        v = grants.video
         video: dict[str, Any] = {
-            "room": grants.video.room,
-            "roomJoin": grants.video.room_join,
-            "canPublish": grants.video.can_publish,
-            "canSubscribe": grants.video.can_subscribe,
-            "canPublishData": grants.video.can_publish_data,
-            "canUpdateOwnMetadata": grants.video.can_update_own_metadata,
-            "hidden": grants.video.hidden,
+            "room": v.room,
+            "roomJoin": v.room_join,
+            "roomCreate": v.room_create,
+            "roomList": v.room_list,
+            "roomAdmin": v.room_admin,
+            "roomRecord": v.room_record,
+            "canPublish": v.can_publish,
+            "canSubscribe": v.can_subscribe,
+            "canPublishData": v.can_publish_data,
+            "canUpdateOwnMetadata": v.can_update_own_metadata,
+            "hidden": v.hidden,
+            "recorder": v.recorder,
         }
         if grants.video.can_publish_sources:
             video["canPublishSources"] = list(grants.video.can_publish_sources)

@@ -31,7 +31,6 @@ IGNORED_LIVEKIT_KEYS = frozenset(
     {
         "development",
         "region",
-        "prometheus_port",
         "prometheus",
         "turn",
         "ingress",
@@ -86,7 +85,10 @@ class RtcConfig:
 
 @dataclass(frozen=True)
 class RoomConfig:
-    auto_create: bool = True
+    #: create a room on its first join for any token; when false (the default, unlike LiveKit:
+    #: the auth service hands every Matrix user a token) only a token whose video grant has
+    #: ``roomCreate`` creates one, anyone else gets 404 ``requested room does not exist``
+    auto_create: bool = False
     #: seconds a room with nobody in it stays open if no one joins
     empty_timeout: int = 300
     #: seconds a room stays open after the last participant left
@@ -111,8 +113,11 @@ class RedisConfig:
 class LimitsConfig:
     #: largest signalling message accepted from a client, in bytes
     max_signal_message_size: int = 1 << 20
-    #: concurrent WebSocket sessions per node (0 = unlimited)
+    #: concurrent WebSocket sessions per node; 0 = derived at start-up from RLIMIT_NOFILE and
+    #: the UDP port range (`sfu.admission.derived_max_sessions`)
     max_sessions: int = 0
+    #: not a LiveKit key: concurrent sessions from one remote address (0 = no per-address cap)
+    max_sessions_per_ip: int = 64
     #: refuse new participants (503) while the SFU process's share of one core over the last 3 s,
     #: plus what the participants joining in that time will add, is above this; its one event
     #: loop saturates at 1.0 (0 = no limit)
@@ -122,6 +127,8 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class Config:
     port: int = 7880
+    #: serve /metrics on this port (on the bind addresses) instead of the signalling port
+    prometheus_port: int = 0
     bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     keys: Mapping[str, str] = field(default_factory=dict)
     rtc: RtcConfig = field(default_factory=RtcConfig)
@@ -238,7 +245,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
             values[key] = _build_section(key, _SECTIONS[key], value)
         elif key == "keys":
             values["keys"] = _parse_keys(value)
-        elif key in ("port", "bind_addresses"):
+        elif key in ("port", "bind_addresses", "prometheus_port"):
             values[key] = _coerce(key, value, getattr(defaults, key))
         elif key in IGNORED_LIVEKIT_KEYS:
             log.warning("config key %s is a LiveKit setting this SFU ignores", key)
@@ -253,6 +260,10 @@ def _validate(config: Config) -> None:
     validate_keys(config.keys)
     if not 0 < config.port < 65536:
         raise ConfigError(f"port: {config.port} is not a valid TCP port")
+    if not 0 <= config.prometheus_port < 65536 or config.prometheus_port == config.port:
+        raise ConfigError(
+            f"prometheus_port: {config.prometheus_port} is not a valid TCP port other than port"
+        )
     rtc = config.rtc
     if not (0 <= rtc.port_range_start <= rtc.port_range_end < 65536):
         raise ConfigError("rtc.port_range_start/rtc.port_range_end: not a valid UDP port range")
@@ -273,6 +284,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"logging.level: unknown level {config.logging.level!r}")
     if config.room.empty_timeout < 0 or config.room.departure_timeout < 0:
         raise ConfigError("room timeouts must not be negative")
+    if config.limits.max_sessions < 0 or config.limits.max_sessions_per_ip < 0:
+        raise ConfigError("limits.max_sessions/max_sessions_per_ip: must not be negative")
     if config.limits.max_cpu_load < 0:
         raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
 

@@ -72,15 +72,20 @@ class CpuLoad:
 
     def note_admission(self) -> None:
         """A participant was admitted now; its cost is not in the measurement yet."""
-        self._admitted.append(self._wall())
+        now = self._wall()
+        self._forget_before(now - self.window_s)
+        self._admitted.append(now)
+
+    def _forget_before(self, start: float) -> None:
+        admitted = self._admitted
+        while admitted and admitted[0] <= start:
+            admitted.popleft()
 
     def predicted(self, participants: int) -> float:
         """The measured load plus what the participants admitted within the window will add,
         at the average cost per connected participant (`participants`, recent ones included)."""
         admitted = self._admitted
-        start = self._wall() - self.window_s
-        while admitted and admitted[0] <= start:
-            admitted.popleft()
+        self._forget_before(self._wall() - self.window_s)
         if participants <= 0 or not admitted:
             return self.value
         return self.value * (1 + min(len(admitted), participants) / participants)

@@ -1,13 +1,18 @@
-"""The rooms of this node: lookup, auto-creation, and closing."""
+"""The rooms of this node: lookup, creation, joins (one at a time per room name), and closing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
 from sfu.metrics import Gauges, LayerGauge
-from sfu.room.room import Room
+from sfu.room.room import Room, RoomClosedError
+
+if TYPE_CHECKING:
+    from sfu.room.participant import Participant
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,8 @@ class RoomManager:
     def __init__(self, config: RoomConfig) -> None:
         self.config = config
         self.rooms: dict[RoomName, Room] = {}
+        #: a lock per room name with joins in flight, and how many hold or wait for it
+        self._join_locks: dict[RoomName, tuple[asyncio.Lock, int]] = {}
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(RoomName(name))
@@ -60,6 +67,37 @@ class RoomManager:
         self.rooms[room.name] = room
         log.info("room %s (%s) created", room.name, room.sid)
         return room
+
+    async def join(self, participant: Participant) -> Room:
+        """Join `participant` to the live room named like ``participant.room``, one join at a
+        time per name (a same-identity replacement completes before the next join looks).
+
+        A room that closed while the join was admitted and handshaking is replaced by a new
+        room of that name (admission already allowed joining it), so the joiner never lands in
+        a room the manager has forgotten. Raises RoomFullError.
+        """
+        name = participant.room.name
+        lock, holders = self._join_locks.get(name, (asyncio.Lock(), 0))
+        self._join_locks[name] = (lock, holders + 1)
+        try:
+            async with lock:
+                for _ in range(3):  # a room closes at most once under a join; bounded anyway
+                    room = self.rooms.get(name)
+                    if room is None or room.closed:
+                        room = self.create(name)
+                    participant.room = room
+                    try:
+                        await room.join(participant)
+                    except RoomClosedError:
+                        continue
+                    return room
+                raise RoomClosedError(name)
+        finally:
+            lock, holders = self._join_locks[name]
+            if holders > 1:
+                self._join_locks[name] = (lock, holders - 1)
+            else:
+                del self._join_locks[name]
 
     def _closed(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:

@@ -27,6 +27,14 @@ SPEAKER_INTERVAL = 0.4  # seconds between SpeakersChanged updates (LiveKit's aud
 SPEAKER_LEVEL_STEP = 0.05  # level changes smaller than this are not re-sent
 
 
+class RoomClosedError(Exception):
+    """The room closed before the participant was in it."""
+
+
+class RoomFullError(Exception):
+    """The room has max_participants participants."""
+
+
 class Room:
     def __init__(
         self,
@@ -83,10 +91,26 @@ class Room:
         return 0 < self.max_participants <= len(self.participants)
 
     async def join(self, participant: Participant) -> None:
-        """Add a participant: replace a same-identity one, send JoinResponse, tell the others."""
-        previous = self.participants.get(participant.identity)
-        if previous is not None:
+        """Add a participant: replace a same-identity one, send JoinResponse, tell the others.
+
+        Raises `RoomClosedError` if the room closed before the participant was in it (the
+        caller joins it to a new room of that name) and `RoomFullError` past max_participants.
+        `RoomManager.join` serialises joins per room; the checks here hold without it too.
+        """
+        if self.closed:
+            raise RoomClosedError(self.name)
+        self._cancel_close()
+        # a same-identity join that arrived during this await replaced `previous` first: loop
+        while (previous := self.participants.get(participant.identity)) is not None:
+            if previous is participant:
+                return
             await previous.close(models.DisconnectReason.DUPLICATE_IDENTITY)
+            if self.participants.get(participant.identity) is previous:  # never left: forget it
+                del self.participants[participant.identity]
+        if self.closed:  # the last one left during the await, and the room closed
+            raise RoomClosedError(self.name)
+        if self.is_full():
+            raise RoomFullError("room is full")
         self._cancel_close()
         if self._speaker_task is None:
             self._speaker_task = asyncio.ensure_future(self._speaker_loop())
@@ -181,7 +205,12 @@ class Room:
     def _schedule_close(self, delay: int) -> None:
         self._cancel_close()
         loop = asyncio.get_running_loop()
-        self._closer = loop.call_later(max(delay, 0), lambda: asyncio.ensure_future(self.close()))
+        self._closer = loop.call_later(max(delay, 0), lambda: asyncio.ensure_future(self._expire()))
+
+    async def _expire(self) -> None:
+        """The empty/departure timer fired: close, unless someone joined since it fired."""
+        if not self.participants:
+            await self.close()
 
     def _cancel_close(self) -> None:
         if self._closer is not None:

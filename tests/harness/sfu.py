@@ -153,7 +153,11 @@ def write_config(
             "port_range_end": rtc_port_range[1],
             "node_ip": "127.0.0.1",
         },
-        "room": {"auto_create": True, "empty_timeout": 300},
+        # room.auto_create stays the SFU's default (false): tokens carry roomCreate instead
+        "room": {"empty_timeout": 300},
+        # every test client connects from 127.0.0.1, so the per-address cap would be a cap on
+        # the whole test (tests of that cap set it)
+        "limits": {"max_sessions_per_ip": 0},
         "logging": {"level": log_level},
     }
     for key, value in (extra or {}).items():
@@ -291,11 +295,12 @@ async def running_sfu(
     finally:
         os.close(log_fd)
     http_url = f"http://127.0.0.1:{port}"
+    metrics_port = (extra_config or {}).get("prometheus_port") or port
     instance = SfuInstance(
         url=f"ws://127.0.0.1:{port}",
         api_key=api_key,
         api_secret=api_secret,
-        metrics_url=f"{http_url}/metrics",
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         pid=process.pid,
         http_url=http_url,
         port=port,

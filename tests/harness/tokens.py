@@ -2,6 +2,10 @@
 
 Everything a real deployment's token issuer would put in a token is settable here, so tests can
 also build over-scoped, under-scoped and expired tokens without hand-writing JWTs.
+
+Tokens carry ``roomCreate`` unless told otherwise, as the auth service's tokens for users of a
+full-access homeserver do: the SFU (``room.auto_create`` false by default) creates a room on
+join only for such a token. `room_create=False` gives a restricted user's token.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def mint_token(
     can_publish_sources: list[str] | None = None,
     hidden: bool | None = None,
     room_join: bool = True,
+    room_create: bool = True,
     metadata: str | None = None,
     ttl: timedelta = timedelta(hours=1),
 ) -> str:
@@ -39,6 +44,7 @@ def mint_token(
     """
     grants = api.VideoGrants(
         room_join=room_join,
+        room_create=room_create,
         room=room,
         can_publish=can_publish,
         can_subscribe=can_subscribe,

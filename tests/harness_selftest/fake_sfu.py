@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-EXPECTED_KEYS = {"port", "bind_addresses", "keys", "rtc", "room", "logging"}
+EXPECTED_KEYS = {"port", "bind_addresses", "keys", "rtc", "room", "limits", "logging"}
 
 
 def main() -> int:

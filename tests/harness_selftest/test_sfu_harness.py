@@ -50,7 +50,7 @@ async def test_starts_waits_for_health_and_stops_by_pid(tmp_path: Path) -> None:
             "port_range_end": sfu.rtc_port_range[1],
             "node_ip": "127.0.0.1",
         }
-        assert config["room"] == {"auto_create": True, "empty_timeout": 300}
+        assert config["room"] == {"empty_timeout": 300}
         assert config["logging"] == {"level": "info"}
         async with httpx.AsyncClient() as client:
             assert (await client.get(metrics_url)).status_code == 200
@@ -72,7 +72,7 @@ async def test_extra_config_merges(tmp_path: Path) -> None:
         extra={"room": {"auto_create": False}, "logging": {"level": "debug"}},
     )
     config = yaml.safe_load(path.read_text())
-    assert config["room"] == {"auto_create": False, "empty_timeout": 300}
+    assert config["room"] == {"empty_timeout": 300, "auto_create": False}
     assert config["logging"] == {"level": "debug"}
 
 

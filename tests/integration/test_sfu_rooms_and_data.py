@@ -159,7 +159,7 @@ async def test_auto_create_off_refuses_unknown_rooms(
     async with running_sfu(
         tmp_path / "sfu", api_key=key, api_secret=secret, extra_config=extra
     ) as sfu:
-        token = sfu.token("alice", "nope")
+        token = sfu.token("alice", "nope", room_create=False)
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(
                 f"{sfu.http_url}/rtc/validate", params={"access_token": token}

@@ -23,7 +23,9 @@ async def test_refused_joins_carry_the_status_and_the_servers_reason(tmp_path: P
                 sfu.url, wrong_secret, auto_subscribe=True, on_message=_ignore
             ).connect()
         assert str(forged.value).startswith("join refused: HTTP 401: ")
-        missing = TokenSource(sfu.api_key, sfu.api_secret).mint("a", "nowhere", publish=False)
+        missing = TokenSource(sfu.api_key, sfu.api_secret).mint(
+            "a", "nowhere", publish=False, create=False
+        )
         with pytest.raises(SignalError) as absent:
             await SignalClient(sfu.url, missing, auto_subscribe=True, on_message=_ignore).connect()
         assert str(absent.value) == "join refused: HTTP 404: requested room does not exist"

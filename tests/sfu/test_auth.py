@@ -51,7 +51,7 @@ def test_sdk_token_is_accepted() -> None:
         raw_token({"video": {"roomJoin": True, "room": "r", "canPublish": False}})
     )
     assert raw.video.can_publish_data is False  # defaults to canPublish when absent
-    assert grants.video.can_subscribe is True
+    assert raw.video.can_subscribe is True  # defaults to true when absent
 
 
 @pytest.mark.parametrize(
@@ -83,8 +83,9 @@ def test_unsigned_token_is_refused() -> None:
     token = jwt.encode(
         {"iss": KEY, "sub": "a", "exp": int(time.time()) + 60}, key=None, algorithm="none"
     )
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError) as info:
         VERIFIER.verify_join(token)
+    assert (info.value.status, info.value.message) == (401, "invalid token: only HS256 is accepted")
 
 
 def test_refresh_keeps_grants() -> None:
@@ -92,6 +93,16 @@ def test_refresh_keeps_grants() -> None:
     again = VERIFIER.verify_join(VERIFIER.mint(grants, 600, int(time.time())))
     assert again.video == grants.video
     assert again.identity == grants.identity
+
+
+def test_refresh_keeps_admin_create_list_record_and_recorder_grants() -> None:
+    token = sdk_token(
+        room_create=True, room_list=True, room_admin=True, room_record=True, recorder=True
+    )
+    grants = VERIFIER.verify_join(token)
+    assert grants.video.room_create and grants.video.room_admin and grants.video.recorder
+    again = VERIFIER.verify_join(VERIFIER.mint(grants, 600, int(time.time())))
+    assert again.video == grants.video
 
 
 @given(st.text(max_size=300))

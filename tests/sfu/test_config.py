@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,11 @@ def test_keys_from_env_and_body() -> None:
         ({"keys": {"k": SECRET}, "rtc": {"node_ip": "example.org"}}, "not an IP address"),
         ({"keys": {"k": SECRET}, "room": [1]}, "expected a mapping"),
         ({"keys": {"k": SECRET}, "rtc": {"send_mode": "fast"}}, "rtc.send_mode: must be one of"),
+        ({"keys": {"k": SECRET}, "prometheus_port": 70000}, "prometheus_port"),
+        ({"keys": {"k": SECRET}, "prometheus_port": 7880}, "other than port"),
+        ({"keys": {"k": SECRET}, "limits": {"max_sessions": -1}}, "must not be negative"),
+        ({"keys": {"k": SECRET}, "limits": {"max_sessions_per_ip": -1}}, "must not be negative"),
+        ({"keys": {"k": SECRET}, "logging": {"level": "loud"}}, "logging.level: unknown level"),
     ],
 )
 def test_errors_are_clear(raw: dict[str, object], message: str) -> None:
@@ -99,3 +105,53 @@ def test_unreadable_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("keys: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(str(bad), env={})
+
+
+def test_config_file_from_env_and_env_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "from-env.yaml"
+    path.write_text(f"keys: {{a: {SECRET}}}\nport: 7300\nredis: {{address: file:6379}}\n")
+    env = {
+        "LIVEKIT_CONFIG_FILE": str(path),
+        "LIVEKIT_CONFIG": "port: 1",  # the file wins over the body
+        "LIVEKIT_BIND": "127.0.0.1, ::1",
+        "REDIS_HOST": "redis.internal:6380",
+        "REDIS_PASSWORD": "hunter2",
+    }
+    config = load(None, env=env)
+    assert config.port == 7300
+    assert config.bind_addresses == ("127.0.0.1", "::1")
+    assert (config.redis.address, config.redis.password) == ("redis.internal:6380", "hunter2")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(None, env={"LIVEKIT_CONFIG_FILE": str(tmp_path / "absent.yaml")})
+
+
+def test_ignored_livekit_keys_warn_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sfu.config"):
+        config = from_mapping(
+            {"keys": {"k": SECRET}, "rtc": {"tcp_port": 7881}, "development": True}
+        )
+    assert config.port == 7880
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key rtc.tcp_port is a LiveKit setting this SFU ignores",
+        "config key development is a LiveKit setting this SFU ignores",
+    ]
+
+
+def test_admission_defaults_and_prometheus_port(caplog: pytest.LogCaptureFixture) -> None:
+    defaults = from_mapping({"keys": {"k": SECRET}})
+    assert defaults.room.auto_create is False  # rooms come from roomCreate tokens
+    assert (defaults.limits.max_sessions, defaults.limits.max_sessions_per_ip) == (0, 64)
+    assert defaults.prometheus_port == 0
+    with caplog.at_level(logging.WARNING, logger="sfu.config"):
+        config = from_mapping({"keys": {"k": SECRET}, "prometheus_port": 6789})
+    assert config.prometheus_port == 6789 and caplog.records == []  # implemented, not ignored
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warn", "warning", "error", "ERROR"])
+def test_logging_levels(level: str) -> None:
+    assert from_mapping({"keys": {"k": SECRET}, "logging": {"level": level}}).logging.level == level
+
+
+def test_signal_message_size_is_configurable() -> None:
+    raw = {"keys": {"k": SECRET}, "limits": {"max_signal_message_size": 4096}}
+    assert from_mapping(raw).limits.max_signal_message_size == 4096
