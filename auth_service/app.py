@@ -11,9 +11,14 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
 
 The token endpoints answer ``OPTIONS`` with 200 and send upstream's CORS headers and
 ``Content-Type: application/json`` on every answer, errors and 405 included. A request goes
-through: method → per-IP rate limit → size limit (64 KiB, 413) → decoding (400 ``M_NOT_JSON``) →
-validation (400 ``M_BAD_JSON``) → OpenID verification (401) → per-user rate limit (429) →
-delegation check → token → room creation for full-access homeservers (500 on failure).
+through: method → per-IP rate limit (IPv6 per /64) → size limit (64 KiB, 413) → decoding
+(400 ``M_NOT_JSON``) → validation (400 ``M_BAD_JSON``) → OpenID verification (401; 503
+``M_UNKNOWN`` when every outbound lookup slot is taken) → per-user rate limit (429) → delegation
+check → identity length (400) → token (``roomCreate`` for full-access homeservers only) → room
+creation for full-access homeservers (500 on failure).
+
+Every cap on remote input that is hit is counted in ``sfu_limit_exceeded_total{limit}``.
+Client-chosen strings are logged with ``%r``, so they cannot start a log line of their own.
 
 Collaborators (OpenID verifier, room creator, metrics, clocks) are injectable for tests.
 """
@@ -37,11 +42,18 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .config import IpNetwork, Settings
-from .matrix import FederationDiscovery, OpenIdError, OpenIdVerifier
+from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
 from .metrics import Metrics
-from .models import LegacySfuRequest, MatrixError, RequestError, SfuRequest, unauthorized
+from .models import (
+    BadJsonError,
+    LegacySfuRequest,
+    MatrixError,
+    RequestError,
+    SfuRequest,
+    unauthorized,
+)
 from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
-from .ratelimit import RateLimiter, retry_after_ms
+from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
     LoggingRoomCreator,
@@ -59,6 +71,9 @@ from .tokens import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 64 * 1024
+MAX_IDENTITY_LENGTH: Final = 256
+"""The SFU refuses tokens whose identity is longer (LiveKit's limit too)."""
+BUSY_RETRY_AFTER_SECONDS: Final = 1
 ROOM_CREATION_TIMEOUT_SECONDS: Final = 10.0
 
 CORS_HEADERS: Final = {
@@ -80,7 +95,10 @@ class UserVerifier(Protocol):
     """Turns an OpenID token into the Matrix user ID it belongs to."""
 
     async def verify(self, server_name: str, access_token: str) -> str:
-        """The verified user ID; raises :class:`OpenIdError` otherwise."""
+        """The verified user ID; raises :class:`OpenIdError` otherwise.
+
+        May raise :class:`LookupCapacityError` when no outbound lookup can start now.
+        """
         ...
 
 
@@ -130,6 +148,18 @@ def client_address(
     return hops[0] if hops else peer
 
 
+def reserved_servers(settings: Settings) -> frozenset[str]:
+    """The operator's own homeservers, whose lookups get slots of their own.
+
+    Those of ``LIVEKIT_FULL_ACCESS_HOMESERVERS`` (unless it is ``*``) and of
+    ``LIVEKIT_AUTH_HOMESERVER_URLS``.
+    """
+    own = set(settings.homeserver_urls)
+    if settings.full_access_homeservers != ("*",):
+        own.update(settings.full_access_homeservers)
+    return frozenset(own)
+
+
 def build_verifier(
     settings: Settings,
     *,
@@ -154,6 +184,8 @@ def build_verifier(
         homeserver_urls=settings.homeserver_urls,
         total_timeout=settings.openid_timeout_seconds,
         cache_seconds=settings.openid_cache_seconds,
+        max_concurrent_lookups=settings.max_concurrent_lookups,
+        reserved_servers=reserved_servers(settings),
         metrics=metrics,
     )
 
@@ -176,8 +208,16 @@ class TokenService:
         self.room_creator = room_creator
         self.metrics = metrics
         self.minter = TokenMinter(settings.api_key, settings.api_secret)
-        self.ip_limiter = RateLimiter(settings.ip_rate_limit, clock=clock)
-        self.user_limiter = RateLimiter(settings.user_rate_limit, clock=clock)
+        self.ip_limiter = RateLimiter(
+            settings.ip_rate_limit,
+            clock=clock,
+            on_full=lambda: metrics.limit_hit("auth_ip_rate_buckets"),
+        )
+        self.user_limiter = RateLimiter(
+            settings.user_rate_limit,
+            clock=clock,
+            on_full=lambda: metrics.limit_hit("auth_user_rate_buckets"),
+        )
         self._wall_clock = wall_clock
 
     # --- plumbing ------------------------------------------------------------------------
@@ -191,6 +231,8 @@ class TokenService:
         if error.status == 429:
             retry_ms = int(error.extra.get("retry_after_ms", 1000))
             headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
+        elif error.status == 503:
+            headers["Retry-After"] = str(BUSY_RETRY_AFTER_SECONDS)
         return self._answer(endpoint, outcome, _json(error.status, error.body(), headers))
 
     def _rate_limited(self, wait: float) -> MatrixError:
@@ -205,11 +247,13 @@ class TokenService:
         length = request.headers.get("content-length", "")
         too_large = MatrixError(413, "M_TOO_LARGE", "Request body too large")
         if length.isdigit() and (len(length) > 12 or int(length) > MAX_BODY_BYTES):
+            self.metrics.limit_hit("auth_request_body")
             raise too_large
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
+                self.metrics.limit_hit("auth_request_body")
                 raise too_large
         return bytes(body)
 
@@ -284,13 +328,17 @@ class TokenService:
             return await self._issue(request, endpoint, parse)
         except RequestError as error:
             outcome = "not_json" if error.errcode == "M_NOT_JSON" else "bad_json"
-            log.info("%s: refused request from %s: %s", endpoint, self._client(request), error)
+            if isinstance(error, BadJsonError) and error.limit:
+                self.metrics.limit_hit(error.limit)
+            log.info("%s: refused request from %r: %s", endpoint, self._client(request), error)
             return self._error(endpoint, outcome, error)
         except MatrixError as error:
             outcome = {
+                400: "bad_json",
                 401: "unauthorized",
                 413: "too_large",
                 429: "rate_limited",
+                503: "busy",
             }.get(error.status, "error")
             return self._error(endpoint, outcome, error)
         except ClientDisconnect:
@@ -313,17 +361,23 @@ class TokenService:
         parse: Callable[[bytes], _Grant],
     ) -> Response:
         client = self._client(request)
-        wait = self.ip_limiter.acquire(client)
+        wait = self.ip_limiter.acquire(address_bucket(client))
         if wait > 0:
-            log.info("%s: rate-limiting client %s", endpoint, client)
+            self.metrics.limit_hit("auth_ip_rate")
+            log.info("%s: rate-limiting client %r", endpoint, client)
             raise self._rate_limited(wait)
 
         grant = parse(await self._read_body(request))
 
         try:
             user_id = await self.verifier.verify(grant.server_name, grant.access_token)
+        except LookupCapacityError as exc:
+            log.warning("%s: refused %r, homeserver lookups are full: %s", endpoint, client, exc)
+            raise MatrixError(
+                503, "M_UNKNOWN", "Too many homeserver lookups in progress; try again later"
+            ) from None
         except OpenIdError as exc:
-            log.warning("%s: OpenID verification failed for %s: %s", endpoint, client, exc)
+            log.warning("%s: OpenID verification failed for %r: %r", endpoint, client, str(exc))
             raise unauthorized() from None
         if grant.claimed_user_id and grant.claimed_user_id != user_id:
             log.warning(
@@ -336,7 +390,8 @@ class TokenService:
 
         wait = self.user_limiter.acquire(user_id)
         if wait > 0:
-            log.info("%s: rate-limiting user %s", endpoint, user_id)
+            self.metrics.limit_hit("auth_user_rate")
+            log.info("%s: rate-limiting user %r", endpoint, user_id)
             raise self._rate_limited(wait)
 
         full_access = is_full_access(grant.server_name, self.settings.full_access_homeservers)
@@ -351,20 +406,31 @@ class TokenService:
             )
 
         identity = grant.identity(user_id)
-        jwt = self.minter.join_token(grant.alias, identity, int(self._wall_clock()))
+        if len(identity) > MAX_IDENTITY_LENGTH:
+            # Only the legacy identity ``user_id:device_id`` can get this long.
+            self.metrics.limit_hit("auth_identity_length")
+            raise MatrixError(
+                400,
+                "M_BAD_JSON",
+                f"The LiveKit identity `user_id:device_id` would be longer than "
+                f"{MAX_IDENTITY_LENGTH} characters; use a shorter `device_id`",
+            )
+        jwt = self.minter.join_token(
+            grant.alias, identity, int(self._wall_clock()), room_create=full_access
+        )
 
         if full_access:
             try:
                 async with asyncio.timeout(ROOM_CREATION_TIMEOUT_SECONDS):
                     await self.room_creator.create_room(CreateRoomRequest(name=grant.alias))
             except Exception as exc:
-                log.error("%s: unable to create room %s on the SFU: %s", endpoint, grant.alias, exc)
+                log.error("%s: unable to create room %r on the SFU: %r", endpoint, grant.alias, exc)
                 raise MatrixError(500, "M_UNKNOWN", "Unable to create room on SFU") from None
 
         access = "full" if full_access else "restricted"
         self.metrics.tokens_issued.labels(endpoint, access).inc()
         log.info(
-            "%s: issued token: user=%s access=%s matrix_room=%s identity=%s room=%s client=%s",
+            "%s: issued token: user=%r access=%s matrix_room=%r identity=%r room=%r client=%r",
             endpoint,
             user_id,
             access,

@@ -27,6 +27,9 @@ DEFAULT_BIND: Final = ":8080"
 MIN_SECRET_LENGTH: Final = 32
 DEFAULT_IP_RATE_LIMIT: Final = RateLimit(per_second=5.0, burst=30)
 DEFAULT_USER_RATE_LIMIT: Final = RateLimit(per_second=1.0, burst=10)
+MAX_OPENID_CACHE_SECONDS: Final = 10.0
+"""A verified token may be remembered only briefly: its homeserver may expire it any time."""
+DEFAULT_MAX_CONCURRENT_LOOKUPS: Final = 64
 
 PLACEHOLDER_SECRETS: Final = frozenset(
     {
@@ -78,7 +81,8 @@ class Settings:
     ip_rate_limit: RateLimit = DEFAULT_IP_RATE_LIMIT
     user_rate_limit: RateLimit = DEFAULT_USER_RATE_LIMIT
     trusted_proxies: tuple[IpNetwork, ...] = ()
-    openid_cache_seconds: float = 300.0
+    openid_cache_seconds: float = 0.0
+    max_concurrent_lookups: int = DEFAULT_MAX_CONCURRENT_LOOKUPS
     openid_timeout_seconds: float = 10.0
     discovery_cache_seconds: float = 3600.0
     metrics_enabled: bool = True
@@ -244,6 +248,25 @@ def parse_networks(value: str, variable: str) -> tuple[IpNetwork, ...]:
     return tuple(networks)
 
 
+def _openid_cache_seconds(value: str) -> float:
+    variable = "LIVEKIT_AUTH_OPENID_CACHE_SECONDS"
+    seconds = parse_number(value, variable, Settings.openid_cache_seconds)
+    if seconds > MAX_OPENID_CACHE_SECONDS:
+        raise ConfigError(
+            f"{variable}: at most {MAX_OPENID_CACHE_SECONDS:g} seconds, since a homeserver may "
+            f"expire a token at any time (got {value!r})"
+        )
+    return seconds
+
+
+def _max_concurrent_lookups(value: str) -> int:
+    variable = "LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS"
+    number = parse_number(value, variable, Settings.max_concurrent_lookups, minimum=1.0)
+    if number != int(number):
+        raise ConfigError(f"{variable}: must be a whole number, got {value!r}")
+    return int(number)
+
+
 def _log_level(value: str) -> int:
     levels = {
         "debug": logging.DEBUG,
@@ -329,10 +352,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         trusted_proxies=parse_networks(
             _env(env, "LIVEKIT_AUTH_TRUSTED_PROXIES"), "LIVEKIT_AUTH_TRUSTED_PROXIES"
         ),
-        openid_cache_seconds=parse_number(
-            _env(env, "LIVEKIT_AUTH_OPENID_CACHE_SECONDS"),
-            "LIVEKIT_AUTH_OPENID_CACHE_SECONDS",
-            Settings.openid_cache_seconds,
+        openid_cache_seconds=_openid_cache_seconds(_env(env, "LIVEKIT_AUTH_OPENID_CACHE_SECONDS")),
+        max_concurrent_lookups=_max_concurrent_lookups(
+            _env(env, "LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS")
         ),
         openid_timeout_seconds=parse_number(
             _env(env, "LIVEKIT_AUTH_OPENID_TIMEOUT_SECONDS"),

@@ -19,8 +19,15 @@ when every destination of a cached result fails to connect, the name is resolved
 
 Beyond upstream: the SSRF policy of :mod:`auth_service.net` applies to every connection, a
 ``server name → base URL`` map (``LIVEKIT_AUTH_HOMESERVER_URLS``) short-cuts discovery for private
-or test deployments (plain HTTP allowed there), successful lookups are cached for a while, and
-concurrent lookups of the same token or server share one request.
+or test deployments (plain HTTP allowed there), and concurrent lookups of the same token or server
+share one request.
+
+Like upstream, every token is checked with its homeserver (an expired token is refused at once);
+a result cache exists but is off by default. Because anyone can name any server, outbound work is
+bounded: at most ``max_concurrent_lookups`` lookups run at a time (the next one fails at once with
+:class:`LookupCapacityError`), and as many again for the operator's own homeservers, so that a
+flood of lookups for other servers cannot lock their users out. Another homeserver that could not
+be reached is not asked again for ``unreachable_seconds``. Every cache has a maximum size.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -44,6 +51,7 @@ from .net import (
     IpAddress,
     NetError,
     Resolver,
+    ResponseTooLarge,
     SrvRecord,
     Timeouts,
     http_get,
@@ -61,6 +69,11 @@ USERINFO_MAX_BYTES: Final = 64 * 1024
 MAX_SERVER_NAME_LENGTH: Final = 255
 MAX_USER_ID_LENGTH: Final = 255
 MAX_REDIRECTS: Final = 5
+MAX_DISCOVERY_ENTRIES: Final = 10_000
+MAX_OPENID_CACHE_ENTRIES: Final = 100_000
+MAX_UNREACHABLE_ENTRIES: Final = 10_000
+DEFAULT_MAX_CONCURRENT_LOOKUPS: Final = 64
+UNREACHABLE_SECONDS: Final = 30.0
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 _K = TypeVar("_K", bound=Hashable)
@@ -81,6 +94,10 @@ class InvalidUserInfo(ValueError):
 
 class OpenIdError(Exception):
     """The OpenID token could not be verified; ``str()`` says why (for logs only)."""
+
+
+class LookupCapacityError(Exception):
+    """Every outbound lookup slot is taken; the request should be retried later (503)."""
 
 
 # --- server names ----------------------------------------------------------------------------
@@ -173,10 +190,16 @@ def parse_userinfo(body: bytes, server_name: str) -> str:
 class TtlCache(Generic[_K, _V]):
     """A size-bounded mapping whose entries expire."""
 
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        clock: Callable[[], float],
+        on_full: Callable[[], None] | None = None,
+    ) -> None:
         self._entries: dict[_K, tuple[float, _V]] = {}
         self._max_entries = max_entries
         self._clock = clock
+        self._on_full = on_full
 
     def get(self, key: _K) -> _V | None:
         """The live value of ``key``, if any."""
@@ -196,6 +219,8 @@ class TtlCache(Generic[_K, _V]):
         self._entries.pop(key, None)
         self._entries[key] = (now + ttl, value)
         if len(self._entries) > self._max_entries:
+            if self._on_full is not None:
+                self._on_full()
             # Prune to 90 % so that a full cache is not rebuilt on every insertion.
             self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
             excess = len(self._entries) - self._max_entries * 9 // 10
@@ -211,24 +236,63 @@ class TtlCache(Generic[_K, _V]):
 
 
 class SingleFlight(Generic[_K, _V]):
-    """Concurrent calls with one key share one running coroutine."""
+    """Concurrent calls with one key share one running coroutine.
+
+    A waiter that is cancelled does not cancel the call the others wait for; when the last
+    waiter is cancelled, the call is cancelled too, so no lookup outlives everyone who wanted it
+    (and its sockets close).
+    """
 
     def __init__(self) -> None:
         self._running: dict[_K, asyncio.Future[_V]] = {}
+        self._keys: dict[asyncio.Future[_V], _K] = {}
+        self._waiters: dict[asyncio.Future[_V], int] = {}
 
-    async def run(self, key: _K, factory: Callable[[], Awaitable[_V]]) -> _V:
-        """Await the running call for ``key``, or start ``factory()`` as that call."""
+    def running(self, key: _K) -> asyncio.Future[_V] | None:
+        """The call running for ``key``, if any."""
+        return self._running.get(key)
+
+    def start(self, key: _K, factory: Callable[[], Awaitable[_V]]) -> asyncio.Future[_V]:
+        """The running call for ``key``, or ``factory()`` started as that call."""
         future = self._running.get(key)
         if future is None:
             future = asyncio.ensure_future(factory())
             self._running[key] = future
+            self._keys[future] = key
             future.add_done_callback(lambda done: self._finished(key, done))
-        # A cancelled waiter must not cancel the lookup the others are waiting for.
-        return await asyncio.shield(future)
+        return future
+
+    async def wait(self, future: asyncio.Future[_V]) -> _V:
+        """Await ``future`` (from :meth:`start`) as one of its waiters."""
+        self._waiters[future] = self._waiters.get(future, 0) + 1
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if self._waiters[future] == 1 and not future.done():
+                # Nobody else wants it: cancel it, and let the next caller start afresh.
+                key = self._keys.get(future)
+                if key is not None and self._running.get(key) is future:
+                    del self._running[key]
+                future.cancel()
+            raise
+        finally:
+            left = self._waiters[future] - 1
+            if left:
+                self._waiters[future] = left
+            else:
+                del self._waiters[future]
+
+    async def run(self, key: _K, factory: Callable[[], Awaitable[_V]]) -> _V:
+        """Await the running call for ``key``, or start ``factory()`` as that call."""
+        return await self.wait(self.start(key, factory))
+
+    def __len__(self) -> int:
+        return len(self._running)
 
     def _finished(self, key: _K, future: asyncio.Future[_V]) -> None:
         if self._running.get(key) is future:
             del self._running[key]
+        self._keys.pop(future, None)
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not warn when nobody awaits it
 
@@ -289,8 +353,15 @@ class FederationDiscovery:
         self.well_known_port = well_known_port
         self.default_port = default_port
         self._metrics = metrics
-        self._cache: TtlCache[str, tuple[Destination, ...]] = TtlCache(10_000, clock)
+        self._cache: TtlCache[str, tuple[Destination, ...]] = TtlCache(
+            MAX_DISCOVERY_ENTRIES, clock, lambda: self._limit_hit("auth_discovery_cache")
+        )
+        # Bounded by the verifier's lookup slots: discovery runs only inside a lookup.
         self._flight: SingleFlight[str, tuple[Destination, ...]] = SingleFlight()
+
+    def _limit_hit(self, name: str) -> None:
+        if self._metrics:
+            self._metrics.limit_hit(name)
 
     async def resolve(self, server_name: str) -> tuple[tuple[Destination, ...], bool]:
         """The destinations of ``server_name`` and whether they came from the cache."""
@@ -339,7 +410,7 @@ class FederationDiscovery:
             if not records:
                 records = await self.resolver.resolve_srv(f"_matrix._tcp.{server_name}")
         except NetError as exc:
-            log.debug("SRV lookup for %s failed: %s", server_name, exc)
+            log.debug("SRV lookup for %s failed: %r", server_name, str(exc))
             records = []
         if records:
             usable = [r for r in records if r.target.rstrip(".") and 0 < r.port <= 65535]
@@ -371,7 +442,9 @@ class FederationDiscovery:
                     timeouts=self.timeouts,
                 )
             except NetError as exc:
-                log.debug("no well-known for %s: %s", host, exc)
+                if isinstance(exc, ResponseTooLarge):
+                    self._limit_hit("auth_homeserver_response")
+                log.debug("no well-known for %s: %r", host, str(exc))
                 return None
             if response.status in _REDIRECT_STATUSES:
                 location = _redirect_target(response, f"https://{host_header}{path}")
@@ -384,8 +457,10 @@ class FederationDiscovery:
             try:
                 return parse_well_known(response.body)
             except InvalidWellKnown as exc:
-                log.debug("ignoring the well-known of %s: %s", host, exc)
+                log.debug("ignoring the well-known of %s: %r", host, str(exc))
                 return None
+        self._limit_hit("auth_well_known_redirects")
+        log.debug("the well-known of %s redirects more than %d times", host, MAX_REDIRECTS)
         return None
 
 
@@ -409,7 +484,18 @@ def _redirect_target(response: HttpResponse, base: str) -> tuple[str, int, str, 
 
 
 class OpenIdVerifier:
-    """Exchanges OpenID tokens for Matrix user IDs (``sub``), with a cache of recent answers."""
+    """Exchanges OpenID tokens for Matrix user IDs (``sub``), with bounded outbound work.
+
+    ``cache_seconds`` > 0 remembers verified tokens that long (off by default: like upstream,
+    each request asks the homeserver, so a token it expired is refused at once). Concurrent
+    requests with the same token share one lookup. At most ``max_concurrent_lookups`` lookups
+    run at once; beyond that :meth:`verify` raises :class:`LookupCapacityError` without waiting.
+    Lookups for ``reserved_servers`` (the operator's own homeservers) count in a pool of the same
+    size of their own, so lookups for everyone else cannot use up their slots.
+    A server name whose homeserver could not be reached (network error or time-out, not a
+    refused token) is refused without a lookup for ``unreachable_seconds``, unless it is one of
+    the operator's (``reserved_servers`` or ``homeserver_urls``).
+    """
 
     def __init__(
         self,
@@ -417,7 +503,11 @@ class OpenIdVerifier:
         *,
         homeserver_urls: Mapping[str, str] | None = None,
         total_timeout: float = 10.0,
-        cache_seconds: float = 300.0,
+        cache_seconds: float = 0.0,
+        max_concurrent_lookups: int = DEFAULT_MAX_CONCURRENT_LOOKUPS,
+        reserved_servers: Iterable[str] = (),
+        unreachable_seconds: float = UNREACHABLE_SECONDS,
+        max_unreachable_entries: int = MAX_UNREACHABLE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
@@ -425,22 +515,78 @@ class OpenIdVerifier:
         self.homeserver_urls = dict(homeserver_urls or {})
         self.total_timeout = total_timeout
         self.cache_seconds = cache_seconds
+        self.max_concurrent_lookups = max_concurrent_lookups
+        self.unreachable_seconds = unreachable_seconds
         self._clock = clock
         self._metrics = metrics
-        self._cache: TtlCache[tuple[str, bytes], str] = TtlCache(100_000, clock)
+        self._cache: TtlCache[tuple[str, bytes], str] = TtlCache(
+            MAX_OPENID_CACHE_ENTRIES, clock, lambda: self._limit_hit("auth_openid_cache")
+        )
+        self._unreachable: TtlCache[str, str] = TtlCache(
+            max_unreachable_entries, clock, lambda: self._limit_hit("auth_unreachable_cache")
+        )
         self._flight: SingleFlight[tuple[str, bytes], str] = SingleFlight()
+        self.reserved_servers = frozenset(reserved_servers)
+        self._lookups = 0  # for any server
+        self._reserved_lookups = 0  # for reserved_servers
+
+    def _limit_hit(self, name: str) -> None:
+        if self._metrics:
+            self._metrics.limit_hit(name)
+
+    @property
+    def lookups_in_progress(self) -> int:
+        """Outbound lookups running now (at most ``max_concurrent_lookups`` per pool)."""
+        return self._lookups + self._reserved_lookups
+
+    def unreachable_count(self) -> int:
+        """Server names remembered as unreachable."""
+        return len(self._unreachable)
 
     async def verify(self, server_name: str, access_token: str) -> str:
-        """The user the token belongs to; raises :class:`OpenIdError` if it cannot be verified."""
+        """The user the token belongs to; raises :class:`OpenIdError` if it cannot be verified.
+
+        Raises :class:`LookupCapacityError` when every lookup slot is taken.
+        """
         key = (server_name, hashlib.sha256(access_token.encode("utf-8", "replace")).digest())
-        cached = self._cache.get(key)
-        if cached is not None:
+        if self.cache_seconds > 0:
+            cached = self._cache.get(key)
+            if cached is not None:
+                if self._metrics:
+                    self._metrics.openid_cache.labels("hit").inc()
+                return cached
             if self._metrics:
-                self._metrics.openid_cache.labels("hit").inc()
-            return cached
-        if self._metrics:
-            self._metrics.openid_cache.labels("miss").inc()
-        return await self._flight.run(key, lambda: self._lookup(key, server_name, access_token))
+                self._metrics.openid_cache.labels("miss").inc()
+        reason = self._unreachable.get(server_name)
+        if reason is not None:
+            raise OpenIdError(f"{server_name} was unreachable recently: {reason}")
+        future = self._flight.running(key)
+        if future is None:
+            reserved = server_name in self.reserved_servers
+            running = self._reserved_lookups if reserved else self._lookups
+            if running >= self.max_concurrent_lookups:
+                self._limit_hit("auth_homeserver_lookups")
+                raise LookupCapacityError(f"{running} homeserver lookups in progress")
+            if reserved:
+                self._reserved_lookups += 1
+            else:
+                self._lookups += 1
+            future = self._flight.start(key, lambda: self._lookup(key, server_name, access_token))
+            future.add_done_callback(
+                self._release_reserved_slot if reserved else self._release_slot
+            )
+        return await self._flight.wait(future)
+
+    def _release_slot(self, _future: asyncio.Future[str]) -> None:
+        self._lookups -= 1
+
+    def _release_reserved_slot(self, _future: asyncio.Future[str]) -> None:
+        self._reserved_lookups -= 1
+
+    def _mark_unreachable(self, server_name: str, reason: str) -> None:
+        if server_name in self.homeserver_urls or server_name in self.reserved_servers:
+            return  # the operator's own servers: a blip must not lock their users out
+        self._unreachable.put(server_name, reason, self.unreachable_seconds)
 
     async def _lookup(self, key: tuple[str, bytes], server_name: str, access_token: str) -> str:
         started = self._clock()
@@ -450,8 +596,14 @@ class OpenIdVerifier:
                 sub = await self._userinfo(server_name, access_token)
             result = "ok"
         except TimeoutError:
+            self._mark_unreachable(server_name, "timed out")
             raise OpenIdError(f"OpenID lookup at {server_name} timed out") from None
-        except (NetError, InvalidServerName, InvalidUserInfo) as exc:
+        except NetError as exc:
+            if isinstance(exc, ResponseTooLarge):
+                self._limit_hit("auth_homeserver_response")
+            self._mark_unreachable(server_name, str(exc))
+            raise OpenIdError(f"OpenID lookup at {server_name} failed: {exc}") from None
+        except (InvalidServerName, InvalidUserInfo) as exc:
             raise OpenIdError(f"OpenID lookup at {server_name} failed: {exc}") from None
         except Exception as exc:
             # Like upstream, any failure to verify is a 401; log it loudly, it is a bug.
@@ -472,7 +624,8 @@ class OpenIdVerifier:
             parse_server_name(server_name)
             response = await self._get_federation(server_name, f"{USERINFO_PATH}?{query}")
         if not 200 <= response.status < 300:
-            raise NetError(f"userinfo answered HTTP {response.status}")
+            # The homeserver answered: the token is refused, the server is not unreachable.
+            raise InvalidUserInfo(f"userinfo answered HTTP {response.status}")
         return parse_userinfo(response.body, server_name)
 
     async def _get_override(self, base_url: str, path: str) -> HttpResponse:
@@ -514,6 +667,8 @@ class OpenIdVerifier:
                         timeouts=self.discovery.timeouts,
                     )
                 except NetError as exc:
+                    if isinstance(exc, ResponseTooLarge):
+                        self._limit_hit("auth_homeserver_response")
                     errors.append(str(exc))
             self.discovery.forget(server_name)
             if not cached or attempt == 1:

@@ -8,6 +8,8 @@
   to a homeserver (cache misses), ``result`` ``ok`` or ``error``.
 * ``matrix_sfu_auth_openid_cache_total{result}`` — OpenID cache ``hit``/``miss``.
 * ``matrix_sfu_auth_discovery_total{result}`` — server discovery ``hit`` (cached) or ``resolved``.
+* ``sfu_limit_exceeded_total{limit}`` — every time a cap on remote input was hit; the same name
+  and meaning as the SFU's counter, ``limit`` being a name of ``docs/limits.md``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+
+        self.limit_exceeded = Counter(
+            "sfu_limit_exceeded",
+            "Caps on remote input that were hit, by limit (see docs/limits.md).",
+            ["limit"],
+            registry=self.registry,
+        )
+
+    def limit_hit(self, limit: str) -> None:
+        """Count one hit of the cap named ``limit``."""
+        self.limit_exceeded.labels(limit).inc()
 
     def render(self) -> bytes:
         """The exposition text for ``GET /metrics``."""

@@ -12,7 +12,11 @@ Decoding reproduces what lk-jwt-service's Go decoder (``encoding/json`` with
 * invalid UTF-8 and lone UTF-16 surrogates become U+FFFD, one per bad byte, as in Go.
 
 Validation then applies upstream's checks in upstream's order with upstream's messages
-(400 ``M_BAD_JSON``).
+(400 ``M_BAD_JSON``), and one check beyond upstream: a device ID must be printable ASCII
+without ``:``, at most 255 characters (:func:`check_device_id`). The Matrix spec leaves device
+IDs opaque and upstream takes anything, but the legacy identity ``user_id:device_id`` is split
+at colons by clients, shown in logs and limited in length by the SFU; homeservers generate
+device IDs of letters.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _JSON_WHITESPACE: Final = " \t\n\r"
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+MAX_DEVICE_ID_LENGTH: Final = 255
+_DEVICE_ID: Final = re.compile("[!-9;-~]*")  # printable ASCII (no space), no ':'
 
 
 def _replace_one_byte(error: UnicodeError) -> tuple[str, int]:
@@ -70,10 +76,14 @@ class NotJsonError(RequestError):
 
 
 class BadJsonError(RequestError):
-    """The body decoded but misses required fields (400 ``M_BAD_JSON``)."""
+    """The body decoded but misses required fields (400 ``M_BAD_JSON``).
 
-    def __init__(self, error: str) -> None:
+    ``limit`` names the cap of ``docs/limits.md`` the request exceeded, if that is the reason.
+    """
+
+    def __init__(self, error: str, limit: str = "") -> None:
         super().__init__(400, "M_BAD_JSON", error)
+        self.limit = limit
 
 
 def unauthorized() -> MatrixError:
@@ -198,6 +208,19 @@ class RtcMember:
 _DELAY_MISSING: Final = "The request body is missing `delay_id` or `delay_timeout`"
 
 
+def check_device_id(device_id: str, name: str) -> None:
+    """Refuse a device ID that is not printable ASCII without ``:``, or longer than 255."""
+    if len(device_id) > MAX_DEVICE_ID_LENGTH:
+        raise BadJsonError(
+            f"The request body `{name}` is longer than {MAX_DEVICE_ID_LENGTH} characters",
+            limit="auth_device_id_length",
+        )
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise BadJsonError(
+            f"The request body `{name}` must be printable ASCII without spaces or `:`"
+        )
+
+
 def _check_delay_pair(delay_id: str, delay_timeout: int) -> None:
     """Both delayed-leave parameters or neither (``delay_timeout`` counts when > 0)."""
     if (delay_id != "" or delay_timeout > 0) and not (delay_id != "" and delay_timeout > 0):
@@ -246,6 +269,7 @@ class LegacySfuRequest:
         if self.openid_token.access_token == "" or self.openid_token.matrix_server_name == "":
             raise BadJsonError("Missing OpenID token parameters")
         _check_delay_pair(self.delay_id, self.delay_timeout)
+        check_device_id(self.device_id, "device_id")
 
 
 @dataclass(frozen=True)
@@ -302,6 +326,7 @@ class SfuRequest:
                 "`matrix_server_name`"
             )
         _check_delay_pair(self.delay_id, self.delay_timeout)
+        check_device_id(self.member.claimed_device_id, "claimed_device_id")
 
 
 ParsedRequest = LegacySfuRequest | SfuRequest

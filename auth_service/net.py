@@ -47,6 +47,10 @@ class NetError(Exception):
     """A lookup, connection or HTTP exchange failed."""
 
 
+class ResponseTooLarge(NetError):
+    """An answer was larger than the caller's ``max_body``."""
+
+
 class ForbiddenAddressError(NetError):
     """Every address of a target is refused by the SSRF policy."""
 
@@ -265,11 +269,11 @@ async def _exchange(
             }
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > max_body:
-                raise NetError(f"response of {length} bytes is larger than {max_body}")
+                raise ResponseTooLarge(f"response of {length} bytes is larger than {max_body}")
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_body:
-                raise NetError(f"response is larger than {max_body} bytes")
+                raise ResponseTooLarge(f"response is larger than {max_body} bytes")
         elif isinstance(event, h11.EndOfMessage):
             return HttpResponse(status, headers, bytes(body))
         elif isinstance(event, h11.ConnectionClosed):

@@ -4,14 +4,35 @@ Each key owns a bucket of ``burst`` tokens that refills at ``per_second``; a req
 token, or learns how long until one is available. The number of buckets is bounded: full
 buckets carry no information and are dropped first, then the least recently used. A limit with
 ``per_second <= 0`` allows everything.
+
+:func:`address_bucket` is the key of a client address: one IPv6 host usually owns a whole /64,
+so IPv6 addresses share the bucket of their /64; IPv4-mapped IPv6 addresses count as the IPv4
+address they carry.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
+
+IPV6_PREFIX_LENGTH: Final = 64
+
+
+def address_bucket(address: str) -> str:
+    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_LENGTH), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -36,10 +57,12 @@ class RateLimiter:
         *,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        on_full: Callable[[], None] | None = None,
     ) -> None:
         self.limit = limit
-        self._max_keys = max_keys
+        self.max_keys = max_keys
         self._clock = clock
+        self._on_full = on_full
         self._capacity = float(max(limit.burst, 1))
         # key -> (tokens left, time of the last update)
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -57,7 +80,9 @@ class RateLimiter:
         tokens = min(self._capacity, tokens + (now - last) * self.limit.per_second)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
-            if len(self._buckets) > self._max_keys:
+            if len(self._buckets) > self.max_keys:
+                if self._on_full is not None:
+                    self._on_full()
                 self._prune(now)
             return 0.0
         self._buckets[key] = (tokens, now)
@@ -71,7 +96,7 @@ class RateLimiter:
             for key, (tokens, last) in self._buckets.items()
             if tokens + (now - last) * rate < capacity
         }
-        excess = len(self._buckets) - self._max_keys // 2
+        excess = len(self._buckets) - self.max_keys // 2
         if excess > 0:
             for key in list(self._buckets)[:excess]:
                 del self._buckets[key]

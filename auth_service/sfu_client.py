@@ -1,11 +1,15 @@
 """Who may create LiveKit rooms, and the seam through which the auth service creates them.
 
-Upstream calls LiveKit's RoomService ``CreateRoom`` (Twirp) for users of full-access homeservers
-before handing out their token, so that "token issued ⇒ room exists ⇒ membership published"
-holds; users of other homeservers get a token too, but can only join rooms that already exist.
+Users of full-access homeservers may create rooms, users of other homeservers only join rooms
+that exist. :func:`is_full_access` is that decision. What enforces it today is the token: only
+full-access users' tokens carry ``roomCreate``, and the SFU creates a room on join only for such a
+token (``room.auto_create`` is off by default).
 
-:func:`is_full_access` is that decision. :class:`RoomCreator` is the seam: the real Twirp client
-comes with the SFU's admin API; until then :class:`LoggingRoomCreator` only records the request.
+Upstream also calls LiveKit's RoomService ``CreateRoom`` (Twirp) for full-access users before
+handing out their token, so that "token issued ⇒ room exists ⇒ membership published" holds.
+:class:`RoomCreator` is the seam for that call; the real Twirp client comes with the SFU's admin
+API. Until then :class:`LoggingRoomCreator` only records the request, and the room comes into
+being on the first full-access join.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ would not escape them; matching Go keeps identities identical to the ones upstre
 
 The access token is an HS256 JWT with the claims LiveKit's ``AccessToken.ToJWT`` writes for
 upstream's grant: ``iss`` (API key), ``sub`` (identity), ``nbf``, ``exp`` (one hour later) and a
-``video`` grant. Its JSON is pure ASCII, and the characters whose bytes could turn into ``-`` or
+``video`` grant (with ``roomCreate`` for full-access users only). Its JSON is pure ASCII, and the characters whose bytes could turn into ``-`` or
 ``_`` in base64url (``>``, ``?``, ``~``, DEL) are escaped as well, so the payload segment is also
 valid standard base64: Element Call decodes it with ``atob``.
 """
@@ -97,20 +97,30 @@ def claims_json(claims: dict[str, Any]) -> bytes:
     return text.translate(_ATOB_UNSAFE_ESCAPES).encode("ascii")
 
 
-def join_claims(api_key: str, room: str, identity: str, now: int) -> dict[str, Any]:
-    """The claims of a LiveKit join token, as upstream grants them to every user."""
+def join_claims(
+    api_key: str, room: str, identity: str, now: int, *, room_create: bool = False
+) -> dict[str, Any]:
+    """The claims of a LiveKit join token: upstream's grant, plus ``roomCreate`` if asked.
+
+    ``roomCreate`` goes only to users of full-access homeservers: our SFU creates a room on
+    join only for a token that carries it (LiveKit does the same since its PR #4320), so a
+    restricted user can join a room that exists but never create one.
+    """
+    video: dict[str, Any] = {
+        "canPublish": True,
+        "canSubscribe": True,
+        "canUpdateOwnMetadata": True,
+        "room": room,
+    }
+    if room_create:
+        video["roomCreate"] = True
+    video["roomJoin"] = True
     return {
         "exp": now + TOKEN_TTL_SECONDS,
         "iss": api_key,
         "nbf": now,
         "sub": identity,
-        "video": {
-            "canPublish": True,
-            "canSubscribe": True,
-            "canUpdateOwnMetadata": True,
-            "room": room,
-            "roomJoin": True,
-        },
+        "video": video,
     }
 
 
@@ -128,6 +138,9 @@ class TokenMinter:
         mac.update(signing_input.encode("ascii"))
         return f"{signing_input}.{_b64url(mac.digest())}"
 
-    def join_token(self, room: str, identity: str, now: int) -> str:
-        """A one-hour token letting ``identity`` join, publish and subscribe in ``room``."""
-        return self.sign(join_claims(self.api_key, room, identity, now))
+    def join_token(self, room: str, identity: str, now: int, *, room_create: bool = False) -> str:
+        """A one-hour token letting ``identity`` join, publish and subscribe in ``room``.
+
+        With ``room_create`` the token also lets the SFU create ``room`` on join.
+        """
+        return self.sign(join_claims(self.api_key, room, identity, now, room_create=room_create))

@@ -253,3 +253,48 @@ class RecordingRoomCreator:
         self.requests.append(request)
         if self.fail:
             raise RoomCreationError("the SFU is down")
+
+
+@dataclass
+class Tarpit:
+    """A TCP listener that accepts connections and never answers (a host that hangs).
+
+    ``open_now`` and ``max_open`` count the connections it holds, which are the outbound
+    sockets the service under test keeps open towards it.
+    """
+
+    address: str = "127.0.0.1"
+    port: int = 0
+    accepted: int = 0
+    open_now: int = 0
+    max_open: int = 0
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def __aenter__(self) -> Tarpit:
+        self._server = await asyncio.start_server(self._hold, self.address, 0, backlog=4096)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open_now += 1
+        self.max_open = max(self.max_open, self.open_now)
+        self._writers.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self.open_now -= 1
+            self._writers.discard(writer)
+            writer.transport.abort()

@@ -139,6 +139,7 @@ async def test_sfu_get_issues_a_legacy_token(client: Any, harness: Harness) -> N
     assert claims["video"] == {
         "roomJoin": True,
         "room": legacy_room_alias("!room:example.org"),
+        "roomCreate": True,  # alice's homeserver has full access
         "canPublish": True,
         "canSubscribe": True,
         "canUpdateOwnMetadata": True,
@@ -169,6 +170,7 @@ async def test_full_access_users_get_a_room_created(
     client: Any, harness: Harness, path: str
 ) -> None:
     claims = claims_of(await client.post(path, json=BODIES[path]()))
+    assert claims["video"]["roomCreate"] is True
     assert harness.rooms.requests == [
         CreateRoomRequest(
             name=claims["video"]["room"],
@@ -188,6 +190,14 @@ async def test_restricted_users_get_a_token_but_no_room(
         body["member"]["claimed_user_id"] = REMOTE
     claims = claims_of(await client.post(path, json=body))
     assert claims["video"]["canPublish"] is True
+    # Without roomCreate the SFU lets this user join only a room that already exists.
+    assert claims["video"] == {
+        "roomJoin": True,
+        "room": claims["video"]["room"],
+        "canPublish": True,
+        "canSubscribe": True,
+        "canUpdateOwnMetadata": True,
+    }
     assert harness.rooms.requests == []
 
 
@@ -195,7 +205,8 @@ async def test_wildcard_alone_gives_everyone_full_access() -> None:
     harness = Harness(full_access_homeservers=("*",))
     body = sfu_get_body(openid_token=openid("carol-token", "remote.example"))
     async with asgi_client(harness.app) as http:
-        claims_of(await http.post("/sfu/get", json=body))
+        claims = claims_of(await http.post("/sfu/get", json=body))
+    assert claims["video"]["roomCreate"] is True
     assert len(harness.rooms.requests) == 1
 
 

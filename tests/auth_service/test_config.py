@@ -53,6 +53,9 @@ def test_minimal_environment() -> None:
     assert settings.allow_private_homeservers is False
     assert settings.homeserver_urls == {}
     assert settings.metrics_enabled is True
+    # Each request asks the homeserver, like upstream; 64 outbound lookups at most.
+    assert settings.openid_cache_seconds == 0
+    assert settings.max_concurrent_lookups == 64
 
 
 @pytest.mark.parametrize("missing", ["LIVEKIT_URL", "LIVEKIT_KEY", "LIVEKIT_SECRET"])
@@ -225,6 +228,9 @@ def test_upstream_delegation_settings_are_read() -> None:
         ({"LIVEKIT_AUTH_OPENID_TIMEOUT_SECONDS": "0"}, ">= 0.1"),
         ({"LIVEKIT_AUTH_OPENID_CACHE_SECONDS": "inf"}, "LIVEKIT_AUTH_OPENID_CACHE_SECONDS"),
         ({"LIVEKIT_AUTH_METRICS": "sometimes"}, "LIVEKIT_AUTH_METRICS"),
+        ({"LIVEKIT_AUTH_OPENID_CACHE_SECONDS": "300"}, "at most 10 seconds"),
+        ({"LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS": "0"}, "LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS"),
+        ({"LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS": "1.5"}, "whole number"),
     ],
 )
 def test_bad_values_name_their_variable(changes: dict[str, str], message: str) -> None:
@@ -246,6 +252,7 @@ def test_settings_beyond_upstream() -> None:
             LIVEKIT_AUTH_OPENID_TIMEOUT_SECONDS="2.5",
             LIVEKIT_AUTH_DISCOVERY_CACHE_SECONDS="60",
             LIVEKIT_AUTH_METRICS="off",
+            LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS="16",
         )
     )
     assert settings.homeserver_urls == {
@@ -264,6 +271,7 @@ def test_settings_beyond_upstream() -> None:
     assert settings.openid_timeout_seconds == 2.5
     assert settings.discovery_cache_seconds == 60
     assert settings.metrics_enabled is False
+    assert settings.max_concurrent_lookups == 16
 
 
 @given(st.text(max_size=30))

@@ -71,6 +71,7 @@ def make_verifier(
     total_timeout: float = 3.0,
     metrics: Metrics | None = None,
     homeserver_urls: dict[str, str] | None = None,
+    openid_cache_seconds: float = 0.0,
     **discovery_options: object,
 ) -> OpenIdVerifier:
     discovery = FederationDiscovery(
@@ -87,6 +88,7 @@ def make_verifier(
         discovery,
         homeserver_urls=homeserver_urls,
         total_timeout=total_timeout,
+        cache_seconds=openid_cache_seconds,
         metrics=metrics,
     )
 
@@ -425,13 +427,13 @@ async def test_invalid_server_name_fails_without_network(tls_files: TlsFiles) ->
 # --- caching ---------------------------------------------------------------------------------
 
 
-async def test_successful_lookups_are_cached(tls_files: TlsFiles) -> None:
+async def test_successful_lookups_are_cached_when_the_cache_is_on(tls_files: TlsFiles) -> None:
     metrics = Metrics()
     async with FakeHttpServer(userinfo_handler({}), *tls_pair(tls_files)) as hs:
         srv = {"_matrix-fed._tcp.hs.test": [SrvRecord(10, 5, hs.port, "fed.test.")]}
         hs.handler = userinfo_handler({"t1": "@a:hs.test", "t2": "@b:hs.test"})
         resolver = FakeResolver(LOCAL, srv)
-        verifier = make_verifier(resolver, tls_files, metrics=metrics)
+        verifier = make_verifier(resolver, tls_files, metrics=metrics, openid_cache_seconds=5)
         for _ in range(3):
             assert await verifier.verify("hs.test", "t1") == "@a:hs.test"
         assert await verifier.verify("hs.test", "t2") == "@b:hs.test"

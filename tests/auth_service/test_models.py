@@ -16,6 +16,7 @@ from auth_service.models import (
     NotJsonError,
     RequestError,
     SfuRequest,
+    check_device_id,
 )
 
 OPENID = {
@@ -264,3 +265,24 @@ def test_parsers_raise_only_request_errors_on_json(value: Any) -> None:
         except RequestError as error:
             assert error.status == 400
             assert error.errcode in ("M_NOT_JSON", "M_BAD_JSON")
+
+
+def test_device_id_grammar_boundaries() -> None:
+    printable = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != ":")
+    check_device_id(printable, "device_id")
+    check_device_id("D" * 255, "device_id")
+    check_device_id("", "device_id")  # /sfu/get's device_id is optional, as upstream
+    for bad in ("D" * 256, ":", " ", "\x00", "\x7f", "\u00e9", "\ufffd", "a\r\nb"):
+        with pytest.raises(BadJsonError):
+            check_device_id(bad, "device_id")
+
+
+@given(st.text(max_size=300))
+def test_device_ids_are_accepted_exactly_when_safe(device_id: str) -> None:
+    safe = len(device_id) <= 255 and all("!" <= c <= "~" and c != ":" for c in device_id)
+    try:
+        check_device_id(device_id, "device_id")
+    except BadJsonError:
+        assert not safe
+    else:
+        assert safe

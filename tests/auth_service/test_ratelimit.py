@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from auth_service.ratelimit import RateLimit, RateLimiter, retry_after_ms
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auth_service.ratelimit import RateLimit, RateLimiter, address_bucket, retry_after_ms
 
 
 class Clock:
@@ -68,3 +71,31 @@ def test_retry_after_ms_rounds_up() -> None:
     assert retry_after_ms(0.0001) == 1
     assert retry_after_ms(1.2341) == 1235
     assert retry_after_ms(2.0) == 2000
+
+
+def test_address_bucket_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
+    assert address_bucket("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert address_bucket("::ffff:198.51.100.7") == "198.51.100.7"
+    assert address_bucket("198.51.100.7") == "198.51.100.7"
+    assert address_bucket("unknown") == "unknown"
+
+
+def test_a_full_table_is_reported() -> None:
+    hits: list[int] = []
+    limiter = RateLimiter(
+        RateLimit(per_second=1.0, burst=2),
+        max_keys=4,
+        clock=Clock(),
+        on_full=lambda: hits.append(1),
+    )
+    for index in range(5):
+        limiter.acquire(str(index))
+    assert hits == [1]
+    assert len(limiter) <= 4
+
+
+@given(st.one_of(st.text(max_size=60), st.ip_addresses().map(str)))
+def test_address_bucket_takes_any_text(address: str) -> None:
+    assert isinstance(address_bucket(address), str)

@@ -1,21 +1,27 @@
-"""End to end against a real Synapse: OpenID tokens exchanged at both endpoints."""
+"""End to end against a real Synapse: OpenID tokens exchanged at both endpoints, token expiry,
+and the MatrixRTC transport Synapse advertises (configured from ``well-known``'s output)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import jwt
 import pytest
+import yaml
 from starlette.applications import Starlette
 
 from auth_service.app import build_verifier, create_app
 from auth_service.config import Settings
 from auth_service.net import client_tls_context
 from auth_service.tokens import legacy_room_alias, participant_identity, room_alias
-from tests.harness.synapse import MatrixUser, Synapse
+from tests.harness.synapse import REPO_ROOT, RTC_SERVICE_URL, MatrixUser, Synapse
 
 from .fakes import (
     API_KEY,
@@ -104,6 +110,7 @@ async def test_sfu_get_with_a_real_openid_token(
         "video": {
             "roomJoin": True,
             "room": legacy_room_alias(ROOM),
+            "roomCreate": True,  # Synapse's server name is a full-access homeserver here
             "canPublish": True,
             "canSubscribe": True,
             "canUpdateOwnMetadata": True,
@@ -132,6 +139,7 @@ async def test_get_token_with_a_real_openid_token(
     assert claims["video"] == {
         "roomJoin": True,
         "room": room_alias(ROOM, "m.call#"),
+        "roomCreate": True,
         "canPublish": True,
         "canSubscribe": True,
         "canUpdateOwnMetadata": True,
@@ -217,7 +225,56 @@ async def test_plain_http_override_reaches_synapse(synapse: Synapse, users: User
     async with asgi_client(app) as http:
         token = synapse.openid_token(users.bob)
         response = await http.post("/sfu/get", json={"room": ROOM, "openid_token": token})
-    assert decode(response)["sub"] == f"{users.bob.user_id}:"
+    claims = decode(response)
+    assert claims["sub"] == f"{users.bob.user_id}:"
+    # Synapse's server name is not in make_settings' full-access list: no room creation.
+    assert "roomCreate" not in claims["video"]
+
+
+async def test_a_token_synapse_expired_is_refused_on_the_next_request(
+    client: Any, synapse: Synapse, users: Users
+) -> None:
+    """Like upstream, each request asks the homeserver: no cache outlives an expiry."""
+    token = synapse.openid_token(users.alice)
+    body = {"room": ROOM, "openid_token": token, "device_id": "ALICEDEV"}
+    decode(await client.post("/sfu/get", json=body))
+    synapse.expire_openid_token(token["access_token"])
+    assert_unauthorized(await client.post("/sfu/get", json=body))
+    member = {"id": "m", "claimed_user_id": users.alice.user_id, "claimed_device_id": "ALICEDEV"}
+    new_body = {"room_id": ROOM, "slot_id": "m.call#", "openid_token": token, "member": member}
+    assert_unauthorized(await client.post("/get_token", json=new_body))
+
+
+def test_synapse_advertises_the_auth_service_as_printed_by_well_known(
+    synapse: Synapse, users: Users
+) -> None:
+    """The README's homeserver wiring, tried on the real Synapse (tests-review finding 8)."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "auth_service", "well-known", "--service-url", RTC_SERVICE_URL],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # The second of the three blocks is what goes into homeserver.yaml.
+    block = printed.split("\n\n")[1]
+    homeserver_yaml = yaml.safe_load(block)  # its "#" lines are YAML comments
+    assert set(homeserver_yaml) == {"experimental_features", "matrix_rtc"}
+    running = synapse.config()
+    assert running["matrix_rtc"] == homeserver_yaml["matrix_rtc"]
+    for key, value in homeserver_yaml["experimental_features"].items():
+        assert running["experimental_features"][key] == value
+    response = synapse.rtc_transports(users.alice)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "rtc_transports": [{"type": "livekit", "livekit_service_url": RTC_SERVICE_URL}]
+    }
+    # Authenticated only, as Element Call calls it.
+    unauthenticated = httpx.get(
+        f"{synapse.client_url}/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+    )
+    assert unauthenticated.status_code == 401
 
 
 async def test_loopback_homeserver_is_refused_by_default(synapse: Synapse, users: Users) -> None:

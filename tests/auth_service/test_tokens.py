@@ -17,6 +17,7 @@ from auth_service.tokens import (
     TokenMinter,
     claims_json,
     go_json_marshal_strings,
+    join_claims,
     legacy_participant_identity,
     legacy_room_alias,
     participant_identity,
@@ -120,6 +121,19 @@ def test_join_token_claims() -> None:
             "canUpdateOwnMetadata": True,
         },
     }
+
+
+def test_room_create_is_granted_only_when_asked() -> None:
+    """Finding 13: only full-access users' tokens may create a room on join."""
+    plain = join_claims("k", "ROOM", "@a:hs:D", 1)
+    assert "roomCreate" not in plain["video"]
+    creating = join_claims("k", "ROOM", "@a:hs:D", 1, room_create=True)
+    assert creating["video"] == {**plain["video"], "roomCreate": True}
+    token = TokenMinter("k", SECRET).join_token("ROOM", "@a:hs:D", 1, room_create=True)
+    claims = jwt.decode(
+        token, SECRET, algorithms=["HS256"], options={"verify_exp": False, "verify_nbf": False}
+    )
+    assert claims["video"]["roomCreate"] is True
 
 
 def test_join_token_signature_needs_the_secret() -> None:

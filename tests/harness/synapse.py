@@ -6,6 +6,11 @@ certificate), starts ``python -m synapse.app.homeserver`` from ``.venv-synapse``
 :class:`SynapseError` with the end of Synapse's log when it cannot start: tests that need
 Synapse fail, they never skip.
 
+MatrixRTC is wired as an operator would wire it: Synapse's ``matrix_rtc`` and
+``experimental_features`` carry what ``python -m auth_service well-known --service-url
+RTC_SERVICE_URL`` prints for ``homeserver.yaml``, so ``GET
+/_matrix/client/unstable/org.matrix.msc4143/rtc/transports`` names that URL.
+
 Listeners: a plain-HTTP client listener (``client`` + ``openid``) and a TLS listener serving
 ``openid`` only. The server name is ``localhost:<tls port>``, so federation discovery of that
 name goes straight to the TLS listener (an explicit port needs no DNS or well-known).
@@ -43,11 +48,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from auth_service.__main__ import synapse_config
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-synapse" / "bin" / "python"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 GENEROUS_RATE = {"per_second": 1000, "burst_count": 1000}
+RTC_SERVICE_URL = "https://rtc.localhost.test/livekit/jwt"
+"""The auth service URL Synapse advertises as its MatrixRTC transport."""
 
 
 class SynapseError(RuntimeError):
@@ -211,6 +220,20 @@ class Synapse:
             raise SynapseError(f"OpenID token for {user.user_id}: {response.text}")
         return dict(response.json())
 
+    def config(self) -> dict[str, Any]:
+        """The ``homeserver.yaml`` Synapse runs with."""
+        loaded = yaml.safe_load((self.data_dir / "homeserver.yaml").read_text())
+        assert isinstance(loaded, dict)
+        return loaded
+
+    def rtc_transports(self, user: MatrixUser) -> httpx.Response:
+        """``GET .../org.matrix.msc4143/rtc/transports`` as ``user`` (what Element Call reads)."""
+        with self._client() as client:
+            return client.get(
+                "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+                headers={"Authorization": f"Bearer {user.access_token}"},
+            )
+
     def expire_openid_token(self, access_token: str) -> None:
         """Make an issued OpenID token expired, in Synapse's own database."""
         db = sqlite3.connect(self.data_dir / "homeserver.db", timeout=10)
@@ -244,7 +267,7 @@ def _signing_key() -> str:
 
 def _config(data_dir: Path, http_port: int, tls_port: int, secret: str) -> dict[str, Any]:
     limit = dict(GENEROUS_RATE)
-    return {
+    base: dict[str, Any] = {
         "server_name": f"localhost:{tls_port}",
         "pid_file": str(data_dir / "homeserver.pid"),
         "public_baseurl": f"http://127.0.0.1:{http_port}/",
@@ -293,6 +316,7 @@ def _config(data_dir: Path, http_port: int, tls_port: int, secret: str) -> dict[
         "rc_joins": {"local": limit, "remote": limit},
         "rc_delayed_event_mgmt": limit,
     }
+    return _deep_merge(base, synapse_config(RTC_SERVICE_URL))
 
 
 def _log_config(log_path: Path) -> dict[str, Any]:
