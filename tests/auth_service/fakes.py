@@ -294,6 +294,8 @@ class Tarpit:
                 pass
         except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            pass  # end normally: see FakeHttpServer._serve (Python 3.11's StreamReaderProtocol)
         finally:
             self.open_now -= 1
             self._writers.discard(writer)
