@@ -8,7 +8,8 @@ Afterwards libFuzzer's `-merge=1` keeps the inputs that add coverage, and the re
 `<target>-slow-<sha1>.bin` for an input over `--slow-ms`, `<target>-{timeout,oom,crash}-*.bin` for
 what libFuzzer itself catches. A table of inputs, seconds, inputs/s and findings ends the run.
 
-`--replay FILE...` runs one target (uninstrumented, without atheris) on files and prints the time
+`--prune` only re-filters the committed corpus (drops inputs that now raise or are slow, keeps
+the size caps). `--replay FILE...` runs one target (uninstrumented, without atheris) on files and prints the time
 and outcome of each, to reproduce a finding.
 """
 
@@ -91,6 +92,41 @@ def _prepare(target: str, work: Path) -> Path:
     return corpus
 
 
+def _keep(target: str, paths: list[Path], args: argparse.Namespace) -> list[Path]:
+    """The smallest of `paths` that replay (uninstrumented) without an exception and quickly,
+    within `--max-files` and `--max-bytes`: the committed corpus stays small and fast."""
+    module = load(target)
+    kept: list[Path] = []
+    total = 0
+    for path in sorted(paths, key=lambda p: (p.stat().st_size, p.name)):
+        size = path.stat().st_size
+        if len(kept) >= args.max_files or total + size > args.max_bytes:
+            break
+        # The worker goes on after a finding, so libFuzzer may have kept that input: leave it
+        # out (it is in fuzz/crashes/), and any input slow to replay.
+        start = time.process_time()
+        try:
+            module.test_one(path.read_bytes())
+        except Exception:
+            continue
+        if time.process_time() - start > args.slow_ms / 1000:
+            continue
+        kept.append(path)
+        total += size
+    return kept
+
+
+def prune(target: str, args: argparse.Namespace) -> int:
+    """Apply `_keep` to `fuzz/corpus/<target>/` in place; the number of files kept."""
+    directory = CORPUS / target
+    paths = [p for p in directory.glob("*") if p.is_file()]
+    kept = set(_keep(target, paths, args))
+    for path in paths:
+        if path not in kept:
+            path.unlink()
+    return len(kept)
+
+
 def _merge(
     target: str, work: Path, env: dict[str, str], max_len: int, args: argparse.Namespace
 ) -> int:
@@ -102,24 +138,7 @@ def _merge(
     if _worker(target, flags, env, work / "merge.log") != 0:
         print(f"{target}: merge failed, corpus left as it was (see {work / 'merge.log'})")
         return len(list((CORPUS / target).glob("*")))
-    module = load(target)
-    files: list[Path] = []
-    total = 0
-    for path in sorted(merged.iterdir(), key=lambda p: (p.stat().st_size, p.name)):
-        size = path.stat().st_size
-        if len(files) >= args.max_files or total + size > args.max_bytes:
-            break  # smallest first: the committed corpus stays small and quick to replay
-        # the worker goes on after a finding, so libFuzzer may have kept the input: leave it out
-        # (it is in fuzz/crashes/), and inputs slow to replay with it
-        start = time.process_time()
-        try:
-            module.test_one(path.read_bytes())
-        except Exception:
-            continue
-        if time.process_time() - start > args.slow_ms / 1000:
-            continue
-        files.append(path)
-        total += size
+    files = _keep(target, list(merged.iterdir()), args)
     destination = CORPUS / target
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
@@ -204,15 +223,16 @@ def replay(target: str, files: list[str]) -> int:
     failed = 0
     for name in files:
         data = Path(name).read_bytes()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             module.test_one(data)
             outcome = "ok"
         except Exception:
             outcome = "raised:\n" + traceback.format_exc()
             failed = 1
-        elapsed = (time.perf_counter() - start) * 1000
-        print(f"{name}: {len(data)} bytes, {elapsed:.1f} ms, {outcome}")
+        wall = (time.perf_counter() - start) * 1000
+        cpu = (time.process_time() - cpu) * 1000
+        print(f"{name}: {len(data)} bytes, {cpu:.1f} ms CPU ({wall:.1f} ms wall), {outcome}")
     return failed
 
 
@@ -229,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-merge", action="store_true", help="leave fuzz/corpus/ as it is")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
     parser.add_argument("--replay", nargs="+", metavar="FILE", help="run one target on files")
+    parser.add_argument("--prune", action="store_true", help="only re-filter fuzz/corpus/")
     args = parser.parse_args(argv)
     if args.replay:
         if len(args.targets) != 1:
@@ -237,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.targets or list(TARGETS)
     for target in targets:
         load(target)  # unknown names fail before anything runs
+    if args.prune:
+        for target in targets:
+            print(f"{target}: {prune(target, args)} corpus files kept")
+        return 0
     if not args.seconds and not args.runs:
         args.seconds = 60
     CRASHES.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 `candidateInit` JSON, or an `a=candidate` line of an offer or answer.
 
 It never raises; a candidate it accepts is a UDP, component-1 candidate on an IP address whose
-SDP form parses back to the same candidate.
+`a=candidate:` line parses back to the same candidate.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def test_one(data: bytes) -> None:
     assert candidate.transport.lower() == "udp" and candidate.component == 1
     assert 0 < candidate.port < 65536
     ipaddress.ip_address(candidate.host)
-    again, _, _ = parse_candidate_init(candidate.to_sdp())
+    # as it would come back in an `a=candidate:` line (a foundation may itself start with "a=")
+    again, _, _ = parse_candidate_init("candidate:" + candidate.to_sdp())
     assert again is not None and again.to_sdp() == candidate.to_sdp()
 
 
