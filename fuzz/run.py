@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -96,6 +97,7 @@ def _keep(target: str, paths: list[Path], args: argparse.Namespace) -> list[Path
     """The smallest of `paths` that replay (uninstrumented) without an exception and quickly,
     within `--max-files` and `--max-bytes`: the committed corpus stays small and fast."""
     module = load(target)
+    logging.disable(logging.CRITICAL)  # refused inputs are logged; here that is only noise
     kept: list[Path] = []
     total = 0
     for path in sorted(paths, key=lambda p: (p.stat().st_size, p.name)):
@@ -113,6 +115,7 @@ def _keep(target: str, paths: list[Path], args: argparse.Namespace) -> list[Path
             continue
         kept.append(path)
         total += size
+    logging.disable(logging.NOTSET)
     return kept
 
 
