@@ -8,7 +8,7 @@ SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
 APT_PACKAGES := redis-server chromium iproute2 openssl
 
-.PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean
+.PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,8 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 node-deps: $(NODE_DIR)/node_modules/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check sfu auth_service loadtest tests benchmarks scripts
-	$(VENV)/bin/ruff format --check sfu auth_service loadtest tests benchmarks scripts
+	$(VENV)/bin/ruff check sfu auth_service loadtest tests benchmarks scripts fuzz
+	$(VENV)/bin/ruff format --check sfu auth_service loadtest tests benchmarks scripts fuzz
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -56,6 +56,13 @@ test: venv synapse-venv system-deps node-deps lint
 
 run: venv
 	$(PY) scripts/dev_run.py
+
+# Coverage-guided fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, one at a time;
+# the corpus it keeps is replayed by `make test`. atheris' wheel bundles libFuzzer (no clang).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: venv
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run
