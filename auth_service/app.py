@@ -246,7 +246,12 @@ class TokenService:
     async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length", "")
         too_large = MatrixError(413, "M_TOO_LARGE", "Request body too large")
-        if length.isdigit() and (len(length) > 12 or int(length) > MAX_BODY_BYTES):
+        # isascii: str.isdigit() takes "¹" and other digits int() refuses
+        if (
+            length.isascii()
+            and length.isdigit()
+            and (len(length) > 12 or int(length) > MAX_BODY_BYTES)
+        ):
             self.metrics.limit_hit("auth_request_body")
             raise too_large
         body = bytearray()

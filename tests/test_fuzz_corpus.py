@@ -2,8 +2,8 @@
 
 The corpus is what `python -m fuzz.run` (`make fuzz`) kept as covering new code; replaying it here,
 without atheris, keeps those inputs passing: each target's `test_one` lets only the documented
-error types of the code it drives through. Findings are not replayed here: they live in
-`fuzz/crashes/` until fixed (see `fuzz/README.md`).
+error types of the code it drives through. The campaign's findings, all fixed, are replayed
+too (`fuzz/crashes/`, see `fuzz/README.md`), so none comes back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:  # `fuzz` is a top-level folder, not an installed 
 from fuzz.targets import TARGETS, load  # noqa: E402
 
 CORPUS = ROOT / "fuzz" / "corpus"
+FINDINGS = ROOT / "fuzz" / "crashes"
 
 
 def test_every_target_has_a_corpus() -> None:
@@ -39,3 +40,9 @@ def test_seeds_and_corpus_pass(target: str) -> None:
             module.test_one(path.read_bytes())
         except Exception as exc:
             raise AssertionError(f"fuzz/corpus/{target}/{path.name} fails") from exc
+
+
+@pytest.mark.parametrize("path", sorted(FINDINGS.glob("*.bin")), ids=lambda p: p.name)
+def test_every_finding_stays_fixed(path: Path) -> None:
+    target = path.name.split("-", 1)[0]
+    load(target).test_one(path.read_bytes())

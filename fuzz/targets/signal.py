@@ -127,12 +127,14 @@ class Client:
 
 
 def _check_outbox(session: SignalSession) -> None:
-    """What the session's writer would do with every queued response: serialize it."""
+    """Every queued response is what the writer sends: a serialized SignalResponse (binary) or
+    its protojson (text), and it reads back."""
     while not session._outbox.empty():
-        response = session._outbox.get_nowait()
-        if response is not None:
-            response.SerializeToString()
-            json_format.MessageToJson(response, indent=None)
+        encoded = session._outbox.get_nowait()
+        if isinstance(encoded, bytes):
+            rtc.SignalResponse.FromString(encoded)
+        elif isinstance(encoded, str):
+            json_format.Parse(encoded, rtc.SignalResponse())
 
 
 def _check_tasks(tasks: list[asyncio.Task[Any]]) -> None:

@@ -199,6 +199,7 @@ def _answer_media(
     if offered.kind == "application":
         if (
             offered.port != 0
+            and offered.mid  # a bundled section needs its mid (RFC 8843)
             and "SCTP" in offered.protocol
             and offered.formats == ["webrtc-datachannel"]
         ):
@@ -211,12 +212,14 @@ def _answer_media(
         return answer, None
 
     codec = _choose_codec(offered, video_codecs) if offered.kind in ("audio", "video") else None
-    if codec is None or offered.port == 0:
-        # Rejected: port 0, one format from the offer, not bundled (RFC 8843 §7.3.3).
+    if codec is None or offered.port == 0 or not offered.mid:
+        # Rejected: port 0, one format from the offer, not bundled (RFC 8843 §7.3.3); a section
+        # without a mid cannot be bundled, so it is rejected too.
         answer.direction = "inactive"
         answer.codecs = [
             Codec(c.payload_type, c.name, c.clock_rate, c.channels) for c in offered.codecs[:1]
         ]
+        answer.formats = [str(c.payload_type) for c in answer.codecs] or answer.formats[:1]
         return answer, None
 
     _transport_attributes(answer, local, setup)
