@@ -381,8 +381,8 @@ async def wait_clients(
         if ok(totals):
             return totals
         if time.monotonic() > deadline:
-            log(f"  ! {what} not reached in {timeout_s:.0f} s: {summary(totals)}")
-            return totals
+            # a figure per N subscribers is only worth something with N subscribers: stop
+            raise RuntimeError(f"{what} not reached in {timeout_s:.0f} s: {summary(totals)}")
         await asyncio.sleep(0.5)
 
 

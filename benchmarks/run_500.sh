@@ -25,10 +25,16 @@ YAML
 $py -m sfu --config "$work/sfu.yaml" > "$work/sfu.log" 2>&1 &
 sfu=$!
 trap 'kill "$sfu" 2>/dev/null || true' EXIT
+healthy=
 for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:17880/healthz > /dev/null && break
+  curl -sf http://127.0.0.1:17880/healthz > /dev/null && { healthy=1; break; }
   sleep 0.2
 done
+if [ -z "$healthy" ]; then
+  echo "the SFU did not become healthy in 20 s; its log:" >&2
+  cat "$work/sfu.log" >&2
+  exit 1
+fi
 $py -m loadtest --preset 500 --url ws://127.0.0.1:17880 --api-key "$key" --api-secret "$secret" \
   --sfu-pid "$sfu" --out "$out" "$@" &
 loadtest=$!

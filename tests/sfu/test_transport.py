@@ -25,7 +25,7 @@ from sfu.sdp import SessionDescription
 from sfu.transport import IceRestartError, PeerTransport, SendMode, TransportConfig
 from sfu.transport.peer import SEND_MODES
 from sfu.transport.udpmux import close_muxes, open_mux
-from tests.harness.sfu import free_udp_port
+from tests.harness.sfu import free_udp_port, free_udp_range
 
 
 @pytest.fixture(autouse=True)
@@ -427,7 +427,8 @@ async def test_peer_reflexive_only() -> None:
 async def test_port_range_node_ip_and_connect_timeout() -> None:
     recs = [Recorder() for _ in range(3)]
     rec = recs[0]
-    config = TransportConfig(port_range_start=42000, port_range_end=42009,
+    low, high = free_udp_range(10)  # outside the kernel's ephemeral range, free now
+    config = TransportConfig(port_range_start=low, port_range_end=high,
                              node_ip="203.0.113.7", connect_timeout=1.0)  # fmt: skip
     transports = [r.transport("subscriber", config) for r in recs]
     try:
@@ -437,7 +438,7 @@ async def test_port_range_node_ip_and_connect_timeout() -> None:
             media = offer.media[0]
             candidate = media.candidates[0].split()
             assert candidate[4] == "203.0.113.7"
-            assert 42000 <= int(candidate[5]) <= 42009
+            assert low <= int(candidate[5]) <= high
             assert media.connection == "IN IP4 203.0.113.7"
             ports.add(int(candidate[5]))
         assert len(ports) == 3
