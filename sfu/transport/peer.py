@@ -754,11 +754,17 @@ class PeerTransport:
             return
         self._sctp_started = True
         port, max_message_size = self._sctp_remote
-        task = asyncio.create_task(
-            self._sctp.start(RTCSctpCapabilities(maxMessageSize=max_message_size), port)
-        )
+        task = asyncio.create_task(self._start_sctp(self._sctp, max_message_size, port))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    async def _start_sctp(
+        self, sctp: GuardedSctpTransport, max_message_size: int, port: int
+    ) -> None:
+        try:
+            await sctp.start(RTCSctpCapabilities(maxMessageSize=max_message_size), port)
+        except ConnectionError as exc:  # DTLS went away before the association began: no data
+            logger.debug("%s transport: SCTP not started: %s", self.role, exc)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
