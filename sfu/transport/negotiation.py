@@ -154,11 +154,26 @@ def _transport_attributes(section: MediaSection, local: LocalParameters, setup: 
     section.end_of_candidates = True
 
 
-def sanitize_codec(kind: str, codec: Codec) -> Codec:
+#: the publisher's own send-rate hints, echoed in the answer it gets (libwebrtc takes its start
+#: bitrate from the answer: without it a LiveKit SDK camera starts at 300 kbit/s instead of the
+#: 1 Mbit/s it asked for), never passed on to subscribers
+SENDER_HINTS: dict[str, re.Pattern[str]] = {
+    "x-google-start-bitrate": _NUMBER,
+    "x-google-min-bitrate": _NUMBER,
+    "x-google-max-bitrate": _NUMBER,
+}
+
+
+def sanitize_codec(
+    kind: str, codec: Codec, extra: dict[str, re.Pattern[str]] | None = None
+) -> Codec:
     """`codec` with the clock rate and channels its payload format fixes and only the fmtp
-    parameters of `FMTP_PARAMETERS` whose values are well formed (a copy; rtcp-fb kept)."""
+    parameters of `FMTP_PARAMETERS` (and `extra`) whose values are well formed (a copy; rtcp-fb
+    kept)."""
     name = codec.name.lower()
     allowed = FMTP_PARAMETERS.get(name, {})
+    if extra:
+        allowed = {**allowed, **extra}
     fmtp = {
         key: value
         for key, value in codec.fmtp.items()
@@ -229,7 +244,8 @@ def _answer_media(
         offered.direction, "inactive"
     )
     allowed_fb = VIDEO_FEEDBACK if offered.kind == "video" else AUDIO_FEEDBACK
-    accepted = sanitize_codec(offered.kind, codec)
+    hints = SENDER_HINTS if offered.kind == "video" else None
+    accepted = sanitize_codec(offered.kind, codec, hints)
     accepted.rtcp_fb = [fb for fb in codec.rtcp_fb if fb in allowed_fb]
     answer.codecs = [accepted]
     answer.extmaps = {i: uri for i, uri in offered.extmaps.items() if uri in PUBLISHER_EXTENSIONS}

@@ -377,6 +377,19 @@ def test_simulcast_layers_are_capped_at_three() -> None:
     assert _limit_count("simulcast_rids") == before + 2
 
 
+def test_the_answer_keeps_the_publishers_start_bitrate() -> None:
+    """libwebrtc reads x-google-start-bitrate from the answer: dropping it made a LiveKit SDK
+    camera start at 300 kbit/s (and send about half its packets in a 20-s benchmark)."""
+    offer = SessionDescription.parse(
+        _HEAD.replace("a=ice-ufrag", "a=setup:actpass\r\na=ice-ufrag")
+        + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n"
+        "a=rtpmap:96 VP8/90000\r\na=fmtp:96 x-google-start-bitrate=1000;x-google-max-bitrate=9 9\r\n"
+    )
+    answer, _ = build_answer(offer, LOCAL, setup="active", session_id=1, session_version=1)
+    assert answer.media[0].codecs[0].fmtp == {"x-google-start-bitrate": "1000"}
+    assert "a=fmtp:96 x-google-start-bitrate=1000" in str(answer)
+
+
 def test_publisher_codec_parameters_are_normalised_for_subscribers() -> None:
     """Audit 18: a bad clock rate is not accepted; only whitelisted, well-formed fmtp survive."""
     offer = SessionDescription.parse(
@@ -393,9 +406,11 @@ def test_publisher_codec_parameters_are_normalised_for_subscribers() -> None:
     assert [c.payload_type for c in answer.media[1].codecs] == [102]  # not VP8/1/9
     assert audio.fmtp == {"minptime": "10", "useinbandfec": "1", "stereo": "1"}
     assert (video.payload_type, video.clock_rate, video.channels) == (102, 90000, None)
-    assert video.fmtp == {"packetization-mode": "1"}
+    # the publisher's own send-rate hint is echoed to it, and never reaches a subscriber
+    assert video.fmtp == {"packetization-mode": "1", "x-google-max-bitrate": "1"}
     subscriber = subscriber_codec("video", video)
     assert subscriber.fmtp["profile-level-id"] == "42e01f"  # the default, not "42e0 1f"
+    assert not any(key.startswith("x-google") for key in subscriber.fmtp)
     assert subscriber_codec("audio", audio).fmtp == audio.fmtp
     vp8 = subscriber_codec("video", Codec(96, "VP8", 1, 9, {"x": "1", "y": "\r\n"}))
     assert (vp8.clock_rate, vp8.channels, vp8.fmtp) == (90000, None, {})
