@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import struct
 import sys
@@ -52,7 +53,7 @@ from loadtest.participant import Subscriber, TileRequest  # noqa: E402
 from loadtest.publisher import Publisher  # noqa: E402
 from loadtest.signal import SignalError, TokenSource  # noqa: E402
 from loadtest.webrtc import use_interfaces_for  # noqa: E402
-from tests.harness.sfu import SfuInstance, running_sfu  # noqa: E402
+from tests.harness.sfu import SFU_COMMAND, SfuInstance, running_sfu  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -403,6 +404,13 @@ def summarise(
     return out
 
 
+async def snapshot_after(pid: int, delay: float) -> None:
+    """Ask `sfu_tracemalloc.py` for a snapshot (SIGUSR1) after `delay` seconds."""
+    await asyncio.sleep(delay)
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(2.0)  # a snapshot of a 100 MB heap takes a moment
+
+
 def scan_log(path: Path) -> dict[str, Any]:
     lines = path.read_text(errors="replace").splitlines()
     hits = [line for line in lines if LOG_ERROR.search(line)]
@@ -419,7 +427,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # soak looks for leaks and crashes, not capacity
         "limits": {"max_cpu_load": 0},
     }
-    async with running_sfu(workdir, extra_config=extra, rtc_ports=2000) as sfu:
+    command: tuple[str, ...] = SFU_COMMAND
+    if args.tracemalloc:
+        wrapper = str(REPO_ROOT / "benchmarks" / "sfu_tracemalloc.py")
+        command = (sys.executable, wrapper, str(args.tracemalloc), "--config", "{config}")
+    async with running_sfu(workdir, extra_config=extra, rtc_ports=2000, command=command) as sfu:
         await asyncio.sleep(2.0)
         idle_start = {**process_reading(sfu.pid)}
         async with httpx.AsyncClient() as client:
@@ -432,8 +444,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         work = [soak.room_loop(r) for r in range(args.rooms)]
         if args.hostile_every > 0:
             work.append(soak.hostile_loop())
+        if args.tracemalloc:  # snapshot 0 at the end of the warm-up, 1 at the end of the run
+            work.append(snapshot_after(sfu.pid, args.warmup))
         await asyncio.gather(*work)
         ran = time.monotonic() - started
+        if args.tracemalloc:
+            await snapshot_after(sfu.pid, 0.0)
         # idle again: wait for the rooms to close (empty/departure timeouts of the config above)
         async with httpx.AsyncClient() as client:
             deadline = time.monotonic() + IDLE_WAIT_S
@@ -507,6 +523,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path, help="where the SFU's config and log go")
     p.add_argument("--out", type=Path, help="write report.json here (a folder)")
+    p.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="run the SFU under tracemalloc, snapshots into this folder after the warm-up and "
+        "at the end (compare: benchmarks/sfu_tracemalloc.py --compare A B); slows the SFU down",
+    )
     args = p.parse_args()
     if args.warmup is None:
         args.warmup = min(300.0, args.duration / 6)
