@@ -24,6 +24,7 @@ from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_participa
 from sfu.metrics import COUNTERS
 from sfu.receiver import RtpDemuxer, TrackReceiver
 from sfu.room.dynacast import Dynacast
+from sfu.room.join import PROTOCOL_VERSION, join_response
 from sfu.room.permission import SubscriptionPermissions, forwardable
 from sfu.room.publication import PublishedTrack as PublishedTrack  # re-exported
 from sfu.room.publication import Subscription as Subscription
@@ -35,10 +36,6 @@ from sfu.transport import PeerTransport, PublishedMedia, TrackSlotLimitError, Tr
 
 log = logging.getLogger(__name__)
 
-SERVER_VERSION = "1.9.0"
-PROTOCOL_VERSION = 17
-PING_INTERVAL = 5
-PING_TIMEOUT = 15
 RTCP_INTERVAL = 1.0
 TOKEN_REFRESH_INTERVAL = 300
 #: tracks a participant may publish, pending ones included (LiveKit clients publish ~4)
@@ -173,29 +170,13 @@ class Participant:
 
     def send_join(self, room: models.Room, others: list[models.ParticipantInfo]) -> None:
         self.state = models.ParticipantInfo.State.JOINED
-        ice_servers = [rtc.ICEServer(urls=[url]) for url in self.options.ice_servers]
-        join = rtc.JoinResponse(
-            room=room,
-            participant=self.info(),
-            other_participants=others,
-            server_version=SERVER_VERSION,
-            ice_servers=ice_servers,
+        join = join_response(
+            room,
+            self.info(),
+            others,
+            self.options.ice_servers,
+            node_id=self.options.node_id,
             subscriber_primary=self.can_subscribe,
-            client_configuration=models.ClientConfiguration(
-                resume_connection=models.ClientConfigSetting.DISABLED
-            ),
-            ping_timeout=PING_TIMEOUT,
-            ping_interval=PING_INTERVAL,
-            server_info=models.ServerInfo(
-                edition=models.ServerInfo.Edition.Standard,
-                version=SERVER_VERSION,
-                protocol=PROTOCOL_VERSION,
-                node_id=self.options.node_id,
-            ),
-            enabled_publish_codecs=[
-                models.Codec(mime="video/VP8"),
-                models.Codec(mime="audio/opus"),
-            ],
             fast_publish=self.permission.can_publish,
         )
         self.send(rtc.SignalResponse(join=join))

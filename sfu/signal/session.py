@@ -20,11 +20,8 @@ from livekit.protocol import models, rtc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from sfu.metrics import COUNTERS
-from sfu.room.participant import (
-    PING_TIMEOUT,
-    Participant,
-    SignalStateError,
-)
+from sfu.room.join import PING_TIMEOUT
+from sfu.room.participant import Participant, SignalStateError
 from sfu.room.room import RoomClosedError, RoomFullError
 from sfu.room.track import TrackRequestError
 from sfu.sdp import SdpError
