@@ -7,8 +7,8 @@ them, a binary or JSON WebSocket message that `SignalSession.decode` turns into 
 add_track, mute, subscription, track settings, leave, ping...), a data-channel message
 (`Participant._on_data`), or a transport state change (what ICE/DTLS would report).
 
-Their `PeerTransport`s are real but for the network: host-candidate gathering is replaced by fixed
-local parameters and connectivity checks are never started (`_LocalPeerTransport`), so SDP
+Their `PeerTransport`s are real but for the network: host-candidate gathering is replaced by a fixed
+local candidate and connectivity checks are never started (`_LocalPeerTransport`), so SDP
 parsing, answer building, remote candidates and subscriber renegotiation all run, and nothing is
 sent anywhere. The DTLS certificate is generated once per process.
 
@@ -42,7 +42,7 @@ from sfu.room.track import TrackRequestError
 from sfu.sdp import SdpError
 from sfu.signal.session import ProtocolViolation, SignalSession
 from sfu.transport import PeerTransport, TransportConfig
-from sfu.transport.negotiation import LocalParameters
+from sfu.transport.ice import HostCandidates
 
 from ._records import join, records
 
@@ -72,24 +72,10 @@ class _OneCertificate:
 class _LocalPeerTransport(PeerTransport):
     """A `PeerTransport` that binds no socket and starts no ICE/DTLS."""
 
-    async def _ensure_local(self) -> LocalParameters:
-        if self._local is None:
-            fingerprints = [
-                (f.algorithm, f.value)
-                for f in self._certificate.getFingerprints()
-                if f.algorithm == "sha-256"
-            ]
-            self._local = LocalParameters(
-                ice_ufrag=self._connection.local_username,
-                ice_pwd=self._connection.local_password,
-                fingerprints=fingerprints,
-                candidates=["1 1 udp 2130706431 127.0.0.1 9 typ host generation 0"],
-                address="127.0.0.1",
-                port=9,
-                sctp_port=peer_module.SCTP_PORT,
-                max_message_size=peer_module.LOCAL_MAX_MESSAGE_SIZE,
-            )
-        return self._local
+    async def _gather(self) -> HostCandidates:
+        return HostCandidates(
+            ["1 1 udp 2130706431 127.0.0.1 9 typ host generation 0"], "127.0.0.1", 9
+        )
 
     def _start(self) -> None:
         self._set_state("connecting")

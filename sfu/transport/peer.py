@@ -48,6 +48,7 @@ from sfu.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, se
 from sfu.transport.ice import (
     MAX_REMOTE_CANDIDATES,
     CandidatePolicy,
+    HostCandidates,
     advertised_addresses,
     bound_peer_reflexive,
     bound_receive_queue,
@@ -627,16 +628,21 @@ class PeerTransport:
         except Exception:
             logger.exception("on_state failed")
 
+    async def _gather(self) -> HostCandidates:
+        """Bind this PC's sockets (or join the shared port): the only network step of
+        `_ensure_local`."""
+        return await gather_host_candidates(
+            self._connection,
+            self._config.bind_addresses,
+            self._config.node_ip,
+            (self._config.port_range_start, self._config.port_range_end),
+            self._config.udp_port,
+        )
+
     async def _ensure_local(self) -> LocalParameters:
         async with self._gather_lock:
             if self._local is None:
-                hosts = await gather_host_candidates(
-                    self._connection,
-                    self._config.bind_addresses,
-                    self._config.node_ip,
-                    (self._config.port_range_start, self._config.port_range_end),
-                    self._config.udp_port,
-                )
+                hosts = await self._gather()
                 # One fingerprint (sha-256), as browsers write it; every peer checks that one.
                 fingerprints = [
                     (f.algorithm, f.value)
