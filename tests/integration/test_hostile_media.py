@@ -1,6 +1,6 @@
 """Hostile clients against the real SFU while a real call keeps flowing: media-plane attacks.
 
-The same stage and checks as `test_hostile.py` (one SFU and one SDK call per module); here the
+The same stage and checks as `test_hostile.py` (`tests/harness/hostile_stage.py`) (one SFU and one SDK call per module); here the
 attacker is connected (ICE/DTLS/SRTP, SCTP) or sprays the SFU's UDP ports.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from loadtest import hostile
-from tests.integration.test_hostile import (
+from tests.harness.hostile_stage import (
     DEFAULT_RSS_MB,
     Stage,
     StageHolder,
