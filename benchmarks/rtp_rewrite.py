@@ -1,4 +1,4 @@
-"""Micro-benchmark of the RTP hot path in `sfu.rtp`: parse once per received packet, rewrite per
+"""Micro-benchmark of the RTP hot path in `sfu.media.rtp`: parse once per received packet, rewrite per
 subscriber.
 
 The packet is shaped like Chrome's simulcast VP8 video: 1100 bytes, a one-byte extension block
@@ -16,14 +16,14 @@ import time
 import timeit
 from collections.abc import Callable
 
-from sfu.rtp.extensions import (
+from sfu.media.rtp.extensions import (
     ExtensionBlockTemplate,
     build_extension_block,
     encode_abs_send_time,
     encode_transport_cc,
 )
-from sfu.rtp.header import RtpHeader, RtpPacket, rewrite
-from sfu.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
+from sfu.media.rtp.header import RtpHeader, RtpPacket, rewrite
+from sfu.media.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
 
 PACKET_SIZE = 1100
 
@@ -62,7 +62,7 @@ def main() -> None:
     seq_offset, ts_offset, pid_offset, tl0_offset = 17, 90_000, 5, 2
 
     def subscriber_path() -> bytes:
-        # What sfu.forwarder.DownTrack does per subscriber for one video packet after a layer
+        # What sfu.media.forwarder.DownTrack does per subscriber for one video packet after a layer
         # switch: offsets applied to seq/ts and, in the VP8 descriptor, picture id/TL0PICIDX.
         d = Vp8PayloadDescriptor.parse(data, off, end)
         head = munged_descriptor(

@@ -36,7 +36,7 @@ __all__ = [
 
 #: peer connections per session (publisher and subscriber); each binds one UDP port per bind
 #: address from the port range, and a connected one duplicates its socket's descriptor for its
-#: send queue (`sfu.transport.batch`)
+#: send queue (`sfu.media.transport.batch`)
 PEER_CONNECTIONS_PER_SESSION = 2
 #: descriptors kept out of the session budget: listening sockets, the event loop, logs, shared
 #: UDP sockets, libraries; at least this many, or a tenth of the limit if that is more

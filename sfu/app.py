@@ -39,12 +39,12 @@ from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
+from sfu.media.transport import SendMode, TransportConfig
+from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, RoomManager
 from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
-from sfu.transport import SendMode, TransportConfig
-from sfu.transport.udpmux import close_muxes, open_mux
 
 log = logging.getLogger(__name__)
 

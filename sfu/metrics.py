@@ -46,7 +46,7 @@ class Counters:
     data_packets: int = 0
     signal_errors: int = 0
     joins_refused_cpu: int = 0  # refused by limits.max_cpu_load
-    # the batched send path (sfu.transport.batch): per socket and loop iteration
+    # the batched send path (sfu.media.transport.batch): per socket and loop iteration
     send_flushes: int = 0  # queues flushed (one per socket per loop iteration with datagrams)
     send_datagrams: int = 0  # datagrams those flushes held
     send_syscalls: int = 0  # sendto/sendmsg calls they took

@@ -1,8 +1,8 @@
-"""RTP header-extension values and blocks (`sfu.rtp.extensions`).
+"""RTP header-extension values and blocks (`sfu.media.rtp.extensions`).
 
 Every `decode_*` raises only `ExtensionError`, and what it decodes encodes back to the same value.
 `build_extension_block` on (id, value) pairs taken from the input raises only `ExtensionError`,
-and the block it builds parses (`sfu.rtp.header.RtpPacket.parse`) to exactly those pairs;
+and the block it builds parses (`sfu.media.rtp.header.RtpPacket.parse`) to exactly those pairs;
 `ExtensionBlockTemplate` builds the same bytes.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import struct
 
-from sfu.rtp import extensions as ext
-from sfu.rtp.errors import ExtensionError
-from sfu.rtp.header import RtpPacket
+from sfu.media.rtp import extensions as ext
+from sfu.media.rtp.errors import ExtensionError
+from sfu.media.rtp.header import RtpPacket
 
 from ._records import join, records
 

@@ -1,4 +1,4 @@
-"""H.264 RTP payloads (`sfu.rtp.h264`): NAL unit types of single NAL, STAP-A and FU-A payloads.
+"""H.264 RTP payloads (`sfu.media.rtp.h264`): NAL unit types of single NAL, STAP-A and FU-A payloads.
 
 `nal_unit_types` and `is_keyframe` raise only `H264Error`, agree with each other, and also run as
 the receiver calls them (on a window of the packet).
@@ -6,9 +6,9 @@ the receiver calls them (on a window of the packet).
 
 from __future__ import annotations
 
-from sfu.receiver import _h264_keyframe
-from sfu.rtp.errors import H264Error
-from sfu.rtp.h264 import NAL_IDR, NAL_SPS, is_keyframe, nal_unit_types
+from sfu.media.receiver import _h264_keyframe
+from sfu.media.rtp.errors import H264Error
+from sfu.media.rtp.h264 import NAL_IDR, NAL_SPS, is_keyframe, nal_unit_types
 
 MAX_LEN = 256
 

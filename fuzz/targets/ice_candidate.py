@@ -1,4 +1,4 @@
-"""Remote ICE candidates (`sfu.transport.ice.parse_candidate_init`): a TrickleRequest's
+"""Remote ICE candidates (`sfu.media.transport.ice.parse_candidate_init`): a TrickleRequest's
 `candidateInit` JSON, or an `a=candidate` line of an offer or answer.
 
 It never raises; a candidate it accepts is a UDP, component-1 candidate on an IP address whose
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from sfu.transport.ice import parse_candidate_init
+from sfu.media.transport.ice import parse_candidate_init
 
 MAX_LEN = 1024
 

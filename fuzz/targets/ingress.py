@@ -1,9 +1,9 @@
 """The media receive path, socket-free: SRTP ingress → RTP demuxer → receivers → down tracks.
 
-Two `SrtpIngress` (`sfu.transport.ingress`) sit in front of real aioice `StunProtocol`s, keyed
+Two `SrtpIngress` (`sfu.media.transport.ingress`) sit in front of real aioice `StunProtocol`s, keyed
 like a DTLS-SRTP transport: the publisher side delivers to a real `RtpDemuxer` with an Opus track,
-a 3-layer VP8 simulcast track and an H.264 track bound (`sfu.receiver`), whose receivers fan out to
-started `DownTrack`s (`sfu.forwarder`); the subscriber side delivers RTCP to a `FeedbackRouter`.
+a 3-layer VP8 simulcast track and an H.264 track bound (`sfu.media.receiver`), whose receivers fan out to
+started `DownTrack`s (`sfu.media.forwarder`); the subscriber side delivers RTCP to a `FeedbackRouter`.
 Each record of the input is one datagram: SRTP/SRTCP protected with the sender's keys, raw bytes
 (forged or non-media datagrams), or plaintext straight to the handler. Afterwards the periodic
 RTCP the SFU builds from that state (receiver reports, REMB, sender reports) is built and parsed.
@@ -23,12 +23,12 @@ from aioice.ice import StunProtocol
 from pylibsrtp import Error as LibSrtpError
 from pylibsrtp import Policy, Session
 
-from sfu.forwarder import DownTrack, FeedbackRouter
-from sfu.receiver import RtpDemuxer, TrackReceiver
-from sfu.rtp import extensions as ext
-from sfu.rtp import rtcp
-from sfu.rtp.header import RtpHeader, RtpPacket
-from sfu.transport.ingress import SrtpIngress
+from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.receiver import RtpDemuxer, TrackReceiver
+from sfu.media.rtp import extensions as ext
+from sfu.media.rtp import rtcp
+from sfu.media.rtp.header import RtpHeader, RtpPacket
+from sfu.media.transport.ingress import SrtpIngress
 
 from ._records import join, records
 

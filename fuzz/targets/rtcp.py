@@ -1,4 +1,4 @@
-"""Compound RTCP (`sfu.rtp.rtcp`, transport-cc from `sfu.rtp.twcc`): parse, rebuild, re-parse.
+"""Compound RTCP (`sfu.media.rtp.rtcp`, transport-cc from `sfu.media.rtp.twcc`): parse, rebuild, re-parse.
 
 `parse_compound` raises only `RtcpError`; every packet it returns must build back to bytes that
 parse to an equal packet, and the helpers a handler calls on a parsed packet (`Nack.lost`,
@@ -7,8 +7,8 @@ parse to an equal packet, and the helpers a handler calls on a parsed packet (`N
 
 from __future__ import annotations
 
-from sfu.rtp import rtcp
-from sfu.rtp.errors import RtcpError
+from sfu.media.rtp import rtcp
+from sfu.media.rtp.errors import RtcpError
 
 MAX_LEN = 1500  # one SRTCP datagram
 

@@ -1,4 +1,4 @@
-"""RTP fixed header and extension block (`sfu.rtp.header`): parse, rebuild, rewrite.
+"""RTP fixed header and extension block (`sfu.media.rtp.header`): parse, rebuild, rewrite.
 
 A received packet either raises `RtpError` or parses; a parsed one must survive
 `RtpHeader.parse` → `bytes()` → `RtpPacket.parse` with the same fields, extensions, payload and
@@ -8,9 +8,9 @@ fields it was asked for, around the same payload.
 
 from __future__ import annotations
 
-from sfu.rtp.errors import RtpError
-from sfu.rtp.extensions import build_extension_block
-from sfu.rtp.header import RtpHeader, RtpPacket, rewrite
+from sfu.media.rtp.errors import RtpError
+from sfu.media.rtp.extensions import build_extension_block
+from sfu.media.rtp.header import RtpHeader, RtpPacket, rewrite
 
 MAX_LEN = 1500
 

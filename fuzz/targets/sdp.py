@@ -1,4 +1,4 @@
-"""SDP (`sfu.sdp`) and the publisher answer (`sfu.transport.negotiation.build_answer`).
+"""SDP (`sfu.media.sdp`) and the publisher answer (`sfu.media.transport.negotiation.build_answer`).
 
 A client's offer is UTF-8 text (a protobuf string). `SessionDescription.parse` raises only
 `SdpError`; what it parses serializes to SDP that parses again and serializes to the same text
@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sfu.sdp import SdpError, SessionDescription
-from sfu.transport.negotiation import LocalParameters, build_answer
+from sfu.media.sdp import SdpError, SessionDescription
+from sfu.media.transport.negotiation import LocalParameters, build_answer
 
 MAX_LEN = 8192
 

@@ -31,18 +31,18 @@ from aiortc import RTCCertificate
 from google.protobuf import json_format
 from livekit.protocol import models, rtc
 
+import sfu.media.transport.peer as peer_module
 import sfu.room.participant as participant_module
-import sfu.transport.peer as peer_module
 from sfu.auth import ClaimGrants, VideoGrant
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
+from sfu.media.sdp import SdpError
+from sfu.media.transport import PeerTransport, TransportConfig
+from sfu.media.transport.ice import HostCandidates
 from sfu.room.participant import Participant, ParticipantOptions, SignalStateError
 from sfu.room.room import Room
 from sfu.room.track import TrackRequestError
-from sfu.sdp import SdpError
 from sfu.signal.session import ProtocolViolation, SignalSession
-from sfu.transport import PeerTransport, TransportConfig
-from sfu.transport.ice import HostCandidates
 
 from ._records import join, records
 

@@ -1,4 +1,4 @@
-"""One transport-wide CC feedback packet (`sfu.rtp.twcc.TransportCcFeedback.parse`).
+"""One transport-wide CC feedback packet (`sfu.media.rtp.twcc.TransportCcFeedback.parse`).
 
 Parse raises only `RtcpError`; a parsed packet rebuilds (with its own chunk layout) to bytes that
 parse to an equal packet, and `arrivals()` covers no more than its status count.
@@ -6,8 +6,8 @@ parse to an equal packet, and `arrivals()` covers no more than its status count.
 
 from __future__ import annotations
 
-from sfu.rtp.errors import RtcpError
-from sfu.rtp.twcc import TransportCcFeedback
+from sfu.media.rtp.errors import RtcpError
+from sfu.media.rtp.twcc import TransportCcFeedback
 
 MAX_LEN = 1500
 

@@ -1,4 +1,4 @@
-"""Datagram routing in the shared UDP port (`sfu.transport.udpmux`), without a socket.
+"""Datagram routing in the shared UDP port (`sfu.media.transport.udpmux`), without a socket.
 
 A `UdpMux` with three registered connections (real aioice `StunProtocol`s over a recording stand-in
 for aioice's `Connection`) gets a sequence of datagrams from a pool of source addresses, plus
@@ -15,7 +15,7 @@ from typing import Any
 
 from aioice import stun
 
-from sfu.transport.udpmux import MAX_ADDRESSES, MuxedTransport, UdpMux, stun_request_ufrag
+from sfu.media.transport.udpmux import MAX_ADDRESSES, MuxedTransport, UdpMux, stun_request_ufrag
 
 from ._records import join, records
 

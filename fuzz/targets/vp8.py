@@ -1,4 +1,4 @@
-"""The VP8 payload descriptor (`sfu.rtp.vp8`): parse, size, key-frame test, the forwarder's rewrites.
+"""The VP8 payload descriptor (`sfu.media.rtp.vp8`): parse, size, key-frame test, the forwarder's rewrites.
 
 Every reader raises only `Vp8Error` and they agree with each other (`parse` vs `descriptor_size`,
 the module's `is_keyframe` vs the method); `bytes()` of a parsed descriptor parses back equal;
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sfu.rtp.errors import Vp8Error
-from sfu.rtp.vp8 import (
+from sfu.media.rtp.errors import Vp8Error
+from sfu.media.rtp.vp8 import (
     Vp8PayloadDescriptor,
     descriptor_size,
     is_keyframe,

@@ -17,22 +17,22 @@ from typing import Any
 
 from livekit.protocol import models, rtc
 
-from sfu.allocator import QUALITY_HIGH, layer_sizes
 from sfu.auth import ClaimGrants
-from sfu.forwarder import DownTrack, FeedbackRouter
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_participant_sid, new_ssrc
+from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.receiver import RtpDemuxer, TrackReceiver
+from sfu.media.rtp import rtcp
+from sfu.media.transport import PeerTransport, PublishedMedia, TrackSlotLimitError, TransportConfig
 from sfu.metrics import COUNTERS
-from sfu.receiver import RtpDemuxer, TrackReceiver
 from sfu.room.dynacast import Dynacast
 from sfu.room.join import PROTOCOL_VERSION, join_response
+from sfu.room.layer_selection import QUALITY_HIGH, layer_sizes
 from sfu.room.permission import SubscriptionPermissions, forwardable
 from sfu.room.publication import PublishedTrack as PublishedTrack  # re-exported
 from sfu.room.publication import Subscription as Subscription
 from sfu.room.publication import close_transports
 from sfu.room.room import Room
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
-from sfu.rtp import rtcp
-from sfu.transport import PeerTransport, PublishedMedia, TrackSlotLimitError, TransportConfig
 
 log = logging.getLogger(__name__)
 

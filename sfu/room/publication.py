@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
-from sfu.allocator import preferred_layer
-from sfu.forwarder import DownTrack
 from sfu.ids import TrackSid
-from sfu.receiver import TrackReceiver
+from sfu.media.forwarder import DownTrack
+from sfu.media.receiver import TrackReceiver
+from sfu.media.transport import PeerTransport
 from sfu.room.dynacast import Dynacast
-from sfu.transport import PeerTransport
+from sfu.room.layer_selection import preferred_layer
 
 if TYPE_CHECKING:
     from sfu.room.participant import Participant

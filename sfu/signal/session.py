@@ -19,12 +19,12 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from sfu.media.sdp import SdpError
 from sfu.metrics import COUNTERS
 from sfu.room.join import PING_TIMEOUT
 from sfu.room.participant import Participant, SignalStateError
 from sfu.room.room import RoomClosedError, RoomFullError
 from sfu.room.track import TrackRequestError
-from sfu.sdp import SdpError
 
 log = logging.getLogger(__name__)
 

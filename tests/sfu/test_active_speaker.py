@@ -14,10 +14,10 @@ import pytest
 from livekit.protocol import models
 
 from sfu.config import RoomConfig
-from sfu.receiver import SPEAKING_DBOV, SPEAKING_SHARE, TrackReceiver
+from sfu.media.receiver import SPEAKING_DBOV, SPEAKING_SHARE, TrackReceiver
+from sfu.media.rtp import extensions as ext
+from sfu.media.rtp.header import RtpHeader, RtpPacket
 from sfu.room.room import Room
-from sfu.rtp import extensions as ext
-from sfu.rtp.header import RtpHeader, RtpPacket
 
 LEVEL_ID = 1
 OPUS = b"\xfc\xff\xfe" + b"opus-frame"

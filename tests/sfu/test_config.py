@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sfu.config import SEND_MODES, ConfigError, from_mapping, load
-from sfu.transport.peer import SEND_MODES as TRANSPORT_SEND_MODES
+from sfu.media.transport.peer import SEND_MODES as TRANSPORT_SEND_MODES
 
 SECRET = "s" * 40
 

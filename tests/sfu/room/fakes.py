@@ -11,10 +11,10 @@ from livekit.protocol import models, rtc
 from sfu.auth import ClaimGrants, VideoGrant
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
+from sfu.media.sdp import Codec
+from sfu.media.transport import PeerTransport, PublishedMedia, TransportConfig
 from sfu.room.participant import Participant, ParticipantOptions
 from sfu.room.room import Room
-from sfu.sdp import Codec
-from sfu.transport import PeerTransport, PublishedMedia, TransportConfig
 
 OPUS = Codec(payload_type=111, name="opus", clock_rate=48000, channels=2)
 

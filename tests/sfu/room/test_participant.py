@@ -16,11 +16,11 @@ from aiortc.mediastreams import AudioStreamTrack
 from livekit.protocol import models, rtc
 
 from sfu.auth import ClaimGrants
+from sfu.media.transport import TrackSlotLimitError, TransportConfig
 from sfu.metrics import COUNTERS
 from sfu.room import participant as participant_module
 from sfu.room.participant import MAX_TRACKS_PER_PARTICIPANT, Participant, ParticipantOptions
 from sfu.room.track import TrackRequestError
-from sfu.transport import TrackSlotLimitError, TransportConfig
 from tests.sfu.room.fakes import Client, joined, make_room
 
 

@@ -11,12 +11,12 @@ from livekit.protocol import models, rtc
 from starlette.websockets import WebSocketState
 
 from sfu.auth import ClaimGrants
+from sfu.media.sdp import SdpError
+from sfu.media.transport import PublishedMedia, TransportConfig
 from sfu.metrics import COUNTERS, Metrics
 from sfu.room.participant import Participant, ParticipantOptions
-from sfu.sdp import SdpError
 from sfu.signal import session as session_module
 from sfu.signal.session import CLOSE_NORMAL, CLOSE_POLICY, SignalSession
-from sfu.transport import PublishedMedia, TransportConfig
 from tests.sfu.room.fakes import OPUS, FakeTransport, make_room, make_transport
 
 

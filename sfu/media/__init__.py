@@ -1,0 +1,8 @@
+"""The data plane: packets in, packets out, as bytes.
+
+`rtp/` parses and writes RTP/RTCP headers, `sdp` the session descriptions, `transport/` owns the
+sockets, ICE, DTLS, SRTP and SCTP of one peer connection, `receiver` takes a publisher's packets
+apart into tracks and layers, and `forwarder` rewrites and sends them to each subscriber. Nothing
+here knows rooms, participants, signalling or configuration files (import-linter enforces it);
+the control plane (`sfu.room`, `sfu.signal`) drives it through plain method calls.
+"""

@@ -1,0 +1,505 @@
+"""Egress of one subscribed track to one subscriber: which layer, which packets, which header.
+
+`DownTrack` picks the layer to forward (the highest one the publisher is sending, up to the
+subscriber's limit), switches only on a key frame of the new layer, and rewrites SSRC, payload type,
+sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
+subscriber sees one continuous stream. The payload itself is never touched. It answers NACKs from
+a history of what it sent — the received packets' bytes, which every down track of the layer
+shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a private
+copy of every datagram — and produces RTCP sender reports mapped from the publisher's. History
+entries hold only ints and bytes, so the cyclic garbage collector never has to walk them.
+NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
+numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
+and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
+`FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
+track and leaves every other RTCP type unparsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+
+from sfu.media.receiver import TrackReceiver
+from sfu.media.rtp import rtcp
+from sfu.media.rtp.errors import PacketError
+from sfu.media.rtp.header import RtpPacket, rewrite
+from sfu.media.rtp.seqnum import ts_diff
+from sfu.media.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
+from sfu.metrics import COUNTERS
+
+log = logging.getLogger(__name__)
+
+#: a minimal padding-only packet: V=2 P=1, header, then one padding byte holding its own count
+_PADDING_PACKET = struct.Struct("!BBHIIB")
+
+HISTORY_SIZE = 512  # power of two: NACK history, indexed by outgoing sequence number
+HISTORY_MASK = HISTORY_SIZE - 1
+NTP_EPOCH_OFFSET = 2208988800
+#: how long the forwarded layer may be silent before a lower one is taken
+LAYER_STALE_AFTER = 1.0
+KEYFRAME_RETRY = 0.25
+#: a sequence number is resent at most once per min(this, 2 RTT) (as LiveKit does; the RTT from
+#: the subscriber's receiver reports, this bound until one came) and at most NACK_MAX_RESENDS
+#: times (LiveKit's maxAck)
+NACK_RESEND_INTERVAL = 0.1
+NACK_MAX_RESENDS = 3
+#: NACKed sequence numbers one down track looks at per one-second window; the rest is dropped
+NACK_BUDGET = 1000
+
+
+def ntp_now() -> int:
+    now = time.time() + NTP_EPOCH_OFFSET
+    return (int(now) << 32) | int((now % 1) * (1 << 32))
+
+
+class DownTrack:
+    """One track forwarded to one subscriber, on its own SSRC."""
+
+    def __init__(
+        self,
+        receiver: TrackReceiver,
+        *,
+        ssrc: int,
+        payload_type: int,
+        send_rtp: Callable[[bytes], None],
+        cname: str,
+    ) -> None:
+        self.receiver = receiver
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.cname = cname
+        self.clock_rate = receiver.clock_rate
+        self.is_vp8 = receiver.mime_type.lower().endswith("/vp8")
+        self._send = send_rtp
+        self.started = False
+        self.enabled = True
+        self.closed = False
+        #: the highest spatial layer this subscriber may receive (adaptive stream lowers it)
+        self.max_layer = len(receiver.layers) - 1
+        self.current_layer = -1
+        self._source_ssrc = 0  # publisher SSRC of the layer last forwarded
+        # seq/ts mapping of the current source: out = in - offset
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._switch_seq = 0
+        self._sent_any = False  # whether _last_out_* hold a sent packet's values
+        self._last_out_seq = 0
+        self._last_out_ts = 0
+        self._last_out_time = 0.0
+        # VP8 picture id / TL0PICIDX / KEYIDX continuity across switches
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._keyidx_offset = 0
+        self._last_packet: RtpPacket | None = None  # the newest media packet forwarded
+        self._last_keyframe_request = 0.0
+        self.packets_sent = 0
+        self.octets_sent = 0
+        #: (out_seq, out_ts, received bytes, epoch) per slot; epoch counts switches: header
+        #: rewrites made before the last switch can no longer be rebuilt
+        self._history: list[tuple[int, int, bytes, int] | None] = [None] * HISTORY_SIZE
+        self._epoch = 0
+        #: per history slot, the last resend: (out_seq, out_ts, time, count); seq and ts tell
+        #: the packet it was for from a later one in the same slot
+        self._resent: list[tuple[int, int, float, int] | None] = [None] * HISTORY_SIZE
+        self._nack_window = -1.0  # start of the current one-second NACK budget window
+        self._nack_left = 0
+        self._resend_interval = NACK_RESEND_INTERVAL
+        #: the last two sender reports sent: (middle 32 bits of the NTP timestamp, when), newest
+        #: first; a receiver report answers one of them
+        self._last_srs = ((0, 0.0), (0, 0.0))
+        #: round-trip time from the subscriber's receiver reports (RFC 3550 §6.4.1), seconds
+        self.rtt: float | None = None
+
+    # -- control ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """The subscriber's transport is up: ask for a key frame so video can start at once."""
+        if self.started or self.closed:
+            return
+        self.started = True
+        self._request_keyframe(self._best_layer(time.monotonic()))
+
+    def set_enabled(self, enabled: bool) -> None:
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        if enabled and self.receiver.is_video:
+            # resume on a key frame: the decoder's state is stale
+            self.current_layer = -1
+            if self.started:
+                self._request_keyframe(self._best_layer(time.monotonic()))
+        self.receiver.demand_changed()
+
+    def set_max_layer(self, layer: int) -> None:
+        """The subscriber's preferred layer (from its tile size); -1 pauses the stream."""
+        layer = min(layer, len(self.receiver.layers) - 1)
+        if layer < 0:
+            self.set_enabled(False)
+            return
+        if layer == self.max_layer:
+            return
+        self.max_layer = layer
+        if self.started and self.enabled and self.current_layer != layer:
+            best = self._best_layer(time.monotonic())
+            if best != self.current_layer:
+                self._request_keyframe(best)
+        self.receiver.demand_changed()
+
+    @property
+    def subscribed_layer(self) -> int:
+        """The highest layer this subscription needs from the publisher (dynacast): what it
+        prefers, or what it is still being sent until a switch down has happened; -1 if none."""
+        if not self.enabled or self.closed:
+            return -1
+        return max(self.max_layer, self.current_layer)
+
+    @property
+    def paused(self) -> bool:
+        """Wanted but unavailable: the publisher sends no layer this subscription may take."""
+        if not self.enabled or not self.receiver.is_video:
+            return False
+        return self.receiver.highest_active_layer(time.monotonic(), self.max_layer) < 0
+
+    def close(self) -> None:
+        self.closed = True
+        self.started = False
+        self._history = [None] * HISTORY_SIZE
+        self._resent = [None] * HISTORY_SIZE
+
+    def _best_layer(self, now: float) -> int:
+        best = self.receiver.highest_active_layer(now, self.max_layer)
+        return best if best >= 0 else 0
+
+    def _request_keyframe(self, layer: int) -> None:
+        self._last_keyframe_request = time.monotonic()
+        self.receiver.request_keyframe(layer)
+
+    # -- packets ----------------------------------------------------------------------------------
+    def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None:
+        if not self.started or not self.enabled:
+            return
+        padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+        if layer != self.current_layer and (
+            padding_only or not self._maybe_switch(packet, layer, keyframe)
+        ):
+            return
+        seq = packet.sequence_number
+        if (seq - self._switch_seq) & 0x8000:
+            return  # older than the packet we switched on
+        out_seq = (seq - self._seq_offset) & 0xFFFF
+        out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
+        # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
+        # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
+        newest = not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000
+        data = self._build(packet, out_seq, out_ts, padding_only)
+        if newest:
+            if not padding_only:  # a probe carries no VP8 descriptor to continue from
+                self._last_packet = packet
+            self._sent_any = True
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            self._last_out_time = time.monotonic()
+            # Keep the switch point within reach of the `& 0x8000` test above: without this,
+            # 32768 packets after a switch every new packet would read as older than it.
+            if ((seq - self._switch_seq) & 0xFFFF) > 0x4000:
+                self._switch_seq = (seq - 0x4000) & 0xFFFF
+        self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet.data, self._epoch)
+        self.packets_sent += 1
+        self.octets_sent += len(data) - 12
+        COUNTERS.packets_out += 1
+        COUNTERS.bytes_out += len(data)
+        self._send(data)
+
+    def _build(self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool) -> bytes:
+        """The datagram to send for ``packet`` under the outgoing sequence number/timestamp."""
+        if padding_only:
+            # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
+            # not its bytes, which were sized for the publisher's link, not this one.
+            return _PADDING_PACKET.pack(
+                0xA0, packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, 1
+            )
+        if self._pid_offset or self._tl0_offset or self._keyidx_offset:
+            return self._rewrite_vp8(packet, out_seq, out_ts)
+        return rewrite(
+            packet,
+            payload_type=self.payload_type,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=self.ssrc,
+        )
+
+    def _maybe_switch(self, packet: RtpPacket, layer: int, keyframe: bool) -> bool:
+        """Whether ``packet``, of a layer not being forwarded, starts forwarding that layer.
+
+        The target is the highest layer the publisher is sending, up to ``max_layer``. A switch
+        happens only on a key frame; until one arrives the current layer keeps flowing and key
+        frames are requested. With nothing forwarded yet, any allowed layer's key frame starts
+        the stream at once (and an upgrade follows).
+        """
+        if not self.receiver.is_video:
+            if self.current_layer < 0:
+                self._switch(packet, layer)
+                return True
+            return False
+        if layer > self.max_layer:
+            return False
+        now = time.monotonic()
+        target = self._best_layer(now)
+        if layer != target and not (self.current_layer < 0 and keyframe):
+            return False
+        if not keyframe:
+            if now - self._last_keyframe_request > KEYFRAME_RETRY:
+                self._request_keyframe(target)
+            return False
+        self._switch(packet, layer)
+        return True
+
+    def _switch(self, packet: RtpPacket, layer: int) -> None:
+        now = time.monotonic()
+        if not self._sent_any:
+            self._seq_offset = 0
+            self._ts_offset = 0
+        else:
+            self._seq_offset = (packet.sequence_number - self._last_out_seq - 1) & 0xFFFF
+            self._ts_offset = (
+                packet.timestamp - self._expected_timestamp(packet, now)
+            ) & 0xFFFFFFFF
+        self._switch_seq = packet.sequence_number
+        self._epoch += 1
+        log.debug(
+            "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
+            self.ssrc,
+            self.current_layer,
+            layer,
+            packet.sequence_number,
+            self._last_out_seq,
+            self._seq_offset,
+        )
+        if self.is_vp8:
+            self._switch_vp8(packet)
+        if self.current_layer >= 0:
+            COUNTERS.layer_switches += 1
+        self.current_layer = layer
+        self._source_ssrc = packet.ssrc
+        self.receiver.demand_changed()
+
+    def _expected_timestamp(self, packet: RtpPacket, now: float) -> int:
+        """The outgoing timestamp for the first packet of a new source.
+
+        Simulcast layers have unrelated timestamp bases; the publisher's sender reports map both
+        to one clock, so the new layer continues the old one's timeline (and lip sync with the
+        audio survives). Without both reports, or if they disagree with the wall clock by more
+        than a second, the elapsed wall-clock time is used. Always after the last sent one.
+        """
+        wall = (
+            self._last_out_ts + max(int((now - self._last_out_time) * self.clock_rate), 1)
+        ) & 0xFFFFFFFF
+        aligned = self.receiver.sender_reports.expected_timestamp(
+            packet.timestamp, packet.ssrc, self._source_ssrc, self._ts_offset
+        )
+        expected = wall
+        if aligned is not None and abs(ts_diff(aligned, wall)) <= self.clock_rate:
+            expected = aligned
+        if ts_diff(expected, self._last_out_ts) <= 0:
+            expected = (self._last_out_ts + 1) & 0xFFFFFFFF
+        return expected
+
+    # -- VP8 payload descriptor -------------------------------------------------------------------------
+    def _descriptor(self, packet: RtpPacket) -> Vp8PayloadDescriptor | None:
+        end = len(packet.data) - packet.padding_size
+        try:
+            return Vp8PayloadDescriptor.parse(packet.data, packet.payload_offset, end)
+        except PacketError:
+            return None
+
+    def _switch_vp8(self, packet: RtpPacket) -> None:
+        """Offsets that make ``packet``'s picture id / TL0PICIDX / KEYIDX follow the last ones
+        sent (read back from the newest forwarded packet: no per-packet bookkeeping)."""
+        new = self._descriptor(packet)
+        last = self._descriptor(self._last_packet) if self._last_packet is not None else None
+        if new is None or last is None:
+            return
+        if new.picture_id is not None and last.picture_id is not None:
+            last_out = (last.picture_id - self._pid_offset) & 0x7FFF
+            self._pid_offset = (new.picture_id - last_out - 1) & 0x7FFF
+        if new.tl0_pic_idx is not None and last.tl0_pic_idx is not None:
+            last_out = (last.tl0_pic_idx - self._tl0_offset) & 0xFF
+            self._tl0_offset = (new.tl0_pic_idx - last_out - 1) & 0xFF
+        if new.key_idx is not None and last.key_idx is not None:
+            last_out = (last.key_idx - self._keyidx_offset) & 0x1F
+            self._keyidx_offset = (new.key_idx - last_out - 1) & 0x1F
+
+    def _rewrite_vp8(self, packet: RtpPacket, out_seq: int, out_ts: int) -> bytes:
+        desc = self._descriptor(packet)
+        header: bytes | None = None
+        size = 0
+        if desc is not None:
+            pid = None if desc.picture_id is None else (desc.picture_id - self._pid_offset) & 0x7FFF
+            tl0 = None if desc.tl0_pic_idx is None else (desc.tl0_pic_idx - self._tl0_offset) & 0xFF
+            kidx = None if desc.key_idx is None else (desc.key_idx - self._keyidx_offset) & 0x1F
+            header = munged_descriptor(desc, picture_id=pid, tl0_pic_idx=tl0, key_idx=kidx)
+            size = desc.size
+        return rewrite(
+            packet,
+            payload_type=self.payload_type,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=self.ssrc,
+            payload_header=header,
+            payload_header_size=size,
+        )
+
+    # -- RTCP ----------------------------------------------------------------------------------------
+    def _nack_allowance(self, now: float) -> int:
+        """NACKed sequence numbers still allowed in the current one-second window."""
+        if now - self._nack_window >= 1.0:
+            self._nack_window = now
+            self._nack_left = NACK_BUDGET
+        return self._nack_left
+
+    def on_nack(self, nack: rtcp.Nack) -> None:
+        """A generic NACK from the subscriber: checked against the budget before its sequence
+        numbers are even listed."""
+        if self._nack_allowance(time.monotonic()) <= 0:
+            COUNTERS.limit_exceeded("nack_budget")
+            return
+        self.retransmit(nack.lost)
+
+    def retransmit(self, sequence_numbers: Iterable[int]) -> None:
+        """Send again what went out under these sequence numbers (RFC 4585 generic NACK),
+        rebuilt from the received packet; packets from before the last switch are not resent.
+
+        Bounded before any rebuild or protect: at most `NACK_BUDGET` sequence numbers are looked
+        at per one-second window (the rest of a NACK is dropped), and each packet is resent at
+        most `NACK_MAX_RESENDS` times, never twice within min(`NACK_RESEND_INTERVAL`, 2 RTT).
+        """
+        now = time.monotonic()
+        budget = self._nack_allowance(now)
+        history, resent, epoch = self._history, self._resent, self._epoch
+        looked = 0
+        repeated = False
+        for seq in sequence_numbers:
+            if looked >= budget:
+                COUNTERS.limit_exceeded("nack_budget")
+                break
+            looked += 1
+            slot = seq & HISTORY_MASK
+            entry = history[slot]
+            if entry is None or entry[0] != seq or entry[3] != epoch:
+                continue
+            _, out_ts, received, _ = entry
+            count = 1
+            last = resent[slot]
+            if last is not None and last[0] == seq and last[1] == out_ts:
+                if now - last[2] < self._resend_interval or last[3] >= NACK_MAX_RESENDS:
+                    repeated = True
+                    continue
+                count = last[3] + 1
+            resent[slot] = (seq, out_ts, now, count)
+            try:
+                packet = RtpPacket.parse(received)
+            except PacketError:  # pragma: no cover - it was parsed once already
+                continue
+            padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+            data = self._build(packet, seq, out_ts, padding_only)
+            COUNTERS.retransmits_out += 1
+            dropped = COUNTERS.send_dropped
+            self._send(data)
+            if COUNTERS.send_dropped != dropped:
+                # The transport refused it and uncounted it as an original (write counts those
+                # before sending): move that back to where it belongs.
+                COUNTERS.retransmits_out -= 1
+                COUNTERS.packets_out += 1
+                COUNTERS.bytes_out += len(data)
+        self._nack_left = budget - looked
+        if repeated:
+            COUNTERS.limit_exceeded("nack_resend_interval")
+
+    def on_report_block(self, block: rtcp.ReportBlock) -> None:
+        """The subscriber's reception report on this stream: the round-trip time, when it answers
+        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR)."""
+        sent_at = next((t for lsr, t in self._last_srs if lsr == block.last_sr), None)
+        if not block.last_sr or sent_at is None:
+            return
+        rtt = time.monotonic() - sent_at - block.delay_since_last_sr / 65536
+        if 0 <= rtt < 10:
+            self.rtt = rtt
+            self._resend_interval = min(NACK_RESEND_INTERVAL, 2 * rtt)
+
+    def on_keyframe_request(self) -> None:
+        if self.current_layer >= 0:
+            self.receiver.request_keyframe(self.current_layer)
+        else:
+            self.receiver.request_keyframe(self._best_layer(time.monotonic()))
+
+    def sender_report(self) -> bytes:
+        """SR + SDES for this stream, its NTP↔RTP mapping taken from the publisher's last SR."""
+        if self.closed or self.packets_sent == 0 or self.current_layer < 0:
+            return b""
+        layer = self.receiver.layers[self.current_layer]
+        if not layer.sr_arrival:
+            return b""  # no mapping yet: no SR is safer than a wrong one (lip sync)
+        elapsed = time.monotonic() - layer.sr_arrival
+        ntp = layer.sr_ntp + int(elapsed * (1 << 32))
+        rtp_ts = (layer.sr_rtp + int(elapsed * self.clock_rate) - self._ts_offset) & 0xFFFFFFFF
+        report = rtcp.SenderReport(
+            ssrc=self.ssrc,
+            ntp_timestamp=ntp & 0xFFFFFFFFFFFFFFFF,
+            rtp_timestamp=rtp_ts,
+            packet_count=self.packets_sent & 0xFFFFFFFF,
+            octet_count=self.octets_sent & 0xFFFFFFFF,
+        )
+        sent = ((report.ntp_timestamp >> 16) & 0xFFFFFFFF, time.monotonic())
+        self._last_srs = (sent, self._last_srs[0])
+        COUNTERS.rtcp_out += 1
+        return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
+
+
+#: the subscriber RTCP a down track acts on; anything else (SDES, REMB, transport-cc...) is left
+#: unparsed: a transport-cc packet can announce 65,535 statuses in 40 bytes
+_FEEDBACK_TYPES = frozenset((rtcp.ReceiverReport, rtcp.Nack, rtcp.Pli, rtcp.Fir))
+
+
+class FeedbackRouter:
+    """Subscriber-PC RTCP → the down track it is about."""
+
+    def __init__(self) -> None:
+        self._by_ssrc: dict[int, DownTrack] = {}
+
+    def add(self, downtrack: DownTrack) -> None:
+        self._by_ssrc[downtrack.ssrc] = downtrack
+
+    def remove(self, downtrack: DownTrack) -> None:
+        if self._by_ssrc.get(downtrack.ssrc) is downtrack:
+            del self._by_ssrc[downtrack.ssrc]
+
+    def on_rtcp(self, data: bytes) -> None:
+        COUNTERS.rtcp_in += 1
+        try:
+            packets = rtcp.parse_compound(data, _FEEDBACK_TYPES)
+        except PacketError:
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.ReceiverReport):
+                for block in packet.reports:  # at most 31
+                    downtrack = self._by_ssrc.get(block.ssrc)
+                    if downtrack is not None:
+                        downtrack.on_report_block(block)
+            elif isinstance(packet, rtcp.Nack):
+                downtrack = self._by_ssrc.get(packet.media_ssrc)
+                if downtrack is not None:
+                    COUNTERS.nack_in += 1
+                    downtrack.on_nack(packet)
+            elif isinstance(packet, rtcp.Pli):
+                downtrack = self._by_ssrc.get(packet.media_ssrc)
+                if downtrack is not None:
+                    COUNTERS.pli_in += 1
+                    downtrack.on_keyframe_request()
+            elif isinstance(packet, rtcp.Fir):
+                for entry in packet.entries:
+                    downtrack = self._by_ssrc.get(entry.ssrc)
+                    if downtrack is not None:
+                        COUNTERS.fir_in += 1
+                        downtrack.on_keyframe_request()

@@ -1,0 +1,162 @@
+"""The receive fast path: SRTP/SRTCP from the socket straight to the caller's callbacks.
+
+Left alone, every media datagram takes aioice's and aiortc's general path: a failed STUN parse,
+an `asyncio.Queue` hop into the DTLS transport's receive task, a task wake-up and two awaits
+before the packet is even decrypted.  Once DTLS is connected, `SrtpIngress` sits in front of the
+nominated pair's `StunProtocol.datagram_received` and demultiplexes by the first byte (RFC 7983
+§7): 128-191 is RTP or RTCP, unprotected in place and handed on synchronously; anything else
+(STUN consent checks, DTLS records carrying SCTP data channels, alerts) goes to aioice as before.
+RTCP is told from RTP by the second byte (RFC 5761 §4: packet types 192-223).
+
+Once attached, only STUN (0-3) is taken from an address other than the nominated pair's remote
+one; SRTP, SRTCP and DTLS from anywhere else are dropped before libsrtp or OpenSSL see them
+(counted in `wrong_source`), so a forged datagram costs a tuple compare, not an authentication.
+Whatever aioice raises on a datagram (0.13.0's STUN parser raises `struct.error` for an attribute
+of the wrong length) is counted in `malformed` and logged at DEBUG only: it never reaches the
+event loop, which would log a traceback per datagram.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aioice.ice import StunProtocol
+from pylibsrtp import Session
+
+from sfu.media.transport.srtp import SrtpError, SrtpUnprotector
+from sfu.metrics import COUNTERS
+
+__all__ = ["GuardedStunProtocol", "SrtpIngress"]
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedStunProtocol(StunProtocol):
+    """aioice's `StunProtocol` for a socket of its own, whose `datagram_received` never raises.
+
+    Before DTLS is up nothing fronts the protocol, and aioice 0.13.0's STUN parser raises
+    `struct.error` (not the `ValueError` it catches) for an attribute of the wrong length: the
+    event loop would log a traceback per such datagram. Here it is counted as a dropped packet
+    and logged at DEBUG.
+    """
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        try:
+            super().datagram_received(data, addr)
+        except Exception as exc:  # one bad datagram must not reach the loop
+            COUNTERS.packets_dropped += 1
+            logger.debug("datagram from %s dropped: %r", addr, exc)
+
+
+def _nominated_remote(protocol: Any) -> Any:
+    """The remote address of the pair aioice nominated on `protocol`, or None."""
+    nominated = getattr(getattr(protocol, "receiver", None), "_nominated", None) or {}
+    for pair in nominated.values():
+        if pair.protocol is protocol:
+            return pair.remote_addr
+    return None
+
+
+class SrtpIngress:
+    """Decrypt and dispatch one transport's SRTP/SRTCP; pass everything else to `fallback`."""
+
+    __slots__ = (
+        "_fallback",
+        "_on_rtcp",
+        "_on_rtp",
+        "_protocol",
+        "_remote",
+        "_unprotect",
+        "_unprotect_rtcp",
+        "bytes_received",
+        "malformed",
+        "rtcp_packets_received",
+        "rtp_packets_received",
+        "unprotect_failures",
+        "wrong_source",
+    )
+
+    def __init__(self, on_rtp: Callable[[bytes], None], on_rtcp: Callable[[bytes], None]) -> None:
+        self._unprotect: Callable[[bytes], bytes] | None = None
+        self._unprotect_rtcp: Callable[[bytes], bytes] | None = None
+        self._on_rtp = on_rtp
+        self._on_rtcp = on_rtcp
+        self._protocol: Any = None
+        self._fallback: Callable[[bytes, Any], None] | None = None
+        self._remote: tuple[Any, Any] | None = None
+        self.rtp_packets_received = 0
+        self.rtcp_packets_received = 0
+        self.bytes_received = 0
+        self.unprotect_failures = 0
+        self.malformed = 0  # datagrams aioice raised on
+        self.wrong_source = 0  # SRTP/SRTCP/DTLS from an address not the nominated pair's
+
+    def attach(self, protocol: Any, session: Session, *, remote_addr: Any = None) -> None:
+        """Sit in front of `protocol.datagram_received` (an aioice `StunProtocol`), decrypting
+        with `session` (the receive side of the transport's DTLS-SRTP keys).
+
+        Media is taken only from `remote_addr` (host, port); by default the remote address of
+        the pair aioice nominated on `protocol` (`Connection._nominated`), if any.
+        """
+        self.detach()
+        if remote_addr is None:
+            remote_addr = _nominated_remote(protocol)
+        self._remote = None if remote_addr is None else (remote_addr[0], remote_addr[1])
+        self._unprotect = SrtpUnprotector(session, rtcp=False)
+        self._unprotect_rtcp = SrtpUnprotector(session, rtcp=True)
+        self._protocol = protocol
+        self._fallback = protocol.datagram_received
+        protocol.datagram_received = self.datagram_received
+
+    def detach(self) -> None:
+        """Give the protocol its own `datagram_received` back.  Idempotent."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.__dict__.pop("datagram_received", None)
+        self._fallback = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        unprotect, unprotect_rtcp = self._unprotect, self._unprotect_rtcp
+        first = data[0] if data else 0
+        remote = self._remote
+        if remote is not None and first > 3 and (addr[1] != remote[1] or addr[0] != remote[0]):
+            self.wrong_source += 1
+            COUNTERS.packets_dropped += 1
+            return
+        if unprotect is None or unprotect_rtcp is None or not 127 < first < 192:
+            fallback = self._fallback
+            if fallback is not None:
+                try:
+                    fallback(data, addr)
+                except Exception as exc:  # one bad datagram must not reach the loop
+                    self.malformed += 1
+                    COUNTERS.packets_dropped += 1
+                    logger.debug("datagram from %s dropped: %r", addr, exc)
+            return
+        try:
+            if len(data) > 1 and 191 < data[1] < 224:
+                self.deliver_rtcp(unprotect_rtcp(data))
+            else:
+                self.deliver_rtp(unprotect(data))
+        except SrtpError:
+            self.unprotect_failures += 1  # replayed, forged or truncated: dropped like aiortc does
+
+    def deliver_rtp(self, plain: bytes) -> None:
+        """Count one decrypted RTP packet and hand it on (also aiortc's path, before `attach`)."""
+        self.rtp_packets_received += 1
+        self.bytes_received += len(plain)
+        try:
+            self._on_rtp(plain)
+        except Exception:
+            logger.exception("on_rtp failed")
+
+    def deliver_rtcp(self, plain: bytes) -> None:
+        """Count one decrypted RTCP compound and hand it on."""
+        self.rtcp_packets_received += 1
+        self.bytes_received += len(plain)
+        try:
+            self._on_rtcp(plain)
+        except Exception:
+            logger.exception("on_rtcp failed")

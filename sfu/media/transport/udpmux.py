@@ -1,0 +1,267 @@
+"""One UDP port for every peer connection (LiveKit's `rtc.udp_port`): the ICE demultiplexer.
+
+With `rtc.udp_port` set, each bind address gets one socket on that port instead of one socket per
+peer connection from the port range, so a firewall or a container needs exactly one UDP port open.
+`UdpMux` owns that socket and hands each datagram to the aioice `StunProtocol` of the connection
+it belongs to:
+
+* a STUN Binding request names its connection: the USERNAME attribute is
+  ``<our ufrag>:<their ufrag>`` (RFC 8445 §7.2.2), so it is routed by our ufrag;
+* anything else (STUN responses, DTLS, SRTP) is routed by source address;
+* a datagram from an unknown address that is not a Binding request with a known ufrag is dropped.
+
+An address is learnt for a connection only from what the connection sends there: a connectivity
+check of its own, or the success response aioice sends once a request's USERNAME and
+MESSAGE-INTEGRITY checked out (an error response teaches nothing). So a request with a known
+ufrag but forged credentials cannot re-point anyone's address; and an address that is a
+connection's nominated pair is never taken by another connection (a participant spoofing another's
+source with its own credentials). Each connection's `StunProtocol` sees a `MuxedTransport` whose
+`sendto` goes out of the shared socket and whose `close` only unregisters the connection.
+Addresses per connection are bounded (`MAX_ADDRESSES`). Whatever a datagram makes aioice raise
+(0.13.0's STUN parser raises `struct.error` on a wrong attribute length) is counted in
+`malformed` and logged at DEBUG only, never raised into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import weakref
+from typing import Any
+
+from aioice.ice import StunProtocol
+
+from sfu.media.transport.sockbuf import UDP_BUFFER, size_buffers
+from sfu.metrics import COUNTERS
+
+__all__ = ["MAX_ADDRESSES", "MuxedTransport", "UdpMux", "close_muxes", "open_mux"]
+
+log = logging.getLogger(__name__)
+
+#: remote addresses one connection may be reached from (its candidates, in practice a few)
+MAX_ADDRESSES = 16
+_STUN_HEADER = struct.Struct("!HHI12s")
+_STUN_MAGIC_COOKIE = 0x2112A442
+_STUN_BINDING_REQUEST = 0x0001
+_ATTR_USERNAME = 0x0006
+
+
+def stun_request_ufrag(data: bytes) -> str | None:
+    """Our ufrag from a STUN Binding request's USERNAME (``ours:theirs``), else None.
+
+    Reads only the header and walks the attributes; never raises.
+    """
+    if len(data) < 20 or data[0] > 1:
+        return None
+    message_type, length, cookie, _ = _STUN_HEADER.unpack_from(data)
+    if message_type != _STUN_BINDING_REQUEST or cookie != _STUN_MAGIC_COOKIE:
+        return None
+    end = min(len(data), 20 + length)
+    offset = 20
+    while offset + 4 <= end:
+        attr_type, attr_length = struct.unpack_from("!HH", data, offset)
+        value_start = offset + 4
+        if attr_type == _ATTR_USERNAME:
+            if value_start + attr_length > end:
+                return None
+            username = data[value_start : value_start + attr_length]
+            ours, colon, _ = username.partition(b":")
+            if not colon or not ours:
+                return None
+            try:
+                return ours.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        offset = value_start + attr_length + (-attr_length % 4)
+    return None
+
+
+def _nominated_to(protocol: StunProtocol, addr: Any) -> bool:
+    """Whether `protocol`'s connection has nominated its pair towards `addr` (aioice's
+    `Connection._nominated`: component → CandidatePair)."""
+    nominated = getattr(protocol.receiver, "_nominated", None) or {}
+    return any(
+        pair.protocol is protocol and pair.remote_addr == addr for pair in nominated.values()
+    )
+
+
+class MuxedTransport(asyncio.DatagramTransport):
+    """What one connection's `StunProtocol` sends through: the shared socket, its own close."""
+
+    def __init__(self, mux: UdpMux, protocol: StunProtocol) -> None:
+        super().__init__()
+        self._mux = mux
+        self._protocol: StunProtocol | None = protocol
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        # A STUN error response (class bits 0x0110: a request aioice refused) teaches nothing;
+        # a check, a success response, DTLS or SRTP goes where the connection means to talk.
+        if not (len(data) > 1 and data[0] & 0xFE == 0 and data[0] & 1 and data[1] & 0x10):
+            self._mux.learn(addr, protocol)
+        self._mux.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._mux.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._mux.get_write_buffer_size()
+
+    def is_closing(self) -> bool:
+        return self._protocol is None
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            return
+        self._mux.unregister(protocol)
+        # aioice's StunProtocol.close() waits for connection_lost, as with a real socket
+        asyncio.get_running_loop().call_soon(protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """The shared socket of one bind address and the routing table in front of it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self._by_ufrag: dict[str, StunProtocol] = {}
+        self._ufrag_of: dict[StunProtocol, str] = {}
+        self._by_addr: dict[Any, StunProtocol] = {}
+        self._addrs: dict[StunProtocol, list[Any]] = {}
+        self.dropped = 0  # from an unknown address, or for an unknown ufrag
+        self.malformed = 0  # routed, but aioice raised on it
+        self.refused = 0  # re-points of another connection's nominated address refused
+
+    # -- asyncio.DatagramProtocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        addr = (addr[0], addr[1])
+        protocol = None
+        if data and data[0] <= 1:  # STUN (RFC 7983): a request names its connection
+            ufrag = stun_request_ufrag(data)
+            if ufrag is not None:
+                protocol = self._by_ufrag.get(ufrag)
+        if protocol is None:
+            protocol = self._by_addr.get(addr)
+        if protocol is None:
+            self.dropped += 1
+            COUNTERS.packets_dropped += 1
+            return
+        try:
+            protocol.datagram_received(data, addr)
+        except Exception as exc:  # one bad datagram must not reach the loop
+            self.malformed += 1
+            COUNTERS.packets_dropped += 1
+            log.debug("UDP mux: datagram from %s dropped: %r", addr, exc)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP mux socket error: %r", exc)
+
+    # -- connections -------------------------------------------------------------------------------
+    def register(self, ufrag: str, connection: Any) -> StunProtocol:
+        """A `StunProtocol` for an aioice `Connection` whose local ufrag is `ufrag`."""
+        if ufrag in self._by_ufrag:
+            raise ValueError("ICE ufrag already registered")
+        protocol = StunProtocol(connection)
+        protocol.connection_made(MuxedTransport(self, protocol))
+        self._by_ufrag[ufrag] = protocol
+        self._ufrag_of[protocol] = ufrag
+        self._addrs[protocol] = []
+        return protocol
+
+    def unregister(self, protocol: StunProtocol) -> None:
+        for addr in self._addrs.pop(protocol, []):
+            if self._by_addr.get(addr) is protocol:
+                del self._by_addr[addr]
+        ufrag = self._ufrag_of.pop(protocol, None)
+        if ufrag is not None:
+            del self._by_ufrag[ufrag]
+
+    def learn(self, addr: Any, protocol: StunProtocol) -> None:
+        """Route datagrams from `addr` to `protocol` (bounded per connection)."""
+        addr = (addr[0], addr[1])
+        if self._by_addr.get(addr) is protocol:
+            return
+        addrs = self._addrs.get(protocol)
+        if addrs is None:  # unregistered meanwhile
+            return
+        if len(addrs) >= MAX_ADDRESSES:
+            COUNTERS.limit_exceeded("mux_addresses")
+            oldest = addrs.pop(0)
+            if self._by_addr.get(oldest) is protocol:
+                del self._by_addr[oldest]
+        previous = self._by_addr.get(addr)
+        if previous is not None and _nominated_to(previous, addr):
+            self.refused += 1
+            COUNTERS.limit_exceeded("mux_address_in_use")
+            return
+        if previous is not None:
+            previous_addrs = self._addrs.get(previous)
+            if previous_addrs is not None and addr in previous_addrs:
+                previous_addrs.remove(addr)
+        self._by_addr[addr] = protocol
+        addrs.append(addr)
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_ufrag)
+
+    # -- the shared socket ---------------------------------------------------------------------------
+    def sendto(self, data: Any, addr: Any) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        transport: Any = self.transport  # uvloop's and asyncio's UDP transports both have it
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+_MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], UdpMux]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def open_mux(address: str, port: int) -> UdpMux:
+    """The event loop's mux for ``address:port``, binding its socket on first use."""
+    loop = asyncio.get_running_loop()
+    lock = _LOCKS.setdefault(loop, asyncio.Lock())
+    async with lock:
+        muxes = _MUXES.setdefault(loop, {})
+        mux = muxes.get((address, port))
+        if mux is not None and mux.transport is not None:
+            return mux
+        _, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=(address, port))
+        sock = mux.get_extra_info("socket")
+        if sock is not None:
+            size_buffers(sock, 8 * UDP_BUFFER)  # every connection's datagrams queue here
+        muxes[(address, port)] = mux
+        return mux
+
+
+def close_muxes() -> None:
+    """Close the running loop's shared sockets (at shutdown, after every transport closed)."""
+    for mux in _MUXES.pop(asyncio.get_running_loop(), {}).values():
+        mux.close()

@@ -1,1 +1,0 @@
-"""Where rooms live: the single-node router, and later the Redis-backed one."""
