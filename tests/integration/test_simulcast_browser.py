@@ -36,10 +36,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness.browser import (
     HarnessPage,
+    PageCallError,
     browser_session,
     local_outbound,
     remote_inbound,
@@ -202,14 +204,47 @@ def _hidden_gap_freezes(show: PhaseResult) -> int:
     return 0
 
 
-async def _wait_steady_720(page: HarnessPage) -> dict[str, Any]:
+async def _publisher_diagnosis(sfu: SfuInstance, publisher: HarnessPage) -> str:
+    """What the publisher's page and the SFU say about the publisher's media, compactly: read
+    when the subscriber never gets frames (was nothing sent, nothing received, or nothing
+    forwarded?)."""
+    lines: list[str] = []
+    try:
+        stats = await publisher.stats()
+        keys = ("rid", "active", "framesEncoded", "packetsSent", "qualityLimitationReason")
+        outbound = [{k: o.get(k) for k in keys} for o in local_outbound(stats)]
+        lines.append(f"{publisher.name}: state {stats.get('state')}, outbound video {outbound}")
+        events = [e.get("type") for e in await publisher.events()]
+        lines.append(f"{publisher.name}'s events: {events[-25:]}")
+    except Exception as error:  # the page itself may be the problem
+        lines.append(f"{publisher.name}: stats unavailable ({error!r})")
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            text = (await client.get(sfu.metrics_url)).text
+        wanted = ("livekit_packet_total", "livekit_packet_dropped", "livekit_pli", "livekit_nack")
+        lines += [ln for ln in text.splitlines() if ln.startswith(wanted)]
+    except httpx.HTTPError as error:
+        lines.append(f"SFU metrics unavailable ({error!r})")
+    log = [ln for ln in sfu.log_tail(400).splitlines() if "aioice" not in ln]
+    lines.append("SFU log (aioice lines left out), last 30:")
+    lines += log[-30:]
+    return "\n".join(lines)
+
+
+async def _wait_steady_720(
+    page: HarnessPage, sfu: SfuInstance, publisher: HarnessPage
+) -> dict[str, Any]:
     def at_720(stats: dict[str, Any]) -> bool:
         video = _video_from(stats)
         return video.get("frameHeight") == 720 and video.get("framesDecoded", 0) >= 10
 
-    stats = await page.wait_for_stats(
-        at_720, timeout_s=START_S, what="alice's video decoded at 720p on a 1280×720 tile"
-    )
+    try:
+        stats = await page.wait_for_stats(
+            at_720, timeout_s=START_S, what="alice's video decoded at 720p on a 1280×720 tile"
+        )
+    except PageCallError as error:
+        diagnosis = await _publisher_diagnosis(sfu, publisher)
+        raise AssertionError(f"no 720p frames; the publisher's side:\n{diagnosis}") from error
     first = _video_from(stats)
     await asyncio.sleep(1.0)
 
@@ -232,7 +267,7 @@ async def test_adaptive_stream_follows_tile_size(sfu: SfuInstance) -> None:
         await bob.join(
             sfu.url, sfu.token("bob", room), video=False, audio=False, video_css=(1280, 720)
         )
-        baseline = await _wait_steady_720(bob)
+        baseline = await _wait_steady_720(bob, sfu, alice)
         print(f"bob <- alice, steady at 720p: {baseline}")
 
         async def resize(width: int, height: int) -> None:
