@@ -1,19 +1,20 @@
 # The two commands of the quick start: `make run` and `make test`.
 # Everything either needs is installed by the targets below, on a fresh Debian machine.
+# The fast loop: `make unit` (the venv only) and `make check` (lint + unit).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := redis-server chromium iproute2 openssl
+APT_PACKAGES := chromium
 
 .PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,loadtest,focus]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -26,10 +27,9 @@ $(SYNAPSE_VENV)/.installed:
 
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
-# Debian packages: the tests drive chromium (livekit-client) and openssl (test certificates) for
-# real. redis-server and iproute2 are installed but no test uses them yet: Redis routing is
-# reserved (single node only), and this kernel has no netem qdisc (tc's tbf and htb work, in
-# network namespaces), so loss and jitter are tested only by unit rigs, not end to end.
+# Debian packages: the tests drive chromium (livekit-client, Playwright) for real. Nothing else:
+# test certificates come from `cryptography`, Redis routing is reserved (single node only, no
+# redis-server), and loss and jitter are tested by unit rigs, not with tc/netem (no iproute2).
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -53,6 +53,17 @@ lint: venv
 
 test: venv synapse-venv system-deps node-deps lint
 	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+# Unit tests: nothing but the venv (no apt, Synapse, browser or npm), under a minute. Tests that
+# need Synapse or Chromium are marked slow (tests/conftest.py) and left out; pointing the
+# harnesses at paths that do not exist makes an unmarked one fail here instead of passing
+# because this machine happens to have them.
+UNIT_TESTS := tests/sfu tests/auth_service tests/loadtest $(wildcard tests/test_*.py)
+unit: venv
+	SYNAPSE_PYTHON=/nonexistent/synapse-python SFU_TEST_CHROMIUM=/nonexistent/chromium \
+	  $(VENV)/bin/pytest -p no:cacheprovider -q -m "not slow" $(UNIT_TESTS)
+
+check: lint unit
 
 run: venv
 	$(PY) scripts/dev_run.py

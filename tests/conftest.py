@@ -10,6 +10,10 @@ finding new cases instead of replaying one fixed set. A failure stays reproducib
 `@reproduce_failure` blob, and the example database (`.hypothesis/`) replays it first on every
 later run in that checkout. `HYPOTHESIS_PROFILE=fixed` gives a derandomized run (the same examples
 every time, no database), e.g. to bisect; `pytest --hypothesis-seed=N` repeats one random run.
+
+`slow`: `make unit` runs everything else with nothing but the venv. A test that needs Synapse
+(it requests the `synapse` fixture) or Chromium (its module imports the Chromium or browser
+harness) is marked `slow` here, so no test file has to remember it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -38,6 +43,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "expect_sfu_log_errors(*regex): errors the test makes the `sfu` fixture's SFU log on "
         "purpose (each must appear)",
     )
+
+
+NEEDS_CHROMIUM = {"tests.harness.chromium", "tests.harness.browser"}
+
+
+def _uses_chromium(module: ModuleType | None) -> bool:
+    return module is not None and any(
+        getattr(value, "__module__", None) in NEEDS_CHROMIUM for value in vars(module).values()
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "synapse" in fixtures or _uses_chromium(getattr(item, "module", None)):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
