@@ -467,6 +467,12 @@ class Participant:
         track.receiver.close()
         self.room.track_unpublished(self, track)
 
+    def unpublish_track(self, track_sid: str) -> None:
+        """Stop publishing a track (its permission was revoked); unknown sids are ignored."""
+        track = self.published.get(TrackSid(track_sid))
+        if track is not None:
+            self._unpublish(track)
+
     def set_track_muted(self, track_sid: str, muted: bool) -> None:
         track = self.published.get(TrackSid(track_sid))
         if track is None:
