@@ -84,9 +84,9 @@ async def until_subscribed(sfu: SfuInstance, count: int) -> None:
     async with httpx.AsyncClient(timeout=WAIT) as http, asyncio.timeout(WAIT):
         while True:
             for line in (await http.get(sfu.metrics_url)).text.splitlines():
-                if line.startswith("livekit_track_subscribed_total{"):
-                    if float(line.rsplit(" ", 1)[1]) == count:
-                        return
+                name, _, value = line.rpartition(" ")
+                if name.startswith("livekit_track_subscribed_total{") and float(value) == count:
+                    return
             await asyncio.sleep(0.1)
 
 
