@@ -17,7 +17,7 @@ from livekit import rtc as lk
 from livekit.protocol import models
 
 from tests.harness.lkclient import SyntheticPublisher
-from tests.harness.sfu import SfuInstance, free_tcp_port, running_sfu
+from tests.harness.sfu import free_tcp_port, running_sfu
 
 WAIT = 20.0
 ROOM = "hooks"
