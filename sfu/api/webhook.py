@@ -91,8 +91,8 @@ class WebhookNotifier:
         self._secret = keys.get(api_key, "")
         self._timeout_s = timeout_s
         self._retries = retries
-        #: sids of participants announced as joined (their participant_left is then sent)
-        self._joined: set[str] = set()
+        #: participants announced as joined (their participant_left is then sent): sid → room sid
+        self._joined: dict[str, str] = {}
         self._client: httpx.AsyncClient | None = None
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -121,17 +121,18 @@ class WebhookNotifier:
         self._notify("room_started", room)
 
     def room_finished(self, room: Room) -> None:
+        # one replaced without leaving (Room.join's "never left") is forgotten with its room
+        self._joined = {p: r for p, r in self._joined.items() if r != room.sid}
         self._notify("room_finished", room)
 
     def participant_changed(self, room: Room, participant: Participant) -> None:
         active = participant.state == models.ParticipantInfo.State.ACTIVE
         if active and not participant.closed and participant.sid not in self._joined:
-            self._joined.add(participant.sid)
+            self._joined[participant.sid] = room.sid
             self._notify("participant_joined", room, participant.info())
 
     def participant_left(self, room: Room, participant: Participant) -> None:
-        if participant.sid in self._joined:
-            self._joined.discard(participant.sid)
+        if self._joined.pop(participant.sid, None) is not None:
             self._notify("participant_left", room, participant.info())
         else:
             self._notify("participant_connection_aborted", room, participant.info())
