@@ -1,7 +1,8 @@
 """The composition root: builds every SFU object from the config and serves the HTTP/WebSocket routes.
 
 Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/rtc/v1/validate``
-(404 with CORS so newer JS clients fall back to v0), ``/healthz``, ``/metrics`` and ``/``. With
+(404 with CORS so newer JS clients fall back to v0), ``/twirp/livekit.RoomService/<Method>``
+(the server API, `sfu.api`), ``/healthz``, ``/metrics`` and ``/``. With
 ``prometheus_port`` set, ``/metrics`` is served on that port (on the bind addresses) instead.
 
 Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, and the
@@ -35,6 +36,10 @@ from sfu.admission import (
     address_key,
     derived_max_sessions,
 )
+from sfu.api.room_service import RoomService
+from sfu.api.twirp import PREFIX as TWIRP_PREFIX
+from sfu.api.twirp import TwirpError
+from sfu.api.webhook import WebhookNotifier
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
@@ -86,6 +91,7 @@ class Sfu:
     transport_config: TransportConfig
     cpu_load: CpuLoad = dataclasses.field(default_factory=CpuLoad)
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
+    webhooks: WebhookNotifier | None = None
     _warned_per_ip: bool = False
 
     @property
@@ -130,6 +136,10 @@ class Sfu:
             max_sessions = derived
             log.info("limits.max_sessions %d, derived from %s", max_sessions, why)
         ledger = SessionLedger(max_sessions, config.limits.max_sessions_per_ip)
+        webhooks = None
+        if config.webhook.urls:
+            webhooks = WebhookNotifier(config.webhook.urls, config.webhook.api_key, config.keys)
+            rooms.observer = webhooks
         return cls(
             config,
             node_id,
@@ -139,6 +149,7 @@ class Sfu:
             transport_config,
             cpu_load,
             ledger,
+            webhooks,
         )
 
     # -- admission ------------------------------------------------------------------------------
@@ -303,6 +314,10 @@ async def _not_found(_request: Request) -> Response:
     return PlainTextResponse("v1 signalling is not supported; use /rtc", 404, headers=CORS)
 
 
+async def _twirp_bad_route(request: Request) -> Response:
+    return TwirpError("bad_route", f"no handler for path {request.url.path!r}").response()
+
+
 async def _ok(_request: Request) -> Response:
     return PlainTextResponse("OK")
 
@@ -380,6 +395,9 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             log.info("/metrics on port %d", config.prometheus_port)
         log.info("SFU node %s ready", sfu.node_id)
         sampler = asyncio.create_task(sfu.cpu_load.run(), name="cpu-load")
+        if sfu.webhooks is not None:
+            sfu.webhooks.start()
+            log.info("webhooks to %s", ", ".join(config.webhook.urls))
         try:
             yield
         finally:
@@ -390,10 +408,16 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
                 metrics_server.should_exit = True
                 await metrics_task
             await sfu.rooms.close_all()
+            if sfu.webhooks is not None:
+                await sfu.webhooks.close()  # after close_all: room_finished goes out too
             close_muxes()
 
+    twirp = RoomService(sfu.rooms, config).twirp(sfu.verifier)
+    every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     app = Starlette(
         routes=[
+            Route(twirp.path, twirp.handle, methods=every_method),
+            Route(TWIRP_PREFIX + "{rest:path}", _twirp_bad_route, methods=every_method),
             WebSocketRoute("/rtc", sfu.rtc),
             Route("/rtc/validate", sfu.validate, methods=["GET"]),
             WebSocketRoute("/rtc/v1", _v1_not_supported),

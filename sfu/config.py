@@ -97,6 +97,8 @@ class RoomConfig:
     #: seconds a room stays open after the last participant left
     departure_timeout: int = 20
     max_participants: int = 0
+    #: let RoomService.MutePublishedTrack unmute a track too (LiveKit's key; off by default)
+    enable_remote_unmute: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,21 @@ class LimitsConfig:
     #: plus what the participants joining in that time will add, is above this; its one event
     #: loop saturates at 1.0 (0 = no limit)
     max_cpu_load: float = 0.8
+    #: bytes of participant or room metadata the server API accepts (LiveKit's
+    #: ``limit.max_metadata_size``; 0 = no limit)
+    max_metadata_size: int = 64000
+    #: bytes of a participant's attributes (keys and values together) the server API accepts
+    max_attributes_size: int = 64000
+    #: characters of a participant name the server API accepts
+    max_participant_name_length: int = 256
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    #: the API key whose secret signs the webhooks (must be one of ``keys``)
+    api_key: str = ""
+    #: URLs every event is POSTed to
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -147,6 +165,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "redis": RedisConfig,
     "limits": LimitsConfig,
+    "webhook": WebhookConfig,
 }
 
 
@@ -291,6 +310,25 @@ def _validate(config: Config) -> None:
         raise ConfigError("limits.max_sessions/max_sessions_per_ip: must not be negative")
     if config.limits.max_cpu_load < 0:
         raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
+    limits = config.limits
+    if min(limits.max_metadata_size, limits.max_attributes_size) < 0:
+        raise ConfigError("limits.max_metadata_size/max_attributes_size: must not be negative")
+    if limits.max_participant_name_length < 0:
+        raise ConfigError("limits.max_participant_name_length: must not be negative")
+    _validate_webhook(config)
+
+
+def _validate_webhook(config: Config) -> None:
+    webhook = config.webhook
+    if not webhook.urls:
+        return
+    if not webhook.api_key:
+        raise ConfigError("webhook.api_key: api_key is required to use webhooks")
+    if webhook.api_key not in config.keys:
+        raise ConfigError(f"webhook.api_key: {webhook.api_key!r} is not one of the keys")
+    for url in webhook.urls:
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"webhook.urls: {url!r} is not an http(s) URL")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ ROOM_PREFIX = "RM_"
 PARTICIPANT_PREFIX = "PA_"
 TRACK_PREFIX = "TR_"
 NODE_PREFIX = "ND_"
+EVENT_PREFIX = "EV_"
 
 _ALPHABET = string.ascii_letters + string.digits
 _SID_LENGTH = 12  # LiveKit's guid length after the prefix
@@ -40,6 +41,11 @@ def new_track_sid() -> TrackSid:
 
 def new_node_id() -> NodeId:
     return NodeId(NODE_PREFIX + _random_suffix())
+
+
+def new_event_id() -> str:
+    """A webhook event id (LiveKit's ``EV_`` guid)."""
+    return EVENT_PREFIX + _random_suffix()
 
 
 def new_ssrc() -> int:

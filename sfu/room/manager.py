@@ -12,6 +12,7 @@ from sfu.metrics import Gauges, LayerGauge
 from sfu.room.room import Room, RoomClosedError
 
 if TYPE_CHECKING:
+    from sfu.room.admin import RoomObserver
     from sfu.room.participant import Participant
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class RoomManager:
         self.rooms: dict[RoomName, Room] = {}
         #: a lock per room name with joins in flight, and how many hold or wait for it
         self._join_locks: dict[RoomName, tuple[asyncio.Lock, int]] = {}
+        #: handed to every room it creates (the webhook notifier)
+        self.observer: RoomObserver | None = None
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(RoomName(name))
@@ -66,6 +69,9 @@ class RoomManager:
         )
         self.rooms[room.name] = room
         log.info("room %s (%s) created", room.name, room.sid)
+        room.observer = self.observer
+        if self.observer is not None:
+            self.observer.room_started(room)
         return room
 
     async def join(self, participant: Participant) -> Room:
@@ -102,6 +108,8 @@ class RoomManager:
     def _closed(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+        if self.observer is not None:
+            self.observer.room_finished(room)
 
     def gauges(self) -> Gauges:
         participants = [p for r in self.rooms.values() for p in r.participants.values()]

@@ -254,7 +254,7 @@ class Participant:
             self._start_negotiated()
         elif state in ("failed", "closed") and not self.closed:
             log.info("participant %r: subscriber transport %s", self.identity, state)
-            self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+            self._spawn(self.close(_END_REASONS[state]))
 
     def _on_publisher_state(self, state: str) -> None:
         if state == "connected" and self.state != models.ParticipantInfo.State.ACTIVE:
@@ -263,7 +263,7 @@ class Participant:
         elif state in ("failed", "closed") and not self.closed:
             # "closed": the client sent DTLS close_notify; its tracks must not stay advertised
             log.info("participant %r: publisher transport %s", self.identity, state)
-            self._spawn(self.close(models.DisconnectReason.CONNECTION_TIMEOUT))
+            self._spawn(self.close(_END_REASONS[state]))
 
     # -- subscriber negotiation -------------------------------------------------------------------
     def _schedule_negotiation(self) -> None:
@@ -466,6 +466,12 @@ class Participant:
             track.dynacast.close()
         track.receiver.close()
         self.room.track_unpublished(self, track)
+
+    def unpublish_track(self, track_sid: str) -> None:
+        """Stop publishing a track (its permission was revoked); unknown sids are ignored."""
+        track = self.published.get(TrackSid(track_sid))
+        if track is not None:
+            self._unpublish(track)
 
     def set_track_muted(self, track_sid: str, muted: bool) -> None:
         track = self.published.get(TrackSid(track_sid))
@@ -784,4 +790,10 @@ _KIND_BY_NAME = {
     "egress": models.ParticipantInfo.Kind.EGRESS,
     "sip": models.ParticipantInfo.Kind.SIP,
     "agent": models.ParticipantInfo.Kind.AGENT,
+}
+#: a transport that ended: the peer's DTLS close_notify is the client hanging up (SDKs close their
+#: PCs as they send leave, which may arrive second); ICE or DTLS failure is a timeout
+_END_REASONS = {
+    "closed": models.DisconnectReason.CLIENT_INITIATED,
+    "failed": models.DisconnectReason.CONNECTION_TIMEOUT,
 }

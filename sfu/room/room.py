@@ -19,6 +19,7 @@ from sfu.config import RoomConfig
 from sfu.ids import ParticipantIdentity, ParticipantSid, RoomName, RoomSid, TrackSid, new_room_sid
 
 if TYPE_CHECKING:
+    from sfu.room.admin import RoomObserver
     from sfu.room.participant import Participant
     from sfu.room.publication import PublishedTrack
 
@@ -76,6 +77,8 @@ class Room:
         self._on_close = on_close
         self._closer: asyncio.TimerHandle | None = None
         self.closed = False
+        #: told of joins, leaves and tracks (the webhook notifier); set by the RoomManager
+        self.observer: RoomObserver | None = None
         self._schedule_close(self.empty_timeout)
 
     # -- info ------------------------------------------------------------------------------
@@ -139,6 +142,8 @@ class Room:
             return  # never joined, or already replaced: nobody was told it was here
         del self.participants[participant.identity]
         self.broadcast_participant(participant)
+        if self.observer is not None:
+            self.observer.participant_left(self, participant)
         if not self.participants and not self.closed:
             self._schedule_close(self.departure_timeout)
 
@@ -146,6 +151,8 @@ class Room:
         """Send a participant's full info to everyone in the room (itself included) with the next
         batch: a burst of changes (mute toggles, joins) costs one ParticipantUpdate each."""
         self._changed[participant.sid] = participant
+        if self.observer is not None:
+            self.observer.participant_changed(self, participant)
         if self._update_timer is None and not self.closed:
             loop = asyncio.get_running_loop()
             self._update_timer = loop.call_later(UPDATE_INTERVAL, self.flush_updates)
@@ -171,6 +178,8 @@ class Room:
     # -- tracks ---------------------------------------------------------------------------------
     def track_published(self, publisher: Participant, track: PublishedTrack) -> None:
         self.tracks[track.sid] = track
+        if self.observer is not None:
+            self.observer.track_published(self, publisher, track)
         # the update naming the track goes before the subscriber offers carrying it
         self.broadcast_participant(publisher)
         self.flush_updates()
@@ -181,6 +190,8 @@ class Room:
     def track_unpublished(self, publisher: Participant, track: PublishedTrack) -> None:
         if self.tracks.get(track.sid) is track:
             del self.tracks[track.sid]
+        if self.observer is not None:
+            self.observer.track_unpublished(self, publisher, track)
         for other in self.others(publisher):
             other.unsubscribe(track.sid)
         self.broadcast_participant(publisher)

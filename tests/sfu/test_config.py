@@ -155,3 +155,19 @@ def test_logging_levels(level: str) -> None:
 def test_signal_message_size_is_configurable() -> None:
     raw = {"keys": {"k": SECRET}, "limits": {"max_signal_message_size": 4096}}
     assert from_mapping(raw).limits.max_signal_message_size == 4096
+
+
+def test_webhook_keys() -> None:
+    keys = {"APIabc": SECRET}
+    config = from_mapping(
+        {"keys": keys, "webhook": {"api_key": "APIabc", "urls": ["https://hooks.example/lk"]}}
+    )
+    assert config.webhook.urls == ("https://hooks.example/lk",)
+    assert from_mapping({"keys": keys}).webhook.urls == ()
+    for webhook, message in (
+        ({"urls": ["http://x/"]}, "api_key is required to use webhooks"),
+        ({"api_key": "other", "urls": ["http://x/"]}, "is not one of the keys"),
+        ({"api_key": "APIabc", "urls": ["ftp://x/"]}, "is not an http"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            from_mapping({"keys": keys, "webhook": webhook})
