@@ -16,7 +16,7 @@ def updates(client: Client) -> list[rtc.ParticipantUpdate]:
 
 async def test_filling_a_room_costs_a_few_updates_per_participant() -> None:
     room = make_room()
-    people = [Client(room, f"p{i}") for i in range(200)]
+    people = [Client(f"p{i}") for i in range(200)]
     for person in people:
         await room.join(person.participant)
     await asyncio.sleep(room_module.UPDATE_INTERVAL * 2)
