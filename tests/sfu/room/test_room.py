@@ -158,3 +158,14 @@ async def test_a_quiet_new_speaker_is_announced_and_a_small_change_is_not() -> N
     assert len(quiet.heard) == 1
     del room.participants["quiet"]
     await room.close()
+
+
+async def test_each_member_reaches_the_room_through_its_own_listener() -> None:
+    room = make_room()
+    alice, bob = await joined(room, "alice"), await joined(room, "bob")
+    assert isinstance(alice.participant.events, room_module.RoomListener)
+    assert alice.participant.events.participant is alice.participant
+    assert bob.participant.events is not alice.participant.events
+    sid = await alice.publish_audio("mic", "0")
+    assert alice.participant.events.find_track(sid) is room.find_track(sid) is not None
+    await room.close()
