@@ -47,7 +47,7 @@ from sfu.ids import NodeId, new_node_id
 from sfu.media.transport import SendMode, TransportConfig
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
-from sfu.room import Participant, ParticipantOptions, RoomManager
+from sfu.room import Participant, ParticipantOptions, RoomManager, signalling
 from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
 
@@ -254,11 +254,10 @@ class Sfu:
         await websocket.accept()
         if _flag(params.get("reconnect"), default=False):
             # No resume here (aiortc has no ICE restart): ask for a full reconnect.
-            leave = rtc.LeaveRequest(
-                reason=models.DisconnectReason.STATE_MISMATCH,
-                action=rtc.LeaveRequest.Action.RECONNECT,
+            leave = signalling.leave(
+                models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.Action.RECONNECT
             )
-            await websocket.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await websocket.send_bytes(leave.SerializeToString())
             await websocket.close(CLOSE_NORMAL, "resume is not supported")
             return
         options = ParticipantOptions(
@@ -271,10 +270,8 @@ class Sfu:
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
-        # admitted: the room existed or this token may create it (RoomManager.join re-checks)
-        room = self.rooms.get_or_create(admission.room_name, create=True)
         participant = Participant(
-            room, grants, options, self.transport_config, session.send, self.refresh_token
+            grants, options, self.transport_config, session.send, self.refresh_token
         )
         COUNTERS.participant_joins += 1
         self.cpu_load.note_admission()
@@ -286,7 +283,8 @@ class Sfu:
 
         async def join() -> None:
             try:
-                await self.rooms.join(participant)
+                # admitted: the room exists or this token may create it
+                await self.rooms.join(participant, admission.room_name)
             finally:
                 if reservation is not None:
                     reservation.joined()

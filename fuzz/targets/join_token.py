@@ -16,7 +16,7 @@ import json
 import time
 
 from sfu.auth import AuthError, TokenVerifier
-from sfu.room.participant import _SOURCE_BY_NAME
+from sfu.room.signalling import SOURCE_BY_NAME
 
 from ._records import join, records
 
@@ -54,7 +54,7 @@ def test_one(data: bytes) -> None:
     except AuthError:
         return
     for source in grants.video.can_publish_sources:
-        assert source in _SOURCE_BY_NAME, f"Participant does not know publish source {source!r}"
+        assert source in SOURCE_BY_NAME, f"Participant does not know publish source {source!r}"
     now = int(time.time())
     again = VERIFIER.verify_join(VERIFIER.mint(grants, 600, now))
     assert dataclasses.replace(again, expires_at=0) == dataclasses.replace(grants, expires_at=0)

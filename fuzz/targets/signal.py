@@ -5,7 +5,7 @@ Two participants join one real `Room` (`sfu.room`), each behind a `SignalSession
 them, a binary or JSON WebSocket message that `SignalSession.decode` turns into a
 `SignalRequest` and `SignalSession.dispatch` hands to the participant (offers, answers, trickle,
 add_track, mute, subscription, track settings, leave, ping...), a data-channel message
-(`Participant._on_data`), or a transport state change (what ICE/DTLS would report).
+(`Participant.receive_data`), or a transport state change (what ICE/DTLS would report).
 
 Their `PeerTransport`s are real but for the network: host-candidate gathering is replaced by a fixed
 local candidate and connectivity checks are never started (`_LocalPeerTransport`), so SDP
@@ -32,7 +32,6 @@ from google.protobuf import json_format
 from livekit.protocol import models, rtc
 
 import sfu.media.transport.peer as peer_module
-import sfu.room.participant as participant_module
 from sfu.auth import ClaimGrants, VideoGrant
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
@@ -83,15 +82,13 @@ class _LocalPeerTransport(PeerTransport):
 
 @contextmanager
 def _offline() -> Iterator[None]:
-    """Participants get `_LocalPeerTransport`s and a shared certificate, for this block only."""
-    saved = participant_module.PeerTransport, peer_module.RTCCertificate  # type: ignore[attr-defined]
-    setattr(participant_module, "PeerTransport", _LocalPeerTransport)  # noqa: B010
+    """Peer transports share one certificate, for this block only."""
+    saved = peer_module.RTCCertificate  # type: ignore[attr-defined]
     setattr(peer_module, "RTCCertificate", _OneCertificate)  # noqa: B010
     try:
         yield
     finally:
-        setattr(participant_module, "PeerTransport", saved[0])  # noqa: B010
-        setattr(peer_module, "RTCCertificate", saved[1])  # noqa: B010
+        setattr(peer_module, "RTCCertificate", saved)  # noqa: B010
 
 
 class _WebSocket:
@@ -108,7 +105,11 @@ class Client:
         video = VideoGrant(room=str(room.name), room_join=True)
         grants = ClaimGrants(api_key="fuzzkey", identity=identity, video=video)
         self.participant = Participant(
-            room, grants, ParticipantOptions(), CONFIG, self.session.send
+            grants,
+            ParticipantOptions(),
+            CONFIG,
+            self.session.send,
+            peer_factory=_LocalPeerTransport,
         )
 
 
@@ -133,11 +134,11 @@ def _check_tasks(tasks: list[asyncio.Task[Any]]) -> None:
 async def _handle(client: Client, op: int, flags: int, body: bytes) -> None:
     participant, session = client.participant, client.session
     if op == 2:  # a data-channel message
-        participant._on_data("_lossy" if flags & 1 else "_reliable", body)
+        participant.receive_data("_lossy" if flags & 1 else "_reliable", body)
         return
     if op == 3:  # ICE/DTLS reports a state
         transport = participant.subscriber if flags & 1 else participant.publisher
-        if transport is not None:
+        if isinstance(transport, PeerTransport):
             transport._set_state(STATES[(flags >> 1) % len(STATES)])
         return
     if op == 1:

@@ -3,16 +3,15 @@
 Owns the operations behind LiveKit's RoomService: create, list and delete rooms, read, remove,
 mute and update participants, change their subscriptions, send them data, set room metadata.
 Each works through the public methods of `RoomManager`, `Room` and `Participant` and raises
-`AdminError` with the Twirp code the API answers with. `RoomObserver` is what a room tells an
-outside observer (the webhook notifier) about its life; it is called synchronously, in order,
-and must neither block nor raise.
+`AdminError` with the Twirp code the API answers with. (What a room reports about its life, to
+the webhook notifier, is `sfu.room.room.RoomObserver`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
@@ -22,7 +21,6 @@ from sfu.ids import ParticipantIdentity, TrackSid
 if TYPE_CHECKING:
     from sfu.room.manager import RoomManager
     from sfu.room.participant import Participant
-    from sfu.room.publication import PublishedTrack
     from sfu.room.room import Room
 
 #: data-channel labels by DataPacket kind
@@ -42,26 +40,6 @@ class AdminError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-class RoomObserver(Protocol):
-    """Told of a room's life as it happens (one call per change, in order)."""
-
-    def room_started(self, room: Room) -> None: ...
-
-    def room_finished(self, room: Room) -> None: ...
-
-    def participant_changed(self, room: Room, participant: Participant) -> None:
-        """The participant's info changed (its state may now be ACTIVE)."""
-
-    def participant_left(self, room: Room, participant: Participant) -> None: ...
-
-    def track_published(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
-        """A track of the participant is now published."""
-
-    def track_unpublished(
-        self, room: Room, participant: Participant, track: PublishedTrack
-    ) -> None: ...
 
 
 # -- rooms ------------------------------------------------------------------------------------------
@@ -206,6 +184,7 @@ def update_participant(
     merged (an empty value removes the key); a permission replaces the old one and binds at
     once (tracks it no longer allows are unpublished, subscriptions it no longer allows end).
     The new grants go into the participant's token refreshes too. Everyone is told."""
+    room = live_room(rooms, room_name)
     participant = find_participant(rooms, room_name, identity)
     if metadata:
         participant.metadata = metadata
@@ -220,19 +199,21 @@ def update_participant(
                 merged.pop(key, None)
         participant.attributes = merged
     if permission is not None:
-        _set_permission(participant, permission)
+        _set_permission(room, participant, permission)
     participant.grants = dataclasses.replace(
         participant.grants,
         name=participant.name,
         metadata=participant.metadata,
         attributes=dict(participant.attributes),
     )
-    participant.room.broadcast_participant(participant)
-    participant.room.flush_updates()
+    room.broadcast_participant(participant)
+    room.flush_updates()
     return participant.info()
 
 
-def _set_permission(participant: Participant, permission: models.ParticipantPermission) -> None:
+def _set_permission(
+    room: Room, participant: Participant, permission: models.ParticipantPermission
+) -> None:
     was_subscriber = participant.can_subscribe
     new = models.ParticipantPermission()
     new.CopyFrom(permission)
@@ -261,7 +242,7 @@ def _set_permission(participant: Participant, permission: models.ParticipantPerm
         for track_sid in list(participant.subscriptions):
             participant.unsubscribe(track_sid)
     elif new.can_subscribe and not was_subscriber and participant.auto_subscribe:
-        for other in participant.room.others(participant):
+        for other in room.others(participant):
             for track in list(other.published.values()):
                 participant.subscribe(track)
 

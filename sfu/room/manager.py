@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
 from sfu.metrics import Gauges, LayerGauge
-from sfu.room.room import Room, RoomClosedError
-
-if TYPE_CHECKING:
-    from sfu.room.admin import RoomObserver
-    from sfu.room.participant import Participant
+from sfu.room.participant import Participant
+from sfu.room.room import Room, RoomClosedError, RoomObserver
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +70,14 @@ class RoomManager:
             self.observer.room_started(room)
         return room
 
-    async def join(self, participant: Participant) -> Room:
-        """Join `participant` to the live room named like ``participant.room``, one join at a
-        time per name (a same-identity replacement completes before the next join looks).
+    async def join(self, participant: Participant, name: RoomName | str) -> Room:
+        """Join `participant` to the live room named ``name``, one join at a time per name (a same-identity replacement completes before the next join looks).
 
         A room that closed while the join was admitted and handshaking is replaced by a new
         room of that name (admission already allowed joining it), so the joiner never lands in
         a room the manager has forgotten. Raises RoomFullError.
         """
-        name = participant.room.name
+        name = RoomName(name)
         lock, holders = self._join_locks.get(name, (asyncio.Lock(), 0))
         self._join_locks[name] = (lock, holders + 1)
         try:
@@ -91,7 +86,6 @@ class RoomManager:
                     room = self.rooms.get(name)
                     if room is None or room.closed:
                         room = self.create(name)
-                    participant.room = room
                     try:
                         await room.join(participant)
                     except RoomClosedError:

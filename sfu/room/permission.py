@@ -5,6 +5,7 @@ client may relay to others.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from livekit.protocol import models, rtc
@@ -12,6 +13,10 @@ from livekit.protocol import models, rtc
 from sfu.metrics import COUNTERS
 from sfu.room.track import TrackRequestError
 
+log = logging.getLogger(__name__)
+
+#: the data channels a LiveKit client sends DataPackets on
+DATA_LABELS = frozenset({"_reliable", "_lossy"})
 #: TrackPermission entries per SubscriptionPermission (one per other participant at most)
 MAX_TRACK_PERMISSIONS = 1024
 #: track sids per TrackPermission (a publisher has at most MAX_TRACKS_PER_PARTICIPANT)
@@ -43,6 +48,28 @@ def forwardable(packet: models.DataPacket) -> bool:
         return True
     COUNTERS.limit_exceeded("data_packet_kind")
     return False
+
+
+def relayable(label: str, payload: bytes, identity: str, sid: str) -> models.DataPacket | None:
+    """The DataPacket a client sent on ``label``, stamped with its sender (a client cannot speak
+    for anyone else), or None when it must not be relayed (wrong channel, malformed, a kind
+    only the server sends)."""
+    if label not in DATA_LABELS:
+        return None
+    try:
+        packet = models.DataPacket.FromString(payload)
+    except Exception:  # protobuf DecodeError
+        log.info("participant %r: malformed DataPacket dropped", identity)
+        return None
+    if not forwardable(packet):
+        log.debug("participant %r: %s packet dropped", identity, packet.WhichOneof("value"))
+        return None
+    packet.participant_identity = identity
+    packet.participant_sid = sid
+    if packet.HasField("user"):
+        packet.user.participant_sid = sid
+        packet.user.participant_identity = identity
+    return packet
 
 
 @dataclass(frozen=True)

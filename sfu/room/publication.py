@@ -1,23 +1,32 @@
 """What a participant publishes and what it receives: a published track bound to an m-line, one
-subscription to it, and the end of their transports."""
+subscription to it, and the little a subscriber needs to know of a track's publisher."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from livekit.protocol import models, rtc
 
-from sfu.ids import TrackSid
+from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid
 from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import TrackReceiver
-from sfu.media.transport import PeerTransport
 from sfu.room.dynacast import Dynacast
 from sfu.room.layer_selection import preferred_layer
+from sfu.room.permission import SubscriptionPermissions
 
-if TYPE_CHECKING:
-    from sfu.room.participant import Participant
+
+class TrackPublisher(Protocol):
+    """The publisher of a track, as its subscribers see it."""
+
+    @property
+    def sid(self) -> ParticipantSid: ...
+
+    @property
+    def identity(self) -> ParticipantIdentity: ...
+
+    @property
+    def subscription_permission(self) -> SubscriptionPermissions: ...
 
 
 @dataclass
@@ -25,7 +34,7 @@ class PublishedTrack:
     """A track bound to an m-line of its publisher's offer."""
 
     info: models.TrackInfo
-    publisher: Participant
+    publisher: TrackPublisher
     receiver: TrackReceiver
     mid: str
     #: (width, height) and VideoQuality of each spatial layer, lowest first
@@ -41,6 +50,10 @@ class PublishedTrack:
             settings.height,
             settings.quality,
         )
+
+    def permits(self, identity: ParticipantIdentity, sid: ParticipantSid) -> bool:
+        """Whether the publisher's SubscriptionPermission lets this participant have it."""
+        return self.publisher.subscription_permission.allows(identity, sid, self.sid)
 
     @property
     def sid(self) -> TrackSid:
@@ -58,19 +71,3 @@ class Subscription:
     offer_id: int = 0
     #: whether the client has answered that offer (it knows the SSRC: media may flow)
     negotiated: bool = False
-
-
-#: transport closes that outlived a cancelled Participant.close (kept referenced until done)
-_CLOSING: set[asyncio.Future[list[BaseException | None]]] = set()
-
-
-async def close_transports(*transports: PeerTransport | None) -> None:
-    """Close each transport to the end, even if the caller is cancelled meanwhile: each close
-    runs in its own task, and a cancellation of the caller leaves them running."""
-    closes = [asyncio.ensure_future(t.close()) for t in transports if t is not None]
-    if not closes:
-        return
-    done = asyncio.gather(*closes, return_exceptions=True)
-    _CLOSING.add(done)
-    done.add_done_callback(_CLOSING.discard)
-    await asyncio.shield(done)

@@ -2,7 +2,8 @@
 
 The room owns the subscription graph: when a track binds it subscribes every auto-subscribing
 participant; when a track or participant goes away it tears the subscriptions down. It never
-touches packets; participants and the data plane do.
+touches packets; participants and the data plane do. A member reaches its room only through the
+`RoomEvents` it was given on joining (`RoomListener`): the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -11,17 +12,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from livekit.protocol import models
 
 from sfu.config import RoomConfig
 from sfu.ids import ParticipantIdentity, ParticipantSid, RoomName, RoomSid, TrackSid, new_room_sid
+from sfu.room.participant import Participant
+from sfu.room.publication import PublishedTrack
 
-if TYPE_CHECKING:
-    from sfu.room.admin import RoomObserver
-    from sfu.room.participant import Participant
-    from sfu.room.publication import PublishedTrack
+
+class RoomObserver(Protocol):
+    """Told of a room's life as it happens: called synchronously, one call per change, in order;
+    it must neither block nor raise (the webhook notifier implements it)."""
+
+    def room_started(self, room: Room) -> None: ...
+
+    def room_finished(self, room: Room) -> None: ...
+
+    def participant_changed(self, room: Room, participant: Participant) -> None:
+        """The participant's info changed (its state may now be ACTIVE)."""
+
+    def participant_left(self, room: Room, participant: Participant) -> None: ...
+
+    def track_published(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
+        """A track of the participant is now published."""
+
+    def track_unpublished(
+        self, room: Room, participant: Participant, track: PublishedTrack
+    ) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +149,7 @@ class Room:
         if self._speaker_task is None:
             self._speaker_task = asyncio.ensure_future(self._speaker_loop())
         self.participants[participant.identity] = participant
+        participant.events = RoomListener(self, participant)
         if participant.on_joined is not None:  # admission: it counts as live from now on
             participant.on_joined()
         visible_others = [p.info() for p in self.others(participant) if not p.hidden]
@@ -137,7 +158,7 @@ class Room:
         await participant.start([t for p in self.others(participant) for t in p.published.values()])
 
     def remove(self, participant: Participant) -> None:
-        """Forget a participant that has closed (called by Participant.close)."""
+        """Forget a participant that has closed (its `RoomEvents.participant_left`)."""
         if self.participants.get(participant.identity) is not participant:
             return  # never joined, or already replaced: nobody was told it was here
         del self.participants[participant.identity]
@@ -209,10 +230,8 @@ class Room:
             for track in publisher.published.values():
                 allowed = publisher.permits(other, track)
                 if not allowed and track.sid in other.subscriptions:
-                    other.unsubscribe(track.sid)
-                    other.denied.add(track.sid)
-                    other.send_permission(track, allowed=False)
-                elif allowed and track.sid in other.denied:
+                    other.deny(track)
+                elif allowed and track.sid in other.subscribed.denied:
                     other.subscribe(track)
 
     def route_data(self, sender: Participant, packet: models.DataPacket, label: str) -> None:
@@ -291,3 +310,39 @@ class Room:
             await participant.close(reason)
         log.info("room %s (%s) closed", self.name, self.sid)
         self._on_close(self)
+
+
+class RoomListener:
+    """`RoomEvents` for one member: what its participant tells the room, and asks of it
+    (LiveKit's localParticipantListener)."""
+
+    def __init__(self, room: Room, participant: Participant) -> None:
+        self.room = room
+        self.participant = participant
+
+    def participant_changed(self) -> None:
+        self.room.broadcast_participant(self.participant)
+
+    def track_published(self, track: PublishedTrack) -> None:
+        self.room.track_published(self.participant, track)
+
+    def track_unpublished(self, track: PublishedTrack) -> None:
+        self.room.track_unpublished(self.participant, track)
+
+    def data_received(self, packet: models.DataPacket, label: str) -> None:
+        self.room.route_data(self.participant, packet, label)
+
+    def permission_changed(self) -> None:
+        self.room.permission_changed(self.participant)
+
+    def participant_left(self) -> None:
+        self.room.remove(self.participant)
+
+    def find_track(self, track_sid: str) -> PublishedTrack | None:
+        return self.room.find_track(track_sid)
+
+    def track_count(self) -> int:
+        return self.room.track_count()
+
+    def max_tracks(self) -> int:
+        return self.room.max_tracks

@@ -21,10 +21,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from sfu.media.sdp import SdpError
 from sfu.metrics import COUNTERS
-from sfu.room.join import PING_TIMEOUT
-from sfu.room.participant import Participant, SignalStateError
+from sfu.room import signalling
+from sfu.room.participant import Participant
 from sfu.room.room import RoomClosedError, RoomFullError
+from sfu.room.signalling import PING_TIMEOUT
 from sfu.room.track import TrackRequestError
+from sfu.room.types import SignalStateError
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,7 @@ class SignalSession:
         log.warning("participant %r: signal outbox full; disconnecting", identity)
         while not self._outbox.empty():
             self._outbox.get_nowait()
-        leave = rtc.LeaveRequest(
-            reason=models.DisconnectReason.SIGNAL_CLOSE, action=rtc.LeaveRequest.Action.DISCONNECT
-        )
-        encoded = self._encode(rtc.SignalResponse(leave=leave))
+        encoded = self._encode(signalling.leave(models.DisconnectReason.SIGNAL_CLOSE))
         self._queued_bytes = len(encoded)
         self._outbox.put_nowait(encoded)
         self._close_code, self._close_reason = CLOSE_POLICY, "signal outbox full"
@@ -235,10 +234,8 @@ class SignalSession:
                 participant.add_track(request.add_track)
             except TrackRequestError as exc:
                 self.send(
-                    rtc.SignalResponse(
-                        request_response=rtc.RequestResponse(
-                            reason=exc.reason, message=exc.message, add_track=request.add_track
-                        )
+                    signalling.request_response(
+                        exc.reason, exc.message, add_track=request.add_track
                     )
                 )
                 raise
@@ -246,13 +243,7 @@ class SignalSession:
             try:
                 participant.set_track_muted(request.mute.sid, request.mute.muted)
             except TrackRequestError as exc:
-                self.send(
-                    rtc.SignalResponse(
-                        request_response=rtc.RequestResponse(
-                            reason=exc.reason, message=exc.message, mute=request.mute
-                        )
-                    )
-                )
+                self.send(signalling.request_response(exc.reason, exc.message, mute=request.mute))
                 raise
         elif kind == "subscription":
             participant.update_subscription(request.subscription)
@@ -262,8 +253,7 @@ class SignalSession:
             try:
                 participant.update_subscription_permission(request.subscription_permission)
             except TrackRequestError as exc:  # RequestResponse has no field for this request
-                response = rtc.RequestResponse(reason=exc.reason, message=exc.message)
-                self.send(rtc.SignalResponse(request_response=response))
+                self.send(signalling.request_response(exc.reason, exc.message))
                 raise
         elif kind == "leave":
             await participant.close(models.DisconnectReason.CLIENT_INITIATED)
@@ -292,12 +282,10 @@ class SignalSession:
             if publisher and participant.keep_early_candidate(trickle.candidateInit):
                 return  # libwebrtc may trickle before its offer reaches us: kept for it
             self.send(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=rtc.RequestResponse.Reason.NOT_FOUND,
-                        message="no peer connection for this trickle target yet",
-                        trickle=trickle,
-                    )
+                signalling.request_response(
+                    rtc.RequestResponse.Reason.NOT_FOUND,
+                    "no peer connection for this trickle target yet",
+                    trickle=trickle,
                 )
             )
             raise SignalStateError("trickle before the peer connection exists")

@@ -4,6 +4,7 @@ session caps (`sfu.admission`), and joins that race each other or a closing room
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import jwt
@@ -18,7 +19,7 @@ from sfu.config import ConfigError, from_mapping
 from sfu.cpuload import CpuLoad
 from sfu.metrics import COUNTERS
 from sfu.room import Participant, ParticipantOptions
-from sfu.room.room import RoomFullError
+from sfu.room.room import Room, RoomFullError, RoomListener
 from tests.harness.tokens import mint_token, new_api_key_pair
 
 
@@ -123,15 +124,20 @@ def rtc_request(
 
 def participant(sfu: Sfu, identity: str, room: str = "busy") -> Participant:
     grants = ClaimGrants(KEY, identity, video=VideoGrant(room=room, room_join=True))
-    home = sfu.rooms.get_or_create(room, create=True)
-    return Participant(home, grants, ParticipantOptions(), sfu.transport_config, lambda _: None)
+    return Participant(grants, ParticipantOptions(), sfu.transport_config, lambda _: None)
+
+
+def room_of(p: Participant) -> Room:
+    """The room a participant's RoomEvents lead to."""
+    assert isinstance(p.events, RoomListener)
+    return p.events.room
 
 
 async def joined(sfu: Sfu, identity: str, room: str = "busy") -> Participant:
     """Admitted (slots released at once), then joined through the manager."""
     sfu.admit(rtc_request(identity, room), reserve=True).release()
     p = participant(sfu, identity, room)
-    await sfu.rooms.join(p)
+    await sfu.rooms.join(p, room)
     return p
 
 
@@ -190,7 +196,7 @@ async def test_only_a_room_create_token_or_auto_create_makes_a_room() -> None:
     assert sfu.rooms.rooms == {}
     alice = await joined(sfu, "alice", "nobody")
     try:
-        assert sfu.rooms.get("nobody") is alice.room
+        assert sfu.rooms.get("nobody") is room_of(alice)
         # once it exists, anyone with a token for it may join
         assert sfu.admit(rtc_request("mallory", "nobody", room_create=False)).room_name == "nobody"
     finally:
@@ -286,7 +292,9 @@ async def test_fifty_concurrent_admissions_fill_a_room_of_ten_exactly() -> None:
     # the join itself re-checks: ten in the room, the eleventh refused
     people = [participant(sfu, f"u{i}") for i in range(11)]
     try:
-        results = await asyncio.gather(*(sfu.rooms.join(p) for p in people), return_exceptions=True)
+        results = await asyncio.gather(
+            *(sfu.rooms.join(p, "busy") for p in people), return_exceptions=True
+        )
         assert sum(isinstance(r, RoomFullError) for r in results) == 1
         room = sfu.rooms.get("busy")
         assert room is not None and len(room.participants) == 10
@@ -300,8 +308,13 @@ async def test_three_concurrent_joins_of_one_identity_leave_one_participant() ->
         for join_through_manager in (False, True):
             name = f"dup-{join_through_manager}"
             three = [participant(sfu, "x", name) for _ in range(3)]
-            room = three[0].room
-            join = sfu.rooms.join if join_through_manager else room.join
+            room = sfu.rooms.get_or_create(name, create=True)
+
+            def join(
+                p: Participant, room: Room = room, manager: bool = join_through_manager
+            ) -> Awaitable[object]:
+                return sfu.rooms.join(p, room.name) if manager else room.join(p)
+
             await join(three[0])
             await asyncio.gather(join(three[1]), join(three[2]))  # both find the first one
             live = [p for p in three if not p.closed]
@@ -325,10 +338,10 @@ async def test_a_join_as_the_last_one_leaves_lands_in_a_live_room(yields: int) -
         await alice.close()
         for _ in range(yields):  # the departure timer fires; the room may close meanwhile
             await asyncio.sleep(0)
-        await sfu.rooms.join(bob)
+        await sfu.rooms.join(bob, "lobby")
         await asyncio.sleep(0.05)  # anything already scheduled runs
         room = sfu.rooms.get("lobby")
-        assert room is not None and not room.closed and room is bob.room
+        assert room is not None and not room.closed and room is room_of(bob)
         assert room.participants == {"bob": bob} and not bob.closed
     finally:
         await sfu.rooms.close_all()
@@ -414,7 +427,7 @@ async def test_a_participant_still_starting_its_transports_counts_as_one_session
         await release.wait()
 
     p.start = slow_start  # type: ignore[method-assign,assignment]
-    joining = asyncio.ensure_future(sfu.rooms.join(p))
+    joining = asyncio.ensure_future(sfu.rooms.join(p, "busy"))
     await started.wait()
     sfu.admit(rtc_request("x")).release()  # allowed: one live session plus this one
     release.set()

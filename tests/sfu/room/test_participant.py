@@ -19,8 +19,11 @@ from sfu.auth import ClaimGrants
 from sfu.media.transport import TrackSlotLimitError, TransportConfig
 from sfu.metrics import COUNTERS
 from sfu.room import participant as participant_module
-from sfu.room.participant import MAX_TRACKS_PER_PARTICIPANT, Participant, ParticipantOptions
+from sfu.room.participant import Participant, ParticipantOptions
+from sfu.room.publications import MAX_TRACKS_PER_PARTICIPANT
+from sfu.room.subscriptions import MAX_SUBSCRIPTION_SIDS
 from sfu.room.track import TrackRequestError
+from sfu.room.types import SignalStateError
 from tests.sfu.room.fakes import Client, joined, make_room
 
 
@@ -53,7 +56,7 @@ async def test_publisher_that_never_connects_closes_both_transports() -> None:
     sent: list[rtc.SignalResponse] = []
     grants = ClaimGrants(api_key="k", identity="mallory")
     mallory = Participant(
-        room, grants, ParticipantOptions(), TransportConfig(connect_timeout=1), sent.append
+        grants, ParticipantOptions(), TransportConfig(connect_timeout=1), sent.append
     )
     await room.join(mallory)
     await mallory.handle_offer(rtc.SessionDescription(type="offer", sdp=sdp, id=1))
@@ -184,7 +187,7 @@ async def test_update_subscription_sids_are_capped_and_looked_up_by_index() -> N
     assert time.perf_counter() - start < 0.5
     assert COUNTERS.limits_exceeded["subscription_sids"] == before + 1
     responses = bob.of_kind("subscription_response")
-    assert len(responses) == participant_module.MAX_SUBSCRIPTION_SIDS
+    assert len(responses) == MAX_SUBSCRIPTION_SIDS
     await room.close()
 
 
@@ -202,15 +205,17 @@ async def test_only_client_kinds_of_data_packets_are_forwarded() -> None:
     )
     victim = models.SpeakerInfo(sid=bob.participant.sid, level=1, active=True)
     before = COUNTERS.limits_exceeded.get("data_packet_kind", 0)
-    alice.participant._on_data(
+    alice.participant.receive_data(
         "_reliable", data_packet(speaker=models.ActiveSpeakerUpdate(speakers=[victim]))
     )
-    alice.participant._on_data(
+    alice.participant.receive_data(
         "_reliable",
         data_packet(transcription=models.Transcription(transcribed_participant_identity="bob")),
     )
-    alice.participant._on_data("_reliable", data_packet(user=models.UserPacket(payload=b"hi")))
-    alice.participant._on_data("_lossy", data_packet(chat_message=models.ChatMessage(message="m")))
+    alice.participant.receive_data("_reliable", data_packet(user=models.UserPacket(payload=b"hi")))
+    alice.participant.receive_data(
+        "_lossy", data_packet(chat_message=models.ChatMessage(message="m"))
+    )
     assert [p.WhichOneof("value") for p in received] == ["user", "chat_message"]
     assert received[0].participant_identity == "alice"
     assert COUNTERS.limits_exceeded["data_packet_kind"] == before + 2
@@ -230,7 +235,7 @@ async def test_rtcp_loop_logs_a_failure_once_and_counts_each(
     def broken() -> bytes:
         raise ValueError("boom")
 
-    monkeypatch.setattr(alice.participant.demuxer, "rtcp_reports", broken)
+    monkeypatch.setattr(alice.participant.publications.demuxer, "rtcp_reports", broken)
     errors = COUNTERS.signal_errors
     with caplog.at_level(logging.ERROR, logger="sfu.room.participant"):
         await asyncio.sleep(0.1)
@@ -244,9 +249,9 @@ async def test_requests_after_close_are_refused() -> None:
     room = make_room()
     alice = await joined(room, "alice")
     await alice.participant.close(models.DisconnectReason.DUPLICATE_IDENTITY)
-    with pytest.raises(participant_module.SignalStateError):
+    with pytest.raises(SignalStateError):
         await alice.participant.handle_offer(rtc.SessionDescription(type="offer", sdp="x", id=2))
-    with pytest.raises(participant_module.SignalStateError):
+    with pytest.raises(SignalStateError):
         alice.participant.add_track(rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO))
     assert alice.participant.publisher is None
     await room.close()
@@ -259,8 +264,10 @@ async def test_overlong_track_sids_are_neither_stored_nor_echoed() -> None:
     before = COUNTERS.limits_exceeded.get("track_sid_bytes", 0)
     bob.participant.update_track_settings(rtc.UpdateTrackSettings(track_sids=[junk, "TR_a"]))
     bob.participant.update_subscription(rtc.UpdateSubscription(track_sids=[junk], subscribe=True))
-    assert list(bob.participant.track_settings) == ["TR_a"]
-    assert not bob.participant.track_settings["TR_a"].track_sids  # no copy of the request's list
+    assert list(bob.participant.subscribed.track_settings) == ["TR_a"]
+    assert not bob.participant.subscribed.track_settings[
+        "TR_a"
+    ].track_sids  # no copy of the request's list
     assert not bob.of_kind("subscription_response")
     assert COUNTERS.limits_exceeded["track_sid_bytes"] == before + 2
     await room.close()
@@ -284,7 +291,7 @@ async def test_a_subscriber_out_of_m_lines_does_not_break_the_publish_for_others
 
 async def test_a_participant_closed_before_start_binds_nothing() -> None:
     room = make_room()
-    client = Client(room, "late")
+    client = Client("late")
     await client.participant.close(models.DisconnectReason.ROOM_CLOSED)
     await client.participant.start([])
     assert client.participant.subscriber is None and not client.participant._tasks
@@ -305,7 +312,7 @@ async def test_a_toggle_storm_before_the_first_offer_queues_one_negotiation() ->
         return "offer"
 
     bob.subscriber.create_offer = slow_offer  # type: ignore[method-assign]
-    bob.participant._awaiting_answer = False
+    bob.participant.offers.awaiting_answer = False
     for subscribe in [False, True] * 5000:
         update = rtc.UpdateSubscription(track_sids=[sid], subscribe=subscribe)
         bob.participant.update_subscription(update)

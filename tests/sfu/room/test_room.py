@@ -16,7 +16,7 @@ def updates(client: Client) -> list[rtc.ParticipantUpdate]:
 
 async def test_filling_a_room_costs_a_few_updates_per_participant() -> None:
     room = make_room()
-    people = [Client(room, f"p{i}") for i in range(200)]
+    people = [Client(f"p{i}") for i in range(200)]
     for person in people:
         await room.join(person.participant)
     await asyncio.sleep(room_module.UPDATE_INTERVAL * 2)
@@ -157,4 +157,15 @@ async def test_a_quiet_new_speaker_is_announced_and_a_small_change_is_not() -> N
     room.update_speakers()
     assert len(quiet.heard) == 1
     del room.participants["quiet"]
+    await room.close()
+
+
+async def test_each_member_reaches_the_room_through_its_own_listener() -> None:
+    room = make_room()
+    alice, bob = await joined(room, "alice"), await joined(room, "bob")
+    assert isinstance(alice.participant.events, room_module.RoomListener)
+    assert alice.participant.events.participant is alice.participant
+    assert bob.participant.events is not alice.participant.events
+    sid = await alice.publish_audio("mic", "0")
+    assert alice.participant.events.find_track(sid) is room.find_track(sid) is not None
     await room.close()

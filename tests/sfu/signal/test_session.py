@@ -17,7 +17,7 @@ from sfu.metrics import COUNTERS, Metrics
 from sfu.room.participant import Participant, ParticipantOptions
 from sfu.signal import session as session_module
 from sfu.signal.session import CLOSE_NORMAL, CLOSE_POLICY, SignalSession
-from tests.sfu.room.fakes import OPUS, FakeTransport, make_room, make_transport
+from tests.sfu.room.fakes import OPUS, FakePeer, make_peer, make_room
 
 
 class FakeWebSocket:
@@ -62,12 +62,11 @@ class Connection:
         self.session = SignalSession(self.websocket, 1 << 20)  # type: ignore[arg-type]
         grants = ClaimGrants(api_key="k", identity=identity)
         self.participant = Participant(
-            room,
             grants,
             ParticipantOptions(),
             TransportConfig(),
             self.session.send,
-            make_transport=make_transport,
+            peer_factory=make_peer,
         )
         self.task = asyncio.ensure_future(
             self.session.run(self.participant, on_ready=lambda: room.join(self.participant))
@@ -90,7 +89,7 @@ async def test_a_replaced_participant_handles_no_more_requests() -> None:
     b = Connection(room, "x")  # same identity: A gets a leave and its socket is closed
     await b.until(lambda: b.websocket.of_kind("join"))
     await a.until(lambda: a.participant.closed)
-    a.participant._make_transport = lambda *args, **kw: pytest.fail("new PeerTransport")
+    a.participant.peer_factory = lambda *args, **kw: pytest.fail("new PeerTransport")
     a.websocket.request(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp="x")))
     await a.until(lambda: a.task.done())
     assert a.participant.publisher is None and not room.tracks
@@ -185,7 +184,7 @@ async def test_garbage_sdp_is_one_info_line_without_a_traceback(
     async def refuse(self: object, sdp: str) -> None:
         raise SdpError("SDP must start with v=0")  # what the real parser says to garbage
 
-    monkeypatch.setattr(FakeTransport, "handle_offer", refuse)
+    monkeypatch.setattr(FakePeer, "handle_offer", refuse)
     room = make_room()
     a = Connection(room, "a")
     await a.until(lambda: a.websocket.of_kind("join"))
