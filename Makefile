@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := redis-server chromium iproute2 openssl
+APT_PACKAGES := redis-server chromium iproute2 openssl coturn
 
 .PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
@@ -26,10 +26,11 @@ $(SYNAPSE_VENV)/.installed:
 
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
-# Debian packages: the tests drive chromium (livekit-client) and openssl (test certificates) for
-# real. redis-server and iproute2 are installed but no test uses them yet: Redis routing is
-# reserved (single node only), and this kernel has no netem qdisc (tc's tbf and htb work, in
-# network namespaces), so loss and jitter are tested only by unit rigs, not end to end.
+# Debian packages: the tests drive chromium (livekit-client), openssl (test certificates),
+# coturn (TURN relay tests) and iproute2 (`ip netns`: the relayed browsers run in a namespace
+# that cannot reach the SFU's UDP port) for real. redis-server is installed but no test uses it
+# yet: Redis routing is reserved (single node only). This kernel has no netem qdisc (tc's tbf and
+# htb work, in network namespaces), so loss and jitter are tested only by unit rigs.
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -45,6 +45,7 @@ from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, RoomManager
 from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
+from sfu.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Sfu:
             protocol=_int(params.get("protocol"), 0),
             client_protocol=_int(params.get("client_protocol"), 0),
             sdk=params.get("sdk", ""),
-            ice_servers=self.config.rtc.ice_servers,
+            ice_servers=ice_servers_for(self.config.rtc, grants.identity),
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)

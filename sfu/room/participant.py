@@ -58,7 +58,7 @@ class ParticipantOptions:
     protocol: int = PROTOCOL_VERSION
     client_protocol: int = 0
     sdk: str = ""
-    ice_servers: tuple[str, ...] = ()
+    ice_servers: tuple[rtc.ICEServer, ...] = ()
     node_id: str = ""
 
 
