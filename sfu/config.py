@@ -166,9 +166,16 @@ class LimitsConfig:
     max_cpu_load: float = 0.8
 
 
+#: drain_timeout's bounds (seconds)
+MAX_DRAIN_TIMEOUT = 24 * 3600
+
+
 @dataclass(frozen=True)
 class Config:
     port: int = 7880
+    #: not a LiveKit key: on SIGTERM, seconds to keep serving the calls in progress (admitting
+    #: no one) before asking their participants to reconnect and exiting (`sfu.lifecycle`)
+    drain_timeout: int = 30
     #: serve /metrics on this port (on the bind addresses) instead of the signalling port
     prometheus_port: int = 0
     bind_addresses: tuple[str, ...] = ("127.0.0.1",)
@@ -374,7 +381,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
             values[key] = _build_section(key, _SECTIONS[key], value)
         elif key == "keys":
             values["keys"] = _parse_keys(value)
-        elif key in ("port", "bind_addresses", "prometheus_port"):
+        elif key in ("port", "bind_addresses", "prometheus_port", "drain_timeout"):
             values[key] = _coerce(key, value, getattr(defaults, key))
         elif key in IGNORED_LIVEKIT_KEYS:
             log.warning("config key %s is a LiveKit setting this SFU ignores", key)
@@ -393,6 +400,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"prometheus_port: {config.prometheus_port} is not a valid TCP port other than port"
         )
+    if not 0 <= config.drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise ConfigError(f"drain_timeout: must be 0 to {MAX_DRAIN_TIMEOUT} seconds")
     rtc = config.rtc
     if not (0 <= rtc.port_range_start <= rtc.port_range_end < 65536):
         raise ConfigError("rtc.port_range_start/rtc.port_range_end: not a valid UDP port range")

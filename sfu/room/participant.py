@@ -220,6 +220,8 @@ class Participant:
         self.disconnect_reason = reason
         if reason not in (models.DisconnectReason.CLIENT_INITIATED,):
             action = rtc.LeaveRequest.Action.DISCONNECT
+            if reason == models.DisconnectReason.SERVER_SHUTDOWN:  # drained: join again
+                action = rtc.LeaveRequest.Action.RECONNECT
             self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
         self.closed = True
         self.state = models.ParticipantInfo.State.DISCONNECTED
