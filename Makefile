@@ -55,7 +55,7 @@ lint: venv
 test: venv synapse-venv system-deps node-deps lint
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
-run: venv
+run: venv node-deps
 	$(PY) scripts/dev_run.py
 
 # Coverage-guided fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, one at a time;
