@@ -428,6 +428,33 @@ def _validate(config: Config) -> None:
         raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
 
 
+#: variables that may instead name a file holding the value (``NAME_FILE``, as container
+#: secrets are mounted); the file wins over the variable. (``LIVEKIT_CONFIG_FILE`` is LiveKit's
+#: own: the config file's path.)
+FILE_VARIABLES = ("LIVEKIT_KEYS", "REDIS_PASSWORD")
+MAX_SECRET_FILE_BYTES = 1 << 20
+
+
+def _with_files(env: Mapping[str, str]) -> dict[str, str]:
+    resolved = dict(env)
+    for name in FILE_VARIABLES:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as file:
+                data = file.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise ConfigError(f"{name}_FILE: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            resolved[name] = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+    return resolved
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """LiveKit's environment variables, applied on top of the file."""
     out: dict[str, Any] = {}
@@ -458,7 +485,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the config file (or ``LIVEKIT_CONFIG`` / ``LIVEKIT_CONFIG_FILE``) plus env overrides."""
-    env = os.environ if env is None else env
+    env = _with_files(os.environ if env is None else env)
     path = path or env.get("LIVEKIT_CONFIG_FILE") or None
     text = ""
     if path:
