@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := chromium
+APT_PACKAGES := chromium iproute2 openssl coturn
 
 .PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
@@ -27,9 +27,10 @@ $(SYNAPSE_VENV)/.installed:
 
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
-# Debian packages: the tests drive chromium (livekit-client, Playwright) for real. Nothing else:
-# test certificates come from `cryptography`, Redis routing is reserved (single node only, no
-# redis-server), and loss and jitter are tested by unit rigs, not with tc/netem (no iproute2).
+# Debian packages: the tests drive chromium (livekit-client, Playwright), openssl (an independent
+# check of TURN credentials), coturn (TURN relay tests) and iproute2 (`ip netns`: the relayed
+# browsers run in a namespace that cannot reach the SFU's UDP port) for real. This kernel has no
+# netem qdisc (tc's tbf and htb work), so loss and jitter are tested by unit rigs.
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -65,7 +66,7 @@ unit: venv
 
 check: lint unit
 
-run: venv
+run: venv node-deps
 	$(PY) scripts/dev_run.py
 
 # Coverage-guided fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, one at a time;

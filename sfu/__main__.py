@@ -15,6 +15,7 @@ import uvloop
 
 from sfu.app import build_app, listen_sockets
 from sfu.config import ConfigError, load
+from sfu.lifecycle import DrainingServer
 from sfu.signal.wsprotocol import FairWSProtocol
 
 LEVELS = {
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-    server = uvicorn.Server(
+    app = build_app(config, metrics_sockets or None)
+    sfu = app.state.sfu
+    server = DrainingServer(
         uvicorn.Config(
-            build_app(config, metrics_sockets or None),
+            app,
             loop="uvloop",
             ws=FairWSProtocol,  # uvicorn's wsproto protocol, at most 64 events per turn
             ws_max_size=config.limits.max_signal_message_size,
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             lifespan="on",
             access_log=False,  # query strings carry access tokens
             timeout_graceful_shutdown=5,
-        )
+        ),
+        drain=lambda: sfu.drain(config.drain_timeout),
     )
     logging.getLogger("uvicorn.error").addFilter(RedactTokens())  # after uvicorn's log config
     # Everything imported and built so far lives for the whole process: move it out of the

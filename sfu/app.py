@@ -2,7 +2,8 @@
 
 Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/rtc/v1/validate``
 (404 with CORS so newer JS clients fall back to v0), ``/twirp/livekit.RoomService/<Method>``
-(the server API, `sfu.api`), ``/healthz``, ``/metrics`` and ``/``. With
+(the server API, `sfu.api`), ``/healthz`` (alive), ``/readyz`` (takes participants: not
+draining, event loop responsive; `sfu.lifecycle`), ``/metrics`` and ``/``. With
 ``prometheus_port`` set, ``/metrics`` is served on that port (on the bind addresses) instead.
 
 Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, and the
@@ -44,12 +45,14 @@ from sfu.auth import AuthError, ClaimGrants, TokenVerifier
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
+from sfu.lifecycle import DRAINING_MESSAGE, Readiness
 from sfu.media.transport import SendMode, TransportConfig
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, RoomManager, signalling
 from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
+from sfu.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class Sfu:
     cpu_load: CpuLoad = dataclasses.field(default_factory=CpuLoad)
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
     webhooks: WebhookNotifier | None = None
+    readiness: Readiness = dataclasses.field(default_factory=Readiness)
     _warned_per_ip: bool = False
 
     @property
@@ -171,6 +175,8 @@ class Sfu:
             grants = self.verifier.verify_join(token)
         except AuthError as exc:
             raise AdmissionError(exc.status, exc.message) from None
+        if self.readiness.draining:
+            raise AdmissionError(503, DRAINING_MESSAGE)
         ledger = self.ledger
         address = address_key(conn.client.host) if conn.client is not None else ""
         refused = ledger.check_sessions(address)
@@ -266,7 +272,7 @@ class Sfu:
             protocol=_int(params.get("protocol"), 0),
             client_protocol=_int(params.get("client_protocol"), 0),
             sdk=params.get("sdk", ""),
-            ice_servers=self.config.rtc.ice_servers,
+            ice_servers=ice_servers_for(self.config.rtc, grants.identity),
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
@@ -290,6 +296,34 @@ class Sfu:
                     reservation.joined()
 
         await session.run(participant, on_ready=join)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop admitting, wait (at most `timeout_s`) for the sessions to end, then ask the
+        participants left to reconnect (LeaveRequest RECONNECT, reason SERVER_SHUTDOWN)."""
+        self.readiness.draining = True
+        log.info("draining: %d sessions, waiting up to %.0f s", self.sessions, timeout_s)
+        await self._sessions_ended(timeout_s)
+        if self.sessions:
+            log.info("drain_timeout reached: asking %d sessions to reconnect", self.sessions)
+        for room in list(self.rooms.rooms.values()):
+            await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        # let the signalling outboxes flush the LeaveRequests before the sockets close
+        await self._sessions_ended(2.0)
+        log.info("drained")
+
+    async def _sessions_ended(self, timeout_s: float, poll_s: float = 0.05) -> None:
+        """Return when no session is left, or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / poll_s) + 1):
+            if not self.sessions or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(poll_s)
+
+    async def ready(self, _request: Request) -> Response:
+        reason = self.readiness.reason()
+        if reason:
+            return PlainTextResponse(f"not ready: {reason}", 503)
+        return PlainTextResponse("ready")
 
     async def validate(self, request: Request) -> Response:
         try:
@@ -392,16 +426,20 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets))
             log.info("/metrics on port %d", config.prometheus_port)
         log.info("SFU node %s ready", sfu.node_id)
-        sampler = asyncio.create_task(sfu.cpu_load.run(), name="cpu-load")
+        samplers = [
+            asyncio.create_task(sfu.cpu_load.run(), name="cpu-load"),
+            asyncio.create_task(sfu.readiness.run(), name="loop-lag"),
+        ]
         if sfu.webhooks is not None:
             sfu.webhooks.start()
             log.info("webhooks to %s", ", ".join(config.webhook.urls))
         try:
             yield
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            for sampler in samplers:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             if metrics_server is not None and metrics_task is not None:
                 metrics_server.should_exit = True
                 await metrics_task
@@ -423,6 +461,7 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             Route("/rtc/v1/validate", _not_found, methods=["GET"]),
             Route("/rtc", _not_found, methods=["GET"]),
             Route("/healthz", _ok, methods=["GET", "HEAD"]),
+            Route("/readyz", sfu.ready, methods=["GET", "HEAD"]),
             *([] if config.prometheus_port else [metrics_route]),
             Route("/", _ok, methods=["GET", "HEAD"]),
         ],

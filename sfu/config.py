@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,42 @@ class ConfigError(Exception):
     """A configuration problem, with a message meant for the operator (no traceback)."""
 
 
+#: rtc.turn_servers entries kept (each is one ICEServer in every JoinResponse)
+MAX_TURN_SERVERS = 16
+#: RFC 8489 §14.3: USERNAME is under 513 bytes; credentials and secrets are kept to that too
+MAX_TURN_FIELD_BYTES = 512
+#: a TURN REST credential is valid this long by default (and at most MAX_TURN_TTL); coturn
+#: refuses an allocation's refreshes once it lapses, so it bounds how long a call can relay
+DEFAULT_TURN_TTL = 86400
+MIN_TURN_TTL = 60
+MAX_TURN_TTL = 7 * 86400
+MIN_TURN_SECRET_LENGTH = 16
+TURN_PROTOCOLS = ("udp", "tcp", "tls")
+_TURN_KEYS = ("host", "port", "protocol", "username", "credential", "secret", "ttl")
+#: a DNS name (RFC 1123 labels) or an IPv4 literal; IPv6 literals go in brackets
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """One ``rtc.turn_servers`` entry (LiveKit's keys, plus ``secret``/``ttl``): where clients
+    relay through, and either a static username/credential or coturn's ``static-auth-secret``
+    from which each participant gets its own time-limited credential (`sfu.turn`)."""
+
+    host: str
+    port: int
+    protocol: str = "udp"
+    username: str = ""
+    credential: str = ""
+    #: not a LiveKit key: coturn's ``use-auth-secret``/``static-auth-secret`` shared secret
+    secret: str = dataclasses.field(default="", repr=False)
+    #: not a LiveKit key: seconds a credential derived from ``secret`` stays valid
+    ttl: int = DEFAULT_TURN_TTL
+
+
 @dataclass(frozen=True)
 class RtcConfig:
     port_range_start: int = 50000
@@ -75,8 +112,10 @@ class RtcConfig:
     #: set, the port range is not used
     udp_port: int = 0
     node_ip: str = ""
-    #: STUN/TURN URLs handed to clients in JoinResponse.ice_servers.
+    #: STUN/TURN URLs handed to clients in JoinResponse.ice_servers (after turn_servers).
     ice_servers: tuple[str, ...] = ()
+    #: TURN relays handed to clients in JoinResponse.ice_servers, with their credentials
+    turn_servers: tuple[TurnServer, ...] = ()
     #: not a LiveKit key: how media leaves each socket. "gso": the datagrams of one event-loop
     #: iteration together, equal-size runs in one UDP GSO send; "batch": together, one sendto
     #: each; "immediate": one sendto per packet as it is forwarded.
@@ -144,9 +183,16 @@ class WebhookConfig:
     urls: tuple[str, ...] = ()
 
 
+#: drain_timeout's bounds (seconds)
+MAX_DRAIN_TIMEOUT = 24 * 3600
+
+
 @dataclass(frozen=True)
 class Config:
     port: int = 7880
+    #: not a LiveKit key: on SIGTERM, seconds to keep serving the calls in progress (admitting
+    #: no one) before asking their participants to reconnect and exiting (`sfu.lifecycle`)
+    drain_timeout: int = 30
     #: serve /metrics on this port (on the bind addresses) instead of the signalling port
     prometheus_port: int = 0
     bind_addresses: tuple[str, ...] = ("127.0.0.1",)
@@ -216,6 +262,9 @@ def _build_section(name: str, cls: type[Any], raw: Any) -> Any:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{name}.{key}"
+        if path == "rtc.turn_servers":
+            values[key] = parse_turn_servers(value)
+            continue
         if key not in known:
             if path in IGNORED_LIVEKIT_KEYS:
                 log.warning("config key %s is a LiveKit setting this SFU ignores", path)
@@ -223,6 +272,90 @@ def _build_section(name: str, cls: type[Any], raw: Any) -> Any:
             raise ConfigError(f"unknown config key {path!r}")
         values[key] = _coerce(path, value, getattr(defaults, key))
     return cls(**values)
+
+
+def parse_turn_servers(raw: Any) -> tuple[TurnServer, ...]:
+    """``rtc.turn_servers``: a list of mappings, each checked to the field, with bounded sizes."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"rtc.turn_servers: expected a list, got {type(raw).__name__}")
+    if len(raw) > MAX_TURN_SERVERS:
+        raise ConfigError(f"rtc.turn_servers: {len(raw)} entries, at most {MAX_TURN_SERVERS}")
+    return tuple(_turn_server(f"rtc.turn_servers[{i}]", entry) for i, entry in enumerate(raw))
+
+
+def _turn_server(path: str, raw: Any) -> TurnServer:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with host and port")
+    unknown = [str(k)[:40] for k in raw if k not in _TURN_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(_TURN_KEYS)})")
+    fields: dict[str, Any] = {}
+    for key in ("host", "protocol", "username", "credential", "secret"):
+        value = raw.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ConfigError(f"{path}.{key}: expected a string")
+        value = str(value)
+        if len(value.encode()) > MAX_TURN_FIELD_BYTES:
+            raise ConfigError(f"{path}.{key}: longer than {MAX_TURN_FIELD_BYTES} bytes")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ConfigError(f"{path}.{key}: contains a control character")
+        fields[key] = value
+    host = fields["host"]
+    if not host:
+        raise ConfigError(f"{path}.host: missing (the TURN server's DNS name or IP address)")
+    if not _valid_turn_host(host):
+        raise ConfigError(
+            f"{path}.host: {host[:80]!r} is not a hostname or IP address (no scheme, port or "
+            "path: those are protocol and port)"
+        )
+    for key, default in (("port", 0), ("ttl", DEFAULT_TURN_TTL)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{path}.{key}: expected an integer")
+        try:
+            fields[key] = int(value)
+        except ValueError:
+            raise ConfigError(f"{path}.{key}: {str(value)[:40]!r} is not an integer") from None
+    if not 0 < fields["port"] < 65536:
+        raise ConfigError(f"{path}.port: {fields['port']} is not a port (1-65535)")
+    if not MIN_TURN_TTL <= fields["ttl"] <= MAX_TURN_TTL:
+        raise ConfigError(f"{path}.ttl: must be {MIN_TURN_TTL} to {MAX_TURN_TTL} seconds")
+    protocol = (fields["protocol"] or "udp").lower()
+    if protocol not in TURN_PROTOCOLS:
+        raise ConfigError(f"{path}.protocol: must be one of {', '.join(TURN_PROTOCOLS)}")
+    fields["protocol"] = protocol
+    static = bool(fields["username"] or fields["credential"])
+    if fields["secret"]:
+        if static:
+            raise ConfigError(
+                f"{path}: set either secret (TURN REST credentials) or username/credential, "
+                "not both"
+            )
+        secret = fields["secret"]
+        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_TURN_SECRET_LENGTH:
+            raise ConfigError(
+                f"{path}.secret: a placeholder or shorter than {MIN_TURN_SECRET_LENGTH} "
+                "characters; generate one, e.g. `openssl rand -hex 32`, and give coturn the same "
+                "as static-auth-secret"
+            )
+    elif not (fields["username"] and fields["credential"]):
+        raise ConfigError(
+            f"{path}: needs username and credential, or secret (coturn's static-auth-secret)"
+        )
+    return TurnServer(**fields)
+
+
+def _valid_turn_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return _HOSTNAME.fullmatch(host) is not None
 
 
 def _parse_keys(raw: Any) -> dict[str, str]:
@@ -267,7 +400,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
             values[key] = _build_section(key, _SECTIONS[key], value)
         elif key == "keys":
             values["keys"] = _parse_keys(value)
-        elif key in ("port", "bind_addresses", "prometheus_port"):
+        elif key in ("port", "bind_addresses", "prometheus_port", "drain_timeout"):
             values[key] = _coerce(key, value, getattr(defaults, key))
         elif key in IGNORED_LIVEKIT_KEYS:
             log.warning("config key %s is a LiveKit setting this SFU ignores", key)
@@ -286,6 +419,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"prometheus_port: {config.prometheus_port} is not a valid TCP port other than port"
         )
+    if not 0 <= config.drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise ConfigError(f"drain_timeout: must be 0 to {MAX_DRAIN_TIMEOUT} seconds")
     rtc = config.rtc
     if not (0 <= rtc.port_range_start <= rtc.port_range_end < 65536):
         raise ConfigError("rtc.port_range_start/rtc.port_range_end: not a valid UDP port range")
@@ -331,6 +466,33 @@ def _validate_webhook(config: Config) -> None:
             raise ConfigError(f"webhook.urls: {url!r} is not an http(s) URL")
 
 
+#: variables that may instead name a file holding the value (``NAME_FILE``, as container
+#: secrets are mounted); the file wins over the variable. (``LIVEKIT_CONFIG_FILE`` is LiveKit's
+#: own: the config file's path.)
+FILE_VARIABLES = ("LIVEKIT_KEYS", "REDIS_PASSWORD")
+MAX_SECRET_FILE_BYTES = 1 << 20
+
+
+def _with_files(env: Mapping[str, str]) -> dict[str, str]:
+    resolved = dict(env)
+    for name in FILE_VARIABLES:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as file:
+                data = file.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise ConfigError(f"{name}_FILE: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            resolved[name] = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+    return resolved
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """LiveKit's environment variables, applied on top of the file."""
     out: dict[str, Any] = {}
@@ -361,7 +523,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the config file (or ``LIVEKIT_CONFIG`` / ``LIVEKIT_CONFIG_FILE``) plus env overrides."""
-    env = os.environ if env is None else env
+    env = _with_files(os.environ if env is None else env)
     path = path or env.get("LIVEKIT_CONFIG_FILE") or None
     text = ""
     if path:

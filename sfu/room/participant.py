@@ -52,7 +52,7 @@ class ParticipantOptions:
     protocol: int = signalling.PROTOCOL_VERSION
     client_protocol: int = 0
     sdk: str = ""
-    ice_servers: tuple[str, ...] = ()
+    ice_servers: tuple[rtc.ICEServer, ...] = ()
     node_id: str = ""
 
 
@@ -222,7 +222,10 @@ class Participant:
             return
         self.disconnect_reason = reason
         if reason not in (models.DisconnectReason.CLIENT_INITIATED,):
-            self.send(signalling.leave(reason))
+            action = rtc.LeaveRequest.Action.DISCONNECT
+            if reason == models.DisconnectReason.SERVER_SHUTDOWN:  # drained: join again
+                action = rtc.LeaveRequest.Action.RECONNECT
+            self.send(signalling.leave(reason, action))
         self.closed = self.subscribed.closed = True
         self.offers.close()
         self.state = models.ParticipantInfo.State.DISCONNECTED

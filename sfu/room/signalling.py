@@ -58,7 +58,7 @@ def join_response(
     room: models.Room,
     participant: models.ParticipantInfo,
     others: list[models.ParticipantInfo],
-    ice_servers: Sequence[str],
+    ice_servers: Sequence[rtc.ICEServer],
     *,
     node_id: str,
     subscriber_primary: bool,
@@ -69,7 +69,7 @@ def join_response(
         participant=participant,
         other_participants=others,
         server_version=SERVER_VERSION,
-        ice_servers=[rtc.ICEServer(urls=[url]) for url in ice_servers],
+        ice_servers=list(ice_servers),
         subscriber_primary=subscriber_primary,
         client_configuration=models.ClientConfiguration(
             resume_connection=models.ClientConfigSetting.DISABLED

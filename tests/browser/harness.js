@@ -251,6 +251,9 @@
       await room.setE2EEEnabled(true);
     }
     const connectOptions = { autoSubscribe: opts.autoSubscribe !== false };
+    // e.g. { iceTransportPolicy: 'relay' }; without iceServers here livekit-client keeps the
+    // JoinResponse's ICE servers
+    if (opts.rtcConfig) connectOptions.rtcConfig = opts.rtcConfig;
     await withTimeout(room.connect(url, token, connectOptions), opts.timeoutMs || 30000, 'room.connect');
     state.identity = room.localParticipant.identity;
     record('Joined', {
@@ -689,9 +692,42 @@
     }
   }
 
+  // The selected ICE candidate pair of each peer connection (publisher, subscriber): whether
+  // media goes through a TURN relay, and over which protocol to it.
+  async function iceRoutes() {
+    const manager = state.room && state.room.engine ? state.room.engine.pcManager : null;
+    const out = {};
+    for (const name of ['publisher', 'subscriber']) {
+      const transport = manager ? manager[name] : null;
+      if (!transport) continue;
+      const report = await transport.getStats();
+      const byId = new Map();
+      report.forEach((s) => byId.set(s.id, s));
+      let pair = null;
+      report.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+      });
+      if (!pair) {
+        report.forEach((s) => { if (!pair && s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+      }
+      if (!pair) { out[name] = null; continue; }
+      const local = byId.get(pair.localCandidateId) || {};
+      const remote = byId.get(pair.remoteCandidateId) || {};
+      out[name] = {
+        state: pair.state,
+        bytesSent: pair.bytesSent,
+        bytesReceived: pair.bytesReceived,
+        local: { type: local.candidateType, protocol: local.protocol, relayProtocol: local.relayProtocol, address: local.address, port: local.port, url: local.url },
+        remote: { type: remote.candidateType, protocol: remote.protocol, address: remote.address, port: remote.port },
+      };
+    }
+    return out;
+  }
+
   Object.assign(window, {
     join,
     stats,
+    iceRoutes,
     resize,
     hide,
     show,

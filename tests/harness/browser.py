@@ -69,16 +69,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class StaticServer:
     """`tests/browser/` over HTTP on 127.0.0.1:<ephemeral>, in a daemon thread."""
 
-    def __init__(self, root: Path = BROWSER_DIR) -> None:
+    def __init__(self, root: Path = BROWSER_DIR, host: str = "127.0.0.1") -> None:
         self.root = root
         self.requests: list[str] = []
         handler = type("Handler", (_QuietHandler,), {"requests": self.requests})
         self._httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+            (host, 0), functools.partial(handler, directory=str(root))
         )
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )
@@ -94,8 +94,8 @@ class StaticServer:
 
 
 @contextlib.contextmanager
-def static_server(root: Path = BROWSER_DIR) -> Iterator[StaticServer]:
-    server = StaticServer(root).start()
+def static_server(root: Path = BROWSER_DIR, host: str = "127.0.0.1") -> Iterator[StaticServer]:
+    server = StaticServer(root, host).start()
     try:
         yield server
     finally:
@@ -177,9 +177,11 @@ class HarnessPage:
         audio: bool = True,
         video_css: tuple[int, int] = (320, 180),
         capture: tuple[int, int, int] = (1280, 720, 30),
+        rtc_config: dict[str, Any] | None = None,
         timeout_s: float = 45.0,
     ) -> dict[str, Any]:
-        """Connect, publish camera (VP8, layers 180/360/capture) and mic; returns what published."""
+        """Connect, publish camera (VP8, layers 180/360/capture) and mic; returns what published.
+        `rtc_config` goes to livekit-client's connect options (e.g. iceTransportPolicy)."""
         opts: dict[str, Any] = {
             "simulcast": simulcast,
             "adaptiveStream": adaptive_stream,
@@ -190,12 +192,18 @@ class HarnessPage:
             "videoCss": {"width": video_css[0], "height": video_css[1]},
             "capture": {"width": capture[0], "height": capture[1], "frameRate": capture[2]},
             "timeoutMs": int(timeout_s * 1000) - 5000,
+            "rtcConfig": rtc_config,
         }
         result: dict[str, Any] = await self.call("join", url, token, opts, timeout_s=timeout_s)
         return result
 
     async def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("stats", timeout_s=10.0)
+        return result
+
+    async def ice_routes(self) -> dict[str, Any]:
+        """The selected candidate pair of the publisher and subscriber peer connections."""
+        result: dict[str, Any] = await self.call("iceRoutes", timeout_s=10.0)
         return result
 
     async def events(self) -> list[dict[str, Any]]:
@@ -420,11 +428,20 @@ async def browser_session(
     names: Sequence[str] | None = None,
     extra_flags: Sequence[str] = (),
     loglevel: str = "info",
+    host: str = "127.0.0.1",
+    executable: str | None = None,
 ) -> AsyncIterator[BrowserSession]:
-    """Static server + Chromium + `pages` ready pages (named by `names` when given)."""
+    """Static server + Chromium + `pages` ready pages (named by `names` when given).
+
+    `host` is the address the pages are served from (a browser in a network namespace cannot
+    reach 127.0.0.1; that origin is then declared secure for getUserMedia); `executable` runs
+    Chromium through a wrapper (e.g. `ip netns exec`)."""
     check_node_modules()
-    with static_server() as server:
-        async with launch_chromium(*EXTRA_CHROMIUM_FLAGS, *extra_flags) as browser:
+    with static_server(host=host) as server:
+        flags = [*EXTRA_CHROMIUM_FLAGS, *extra_flags]
+        if host != "127.0.0.1":
+            flags.append(f"--unsafely-treat-insecure-origin-as-secure={server.url}")
+        async with launch_chromium(*flags, executable=executable) as browser:
             session = BrowserSession(browser, server)
             try:
                 wanted = list(names) if names else [f"page{i}" for i in range(pages)]

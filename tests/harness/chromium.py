@@ -33,13 +33,18 @@ BLANK_PAGE = "<!doctype html><html><head><meta charset=utf-8><title>sfu test</ti
 
 
 @asynccontextmanager
-async def launch_chromium(*extra_args: str) -> AsyncIterator[Browser]:
-    """Start Chromium; yield the Browser; close it and the Playwright driver on exit."""
+async def launch_chromium(
+    *extra_args: str, executable: str | None = None
+) -> AsyncIterator[Browser]:
+    """Start Chromium (or `executable`, a wrapper that runs it); yield the Browser; close it
+    and the Playwright driver on exit."""
     if not os.access(CHROMIUM, os.X_OK):
         raise RuntimeError(f"{CHROMIUM} is missing: run `make system-deps`")
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args], timeout=30_000
+            executable_path=executable or CHROMIUM,
+            args=[*CHROMIUM_ARGS, *extra_args],
+            timeout=30_000,
         )
         try:
             yield browser

@@ -282,8 +282,10 @@ async def running_sfu(
     env: dict[str, str] | None = None,
     command: Sequence[str] = SFU_COMMAND,
     expect_log_errors: Sequence[str | re.Pattern[str]] = (),
+    expect_exit: bool = False,
 ) -> AsyncIterator[SfuInstance]:
     """Start the SFU on free loopback ports with a config in `workdir`; stop it by PID on exit.
+    With `expect_exit` the test itself ends the process (a drain), which is then no failure.
 
     `command` is the argv, with `{config}` replaced by the config path (the harness self-test
     runs a stand-in server through it). `expect_log_errors` lists regexes for the errors the test
@@ -345,7 +347,7 @@ async def running_sfu(
     finally:
         await stop_process(process, stop_timeout_s)
         print(f"---- SFU pid {process.pid} log tail ({log_path}) ----\n{log_tail(log_path)}")
-    if died_early is not None:
+    if died_early is not None and not expect_exit:
         raise SfuExitedError(
             f"SFU (pid {process.pid}) exited during the test with code {died_early}; "
             f"log tail:\n{log_tail(log_path)}"

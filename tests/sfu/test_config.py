@@ -171,3 +171,19 @@ def test_webhook_keys() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             from_mapping({"keys": keys, "webhook": webhook})
+
+
+def test_file_variables_hold_secrets(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"APIfile: {SECRET}\n")
+    config = load(None, env={"LIVEKIT_KEYS_FILE": str(keys), "LIVEKIT_KEYS": "x: y"})
+    assert config.keys == {"APIfile": SECRET}
+    body = tmp_path / "config.yaml"
+    body.write_text(f"keys: {{k: {SECRET}}}\nport: 7444\n")
+    assert load(None, env={"LIVEKIT_CONFIG_FILE": str(body)}).port == 7444
+    with pytest.raises(ConfigError, match=r"LIVEKIT_KEYS_FILE: cannot read /nonexistent/k: "):
+        load(None, env={"LIVEKIT_KEYS_FILE": "/nonexistent/k"})
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * ((1 << 20) + 1))
+    with pytest.raises(ConfigError, match=r"REDIS_PASSWORD_FILE: .* is larger than 1048576 bytes"):
+        load(None, env={"REDIS_PASSWORD_FILE": str(big), "LIVEKIT_KEYS": f"k: {SECRET}"})

@@ -13,7 +13,7 @@ def test_a_join_response_names_the_server_and_forces_a_fresh_join_on_reconnect()
         models.Room(name="r"),
         models.ParticipantInfo(identity="me"),
         [models.ParticipantInfo(identity="you")],
-        ["turn:example.org"],
+        [rtc.ICEServer(urls=["turn:example.org"], username="u", credential="c")],
         node_id="N1",
         subscriber_primary=True,
         fast_publish=False,
@@ -26,7 +26,9 @@ def test_a_join_response_names_the_server_and_forces_a_fresh_join_on_reconnect()
     )
     assert join.ping_interval < join.ping_timeout
     assert join.client_configuration.resume_connection == models.ClientConfigSetting.DISABLED
-    assert [s.urls for s in join.ice_servers] == [["turn:example.org"]]
+    assert [(s.urls, s.username, s.credential) for s in join.ice_servers] == [
+        (["turn:example.org"], "u", "c")
+    ]
     assert [c.mime for c in join.enabled_publish_codecs] == list(signalling.PUBLISH_CODECS)
     assert [p.identity for p in join.other_participants] == ["you"]
 
