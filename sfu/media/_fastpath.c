@@ -4,7 +4,8 @@
  * step in one call: the header rewrite (SSRC, payload type, sequence number, timestamp, and the
  * VP8 PictureID / TL0PICIDX / KEYIDX renumbering after a switch), the NACK-history slot, SRTP
  * protection and the append to the socket's send batch. `Batch.flush` sends a batch with one
- * sendmmsg (equal-size runs to one destination as one UDP GSO message each).
+ * sendmmsg; with GSO on, the datagrams are grouped by destination (each destination's order
+ * kept) and each equal-size run to one destination is one UDP GSO message.
  *
  * Python keeps every decision: which targets a packet goes to, switches, offsets. A `Target`
  * holds the per-down-track parameters, set from Python when they change, and the state `forward`
@@ -65,8 +66,12 @@ typedef struct {
     int gso;
     Py_ssize_t count;
     Py_ssize_t allocated;
+    Py_ssize_t buckets;
     Py_ssize_t capacity;
     Slot *slots;
+    Slot **seq;         /* flush order: the slots, grouped by destination when GSO is on */
+    Py_ssize_t *chain;  /* grouping scratch: next slot of the same destination */
+    Py_ssize_t *table;  /* grouping scratch: open-addressing table of (first, last) slots */
     unsigned long long sent, dropped, syscalls, flushes, gso_datagrams, auto_flushes;
 } BatchObject;
 
@@ -116,6 +121,9 @@ batch_dealloc(BatchObject *self)
     if (self->fd >= 0)
         close(self->fd);
     PyMem_Free(self->slots);
+    PyMem_Free(self->seq);
+    PyMem_Free(self->chain);
+    PyMem_Free(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -134,13 +142,27 @@ batch_slot(BatchObject *self)
         Py_ssize_t n = self->allocated ? self->allocated * 2 : 16;
         if (n > self->capacity)
             n = self->capacity;
+        Py_ssize_t buckets = 1;
+        while (buckets < 2 * n)
+            buckets <<= 1;
         Slot *slots = PyMem_Realloc(self->slots, (size_t)n * sizeof(Slot));
-        if (slots == NULL) {
+        if (slots != NULL)
+            self->slots = slots;
+        Slot **seq = PyMem_Realloc(self->seq, (size_t)n * sizeof(Slot *));
+        if (seq != NULL)
+            self->seq = seq;
+        Py_ssize_t *chain = PyMem_Realloc(self->chain, (size_t)n * sizeof(Py_ssize_t));
+        if (chain != NULL)
+            self->chain = chain;
+        Py_ssize_t *table = PyMem_Realloc(self->table, (size_t)buckets * 2 * sizeof(Py_ssize_t));
+        if (table != NULL)
+            self->table = table;
+        if (slots == NULL || seq == NULL || chain == NULL || table == NULL) {
             PyErr_NoMemory();
             return NULL;
         }
-        self->slots = slots;
         self->allocated = n;
+        self->buckets = buckets;
     }
     return &self->slots[self->count];
 }
@@ -151,7 +173,59 @@ is_gso_unsupported(int err)
     return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP || err == EMSGSIZE;
 }
 
-/* Send every queued datagram, in order; returns how many were sent. Nothing blocks: what the
+static int
+same_destination(const Slot *a, const Slot *b)
+{
+    return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
+/* self->seq = the slots in order, or (GSO) grouped by destination: each destination's datagrams
+ * keep their order, destinations come in the order of their first datagram. O(count). */
+static void
+batch_order(BatchObject *self, Py_ssize_t count)
+{
+    if (!self->gso) {
+        for (Py_ssize_t i = 0; i < count; i++)
+            self->seq[i] = &self->slots[i];
+        return;
+    }
+    Py_ssize_t mask = self->buckets - 1, *table = self->table, *chain = self->chain;
+    for (Py_ssize_t b = 0; b < self->buckets; b++)
+        table[2 * b] = -1;
+    Py_ssize_t groups = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Slot *s = &self->slots[i];
+        const uint8_t *a = (const uint8_t *)&s->addr;
+        uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+        for (socklen_t k = 0; k < s->addrlen; k++)
+            h = (h ^ a[k]) * 1099511628211ULL;
+        Py_ssize_t b = (Py_ssize_t)(h & (uint64_t)mask);
+        while (table[2 * b] >= 0 && !same_destination(&self->slots[table[2 * b]], s))
+            b = (b + 1) & mask;
+        chain[i] = -1;
+        if (table[2 * b] < 0) {
+            table[2 * b] = i;
+            self->seq[groups++] = (Slot *)s; /* heads first, in order of appearance */
+        } else {
+            chain[table[2 * b + 1]] = i;
+        }
+        table[2 * b + 1] = i;
+    }
+    /* expand the heads into their chains, back to front so no head is overwritten unread */
+    Py_ssize_t out = count;
+    for (Py_ssize_t g = groups - 1; g >= 0; g--) {
+        Py_ssize_t n = 0;
+        for (Py_ssize_t i = self->seq[g] - self->slots; i >= 0; i = chain[i])
+            n++;
+        out -= n;
+        Py_ssize_t k = out;
+        for (Py_ssize_t i = self->seq[g] - self->slots; i >= 0; i = chain[i])
+            self->seq[k++] = &self->slots[i];
+    }
+}
+
+/* Send every queued datagram, in order (with GSO: in order per destination, grouped so that
+ * each destination's equal-size run is one message); returns how many were sent. Nothing blocks: what the
  * socket refuses is dropped and counted. */
 static Py_ssize_t
 batch_send(BatchObject *self)
@@ -165,6 +239,8 @@ batch_send(BatchObject *self)
         self->dropped += (unsigned long long)count;
         return 0;
     }
+    batch_order(self, count);
+    Slot **seq = self->seq;
     struct mmsghdr msgs[MAX_MSGS];
     struct iovec iov[MAX_MSGS * 4];
     Py_ssize_t first[MAX_MSGS + 1];
@@ -177,7 +253,7 @@ batch_send(BatchObject *self)
         int n = 0;
         Py_ssize_t j = i, used_iov = 0;
         while (j < count && n < MAX_MSGS) {
-            Slot *s = &self->slots[j];
+            Slot *s = seq[j];
             Py_ssize_t end = j + 1;
             if (self->gso) {
                 Py_ssize_t limit = j + MAX_SEGMENTS;
@@ -187,13 +263,9 @@ batch_send(BatchObject *self)
                     limit = count;
                 if (limit - j > (Py_ssize_t)(sizeof iov / sizeof iov[0]) - used_iov)
                     limit = j + (Py_ssize_t)(sizeof iov / sizeof iov[0]) - used_iov;
-                while (end < limit && self->slots[end].len == s->len &&
-                       self->slots[end].addrlen == s->addrlen &&
-                       memcmp(&self->slots[end].addr, &s->addr, s->addrlen) == 0)
+                while (end < limit && seq[end]->len == s->len && same_destination(seq[end], s))
                     end++;
-                if (end < limit && self->slots[end].len < s->len &&
-                    self->slots[end].addrlen == s->addrlen &&
-                    memcmp(&self->slots[end].addr, &s->addr, s->addrlen) == 0)
+                if (end < limit && seq[end]->len < s->len && same_destination(seq[end], s))
                     end++; /* the last segment may be shorter */
             }
             if (used_iov + (end - j) > (Py_ssize_t)(sizeof iov / sizeof iov[0]))
@@ -205,8 +277,8 @@ batch_send(BatchObject *self)
             h->msg_iov = &iov[used_iov];
             h->msg_iovlen = (size_t)(end - j);
             for (Py_ssize_t k = j; k < end; k++) {
-                iov[used_iov].iov_base = self->slots[k].data;
-                iov[used_iov].iov_len = (size_t)self->slots[k].len;
+                iov[used_iov].iov_base = seq[k]->data;
+                iov[used_iov].iov_len = (size_t)seq[k]->len;
                 used_iov++;
             }
             if (end - j > 1) {

@@ -345,6 +345,35 @@ def test_flush_sends_the_batch_in_order(
     batch.close()
 
 
+def test_gso_groups_by_destination_keeping_each_ones_order() -> None:
+    """Fan-out interleaves destinations (packet 1 to A, B, C, packet 2 to A, B, C...): with GSO
+    the flush regroups them, each destination's datagrams in their order, one message each."""
+    impl = compiled()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        sender.bind(("127.0.0.1", 0))
+        for r in receivers:
+            r.bind(("127.0.0.1", 0))
+            r.settimeout(2.0)
+        batch = impl.batch(sender.fileno(), gso=True)
+        targets = [impl.target(batch, r.getsockname()) for r in receivers]
+        sent: list[list[bytes]] = [[], [], []]
+        for i in range(10):
+            for k, t in enumerate(targets):
+                data = bytes(RtpHeader(96, i, k, 1)) + bytes([k]) * (500 if i < 9 else 100)
+                assert t.send(data)
+                sent[k].append(data)
+        assert batch.flush() == 30
+        assert batch.syscalls == 1 and batch.gso_datagrams == 30
+        for r, expected in zip(receivers, sent, strict=True):
+            assert [r.recv(65536) for _ in expected] == expected
+    finally:
+        sender.close()
+        for r in receivers:
+            r.close()
+
+
 def test_load_modes(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fastpath.available()
     assert fastpath.load("auto") is fastpath.COMPILED
