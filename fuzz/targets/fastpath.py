@@ -4,8 +4,8 @@ The first 12 bytes of an input set two targets' parameters (VP8 offsets, sequenc
 point) and the arguments; the rest is the packet. A packet that parses is forwarded with its own
 payload offset and padding; one that does not is forwarded with offsets taken from the input, so
 the compiled code also sees arguments that do not fit the packet. Both implementations must
-either refuse with `ValueError` or queue byte-identical datagrams with identical history and
-state; the compiled one must never crash. The compiled code is not coverage-instrumented (only
+either refuse with `ValueError` or queue byte-identical datagrams (the copies, then a resend of
+each target's newest history entry) with identical history and state; the compiled one must never crash. The compiled code is not coverage-instrumented (only
 Python is), so libFuzzer steers by the reference's and the parser's branches.
 """
 
@@ -58,6 +58,7 @@ def _outcome(impl: fastpath.Implementation, params: bytes, data: bytes) -> objec
             )
         except ValueError:
             results.append(ValueError)
+    resent = [t.resend(t.last_out_seq & 511) for t in targets]
     state = [
         (
             t.last_out_seq,
@@ -71,7 +72,7 @@ def _outcome(impl: fastpath.Implementation, params: bytes, data: bytes) -> objec
         )
         for t in targets
     ]
-    return results, batch.pending(), batch.dropped, state
+    return results, resent, batch.pending(), batch.dropped, state
 
 
 def test_one(data: bytes) -> None:

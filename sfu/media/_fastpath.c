@@ -463,6 +463,8 @@ typedef struct {
     int64_t h_seq[HISTORY_SIZE];
     int64_t h_epoch[HISTORY_SIZE];
     uint32_t h_ts[HISTORY_SIZE];
+    uint16_t h_offset[HISTORY_SIZE]; /* payload offset and padding of the received packet */
+    uint8_t h_padding[HISTORY_SIZE];
     PyObject *h_data[HISTORY_SIZE];
 } TargetObject;
 
@@ -616,7 +618,12 @@ target_clear_history_py(TargetObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *target_resend(TargetObject *self, PyObject *arg);
+
 static PyMethodDef target_methods[] = {
+    {"resend", (PyCFunction)target_resend, METH_O,
+     "Rebuild history slot `slot` under its stored sequence number and timestamp (current SSRC,\n"
+     "payload type and VP8 offsets), protect and queue it; False if empty or dropped."},
     {"entry", (PyCFunction)target_entry, METH_O,
      "History slot `slot`: (out_seq, out_ts, received bytes, epoch), or None."},
     {"clear_history", (PyCFunction)target_clear_history_py, METH_NOARGS, "Empty the history."},
@@ -901,25 +908,15 @@ typedef struct {
     double now;
     int padding_only;
     uint32_t ts;
-    uint8_t marker, b0;
     Vp8 vp8; /* parsed on first need */
 } Packet;
 
-/* One copy of `pk` for target `t`; -1 with an exception set only when memory runs out. */
-static int
-forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
+/* The datagram for target `t` of the received packet `pk` under out_seq/out_ts, into `b` (a
+ * slot); returns its length, which is written only when it fits the protect buffer. */
+static Py_ssize_t
+build_copy(const TargetObject *t, Packet *pk, int64_t out_seq, uint32_t out_ts, uint8_t *b)
 {
-    if (pk->ext_seq < t->switch_seq)
-        return 0; /* older than the packet the target switched on */
-    int64_t out_seq = pk->ext_seq - t->seq_offset; /* both within ±2**62: no overflow */
-    uint32_t out_ts = pk->ts - t->ts_offset;
-    int newest = !t->sent_any || out_seq > t->last_out_seq;
-    Slot *s = batch_slot(t->batch);
-    if (s == NULL)
-        return -1;
-    uint8_t *b = s->data;
     Py_ssize_t size;
-    int fits = 1;
     if (pk->padding_only) {
         /* a bandwidth probe: keep its sequence number, not its bytes */
         b[0] = 0xA0;
@@ -941,24 +938,37 @@ forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
             }
         }
         size = 12 + desc_len + rest_len;
-        fits = size <= SLOT_SIZE - SRTP_TRAILER;
-        if (fits) {
-            b[0] = pk->b0;
-            memcpy(b + 12, desc, (size_t)desc_len);
-            memcpy(b + 12 + desc_len, rest, (size_t)rest_len);
-        }
+        if (size > SLOT_SIZE - SRTP_TRAILER)
+            return size;
+        b[0] = (uint8_t)(0x80 | (pk->p[0] & 0x20)); /* V=2, P kept, no X, no CSRC */
+        memcpy(b + 12, desc, (size_t)desc_len);
+        memcpy(b + 12 + desc_len, rest, (size_t)rest_len);
     }
-    if (fits) {
-        b[1] = (uint8_t)(pk->marker | t->payload_type);
-        put16(b + 2, (uint32_t)out_seq & 0xFFFF);
-        put32(b + 4, out_ts);
-        put32(b + 8, t->ssrc);
-    }
+    b[1] = (uint8_t)((pk->p[1] & 0x80) | t->payload_type);
+    put16(b + 2, (uint32_t)out_seq & 0xFFFF);
+    put32(b + 4, out_ts);
+    put32(b + 8, t->ssrc);
+    return size;
+}
+
+/* One copy of `pk` for target `t`; -1 with an exception set only when memory runs out. */
+static int
+forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
+{
+    if (pk->ext_seq < t->switch_seq)
+        return 0; /* older than the packet the target switched on */
+    int64_t out_seq = pk->ext_seq - t->seq_offset; /* both within ±2**62: no overflow */
+    uint32_t out_ts = pk->ts - t->ts_offset;
+    int newest = !t->sent_any || out_seq > t->last_out_seq;
+    Slot *s = batch_slot(t->batch);
+    if (s == NULL)
+        return -1;
+    Py_ssize_t size = build_copy(t, pk, out_seq, out_ts, s->data);
+    PyObject *old_packet = NULL;
     if (newest) {
         if (!pk->padding_only) {
-            PyObject *old = t->last_packet;
+            old_packet = t->last_packet;
             t->last_packet = Py_NewRef(pk->packet);
-            Py_XDECREF(old);
         }
         t->sent_any = 1;
         t->last_out_seq = out_seq;
@@ -966,21 +976,57 @@ forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
         t->last_out_time = pk->now;
     }
     int slot = (int)(out_seq & HISTORY_MASK);
-    PyObject *old = t->h_data[slot];
+    PyObject *old_data = t->h_data[slot];
     t->h_data[slot] = Py_NewRef(pk->data);
     t->h_seq[slot] = out_seq;
     t->h_ts[slot] = out_ts;
     t->h_epoch[slot] = t->epoch;
-    Py_XDECREF(old);
+    t->h_offset[slot] = (uint16_t)pk->payload_offset;
+    t->h_padding[slot] = (uint8_t)pk->padding;
     t->packets_sent++;
     t->octets_sent += (unsigned long long)(size - 12);
     *copies += 1;
     *octets += size;
-    if (fits)
+    if (size <= SLOT_SIZE - SRTP_TRAILER)
         target_queue(t, s, (int)size, 0);
     else
         t->send_dropped++; /* too long to protect: written (history, counters), not sent */
+    /* last: a destructor run here may use the batch (the slot is queued by now) */
+    Py_XDECREF(old_packet);
+    Py_XDECREF(old_data);
     return 0;
+}
+
+static PyObject *
+target_resend(TargetObject *self, PyObject *arg)
+{
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred())
+        return NULL;
+    if (slot < 0 || slot >= HISTORY_SIZE) {
+        PyErr_SetString(PyExc_IndexError, "history slot out of range");
+        return NULL;
+    }
+    PyObject *data = self->h_data[slot];
+    if (data == NULL)
+        Py_RETURN_FALSE;
+    Packet pk = {
+        .data = data,
+        .p = (const uint8_t *)PyBytes_AS_STRING(data),
+        .len = PyBytes_GET_SIZE(data),
+        .payload_offset = self->h_offset[slot],
+        .padding = self->h_padding[slot],
+    };
+    pk.padding_only = pk.payload_offset + pk.padding >= pk.len;
+    Slot *s = batch_slot(self->batch);
+    if (s == NULL)
+        return NULL;
+    Py_ssize_t size = build_copy(self, &pk, self->h_seq[slot], self->h_ts[slot], s->data);
+    if (size > SLOT_SIZE - SRTP_TRAILER) {
+        self->send_dropped++;
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(target_queue(self, s, (int)size, 0));
 }
 
 PyDoc_STRVAR(forward_doc,
@@ -1020,8 +1066,8 @@ fastpath_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data);
-    if (len < 12 || payload_offset < 12 || payload_offset > len || padding < 0 ||
-        padding > len - payload_offset) {
+    if (len < 12 || len > 0xFFFF || payload_offset < 12 || payload_offset > len || padding < 0 ||
+        padding > 255 || padding > len - payload_offset) {
         PyErr_SetString(PyExc_ValueError, "payload_offset/padding_size do not fit the packet");
         return NULL;
     }
@@ -1040,8 +1086,6 @@ fastpath_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         .now = now,
         .padding_only = payload_offset + padding >= len,
         .ts = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7],
-        .marker = (uint8_t)(p[1] & 0x80),
-        .b0 = (uint8_t)(0x80 | (p[0] & 0x20)),
     };
     Py_ssize_t copies = 0, octets = 0;
     /* The size is read again each round and each target held while in use: a __del__ run by

@@ -20,6 +20,10 @@ identical state. Per target:
 - the datagram is SRTP-protected (when the target has a session) and queued on its `Batch`; a
   datagram over `MAX_PLAINTEXT` bytes, or one libsrtp refuses, is counted in `send_dropped`.
 
+`Target.resend(slot)` rebuilds a history entry under its stored numbers (what a NACK answer
+sends, once Python's NACK policy has allowed it) and `Target.send(data)` protects and queues any
+plaintext datagram (sender reports, say), both on the same batch.
+
 Python keeps every decision (which targets, switches, offsets): `Target` holds the parameters,
 set when they change, and the state `forward` updates.
 """
@@ -151,6 +155,7 @@ class Target:
         self.octets_sent = 0
         self.send_dropped = 0
         self._history: list[History | None] = [None] * HISTORY_SIZE
+        self._layout = [(12, 0)] * HISTORY_SIZE  # payload offset and padding per slot
 
     def entry(self, slot: int, /) -> History | None:
         if not 0 <= slot < HISTORY_SIZE:
@@ -160,8 +165,24 @@ class Target:
     def clear_history(self) -> None:
         self._history = [None] * HISTORY_SIZE
 
-    def store(self, out_seq: int, out_ts: int, data: bytes) -> None:
-        self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, data, self.epoch)
+    def store(self, out_seq: int, out_ts: int, data: bytes, offset: int, padding: int) -> None:
+        slot = out_seq & HISTORY_MASK
+        self._history[slot] = (out_seq, out_ts, data, self.epoch)
+        self._layout[slot] = (offset, padding)
+
+    def resend(self, slot: int, /) -> bool:
+        """Rebuild history slot `slot` under its stored sequence number and timestamp (current
+        SSRC, payload type and VP8 offsets), protect and queue it; False if empty or dropped."""
+        entry = self.entry(slot)
+        if entry is None:
+            return False
+        out_seq, out_ts, data, _ = entry
+        self.batch.reserve()
+        datagram = _Received(data, *self._layout[slot]).build(self, out_seq, out_ts)
+        if len(datagram) > MAX_PLAINTEXT:
+            self.send_dropped += 1
+            return False
+        return self.queue(datagram)
 
     def queue(self, datagram: bytes, *, rtcp: bool = False) -> bool:
         """Protect (with the target's session, if any) and queue; False if dropped."""
@@ -195,6 +216,53 @@ def _descriptor(view: RtpPacket) -> Vp8PayloadDescriptor | None:
         return None
 
 
+class _Received:
+    """One received packet as `forward` sees it; its VP8 descriptor parsed on first need."""
+
+    __slots__ = ("_descriptor", "padding_only", "view")
+
+    def __init__(self, data: bytes, payload_offset: int, padding_size: int) -> None:
+        self.view = RtpPacket(data, False, 0, 0, 0, 0, (), None, {}, payload_offset, padding_size)
+        self.padding_only = payload_offset + padding_size >= len(data)
+        self._descriptor: Any = _UNPARSED
+
+    def descriptor(self) -> Vp8PayloadDescriptor | None:
+        if self._descriptor is _UNPARSED:
+            self._descriptor = _descriptor(self.view)
+        result: Vp8PayloadDescriptor | None = self._descriptor
+        return result
+
+    def build(self, t: Target, out_seq: int, out_ts: int) -> bytes:
+        """The datagram for target `t` under these outgoing numbers."""
+        data = self.view.data
+        if self.padding_only:
+            return _PADDING_PACKET.pack(
+                0xA0, data[1] & 0x80 | t.payload_type, out_seq & 0xFFFF, out_ts, t.ssrc, 1
+            )
+        header: bytes | None = None
+        size = 0
+        if t.pid_offset or t.tl0_offset or t.keyidx_offset:
+            d = self.descriptor()
+            if d is not None:
+                pid, tl0, kidx = d.picture_id, d.tl0_pic_idx, d.key_idx
+                header = munged_descriptor(
+                    d,
+                    picture_id=None if pid is None else (pid - t.pid_offset) & 0x7FFF,
+                    tl0_pic_idx=None if tl0 is None else (tl0 - t.tl0_offset) & 0xFF,
+                    key_idx=None if kidx is None else (kidx - t.keyidx_offset) & 0x1F,
+                )
+                size = d.size
+        return rewrite(
+            self.view,
+            payload_type=t.payload_type,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=t.ssrc,
+            payload_header=header,
+            payload_header_size=size,
+        )
+
+
 def forward(
     targets: Sequence[Target],
     packet: object,
@@ -207,15 +275,17 @@ def forward(
 ) -> tuple[int, int]:
     """Forward one received packet to `targets`; returns (copies written, their plaintext bytes)."""
     n = len(data)
-    if n < 12 or not 12 <= payload_offset <= n or not 0 <= padding_size <= n - payload_offset:
+    if (
+        not 12 <= n <= 0xFFFF
+        or not 12 <= payload_offset <= n
+        or not 0 <= padding_size <= min(255, n - payload_offset)
+    ):
         raise ValueError("payload_offset/padding_size do not fit the packet")
     if not 0 <= ext_seq < _SEQ_LIMIT:
         raise ValueError("ext_seq out of range")
-    padding_only = payload_offset + padding_size >= n
+    received = _Received(data, payload_offset, padding_size)
+    padding_only = received.padding_only
     timestamp = int.from_bytes(data[4:8], "big")
-    marker = data[1] & 0x80
-    view = RtpPacket(data, False, 0, 0, 0, 0, (), None, {}, payload_offset, padding_size)
-    descriptor: Any = _UNPARSED
     copies = octets = 0
     for t in targets:
         if ext_seq < t.switch_seq:
@@ -224,37 +294,7 @@ def forward(
         out_ts = (timestamp - t.ts_offset) & 0xFFFFFFFF
         newest = not t.sent_any or out_seq > t.last_out_seq
         t.batch.reserve()
-        if padding_only:
-            datagram = _PADDING_PACKET.pack(
-                0xA0, marker | t.payload_type, out_seq & 0xFFFF, out_ts, t.ssrc, 1
-            )
-        else:
-            header: bytes | None = None
-            size = 0
-            if t.pid_offset or t.tl0_offset or t.keyidx_offset:
-                if descriptor is _UNPARSED:
-                    descriptor = _descriptor(view)
-                if descriptor is not None:
-                    d: Vp8PayloadDescriptor = descriptor
-                    pid = d.picture_id
-                    tl0 = d.tl0_pic_idx
-                    kidx = d.key_idx
-                    header = munged_descriptor(
-                        d,
-                        picture_id=None if pid is None else (pid - t.pid_offset) & 0x7FFF,
-                        tl0_pic_idx=None if tl0 is None else (tl0 - t.tl0_offset) & 0xFF,
-                        key_idx=None if kidx is None else (kidx - t.keyidx_offset) & 0x1F,
-                    )
-                    size = d.size
-            datagram = rewrite(
-                view,
-                payload_type=t.payload_type,
-                sequence_number=out_seq,
-                timestamp=out_ts,
-                ssrc=t.ssrc,
-                payload_header=header,
-                payload_header_size=size,
-            )
+        datagram = received.build(t, out_seq, out_ts)
         if newest:
             if not padding_only:
                 t.last_packet = packet
@@ -262,7 +302,7 @@ def forward(
             t.last_out_seq = out_seq
             t.last_out_ts = out_ts
             t.last_out_time = now
-        t.store(out_seq, out_ts, data)
+        t.store(out_seq, out_ts, data, payload_offset, padding_size)
         length = len(datagram)
         t.packets_sent += 1
         t.octets_sent += length - 12

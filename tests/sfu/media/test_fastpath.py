@@ -60,7 +60,10 @@ PROFILES = {
 
 
 def session(profile: str) -> Session:
-    return Session(Policy(KEY, Policy.SSRC_ANY_OUTBOUND, PROFILES[profile]))
+    """An outbound session keyed as aiortc keys its transmit one (retransmits allowed)."""
+    policy = Policy(KEY, Policy.SSRC_ANY_OUTBOUND, PROFILES[profile])
+    policy.allow_repeat_tx = True
+    return Session(policy)
 
 
 # -- packets -------------------------------------------------------------------------------------
@@ -134,7 +137,8 @@ operations = st.one_of(
     st.tuples(st.just("packet"), packets(), st.integers(-3, 40)),
     st.tuples(st.just("set"), st.integers(0, 3), st.sampled_from(sorted(PARAMETERS)), st.data()),
     st.tuples(st.just("toggle"), st.integers(0, 3)),
-    st.tuples(st.just("resend"), st.integers(0, 3), st.integers(0, 511), st.booleans()),
+    st.tuples(st.just("send"), st.integers(0, 3), st.integers(0, 511), st.booleans()),
+    st.tuples(st.just("resend"), st.integers(0, 3), st.integers(0, 511)),
     st.tuples(st.just("clear"), st.integers(0, 3)),
 )
 
@@ -208,6 +212,14 @@ class Pair:
             index = op[1] % len(self.active)
             self.active[index] = not self.active[index]
         elif kind == "resend":  # what a NACK answer does: rebuild from history, send
+            _, index, slot = op
+            index %= len(self.active)
+            if slot % 2:  # the newest one sent
+                slot = self.targets[1][index].last_out_seq % fastpath_py.HISTORY_SIZE
+            results = [self.targets[side][index].resend(slot) for side in (0, 1)]
+            assert results[0] == results[1]
+            event(f"resent: {results[0]}")
+        elif kind == "send":  # any plaintext datagram: a sender report, a received packet
             _, index, slot, rtcp = op
             sent = []
             for side in (0, 1):
