@@ -110,8 +110,10 @@ static PyObject *
 batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     BatchObject *self = (BatchObject *)type->tp_alloc(type, 0);
-    if (self != NULL)
+    if (self != NULL) {
         self->fd = -1;
+        self->capacity = 1024; /* usable even if __init__ is never called */
+    }
     return (PyObject *)self;
 }
 
@@ -469,6 +471,7 @@ typedef struct {
 } TargetObject;
 
 static PyTypeObject TargetType;
+static int target_ready(const TargetObject *t);
 
 static int
 parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *outlen)
@@ -576,7 +579,8 @@ target_send(TargetObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"data", "rtcp", NULL};
     Py_buffer data;
     int rtcp = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|$p", kwlist, &data, &rtcp))
+    if (target_ready(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "y*|$p", kwlist, &data, &rtcp))
         return NULL;
     int limit = SLOT_SIZE - (rtcp ? SRTCP_TRAILER : SRTP_TRAILER);
     if (data.len > limit || data.len < 1) {
@@ -743,7 +747,17 @@ target_set_addr(TargetObject *self, PyObject *v, void *c)
 static PyObject *
 target_get_batch(TargetObject *self, void *c)
 {
-    return Py_NewRef((PyObject *)self->batch);
+    return Py_NewRef(self->batch ? (PyObject *)self->batch : Py_None);
+}
+
+/* 0, or -1 with TypeError for a Target whose __init__ never ran */
+static int
+target_ready(const TargetObject *t)
+{
+    if (t->batch != NULL)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, "Target.__init__ was not called");
+    return -1;
 }
 
 #define GS(name, doc) {#name, (getter)target_get_##name, (setter)target_set_##name, doc, NULL}
@@ -1010,6 +1024,8 @@ target_resend(TargetObject *self, PyObject *arg)
     PyObject *data = self->h_data[slot];
     if (data == NULL)
         Py_RETURN_FALSE;
+    if (target_ready(self) < 0)
+        return NULL;
     Packet pk = {
         .data = data,
         .p = (const uint8_t *)PyBytes_AS_STRING(data),
@@ -1096,6 +1112,8 @@ fastpath_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "targets must hold Target objects");
             return NULL;
         }
+        if (target_ready((TargetObject *)item) < 0)
+            return NULL;
         TargetObject *t = (TargetObject *)Py_NewRef(item);
         if (forward_one(t, &pk, &copies, &octets) < 0) {
             Py_DECREF(t);

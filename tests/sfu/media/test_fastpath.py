@@ -310,6 +310,18 @@ def test_compiled_attributes_are_range_checked() -> None:
         impl.target(impl.batch(-1), ("not-an-address", 1))
     with pytest.raises(IndexError):
         t.entry(512)
+    # objects whose __init__ never ran: refused, or usable, never a crash
+    from sfu.media import _fastpath
+
+    bare = _fastpath.Target.__new__(_fastpath.Target)
+    with pytest.raises(TypeError):
+        _fastpath.forward([bare], None, bytes(RtpHeader(96, 1, 2, 3)), 1, 12, 0, 0.0)
+    with pytest.raises(TypeError):
+        bare.send(b"x" * 20)
+    assert bare.batch is None and bare.resend(0) is False
+    batch = _fastpath.Batch.__new__(_fastpath.Batch)
+    assert impl.target(batch, ADDR).send(bytes(RtpHeader(96, 1, 2, 3)))
+    assert len(batch) == 1 and batch.flush() == 0 and batch.dropped == 1
 
 
 # -- sending ---------------------------------------------------------------------------------------
