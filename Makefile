@@ -9,9 +9,11 @@ SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
 APT_PACKAGES := chromium iproute2 openssl coturn
 
-.PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
+.PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
-$(VENV)/.installed: pyproject.toml
+# The install compiles the forwarding path's C extension (setup.py, sfu/media/_fastpath.c) with
+# the machine's compiler, in place for the editable install; a change to its source reinstalls.
+$(VENV)/.installed: pyproject.toml setup.py sfu/media/_fastpath.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test,loadtest,focus]'
@@ -38,6 +40,16 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# A C compiler and the headers of $(PYTHON), for sfu/media/_fastpath.c. Without them the install
+# still succeeds (the extension is optional) and rtc.fast_path: auto forwards in pure Python.
+build-deps:
+	@if ! command -v cc >/dev/null 2>&1 || ! $(PYTHON) -c 'import os, sys, sysconfig; \
+	    sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	  echo "installing a C compiler and Python headers (the compiled forwarding path)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev >/dev/null; \
 	fi
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -77,4 +89,4 @@ fuzz: venv
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 MIN_SECRET_LENGTH = 32
 #: rtc.send_mode values (sfu.media.transport.peer.SEND_MODES)
 SEND_MODES = ("gso", "batch", "immediate")
+#: rtc.fast_path values (sfu.media.fastpath.MODES)
+FAST_PATH_MODES = ("auto", "off")
 PLACEHOLDER_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "change_me", "devsecret", "password", "xxxx", "todo"}
 )
@@ -120,6 +122,10 @@ class RtcConfig:
     #: iteration together, equal-size runs in one UDP GSO send; "batch": together, one sendto
     #: each; "immediate": one sendto per packet as it is forwarded.
     send_mode: str = "gso"
+    #: not a LiveKit key: the per-copy forwarding path. "auto": the compiled one
+    #: (sfu.media._fastpath, built at install time) when it was built, else pure Python with one
+    #: warning; "off": always pure Python (the reference)
+    fast_path: str = "auto"
     #: not a LiveKit key: send ICE checks to a client's private candidates (RFC 1918, CGNAT,
     #: ULA) even when the SFU advertises no private address itself
     allow_private_candidates: bool = False
@@ -430,6 +436,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"rtc.udp_port: {rtc.udp_port} is not a valid UDP port")
     if rtc.send_mode not in SEND_MODES:
         raise ConfigError(f"rtc.send_mode: must be one of {', '.join(SEND_MODES)}")
+    if rtc.fast_path not in FAST_PATH_MODES:
+        raise ConfigError(f"rtc.fast_path: must be one of {', '.join(FAST_PATH_MODES)}")
     for address in (*config.bind_addresses, *([rtc.node_ip] if rtc.node_ip else [])):
         if address in ("", "0.0.0.0", "::"):
             continue

@@ -24,6 +24,7 @@ TARGETS: tuple[str, ...] = (
     "extensions",
     "udpmux",
     "ingress",
+    "fastpath",
     "ice_candidate",
     "sdp",
     "signal",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sfu.config import SEND_MODES, ConfigError, from_mapping, load
+from sfu.config import FAST_PATH_MODES, SEND_MODES, ConfigError, from_mapping, load
+from sfu.media.fastpath import MODES as LOADER_FAST_PATH_MODES
 from sfu.media.transport.peer import SEND_MODES as TRANSPORT_SEND_MODES
 
 SECRET = "s" * 40
@@ -62,6 +63,15 @@ def test_send_mode_defaults_to_gso_and_matches_the_transport() -> None:
         )
 
 
+def test_fast_path_defaults_to_auto_and_matches_the_loader() -> None:
+    assert from_mapping({"keys": {"k": SECRET}}).rtc.fast_path == "auto"
+    assert FAST_PATH_MODES == LOADER_FAST_PATH_MODES
+    for mode in FAST_PATH_MODES:
+        assert (
+            from_mapping({"keys": {"k": SECRET}, "rtc": {"fast_path": mode}}).rtc.fast_path == mode
+        )
+
+
 def test_keys_from_env_and_body() -> None:
     config = load(None, env={"LIVEKIT_CONFIG": "port: 7200", "LIVEKIT_KEYS": f"k1: {SECRET}"})
     assert config.keys == {"k1": SECRET}
@@ -86,6 +96,7 @@ def test_keys_from_env_and_body() -> None:
         ({"keys": {"k": SECRET}, "rtc": {"node_ip": "example.org"}}, "not an IP address"),
         ({"keys": {"k": SECRET}, "room": [1]}, "expected a mapping"),
         ({"keys": {"k": SECRET}, "rtc": {"send_mode": "fast"}}, "rtc.send_mode: must be one of"),
+        ({"keys": {"k": SECRET}, "rtc": {"fast_path": "on"}}, "rtc.fast_path: must be one of"),
         ({"keys": {"k": SECRET}, "prometheus_port": 70000}, "prometheus_port"),
         ({"keys": {"k": SECRET}, "prometheus_port": 7880}, "other than port"),
         ({"keys": {"k": SECRET}, "limits": {"max_sessions": -1}}, "must not be negative"),
