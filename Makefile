@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := chromium
+APT_PACKAGES := chromium redis-server
 
 .PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
@@ -27,9 +27,10 @@ $(SYNAPSE_VENV)/.installed:
 
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
-# Debian packages: the tests drive chromium (livekit-client, Playwright) for real. Nothing else:
-# test certificates come from `cryptography`, Redis routing is reserved (single node only, no
-# redis-server), and loss and jitter are tested by unit rigs, not with tc/netem (no iproute2).
+# Debian packages: the tests drive chromium (livekit-client, Playwright) and redis-server (the auth
+# service's store of delegated leaves) for real. Nothing else: test certificates come from
+# `cryptography`, the SFU's Redis routing is reserved (single node only), and loss and jitter
+# are tested by unit rigs, not with tc/netem (no iproute2).
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

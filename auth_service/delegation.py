@@ -64,6 +64,10 @@ class ServiceDeps:
         """``GetParticipant`` on the SFU."""
         return await self.sfu.participant_exists(room, identity)
 
+    async def participant_identities(self, room: str) -> frozenset[str]:
+        """``ListParticipants`` on the SFU."""
+        return await self.sfu.participant_identities(room)
+
     async def resolve_cs_api(self, server_name: str) -> CsApi:
         """The homeserver's client-server API."""
         return await self.resolver.resolve(server_name)
@@ -305,7 +309,7 @@ class Delegations:
                 rooms.setdefault(job.params.room, []).append(job)
         for room, jobs in rooms.items():
             try:
-                present = await self.deps.sfu.participant_identities(room)
+                present = await self.deps.participant_identities(room)
             except RoomServiceError as exc:
                 log.warning("sanity check of room %r failed: %s", room, exc)
                 continue

@@ -30,7 +30,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -237,16 +237,14 @@ class Job:
 
     # --- the machine ------------------------------------------------------------------
 
-    def _spawn(self, name: str, coroutine: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await coroutine
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%r: %s failed", self, name)
+    def _spawn(self, name: str, coroutine: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        task.add_done_callback(lambda done: self._helper_done(name, done))
+        self._helpers[name] = task
 
-        self._helpers[name] = asyncio.get_running_loop().create_task(guarded())
+    def _helper_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%r: %s failed", self, name, exc_info=task.exception())
 
     def _cancel(self, name: str) -> None:
         helper = self._helpers.pop(name, None)

@@ -67,6 +67,10 @@ def main() -> int:
         f"keys:\n  {key}: {secret}\n"
         "rtc:\n  port_range_start: 50000\n  port_range_end: 50999\n"
         f"  node_ip: {HOST}\n"
+        # restricted users only join rooms that exist: the auth service creates them (CreateRoom)
+        "room:\n  auto_create: false\n"
+        # the auth service watches delegated delayed leaves through the SFU's webhooks
+        f"webhook:\n  api_key: {key}\n  urls: [http://{HOST}:{AUTH_PORT}/sfu_webhook]\n"
         "logging:\n  level: info\n"
     )
     config.chmod(0o600)

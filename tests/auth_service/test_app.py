@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth_service.app import CORS_HEADERS, MAX_BODY_BYTES, client_address, create_app
-from auth_service.delegation import Delegations
-from tests.auth_service.delegation_fakes import FakeClock, FakeDeps
 from auth_service.config import parse_networks
+from auth_service.delegation import Delegations
 from auth_service.matrix import FederationDiscovery, OpenIdVerifier
 from auth_service.metrics import Metrics
 from auth_service.net import client_tls_context
 from auth_service.ratelimit import RateLimit
 from auth_service.sfu_client import CreateRoomRequest
 from auth_service.tokens import legacy_room_alias, participant_identity, room_alias
+from tests.auth_service.delegation_fakes import FakeClock, FakeDeps
 
 from .fakes import (
     API_KEY,
@@ -382,7 +382,9 @@ async def test_delegation_requests_are_refused_after_verification(
         ({"delay_id": "syd 1"}, "`delay_id` must be printable ASCII"),
         ({"delay_timeout": 8 * 24 * 3600 * 1000}, "`delay_timeout` must be at most"),
     ):
-        body = assert_error(await client.post(path, json=BODIES[path](**{**delay, **bad})), 400, "M_BAD_JSON")
+        body = assert_error(
+            await client.post(path, json=BODIES[path](**{**delay, **bad})), 400, "M_BAD_JSON"
+        )
         assert message in body["error"]
     await harness.delegations.close()
     # An unknown token is still a 401, not a 400.
