@@ -141,7 +141,7 @@ def serve(settings: Settings) -> int:
         log_config=None,
         proxy_headers=False,
         server_header=False,
-        lifespan="off",
+        lifespan="on",
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -4,8 +4,9 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
 
 * ``POST /sfu/get`` — legacy token endpoint, identity ``@user:server:DEVICE``;
 * ``POST /get_token`` — MSC4195 token endpoint, hashed identity;
-* ``/delegate_delayed_leave`` — 404 for now: delegation of delayed leave events needs the SFU's
-  webhooks; Element Call probes this path and takes 404 as "not offered";
+* ``POST /delegate_delayed_leave`` — hands over an MSC4140 delayed leave (no token), like
+  ``delay_id``/``delay_timeout`` on the token endpoints (:mod:`auth_service.delegation`);
+* ``POST /sfu_webhook`` — the SFU's webhooks (no CORS), which feed the delegations;
 * ``GET|HEAD /healthz`` — liveness;
 * ``GET /metrics`` — Prometheus exposition (unless disabled).
 
@@ -14,24 +15,31 @@ The token endpoints answer ``OPTIONS`` with 200 and send upstream's CORS headers
 through: method → per-IP rate limit (IPv6 per /64) → size limit (64 KiB, 413) → decoding
 (400 ``M_NOT_JSON``) → validation (400 ``M_BAD_JSON``) → OpenID verification (401; 503
 ``M_UNKNOWN`` when every outbound lookup slot is taken) → per-user rate limit (429) → delegation
-check → identity length (400) → token (``roomCreate`` for full-access homeservers only) → room
-creation for full-access homeservers (500 on failure).
+check (a restricted user asking for it: 400 ``M_BAD_JSON``, 403 ``M_FORBIDDEN`` on
+``/delegate_delayed_leave``) → identity length (400) → token (``roomCreate`` for full-access
+homeservers only) → for a delegation, the homeserver's client-server API (400 ``M_BAD_JSON``
+"Unable to resolve client-server API") → room creation for full-access homeservers (RoomService
+``CreateRoom``, 500 on failure) → the delegation's job (400 ``M_BAD_JSON`` when the job table is
+full).
 
 Every cap on remote input that is hit is counted in ``sfu_limit_exceeded_total{limit}``.
 Client-chosen strings are logged with ``%r``, so they cannot start a log line of their own.
 
-Collaborators (OpenID verifier, room creator, metrics, clocks) are injectable for tests.
+Collaborators (OpenID verifier, room creator, delegations, metrics, clocks) are injectable for
+tests; the delegations start (resuming stored jobs) with the app's lifespan or on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -42,10 +50,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .config import IpNetwork, Settings
+from .cs_api import CsApiResolver, CsApiUnresolvable, DelayedEvents
+from .delegation import DelegationLimit, Delegations, ServiceDeps
+from .delegation_job import JobParams
+from .job_store import JobStore, RedisJobStore
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
 from .metrics import Metrics
 from .models import (
     BadJsonError,
+    DelegateDelayedLeaveRequest,
     LegacySfuRequest,
     MatrixError,
     RequestError,
@@ -56,10 +69,13 @@ from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
-    LoggingRoomCreator,
+    ParticipantDirectory,
     RoomCreator,
+    TwirpRoomService,
     is_full_access,
 )
+from .sfu_webhook import WebhookError
+from .sfu_webhook import receive as receive_webhook
 from .tokens import (
     TokenMinter,
     legacy_participant_identity,
@@ -88,7 +104,26 @@ CORS_HEADERS: Final = {
 RESTRICTED_DELEGATION: Final = (
     "Delegation of delayed events is only supported for full access users"
 )
-UNSUPPORTED_DELEGATION: Final = "Delegation of delayed events is not supported by this service"
+WEBHOOK_MAX_BYTES: Final = 1024 * 1024
+MAX_DELAY_ID_LENGTH: Final = 255
+MAX_DELAY_TIMEOUT_MS: Final = 7 * 24 * 3600 * 1000
+"""Longer than any homeserver lets a delayed event wait (Synapse's default cap is a day)."""
+
+
+def check_delegation(delay_id: str, delay_timeout: int) -> None:
+    """Beyond upstream: a ``delay_id`` of printable ASCII up to 255 characters, a
+    ``delay_timeout`` of at most a week (homeservers issue nothing else)."""
+    if len(delay_id) > MAX_DELAY_ID_LENGTH or not all("!" <= c <= "~" for c in delay_id):
+        raise BadJsonError(
+            f"The request body `delay_id` must be printable ASCII of at most "
+            f"{MAX_DELAY_ID_LENGTH} characters",
+            limit="auth_delay_id_length" if len(delay_id) > MAX_DELAY_ID_LENGTH else "",
+        )
+    if delay_timeout > MAX_DELAY_TIMEOUT_MS:
+        raise BadJsonError(
+            f"The request body `delay_timeout` must be at most {MAX_DELAY_TIMEOUT_MS} ms",
+            limit="auth_delay_timeout",
+        )
 
 
 class UserVerifier(Protocol):
@@ -110,16 +145,24 @@ class _Grant:
     access_token: str
     claimed_user_id: str
     delay_id: str
+    delay_timeout: int  # ms
     matrix_room: str
     alias: str
     device_id: str
     member_id: str | None  # None on the legacy endpoint
+    delegate_only: bool = False  # /delegate_delayed_leave: no token, no room
 
     def identity(self, user_id: str) -> str:
         """The LiveKit identity of the verified ``user_id``."""
         if self.member_id is None:
             return legacy_participant_identity(user_id, self.device_id)
         return participant_identity(user_id, self.device_id, self.member_id)
+
+
+def _plain_json(status: int, message: str) -> Response:
+    """An error answer of ``/sfu_webhook`` (not a Matrix endpoint, no CORS)."""
+    content = json.dumps({"error": message}, separators=(",", ":")).encode("utf-8") + b"\n"
+    return Response(content, status_code=status, headers={"Content-Type": "application/json"})
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -199,6 +242,7 @@ class TokenService:
         *,
         verifier: UserVerifier,
         room_creator: RoomCreator,
+        delegations: Delegations,
         metrics: Metrics,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
@@ -206,6 +250,7 @@ class TokenService:
         self.settings = settings
         self.verifier = verifier
         self.room_creator = room_creator
+        self.delegations = delegations
         self.metrics = metrics
         self.minter = TokenMinter(settings.api_key, settings.api_secret)
         self.ip_limiter = RateLimiter(
@@ -273,10 +318,8 @@ class TokenService:
         return await self._token_endpoint(request, "get_token", self._grant)
 
     async def delegate_delayed_leave(self, request: Request) -> Response:
-        """``/delegate_delayed_leave``: not offered yet, so 404 (with CORS, for browsers)."""
-        if request.method == "OPTIONS":
-            return _empty(200, CORS_HEADERS)
-        return _json(404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+        """``/delegate_delayed_leave``: a delayed leave handed over without a token request."""
+        return await self._token_endpoint(request, "delegate_delayed_leave", self._delegate_grant)
 
     async def healthz(self, request: Request) -> Response:
         """Liveness: 200 to GET and HEAD."""
@@ -298,25 +341,36 @@ class TokenService:
             access_token=req.openid_token.access_token,
             claimed_user_id="",
             delay_id=req.delay_id,
+            delay_timeout=req.delay_timeout,
             matrix_room=req.room,
             alias=legacy_room_alias(req.room),
             device_id=req.device_id,
             member_id=None,
         )
 
+    @classmethod
+    def _grant(cls, body: bytes) -> _Grant:
+        return cls._grant_of(SfuRequest.parse(body))
+
     @staticmethod
-    def _grant(body: bytes) -> _Grant:
-        req = SfuRequest.parse(body)
+    def _grant_of(req: SfuRequest) -> _Grant:
         return _Grant(
             server_name=req.openid_token.matrix_server_name,
             access_token=req.openid_token.access_token,
             claimed_user_id=req.member.claimed_user_id,
             delay_id=req.delay_id,
+            delay_timeout=req.delay_timeout,
             matrix_room=req.room_id,
             alias=room_alias(req.room_id, req.slot_id),
             device_id=req.member.claimed_device_id,
             member_id=req.member.id,
         )
+
+    @classmethod
+    def _delegate_grant(cls, body: bytes) -> _Grant:
+        req = DelegateDelayedLeaveRequest.parse(body)
+        grant = cls._grant_of(req)
+        return dataclasses.replace(grant, delegate_only=True)
 
     async def _token_endpoint(
         self,
@@ -400,15 +454,13 @@ class TokenService:
             raise self._rate_limited(wait)
 
         full_access = is_full_access(grant.server_name, self.settings.full_access_homeservers)
+        if grant.delay_id and not full_access:
+            # 400 M_BAD_JSON on the token endpoints makes Element Call retry without the delay
+            # parameters; 403 on /delegate_delayed_leave (upstream's answers).
+            status, errcode = (403, "M_FORBIDDEN") if grant.delegate_only else (400, "M_BAD_JSON")
+            raise MatrixError(status, errcode, RESTRICTED_DELEGATION)
         if grant.delay_id:
-            # Delegation needs the SFU's webhooks and comes later. A 400 M_BAD_JSON makes
-            # Element Call retry without the delay parameters, as it does for upstream's
-            # refusal of restricted users.
-            raise MatrixError(
-                400,
-                "M_BAD_JSON",
-                UNSUPPORTED_DELEGATION if full_access else RESTRICTED_DELEGATION,
-            )
+            check_delegation(grant.delay_id, grant.delay_timeout)
 
         identity = grant.identity(user_id)
         if len(identity) > MAX_IDENTITY_LENGTH:
@@ -420,32 +472,108 @@ class TokenService:
                 f"The LiveKit identity `user_id:device_id` would be longer than "
                 f"{MAX_IDENTITY_LENGTH} characters; use a shorter `device_id`",
             )
+        if grant.delegate_only:
+            await self._delegate(endpoint, grant, user_id, identity)
+            log.info(
+                "%s: delegated delayed leave: user=%r identity=%r room=%r delay_id=%r",
+                endpoint,
+                user_id,
+                identity,
+                grant.alias,
+                grant.delay_id,
+            )
+            return self._answer(endpoint, "ok", _json(200, {}))
+
         jwt = self.minter.join_token(
             grant.alias, identity, int(self._wall_clock()), room_create=full_access
         )
 
         if full_access:
+            if grant.delay_id:
+                # Before the room is created, so that a refusal leaves no room behind.
+                await self._resolve_cs_api(endpoint, grant)
             try:
                 async with asyncio.timeout(ROOM_CREATION_TIMEOUT_SECONDS):
                     await self.room_creator.create_room(CreateRoomRequest(name=grant.alias))
             except Exception as exc:
                 log.error("%s: unable to create room %r on the SFU: %r", endpoint, grant.alias, exc)
                 raise MatrixError(500, "M_UNKNOWN", "Unable to create room on SFU") from None
+            if grant.delay_id:
+                await self._delegate(endpoint, grant, user_id, identity)
 
         access = "full" if full_access else "restricted"
         self.metrics.tokens_issued.labels(endpoint, access).inc()
         log.info(
-            "%s: issued token: user=%r access=%s matrix_room=%r identity=%r room=%r client=%r",
+            "%s: issued token: user=%r access=%s matrix_room=%r identity=%r room=%r "
+            "delegated=%s client=%r",
             endpoint,
             user_id,
             access,
             grant.matrix_room,
             identity,
             grant.alias,
+            bool(grant.delay_id),
             client,
         )
         body = {"url": self.settings.livekit_url, "jwt": jwt}
         return self._answer(endpoint, "ok", _json(200, body))
+
+    async def _resolve_cs_api(self, endpoint: str, grant: _Grant) -> None:
+        try:
+            await self.delegations.deps.resolve_cs_api(grant.server_name)
+        except CsApiUnresolvable as exc:
+            log.warning("%s: %s", endpoint, exc)
+            raise MatrixError(400, "M_BAD_JSON", "Unable to resolve client-server API") from None
+
+    async def _delegate(self, endpoint: str, grant: _Grant, user_id: str, identity: str) -> None:
+        """Hand the delayed leave to a job (replacing that of the same participant)."""
+        if grant.delegate_only:
+            await self._resolve_cs_api(endpoint, grant)
+        params = JobParams(
+            delay_id=grant.delay_id,
+            delay_timeout=grant.delay_timeout / 1000,
+            server_name=grant.server_name,
+            room=grant.alias,
+            identity=identity,
+        )
+        try:
+            await self.delegations.add(params, user_id)
+        except DelegationLimit as exc:
+            log.warning("%s: refused a delegation of %r: %s", endpoint, user_id, exc)
+            raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
+
+    # --- /sfu_webhook --------------------------------------------------------------------
+
+    async def sfu_webhook(self, request: Request) -> Response:
+        """``POST /sfu_webhook``: the SFU's webhooks, verified with ``LIVEKIT_KEY``."""
+        if request.method != "POST":
+            return _empty(405, {"Allow": "POST"})
+        length = request.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length[:12]) > WEBHOOK_MAX_BYTES:
+            self.metrics.limit_hit("auth_webhook_body")
+            return _plain_json(413, "body too large")
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > WEBHOOK_MAX_BYTES:
+                    self.metrics.limit_hit("auth_webhook_body")
+                    return _plain_json(413, "body too large")
+        except ClientDisconnect:
+            return _empty(400)
+        try:
+            event = receive_webhook(
+                bytes(body),
+                request.headers.get("authorization", ""),
+                self.settings.api_key,
+                self.settings.api_secret,
+            )
+        except WebhookError as exc:
+            log.warning("sfu_webhook: refused: %s", exc)
+            return _plain_json(exc.status, str(exc))
+        routed = self.delegations.webhook(event)
+        log.debug("sfu_webhook: %s for %r routed=%s", event.event, event.room.name, routed)
+        return _json(200, {})
 
 
 class _AnyMethod:
@@ -462,21 +590,76 @@ class _AnyMethod:
         await response(scope, receive, send)
 
 
+def build_sfu_client(
+    settings: Settings,
+    *,
+    resolver: Resolver | None = None,
+    tls_context: ssl.SSLContext | None = None,
+) -> TwirpRoomService:
+    """The SFU's RoomService at the HTTP form of ``LIVEKIT_URL``."""
+    return TwirpRoomService(
+        settings.livekit_url,
+        TokenMinter(settings.api_key, settings.api_secret),
+        resolver=resolver or DnsResolver(),
+        tls_context=tls_context or client_tls_context(verify=not settings.skip_verify_tls),
+    )
+
+
+def build_delegations(
+    settings: Settings,
+    sfu: ParticipantDirectory,
+    *,
+    resolver: Resolver | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    metrics: Metrics | None = None,
+    store: JobStore | None = None,
+) -> Delegations:
+    """Delayed-leave delegation for ``settings`` (Redis when ``LIVEKIT_REDIS_URL`` is set)."""
+    resolver = resolver or DnsResolver()
+    tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
+    deps = ServiceDeps(
+        sfu,
+        CsApiResolver(
+            resolver,
+            tls_context=tls_context,
+            overrides=settings.cs_api_url_overrides,
+            allow_private=settings.allow_private_homeservers,
+        ),
+        DelayedEvents(
+            resolver, tls_context=tls_context, allow_private=settings.allow_private_homeservers
+        ),
+    )
+    if store is None and settings.redis_url:
+        store = RedisJobStore(settings.redis_url)
+    return Delegations(
+        deps,
+        store=store,
+        sanity_interval=float(settings.sanity_check_interval_seconds),
+        max_jobs=settings.max_delegated_leaves,
+        max_jobs_per_user=settings.max_delegated_leaves_per_user,
+        metrics=metrics,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
     verifier: UserVerifier | None = None,
     room_creator: RoomCreator | None = None,
+    delegations: Delegations | None = None,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the service. Anything not given is built from ``settings``."""
     metrics = metrics or Metrics()
+    sfu = build_sfu_client(settings)
+    delegations = delegations or build_delegations(settings, sfu, metrics=metrics)
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
-        room_creator=room_creator or LoggingRoomCreator(),
+        room_creator=room_creator or sfu,
+        delegations=delegations,
         metrics=metrics,
         clock=clock,
         wall_clock=wall_clock,
@@ -485,11 +668,21 @@ def create_app(
         Route("/sfu/get", _AnyMethod(service.sfu_get)),
         Route("/get_token", _AnyMethod(service.get_token)),
         Route("/delegate_delayed_leave", _AnyMethod(service.delegate_delayed_leave)),
+        Route("/sfu_webhook", _AnyMethod(service.sfu_webhook)),
         Route("/healthz", _AnyMethod(service.healthz)),
     ]
     if settings.metrics_enabled:
         routes.append(Route("/metrics", _AnyMethod(service.metrics_endpoint)))
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await delegations.start()
+        try:
+            yield
+        finally:
+            await delegations.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.router.redirect_slashes = False
     app.state.service = service
     return app

@@ -71,7 +71,7 @@ class Settings:
     bind_port: int = 8080
     skip_verify_tls: bool = False
     log_level: int = logging.INFO
-    # Read for compatibility; delayed-leave delegation that uses them comes later.
+    # Delayed-leave delegation.
     cs_api_url_overrides: Mapping[str, str] = field(default_factory=dict)
     sanity_check_interval_seconds: int = 0
     redis_url: str = ""
@@ -86,6 +86,8 @@ class Settings:
     openid_timeout_seconds: float = 10.0
     discovery_cache_seconds: float = 3600.0
     metrics_enabled: bool = True
+    max_delegated_leaves: int = 10_000
+    max_delegated_leaves_per_user: int = 20
 
 
 def _env(env: Mapping[str, str], name: str) -> str:
@@ -260,11 +262,22 @@ def _openid_cache_seconds(value: str) -> float:
 
 
 def _max_concurrent_lookups(value: str) -> int:
-    variable = "LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS"
-    number = parse_number(value, variable, Settings.max_concurrent_lookups, minimum=1.0)
+    return _whole(value, "LIVEKIT_AUTH_MAX_CONCURRENT_LOOKUPS", Settings.max_concurrent_lookups)
+
+
+def _whole(value: str, variable: str, default: int) -> int:
+    number = parse_number(value, variable, default, minimum=1.0)
     if number != int(number):
         raise ConfigError(f"{variable}: must be a whole number, got {value!r}")
     return int(number)
+
+
+def _redis_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"LIVEKIT_REDIS_URL: {value!r} must be a redis://, rediss:// or unix:// URL"
+        )
+    return value
 
 
 def _log_level(value: str) -> int:
@@ -331,12 +344,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         skip_verify_tls=skip_verify,
         log_level=_log_level(_env(env, "LIVEKIT_LOG_LEVEL")),
         cs_api_url_overrides=parse_server_map(
-            _env(env, "LIVEKIT_CS_API_URL_OVERRIDES"), "LIVEKIT_CS_API_URL_OVERRIDES"
+            _env(env, "LIVEKIT_CS_API_URL_OVERRIDES"),
+            "LIVEKIT_CS_API_URL_OVERRIDES",
+            http_only=True,
         ),
         sanity_check_interval_seconds=_sanity_interval(
             _env(env, "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS")
         ),
-        redis_url=_env(env, "LIVEKIT_REDIS_URL"),
+        redis_url=_redis_url(_env(env, "LIVEKIT_REDIS_URL")),
         homeserver_urls=parse_server_map(
             _env(env, "LIVEKIT_AUTH_HOMESERVER_URLS"),
             "LIVEKIT_AUTH_HOMESERVER_URLS",
@@ -369,5 +384,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         metrics_enabled=parse_bool(
             _env(env, "LIVEKIT_AUTH_METRICS"), "LIVEKIT_AUTH_METRICS", Settings.metrics_enabled
+        ),
+        max_delegated_leaves=_whole(
+            _env(env, "LIVEKIT_AUTH_MAX_DELEGATED_LEAVES"),
+            "LIVEKIT_AUTH_MAX_DELEGATED_LEAVES",
+            Settings.max_delegated_leaves,
+        ),
+        max_delegated_leaves_per_user=_whole(
+            _env(env, "LIVEKIT_AUTH_MAX_DELEGATED_LEAVES_PER_USER"),
+            "LIVEKIT_AUTH_MAX_DELEGATED_LEAVES_PER_USER",
+            Settings.max_delegated_leaves_per_user,
         ),
     )

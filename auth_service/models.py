@@ -297,8 +297,15 @@ class SfuRequest:
     @classmethod
     def parse(cls, body: bytes) -> SfuRequest:
         """Decode and validate a body; raises :class:`RequestError` only."""
+        request = cls.parse_unvalidated(body)
+        request.validate()
+        return request
+
+    @classmethod
+    def parse_unvalidated(cls, body: bytes) -> SfuRequest:
+        """Decode a body (Go's rules) without upstream's checks."""
         raw = _decode_object(body, cls.FIELDS)
-        request = cls(
+        return SfuRequest(
             room_id=_string(raw.get("room_id"), "room_id"),
             slot_id=_string(raw.get("slot_id"), "slot_id"),
             openid_token=OpenIdToken.from_json(raw.get("openid_token")),
@@ -307,8 +314,6 @@ class SfuRequest:
             delay_timeout=_int(raw.get("delay_timeout"), "delay_timeout"),
             delay_cs_api_url=_string(raw.get("delay_cs_api_url"), "delay_cs_api_url"),
         )
-        request.validate()
-        return request
 
     def validate(self) -> None:
         """Upstream's checks, in upstream's order."""
@@ -326,6 +331,37 @@ class SfuRequest:
                 "`matrix_server_name`"
             )
         _check_delay_pair(self.delay_id, self.delay_timeout)
+        check_device_id(self.member.claimed_device_id, "claimed_device_id")
+
+
+@dataclass(frozen=True)
+class DelegateDelayedLeaveRequest(SfuRequest):
+    """The body of ``POST /delegate_delayed_leave``: ``/get_token``'s, the delay fields required."""
+
+    @classmethod
+    def parse(cls, body: bytes) -> DelegateDelayedLeaveRequest:
+        """Decode and validate a body; raises :class:`RequestError` only."""
+        request = SfuRequest.parse_unvalidated(body)
+        delegate = cls(**{name: getattr(request, name) for name in SfuRequest.FIELDS})
+        delegate.validate()
+        return delegate
+
+    def validate(self) -> None:
+        """Upstream's checks and messages (which differ from ``/get_token``'s in wording)."""
+        if self.room_id == "" or self.slot_id == "":
+            raise BadJsonError("The request body is missing `room_id` or `slot_id`")
+        member = self.member
+        if member.id == "" or member.claimed_user_id == "" or member.claimed_device_id == "":
+            raise BadJsonError(
+                "The request body `member` is missing `id`, `claimed_user_id` or "
+                "`claimed_device_id`"
+            )
+        if self.openid_token.access_token == "" or self.openid_token.matrix_server_name == "":
+            raise BadJsonError(
+                "The request body `openid_token` is missing `access_token` or `matrix_server_name`"
+            )
+        if self.delay_id == "" or self.delay_timeout <= 0:
+            raise BadJsonError(_DELAY_MISSING)
         check_device_id(self.member.claimed_device_id, "claimed_device_id")
 
 

@@ -1,7 +1,7 @@
-"""Outbound network of the auth service: DNS, the SSRF address policy, guarded HTTP GETs.
+"""Outbound network of the auth service: DNS, the SSRF address policy, guarded HTTP requests.
 
 The server name in an OpenID token is chosen by whoever sends the request, so every connection
-the service makes on its behalf goes through :func:`http_get`, which
+the service makes goes through :func:`http_request` (:func:`http_get` for GETs), which
 
 * resolves the host with an injectable :class:`Resolver` (tests supply their own DNS answers);
 * refuses addresses that are not globally routable — loopback, private, shared (CGNAT),
@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
+from urllib.parse import urlsplit
 
 import dns.asyncresolver
 import dns.exception
@@ -237,22 +238,25 @@ async def _open(
 async def _exchange(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    request: Request,
     host_header: str,
-    path: str,
     max_body: int,
 ) -> HttpResponse:
     connection = h11.Connection(our_role=h11.CLIENT)
-    request = h11.Request(
-        method="GET",
-        target=path,
-        headers=[
-            ("Host", host_header),
-            ("User-Agent", USER_AGENT),
-            ("Accept", "application/json"),
-            ("Connection", "close"),
-        ],
-    )
-    writer.write((connection.send(request) or b"") + (connection.send(h11.EndOfMessage()) or b""))
+    sent = [
+        ("Host", host_header),
+        ("User-Agent", USER_AGENT),
+        ("Accept", request.accept),
+        ("Connection", "close"),
+        *request.headers,
+    ]
+    if request.method != "GET":
+        sent.append(("Content-Length", str(len(request.body))))
+    head = h11.Request(method=request.method, target=request.path, headers=sent)
+    data = connection.send(head) or b""
+    if request.body:
+        data += connection.send(h11.Data(data=request.body)) or b""
+    writer.write(data + (connection.send(h11.EndOfMessage()) or b""))
     await writer.drain()
     status = 0
     headers: dict[str, str] = {}
@@ -281,6 +285,17 @@ async def _exchange(
         # h11.InformationalResponse (1xx) carries nothing we need.
 
 
+@dataclass(frozen=True)
+class Request:
+    """What :func:`http_request` sends: a method, a path (with query) and, but for GET, a body."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    accept: str = "application/json"
+
+
 async def http_get(
     resolver: Resolver,
     *,
@@ -295,13 +310,44 @@ async def http_get(
     max_body: int,
     timeouts: Timeouts,
 ) -> HttpResponse:
-    """GET ``path`` from ``host:port`` under the SSRF policy; see the module docstring.
+    """GET ``path`` from ``host:port``: :func:`http_request` with a GET."""
+    return await http_request(
+        resolver,
+        Request("GET", path),
+        scheme=scheme,
+        host=host,
+        port=port,
+        host_header=host_header,
+        tls_server_name=tls_server_name,
+        tls_context=tls_context,
+        forbidden=forbidden,
+        max_body=max_body,
+        timeouts=timeouts,
+    )
+
+
+async def http_request(
+    resolver: Resolver,
+    request: Request,
+    *,
+    scheme: str,
+    host: str,
+    port: int,
+    host_header: str,
+    tls_server_name: str,
+    tls_context: ssl.SSLContext,
+    forbidden: AddressPolicy | None,
+    max_body: int,
+    timeouts: Timeouts,
+) -> HttpResponse:
+    """Send ``request`` to ``host:port`` under the SSRF policy; see the module docstring.
 
     ``forbidden`` decides which resolved addresses must not be contacted (None: any may be).
 
     Raises :class:`ForbiddenAddressError` or :class:`ConnectError` when nothing was sent (the
     caller may try another destination) and :class:`NetError` for everything else.
     """
+    path = request.path
     if scheme not in ("http", "https"):
         raise NetError(f"unsupported scheme {scheme!r}")
     try:
@@ -310,7 +356,7 @@ async def http_get(
             tls = tls_context if scheme == "https" else None
             reader, writer = await _open(addresses, port, tls, tls_server_name, timeouts.connect)
             try:
-                return await _exchange(reader, writer, host_header, path, max_body)
+                return await _exchange(reader, writer, request, host_header, max_body)
             finally:
                 writer.transport.abort()
     except TimeoutError:
@@ -329,3 +375,45 @@ def client_tls_context(*, verify: bool, cafile: str | None = None) -> ssl.SSLCon
         context.verify_mode = ssl.CERT_NONE
         return context
     return ssl.create_default_context(cafile=cafile)
+
+
+async def request_base_url(
+    resolver: Resolver,
+    base_url: str,
+    request: Request,
+    *,
+    tls_context: ssl.SSLContext,
+    forbidden: AddressPolicy | None,
+    max_body: int,
+    timeouts: Timeouts,
+) -> HttpResponse:
+    """Send ``request`` to the server of ``base_url`` (``http(s)://host[:port][/prefix]``), its
+    path appended to the URL's; raises :class:`NetError` as :func:`http_request` does."""
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise NetError(f"{base_url!r} is not a valid URL") from None
+    host = parts.hostname or ""
+    if not host:
+        raise NetError(f"{base_url!r} has no host")
+    prefixed = Request(
+        request.method,
+        parts.path.rstrip("/") + request.path,
+        request.body,
+        request.headers,
+        request.accept,
+    )
+    return await http_request(
+        resolver,
+        prefixed,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        host_header=parts.netloc.rpartition("@")[2],
+        tls_server_name=host,
+        tls_context=tls_context,
+        forbidden=forbidden,
+        max_body=max_body,
+        timeouts=timeouts,
+    )

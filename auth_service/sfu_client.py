@@ -1,23 +1,36 @@
-"""Who may create LiveKit rooms, and the seam through which the auth service creates them.
+"""Who may create LiveKit rooms, and the auth service's client of the SFU's RoomService.
 
 Users of full-access homeservers may create rooms, users of other homeservers only join rooms
-that exist. :func:`is_full_access` is that decision. What enforces it today is the token: only
-full-access users' tokens carry ``roomCreate``, and the SFU creates a room on join only for such a
-token (``room.auto_create`` is off by default).
+that exist. :func:`is_full_access` is that decision. Like upstream, the service calls the SFU's
+RoomService ``CreateRoom`` for a full-access user before handing out the token, so that "token
+issued ⇒ room exists ⇒ membership published" holds; with ``room.auto_create: false`` on the SFU
+a restricted user's token then admits them only to a room that exists.
 
-Upstream also calls LiveKit's RoomService ``CreateRoom`` (Twirp) for full-access users before
-handing out their token, so that "token issued ⇒ room exists ⇒ membership published" holds.
-:class:`RoomCreator` is the seam for that call; the real Twirp client comes with the SFU's admin
-API. Until then :class:`LoggingRoomCreator` only records the request, and the room comes into
-being on the first full-access join.
+:class:`TwirpRoomService` speaks LiveKit's server API (Twirp, protobuf bodies) at the HTTP form
+of ``LIVEKIT_URL`` (``ws``→``http``, ``wss``→``https``, a path prefix kept), each call
+authorised by an API-key JWT carrying only the grant it needs: ``roomCreate`` for
+``CreateRoom``, ``roomAdmin`` for the one room for ``GetParticipant`` and ``ListParticipants``
+(which delayed-leave delegation uses to see who is connected). A Twirp ``not_found`` is
+:class:`RoomNotFound`; every other failure (a network error, a timeout, another Twirp error, an
+answer that does not decode) is :class:`RoomServiceError`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models
+from livekit.protocol import room as room_pb
+
+from .net import NetError, Request, Resolver, Timeouts, request_base_url
+from .tokens import TokenMinter
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,13 @@ DEPARTURE_TIMEOUT_SECONDS: Final = 20
 """Keep a room this long after the last participant left (upstream's value)."""
 MAX_PARTICIPANTS: Final = 0
 """No participant limit."""
+API_TOKEN_TTL_SECONDS: Final = 600
+TWIRP_PREFIX: Final = "/twirp/livekit.RoomService/"
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+"""Largest RoomService answer read (a ListParticipants of a full room fits)."""
+DEFAULT_TIMEOUTS: Final = Timeouts(connect=3.0, request=10.0)
+
+_M = TypeVar("_M", bound=Message)
 
 
 def is_full_access(matrix_server_name: str, full_access_homeservers: Sequence[str]) -> bool:
@@ -40,6 +60,14 @@ def is_full_access(matrix_server_name: str, full_access_homeservers: Sequence[st
     return matrix_server_name in full_access_homeservers
 
 
+def http_url(livekit_url: str) -> str:
+    """The HTTP base URL of the SFU's server API for a client-facing ``LIVEKIT_URL``."""
+    for websocket, plain in (("ws://", "http://"), ("wss://", "https://")):
+        if livekit_url.startswith(websocket):
+            return plain + livekit_url[len(websocket) :]
+    return livekit_url
+
+
 @dataclass(frozen=True)
 class CreateRoomRequest:
     """What the auth service asks the SFU for: RoomService ``CreateRoom`` fields."""
@@ -50,27 +78,153 @@ class CreateRoomRequest:
     max_participants: int = MAX_PARTICIPANTS
 
 
-class RoomCreationError(Exception):
-    """The SFU could not create (or reuse) the room; the client gets 500."""
+class RoomServiceError(Exception):
+    """A RoomService call failed; ``str()`` says why (for logs only)."""
+
+
+class RoomNotFound(RoomServiceError):
+    """The SFU answered Twirp ``not_found`` (no such room, or no such participant)."""
+
+
+RoomCreationError = RoomServiceError
+"""The SFU could not create (or reuse) the room; the client gets 500."""
 
 
 class RoomCreator(Protocol):
     """Creates a LiveKit room, or reuses an existing one of that name."""
 
     async def create_room(self, request: CreateRoomRequest) -> None:
-        """Create or reuse ``request.name``; raise :class:`RoomCreationError` on failure."""
+        """Create or reuse ``request.name``; raise :class:`RoomServiceError` on failure."""
         ...
 
 
-class LoggingRoomCreator:
-    """Stand-in until the SFU's RoomService exists: logs and remembers what it was asked."""
+class ParticipantDirectory(Protocol):
+    """Who is connected to the SFU: what delayed-leave delegation asks."""
 
-    def __init__(self, history: int = 100) -> None:
-        self.requests: list[CreateRoomRequest] = []
-        self._history = history
+    async def participant_exists(self, room: str, identity: str) -> bool:
+        """Whether ``identity`` is in ``room`` now; raises :class:`RoomServiceError` when the
+        SFU could not say."""
+        ...
+
+    async def participant_identities(self, room: str) -> frozenset[str]:
+        """The identities in ``room`` now (empty for a room that does not exist); raises
+        :class:`RoomServiceError` when the SFU could not say."""
+        ...
+
+
+class TwirpRoomService:
+    """The SFU's RoomService over Twirp (protobuf), with API-key JWTs minted per call."""
+
+    def __init__(
+        self,
+        livekit_url: str,
+        minter: TokenMinter,
+        *,
+        resolver: Resolver,
+        tls_context: ssl.SSLContext,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        wall_clock: Any = time.time,
+    ) -> None:
+        self.base_url = http_url(livekit_url).rstrip("/")
+        self._minter = minter
+        self._resolver = resolver
+        self._tls_context = tls_context
+        self._timeouts = timeouts
+        self._wall_clock = wall_clock
+
+    def _token(self, video: dict[str, Any]) -> str:
+        now = int(self._wall_clock())
+        claims = {
+            "exp": now + API_TOKEN_TTL_SECONDS,
+            "iss": self._minter.api_key,
+            "nbf": now,
+            "video": video,
+        }
+        return self._minter.sign(claims)
+
+    async def _call(
+        self, method: str, video: dict[str, Any], request: Message, answer: type[_M]
+    ) -> _M:
+        http_request = Request(
+            "POST",
+            TWIRP_PREFIX + method,
+            request.SerializeToString(),
+            (
+                ("Authorization", f"Bearer {self._token(video)}"),
+                ("Content-Type", "application/protobuf"),
+            ),
+            accept="application/protobuf",
+        )
+        try:
+            response = await request_base_url(
+                self._resolver,
+                self.base_url,
+                http_request,
+                tls_context=self._tls_context,
+                forbidden=None,  # the operator's own SFU
+                max_body=MAX_ANSWER_BYTES,
+                timeouts=self._timeouts,
+            )
+        except NetError as exc:
+            raise RoomServiceError(f"{method}: {exc}") from None
+        if response.status != 200:
+            code, msg = _twirp_error(response.body)
+            text = f"{method}: HTTP {response.status} {code}: {msg}"
+            raise RoomNotFound(text) if code == "not_found" else RoomServiceError(text)
+        try:
+            return answer.FromString(response.body)
+        except DecodeError as exc:
+            raise RoomServiceError(f"{method}: undecodable answer: {exc}") from None
 
     async def create_room(self, request: CreateRoomRequest) -> None:
-        """Record the request; always succeeds."""
-        log.info("room creation requested (no SFU client configured yet): %s", request.name)
-        self.requests.append(request)
-        del self.requests[: -self._history]
+        """``CreateRoom`` with upstream's settings; an existing room of that name is reused."""
+        room = await self._call(
+            "CreateRoom",
+            {"roomCreate": True},
+            room_pb.CreateRoomRequest(
+                name=request.name,
+                empty_timeout=request.empty_timeout,
+                departure_timeout=request.departure_timeout,
+                max_participants=request.max_participants,
+            ),
+            models.Room,
+        )
+        log.debug("room %r ready on the SFU (sid %s)", room.name, room.sid)
+
+    async def participant_exists(self, room: str, identity: str) -> bool:
+        """``GetParticipant``: ``not_found`` (no room or no participant) is ``False``."""
+        try:
+            await self._call(
+                "GetParticipant",
+                {"roomAdmin": True, "room": room},
+                room_pb.RoomParticipantIdentity(room=room, identity=identity),
+                models.ParticipantInfo,
+            )
+        except RoomNotFound:
+            return False
+        return True
+
+    async def participant_identities(self, room: str) -> frozenset[str]:
+        """``ListParticipants``: a room that does not exist has nobody in it."""
+        try:
+            answer = await self._call(
+                "ListParticipants",
+                {"roomAdmin": True, "room": room},
+                room_pb.ListParticipantsRequest(room=room),
+                room_pb.ListParticipantsResponse,
+            )
+        except RoomNotFound:
+            return frozenset()
+        return frozenset(p.identity for p in answer.participants)
+
+
+def _twirp_error(body: bytes) -> tuple[str, str]:
+    """``code`` and ``msg`` of a Twirp error body (``"", ""`` if it is not one)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return "", ""
+    if not isinstance(document, dict):
+        return "", ""
+    code, msg = document.get("code", ""), document.get("msg", "")
+    return (code if isinstance(code, str) else "", msg[:200] if isinstance(msg, str) else "")

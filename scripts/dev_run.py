@@ -175,6 +175,10 @@ def write_config(key: str, secret: str) -> Path:
         f"rtc:\n  udp_port: {UDP_PORT}\n"
         f"  node_ip: {HOST}\n"
         "drain_timeout: 0\n"  # Ctrl-C: no call to wait for in development
+        # restricted users only join rooms that exist: the auth service creates them (CreateRoom)
+        "room:\n  auto_create: false\n"
+        # the auth service watches delegated delayed leaves through the SFU's webhooks
+        f"webhook:\n  api_key: {key}\n  urls: [http://{HOST}:{AUTH_PORT}/sfu_webhook]\n"
         "logging:\n  level: info\n"
     )
     config.chmod(0o600)

@@ -23,7 +23,7 @@ from loadtest.__main__ import EXTRA_MODULES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-NEVER_AT_RUNTIME = {"numpy", "matplotlib", "mautrix", "redis"}
+NEVER_AT_RUNTIME = {"numpy", "matplotlib", "mautrix"}
 # Runtime requirements no module imports by name, and who uses them.
 USED_WITHOUT_IMPORT = {"httptools": "uvicorn's HTTP/1.1 parser, chosen by its http='auto'"}
 

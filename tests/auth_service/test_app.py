@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 
 from auth_service.app import CORS_HEADERS, MAX_BODY_BYTES, client_address, create_app
 from auth_service.config import parse_networks
+from auth_service.delegation import Delegations
 from auth_service.matrix import FederationDiscovery, OpenIdVerifier
 from auth_service.metrics import Metrics
 from auth_service.net import client_tls_context
 from auth_service.ratelimit import RateLimit
 from auth_service.sfu_client import CreateRoomRequest
 from auth_service.tokens import legacy_room_alias, participant_identity, room_alias
+from tests.auth_service.delegation_fakes import FakeClock, FakeDeps
 
 from .fakes import (
     API_KEY,
@@ -80,10 +82,13 @@ class Harness:
         self.rooms = RecordingRoomCreator()
         self.metrics = Metrics()
         self.now = 1000.0
+        self.deps = FakeDeps()
+        self.delegations = Delegations(self.deps, clock=FakeClock())  # type: ignore[arg-type]
         self.app = create_app(
             make_settings(**setting_overrides),
             verifier=self.verifier,
             room_creator=self.rooms,
+            delegations=self.delegations,
             metrics=self.metrics,
             clock=lambda: self.now,
             wall_clock=lambda: 1_700_000_000.5,
@@ -258,17 +263,30 @@ async def test_healthz(client: Any) -> None:
     assert (await client.post("/healthz")).status_code == 405
 
 
-async def test_delegate_delayed_leave_is_not_offered_yet(client: Any, harness: Harness) -> None:
+async def test_delegate_delayed_leave_is_offered(client: Any, harness: Harness) -> None:
+    # Element Call's probe (an empty POST) must not get 404: delegation is offered.
     probe = await client.post("/delegate_delayed_leave", content=b"")
-    assert_error(probe, 404, "M_UNRECOGNIZED")
+    assert_error(probe, 400, "M_NOT_JSON")
+    missing = await client.post("/delegate_delayed_leave", json=get_token_body())
+    body = assert_error(missing, 400, "M_BAD_JSON")
+    assert body["error"] == "The request body is missing `delay_id` or `delay_timeout`"
     full = await client.post(
-        "/delegate_delayed_leave", json=get_token_body(delay_id="d", delay_timeout=10_000)
+        "/delegate_delayed_leave", json=get_token_body(delay_id="syd_d", delay_timeout=10_000)
     )
-    assert_error(full, 404, "M_UNRECOGNIZED")
+    assert full.status_code == 200 and full.json() == {}
+    assert_cors(full)
+    assert [job.params.delay_id for job in harness.delegations.jobs.values()] == ["syd_d"]
+    assert harness.rooms.requests == []  # no token, no room
     preflight = await client.options("/delegate_delayed_leave")
     assert preflight.status_code == 200
     assert_cors(preflight)
-    assert harness.verifier.calls == []
+    restricted = get_token_body(
+        openid_token=openid("carol-token", "remote.example"), delay_id="x", delay_timeout=1
+    )
+    restricted["member"]["claimed_user_id"] = REMOTE
+    refused = await client.post("/delegate_delayed_leave", json=restricted)
+    assert_error(refused, 403, "M_FORBIDDEN")
+    await harness.delegations.close()
 
 
 async def test_paths_match_exactly(client: Any) -> None:
@@ -342,10 +360,33 @@ async def test_delegation_requests_are_refused_after_verification(
         restricted["member"]["claimed_user_id"] = REMOTE
     body = assert_error(await client.post(path, json=restricted), 400, "M_BAD_JSON")
     assert body["error"] == "Delegation of delayed events is only supported for full access users"
-    # Full-access users are refused too until delegation exists; clients retry without it.
-    assert_error(await client.post(path, json=BODIES[path](**delay)), 400, "M_BAD_JSON")
-    assert len(harness.verifier.calls) == 2
+    assert len(harness.verifier.calls) == 1
     assert harness.rooms.requests == []
+    assert harness.delegations.jobs == {}
+    # A full-access user's delegation starts a job, after the room is created.
+    claims_of(await client.post(path, json=BODIES[path](**delay)))
+    assert len(harness.rooms.requests) == 1
+    (job,) = harness.delegations.jobs.values()
+    assert job.params.delay_id == "syd_1" and job.params.delay_timeout == 8.0
+    assert job.params.room == harness.rooms.requests[0].name
+    # A homeserver whose client-server API cannot be found: upstream's 400, and no room.
+    harness.deps.unresolvable = True
+    other = BODIES[path](delay_id="syd_2", delay_timeout=8000)
+    body = assert_error(await client.post(path, json=other), 400, "M_BAD_JSON")
+    assert body["error"] == "Unable to resolve client-server API"
+    assert len(harness.rooms.requests) == 1
+    harness.deps.unresolvable = False
+    # Hostile delegation parameters are refused precisely.
+    for bad, message in (
+        ({"delay_id": "x" * 256}, "`delay_id` must be printable ASCII"),
+        ({"delay_id": "syd 1"}, "`delay_id` must be printable ASCII"),
+        ({"delay_timeout": 8 * 24 * 3600 * 1000}, "`delay_timeout` must be at most"),
+    ):
+        body = assert_error(
+            await client.post(path, json=BODIES[path](**{**delay, **bad})), 400, "M_BAD_JSON"
+        )
+        assert message in body["error"]
+    await harness.delegations.close()
     # An unknown token is still a 401, not a 400.
     forged = BODIES[path](openid_token=openid("forged"), **delay)
     assert_error(await client.post(path, json=forged), 401, "M_UNAUTHORIZED")

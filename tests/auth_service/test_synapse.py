@@ -293,7 +293,10 @@ async def test_skip_verify_tls(
 ) -> None:
     """A self-signed homeserver works only with LIVEKIT_INSECURE_SKIP_VERIFY_TLS."""
     settings = federation_settings(synapse, skip_verify_tls=skip_verify)
-    async with asgi_client(create_app(settings, verifier=build_verifier(settings))) as http:
+    app = create_app(
+        settings, verifier=build_verifier(settings), room_creator=RecordingRoomCreator()
+    )
+    async with asgi_client(app) as http:
         token = synapse.openid_token(users.alice)
         response = await http.post("/sfu/get", json={"room": ROOM, "openid_token": token})
     assert response.status_code == status, response.text
