@@ -8,9 +8,12 @@ nominated pair's `StunProtocol.datagram_received` and demultiplexes by the first
 (STUN consent checks, DTLS records carrying SCTP data channels, alerts) goes to aioice as before.
 RTCP is told from RTP by the second byte (RFC 5761 §4: packet types 192-223).
 
-Once attached, only STUN (0-3) is taken from an address other than the nominated pair's remote
-one; SRTP, SRTCP and DTLS from anywhere else are dropped before libsrtp or OpenSSL see them
-(counted in `wrong_source`), so a forged datagram costs a tuple compare, not an authentication.
+Once attached, only STUN (0-3) is taken from an address other than the current pair's remote
+one. SRTP, SRTCP and DTLS from another address that ICE validated (a pair whose connectivity
+check succeeded: the peer nominated another pair, or sends on another valid one) make that
+address the current one; from anywhere else they are dropped before libsrtp or OpenSSL see them
+(counted in `wrong_source`), so a forged datagram costs a scan of the bounded check list, not
+an authentication.
 Whatever aioice raises on a datagram (0.13.0's STUN parser raises `struct.error` for an attribute
 of the wrong length) is counted in `malformed` and logged at DEBUG only: it never reaches the
 event loop, which would log a traceback per datagram.
@@ -22,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aioice.ice import StunProtocol
+from aioice.ice import CandidatePair, StunProtocol
 from pylibsrtp import Session
 
 from sfu.media.transport.srtp import SrtpError, SrtpUnprotector
@@ -59,6 +62,26 @@ def _nominated_remote(protocol: Any) -> Any:
     return None
 
 
+def _validated_remote(protocol: Any, addr: tuple[Any, Any]) -> bool:
+    """Whether `addr` is the remote address of a candidate pair on `protocol` whose
+    connectivity check succeeded (RFC 8445 §7.2.5.3: the pair is in the valid list).
+
+    The peer may send media on any valid pair, and moves to another one when it nominates it
+    later (Chrome does, on hosts with several interfaces): such datagrams are the peer's. The
+    check list is bounded by the candidate caps (`sfu.media.transport.ice`)."""
+    connection = getattr(protocol, "receiver", None)
+    for pair in getattr(connection, "_check_list", None) or ():
+        remote = pair.remote_addr
+        if (
+            pair.protocol is protocol
+            and pair.state == CandidatePair.State.SUCCEEDED
+            and remote[1] == addr[1]
+            and remote[0] == addr[0]
+        ):
+            return True
+    return False
+
+
 class SrtpIngress:
     """Decrypt and dispatch one transport's SRTP/SRTCP; pass everything else to `fallback`."""
 
@@ -91,7 +114,7 @@ class SrtpIngress:
         self.bytes_received = 0
         self.unprotect_failures = 0
         self.malformed = 0  # datagrams aioice raised on
-        self.wrong_source = 0  # SRTP/SRTCP/DTLS from an address not the nominated pair's
+        self.wrong_source = 0  # SRTP/SRTCP/DTLS from an address ICE never validated
 
     def attach(self, protocol: Any, session: Session, *, remote_addr: Any = None) -> None:
         """Sit in front of `protocol.datagram_received` (an aioice `StunProtocol`), decrypting
@@ -122,9 +145,13 @@ class SrtpIngress:
         first = data[0] if data else 0
         remote = self._remote
         if remote is not None and first > 3 and (addr[1] != remote[1] or addr[0] != remote[0]):
-            self.wrong_source += 1
-            COUNTERS.packets_dropped += 1
-            return
+            if not _validated_remote(self._protocol, addr):
+                self.wrong_source += 1
+                COUNTERS.packets_dropped += 1
+                return
+            # the peer sends on another pair ICE validated: follow it
+            logger.debug("media source moved from %s to %s", remote, addr)
+            self._remote = (addr[0], addr[1])
         if unprotect is None or unprotect_rtcp is None or not 127 < first < 192:
             fallback = self._fallback
             if fallback is not None:

@@ -50,6 +50,7 @@ class Receiver:
         self.data: list[bytes] = []
         self.requests: list[Any] = []
         self._nominated: dict[int, CandidatePair] = {}
+        self._check_list: list[CandidatePair] = []
 
     def data_received(self, data: bytes, component: int) -> None:
         self.data.append(data)
@@ -230,6 +231,34 @@ def test_the_remote_address_is_taken_from_the_nominated_pair() -> None:
     protocol.datagram_received(sender.protect(rtp(1)), ADDR)
     protocol.datagram_received(sender.protect(rtp(2)), (OTHER[0], OTHER[1], 0, 0))  # IPv6 form
     assert rtp_in == [rtp(2)] and ingress.wrong_source == 1
+
+
+def test_media_follows_the_peer_to_another_pair_ice_validated() -> None:
+    """Chrome nominates a second pair after DTLS is up (or sends on another valid pair) on
+    hosts with several interfaces: its media must not be dropped as a forgery."""
+    rig = Rig()
+    moved = Candidate("2", 1, "udp", 1, OTHER[0], OTHER[1], "host")
+    pair = CandidatePair(rig.protocol, moved)
+    rig.receiver._check_list.append(pair)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(1)), OTHER)
+    assert rig.rtp == [] and rig.ingress.wrong_source == 1  # checked, not yet succeeded
+    pair.state = CandidatePair.State.SUCCEEDED
+    rig.protocol.datagram_received(rig.sender.protect(rtp(2)), OTHER)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(3)), OTHER)
+    assert rig.rtp == [rtp(2), rtp(3)] and rig.ingress.wrong_source == 1
+    # the old address is validated too (its pair was the first one): media may come back
+    first = CandidatePair(rig.protocol, Candidate("1", 1, "udp", 1, ADDR[0], ADDR[1], "host"))
+    first.state = CandidatePair.State.SUCCEEDED
+    rig.receiver._check_list.append(first)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(4)), ADDR)
+    assert rig.rtp[-1] == rtp(4)
+    # a pair of another protocol (another local candidate) validates nothing here
+    stranger = Candidate("3", 1, "udp", 1, "127.0.0.9", 9, "host")
+    other_pair = CandidatePair(stun_protocol(Receiver()), stranger)
+    other_pair.state = CandidatePair.State.SUCCEEDED
+    rig.receiver._check_list.append(other_pair)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(5)), ("127.0.0.9", 9))
+    assert rig.rtp[-1] == rtp(4) and rig.ingress.wrong_source == 2
 
 
 def test_a_guarded_stun_protocol_contains_what_aioice_raises(
