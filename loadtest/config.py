@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loadtest.rx import RX_MODES
+
 __all__ = [
     "LAYOUTS",
     "PRESETS",
@@ -80,6 +82,7 @@ class Scenario:
     cache: Path | None = None
     workers: int | None = None
     sample_every: int = 10
+    rx: str = "auto"
     metrics_url: str | None = None
     sfu_pid: int | None = None
     preset: str | None = None
@@ -197,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample-every",
         type=_positive_int,
         help="decrypt 1 packet in N to read its latency trailer (default 10)",
+    )
+    p.add_argument(
+        "--rx",
+        choices=RX_MODES,
+        help="how subscribers receive (default auto: batched, compiled when built; "
+        "per-datagram: one event-loop callback a packet, on uvloop)",
     )
     p.add_argument("--metrics-url", help="the SFU's /metrics (default: guessed from --url)")
     p.add_argument("--sfu-pid", type=int, help="local SFU process, for CPU/RSS when no /metrics")

@@ -1,0 +1,244 @@
+"""A cheap subscriber's receive path: its media socket read in batches, every SRTP packet counted
+from its clear RTP header (RFC 3711 §3.1), only the sampled ones handed on for decryption.
+
+A `Table` counts per SSRC (received, highest extended sequence number → loss, octets) and picks
+the samples: the first packet of a stream, then every `sample_every`-th. Each sample carries the
+stream's *pending* octets (those since the previous sample), so the caller can attribute octets to
+the simulcast layer the samples' trailers name without seeing every packet. At most `capacity`
+SSRCs get a stream (hostile input cannot grow it); packets of others count in `overflow`.
+
+Two tables count identically (tests/loadtest/test_rx.py): `loadtest._rx.Table` (C, reads with
+`recvmmsg`, 64 datagrams a syscall) and `PyTable` here (reads with `recvfrom` until EAGAIN), the
+fallback when the extension was not built. `BatchedReader` takes a connected ICE socket away from
+the event loop's own reader: it pauses the asyncio datagram transport, reads a duplicate of its
+descriptor on each wake-up, and passes whatever is not RTP (STUN, DTLS, SRTCP; RFC 7983, RFC
+5761) back to the transport's protocol as if it had read it itself. Sending stays with the
+transport. uvloop's UDP transport cannot pause, so on uvloop the caller keeps the per-datagram
+hook (`BatchedReader.supported`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+__all__ = [
+    "RX_BATCH",
+    "RX_BUFFER",
+    "RX_MODES",
+    "STREAM_CAPACITY",
+    "BatchedReader",
+    "PyTable",
+    "Sample",
+    "Table",
+    "is_rtp",
+    "kind",
+    "new_table",
+]
+
+log = logging.getLogger(__name__)
+
+try:
+    from loadtest import _rx
+except ImportError:  # built by `pip install` with a C compiler; the fallback counts the same
+    _rx = None  # type: ignore[assignment]
+
+RX_BATCH = 64
+#: how a subscriber receives: `auto` (batched, the C table when built), `c`, `python` (batched,
+#: the pure-Python table) or `per-datagram` (the event loop's own reader, one callback a
+#: datagram, on uvloop: the load tester's path before batching)
+RX_MODES = ("auto", "c", "python", "per-datagram")
+#: larger datagrams are dropped and counted in `truncated` (no peer of ours sends them)
+RX_BUFFER = 4096
+STREAM_CAPACITY = 256
+#: most datagrams one wake-up reads from one socket (the rest wait for the next wake-up)
+MAX_PER_WAKEUP = 4096
+
+#: (ssrc, octets of the stream since its previous sample, the still encrypted datagram)
+Sample = tuple[int, int, bytes]
+Other = tuple[bytes, Any]
+#: (ssrc, base sequence number, highest extended sequence number, received, octets, pending)
+StreamRow = tuple[int, int, int, int, int, int]
+
+
+class Table(Protocol):
+    packets: int
+    octets: int
+    overflow: int
+    truncated: int
+
+    def feed(self, datagrams: Sequence[Other], /) -> tuple[list[Sample], list[Other]]: ...
+
+    def count_clear(self, data: bytes, /) -> int | None: ...
+
+    def streams(self) -> list[StreamRow]: ...
+
+
+def is_rtp(data: bytes) -> bool:
+    """RTP (first byte 128–191, RFC 7983) and not RTCP (PT 192–223, RFC 5761 §4)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
+class PyTable:
+    """The pure-Python table: the reference `loadtest._rx.Table` is tested against."""
+
+    __slots__ = (
+        "_streams",
+        "capacity",
+        "octets",
+        "overflow",
+        "packets",
+        "sample_every",
+        "truncated",
+    )
+
+    def __init__(self, sample_every: int, capacity: int = STREAM_CAPACITY) -> None:
+        if sample_every < 1 or not 1 <= capacity <= 65536:
+            raise ValueError("sample_every >= 1 and 1 <= capacity <= 65536")
+        self.sample_every = sample_every
+        self.capacity = capacity
+        #: ssrc -> [base, highest, received, octets, pending, since_sample]
+        self._streams: dict[int, list[int]] = {}
+        self.packets = self.octets = self.overflow = self.truncated = 0
+
+    def _count(self, data: bytes) -> list[int] | None:
+        size = len(data)
+        self.packets += 1
+        self.octets += size
+        ssrc = int.from_bytes(data[8:12], "big")
+        seq = (data[2] << 8) | data[3]
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            if len(self._streams) >= self.capacity:
+                self.overflow += 1
+                return None
+            stream = self._streams[ssrc] = [seq, seq, 1, size, 0, self.sample_every]
+        else:
+            stream[2] += 1
+            delta = (seq - stream[1]) & 0xFFFF
+            if delta < 0x8000:
+                stream[1] += delta
+            stream[3] += size
+        return stream
+
+    def feed(self, datagrams: Sequence[Other], /) -> tuple[list[Sample], list[Other]]:
+        samples: list[Sample] = []
+        others: list[Other] = []
+        every = self.sample_every
+        for data, addr in datagrams:
+            if not is_rtp(data):
+                others.append((data, addr))
+                continue
+            stream = self._count(data)
+            if stream is None:
+                continue
+            stream[5] += 1
+            if stream[5] >= every:
+                stream[5] = 0
+                samples.append((int.from_bytes(data[8:12], "big"), stream[4], data))
+                stream[4] = len(data)
+            else:
+                stream[4] += len(data)
+        return samples, others
+
+    def drain(self, sock: socket.socket, max_datagrams: int = MAX_PER_WAKEUP) -> Any:
+        """Read `sock` (non-blocking) until it is empty, then `feed` what was read."""
+        read: list[Other] = []
+        recvfrom = sock.recvfrom
+        try:
+            while len(read) < max_datagrams:
+                data, addr = recvfrom(RX_BUFFER + 1)
+                if len(data) > RX_BUFFER:
+                    self.truncated += 1
+                else:
+                    read.append((data, addr))
+        except BlockingIOError:
+            pass
+        except OSError:
+            if not read:  # else report what was read (a UDP socket's error is read once)
+                raise
+        return self.feed(read)
+
+    def count_clear(self, data: bytes, /) -> int | None:
+        """Count a packet aiortc already decrypted (never a sample); its SSRC, or None when it is
+        short or its SSRC found no room."""
+        if len(data) < 12 or self._count(data) is None:
+            return None
+        return int.from_bytes(data[8:12], "big")
+
+    def streams(self) -> list[StreamRow]:
+        return [(ssrc, *s[:5]) for ssrc, s in self._streams.items()]  # type: ignore[misc]
+
+
+def kind(table: Table) -> str:
+    """What counts for `table`, for the report: `recvmmsg (C)` or `python`."""
+    return "python" if isinstance(table, PyTable) else "recvmmsg (C)"
+
+
+def new_table(sample_every: int, *, compiled: bool | None = None) -> Table:
+    """A table: the C one when built (or `compiled=True`, which then requires it)."""
+    if compiled is None:
+        compiled = _rx is not None
+    if compiled:
+        if _rx is None:
+            raise RuntimeError("loadtest._rx is not built (pip install -e . with a C compiler)")
+        table: Table = _rx.Table(sample_every, STREAM_CAPACITY)
+        return table
+    return PyTable(sample_every, STREAM_CAPACITY)
+
+
+class BatchedReader:
+    """Reads one connected datagram transport's socket in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        transport: asyncio.DatagramTransport,
+        deliver: Callable[[bytes, Any], None],
+        table: Table,
+        on_samples: Callable[[list[Sample]], None],
+    ) -> None:
+        self._transport = transport
+        self._deliver = deliver
+        self._table = table
+        self._on_samples = on_samples
+        self._loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        self._sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self._sock.setblocking(False)
+        self._fd = self._sock.fileno()
+        drain = table.drain  # type: ignore[attr-defined]
+        source: Any = self._fd if not isinstance(table, PyTable) else self._sock
+        self._drain: Callable[[], tuple[list[Sample], list[Other]]] = lambda: drain(source)
+        self.wakeups = 0
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._loop.add_reader(self._fd, self._readable)
+
+    @staticmethod
+    def supported(transport: Any) -> bool:
+        """Whether the transport can hand its socket over (asyncio's selector loop can)."""
+        return (
+            hasattr(transport, "pause_reading") and transport.get_extra_info("socket") is not None
+        )
+
+    def _readable(self) -> None:
+        self.wakeups += 1
+        try:
+            samples, others = self._drain()
+        except OSError as exc:  # what the transport would have told its protocol
+            protocol = self._transport.get_protocol()
+            protocol.error_received(exc)  # type: ignore[attr-defined]
+            return
+        for data, addr in others:
+            self._deliver(data, addr)
+        if samples:
+            self._on_samples(samples)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._fd)
+        self._sock.close()
