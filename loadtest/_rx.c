@@ -20,7 +20,10 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #define RX_BATCH 64
 #define RX_BUFFER 4096
@@ -54,6 +57,10 @@ static struct mmsghdr rx_msgs[RX_BATCH];
 static struct iovec rx_iov[RX_BATCH];
 static struct sockaddr_storage rx_addr[RX_BATCH];
 static unsigned char rx_buf[RX_BATCH][RX_BUFFER + 1];
+static union {
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+    struct cmsghdr align;
+} rx_ctl[RX_BATCH];
 
 static inline uint32_t slot_of(uint32_t ssrc, Py_ssize_t slots) {
     return (uint32_t)((ssrc * 2654435761u) & (uint32_t)(slots - 1));
@@ -166,19 +173,43 @@ static PyObject *address(const struct sockaddr_storage *a) {
     Py_RETURN_NONE;
 }
 
-/* Route one datagram: count it, or append it to `samples` / `others`. 0 or -1 (error set). */
-static int route(Table *t, const unsigned char *d, Py_ssize_t n, PyObject *data, PyObject *addr,
-                 PyObject *samples, PyObject *others) {
+/* The kernel's receive time (SO_TIMESTAMPNS, CLOCK_REALTIME) of a datagram, in ns; 0 if none. */
+static long long arrival_ns(const struct msghdr *hdr) {
+    if (hdr == NULL) return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR((struct msghdr *)hdr); c != NULL;
+         c = CMSG_NXTHDR((struct msghdr *)hdr, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+            return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* Route one datagram: count it, or append it to `samples` / `others`. `data` is its bytes object
+ * when there is one (feed), `hdr` its message when read from a socket. 0 or -1 (error set). */
+static int route(Table *t, const unsigned char *d, Py_ssize_t n, PyObject *data,
+                 const struct msghdr *hdr, PyObject *samples, PyObject *others) {
     uint32_t ssrc;
     unsigned long long pending;
     if (!is_rtp(d, n)) {
-        PyObject *bytes = data;
+        PyObject *bytes = data, *addr;
         if (bytes != NULL)
             Py_INCREF(bytes);
         else if ((bytes = PyBytes_FromStringAndSize((const char *)d, n)) == NULL)
             return -1;
+        if (hdr != NULL)
+            addr = address((const struct sockaddr_storage *)hdr->msg_name);
+        else
+            addr = Py_NewRef(Py_None);
+        if (addr == NULL) {
+            Py_DECREF(bytes);
+            return -1;
+        }
         PyObject *item = PyTuple_Pack(2, bytes, addr);
         Py_DECREF(bytes);
+        Py_DECREF(addr);
         if (item == NULL) return -1;
         int rc = PyList_Append(others, item);
         Py_DECREF(item);
@@ -188,9 +219,10 @@ static int route(Table *t, const unsigned char *d, Py_ssize_t n, PyObject *data,
     if (sampled != 1) return sampled < 0 ? -1 : 0;
     PyObject *item;
     if (data != NULL)
-        item = Py_BuildValue("(kKO)", (unsigned long)ssrc, pending, data);
+        item = Py_BuildValue("(kKOL)", (unsigned long)ssrc, pending, data, 0LL);
     else
-        item = Py_BuildValue("(kKy#)", (unsigned long)ssrc, pending, (const char *)d, n);
+        item = Py_BuildValue("(kKy#L)", (unsigned long)ssrc, pending, (const char *)d, n,
+                             arrival_ns(hdr));
     if (item == NULL) return -1;
     int rc = PyList_Append(samples, item);
     Py_DECREF(item);
@@ -217,9 +249,18 @@ static PyObject *Table_feed(Table *t, PyObject *datagrams) {
             goto fail;
         }
         PyObject *data = PyTuple_GET_ITEM(pair, 0);
-        if (route(t, (const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data,
-                  PyTuple_GET_ITEM(pair, 1), samples, others) < 0)
-            goto fail;
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        if (!is_rtp(d, n)) {
+            PyObject *item = PyTuple_Pack(2, data, PyTuple_GET_ITEM(pair, 1));
+            if (item == NULL || PyList_Append(others, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
+            continue;
+        }
+        if (route(t, d, n, data, NULL, samples, others) < 0) goto fail;
     }
     Py_DECREF(seq);
     return result(samples, others);
@@ -228,6 +269,39 @@ fail:
     Py_XDECREF(samples);
     Py_XDECREF(others);
     return NULL;
+}
+
+/* Read `fd` until it is empty (or `limit` datagrams) into samples/others. 0, or -1 with a Python
+ * error set; an OS error when nothing was read goes to *err (errno), else it is dropped (a UDP
+ * socket's pending error is read once). */
+static int drain_into(Table *t, int fd, long limit, PyObject *samples, PyObject *others, int *err) {
+    long done = 0;
+    *err = 0;
+    while (done < limit) {
+        unsigned int want = (unsigned int)(limit - done < RX_BATCH ? limit - done : RX_BATCH);
+        for (unsigned int i = 0; i < want; i++) {
+            rx_msgs[i].msg_hdr.msg_namelen = sizeof(rx_addr[i]);
+            rx_msgs[i].msg_hdr.msg_controllen = sizeof(rx_ctl[i]);
+            rx_msgs[i].msg_hdr.msg_flags = 0;
+        }
+        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && done == 0) *err = errno;
+            break;
+        }
+        for (int i = 0; i < got; i++) {
+            Py_ssize_t n = (Py_ssize_t)rx_msgs[i].msg_len;
+            if (n > RX_BUFFER || (rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+                t->truncated++;
+                continue;
+            }
+            if (route(t, rx_buf[i], n, NULL, &rx_msgs[i].msg_hdr, samples, others) < 0) return -1;
+        }
+        done += got;
+        if ((unsigned int)got < want) break;
+    }
+    return 0;
 }
 
 static PyObject *Table_drain(Table *t, PyObject *const *args, Py_ssize_t nargs) {
@@ -239,53 +313,20 @@ static PyObject *Table_drain(Table *t, PyObject *const *args, Py_ssize_t nargs) 
     if (fd == -1 && PyErr_Occurred()) return NULL;
     long limit = nargs > 1 ? PyLong_AsLong(args[1]) : 4096;
     if (limit == -1 && PyErr_Occurred()) return NULL;
+    int err;
     PyObject *samples = PyList_New(0), *others = PyList_New(0);
-    if (samples == NULL || others == NULL) goto fail;
-    long done = 0;
-    while (done < limit) {
-        unsigned int want = (unsigned int)(limit - done < RX_BATCH ? limit - done : RX_BATCH);
-        for (unsigned int i = 0; i < want; i++) {
-            rx_iov[i].iov_base = rx_buf[i];
-            rx_iov[i].iov_len = RX_BUFFER + 1;
-            memset(&rx_msgs[i].msg_hdr, 0, sizeof(struct msghdr));
-            rx_msgs[i].msg_hdr.msg_iov = &rx_iov[i];
-            rx_msgs[i].msg_hdr.msg_iovlen = 1;
-            rx_msgs[i].msg_hdr.msg_name = &rx_addr[i];
-            rx_msgs[i].msg_hdr.msg_namelen = sizeof(rx_addr[i]);
-        }
-        int got = recvmmsg((int)fd, rx_msgs, want, MSG_DONTWAIT, NULL);
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            if (done > 0) break; /* report what was read (a UDP socket's error is read once) */
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        for (int i = 0; i < got; i++) {
-            Py_ssize_t n = (Py_ssize_t)rx_msgs[i].msg_len;
-            if (n > RX_BUFFER || (rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) {
-                t->truncated++;
-                continue;
-            }
-            const unsigned char *d = rx_buf[i];
-            if (is_rtp(d, n)) {
-                if (route(t, d, n, NULL, Py_None, samples, others) < 0) goto fail;
-                continue;
-            }
-            PyObject *addr = address(&rx_addr[i]);
-            if (addr == NULL) goto fail;
-            int rc = route(t, d, n, NULL, addr, samples, others);
-            Py_DECREF(addr);
-            if (rc < 0) goto fail;
-        }
-        done += got;
-        if ((unsigned int)got < want) break;
+    if (samples == NULL || others == NULL || drain_into(t, (int)fd, limit, samples, others, &err) < 0) {
+        Py_XDECREF(samples);
+        Py_XDECREF(others);
+        return NULL;
+    }
+    if (err) {
+        Py_DECREF(samples);
+        Py_DECREF(others);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     return result(samples, others);
-fail:
-    Py_XDECREF(samples);
-    Py_XDECREF(others);
-    return NULL;
 }
 
 static PyObject *Table_count_clear(Table *t, PyObject *arg) {
@@ -398,6 +439,176 @@ static PyTypeObject TableType = {
     .tp_members = Table_members,
 };
 
+/* -- Group: many subscriber sockets behind one epoll descriptor -------------------------------
+ * The event loop watches `fileno()`; each wake-up, `poll()` reads every ready member socket to
+ * the end with its own table, so one loop callback serves all the sockets that got data. */
+#define MAX_EVENTS 256
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    PyObject *members; /* dict: fd -> (table, owner) */
+} Group;
+
+static int Group_init(Group *g, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", names)) return -1;
+    if (g->epfd < 0) g->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (g->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (g->members == NULL && (g->members = PyDict_New()) == NULL) return -1;
+    return 0;
+}
+
+static PyObject *Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    (void)args;
+    (void)kwargs;
+    Group *g = (Group *)type->tp_alloc(type, 0);
+    if (g != NULL) g->epfd = -1;
+    return (PyObject *)g;
+}
+
+static void Group_dealloc(Group *g) {
+    if (g->epfd >= 0) close(g->epfd);
+    Py_XDECREF(g->members);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static int group_ready(Group *g) {
+    if (g->epfd < 0 || g->members == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the group is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Group_add(Group *g, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyObject_TypeCheck(args[1], &TableType)) {
+        PyErr_SetString(PyExc_TypeError, "add(fd, table: Table, owner)");
+        return NULL;
+    }
+    if (group_ready(g) < 0) return NULL;
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    PyObject *entry = PyTuple_Pack(2, args[1], args[2]);
+    if (entry == NULL) return NULL;
+    if (PyDict_SetItem(g->members, args[0], entry) < 0) {
+        Py_DECREF(entry);
+        return NULL;
+    }
+    Py_DECREF(entry);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = (int)fd};
+    if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, (int)fd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyDict_DelItem(g->members, args[0]) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Group_remove(Group *g, PyObject *arg) {
+    if (group_ready(g) < 0) return NULL;
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    epoll_ctl(g->epfd, EPOLL_CTL_DEL, (int)fd, NULL); /* gone already if the fd was closed */
+    if (PyDict_DelItem(g->members, arg) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) return NULL;
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Group_poll(Group *g, PyObject *Py_UNUSED(ignored)) {
+    if (group_ready(g) < 0) return NULL;
+    struct epoll_event events[MAX_EVENTS];
+    int ready = epoll_wait(g->epfd, events, MAX_EVENTS, 0);
+    if (ready < 0) {
+        if (errno == EINTR) return PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (int i = 0; i < ready; i++) {
+        PyObject *key = PyLong_FromLong(events[i].data.fd);
+        if (key == NULL) goto fail;
+        PyObject *entry = PyDict_GetItemWithError(g->members, key);
+        Py_DECREF(key);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        Table *t = (Table *)PyTuple_GET_ITEM(entry, 0);
+        PyObject *samples = PyList_New(0), *others = PyList_New(0);
+        int err;
+        if (samples == NULL || others == NULL ||
+            drain_into(t, events[i].data.fd, 4096, samples, others, &err) < 0) {
+            Py_XDECREF(samples);
+            Py_XDECREF(others);
+            goto fail;
+        }
+        if (err || PyList_GET_SIZE(samples) || PyList_GET_SIZE(others)) {
+            PyObject *item = Py_BuildValue("(OOOi)", PyTuple_GET_ITEM(entry, 1), samples, others, err);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(samples);
+                Py_DECREF(others);
+                goto fail;
+            }
+            Py_DECREF(item);
+        }
+        Py_DECREF(samples);
+        Py_DECREF(others);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *Group_fileno(Group *g, PyObject *Py_UNUSED(ignored)) {
+    if (group_ready(g) < 0) return NULL;
+    return PyLong_FromLong(g->epfd);
+}
+
+static PyObject *Group_len(Group *g, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromSsize_t(g->members ? PyDict_GET_SIZE(g->members) : 0);
+}
+
+static PyObject *Group_close(Group *g, PyObject *Py_UNUSED(ignored)) {
+    if (g->epfd >= 0) close(g->epfd);
+    g->epfd = -1;
+    Py_CLEAR(g->members);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Group_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Group_add, METH_FASTCALL,
+     "add(fd, table, owner): read fd with table; poll() names it by owner"},
+    {"remove", (PyCFunction)Group_remove, METH_O, "remove(fd)"},
+    {"poll", (PyCFunction)Group_poll, METH_NOARGS,
+     "poll() -> [(owner, samples, others, errno)]: drain every ready member (never blocks)"},
+    {"fileno", (PyCFunction)Group_fileno, METH_NOARGS, "the epoll descriptor to watch"},
+    {"members", (PyCFunction)Group_len, METH_NOARGS, "how many sockets are in the group"},
+    {"close", (PyCFunction)Group_close, METH_NOARGS, "close the epoll descriptor"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GroupType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "loadtest._rx.Group",
+    .tp_basicsize = sizeof(Group),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Subscriber sockets read behind one epoll descriptor (see loadtest/rx.py)",
+    .tp_new = Group_new,
+    .tp_init = (initproc)Group_init,
+    .tp_dealloc = (destructor)Group_dealloc,
+    .tp_methods = Group_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "loadtest._rx",
@@ -406,11 +617,21 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__rx(void) {
-    if (PyType_Ready(&TableType) < 0) return NULL;
+    for (int i = 0; i < RX_BATCH; i++) {
+        rx_iov[i].iov_base = rx_buf[i];
+        rx_iov[i].iov_len = RX_BUFFER + 1;
+        rx_msgs[i].msg_hdr.msg_iov = &rx_iov[i];
+        rx_msgs[i].msg_hdr.msg_iovlen = 1;
+        rx_msgs[i].msg_hdr.msg_name = &rx_addr[i];
+        rx_msgs[i].msg_hdr.msg_control = rx_ctl[i].buf;
+    }
+    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&GroupType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&TableType);
+    Py_INCREF(&GroupType);
     if (PyModule_AddObject(m, "Table", (PyObject *)&TableType) < 0 ||
+        PyModule_AddObject(m, "Group", (PyObject *)&GroupType) < 0 ||
         PyModule_AddIntConstant(m, "RX_BATCH", RX_BATCH) < 0 ||
         PyModule_AddIntConstant(m, "RX_BUFFER", RX_BUFFER) < 0) {
         Py_DECREF(&TableType);

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from livekit.protocol import models, rtc
 
 from loadtest import rx
-from loadtest.packets import PacketError, Trailer
+from loadtest.packets import Trailer
 from loadtest.signal import SignalClient
 from loadtest.webrtc import (
     LocalParameters,
@@ -240,18 +240,23 @@ class Subscriber(Participant):
             self._on_samples(samples)
 
     def _on_samples(self, samples: list[rx.Sample]) -> None:
-        for ssrc, pending, data in samples:
+        realtime_offset_ns = time.time_ns() - time.monotonic_ns()
+        unprotect = self.sub_transport.unprotect
+        for ssrc, pending, data, arrival_ns in samples:
             info = self.layering.get(ssrc)
             if info is None:
                 info = self.layering[ssrc] = Layering()
             if info.layer >= 0 and pending:
-                info.octets_by_layer[info.layer] = info.octets_by_layer.get(info.layer, 0) + pending
+                by_layer = info.octets_by_layer
+                by_layer[info.layer] = by_layer.get(info.layer, 0) + pending
             try:
-                clear = self.sub_transport.unprotect(data)
+                clear = unprotect(data)
             except Exception:
                 self.decrypt_errors += 1
             else:
-                self._read_trailer(info, clear)
+                # the kernel's receive time when known: our own scheduling delay is not the SFU's
+                now_ns = arrival_ns - realtime_offset_ns if arrival_ns else time.monotonic_ns()
+                self._read_trailer(info, clear, now_ns)
 
     def _on_rtp_clear(self, data: bytes) -> None:
         ssrc = self.table.count_clear(data)
@@ -260,23 +265,23 @@ class Subscriber(Participant):
         info = self.layering.get(ssrc)
         if info is None:
             info = self.layering[ssrc] = Layering()
-        self._read_trailer(info, data)
+        self._read_trailer(info, data, time.monotonic_ns())
 
-    def _read_trailer(self, stream: Layering, clear: bytes) -> None:
-        try:
-            trailer = Trailer.parse(clear)
-        except PacketError:
+    def _read_trailer(self, stream: Layering, clear: bytes, now_ns: int) -> None:
+        fields = Trailer.read(clear)
+        if fields is None:
             return
-        latency = (time.monotonic_ns() - trailer.sent_ns) / 1e6
+        track, layer, sent_ns = fields
+        latency = (now_ns - sent_ns) / 1e6
         if len(self.latency_ms) < MAX_LATENCY_SAMPLES:
             self.latency_ms.append(latency)
         if len(self.new_latency_ms) < MAX_LATENCY_SAMPLES:
             self.new_latency_ms.append(latency)
-        if stream.layer != trailer.layer:
+        if stream.layer != layer:
             if stream.layer >= 0:
                 stream.layer_switches += 1
-            stream.layer = trailer.layer
-        stream.track = trailer.track
+            stream.layer = layer
+        stream.track = track
 
     def tracks_changed(self) -> None:
         self.apply_layout()
