@@ -153,6 +153,14 @@ async def _receive(args: argparse.Namespace) -> None:
 
 
 def _receiver_main(args: argparse.Namespace) -> None:
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        args.profile, path = None, args.profile
+        profile.runcall(_receiver_main, args)
+        profile.dump_stats(path)
+        return
     if args.mode in ("main", "per-datagram"):
         import uvloop  # the load tester's workers before batching
 
@@ -187,6 +195,7 @@ def _run_one(args: argparse.Namespace, mode: str, tree: Path | None) -> dict[str
         sys.executable, __file__, "--receiver", mode,
         "--subscribers", str(args.subscribers), "--sample-every", str(args.sample_every),
         "--key", key.hex(), "--poll-ms", str(args.poll_ms),
+        *(["--profile", f"{args.profile}.{mode}"] if args.profile else []),
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
@@ -265,12 +274,13 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--sample-every", type=int, default=10)
+    p.add_argument("--sample-every", type=int, default=20, help="as the load tester's")
     p.add_argument("--packets-per-frame", type=int, default=2, help="video burst (30 frames/s)")
-    p.add_argument("--poll-ms", type=float, default=50.0, help="loadtest.rx.poll_interval_s, ms")
+    p.add_argument("--poll-ms", type=float, default=100.0, help="loadtest.rx.poll_interval_s, ms")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--receiver", choices=MODES, dest="mode", help=argparse.SUPPRESS)
     p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--profile", help="cProfile the receiver into this file (inflates its CPU)")
     args = p.parse_args()
     if args.mode:
         _receiver_main(args)

@@ -81,7 +81,7 @@ class Scenario:
     out: Path = field(default_factory=lambda: Path("."))
     cache: Path | None = None
     workers: int | None = None
-    sample_every: int = 10
+    sample_every: int = 20
     rx: str = "auto"
     metrics_url: str | None = None
     sfu_pid: int | None = None
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample-every",
         type=_positive_int,
-        help="decrypt 1 packet in N to read its latency trailer (default 10)",
+        help="decrypt 1 packet in N of each stream to read its latency trailer (default 20)",
     )
     p.add_argument(
         "--rx",

@@ -64,7 +64,7 @@ MAX_PER_WAKEUP = 4096
 #: after data arrives, wait this long before reading, so that each socket has queued several
 #: datagrams (latency is measured at the kernel's receive time, so the wait does not show);
 #: 0 reads at once
-poll_interval_s = 0.05
+poll_interval_s = 0.1
 #: receive buffer asked for (the kernel caps it at net.core.rmem_max)
 RCVBUF = 1 << 20
 

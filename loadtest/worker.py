@@ -126,7 +126,11 @@ def _totals(subs: list[Subscriber]) -> dict[str, Any]:
         "octets_by_track_layer": by_layer,
         "decrypt_errors": sum(s.decrypt_errors for s in subs),
         "rx": sorted(
-            {rx.kind(s.table) if s.sub_transport.reader else "per-datagram" for s in subs}
+            {
+                rx.kind(s.table) if s.sub_transport.reader else "per-datagram"
+                for s in subs
+                if s.sub_transport.connected.is_set()
+            }
         ),
         "rx_overflow": sum(s.table.overflow for s in subs),
         "rx_truncated": sum(s.table.truncated for s in subs),
