@@ -7,10 +7,12 @@ PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
 APT_PACKAGES := redis-server chromium iproute2 openssl
+# what `pip install -e .` needs to compile the extension modules of setup.py
+BUILD_PACKAGES := gcc python3-dev
 
-.PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
+.PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py loadtest/_rx.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -30,9 +32,10 @@ synapse-venv: $(SYNAPSE_VENV)/.installed
 # real. redis-server and iproute2 are installed but no test uses them yet: Redis routing is
 # reserved (single node only), and this kernel has no netem qdisc (tc's tbf and htb work, in
 # network namespaces), so loss and jitter are tested only by unit rigs, not end to end.
-system-deps:
+system-deps build-deps: PACKAGES = $(if $(filter build-deps,$@),$(BUILD_PACKAGES),$(APT_PACKAGES))
+system-deps build-deps:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -65,4 +68,4 @@ fuzz: venv
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build loadtest/_rx.*.so

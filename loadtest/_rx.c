@@ -7,6 +7,8 @@
  * (every `sample_every`-th of a stream, the first one included) and every datagram that is not
  * RTP (STUN, DTLS, SRTCP: RFC 7983 first-byte demux, RFC 5761 RTP/RTCP split). `feed` runs the
  * same counting over datagrams given as bytes; loadtest/rx.py holds the pure-Python twin.
+ * A `Group` holds many sockets (each with its table) behind one epoll descriptor: one event-loop
+ * callback drains every ready socket. Sampled packets carry their SO_TIMESTAMPNS receive time.
  *
  * Hostile input: at most `capacity` SSRCs get a stream; packets of others are counted in
  * `overflow` only. Datagrams larger than RX_BUFFER are dropped and counted in `truncated`.
@@ -52,6 +54,14 @@ typedef struct {
     unsigned long long overflow;
     unsigned long long truncated;
 } Table;
+
+static int table_ready(Table *t) {
+    if (t->index == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Table.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
 
 static struct mmsghdr rx_msgs[RX_BATCH];
 static struct iovec rx_iov[RX_BATCH];
@@ -237,6 +247,7 @@ static PyObject *result(PyObject *samples, PyObject *others) {
 }
 
 static PyObject *Table_feed(Table *t, PyObject *datagrams) {
+    if (table_ready(t) < 0) return NULL;
     PyObject *seq = PySequence_Fast(datagrams, "feed() takes a sequence of (bytes, address)");
     if (seq == NULL) return NULL;
     PyObject *samples = PyList_New(0), *others = PyList_New(0);
@@ -309,6 +320,7 @@ static PyObject *Table_drain(Table *t, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "drain(fd, max_datagrams=4096)");
         return NULL;
     }
+    if (table_ready(t) < 0) return NULL;
     long fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred()) return NULL;
     long limit = nargs > 1 ? PyLong_AsLong(args[1]) : 4096;
@@ -330,6 +342,7 @@ static PyObject *Table_drain(Table *t, PyObject *const *args, Py_ssize_t nargs) 
 }
 
 static PyObject *Table_count_clear(Table *t, PyObject *arg) {
+    if (table_ready(t) < 0) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *d = view.buf;
@@ -489,7 +502,7 @@ static PyObject *Group_add(Group *g, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "add(fd, table: Table, owner)");
         return NULL;
     }
-    if (group_ready(g) < 0) return NULL;
+    if (group_ready(g) < 0 || table_ready((Table *)args[1]) < 0) return NULL;
     long fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred()) return NULL;
     PyObject *entry = PyTuple_Pack(2, args[1], args[2]);

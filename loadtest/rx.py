@@ -8,13 +8,15 @@ the simulcast layer the samples' trailers name without seeing every packet. At m
 SSRCs get a stream (hostile input cannot grow it); packets of others count in `overflow`.
 
 Two tables count identically (tests/loadtest/test_rx.py): `loadtest._rx.Table` (C, reads with
-`recvmmsg`, 64 datagrams a syscall) and `PyTable` here (reads with `recvfrom` until EAGAIN), the
+`recvmmsg`, 64 datagrams a syscall) and `PyTable` here (reads with `recvmsg` until EAGAIN), the
 fallback when the extension was not built. `BatchedReader` takes a connected ICE socket away from
-the event loop's own reader: it pauses the asyncio datagram transport, reads a duplicate of its
-descriptor on each wake-up, and passes whatever is not RTP (STUN, DTLS, SRTCP; RFC 7983, RFC
-5761) back to the transport's protocol as if it had read it itself. Sending stays with the
-transport. uvloop's UDP transport cannot pause, so on uvloop the caller keeps the per-datagram
-hook (`BatchedReader.supported`).
+the event loop's own reader: it pauses the asyncio datagram transport and puts a duplicate of its
+descriptor into the loop's one epoll group (`loadtest._rx.Group` or `PyGroup`). When a member has
+data the group waits `poll_interval_s`, then reads every ready socket to the end in one callback;
+samples carry the kernel's receive time (SO_TIMESTAMPNS), so the wait is not in the latency.
+Whatever is not RTP (STUN, DTLS, SRTCP; RFC 7983, RFC 5761) goes back to the transport's protocol
+as if it had read it itself; sending stays with the transport. uvloop's UDP transport cannot
+pause, so on uvloop the caller keeps the per-datagram hook (`BatchedReader.supported`).
 """
 
 from __future__ import annotations

@@ -114,6 +114,12 @@ def test_bad_arguments_are_refused() -> None:
             make(1, 0)
     with pytest.raises(TypeError):
         _rx.Table(1).feed([b"not a pair"])  # type: ignore[list-item]
+    bare = _rx.Table.__new__(_rx.Table)  # never initialised: refused, not a crash
+    for call in (lambda: bare.feed([]), lambda: bare.drain(0), lambda: bare.count_clear(rtp(1, 1))):
+        with pytest.raises(ValueError):
+            call()
+    with pytest.raises(ValueError):
+        _rx.Group().add(0, bare, None)
 
 
 # -- both tables, the same stream -------------------------------------------------------------
