@@ -342,3 +342,27 @@ def test_subscriber_attributes_octets_to_the_sampled_layer(mode: str) -> None:
     # samples at 0, 5, 10 say layer 0; 15, 20 say layer 2
     assert stream.octets_by_layer == {0: 15 * size, 2: 10 * size}
     assert len(sub.latency_ms) == 5 and sub.decrypt_errors == 0
+
+
+# -- the report's own-CPU fields ---------------------------------------------------------------
+def test_report_gives_the_load_testers_cpu_per_received_packet() -> None:
+    from loadtest.config import Scenario, parse_args
+    from loadtest.report import Report
+
+    assert parse_args(["--rx", "python", "--api-key", "k", "--api-secret", "s"]).rx == "python"
+    assert Scenario().rx == "auto" and Scenario().sample_every == 20
+    report = Report(Scenario())
+    report.start, report.steady_start, report.steady_end = 0.0, 10.0, 20.0
+    report.cpu_steady_start, report.cpu_steady_end = 5.0, 6.0
+    for worker, (cpu_per_s, pps) in enumerate([(0.2, 100_000), (0.1, 100_000)]):
+        for t in range(0, 25):
+            tick = {"t": float(t), "cpu_s": cpu_per_s * t, "packets": pps * t, "octets": 0}
+            report.add_tick(worker, {**tick, "latency_ms": []})
+    report.finals = [{"rx": ["recvmmsg (C)"], "rx_overflow": 0, "rx_truncated": 2}]
+    own = report._own_summary()
+    # 10 s steady: (2 + 1) CPU seconds over 2 M packets
+    assert own["loadtest_cpu_us_per_packet"] == 1.5
+    assert own["loadtest_worker_cpu_pct"] == [20.0, 10.0]
+    assert own["loadtest_publisher_cpu_pct"] == 10.0
+    assert own["loadtest_cpu_basis"] == "steady phase"
+    assert (own["loadtest_rx"], own["rx_truncated"]) == ("recvmmsg (C)", 2)
