@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loadtest.rx import RX_MODES
+from loadtest.rx import COMPILED, RX_MODES
 
 __all__ = [
     "LAYOUTS",
@@ -237,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> Scenario:
         parser.error("--rooms must be ≥ 1")
     if not 0 < scenario.num_per_second <= 50:
         parser.error("--num-per-second must be in (0, 50]")
+    if scenario.rx == "c" and not COMPILED:
+        parser.error("--rx c: loadtest._rx is not built (`pip install -e .` with a C compiler)")
     if scenario.publishers + scenario.subscribers == 0:
         parser.error("nothing to do: no publishers and no subscribers")
     return scenario

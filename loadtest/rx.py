@@ -33,17 +33,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 __all__ = [
+    "COMPILED",
     "RX_BATCH",
     "RX_BUFFER",
     "RX_MODES",
     "STREAM_CAPACITY",
     "BatchedReader",
+    "PyGroup",
     "PyTable",
     "Sample",
     "Table",
     "is_rtp",
     "kind",
     "new_table",
+    "wakeups",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ try:
     from loadtest import _rx
 except ImportError:  # built by `pip install` with a C compiler; the fallback counts the same
     _rx = None  # type: ignore[assignment]
+
+#: whether `loadtest._rx` was built
+COMPILED = _rx is not None
 
 RX_BATCH = 64
 #: how a subscriber receives: `auto` (batched, the C table when built), `c`, `python` (batched,

@@ -226,6 +226,24 @@ def test_socket_drains_match_and_carry_kernel_times() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_ipv6_sources_come_back_as_asyncio_gives_them(kind: str) -> None:
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("::1", 0))
+        receiver.setblocking(False)
+        sender.bind(("::1", 0))
+        stun = b"\x00\x01" + bytes(18)
+        sender.sendto(stun, receiver.getsockname())
+        t = table(kind)
+        _, others = _drain_all(t, receiver.fileno() if kind == "c" else receiver, 1)
+        assert others == [(stun, sender.getsockname())]  # (host, port, flowinfo, scope_id)
+    finally:
+        receiver.close()
+        sender.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_group_reads_every_ready_member(kind: str) -> None:
     group: Any = _rx.Group() if kind == "c" else rx.PyGroup()
     pairs = [_pair() for _ in range(3)]
