@@ -11,9 +11,9 @@ APT_PACKAGES := chromium iproute2 openssl coturn redis-server
 
 .PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
-# The install compiles the forwarding path's C extension (setup.py, sfu/media/_fastpath.c) with
+# The install compiles C extensions (setup.py: sfu/media/_fastpath.c, loadtest/_rx.c) with
 # the machine's compiler, in place for the editable install; a change to its source reinstalls.
-$(VENV)/.installed: pyproject.toml setup.py sfu/media/_fastpath.c | build-deps
+$(VENV)/.installed: pyproject.toml setup.py sfu/media/_fastpath.c loadtest/_rx.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test,loadtest,focus]'
@@ -36,7 +36,7 @@ synapse-venv: $(SYNAPSE_VENV)/.installed
 # htb work), so loss and jitter are tested by unit rigs.
 system-deps:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -90,4 +90,4 @@ fuzz: venv
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so loadtest/_rx.*.so

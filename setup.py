@@ -1,7 +1,9 @@
-"""Builds the compiled forwarding path, `sfu.media._fastpath`, with the machine's C compiler.
+"""Compiled parts, built from this tree's own C sources with the machine's compiler at install time.
 
-Everything else is in pyproject.toml. The extension is optional: without a compiler the install
-goes on, and `rtc.fast_path: auto` falls back to the pure-Python path with one warning.
+Everything else is in pyproject.toml. Both extensions are optional: without a compiler the
+install goes on; `rtc.fast_path: auto` then falls back to the pure-Python forwarding path with
+one warning (`sfu.media._fastpath`), and the load tester counts in Python and says so in its
+report (`loadtest._rx`).
 """
 
 from setuptools import Extension, setup
@@ -21,6 +23,7 @@ setup(
                 "-Wno-missing-field-initializers",
             ],
             optional=True,
-        )
+        ),
+        Extension("loadtest._rx", ["loadtest/_rx.c"], optional=True, extra_compile_args=["-O2"]),
     ]
 )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loadtest.rx import COMPILED, RX_MODES
+
 __all__ = [
     "LAYOUTS",
     "PRESETS",
@@ -79,7 +81,8 @@ class Scenario:
     out: Path = field(default_factory=lambda: Path("."))
     cache: Path | None = None
     workers: int | None = None
-    sample_every: int = 10
+    sample_every: int = 20
+    rx: str = "auto"
     metrics_url: str | None = None
     sfu_pid: int | None = None
     preset: str | None = None
@@ -196,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample-every",
         type=_positive_int,
-        help="decrypt 1 packet in N to read its latency trailer (default 10)",
+        help="decrypt 1 packet in N of each stream to read its latency trailer (default 20)",
+    )
+    p.add_argument(
+        "--rx",
+        choices=RX_MODES,
+        help="how subscribers receive (default auto: batched, compiled when built; "
+        "per-datagram: one event-loop callback a packet, on uvloop)",
     )
     p.add_argument("--metrics-url", help="the SFU's /metrics (default: guessed from --url)")
     p.add_argument("--sfu-pid", type=int, help="local SFU process, for CPU/RSS when no /metrics")
@@ -228,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> Scenario:
         parser.error("--rooms must be ≥ 1")
     if not 0 < scenario.num_per_second <= 50:
         parser.error("--num-per-second must be in (0, 50]")
+    if scenario.rx == "c" and not COMPILED:
+        parser.error("--rx c: loadtest._rx is not built (`pip install -e .` with a C compiler)")
     if scenario.publishers + scenario.subscribers == 0:
         parser.error("nothing to do: no publishers and no subscribers")
     return scenario

@@ -2,8 +2,10 @@
 
 `Participant` joins, answers the SFU's subscriber offers (ICE controlled, DTLS client), takes
 trickled ICE candidates for either transport (before or after the SDP they belong to), trickles
-its own when the server's SDP carries none, and keeps the room's track list. `Subscriber` counts every RTP packet from its clear header (sequence gaps
-→ loss, bytes → bitrate), decrypts one in `sample_every` to read the latency trailer, and sends
+its own when the server's SDP carries none, and keeps the room's track list. `Subscriber` counts
+every RTP packet from its clear header (sequence gaps → loss, bytes → bitrate) in a
+`loadtest.rx` table, batched off the socket, decrypts one in `sample_every` to read the latency
+trailer (which also names the simulcast layer the octets in between belong to), and sends
 `UpdateTrackSettings` for its layout. `Publisher` (see `publisher.py`) adds a sending transport.
 """
 
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import models, rtc
 
-from loadtest.packets import PacketError, Trailer
+from loadtest import rx
+from loadtest.packets import Trailer
 from loadtest.signal import SignalClient
 from loadtest.webrtc import (
     LocalParameters,
@@ -28,14 +31,24 @@ from loadtest.webrtc import (
     parse_candidate_init,
 )
 
-__all__ = ["Participant", "StreamStats", "Subscriber", "TileRequest"]
+__all__ = ["Layering", "Participant", "StreamStats", "Subscriber", "TileRequest"]
 
 MAX_LATENCY_SAMPLES = 20_000
 
 
 @dataclass(slots=True)
+class Layering:
+    """What the sampled trailers of one SSRC said: its track and simulcast layer."""
+
+    track: int = -1
+    layer: int = -1
+    layer_switches: int = 0
+    octets_by_layer: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class StreamStats:
-    """One SSRC the SFU sends this subscriber."""
+    """One SSRC the SFU sends this subscriber: the table's counters and the trailers' layering."""
 
     base: int
     highest: int
@@ -45,7 +58,6 @@ class StreamStats:
     layer: int = -1
     layer_switches: int = 0
     octets_by_layer: dict[int, int] = field(default_factory=dict)
-    since_sample: int = 0
 
     @property
     def expected(self) -> int:
@@ -176,78 +188,100 @@ class Subscriber(Participant):
         *,
         sample_every: int,
         layout: Callable[[dict[str, tuple[str, int]]], dict[str, TileRequest]],
+        rx_mode: str = "auto",
     ) -> None:
         super().__init__(url, token, identity, auto_subscribe=True)
+        if rx_mode not in rx.RX_MODES:
+            raise ValueError(f"rx_mode {rx_mode!r} is not one of {rx.RX_MODES}")
         self.sample_every = max(1, sample_every)
         self.layout = layout
-        self.streams: dict[int, StreamStats] = {}
-        self.packets = 0
-        self.octets = 0
+        compiled = {"c": True, "python": False}.get(rx_mode)
+        self.table = rx.new_table(self.sample_every, compiled=compiled)
+        #: per SSRC that had a sample (bounded by the table's capacity)
+        self.layering: dict[int, Layering] = {}
         self.latency_ms: list[float] = []
         self.new_latency_ms: list[float] = []
         self.decrypt_errors = 0
         self._settings: dict[str, TileRequest] = {}
+        if rx_mode != "per-datagram":
+            self.sub_transport.rx_table = self.table
+        self.sub_transport.on_samples = self._on_samples
         self.sub_transport.on_rtp = self._on_rtp
         self.sub_transport.on_rtp_clear = self._on_rtp_clear
 
-    def _stream(self, data: bytes) -> StreamStats:
-        seq = (data[2] << 8) | data[3]
-        ssrc = int.from_bytes(data[8:12], "big")
-        stream = self.streams.get(ssrc)
-        if stream is None:
-            stream = self.streams[ssrc] = StreamStats(seq, seq)
-            stream.since_sample = self.sample_every  # sample the first packet
-            return stream
-        stream.received += 1
-        delta = (seq - stream.highest) & 0xFFFF
-        if delta < 0x8000:
-            stream.highest += delta
-        return stream
+    @property
+    def packets(self) -> int:
+        return self.table.packets
+
+    @property
+    def octets(self) -> int:
+        return self.table.octets
+
+    @property
+    def streams(self) -> dict[int, StreamStats]:
+        """A snapshot of every stream: the table's counters, the layering of its samples, and
+        the octets since the last sample attributed to the layer that sample named."""
+        out: dict[int, StreamStats] = {}
+        for ssrc, base, highest, received, octets, pending in self.table.streams():
+            info = self.layering.get(ssrc) or Layering()
+            by_layer = dict(info.octets_by_layer)
+            if info.layer >= 0 and pending:
+                by_layer[info.layer] = by_layer.get(info.layer, 0) + pending
+            out[ssrc] = StreamStats(
+                base, highest, received, octets, info.track, info.layer, info.layer_switches,
+                by_layer,
+            )  # fmt: skip
+        return out
 
     def _on_rtp(self, data: bytes) -> None:
-        self.packets += 1
-        size = len(data)
-        self.octets += size
-        stream = self._stream(data)
-        stream.octets += size
-        stream.since_sample += 1
-        if stream.since_sample >= self.sample_every:
-            stream.since_sample = 0
+        """The per-datagram path: one encrypted RTP packet."""
+        samples, _ = self.table.feed(((data, None),))
+        if samples:
+            self._on_samples(samples)
+
+    def _on_samples(self, samples: list[rx.Sample]) -> None:
+        realtime_offset_ns = time.time_ns() - time.monotonic_ns()
+        unprotect = self.sub_transport.unprotect
+        for ssrc, pending, data, arrival_ns in samples:
+            info = self.layering.get(ssrc)
+            if info is None:
+                info = self.layering[ssrc] = Layering()
+            if info.layer >= 0 and pending:
+                by_layer = info.octets_by_layer
+                by_layer[info.layer] = by_layer.get(info.layer, 0) + pending
             try:
-                clear = self.sub_transport.unprotect(data)
+                clear = unprotect(data)
             except Exception:
                 self.decrypt_errors += 1
             else:
-                self._read_trailer(stream, clear)
-        if stream.layer >= 0:
-            stream.octets_by_layer[stream.layer] = (
-                stream.octets_by_layer.get(stream.layer, 0) + size
-            )
+                # the kernel's receive time when known: our own scheduling delay is not the SFU's
+                now_ns = arrival_ns - realtime_offset_ns if arrival_ns else time.monotonic_ns()
+                self._read_trailer(info, clear, now_ns)
 
     def _on_rtp_clear(self, data: bytes) -> None:
-        if len(data) < 12:
+        ssrc = self.table.count_clear(data)
+        if ssrc is None:
             return
-        self.packets += 1
-        self.octets += len(data)
-        stream = self._stream(data)
-        stream.octets += len(data)
-        self._read_trailer(stream, data)
+        info = self.layering.get(ssrc)
+        if info is None:
+            info = self.layering[ssrc] = Layering()
+        self._read_trailer(info, data, time.monotonic_ns())
 
-    def _read_trailer(self, stream: StreamStats, clear: bytes) -> None:
-        try:
-            trailer = Trailer.parse(clear)
-        except PacketError:
+    def _read_trailer(self, stream: Layering, clear: bytes, now_ns: int) -> None:
+        fields = Trailer.read(clear)
+        if fields is None:
             return
-        latency = (time.monotonic_ns() - trailer.sent_ns) / 1e6
+        track, layer, sent_ns = fields
+        latency = (now_ns - sent_ns) / 1e6
         if len(self.latency_ms) < MAX_LATENCY_SAMPLES:
             self.latency_ms.append(latency)
         if len(self.new_latency_ms) < MAX_LATENCY_SAMPLES:
             self.new_latency_ms.append(latency)
-        if stream.layer != trailer.layer:
+        if stream.layer != layer:
             if stream.layer >= 0:
                 stream.layer_switches += 1
-            stream.layer = trailer.layer
-        stream.track = trailer.track
+            stream.layer = layer
+        stream.track = track
 
     def tracks_changed(self) -> None:
         self.apply_layout()

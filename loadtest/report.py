@@ -4,7 +4,11 @@
 `join_time_ms` (p50/p99), `join_failures`, `loss_pct`, `latency_ms` (p50/p99/max),
 `bitrate_kbps` (per publisher track and layer, per receiving stream), `layer_switches`,
 `packets_received`, and from the SFU's own counters `sfu_packets_sent`,
-`sfu_cpu_us_per_packet` and `sfu_rss_per_participant_kb`.
+`sfu_cpu_us_per_packet` and `sfu_rss_per_participant_kb`. The load tester's own cost over the
+steady phase: `loadtest_cpu_us_per_packet` (the subscriber processes' CPU time per packet they
+received), `loadtest_worker_cpu_pct` (each subscriber process, % of one core: near 100 the load
+tester, not the server, is the limit), `loadtest_publisher_cpu_pct` and `loadtest_rx` (how the
+subscribers received: `recvmmsg (C)`, `python` or `per-datagram`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ class Report:
         self.sfu_steady_start: Snapshot | None = None
         self.sfu_steady_end: Snapshot | None = None
         self.sfu_after: Snapshot | None = None
+        #: this process's CPU time (the publishers) at the steady phase's ends
+        self.cpu_steady_start = 0.0
+        self.cpu_steady_end = 0.0
 
     # -- while running ---------------------------------------------------------------------
     def add_join(self, ms: float, error: str | None, publisher: bool = False) -> None:
@@ -154,7 +161,42 @@ class Report:
             "errors": (self.join_errors + [e for f in finals for e in f["errors"]])[:10],
         }
         summary.update(self._sfu_summary())
+        summary.update(self._own_summary())
         return summary
+
+    def _own_summary(self) -> dict[str, Any]:
+        """The load tester's own CPU: per subscriber process from its ticks in the steady phase
+        (the whole run's ticks when the phase was too short to hold two)."""
+        cpu = packets = 0.0
+        worker_pct: list[float] = []
+        basis = "steady phase"
+        for ticks in self.ticks.values():
+            usable = [t for t in ticks if "cpu_s" in t]
+            steady = [t for t in usable if self.steady_start <= t["t"] <= self.steady_end]
+            if len(steady) < 2:
+                steady, basis = usable, "whole run (fewer than two ticks in the steady phase)"
+            if len(steady) < 2:
+                continue
+            first, last = steady[0], steady[-1]
+            used = last["cpu_s"] - first["cpu_s"]
+            cpu += used
+            packets += last["packets"] - first["packets"]
+            worker_pct.append(round(100 * used / max(1e-3, last["t"] - first["t"]), 1))
+        steady_s = self.steady_end - self.steady_start
+        kinds = sorted({k for f in self.finals for k in f.get("rx", [])})
+        return {
+            "loadtest_cpu_us_per_packet": round(cpu * 1e6 / packets, 2) if packets else None,
+            "loadtest_worker_cpu_pct": worker_pct,
+            "loadtest_cpu_basis": basis if worker_pct else None,
+            "loadtest_publisher_cpu_pct": (
+                round(100 * (self.cpu_steady_end - self.cpu_steady_start) / steady_s, 1)
+                if steady_s > 0
+                else None
+            ),
+            "loadtest_rx": ", ".join(kinds) or None,
+            "rx_overflow": sum(f.get("rx_overflow", 0) for f in self.finals),
+            "rx_truncated": sum(f.get("rx_truncated", 0) for f in self.finals),
+        }
 
     def _sfu_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -247,6 +289,12 @@ def table(summary: dict[str, Any]) -> str:
         ("layer switches", str(summary["layer_switches"])),
         ("SFU CPU", f"{summary['sfu_cpu_pct']} %, {summary['sfu_cpu_us_per_packet']} µs/packet"),
         ("SFU RSS per participant", f"{summary['sfu_rss_per_participant_kb']} KiB"),
+        (
+            "load tester CPU",
+            f"{summary['loadtest_cpu_us_per_packet']} µs/received packet ({summary['loadtest_rx']}),"
+            f" subscriber processes {summary['loadtest_worker_cpu_pct']} %,"
+            f" publishers {summary['loadtest_publisher_cpu_pct']} % of a core",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]

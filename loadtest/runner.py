@@ -148,6 +148,7 @@ class _Run:
                 "token_url": s.token_url,
                 "epoch_ns": epoch_ns,
                 "sample_every": s.sample_every,
+                "rx": s.rx,
                 "layout": s.layout,
                 "seed": s.seed,
                 "talking": min(talking, s.video_publishers) or 1,
@@ -166,6 +167,7 @@ class _Run:
                 break
             await self.sleep(0.5)
         self.report.steady_start = time.monotonic()
+        self.report.cpu_steady_start = time.process_time()
         self.report.sfu_steady_start = await self.snapshot()
         end = time.monotonic() + s.duration_s
         while not self.stop.is_set() and time.monotonic() < end:
@@ -173,6 +175,7 @@ class _Run:
             self.pump()
             self.progress("run")
         self.report.steady_end = time.monotonic()
+        self.report.cpu_steady_end = time.process_time()
         self.report.sfu_steady_end = await self.snapshot()
         await self.finish()
         return self.report

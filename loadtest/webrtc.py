@@ -9,9 +9,12 @@ Built from aiortc's ORTC objects (`RTCIceGatherer`, `RTCIceTransport`, `RTCDtlsT
 - remote candidates come from the SDP and, for servers that trickle (LiveKit does), from
   `add_remote_candidate` at any time — before or after the SDP; end-of-candidates is never
   signalled, so late candidates are always accepted (aioice keeps checking until one pair works);
-- received RTP bypasses aiortc: `on_rtp(data)` gets the *still encrypted* packet (the RTP header
-  is readable, RFC 3711 §3.1) straight from the UDP protocol, and `unprotect(data)` decrypts the
-  few the caller samples; received RTCP is decrypted by aiortc and handed to `on_rtcp(data)`.
+- received RTP bypasses aiortc. With an `rx_table` (a cheap subscriber) on asyncio's selector
+  loop, `loadtest.rx.BatchedReader` reads the socket in batches, the table counts every packet
+  from its clear header, and `on_samples` gets only the sampled, *still encrypted* packets (the
+  RTP header is readable, RFC 3711 §3.1); otherwise (uvloop, or no table) `on_rtp(data)` gets
+  every encrypted packet from the UDP protocol. `unprotect(data)` decrypts the few the caller
+  samples; received RTCP is decrypted by aiortc and handed to `on_rtcp(data)`.
 
 aiortc/aioice internals used (aiortc 1.16.0, aioice 0.13.0): `RTCDtlsTransport._set_role`,
 `._tx_srtp`, `._rx_srtp`, `._handle_rtp_data`, `._handle_rtcp_data`; aioice
@@ -44,6 +47,8 @@ from aiortc.rtcicetransport import (
     RTCIceTransport,
 )
 from aiortc.sdp import candidate_from_sdp
+
+from loadtest.rx import BatchedReader, Sample, Table, is_rtp
 
 __all__ = [
     "MediaLine",
@@ -268,6 +273,10 @@ class Transport:
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
         self.unprotect: Callable[[bytes], bytes] = _not_connected
         self.on_rtp: Callable[[bytes], None] = _ignore
+        #: set by a cheap subscriber before `start`: count in batches, see only the samples
+        self.rx_table: Table | None = None
+        self.on_samples: Callable[[list[Sample]], None] = _ignore
+        self.reader: BatchedReader | None = None
         self.on_rtcp: Callable[[bytes], None] = _ignore
         #: decrypted RTP that took aiortc's path (the first instants after DTLS connects)
         self.on_rtp_clear: Callable[[bytes], None] = _ignore
@@ -331,23 +340,32 @@ class Transport:
             self.failed = f"{type(exc).__name__}: {exc}"
             return
         pair = self._ice._connection._nominated[1]
-        protocol = pair.protocol
         self._remote_addr = pair.remote_addr
-        self._sendto = protocol.transport.sendto
         self._protect = self._dtls._tx_srtp.protect
         self._protect_rtcp = self._dtls._tx_srtp.protect_rtcp
         self.unprotect = self._dtls._rx_srtp.unprotect
+        self.take_receive(pair.protocol)
+        self.connected.set()
+
+    def take_receive(self, protocol: Any) -> None:
+        """Route RTP arriving on `protocol` (an `asyncio.DatagramProtocol` with a `transport`,
+        aioice's `StunProtocol` once connected) to the table or `on_rtp`; the rest still goes to
+        the protocol's own `datagram_received`."""
+        self._sendto = protocol.transport.sendto
         original = protocol.datagram_received
+        if self.rx_table is not None and BatchedReader.supported(protocol.transport):
+            self.reader = BatchedReader(
+                protocol.transport, original, self.rx_table, self.on_samples
+            )
+            return
 
         def datagram_received(data: bytes, addr: Any) -> None:
-            # RTP (RFC 7983: first byte 128–191), not RTCP (PT 192–223): ours, still encrypted.
-            if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            if is_rtp(data):  # ours, still encrypted
                 self.on_rtp(data)
             else:
                 original(data, addr)
 
-        protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
-        self.connected.set()
+        protocol.datagram_received = datagram_received
 
     async def add_remote_candidate(self, candidate: str) -> None:
         """Add one trickled remote candidate (`a=candidate` value), before or after `start`.
@@ -390,6 +408,9 @@ class Transport:
 
     async def close(self) -> None:
         self._protect = self._protect_rtcp = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         if self._connect_task is not None:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -400,7 +421,7 @@ class Transport:
             await asyncio.wait_for(self._ice.stop(), 3)
 
 
-def _ignore(data: bytes) -> None:
+def _ignore(data: Any) -> None:
     return None
 
 

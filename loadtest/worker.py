@@ -4,7 +4,8 @@ The parent starts `run_worker(conn, config)` in a spawned process. The worker jo
 subscribers at their scheduled times, follows the layout (the active speaker rotates every
 `SPEAKER_PERIOD_S`), and talks to the parent over a `multiprocessing` pipe:
 
-- it sends `{"type": "join", …}` per subscriber and `{"type": "tick", …}` every second;
+- it sends `{"type": "join", …}` per subscriber and `{"type": "tick", …}` every second (with the
+  process's own CPU time, so the report can say what one received packet cost the load tester);
 - on `"final"` it answers `{"type": "final", …}` with its totals;
 - on `"stop"` (or end of input, or `max_seconds`) it closes everything and sends `"closed"`.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from livekit.protocol import models
 
+from loadtest import rx
 from loadtest.participant import Subscriber, TileRequest
 from loadtest.signal import SignalError, TokenSource
 from loadtest.webrtc import use_interfaces_for
@@ -123,6 +125,15 @@ def _totals(subs: list[Subscriber]) -> dict[str, Any]:
         "layer_switches": sum(s.layer_switches for s in streams),
         "octets_by_track_layer": by_layer,
         "decrypt_errors": sum(s.decrypt_errors for s in subs),
+        "rx": sorted(
+            {
+                rx.kind(s.table) if s.sub_transport.reader else "per-datagram"
+                for s in subs
+                if s.sub_transport.connected.is_set()
+            }
+        ),
+        "rx_overflow": sum(s.table.overflow for s in subs),
+        "rx_truncated": sum(s.table.truncated for s in subs),
         "latency_ms": _thin([x for sub in subs for x in sub.latency_ms], MAX_FINAL_LATENCY_SAMPLES),
         "connected": sum(s.sub_transport.connected.is_set() for s in subs),
         "errors": [f"{s.identity}: {s.error}" for s in subs if s.error][:10],
@@ -162,6 +173,7 @@ async def _worker(conn: Connection, config: dict[str, Any]) -> None:
                 token,
                 identity,
                 sample_every=config["sample_every"],
+                rx_mode=config.get("rx", "auto"),
                 layout=make_layout(
                     config["layout"], spec["index"], config["seed"], config["talking"], epoch_ns
                 ),
@@ -198,6 +210,7 @@ async def _worker(conn: Connection, config: dict[str, Any]) -> None:
                     {
                         "type": "tick",
                         "t": time.monotonic(),
+                        "cpu_s": time.process_time(),
                         "packets": sum(s.packets for s in subs),
                         "octets": sum(s.octets for s in subs),
                         "latency_ms": new[:5000],
@@ -227,6 +240,11 @@ def run_worker(conn: Connection, config: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
+    if config.get("rx", "auto") != "per-datagram":
+        # Batched receive pauses the datagram transport, which asyncio's loop can and uvloop's
+        # cannot; with batches the loop wakes up per burst, not per packet.
+        asyncio.run(_worker(conn, config))
+        return
     try:
         import uvloop
 

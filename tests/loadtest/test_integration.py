@@ -77,5 +77,9 @@ async def test_small_scenario_matches_sfu_metrics(tmp_path: Path, media_cache: P
     assert summary["latency_ms"]["p50"] > 0
     assert summary["bitrate_kbps"], summary
     assert summary["sfu_cpu_us_per_packet"] is not None
+    # The load tester's own cost is reported, from its batched, compiled receive path.
+    assert summary["loadtest_rx"] == "recvmmsg (C)", summary
+    assert summary["loadtest_cpu_us_per_packet"] is not None and summary["loadtest_worker_cpu_pct"]
+    assert summary["rx_overflow"] == 0 and summary["rx_truncated"] == 0
     for name in ("latency.png", "bitrate.png", "join-time.png"):
         assert (out / name).stat().st_size > 1000
