@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := chromium iproute2 openssl coturn
+APT_PACKAGES := chromium iproute2 openssl coturn caddy
 
 .PHONY: run test venv synapse-venv system-deps node-deps lint unit check clean fuzz
 
@@ -28,7 +28,8 @@ $(SYNAPSE_VENV)/.installed:
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
 # Debian packages: the tests drive chromium (livekit-client, Playwright), openssl (an independent
-# check of TURN credentials), coturn (TURN relay tests) and iproute2 (`ip netns`: the relayed
+# check of TURN credentials), coturn (TURN relay tests), caddy (deploy/Caddyfile, the TLS proxy in
+# front of a test call) and iproute2 (`ip netns`: the relayed
 # browsers run in a namespace that cannot reach the SFU's UDP port) for real. This kernel has no
 # netem qdisc (tc's tbf and htb work), so loss and jitter are tested by unit rigs.
 system-deps:

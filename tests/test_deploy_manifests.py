@@ -119,6 +119,20 @@ def test_compose_sfu_config_and_grace_period_agree() -> None:
     )
 
 
+def test_compose_sets_what_the_caddyfile_reads() -> None:
+    """The Caddyfile is configured by the environment only (tests/integration/test_tls_proxy.py
+    runs the same file); compose sets every variable it reads that has no default, and the
+    upstreams name the compose services."""
+    caddyfile = (DEPLOY / "Caddyfile").read_text()
+    read = dict(re.findall(r"\{\$([A-Z_]+)(?::([^}]*))?\}", caddyfile))
+    caddy = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["caddy"]
+    environment = caddy["environment"]
+    assert {name for name, default in read.items() if not default} <= set(environment), read
+    assert environment["AUTH_UPSTREAM"] == "auth:8080" == read["AUTH_UPSTREAM"]
+    assert environment["SFU_UPSTREAM"] == "sfu:7880" == read["SFU_UPSTREAM"]
+    assert set(environment) <= set(read), environment
+
+
 def test_homeserver_settings_are_what_element_call_needs() -> None:
     settings = yaml.safe_load((DEPLOY / "matrix" / "homeserver.rtc.yaml").read_text())
     assert settings["experimental_features"]["msc4143_enabled"] is True
