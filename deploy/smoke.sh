@@ -14,8 +14,9 @@
 # 3. `up -d` of sfu, auth, redis, coturn and caddy (not the matrix profile: no Synapse or
 #    Element Call image here), waits for the healthchecks, runs scripts/doctor.py against
 #    https://localhost/livekit/jwt, wss://localhost/livekit/sfu (with a token: ICE and DTLS to
-#    the SFU's UDP port 7882) and coturn on 127.0.0.1:3478, checks coturn's TLS on 5349 and
-#    the containers' users, stops the SFU (SIGTERM: it drains and exits 0);
+#    the SFU's UDP port 7882) and coturn on 127.0.0.1:3478, checks coturn's TLS on 5349, makes
+#    a call between two Chromium pages (deploy/smoke_call.py), checks the containers' users,
+#    stops the SFU (SIGTERM: it drains and exits 0);
 # 4. `down -v` and removes the work directory, also on failure.
 # Uses host ports 80, 443, 3478, 5349, 7882/udp and 49160-49200/udp (what the stack publishes).
 set -eu
@@ -110,6 +111,11 @@ print(jwt.encode({"iss": key, "sub": "doctor", "nbf": now, "exp": now + 600, "vi
 openssl s_client -connect 127.0.0.1:5349 -CAfile certs/tls.crt -verify_return_error \
   </dev/null >/dev/null 2>&1 || { echo "PROBLEM  coturn: no verified TLS on 5349" >&2; exit 1; }
 echo "ok       coturn serves TLS (turns:) on 5349 with the mounted certificate"
+
+step "a call between two browsers"
+# livekit-client in Chromium through Caddy and the SFU's published UDP port (SMOKE_CALL=0 skips
+# it: it needs the dev venv and tests/browser's npm packages)
+if [ "${SMOKE_CALL:-1}" != 0 ]; then "$PYTHON" "$HERE/smoke_call.py" "$WORK"; fi
 
 step "users, drain"
 for service in sfu auth; do

@@ -56,11 +56,16 @@ def write_test_certificate(
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "tls.crt", directory / "tls.key"
     write_self_signed_cert(cert, key, list(names), list(ips))
+    return TestCertificate(cert, key, spki_sha256(cert))
+
+
+def spki_sha256(cert: Path) -> str:
+    """base64 of SHA-256 over the certificate's DER SubjectPublicKeyInfo (Chromium's form)."""
     public_key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
     spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return TestCertificate(cert, key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def chromium_flags(certificate: TestCertificate, host_ip: str = "127.0.0.1") -> list[str]:
