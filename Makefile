@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := chromium iproute2 openssl coturn redis-server
+APT_PACKAGES := chromium iproute2 openssl coturn caddy redis-server
 
 .PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
@@ -30,10 +30,11 @@ $(SYNAPSE_VENV)/.installed:
 synapse-venv: $(SYNAPSE_VENV)/.installed
 
 # Debian packages: the tests drive chromium (livekit-client, Playwright), openssl (an independent
-# check of TURN credentials), coturn (TURN relay tests), iproute2 (`ip netns`: the relayed
-# browsers run in a namespace that cannot reach the SFU's UDP port) and redis-server (the auth
-# service's store of delegated leaves) for real. This kernel has no netem qdisc (tc's tbf and
-# htb work), so loss and jitter are tested by unit rigs.
+# check of TURN credentials), coturn (TURN relay tests), caddy (deploy/Caddyfile, the TLS proxy in
+# front of a test call), iproute2 (`ip netns`: the relayed browsers run in a namespace that
+# cannot reach the SFU's UDP port) and redis-server (the auth service's store of delegated
+# leaves) for real. This kernel has no netem qdisc (tc's tbf and htb work), so loss and jitter
+# are tested by unit rigs.
 system-deps:
 	@missing=""; \
 	for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -7,5 +7,12 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 ROOT=$(mktemp -d)
 trap 'rm -rf "$ROOT"' EXIT
 debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR"
+# debootstrap lists the release only: add its updates and the security archive, so that the
+# images' apt-get installs get fixed packages
+cat > "$ROOT"/etc/apt/sources.list <<SOURCES
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb ${SECURITY_MIRROR:-http://deb.debian.org/debian-security} bookworm-security main
+SOURCES
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin
 tar -C "$ROOT" -c . | docker import - matrix-sfu-base:bookworm

@@ -10,7 +10,12 @@ A black box (imports neither `sfu` nor `auth_service`): it asks what a client as
 * the SFU (``--sfu-url``, ws(s)://): ``/rtc/validate`` answers as LiveKit does (401 without a
   token), ``/readyz`` (not draining);
 * ``--turn host:port``: a STUN Binding over UDP is answered (coturn answers it unauthenticated).
-  The SFU's own UDP port answers STUN only inside an ICE session, so it is not probed here.
+* with ``--token`` (a LiveKit token for a test room, with roomJoin and canPublish): media. It
+  joins like a client, announces one audio track, offers, and runs ICE and DTLS to the
+  candidates the SFU gives: that is the SFU's UDP port answering from where the doctor runs.
+  Nothing is sent after that; the participant leaves. (The SFU's port answers STUN only inside
+  an ICE session, so a bare STUN probe cannot check it.) Uses the load tester's client
+  (``loadtest``, with the ``loadtest`` extra: ``make venv`` has it).
 
 Exit status 0 when nothing is wrong, 1 otherwise. Each problem line starts with ``PROBLEM``,
 each passed check with ``ok``.
@@ -19,9 +24,12 @@ each passed check with ``ok``.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 from collections.abc import Callable
@@ -201,6 +209,70 @@ def check_turn(
         )
 
 
+async def _media_probe(sfu_url: str, token: str) -> tuple[str | None, str, list[str]]:
+    """Join, publish one audio track, connect the publisher transport. Returns (failure or None,
+    the connection's state or the SFU's address, the candidates the SFU offered)."""
+    from livekit.protocol import rtc
+
+    from loadtest.media import MediaSet
+    from loadtest.publisher import Publisher
+    from loadtest.signal import SignalError
+    from loadtest.webrtc import Sdp, parse_candidate_init, use_interfaces_for
+
+    use_interfaces_for(sfu_url)
+    offered: list[str] = []
+
+    class Probe(Publisher):
+        async def on_signal(self, kind: str | None, response: rtc.SignalResponse) -> None:
+            if kind == "answer":
+                for media in Sdp.parse(response.answer.sdp).media:
+                    offered.extend(media.candidates)
+            await super().on_signal(kind, response)
+
+        async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+            if trickle.target == rtc.SignalTarget.PUBLISHER:
+                with contextlib.suppress(Exception):
+                    offered.append(parse_candidate_init(trickle.candidateInit) or "")
+            await super()._on_trickle(trickle)
+
+    silent = MediaSet(video={}, speech=[], silence=b"")
+    probe = Probe(
+        sfu_url, token, "doctor", number=0, media=silent, video_rids=(), audio=True, talking=False
+    )
+    try:
+        await probe.join()
+        await probe.publish()
+        addr = probe.pub_transport._remote_addr
+        return None, f"{addr[0]}:{addr[1]}" if addr else "?", offered
+    except SignalError as exc:
+        return f"join: {exc}", "", offered
+    except (ConnectionError, TimeoutError) as exc:
+        reason = str(exc).removesuffix(": ").strip() or type(exc).__name__
+        return reason, probe.pub_transport.describe(), offered
+    finally:
+        await probe.close()
+
+
+def check_media(report: Report, sfu_url: str, token: str) -> None:
+    try:
+        failure, where, offered = asyncio.run(_media_probe(sfu_url, token))
+    except ImportError as exc:
+        report.problem(f"media: --token needs the load tester's client ({exc}; `make venv`)")
+        return
+    fields = [c.split() for c in offered]
+    candidates = sorted({f"{f[4]}:{f[5]}/{f[2].lower()}" for f in fields if len(f) > 5})
+    if failure is None:
+        report.ok(f"media: ICE and DTLS with the SFU at {where} (UDP)")
+    elif failure.startswith("join"):
+        report.problem(f"media: {failure} (a token for a room it may create or join?)")
+    else:
+        report.problem(
+            f"media: no ICE/DTLS with the SFU ({failure}; {where}); it offered "
+            f"{', '.join(candidates) or 'no candidates'}: open that UDP port to it, and set "
+            "rtc.node_ip (NODE_IP) to the address clients reach"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -213,10 +285,20 @@ def main(argv: list[str] | None = None) -> int:
         "--sfu-url", help="the SFU's ws(s):// URL (what the auth service hands out)"
     )
     parser.add_argument("--turn", help="coturn's host:port (UDP)")
+    parser.add_argument(
+        "--token", help="a LiveKit token (roomJoin, canPublish) for a test room: checks media"
+    )
+    parser.add_argument(
+        "--cafile", help="verify TLS against this CA (PEM) instead of the system's, e.g. your own"
+    )
     parser.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     args = parser.parse_args(argv)
     report = Report()
-    with httpx.Client(timeout=TIMEOUT_S, verify=not args.insecure) as client:
+    verify: ssl.SSLContext | bool = not args.insecure
+    if args.cafile and not args.insecure:
+        verify = ssl.create_default_context(cafile=args.cafile)
+        os.environ["SSL_CERT_FILE"] = args.cafile  # the media probe's wss:// (OpenSSL's default)
+    with httpx.Client(timeout=TIMEOUT_S, verify=verify) as client:
         service_urls = []
         if args.homeserver:
             service_urls = check_transports(report, client, args.homeserver, args.access_token)
@@ -228,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             check_sfu(report, client, args.sfu_url)
     if args.turn:
         check_turn(report, args.turn)
+    if args.token and args.sfu_url:
+        check_media(report, args.sfu_url, args.token)
+    elif args.token:
+        report.problem("--token needs --sfu-url (where to join)")
     print(f"{report.problems} problem(s)" if report.problems else "no problems found")
     return 1 if report.problems else 0
 

@@ -106,17 +106,35 @@ def test_compose_sfu_config_and_grace_period_agree() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     example = (DEPLOY / "sfu.example.yaml").read_text().replace("<TURN_SECRET>", "t" * 32)
     example = re.sub(r"secret: <[^>]*>", "secret: " + "t" * 32, example)
+    example = re.sub(r"api_key: <[^>]*>", "api_key: " + next(iter(KEYS)), example)
     config = from_mapping({**yaml.safe_load(example), "keys": KEYS})
     sfu = compose["services"]["sfu"]
     grace = int(sfu["stop_grace_period"].rstrip("s"))
     assert config.drain_timeout + 10 <= grace <= config.drain_timeout + 60
     assert f"{config.rtc.udp_port}:{config.rtc.udp_port}/udp" in sfu["ports"]
     assert [s.protocol for s in config.rtc.turn_servers] == ["udp", "tcp", "tls"]
+    # the auth service hears of leaves (delegated delayed leave) and keeps its jobs in Redis
+    assert config.webhook.urls == ("http://auth:8080/sfu_webhook",)
+    assert compose["services"]["auth"]["environment"]["LIVEKIT_REDIS_URL"].startswith("redis://")
     coturn = (DEPLOY / "coturn" / "turnserver.conf").read_text().splitlines()
     assert "use-auth-secret" in coturn  # the scheme sfu.turn derives credentials for
     assert any(
         a.startswith("--static-auth-secret=") for a in compose["services"]["coturn"]["command"]
     )
+
+
+def test_compose_sets_what_the_caddyfile_reads() -> None:
+    """The Caddyfile is configured by the environment only (tests/integration/test_tls_proxy.py
+    runs the same file); compose sets every variable it reads that has no default, and the
+    upstreams name the compose services."""
+    caddyfile = (DEPLOY / "Caddyfile").read_text()
+    read = dict(re.findall(r"\{\$([A-Z_]+)(?::([^}]*))?\}", caddyfile))
+    caddy = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["caddy"]
+    environment = caddy["environment"]
+    assert {name for name, default in read.items() if not default} <= set(environment), read
+    assert environment["AUTH_UPSTREAM"] == "auth:8080" == read["AUTH_UPSTREAM"]
+    assert environment["SFU_UPSTREAM"] == "sfu:7880" == read["SFU_UPSTREAM"]
+    assert set(environment) <= set(read), environment
 
 
 def test_homeserver_settings_are_what_element_call_needs() -> None:

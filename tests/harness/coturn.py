@@ -4,6 +4,7 @@
 `sfu.turn` derives credentials for), listens on UDP and TCP on one address and port, relays from
 `relay_ip` (loopback peers allowed, as the SFU under test is on 127.0.0.1), waits until the TCP
 listener accepts, yields a `Coturn`, and stops the process by PID. A missing turnserver fails.
+With `tls` (port, certificate, key) it also serves TURN over TLS (turns:) on that port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.process import spawn_logged
 from tests.harness.sfu import free_udp_range, stop_process
 
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
@@ -34,6 +36,7 @@ class Coturn:
     relay_ports: tuple[int, int]
     log_path: Path
     pid: int
+    tls_port: int | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -48,7 +51,20 @@ def coturn_config(
     secret: str,
     realm: str,
     log_path: Path,
+    tls: tuple[int, Path, Path] | None = None,
 ) -> str:
+    """coturn's config; `tls` = (tls-listening-port, cert, pkey) adds TURN over TLS (turns:)."""
+    tls_lines = (
+        [
+            f"tls-listening-port={tls[0]}",
+            f"cert={tls[1]}",
+            f"pkey={tls[2]}",
+            "no-tlsv1",
+            "no-tlsv1_1",
+        ]
+        if tls
+        else ["no-tls"]
+    )
     return "\n".join(
         [
             f"listening-ip={listen_ip}",
@@ -60,7 +76,7 @@ def coturn_config(
             f"static-auth-secret={secret}",
             f"realm={realm}",
             "fingerprint",
-            "no-tls",
+            *tls_lines,
             "no-dtls",
             "no-cli",
             "no-multicast-peers",
@@ -74,7 +90,7 @@ def coturn_config(
 
 
 def _prepare(
-    workdir: Path, listen_ip: str, port: int, relay_ip: str
+    workdir: Path, listen_ip: str, port: int, relay_ip: str, tls: tuple[int, Path, Path] | None
 ) -> tuple[str, str, tuple[int, int], Path, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(24)
@@ -91,6 +107,7 @@ def _prepare(
             secret=secret,
             realm=realm,
             log_path=log_path,
+            tls=tls,
         )
     )
     return secret, realm, relay_ports, log_path, config
@@ -98,39 +115,45 @@ def _prepare(
 
 @contextlib.asynccontextmanager
 async def running_coturn(
-    workdir: Path, *, listen_ip: str, port: int, relay_ip: str = "127.0.0.1"
+    workdir: Path,
+    *,
+    listen_ip: str,
+    port: int,
+    relay_ip: str = "127.0.0.1",
+    tls: tuple[int, Path, Path] | None = None,
 ) -> AsyncIterator[Coturn]:
     if not os.access(TURNSERVER, os.X_OK):
         raise AssertionError(f"{TURNSERVER} is missing: run `make system-deps` (Debian coturn)")
-    secret, realm, relay_ports, log_path, config = _prepare(workdir, listen_ip, port, relay_ip)
-    stdout = os.open(workdir / "turnserver.stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        process = await asyncio.create_subprocess_exec(
-            TURNSERVER,
-            "-c",
-            str(config),
-            "--pidfile",
-            str(workdir / "turnserver.pid"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    finally:
-        os.close(stdout)
+    secret, realm, relay_ports, log_path, config = _prepare(workdir, listen_ip, port, relay_ip, tls)
+    argv = [TURNSERVER, "-c", str(config), "--pidfile", str(workdir / "turnserver.pid")]
+    process, stdout_log = await spawn_logged(
+        argv, env=dict(os.environ), cwd=workdir, workdir=workdir, name="turnserver.stdout"
+    )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
+        listeners = [port, *([tls[0]] if tls else [])]
+        while listeners:
             if process.returncode is not None:
                 raise AssertionError(
                     f"turnserver exited with {process.returncode}:\n"
-                    f"{(workdir / 'turnserver.stdout').read_text(errors='replace')[-3000:]}"
+                    f"{stdout_log.read_text(errors='replace')[-3000:]}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((listen_ip, port), 0.5):
-                break
+            with contextlib.suppress(OSError):
+                socket.create_connection((listen_ip, listeners[0]), 0.5).close()
+                listeners.pop(0)
+                continue
             if time.monotonic() > deadline:
-                raise AssertionError(f"turnserver not listening on {listen_ip}:{port}")
+                raise AssertionError(f"turnserver not listening on {listen_ip}:{listeners}")
             await asyncio.sleep(0.1)
-        yield Coturn(listen_ip, port, secret, realm, relay_ports, log_path, process.pid)
+        yield Coturn(
+            listen_ip,
+            port,
+            secret,
+            realm,
+            relay_ports,
+            log_path,
+            process.pid,
+            tls[0] if tls else None,
+        )
     finally:
         await stop_process(process, 5.0)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness.coturn import running_coturn
 from tests.harness.devrun import dev_run
-from tests.harness.sfu import REPO_ROOT, free_tcp_port, free_udp_port
+from tests.harness.sfu import REPO_ROOT, free_tcp_port, free_udp_port, running_sfu
 from tests.harness.synapse import Synapse
 from tests.harness.synapse import synapse as synapse  # the session fixture
 
@@ -75,3 +75,18 @@ async def test_doctor_finds_each_misconfiguration(tmp_path: Path, synapse: Synap
         assert problems and "no STUN answer" in problems[0], problems
         _, problems = doctor("--turn", "turn.example.org")
         assert problems and "expected host:port" in problems[0], problems
+
+
+async def test_doctor_checks_media_with_a_token(tmp_path: Path) -> None:
+    """--token: ICE and DTLS to the SFU's one UDP port, from the doctor's side; an SFU that
+    advertises an address nobody reaches (a wrong rtc.node_ip) is a PROBLEM naming it."""
+    good = {"rtc": {"udp_port": free_udp_port()}}
+    async with running_sfu(tmp_path / "good", extra_config=good) as sfu:
+        code, problems = doctor("--sfu-url", sfu.url, "--token", sfu.token("doc", "doctor-room"))
+        assert (code, problems) == (0, [])
+    unreachable = {"rtc": {"udp_port": free_udp_port(), "node_ip": "203.0.113.10"}}
+    async with running_sfu(tmp_path / "bad", extra_config=unreachable) as sfu:
+        code, problems = doctor("--sfu-url", sfu.url, "--token", sfu.token("doc", "doctor-room"))
+    assert code == 1 and len(problems) == 1, problems
+    assert "no ICE/DTLS" in problems[0] and "203.0.113.10" in problems[0], problems
+    assert "rtc.node_ip" in problems[0], problems

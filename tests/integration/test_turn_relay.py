@@ -1,7 +1,8 @@
 """rtc.turn_servers end to end: livekit-client in headless Chromium, forced to relay
 (iceTransportPolicy "relay"), inside a network namespace from which the SFU's UDP port cannot be
 reached, calls through a real coturn (Debian) with the TURN REST credentials the SFU derived
-for each participant (coturn's use-auth-secret), over UDP and, for networks that block UDP, TCP.
+for each participant (coturn's use-auth-secret), over UDP and, for networks that block UDP, TCP
+and TLS (turns:, with a test certificate whose key alone Chromium accepts).
 
 The SFU runs with one UDP port (rtc.udp_port) on 127.0.0.1, as in deploy/; the browsers reach
 its signalling through a TCP forwarder on the veth address (the reverse proxy's place) and its
@@ -20,6 +21,7 @@ import pytest
 from tests.harness.browser import browser_session
 from tests.harness.coturn import running_coturn
 from tests.harness.netns import client_namespace, tcp_forwarder
+from tests.harness.proxy import chromium_flags, write_test_certificate
 from tests.harness.sfu import free_tcp_port, free_udp_port, running_sfu
 
 pytestmark = pytest.mark.slow
@@ -29,8 +31,13 @@ WAIT_S = 40.0
 
 async def _relayed_call(tmp_path: Path, protocol: str) -> None:
     with client_namespace() as ns:
+        tls, flags = None, []
+        if protocol == "tls":
+            certificate = write_test_certificate(tmp_path / "tls", ips=(ns.host_ip,))
+            tls = (free_tcp_port(), certificate.cert, certificate.key)
+            flags = chromium_flags(certificate, ns.host_ip)
         async with running_coturn(
-            tmp_path / "coturn", listen_ip=ns.host_ip, port=free_tcp_port()
+            tmp_path / "coturn", listen_ip=ns.host_ip, port=free_tcp_port(), tls=tls
         ) as turn:
             udp_port = free_udp_port()
             extra: dict[str, Any] = {
@@ -39,7 +46,7 @@ async def _relayed_call(tmp_path: Path, protocol: str) -> None:
                     "turn_servers": [
                         {
                             "host": turn.host,
-                            "port": turn.port,
+                            "port": turn.tls_port or turn.port,
                             "protocol": protocol,
                             "secret": turn.secret,
                             "ttl": 600,
@@ -58,6 +65,7 @@ async def _relayed_call(tmp_path: Path, protocol: str) -> None:
                         names=["alice", "bob"],
                         host=ns.host_ip,
                         executable=ns.chromium_wrapper(tmp_path),
+                        extra_flags=flags,
                     ) as session:
                         alice, bob = session.pages
                         for page in (alice, bob):
@@ -101,3 +109,7 @@ async def test_call_relayed_over_turn_udp(tmp_path: Path) -> None:
 
 async def test_call_relayed_over_turn_tcp(tmp_path: Path) -> None:
     await _relayed_call(tmp_path, "tcp")
+
+
+async def test_call_relayed_over_turn_tls(tmp_path: Path) -> None:
+    await _relayed_call(tmp_path, "tls")
