@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
+from sfu.media.transport import SEND_MODES
+
 log = logging.getLogger(__name__)
 
 MIN_SECRET_LENGTH = 32
-#: rtc.send_mode values (sfu.media.transport.peer.SEND_MODES)
-SEND_MODES = ("gso", "batch", "immediate")
 PLACEHOLDER_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "change_me", "devsecret", "password", "xxxx", "todo"}
 )
