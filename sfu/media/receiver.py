@@ -45,6 +45,10 @@ PLI_THROTTLE = (0.5, 1.0, 1.0)
 REMB_MIN = 150_000
 REMB_MAX = 6_000_000
 RECEIVER_SSRC = 1  # our SSRC as the media receiver in RTCP (any fixed value works)
+#: a layer's extended sequence numbers start one cycle up: a packet reordered before the layer's
+#: first one still gets a positive number; only a publisher walking its numbers back reaches a
+#: negative one, and such a packet is dropped
+SEQUENCE_BASE = 1 << 16
 #: speaking: louder than -35 dBov (RFC 6464 levels are 0..127, lower is louder) in 40 % of packets
 SPEAKING_DBOV = 35
 SPEAKING_SHARE = 0.4
@@ -72,7 +76,8 @@ class LayerState:
 
     `base_seq` and `max_ext_seq` are RFC 3550 extended sequence numbers of the current SSRC (what
     receiver reports carry); a packet's number in the layer (`on_sequence`) is that plus
-    `seq_offset`, which makes a new SSRC's numbers continue after the old one's highest.
+    `seq_offset`: `SEQUENCE_BASE` for the layer's first SSRC, then what makes a new SSRC's numbers
+    continue after the old one's highest.
     """
 
     ssrc: int = 0
@@ -82,7 +87,7 @@ class LayerState:
     base_seq: int = -1
     max_ext_seq: int = -1
     sequence: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
-    seq_offset: int = 0
+    seq_offset: int = SEQUENCE_BASE
     #: the layer number the next SSRC's first packet gets (-1: no SSRC had packets yet)
     seq_continue: int = -1
     # last sender report: (ntp timestamp, rtp timestamp, local arrival time)
@@ -186,6 +191,9 @@ class TrackReceiver:
         state.octets += len(packet.data)
         state.last_arrival = self.clock()
         sequence = state.on_sequence(packet.sequence_number)
+        if sequence < 0:
+            COUNTERS.packets_dropped += 1
+            return
         keyframe = False
         if self.audio_level_id:
             level = packet.extensions.get(self.audio_level_id)

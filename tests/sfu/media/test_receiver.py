@@ -16,6 +16,7 @@ from sfu.media.receiver import (
     RECEIVER_SSRC,
     REMB_MAX,
     REMB_MIN,
+    SEQUENCE_BASE,
     RtpDemuxer,
     TrackReceiver,
 )
@@ -325,9 +326,29 @@ def test_sinks_get_extended_sequence_numbers_across_the_wrap(rig: Rig) -> None:
     for n, seq in enumerate((65534, 65535, 0, 65533, 1, 1)):
         payload = vp8(key=n == 0)
         rig.demux.on_rtp(published(seq, 0x5E0, payload, mid=VIDEO_MID, rid="h"))
-    assert rig.video_sink.sequences == [65534, 65535, 65536, 65533, 65537, 65537]
+    base = SEQUENCE_BASE
+    assert rig.video_sink.sequences == [
+        base + s for s in (65534, 65535, 65536, 65533, 65537, 65537)
+    ]
     state = rig.video.layers[1]
-    assert (state.base_seq, state.max_ext_seq) == (65534, 65537)
+    assert (state.base_seq, state.max_ext_seq) == (65534, 65537)  # RFC 3550 §A.1
+
+
+def test_a_packet_from_before_the_first_keeps_a_positive_number_a_walk_back_is_dropped(
+    rig: Rig, dropped: Callable[[], int]
+) -> None:
+    """A late packet from before a layer's first still goes to the sinks (each judges whether it
+    is older than what it forwards); a publisher walking its numbers back more than a cycle below
+    the first gets nothing forwarded: extended numbers are never negative."""
+    rig.demux.on_rtp(published(5, 0x5E1, vp8(key=True), mid=VIDEO_MID, rid="q"))
+    rig.demux.on_rtp(published(65534, 0x5E1, vp8(key=False)))  # 7 before the first
+    assert rig.video_sink.sequences == [SEQUENCE_BASE + 5, SEQUENCE_BASE - 2]
+    seq = 65534
+    for _ in range(3):  # each step half a cycle back
+        seq = (seq - 0x7FFF) & 0xFFFF
+        rig.demux.on_rtp(published(seq, 0x5E1, vp8(key=False)))
+    assert rig.video_sink.sequences[2:] == [SEQUENCE_BASE - 2 - 0x7FFF, 0]
+    assert dropped() == 1
 
 
 def test_a_layer_on_a_new_ssrc_continues_its_extended_sequence(rig: Rig) -> None:
@@ -337,7 +358,8 @@ def test_a_layer_on_a_new_ssrc_continues_its_extended_sequence(rig: Rig) -> None
         rig.demux.on_rtp(published(seq, 0xA1, vp8(key=True), mid=VIDEO_MID, rid="q"))
     for seq in (40_000, 40_001, 39_999, 40_002):
         rig.demux.on_rtp(published(seq, 0xA2, vp8(key=True), mid=VIDEO_MID, rid="q"))
-    assert rig.video_sink.sequences == [100, 101, 102, 103, 104, 105, 106, 104, 107]
+    numbers = [100, 101, 102, 103, 104, 105, 106, 104, 107]
+    assert rig.video_sink.sequences == [SEQUENCE_BASE + n for n in numbers]
     (block,) = rig.video.report_blocks(1.0)
     assert (block.ssrc, block.highest_sequence_number, block.packets_lost) == (0xA2, 40_002, 0)
 
