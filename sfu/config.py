@@ -19,13 +19,12 @@ from typing import Any
 
 import yaml
 
+from sfu.media.fastpath import MODES as FAST_PATH_MODES
+from sfu.media.transport import SEND_MODES
+
 log = logging.getLogger(__name__)
 
 MIN_SECRET_LENGTH = 32
-#: rtc.send_mode values (sfu.media.transport.peer.SEND_MODES)
-SEND_MODES = ("gso", "batch", "immediate")
-#: rtc.fast_path values (sfu.media.fastpath.MODES)
-FAST_PATH_MODES = ("auto", "off")
 PLACEHOLDER_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "change_me", "devsecret", "password", "xxxx", "todo"}
 )

@@ -3,7 +3,9 @@
 `DownTrack` picks the layer to forward (the highest one the publisher is sending, up to the
 subscriber's limit), switches only on a key frame of the new layer, and rewrites SSRC, payload type,
 sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
-subscriber sees one continuous stream. The payload itself is never touched. It answers NACKs from
+subscriber sees one continuous stream. The payload itself is never touched. Sequence numbers are
+the receiver's extended ones (`sfu.media.receiver.LayerState`), which never wrap: the outgoing
+sequence is kept extended too and only its low 16 bits go on the wire. It answers NACKs from
 a history of what it sent — the received packets' bytes, which every down track of the layer
 shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a private
 copy of every datagram — and produces RTCP sender reports mapped from the publisher's. History
@@ -12,21 +14,21 @@ NACKs are answered within bounds checked before any rebuild or protect: a budget
 numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
 `FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
-track and leaves every other RTCP type unparsed.
+track and leaves every other RTCP type unparsed. Time is the receiver's `clock`.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Callable, Iterable
 
 from sfu.media.receiver import TrackReceiver
+from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.header import RtpPacket, rewrite
-from sfu.media.rtp.seqnum import ts_diff
+from sfu.media.rtp.seqnum import seq_diff, ts_diff
 from sfu.media.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
 from sfu.metrics import COUNTERS
 
@@ -35,9 +37,8 @@ log = logging.getLogger(__name__)
 #: a minimal padding-only packet: V=2 P=1, header, then one padding byte holding its own count
 _PADDING_PACKET = struct.Struct("!BBHIIB")
 
-HISTORY_SIZE = 512  # power of two: NACK history, indexed by outgoing sequence number
+HISTORY_SIZE = 512  # power of two: NACK history, indexed by extended outgoing sequence number
 HISTORY_MASK = HISTORY_SIZE - 1
-NTP_EPOCH_OFFSET = 2208988800
 #: how long the forwarded layer may be silent before a lower one is taken
 LAYER_STALE_AFTER = 1.0
 KEYFRAME_RETRY = 0.25
@@ -48,11 +49,6 @@ NACK_RESEND_INTERVAL = 0.1
 NACK_MAX_RESENDS = 3
 #: NACKed sequence numbers one down track looks at per one-second window; the rest is dropped
 NACK_BUDGET = 1000
-
-
-def ntp_now() -> int:
-    now = time.time() + NTP_EPOCH_OFFSET
-    return (int(now) << 32) | int((now % 1) * (1 << 32))
 
 
 class DownTrack:
@@ -68,6 +64,7 @@ class DownTrack:
         cname: str,
     ) -> None:
         self.receiver = receiver
+        self._clock = receiver.clock
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.cname = cname
@@ -81,12 +78,12 @@ class DownTrack:
         self.max_layer = len(receiver.layers) - 1
         self.current_layer = -1
         self._source_ssrc = 0  # publisher SSRC of the layer last forwarded
-        # seq/ts mapping of the current source: out = in - offset
+        # seq/ts mapping of the current source: out = in - offset (seq: extended, in the layer)
         self._seq_offset = 0
         self._ts_offset = 0
-        self._switch_seq = 0
+        self._switch_seq = 0  # the extended number of the packet switched on
         self._sent_any = False  # whether _last_out_* hold a sent packet's values
-        self._last_out_seq = 0
+        self._last_out_seq = -1  # extended; -1 before the first packet
         self._last_out_ts = 0
         self._last_out_time = 0.0
         # VP8 picture id / TL0PICIDX / KEYIDX continuity across switches
@@ -97,11 +94,11 @@ class DownTrack:
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
-        #: (out_seq, out_ts, received bytes, epoch) per slot; epoch counts switches: header
+        #: (extended out_seq, out_ts, received bytes, epoch) per slot; epoch counts switches: header
         #: rewrites made before the last switch can no longer be rebuilt
         self._history: list[tuple[int, int, bytes, int] | None] = [None] * HISTORY_SIZE
         self._epoch = 0
-        #: per history slot, the last resend: (out_seq, out_ts, time, count); seq and ts tell
+        #: per history slot, the last resend: (extended out_seq, out_ts, time, count); they tell
         #: the packet it was for from a later one in the same slot
         self._resent: list[tuple[int, int, float, int] | None] = [None] * HISTORY_SIZE
         self._nack_window = -1.0  # start of the current one-second NACK budget window
@@ -119,7 +116,7 @@ class DownTrack:
         if self.started or self.closed:
             return
         self.started = True
-        self._request_keyframe(self._best_layer(time.monotonic()))
+        self._request_keyframe(self._best_layer(self._clock()))
 
     def set_enabled(self, enabled: bool) -> None:
         if enabled == self.enabled:
@@ -129,7 +126,7 @@ class DownTrack:
             # resume on a key frame: the decoder's state is stale
             self.current_layer = -1
             if self.started:
-                self._request_keyframe(self._best_layer(time.monotonic()))
+                self._request_keyframe(self._best_layer(self._clock()))
         self.receiver.demand_changed()
 
     def set_max_layer(self, layer: int) -> None:
@@ -142,7 +139,7 @@ class DownTrack:
             return
         self.max_layer = layer
         if self.started and self.enabled and self.current_layer != layer:
-            best = self._best_layer(time.monotonic())
+            best = self._best_layer(self._clock())
             if best != self.current_layer:
                 self._request_keyframe(best)
         self.receiver.demand_changed()
@@ -160,7 +157,7 @@ class DownTrack:
         """Wanted but unavailable: the publisher sends no layer this subscription may take."""
         if not self.enabled or not self.receiver.is_video:
             return False
-        return self.receiver.highest_active_layer(time.monotonic(), self.max_layer) < 0
+        return self.receiver.highest_active_layer(self._clock(), self.max_layer) < 0
 
     def close(self) -> None:
         self.closed = True
@@ -173,38 +170,33 @@ class DownTrack:
         return best if best >= 0 else 0
 
     def _request_keyframe(self, layer: int) -> None:
-        self._last_keyframe_request = time.monotonic()
+        self._last_keyframe_request = self._clock()
         self.receiver.request_keyframe(layer)
 
     # -- packets ----------------------------------------------------------------------------------
-    def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None:
+    def write(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> None:
+        """Forward one received packet; `sequence` is its extended sequence number in `layer`."""
         if not self.started or not self.enabled:
             return
         padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
         if layer != self.current_layer and (
-            padding_only or not self._maybe_switch(packet, layer, keyframe)
+            padding_only or not self._maybe_switch(packet, sequence, layer, keyframe)
         ):
             return
-        seq = packet.sequence_number
-        if (seq - self._switch_seq) & 0x8000:
+        if sequence < self._switch_seq:
             return  # older than the packet we switched on
-        out_seq = (seq - self._seq_offset) & 0xFFFF
+        out_seq = sequence - self._seq_offset
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
+        data = self._build(packet, out_seq, out_ts, padding_only)
         # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
         # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
-        newest = not self._sent_any or ((out_seq - self._last_out_seq) & 0xFFFF) < 0x8000
-        data = self._build(packet, out_seq, out_ts, padding_only)
-        if newest:
+        if out_seq > self._last_out_seq:
             if not padding_only:  # a probe carries no VP8 descriptor to continue from
                 self._last_packet = packet
             self._sent_any = True
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
-            self._last_out_time = time.monotonic()
-            # Keep the switch point within reach of the `& 0x8000` test above: without this,
-            # 32768 packets after a switch every new packet would read as older than it.
-            if ((seq - self._switch_seq) & 0xFFFF) > 0x4000:
-                self._switch_seq = (seq - 0x4000) & 0xFFFF
+            self._last_out_time = self._clock()
         self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet.data, self._epoch)
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
@@ -213,12 +205,18 @@ class DownTrack:
         self._send(data)
 
     def _build(self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool) -> bytes:
-        """The datagram to send for ``packet`` under the outgoing sequence number/timestamp."""
+        """The datagram to send for ``packet`` under the outgoing sequence number (extended: its
+        low 16 bits are written) and timestamp."""
         if padding_only:
             # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
             # not its bytes, which were sized for the publisher's link, not this one.
             return _PADDING_PACKET.pack(
-                0xA0, packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, 1
+                0xA0,
+                packet.data[1] & 0x80 | self.payload_type,
+                out_seq & 0xFFFF,
+                out_ts,
+                self.ssrc,
+                1,
             )
         if self._pid_offset or self._tl0_offset or self._keyidx_offset:
             return self._rewrite_vp8(packet, out_seq, out_ts)
@@ -230,7 +228,7 @@ class DownTrack:
             ssrc=self.ssrc,
         )
 
-    def _maybe_switch(self, packet: RtpPacket, layer: int, keyframe: bool) -> bool:
+    def _maybe_switch(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> bool:
         """Whether ``packet``, of a layer not being forwarded, starts forwarding that layer.
 
         The target is the highest layer the publisher is sending, up to ``max_layer``. A switch
@@ -240,12 +238,12 @@ class DownTrack:
         """
         if not self.receiver.is_video:
             if self.current_layer < 0:
-                self._switch(packet, layer)
+                self._switch(packet, sequence, layer)
                 return True
             return False
         if layer > self.max_layer:
             return False
-        now = time.monotonic()
+        now = self._clock()
         target = self._best_layer(now)
         if layer != target and not (self.current_layer < 0 and keyframe):
             return False
@@ -253,20 +251,21 @@ class DownTrack:
             if now - self._last_keyframe_request > KEYFRAME_RETRY:
                 self._request_keyframe(target)
             return False
-        self._switch(packet, layer)
+        self._switch(packet, sequence, layer)
         return True
 
-    def _switch(self, packet: RtpPacket, layer: int) -> None:
-        now = time.monotonic()
+    def _switch(self, packet: RtpPacket, sequence: int, layer: int) -> None:
+        now = self._clock()
         if not self._sent_any:
-            self._seq_offset = 0
+            # the first packet goes out under the sequence number it came with
+            self._seq_offset = sequence - packet.sequence_number
             self._ts_offset = 0
         else:
-            self._seq_offset = (packet.sequence_number - self._last_out_seq - 1) & 0xFFFF
+            self._seq_offset = sequence - self._last_out_seq - 1
             self._ts_offset = (
                 packet.timestamp - self._expected_timestamp(packet, now)
             ) & 0xFFFFFFFF
-        self._switch_seq = packet.sequence_number
+        self._switch_seq = sequence
         self._epoch += 1
         log.debug(
             "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
@@ -362,29 +361,32 @@ class DownTrack:
     def on_nack(self, nack: rtcp.Nack) -> None:
         """A generic NACK from the subscriber: checked against the budget before its sequence
         numbers are even listed."""
-        if self._nack_allowance(time.monotonic()) <= 0:
+        if self._nack_allowance(self._clock()) <= 0:
             COUNTERS.limit_exceeded("nack_budget")
             return
         self.retransmit(nack.lost)
 
     def retransmit(self, sequence_numbers: Iterable[int]) -> None:
-        """Send again what went out under these sequence numbers (RFC 4585 generic NACK),
-        rebuilt from the received packet; packets from before the last switch are not resent.
+        """Send again what went out under these sequence numbers (RFC 4585 generic NACK: 16-bit,
+        each taken as the extended number nearest the newest one sent), rebuilt from the received
+        packet; packets from before the last switch are not resent.
 
         Bounded before any rebuild or protect: at most `NACK_BUDGET` sequence numbers are looked
         at per one-second window (the rest of a NACK is dropped), and each packet is resent at
         most `NACK_MAX_RESENDS` times, never twice within min(`NACK_RESEND_INTERVAL`, 2 RTT).
         """
-        now = time.monotonic()
+        now = self._clock()
         budget = self._nack_allowance(now)
         history, resent, epoch = self._history, self._resent, self._epoch
+        newest = self._last_out_seq
         looked = 0
         repeated = False
-        for seq in sequence_numbers:
+        for lost in sequence_numbers:
             if looked >= budget:
                 COUNTERS.limit_exceeded("nack_budget")
                 break
             looked += 1
+            seq = newest + seq_diff(lost, newest)
             slot = seq & HISTORY_MASK
             entry = history[slot]
             if entry is None or entry[0] != seq or entry[3] != epoch:
@@ -423,7 +425,7 @@ class DownTrack:
         sent_at = next((t for lsr, t in self._last_srs if lsr == block.last_sr), None)
         if not block.last_sr or sent_at is None:
             return
-        rtt = time.monotonic() - sent_at - block.delay_since_last_sr / 65536
+        rtt = self._clock() - sent_at - block.delay_since_last_sr / 65536
         if 0 <= rtt < 10:
             self.rtt = rtt
             self._resend_interval = min(NACK_RESEND_INTERVAL, 2 * rtt)
@@ -432,7 +434,7 @@ class DownTrack:
         if self.current_layer >= 0:
             self.receiver.request_keyframe(self.current_layer)
         else:
-            self.receiver.request_keyframe(self._best_layer(time.monotonic()))
+            self.receiver.request_keyframe(self._best_layer(self._clock()))
 
     def sender_report(self) -> bytes:
         """SR + SDES for this stream, its NTP↔RTP mapping taken from the publisher's last SR."""
@@ -441,7 +443,7 @@ class DownTrack:
         layer = self.receiver.layers[self.current_layer]
         if not layer.sr_arrival:
             return b""  # no mapping yet: no SR is safer than a wrong one (lip sync)
-        elapsed = time.monotonic() - layer.sr_arrival
+        elapsed = self._clock() - layer.sr_arrival
         ntp = layer.sr_ntp + int(elapsed * (1 << 32))
         rtp_ts = (layer.sr_rtp + int(elapsed * self.clock_rate) - self._ts_offset) & 0xFFFFFFFF
         report = rtcp.SenderReport(
@@ -451,22 +453,27 @@ class DownTrack:
             packet_count=self.packets_sent & 0xFFFFFFFF,
             octet_count=self.octets_sent & 0xFFFFFFFF,
         )
-        sent = ((report.ntp_timestamp >> 16) & 0xFFFFFFFF, time.monotonic())
+        sent = ((report.ntp_timestamp >> 16) & 0xFFFFFFFF, self._clock())
         self._last_srs = (sent, self._last_srs[0])
         COUNTERS.rtcp_out += 1
         return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
 
 
-#: the subscriber RTCP a down track acts on; anything else (SDES, REMB, transport-cc...) is left
-#: unparsed: a transport-cc packet can announce 65,535 statuses in 40 bytes
-_FEEDBACK_TYPES = frozenset((rtcp.ReceiverReport, rtcp.Nack, rtcp.Pli, rtcp.Fir))
-
-
 class FeedbackRouter:
-    """Subscriber-PC RTCP → the down track it is about."""
+    """Subscriber-PC RTCP → the down track it is about.
+
+    Only what a down track acts on is parsed (receiver reports, NACK, PLI, FIR); anything else
+    (SDES, REMB, transport-cc...) is left unparsed: a transport-cc packet can announce 65,535
+    statuses in 40 bytes.
+    """
 
     def __init__(self) -> None:
         self._by_ssrc: dict[int, DownTrack] = {}
+        self._rtcp = RtcpIntake()
+        self._rtcp.on(rtcp.ReceiverReport, self._on_receiver_report)
+        self._rtcp.on(rtcp.Nack, self._on_nack)
+        self._rtcp.on(rtcp.Pli, self._on_pli)
+        self._rtcp.on(rtcp.Fir, self._on_fir)
 
     def add(self, downtrack: DownTrack) -> None:
         self._by_ssrc[downtrack.ssrc] = downtrack
@@ -476,30 +483,30 @@ class FeedbackRouter:
             del self._by_ssrc[downtrack.ssrc]
 
     def on_rtcp(self, data: bytes) -> None:
-        COUNTERS.rtcp_in += 1
-        try:
-            packets = rtcp.parse_compound(data, _FEEDBACK_TYPES)
-        except PacketError:
-            return
-        for packet in packets:
-            if isinstance(packet, rtcp.ReceiverReport):
-                for block in packet.reports:  # at most 31
-                    downtrack = self._by_ssrc.get(block.ssrc)
-                    if downtrack is not None:
-                        downtrack.on_report_block(block)
-            elif isinstance(packet, rtcp.Nack):
-                downtrack = self._by_ssrc.get(packet.media_ssrc)
-                if downtrack is not None:
-                    COUNTERS.nack_in += 1
-                    downtrack.on_nack(packet)
-            elif isinstance(packet, rtcp.Pli):
-                downtrack = self._by_ssrc.get(packet.media_ssrc)
-                if downtrack is not None:
-                    COUNTERS.pli_in += 1
-                    downtrack.on_keyframe_request()
-            elif isinstance(packet, rtcp.Fir):
-                for entry in packet.entries:
-                    downtrack = self._by_ssrc.get(entry.ssrc)
-                    if downtrack is not None:
-                        COUNTERS.fir_in += 1
-                        downtrack.on_keyframe_request()
+        """One decrypted RTCP compound from the subscriber."""
+        self._rtcp(data)
+
+    def _on_receiver_report(self, report: rtcp.ReceiverReport) -> None:
+        for block in report.reports:  # at most 31
+            downtrack = self._by_ssrc.get(block.ssrc)
+            if downtrack is not None:
+                downtrack.on_report_block(block)
+
+    def _on_nack(self, nack: rtcp.Nack) -> None:
+        downtrack = self._by_ssrc.get(nack.media_ssrc)
+        if downtrack is not None:
+            COUNTERS.nack_in += 1
+            downtrack.on_nack(nack)
+
+    def _on_pli(self, pli: rtcp.Pli) -> None:
+        downtrack = self._by_ssrc.get(pli.media_ssrc)
+        if downtrack is not None:
+            COUNTERS.pli_in += 1
+            downtrack.on_keyframe_request()
+
+    def _on_fir(self, fir: rtcp.Fir) -> None:
+        for entry in fir.entries:
+            downtrack = self._by_ssrc.get(entry.ssrc)
+            if downtrack is not None:
+                COUNTERS.fir_in += 1
+                downtrack.on_keyframe_request()

@@ -3,10 +3,14 @@
 `RtpDemuxer` maps each incoming SSRC to (track receiver, spatial layer), learning the mapping from
 the mid and rid header extensions on the first packets (libwebrtc stops sending them once it gets
 receiver reports). `TrackReceiver` keeps per-layer statistics, detects key frames once per packet,
-fans each packet out to its sinks (the down tracks), throttles key-frame requests to the
-publisher, and builds the receiver reports and REMB the publisher needs to keep its layers up.
+extends each layer's 16-bit sequence numbers once (RFC 3550 §A.1, `sfu.media.rtp.seqnum`) and fans
+each packet out to its sinks (the down tracks) with that extended number, throttles key-frame
+requests to the publisher, and builds the receiver reports and REMB the publisher needs to keep its
+layers up. A layer's extended numbers never go back, not even when the layer moves to a new SSRC:
+the new stream continues after the old one's highest, so a down track needs no wrap arithmetic.
 What a publisher controls stays bounded: at most `MAX_LAYERS` layers per track, one SSRC per layer
 (a new one replaces the old mapping), and only sender reports are parsed of its RTCP.
+Time comes from the `clock` given to each object (`time.monotonic` by default).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import extensions as ext
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.h264 import is_keyframe as h264_is_keyframe
 from sfu.media.rtp.header import RtpPacket
+from sfu.media.rtp.seqnum import SequenceUnwrapper
 from sfu.media.rtp.timebase import SenderReportTranslator
 from sfu.media.rtp.vp8 import is_keyframe as vp8_is_keyframe
 from sfu.media.sdp import Codec
@@ -39,6 +45,10 @@ PLI_THROTTLE = (0.5, 1.0, 1.0)
 REMB_MIN = 150_000
 REMB_MAX = 6_000_000
 RECEIVER_SSRC = 1  # our SSRC as the media receiver in RTCP (any fixed value works)
+#: a layer's extended sequence numbers start one cycle up: a packet reordered before the layer's
+#: first one still gets a positive number; only a publisher walking its numbers back reaches a
+#: negative one, and such a packet is dropped
+SEQUENCE_BASE = 1 << 16
 #: speaking: louder than -35 dBov (RFC 6464 levels are 0..127, lower is louder) in 40 % of packets
 SPEAKING_DBOV = 35
 SPEAKING_SHARE = 0.4
@@ -49,9 +59,12 @@ def _h264_keyframe(data: bytes, offset: int, end: int) -> bool:
 
 
 class PacketSink(Protocol):
-    """What a receiver fans packets out to (the forwarder's DownTrack)."""
+    """What a receiver fans packets out to (the forwarder's DownTrack).
 
-    def write(self, packet: RtpPacket, layer: int, keyframe: bool) -> None: ...
+    `sequence` is the packet's extended sequence number in its layer (see `LayerState`).
+    """
+
+    def write(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> None: ...
 
     @property
     def subscribed_layer(self) -> int: ...
@@ -59,7 +72,13 @@ class PacketSink(Protocol):
 
 @dataclass(slots=True)
 class LayerState:
-    """Statistics for one received simulcast layer (one SSRC)."""
+    """Statistics for one received simulcast layer (one SSRC at a time), and its sequence numbers.
+
+    `base_seq` and `max_ext_seq` are RFC 3550 extended sequence numbers of the current SSRC (what
+    receiver reports carry); a packet's number in the layer (`on_sequence`) is that plus
+    `seq_offset`: `SEQUENCE_BASE` for the layer's first SSRC, then what makes a new SSRC's numbers
+    continue after the old one's highest.
+    """
 
     ssrc: int = 0
     packets: int = 0
@@ -67,7 +86,10 @@ class LayerState:
     last_arrival: float = 0.0
     base_seq: int = -1
     max_ext_seq: int = -1
-    cycles: int = 0
+    sequence: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    seq_offset: int = SEQUENCE_BASE
+    #: the layer number the next SSRC's first packet gets (-1: no SSRC had packets yet)
+    seq_continue: int = -1
     # last sender report: (ntp timestamp, rtp timestamp, local arrival time)
     sr_ntp: int = 0
     sr_rtp: int = 0
@@ -82,22 +104,24 @@ class LayerState:
     def new_stream(self, ssrc: int) -> None:
         """The layer now arrives on `ssrc`: forget the sequence and report state of the old one."""
         self.ssrc = ssrc
+        if self.max_ext_seq >= 0:
+            self.seq_continue = self.max_ext_seq + self.seq_offset + 1
         self.base_seq = self.max_ext_seq = -1
-        self.cycles = 0
+        self.sequence.reset()
         self.sr_ntp = self.sr_rtp = 0
         self.sr_arrival = 0.0
         self.packets = self.expected_prior = self.received_prior = 0
 
-    def on_sequence(self, sequence_number: int) -> None:
-        if self.max_ext_seq < 0:
-            self.base_seq = self.max_ext_seq = sequence_number
-            return
-        highest = self.max_ext_seq & 0xFFFF
-        delta = (sequence_number - highest) & 0xFFFF
-        if 0 < delta < 0x8000:
-            if sequence_number < highest:
-                self.cycles += 0x10000
-            self.max_ext_seq = self.cycles | sequence_number
+    def on_sequence(self, sequence_number: int) -> int:
+        """Extend one received packet's sequence number; its number in the layer."""
+        extended = self.sequence.unwrap(sequence_number)
+        if extended > self.max_ext_seq:
+            if self.max_ext_seq < 0:  # the SSRC's first packet
+                self.base_seq = extended
+                if self.seq_continue >= 0:
+                    self.seq_offset = self.seq_continue - extended
+            self.max_ext_seq = extended
+        return extended + self.seq_offset
 
 
 class TrackReceiver:
@@ -112,12 +136,15 @@ class TrackReceiver:
         layer_count: int,
         send_rtcp: Callable[[bytes], None],
         codec: Codec | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind = kind
         self.is_video = kind == "video"
         self.mime_type = mime_type
         self.clock_rate = clock_rate
         self.codec = codec
+        #: monotonic seconds; the down tracks of this receiver read the same clock
+        self.clock = clock
         if layer_count > MAX_LAYERS:
             COUNTERS.limit_exceeded("simulcast_layers")
             layer_count = MAX_LAYERS
@@ -160,11 +187,13 @@ class TrackReceiver:
     # -- packets --------------------------------------------------------------------------------
     def on_rtp(self, packet: RtpPacket, layer: int) -> None:
         state = self.layers[layer]
-        now = time.monotonic()
         state.packets += 1
         state.octets += len(packet.data)
-        state.last_arrival = now
-        state.on_sequence(packet.sequence_number)
+        state.last_arrival = self.clock()
+        sequence = state.on_sequence(packet.sequence_number)
+        if sequence < 0:
+            COUNTERS.packets_dropped += 1
+            return
         keyframe = False
         if self.audio_level_id:
             level = packet.extensions.get(self.audio_level_id)
@@ -181,7 +210,7 @@ class TrackReceiver:
             except PacketError:
                 return  # a video packet whose payload descriptor is unreadable is not forwarded
         for sink in self.sinks:
-            sink.write(packet, layer, keyframe)
+            sink.write(packet, sequence, layer, keyframe)
 
     def take_audio_level(self) -> float:
         """The speaking level (0..1) since the last call, 0 when not speaking; resets the window.
@@ -199,7 +228,7 @@ class TrackReceiver:
         state = self.layers[layer]
         state.sr_ntp = report.ntp_timestamp
         state.sr_rtp = report.rtp_timestamp
-        state.sr_arrival = time.monotonic()
+        state.sr_arrival = self.clock()
         if self.sender_reports.on_sender_report(
             report.ssrc, report.ntp_timestamp, report.rtp_timestamp
         ):
@@ -223,7 +252,7 @@ class TrackReceiver:
         """Send a PLI for ``layer`` unless one went out recently."""
         if not self.is_video or self.closed or not 0 <= layer < len(self.layers):
             return
-        now = time.monotonic()
+        now = self.clock()
         throttle = PLI_THROTTLE[min(layer, len(PLI_THROTTLE) - 1)]
         ssrc = self.layers[layer].ssrc
         if ssrc == 0 or now - self._last_pli[layer] < throttle:
@@ -239,7 +268,7 @@ class TrackReceiver:
     def report_blocks(self, interval: float) -> list[rtcp.ReportBlock]:
         """RFC 3550 §6.4.1 report blocks for every layer heard from, and the REMB update."""
         blocks: list[rtcp.ReportBlock] = []
-        now = time.monotonic()
+        now = self.clock()
         total_lost_fraction = 0.0
         received_bits = 0
         for state in self.layers:
@@ -291,10 +320,6 @@ class TrackReceiver:
         self.sinks.clear()
 
 
-#: the publisher RTCP acted on; the rest (receiver reports, SDES, transport-cc...) stays unparsed
-_PUBLISHER_TYPES = frozenset((rtcp.SenderReport,))
-
-
 @dataclass
 class _Binding:
     receiver: TrackReceiver
@@ -304,15 +329,26 @@ class _Binding:
 
 @dataclass
 class RtpDemuxer:
-    """Publisher-PC ingress: decrypted RTP/RTCP to track receivers and layers."""
+    """Publisher-PC ingress: decrypted RTP/RTCP to track receivers and layers.
 
+    Of the publisher's RTCP only sender reports are parsed; the rest (receiver reports, SDES,
+    transport-cc...) stays bytes.
+    """
+
+    clock: Callable[[], float] = time.monotonic
     _by_ssrc: dict[int, tuple[TrackReceiver, int]] = field(default_factory=dict)
     _by_mid: dict[str, _Binding] = field(default_factory=dict)
     mid_id: int = 0
     rid_id: int = 0
     repaired_rid_id: int = 0
     audio_level_id: int = 0
-    _last_report: float = field(default_factory=time.monotonic)
+    _last_report: float = field(init=False)
+    _rtcp: RtcpIntake = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._last_report = self.clock()
+        self._rtcp = RtcpIntake()
+        self._rtcp.on(rtcp.SenderReport, self._on_sender_report)
 
     def set_extension_ids(self, sections: Iterable[Mapping[str, int]]) -> None:
         """BUNDLE keeps extension ids (uri → id) consistent across m-lines; take them from any."""
@@ -406,20 +442,16 @@ class RtpDemuxer:
         return entry
 
     def on_rtcp(self, data: bytes) -> None:
-        COUNTERS.rtcp_in += 1
-        try:
-            packets = rtcp.parse_compound(data, _PUBLISHER_TYPES)
-        except PacketError:
-            return
-        for packet in packets:
-            if isinstance(packet, rtcp.SenderReport):
-                entry = self._by_ssrc.get(packet.ssrc)
-                if entry is not None:
-                    entry[0].on_sender_report(entry[1], packet)
+        self._rtcp(data)
+
+    def _on_sender_report(self, report: rtcp.SenderReport) -> None:
+        entry = self._by_ssrc.get(report.ssrc)
+        if entry is not None:
+            entry[0].on_sender_report(entry[1], report)
 
     def rtcp_reports(self) -> bytes:
         """A compound RR (+ REMB) for every stream this PC receives, or b"" if none."""
-        now = time.monotonic()
+        now = self.clock()
         interval, self._last_report = now - self._last_report, now
         blocks: list[rtcp.ReportBlock] = []
         ssrcs: list[int] = []

@@ -17,6 +17,7 @@ from livekit.protocol import models, rtc
 
 from sfu.auth import TRACK_SOURCES
 from sfu.ids import ParticipantIdentity, TrackSid
+from sfu.media.transport import LOSSY_LABEL, RELIABLE_LABEL
 
 if TYPE_CHECKING:
     from sfu.room.manager import RoomManager
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
     from sfu.room.room import Room
 
 #: data-channel labels by DataPacket kind
-_LABELS = {models.DataPacket.Kind.RELIABLE: "_reliable", models.DataPacket.Kind.LOSSY: "_lossy"}
+_LABELS = {
+    models.DataPacket.Kind.RELIABLE: RELIABLE_LABEL,
+    models.DataPacket.Kind.LOSSY: LOSSY_LABEL,
+}
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
     models.TrackSource.MICROPHONE: "microphone",
@@ -115,7 +119,7 @@ def send_data(
         user.topic = topic
     packet = models.DataPacket(kind=kind, destination_identities=destinations, user=user)
     payload = packet.SerializeToString()
-    label = _LABELS.get(kind, "_reliable")
+    label = _LABELS.get(kind, RELIABLE_LABEL)
     wanted = set(destinations)
     sent = 0
     for participant in list(room.participants.values()):

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 from livekit.protocol import models, rtc
 
+from sfu.media.transport import DATA_CHANNEL_LABELS
 from sfu.metrics import COUNTERS
 from sfu.room.track import TrackRequestError
 
 log = logging.getLogger(__name__)
 
-#: the data channels a LiveKit client sends DataPackets on
-DATA_LABELS = frozenset({"_reliable", "_lossy"})
 #: TrackPermission entries per SubscriptionPermission (one per other participant at most)
 MAX_TRACK_PERMISSIONS = 1024
 #: track sids per TrackPermission (a publisher has at most MAX_TRACKS_PER_PARTICIPANT)
@@ -54,7 +53,7 @@ def relayable(label: str, payload: bytes, identity: str, sid: str) -> models.Dat
     """The DataPacket a client sent on ``label``, stamped with its sender (a client cannot speak
     for anyone else), or None when it must not be relayed (wrong channel, malformed, a kind
     only the server sends)."""
-    if label not in DATA_LABELS:
+    if label not in DATA_CHANNEL_LABELS:
         return None
     try:
         packet = models.DataPacket.FromString(payload)

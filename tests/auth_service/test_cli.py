@@ -164,6 +164,7 @@ def served(synapse: Synapse) -> Iterator[tuple[str, subprocess.Popen[str]]]:
                 process.wait(10)
 
 
+@pytest.mark.slow  # starts Synapse
 def test_console_script_serves_tokens(
     served: tuple[str, subprocess.Popen[str]], synapse: Synapse
 ) -> None:

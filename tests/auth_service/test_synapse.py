@@ -32,6 +32,8 @@ from .fakes import (
     make_settings,
 )
 
+pytestmark = pytest.mark.slow  # starts Synapse
+
 ROOM = "!callroom:example.org"
 
 

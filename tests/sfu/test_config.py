@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sfu.config import FAST_PATH_MODES, SEND_MODES, ConfigError, from_mapping, load
-from sfu.media.fastpath import MODES as LOADER_FAST_PATH_MODES
-from sfu.media.transport.peer import SEND_MODES as TRANSPORT_SEND_MODES
+from sfu.config import ConfigError, from_mapping, load
+from sfu.media.fastpath import MODES as FAST_PATH_MODES
+from sfu.media.transport import SEND_MODES
 
 SECRET = "s" * 40
 
@@ -54,18 +54,16 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert config.rtc.node_ip == "10.0.0.5"
 
 
-def test_send_mode_defaults_to_gso_and_matches_the_transport() -> None:
+def test_send_mode_defaults_to_gso_and_takes_every_transport_mode() -> None:
     assert from_mapping({"keys": {"k": SECRET}}).rtc.send_mode == "gso"
-    assert SEND_MODES == TRANSPORT_SEND_MODES
     for mode in SEND_MODES:
         assert (
             from_mapping({"keys": {"k": SECRET}, "rtc": {"send_mode": mode}}).rtc.send_mode == mode
         )
 
 
-def test_fast_path_defaults_to_auto_and_matches_the_loader() -> None:
+def test_fast_path_defaults_to_auto_and_takes_every_loader_mode() -> None:
     assert from_mapping({"keys": {"k": SECRET}}).rtc.fast_path == "auto"
-    assert FAST_PATH_MODES == LOADER_FAST_PATH_MODES
     for mode in FAST_PATH_MODES:
         assert (
             from_mapping({"keys": {"k": SECRET}, "rtc": {"fast_path": mode}}).rtc.fast_path == mode

@@ -62,6 +62,7 @@ __all__ = [
     "UnknownXrBlock",
     "XrBlock",
     "build_compound",
+    "is_rtcp",
     "pack_compounds",
     "parse_compound",
 ]
@@ -660,6 +661,12 @@ _BY_TYPE: dict[int, type[_KnownRtcp]] = {
     PT_BYE: Bye,
     PT_XR: ExtendedReport,
 }
+
+
+def is_rtcp(packet: bytes) -> bool:
+    """Whether a datagram on an rtcp-mux transport is RTCP rather than RTP: its second byte is
+    an RTCP packet type, 192-223 (RFC 5761 §4; SR is 200, RR 201...)."""
+    return len(packet) > 1 and 191 < packet[1] < 224
 
 
 def _parser(count: int, packet_type: int, body: bytes) -> type[_KnownRtcp] | None:

@@ -8,6 +8,10 @@ It never decodes or parses media payloads.
 
 from sfu.media.transport.negotiation import SUBSCRIBER_EXTENSION_IDS, PublishedMedia
 from sfu.media.transport.peer import (
+    DATA_CHANNEL_LABELS,
+    LOSSY_LABEL,
+    RELIABLE_LABEL,
+    SEND_MODES,
     IceRestartError,
     PeerTransport,
     SendMode,
@@ -17,6 +21,10 @@ from sfu.media.transport.peer import (
 )
 
 __all__ = [
+    "DATA_CHANNEL_LABELS",
+    "LOSSY_LABEL",
+    "RELIABLE_LABEL",
+    "SEND_MODES",
     "SUBSCRIBER_EXTENSION_IDS",
     "IceRestartError",
     "PeerTransport",

@@ -6,7 +6,7 @@ before the packet is even decrypted.  Once DTLS is connected, `SrtpIngress` sits
 nominated pair's `StunProtocol.datagram_received` and demultiplexes by the first byte (RFC 7983
 §7): 128-191 is RTP or RTCP, unprotected in place and handed on synchronously; anything else
 (STUN consent checks, DTLS records carrying SCTP data channels, alerts) goes to aioice as before.
-RTCP is told from RTP by the second byte (RFC 5761 §4: packet types 192-223).
+RTCP is told from RTP by the second byte (`sfu.media.rtp.rtcp.is_rtcp`, RFC 5761 §4).
 
 Once attached, only STUN (0-3) is taken from an address other than the current pair's remote
 one. SRTP, SRTCP and DTLS from another address that ICE validated (a pair whose connectivity
@@ -28,6 +28,7 @@ from typing import Any
 from aioice.ice import CandidatePair, StunProtocol
 from pylibsrtp import Session
 
+from sfu.media.rtp.rtcp import is_rtcp
 from sfu.media.transport.srtp import SrtpError, SrtpUnprotector
 from sfu.metrics import COUNTERS
 
@@ -163,7 +164,7 @@ class SrtpIngress:
                     logger.debug("datagram from %s dropped: %r", addr, exc)
             return
         try:
-            if len(data) > 1 and 191 < data[1] < 224:
+            if is_rtcp(data):
                 self.deliver_rtcp(unprotect_rtcp(data))
             else:
                 self.deliver_rtp(unprotect(data))

@@ -15,16 +15,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sfu.media.rtp import extensions as ext
 from sfu.media.sdp import Codec, MediaSection, Rid, SdpError, SessionDescription, Simulcast
 from sfu.metrics import COUNTERS
 
 __all__ = [
-    "EXT_ABS_SEND_TIME",
-    "EXT_AUDIO_LEVEL",
-    "EXT_MID",
-    "EXT_REPAIRED_RID",
-    "EXT_RID",
-    "EXT_TRANSPORT_CC",
     "FMTP_PARAMETERS",
     "MAX_SIMULCAST_RIDS",
     "SUBSCRIBER_EXTENSION_IDS",
@@ -37,24 +32,23 @@ __all__ = [
     "subscriber_codec",
 ]
 
-EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
-EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
-EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
-EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-
 # What the publisher answer keeps.  No transport-cc: the SFU sends REMB from abs-send-time.
 PUBLISHER_EXTENSIONS = frozenset(
-    {EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL}
+    {
+        ext.MID,
+        ext.RTP_STREAM_ID,
+        ext.REPAIRED_RTP_STREAM_ID,
+        ext.ABS_SEND_TIME,
+        ext.SSRC_AUDIO_LEVEL,
+    }
 )
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 AUDIO_FEEDBACK = ("nack",)
 
 # Header extension ids on the subscriber PC: the same id means the same URI across the bundle.
 SUBSCRIBER_EXTENSION_IDS: dict[str, dict[str, int]] = {
-    "audio": {EXT_MID: 1},
-    "video": {EXT_MID: 1, EXT_ABS_SEND_TIME: 2},
+    "audio": {ext.MID: 1},
+    "video": {ext.MID: 1, ext.ABS_SEND_TIME: 2},
 }
 _SUBSCRIBER_PT = {"opus": 111, "vp8": 96, "h264": 102, "vp9": 98, "av1": 35}
 _Layer = TypeVar("_Layer")

@@ -41,6 +41,7 @@ from aiortc.rtcdtlstransport import (
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
 from aiortc.rtcsctptransport import RTCSctpCapabilities
 
+from sfu.media.rtp.rtcp import is_rtcp
 from sfu.media.sdp import Codec, MediaSection, SdpError, SessionDescription
 from sfu.media.transport.batch import SendQueue, count_send_drop
 from sfu.media.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, send_allowed
@@ -68,6 +69,9 @@ from sfu.media.transport.srtp import SrtpProtector
 from sfu.metrics import COUNTERS
 
 __all__ = [
+    "DATA_CHANNEL_LABELS",
+    "LOSSY_LABEL",
+    "RELIABLE_LABEL",
     "SEND_MODES",
     "IceRestartError",
     "PeerTransport",
@@ -90,9 +94,14 @@ LOCAL_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
 MAX_TRACK_SLOTS = 1000
 # The event loop queues datagrams when the socket would block; beyond this, send_rtp drops.
 MAX_SEND_BACKLOG = 256 * 1024
+#: LiveKit's two data channels, opened on every peer connection: ordered and reliable, and
+#: unordered without retransmissions
+RELIABLE_LABEL = "_reliable"
+LOSSY_LABEL = "_lossy"
+DATA_CHANNEL_LABELS = frozenset({RELIABLE_LABEL, LOSSY_LABEL})
 DATA_CHANNELS = (
-    RTCDataChannelParameters(label="_reliable", ordered=True),
-    RTCDataChannelParameters(label="_lossy", ordered=False, maxRetransmits=0),
+    RTCDataChannelParameters(label=RELIABLE_LABEL, ordered=True),
+    RTCDataChannelParameters(label=LOSSY_LABEL, ordered=False, maxRetransmits=0),
 )
 
 
@@ -540,7 +549,7 @@ class PeerTransport:
 
     def _on_send_failed(self, packet: bytes) -> None:
         """A queued datagram the socket refused at flush time: uncount it, count a drop."""
-        if 192 <= packet[1] <= 223:  # RFC 5761 §4: RTCP packet types 192-223 (SR 200, RR 201...)
+        if is_rtcp(packet):
             self.rtcp_packets_sent -= 1
         else:
             self.rtp_packets_sent -= 1

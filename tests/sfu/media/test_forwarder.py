@@ -4,26 +4,22 @@ FeedbackRouter; driven by a synthetic simulcast VP8 publisher through a real Tra
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sfu.media.forwarder as forwarder_mod
-import sfu.media.receiver as receiver_mod
 from sfu.media.forwarder import HISTORY_SIZE, DownTrack, FeedbackRouter
 from sfu.media.receiver import RECEIVER_SSRC, TrackReceiver
 from sfu.media.rtp import rtcp
-from sfu.media.rtp.header import RtpHeader, RtpPacket
+from sfu.media.rtp.header import RtpPacket
 from sfu.media.rtp.vp8 import Vp8PayloadDescriptor
 from sfu.metrics import COUNTERS
+from tests.sfu.conftest import FakeClock
+from tests.sfu.packets import rtp
 
 IN_PT, OUT_PT = 96, 98
 OPUS_IN_PT, OPUS_OUT_PT = 109, 111
@@ -35,51 +31,11 @@ SUBSCRIBER_SSRC = 0x7777
 PROPERTY = settings(max_examples=200, deadline=None)  # random each run: tests/conftest.py
 
 
-# --- a controllable clock -------------------------------------------------------------------------
-
-
-class Clock:
-    """A controllable `time.monotonic`."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@contextlib.contextmanager
-def patched_clock() -> Iterator[Clock]:
-    clock = Clock()
-    fake = SimpleNamespace(monotonic=clock, time=time.time)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(receiver_mod, "time", fake)
-        mp.setattr(forwarder_mod, "time", fake)
-        yield clock
-
-
-@pytest.fixture
-def clock() -> Iterator[Clock]:
-    with patched_clock() as c:
-        yield c
-
-
 # --- a synthetic simulcast VP8 publisher ----------------------------------------------------------
 
 
-def rtp(seq: int, ts: int, ssrc: int, payload: bytes, *, pt: int, marker: bool = False) -> bytes:
-    header = RtpHeader(
-        payload_type=pt,
-        sequence_number=seq & 0xFFFF,
-        timestamp=ts & 0xFFFFFFFF,
-        ssrc=ssrc,
-        marker=marker,
-        extensions=[(4, b"1"), (10, b"h")],  # mid/rid as a publisher sends them: never forwarded
-    )
-    return bytes(header) + payload
+#: mid/rid as a publisher sends them: never forwarded
+PUBLISHER_EXTENSIONS = ((4, b"1"), (10, b"h"))
 
 
 @dataclass
@@ -114,7 +70,17 @@ class VideoSource:
             if i == 0:
                 body = bytes(((body[0] & 0xFE) | (0 if key else 1),)) + body[1:]
             last = i == packets - 1
-            out.append(rtp(self.seq, self.ts, self.ssrc, bytes(desc) + body, pt=IN_PT, marker=last))
+            out.append(
+                rtp(
+                    bytes(desc) + body,
+                    payload_type=IN_PT,
+                    sequence_number=self.seq,
+                    timestamp=self.ts,
+                    ssrc=self.ssrc,
+                    marker=last,
+                    extensions=PUBLISHER_EXTENSIONS,
+                )
+            )
             self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + TS_STEP) & 0xFFFFFFFF
         self.pid = (self.pid + 1) & 0x7FFF
@@ -123,10 +89,11 @@ class VideoSource:
 
     def probe(self, size: int = 255) -> bytes:
         """A padding-only packet (a bandwidth probe), between frames."""
-        ts = (self.ts - TS_STEP) & 0xFFFFFFFF  # the last frame's
-        header = RtpHeader(IN_PT, self.seq, ts, self.ssrc, padding=True)
-        self.seq = (self.seq + 1) & 0xFFFF
-        return bytes(header) + bytes(size - 1) + bytes((size,))
+        ts = self.ts - TS_STEP  # the last frame's
+        seq, self.seq = self.seq, (self.seq + 1) & 0xFFFF
+        return rtp(
+            payload_type=IN_PT, sequence_number=seq, timestamp=ts, ssrc=self.ssrc, padding=size
+        )
 
 
 @dataclass
@@ -140,7 +107,7 @@ class Forwarded:
 class Rig:
     """A 3-layer VP8 TrackReceiver with a DownTrack, fed by three VideoSources."""
 
-    clock: Clock
+    clock: FakeClock
     seqs: tuple[int, int, int] = (1000, 20000, 40000)
     sources: list[VideoSource] = field(init=False)
     receiver: TrackReceiver = field(init=False)
@@ -161,6 +128,7 @@ class Rig:
             clock_rate=90000,
             layer_count=3,
             send_rtcp=lambda data: self.rtcp_out.append((self.clock.now, data)),
+            clock=self.clock,
         )
         for n, source in enumerate(self.sources):
             self.receiver.layers[n].ssrc = source.ssrc  # as the demuxer learns it
@@ -264,7 +232,7 @@ def assert_payloads_untouched(rig: Rig) -> None:
 # --- starting -------------------------------------------------------------------------------------
 
 
-def test_nothing_forwarded_before_start(clock: Clock) -> None:
+def test_nothing_forwarded_before_start(clock: FakeClock) -> None:
     rig = Rig(clock)
     for _ in range(3):
         rig.tick(keys=(0, 1, 2))
@@ -277,7 +245,7 @@ def test_nothing_forwarded_before_start(clock: Clock) -> None:
     assert rig.out_layers() == [2, 2]
 
 
-def test_video_waits_for_a_key_frame(clock: Clock) -> None:
+def test_video_waits_for_a_key_frame(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()  # no layer active yet: the low one is asked
     assert rig.plis() == [0]
@@ -296,7 +264,7 @@ def test_video_waits_for_a_key_frame(clock: Clock) -> None:
     assert rig.downtrack.current_layer == 2
 
 
-def test_any_allowed_layer_key_frame_starts_the_stream_then_upgrades(clock: Clock) -> None:
+def test_any_allowed_layer_key_frame_starts_the_stream_then_upgrades(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.tick()
     rig.downtrack.start()
@@ -312,10 +280,15 @@ def test_any_allowed_layer_key_frame_starts_the_stream_then_upgrades(clock: Cloc
     assert_payloads_untouched(rig)
 
 
-def test_audio_forwards_at_once(clock: Clock) -> None:
+def test_audio_forwards_at_once(clock: FakeClock) -> None:
     sent: list[bytes] = []
     receiver = TrackReceiver(
-        kind="audio", mime_type="audio/opus", clock_rate=48000, layer_count=1, send_rtcp=sent.append
+        kind="audio",
+        mime_type="audio/opus",
+        clock_rate=48000,
+        layer_count=1,
+        send_rtcp=sent.append,
+        clock=clock,
     )
     downtrack = DownTrack(
         receiver, ssrc=OUT_SSRC, payload_type=OPUS_OUT_PT, send_rtp=sent.append, cname=CNAME
@@ -325,7 +298,14 @@ def test_audio_forwards_at_once(clock: Clock) -> None:
     assert downtrack.max_layer == 0 and sent == []  # no PLI for audio
     payloads = [bytes((0xFC, n)) + b"opus" * n for n in range(1, 6)]
     for n, payload in enumerate(payloads):
-        data = rtp(60000 + n, 480 * n, 0xAD, payload, pt=OPUS_IN_PT)
+        data = rtp(
+            payload,
+            payload_type=OPUS_IN_PT,
+            sequence_number=60000 + n,
+            timestamp=480 * n,
+            ssrc=0xAD,
+            extensions=PUBLISHER_EXTENSIONS,
+        )
         receiver.on_rtp(RtpPacket.parse(data), 0)
     assert len(sent) == 5
     for n, data in enumerate(sent):
@@ -335,7 +315,7 @@ def test_audio_forwards_at_once(clock: Clock) -> None:
         assert packet.payload == payloads[n] and packet.extensions == {}
 
 
-def test_ssrc_and_payload_type_rewritten_payload_untouched(clock: Clock) -> None:
+def test_ssrc_and_payload_type_rewritten_payload_untouched(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(keys=(2,))
@@ -351,7 +331,7 @@ def test_ssrc_and_payload_type_rewritten_payload_untouched(clock: Clock) -> None
     assert_payloads_untouched(rig)
 
 
-def test_padding_is_kept_as_received(clock: Clock) -> None:
+def test_padding_is_kept_as_received(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     (key,) = rig.sources[0].frame(key=True, packets=1)
@@ -365,7 +345,9 @@ def test_padding_is_kept_as_received(clock: Clock) -> None:
     assert packet.payload == RtpPacket.parse(bytes(padded)).payload
 
 
-def test_padding_probes_on_the_current_layer_keep_sequence_numbers_gapless(clock: Clock) -> None:
+def test_padding_probes_on_the_current_layer_keep_sequence_numbers_gapless(
+    clock: FakeClock,
+) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     assert rig.feed(2, rig.sources[2].probe()) is None  # nothing to continue yet
@@ -390,7 +372,7 @@ def test_padding_probes_on_the_current_layer_keep_sequence_numbers_gapless(clock
     assert rig.sent[n:] == [sent_probes[0]]
 
 
-def test_a_padding_probe_never_starts_a_switch(clock: Clock) -> None:
+def test_a_padding_probe_never_starts_a_switch(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(layers=(0,), keys=(0,))
@@ -414,7 +396,7 @@ def test_a_padding_probe_never_starts_a_switch(clock: Clock) -> None:
     ],
 )
 def test_switch_up_only_on_a_key_frame_of_the_target_layer(
-    clock: Clock, seqs: tuple[int, int, int]
+    clock: FakeClock, seqs: tuple[int, int, int]
 ) -> None:
     rig = Rig(clock, seqs=seqs)
     rig.downtrack.start()
@@ -444,7 +426,7 @@ def test_switch_up_only_on_a_key_frame_of_the_target_layer(
     assert_payloads_untouched(rig)
 
 
-def test_timestamps_monotonic_when_the_new_layer_has_a_lower_base(clock: Clock) -> None:
+def test_timestamps_monotonic_when_the_new_layer_has_a_lower_base(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.sources[0].ts = 0xFFFF_F000  # about to wrap
     rig.sources[1].ts = 5
@@ -476,7 +458,7 @@ def _sender_reports_now(rig: Rig, *, skew: tuple[int, int] = (0, 0)) -> None:
         rig.receiver.on_sender_report(layer, report)
 
 
-def test_switch_aligns_timestamps_through_the_publisher_sender_reports(clock: Clock) -> None:
+def test_switch_aligns_timestamps_through_the_publisher_sender_reports(clock: FakeClock) -> None:
     rig = Rig(clock)
     _forwarding_low_with_middle_active(rig)
     _sender_reports_now(rig)
@@ -491,7 +473,7 @@ def test_switch_aligns_timestamps_through_the_publisher_sender_reports(clock: Cl
     assert_continuous(rig.sent)
 
 
-def test_switch_stays_after_the_last_sent_timestamp(clock: Clock) -> None:
+def test_switch_stays_after_the_last_sent_timestamp(clock: FakeClock) -> None:
     rig = Rig(clock)
     _forwarding_low_with_middle_active(rig)
     _sender_reports_now(rig)
@@ -502,7 +484,7 @@ def test_switch_stays_after_the_last_sent_timestamp(clock: Clock) -> None:
     assert_continuous(rig.sent)
 
 
-def test_switch_ignores_sender_reports_that_disagree_with_the_wall_clock(clock: Clock) -> None:
+def test_switch_ignores_sender_reports_that_disagree_with_the_wall_clock(clock: FakeClock) -> None:
     rig = Rig(clock)
     _forwarding_low_with_middle_active(rig)
     _sender_reports_now(rig, skew=(0, 3 * 90000))  # layer 1's SR is 3 s off
@@ -514,7 +496,7 @@ def test_switch_ignores_sender_reports_that_disagree_with_the_wall_clock(clock: 
     assert_continuous(rig.sent)
 
 
-def test_downgrade_when_the_current_layer_goes_silent(clock: Clock) -> None:
+def test_downgrade_when_the_current_layer_goes_silent(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(keys=(2,))
@@ -538,7 +520,7 @@ def test_downgrade_when_the_current_layer_goes_silent(clock: Clock) -> None:
     assert_payloads_untouched(rig)
 
 
-def test_max_layer_is_respected(clock: Clock) -> None:
+def test_max_layer_is_respected(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.set_max_layer(1)
     rig.downtrack.start()
@@ -572,7 +554,7 @@ def test_max_layer_is_respected(clock: Clock) -> None:
     assert_payloads_untouched(rig)
 
 
-def test_disable_stops_forwarding_and_enable_waits_for_a_key_frame(clock: Clock) -> None:
+def test_disable_stops_forwarding_and_enable_waits_for_a_key_frame(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(keys=(2,))
@@ -594,7 +576,7 @@ def test_disable_stops_forwarding_and_enable_waits_for_a_key_frame(clock: Clock)
     assert_continuous(rig.sent)  # the subscriber sees no gap in seq / picture id
 
 
-def test_packets_older_than_the_switch_point_are_dropped(clock: Clock) -> None:
+def test_packets_older_than_the_switch_point_are_dropped(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     early = rig.sources[2].frame(key=False)  # sent before the key frame, delivered late
@@ -606,7 +588,7 @@ def test_packets_older_than_the_switch_point_are_dropped(clock: Clock) -> None:
     assert_continuous(rig.sent)
 
 
-def test_reordered_packets_keep_their_relative_mapping(clock: Clock) -> None:
+def test_reordered_packets_keep_their_relative_mapping(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.frame(2, key=True)
@@ -624,7 +606,7 @@ def test_reordered_packets_keep_their_relative_mapping(clock: Clock) -> None:
 
 
 def test_a_late_packet_does_not_rewind_the_picture_id_used_for_the_next_switch(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
@@ -641,7 +623,7 @@ def test_a_late_packet_does_not_rewind_the_picture_id_used_for_the_next_switch(
     assert switched.desc.tl0_pic_idx == ((newest.desc.tl0_pic_idx or 0) + 1) & 0xFF
 
 
-def test_key_idx_continuous_across_a_switch(clock: Clock) -> None:
+def test_key_idx_continuous_across_a_switch(clock: FakeClock) -> None:
     rig = Rig(clock)
     for n, source in enumerate(rig.sources):
         source.key_idx = 10 * n
@@ -655,7 +637,7 @@ def test_key_idx_continuous_across_a_switch(clock: Clock) -> None:
     assert rig.out_layers() == [0, 0, 0, 0, 0, 0, 1, 1]
 
 
-def test_long_run_on_one_layer_keeps_flowing(clock: Clock) -> None:
+def test_long_run_on_one_layer_keeps_flowing(clock: FakeClock) -> None:
     """More than 32768 packets after a switch (minutes of video) are still forwarded."""
     rig = Rig(clock, seqs=(100, 1000, 2000))
     rig.downtrack.start()
@@ -703,51 +685,51 @@ EVENT = st.one_of(
 def test_outgoing_stream_is_always_continuous(
     seqs: tuple[int, int, int], packets: int, first_key: int, events: list[tuple[object, ...]]
 ) -> None:
-    with patched_clock() as clock:
-        rig = Rig(clock, seqs=seqs)
-        rig.downtrack.start()
-        enabled = True
-        # forwarding starts at once on some layer; the events then move it around
-        for event in [("tick", (0, 1, 2), {first_key}, FRAME), *events]:
-            if event[0] == "tick":
-                _, layers, keys, dt = event
-                assert isinstance(layers, tuple) and isinstance(keys, set)
-                assert isinstance(dt, float)
-                for layer in layers:
-                    before = len(rig.sent)
-                    was = rig.downtrack.current_layer
-                    rig.frame(layer, key=layer in keys, packets=packets)
-                    if not enabled:
-                        assert len(rig.sent) == before
-                    elif len(rig.sent) > before and layer != was:
-                        # a switch: only on a key frame of an allowed layer
-                        assert layer in keys and layer <= rig.downtrack.max_layer
-                clock.advance(dt)
-            elif event[0] == "max":
-                assert isinstance(event[1], int)
-                rig.downtrack.set_max_layer(event[1])
-                enabled = enabled and event[1] >= 0  # -1 pauses
-            elif event[0] == "probe":
-                assert isinstance(event[1], int)
+    clock = FakeClock()
+    rig = Rig(clock, seqs=seqs)
+    rig.downtrack.start()
+    enabled = True
+    # forwarding starts at once on some layer; the events then move it around
+    for event in [("tick", (0, 1, 2), {first_key}, FRAME), *events]:
+        if event[0] == "tick":
+            _, layers, keys, dt = event
+            assert isinstance(layers, tuple) and isinstance(keys, set)
+            assert isinstance(dt, float)
+            for layer in layers:
                 before = len(rig.sent)
-                rig.feed(event[1], rig.sources[event[1]].probe())
-                if event[1] != rig.downtrack.current_layer:
+                was = rig.downtrack.current_layer
+                rig.frame(layer, key=layer in keys, packets=packets)
+                if not enabled:
                     assert len(rig.sent) == before
-            elif event[0] == "enable":
-                assert isinstance(event[1], bool)
-                enabled = event[1]
-                rig.downtrack.set_enabled(enabled)
-            else:
-                rig.downtrack.on_keyframe_request()
-        assert_continuous(rig.sent)
-        assert_payloads_untouched(rig)
-        assert all(RtpPacket.parse(o).ssrc == OUT_SSRC for o in rig.sent)
+                elif len(rig.sent) > before and layer != was:
+                    # a switch: only on a key frame of an allowed layer
+                    assert layer in keys and layer <= rig.downtrack.max_layer
+            clock.advance(dt)
+        elif event[0] == "max":
+            assert isinstance(event[1], int)
+            rig.downtrack.set_max_layer(event[1])
+            enabled = enabled and event[1] >= 0  # -1 pauses
+        elif event[0] == "probe":
+            assert isinstance(event[1], int)
+            before = len(rig.sent)
+            rig.feed(event[1], rig.sources[event[1]].probe())
+            if event[1] != rig.downtrack.current_layer:
+                assert len(rig.sent) == before
+        elif event[0] == "enable":
+            assert isinstance(event[1], bool)
+            enabled = event[1]
+            rig.downtrack.set_enabled(enabled)
+        else:
+            rig.downtrack.on_keyframe_request()
+    assert_continuous(rig.sent)
+    assert_payloads_untouched(rig)
+    assert all(RtpPacket.parse(o).ssrc == OUT_SSRC for o in rig.sent)
 
 
 # --- NACK ----------------------------------------------------------------------------------------
 
 
-def test_nack_retransmits_the_exact_bytes_from_history(clock: Clock) -> None:
+def test_nack_retransmits_the_exact_bytes_from_history(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(layers=(0,), keys=(0,))
@@ -763,7 +745,7 @@ def test_nack_retransmits_the_exact_bytes_from_history(clock: Clock) -> None:
     assert COUNTERS.retransmits_out == before + 2
 
 
-def test_nack_after_a_switch_rebuilds_the_same_bytes_and_skips_older_ones(clock: Clock) -> None:
+def test_nack_after_a_switch_rebuilds_the_same_bytes_and_skips_older_ones(clock: FakeClock) -> None:
     """History keeps the received packets, not copies: a retransmission is rebuilt, VP8
     descriptor munging included, and is byte-identical to what was first sent."""
     rig = Rig(clock)
@@ -781,7 +763,7 @@ def test_nack_after_a_switch_rebuilds_the_same_bytes_and_skips_older_ones(clock:
     assert rig.sent[n:] == [sent[seq] for seq in after]
 
 
-def test_nack_for_a_packet_out_of_history_is_ignored(clock: Clock) -> None:
+def test_nack_for_a_packet_out_of_history_is_ignored(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.frame(0, key=True, packets=1)
@@ -798,10 +780,44 @@ def test_nack_for_a_packet_out_of_history_is_ignored(clock: Clock) -> None:
     assert len(rig.sent) == n + 1
 
 
+def test_nack_across_the_sequence_wrap_retransmits_the_exact_bytes(clock: FakeClock) -> None:
+    """NACKs carry 16-bit numbers; the history is kept in extended ones: 65535 and 0 are two
+    different packets, each found after the wrap."""
+    rig = Rig(clock, seqs=(65530, 1000, 2000))
+    rig.downtrack.start()
+    rig.frame(0, key=True, packets=1)
+    for _ in range(20):
+        rig.frame(0, packets=1)
+    sent = {parse_out(o).seq: o for o in rig.sent}
+    assert {65535, 0, 1} <= set(sent) and parse_out(rig.sent[-1]).seq == 14
+    n = len(rig.sent)
+    rig.downtrack.retransmit([65534, 65535, 0, 1])
+    assert rig.sent[n:] == [sent[65534], sent[65535], sent[0], sent[1]]
+
+
+def test_a_new_ssrc_on_the_forwarded_layer_continues_the_sequence(clock: FakeClock) -> None:
+    """The publisher restarts a layer on a new SSRC (the demuxer then calls `new_stream`), its
+    sequence numbers unrelated to the old ones, here lower: the subscriber sees no gap and no
+    packet of the new stream is taken for one older than the switch point."""
+    rig = Rig(clock, seqs=(40000, 1000, 2000))
+    rig.downtrack.start()
+    rig.tick(layers=(0,), keys=(0,))
+    rig.tick(layers=(0,))
+    source = rig.sources[0]
+    source.ssrc, source.seq = 0xB0, 5
+    rig.receiver.layers[0].new_stream(source.ssrc)
+    n = len(rig.sent)
+    rig.tick(layers=(0,), keys=(0,))
+    rig.tick(layers=(0,))
+    assert len(rig.sent) == n + 4
+    seqs = [parse_out(o).seq for o in rig.sent]
+    assert seqs == list(range(40000, 40000 + len(seqs)))
+
+
 # --- sender reports ------------------------------------------------------------------------------
 
 
-def test_sender_report_only_after_a_publisher_sender_report(clock: Clock) -> None:
+def test_sender_report_only_after_a_publisher_sender_report(clock: FakeClock) -> None:
     rig = Rig(clock)
     assert rig.downtrack.sender_report() == b""  # nothing sent
     rig.downtrack.start()
@@ -825,7 +841,7 @@ def test_sender_report_only_after_a_publisher_sender_report(clock: Clock) -> Non
     assert sdes.chunks[0].ssrc == OUT_SSRC and sdes.chunks[0].cname == CNAME
 
 
-def test_sender_report_follows_the_timestamp_offset_after_a_switch(clock: Clock) -> None:
+def test_sender_report_follows_the_timestamp_offset_after_a_switch(clock: FakeClock) -> None:
     rig = Rig(clock)
     rig.downtrack.start()
     rig.tick(layers=(0,), keys=(0,))
@@ -851,7 +867,7 @@ def test_sender_report_follows_the_timestamp_offset_after_a_switch(clock: Clock)
 # --- FeedbackRouter ------------------------------------------------------------------------------
 
 
-def _router(clock: Clock) -> tuple[Rig, FeedbackRouter]:
+def _router(clock: FakeClock) -> tuple[Rig, FeedbackRouter]:
     rig = Rig(clock)
     router = FeedbackRouter()
     router.add(rig.downtrack)
@@ -863,7 +879,7 @@ def _router(clock: Clock) -> tuple[Rig, FeedbackRouter]:
     return rig, router
 
 
-def test_pli_and_fir_reach_the_downtrack_and_the_publisher(clock: Clock) -> None:
+def test_pli_and_fir_reach_the_downtrack_and_the_publisher(clock: FakeClock) -> None:
     rig, router = _router(clock)
     router.on_rtcp(bytes(rtcp.Pli(SUBSCRIBER_SSRC, OUT_SSRC)))
     assert rig.plis() == [1]  # the layer being forwarded
@@ -875,7 +891,7 @@ def test_pli_and_fir_reach_the_downtrack_and_the_publisher(clock: Clock) -> None
     assert rig.plis() == [1, 1]
 
 
-def test_nack_through_the_router_retransmits(clock: Clock) -> None:
+def test_nack_through_the_router_retransmits(clock: FakeClock) -> None:
     rig, router = _router(clock)
     seqs = [parse_out(o).seq for o in rig.sent]
     n = len(rig.sent)
@@ -884,7 +900,7 @@ def test_nack_through_the_router_retransmits(clock: Clock) -> None:
     assert rig.sent[n:] == [rig.sent[1], rig.sent[4]]
 
 
-def test_rtcp_for_unknown_ssrcs_is_ignored(clock: Clock) -> None:
+def test_rtcp_for_unknown_ssrcs_is_ignored(clock: FakeClock) -> None:
     rig, router = _router(clock)
     n = len(rig.sent)
     seq = parse_out(rig.sent[0]).seq
@@ -902,7 +918,7 @@ def test_rtcp_for_unknown_ssrcs_is_ignored(clock: Clock) -> None:
     assert len(rig.sent) == n and rig.rtcp_out == []
 
 
-def test_router_remove_keeps_a_newer_downtrack_on_the_same_ssrc(clock: Clock) -> None:
+def test_router_remove_keeps_a_newer_downtrack_on_the_same_ssrc(clock: FakeClock) -> None:
     rig, router = _router(clock)
     other = DownTrack(
         rig.receiver, ssrc=OUT_SSRC, payload_type=OUT_PT, send_rtp=rig.sent.append, cname="x"
@@ -929,8 +945,8 @@ _GARBAGE: list[tuple[Rig, FeedbackRouter]] = []
 )
 def test_router_garbage_never_raises(data: bytes) -> None:
     if not _GARBAGE:
-        with patched_clock() as clock:
-            _GARBAGE.append(_router(clock))
+        clock = FakeClock()
+        _GARBAGE.append(_router(clock))
     _, router = _GARBAGE[0]
     router.on_rtcp(data)
     router.on_rtcp(bytes(rtcp.Pli(SUBSCRIBER_SSRC, OUT_SSRC)) + data)
@@ -942,7 +958,7 @@ def test_router_garbage_never_raises(data: bytes) -> None:
     router.on_rtcp(bytes(rtcp.Nack(SUBSCRIBER_SSRC, OUT_SSRC, pairs)))
 
 
-def test_paused_and_subscribed_layer_follow_what_the_publisher_sends(clock: Clock) -> None:
+def test_paused_and_subscribed_layer_follow_what_the_publisher_sends(clock: FakeClock) -> None:
     """StreamStateUpdate and dynacast read these: paused = wanted but no usable layer is sent;
     subscribed_layer = max(preferred, still forwarded) while enabled, -1 when disabled."""
     rig = Rig(clock)
@@ -966,7 +982,7 @@ def test_paused_and_subscribed_layer_follow_what_the_publisher_sends(clock: Cloc
     assert not rig.downtrack.paused  # disabled by the subscriber is not "paused"
 
 
-def test_a_probe_just_before_a_switch_keeps_picture_ids_continuous(clock: Clock) -> None:
+def test_a_probe_just_before_a_switch_keeps_picture_ids_continuous(clock: FakeClock) -> None:
     """Found by the property above: a padding probe was taken as the packet to continue the VP8
     picture id / TL0PICIDX from, and it has no payload descriptor."""
     rig = Rig(clock)

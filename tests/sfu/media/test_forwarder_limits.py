@@ -8,13 +8,11 @@ import itertools
 import struct
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sfu.media.forwarder as forwarder_mod
 from sfu.media.forwarder import (
     NACK_BUDGET,
     NACK_RESEND_INTERVAL,
@@ -25,19 +23,15 @@ from sfu.media.receiver import MAX_LAYERS, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.twcc import TransportCcFeedback
 from sfu.metrics import COUNTERS
+from tests.sfu.conftest import FakeClock
 from tests.sfu.media.test_forwarder import (
     CNAME,
     OUT_PT,
     OUT_SSRC,
     SUBSCRIBER_SSRC,
-    Clock,
     Rig,
-    clock,
     parse_out,
-    patched_clock,
 )
-
-__all__ = ["clock"]  # the fixture
 
 #: the audit's transport-cc blob: 65,535 "not received" statuses in 40 bytes, 30 per datagram
 TWCC_BLOB = (
@@ -48,7 +42,7 @@ TWCC_BLOB = (
 )
 
 
-def _flowing(clock: Clock, frames: int = 300) -> tuple[Rig, FeedbackRouter]:
+def _flowing(clock: FakeClock, frames: int = 300) -> tuple[Rig, FeedbackRouter]:
     """A down track forwarding layer 0 (two packets per frame), its history full."""
     rig = Rig(clock)
     router = FeedbackRouter()
@@ -67,7 +61,9 @@ def _hostile_nacks(newest: int) -> bytes:
     return nack * 8
 
 
-def test_a_nack_flood_is_held_to_the_budget_and_each_packet_to_its_interval(clock: Clock) -> None:
+def test_a_nack_flood_is_held_to_the_budget_and_each_packet_to_its_interval(
+    clock: FakeClock,
+) -> None:
     rig, router = _flowing(clock)
     hits = COUNTERS.limits_exceeded.get("nack_budget", 0)
     before = COUNTERS.retransmits_out
@@ -88,7 +84,7 @@ def test_a_nack_flood_is_held_to_the_budget_and_each_packet_to_its_interval(cloc
         assert all(b - a >= NACK_RESEND_INTERVAL for a, b in itertools.pairwise(times))
 
 
-def test_one_nack_naming_a_packet_eight_times_resends_it_once(clock: Clock) -> None:
+def test_one_nack_naming_a_packet_eight_times_resends_it_once(clock: FakeClock) -> None:
     rig, router = _flowing(clock, frames=4)
     seq = parse_out(rig.sent[3]).seq
     nack = bytes(rtcp.Nack.from_sequence_numbers(SUBSCRIBER_SSRC, OUT_SSRC, [seq]))
@@ -103,7 +99,7 @@ def test_one_nack_naming_a_packet_eight_times_resends_it_once(clock: Clock) -> N
     assert rig.sent[n + 1 :] == [rig.sent[3]]  # a real second loss is answered
 
 
-def test_a_legit_nack_is_answered_during_and_after_a_flood(clock: Clock) -> None:
+def test_a_legit_nack_is_answered_during_and_after_a_flood(clock: FakeClock) -> None:
     rig = Rig(clock)
     router = FeedbackRouter()
     router.add(rig.downtrack)
@@ -140,7 +136,7 @@ def test_a_legit_nack_is_answered_during_and_after_a_flood(clock: Clock) -> None
 
 
 def test_transport_cc_from_a_subscriber_is_not_parsed(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig, router = _flowing(clock, frames=4)
 
@@ -163,7 +159,7 @@ def test_transport_cc_from_a_subscriber_is_not_parsed(
     assert rig.sent[n:] == [rig.sent[3]]  # what follows the ignored packets still acts
 
 
-def test_more_layers_than_simulcast_allows_are_clamped(clock: Clock) -> None:
+def test_more_layers_than_simulcast_allows_are_clamped(clock: FakeClock) -> None:
     hits = COUNTERS.limits_exceeded.get("simulcast_layers", 0)
     receiver = TrackReceiver(
         kind="video",
@@ -171,6 +167,7 @@ def test_more_layers_than_simulcast_allows_are_clamped(clock: Clock) -> None:
         clock_rate=90000,
         layer_count=50_000,
         send_rtcp=lambda _: None,
+        clock=clock,
     )
     assert len(receiver.layers) == MAX_LAYERS == 3
     assert COUNTERS.limits_exceeded.get("simulcast_layers", 0) == hits + 1
@@ -186,7 +183,7 @@ def test_more_layers_than_simulcast_allows_are_clamped(clock: Clock) -> None:
 class _Flowing:
     rig: Rig
     router: FeedbackRouter
-    clock: Clock
+    clock: FakeClock
     originals: dict[int, bytes]  # outgoing sequence number → what was first sent under it
 
 
@@ -208,8 +205,8 @@ def test_arbitrary_nacks_resend_only_what_was_sent_within_the_bounds(
     """Whatever the (pid, blp) pairs: every resend is byte-identical to a packet sent before,
     no packet goes out twice within the interval, and the budget holds."""
     if not _FLOWING:
-        with patched_clock() as c:
-            rig, router = _flowing(c, frames=600)
+        c = FakeClock()
+        rig, router = _flowing(c, frames=600)
         originals = {parse_out(f.out).seq: f.out for f in rig.forwarded}
         _FLOWING.append(_Flowing(rig, router, c, originals))
     flowing = _FLOWING[0]
@@ -217,22 +214,19 @@ def test_arbitrary_nacks_resend_only_what_was_sent_within_the_bounds(
     flowing.clock.advance(1.0)  # a fresh budget window; every earlier resend out of its interval
     newest = parse_out(rig.forwarded[-1].out).seq
     n = len(rig.sent)
-    with pytest.MonkeyPatch.context() as mp:  # the rig's clock, outside its fixture
-        fake = SimpleNamespace(monotonic=flowing.clock, time=time.time)
-        mp.setattr(forwarder_mod, "time", fake)
-        for pairs in nacks:
-            # biased towards the history: pids just below the newest sequence number
-            shifted = tuple(
-                (((newest - pid % 600) & 0xFFFF) if near else pid, blp) for pid, blp in pairs
-            )
-            flowing.router.on_rtcp(bytes(rtcp.Nack(SUBSCRIBER_SSRC, OUT_SSRC, shifted)))
+    for pairs in nacks:
+        # biased towards the history: pids just below the newest sequence number
+        shifted = tuple(
+            (((newest - pid % 600) & 0xFFFF) if near else pid, blp) for pid, blp in pairs
+        )
+        flowing.router.on_rtcp(bytes(rtcp.Nack(SUBSCRIBER_SSRC, OUT_SSRC, shifted)))
     resent = rig.sent[n:]
     seqs = [parse_out(d).seq for d in resent]
     assert len(seqs) == len(set(seqs)) <= NACK_BUDGET
     assert all(flowing.originals.get(seq) == d for seq, d in zip(seqs, resent, strict=True))
 
 
-def test_the_resend_interval_follows_the_round_trip_time(clock: Clock) -> None:
+def test_the_resend_interval_follows_the_round_trip_time(clock: FakeClock) -> None:
     rig, router = _flowing(clock, frames=4)
     assert rig.downtrack.rtt is None
     source = rig.sources[0]

@@ -13,6 +13,7 @@ from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.twcc import TransportCcFeedback
 from sfu.metrics import COUNTERS
+from tests.sfu.conftest import FakeClock
 from tests.sfu.media.test_receiver import (
     AUDIO_MID,
     EXTENSION_IDS,
@@ -23,8 +24,8 @@ from tests.sfu.media.test_receiver import (
     Rig,
     Sink,
     make_rig,
+    published,
     rig,
-    rtp,
     vp8,
 )
 
@@ -37,8 +38,8 @@ def _entries(demux: RtpDemuxer, receiver: TrackReceiver) -> int:
 
 def test_ssrc_churn_keeps_one_ssrc_per_layer(rig: Rig) -> None:
     key = vp8(key=True)
-    templates = [rtp(1, 0, key, mid=VIDEO_MID, rid=rid) for rid in ("q", "h", "f")]
-    templates.append(rtp(1, 0, OPUS, pt=OPUS_PT, mid=AUDIO_MID))
+    templates = [published(1, 0, key, mid=VIDEO_MID, rid=rid) for rid in ("q", "h", "f")]
+    templates.append(published(1, 0, OPUS, pt=OPUS_PT, mid=AUDIO_MID))
     on_rtp = rig.demux.on_rtp
     for n in range(50_000):  # every packet on a new SSRC
         template = templates[n % 4]
@@ -50,7 +51,7 @@ def test_ssrc_churn_keeps_one_ssrc_per_layer(rig: Rig) -> None:
     newest = [0x1000_0000 + 50_000 - 4 + k for k in range(3)]
     assert [state.ssrc for state in rig.video.layers] == newest
     rig.video_sink.got.clear()
-    rig.demux.on_rtp(rtp(1, newest[1], vp8(key=False)))  # no extensions: found by SSRC
+    rig.demux.on_rtp(published(1, newest[1], vp8(key=False)))  # no extensions: found by SSRC
     assert [layer for _, layer, _ in rig.video_sink.got] == [1]
     rig.demux.unbind(VIDEO_MID)
     assert _entries(rig.demux, rig.video) == 0 and len(rig.demux._by_ssrc) == 1
@@ -58,23 +59,23 @@ def test_ssrc_churn_keeps_one_ssrc_per_layer(rig: Rig) -> None:
 
 def test_a_layer_on_a_new_ssrc_starts_its_statistics_afresh(rig: Rig) -> None:
     for seq in range(100, 110):
-        rig.demux.on_rtp(rtp(seq, 0xA1, vp8(key=True), mid=VIDEO_MID, rid="q"))
+        rig.demux.on_rtp(published(seq, 0xA1, vp8(key=True), mid=VIDEO_MID, rid="q"))
     rig.demux.on_rtcp(bytes(rtcp.SenderReport(0xA1, 1 << 60, 5, 10, 100)))
     assert rig.video.sender_reports.has_report(0xA1)
-    rig.demux.on_rtp(rtp(40_000, 0xA2, vp8(key=True), mid=VIDEO_MID, rid="q"))
+    rig.demux.on_rtp(published(40_000, 0xA2, vp8(key=True), mid=VIDEO_MID, rid="q"))
     state = rig.video.layers[0]
     assert (state.ssrc, state.packets, state.base_seq, state.sr_arrival) == (0xA2, 1, 40_000, 0)
     assert not rig.video.sender_reports.has_report(0xA1)
     (block,) = rig.video.report_blocks(1.0)
     assert block.ssrc == 0xA2 and block.packets_lost == 0
-    rig.demux.on_rtp(rtp(111, 0xA1, vp8(key=False)))  # the old SSRC is no longer routed
+    rig.demux.on_rtp(published(111, 0xA1, vp8(key=False)))  # the old SSRC is no longer routed
     assert rig.video.layers[0].ssrc == 0xA2
 
 
 def test_sender_reports_of_churned_ssrcs_are_not_kept(rig: Rig) -> None:
     for n in range(1000):
         ssrc = 0x2000_0000 + n
-        rig.demux.on_rtp(rtp(n, ssrc, vp8(key=True), mid=VIDEO_MID, rid="h"))
+        rig.demux.on_rtp(published(n, ssrc, vp8(key=True), mid=VIDEO_MID, rid="h"))
         rig.demux.on_rtcp(bytes(rtcp.SenderReport(ssrc, 1 << 60, n, 1, 1)))
     assert len(rig.video.sender_reports._reports) == 1  # was 1,000
 
@@ -95,8 +96,8 @@ def test_rids_beyond_the_layers_are_not_bound() -> None:
     demux = RtpDemuxer()
     demux.set_extension_ids([EXTENSION_IDS])
     demux.bind(VIDEO_MID, receiver, {f"r{k}": k for k in range(50_000)}, payload_type=VP8_PT)
-    demux.on_rtp(rtp(1, 0x51, vp8(key=True), mid=VIDEO_MID, rid="r2"))
-    demux.on_rtp(rtp(1, 0x55, vp8(key=True), mid=VIDEO_MID, rid="r4000"))  # no such layer
+    demux.on_rtp(published(1, 0x51, vp8(key=True), mid=VIDEO_MID, rid="r2"))
+    demux.on_rtp(published(1, 0x55, vp8(key=True), mid=VIDEO_MID, rid="r4000"))  # no such layer
     assert [layer for _, layer, _ in sink.got] == [2]
     assert len(demux._by_ssrc) == 1
 
@@ -112,7 +113,7 @@ def test_publisher_transport_cc_is_not_parsed(rig: Rig, monkeypatch: pytest.Monk
         + struct.pack("!H", 8191) * 9
         + b"\0\0"
     )
-    rig.demux.on_rtp(rtp(1, 0xAB01, vp8(key=True), mid=VIDEO_MID, rid="h"))
+    rig.demux.on_rtp(published(1, 0xAB01, vp8(key=True), mid=VIDEO_MID, rid="h"))
     data = blob * 29 + bytes(rtcp.SenderReport(0xAB01, 1 << 60, 77, 1, 1))
     elapsed = []
     for _ in range(3):
@@ -124,4 +125,4 @@ def test_publisher_transport_cc_is_not_parsed(rig: Rig, monkeypatch: pytest.Monk
 
 
 def test_make_rig_is_fresh() -> None:
-    assert make_rig().demux._by_ssrc == {}
+    assert make_rig(FakeClock()).demux._by_ssrc == {}

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu.media.rtp import extensions as ext
 from sfu.media.sdp import (
     MAX_CANDIDATES,
     MAX_LINE_LENGTH,
@@ -26,8 +27,6 @@ from sfu.media.sdp import (
     SimulcastRid,
 )
 from sfu.media.transport.negotiation import (
-    EXT_RID,
-    EXT_TRANSPORT_CC,
     LocalParameters,
     TrackSlot,
     build_answer,
@@ -88,7 +87,7 @@ def test_chrome_simulcast_offer_fields() -> None:
     assert video.rids == [Rid("q", "send"), Rid("h", "send"), Rid("f", "send")]
     assert video.simulcast == Simulcast(send=[[SimulcastRid("q")], [SimulcastRid("h")],
                                               [SimulcastRid("f")]])  # fmt: skip
-    assert video.extension_id(EXT_RID) == 10
+    assert video.extension_id(ext.RTP_STREAM_ID) == 10
     vp8 = video.codec(96)
     assert vp8 is not None and vp8.name == "VP8"
     assert vp8.rtcp_fb == ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"]
@@ -211,7 +210,7 @@ def test_publisher_answer_to_chrome_simulcast_offer() -> None:
     assert audio.codecs[0].rtcp_fb == []  # Chrome offers no audio nack; never transport-cc
     assert [(c.name, c.payload_type) for c in video.codecs] == [("VP8", 96)]
     assert video.codecs[0].rtcp_fb == ["goog-remb", "ccm fir", "nack", "nack pli"]
-    assert EXT_TRANSPORT_CC not in video.extmaps.values()
+    assert ext.TRANSPORT_CC not in video.extmaps.values()
     assert sorted(video.extmaps) == [2, 4, 10, 11]  # abs-send-time, mid, rid, repaired rid
     assert sorted(audio.extmaps) == [1, 2, 4]  # audio level, abs-send-time, mid
     assert video.rids == [Rid("q", "recv"), Rid("h", "recv"), Rid("f", "recv")]
@@ -224,7 +223,7 @@ def test_publisher_answer_to_chrome_simulcast_offer() -> None:
     assert [p.kind for p in published] == ["audio", "video"]
     assert published[1].rids == ("q", "h", "f") and published[1].paused_rids == ()
     assert published[1].msid == offer.media[1].msid
-    assert published[1].extension_ids[EXT_RID] == 10
+    assert published[1].extension_ids[ext.RTP_STREAM_ID] == 10
     assert published[0].ssrcs == tuple(offer.media[0].ssrcs)
 
 

@@ -31,6 +31,7 @@ from sfu.media.rtp.rtcp import (
     UnknownRtcp,
     UnknownXrBlock,
     build_compound,
+    is_rtcp,
     parse_compound,
 )
 
@@ -399,3 +400,10 @@ def test_only_the_named_types_are_parsed() -> None:
     assert build_compound([twcc, app, nack, pli]) == data
     with pytest.raises(RtcpError):  # framing is still checked for what is skipped
         parse_compound(TWCC[:-1], only=frozenset((Nack,)))
+
+
+def test_is_rtcp_takes_packet_types_192_to_223() -> None:
+    """RFC 5761 §4: on an rtcp-mux transport the second byte tells RTCP (192-223) from RTP."""
+    assert [b for b in range(256) if is_rtcp(bytes((0x80, b)))] == list(range(192, 224))
+    assert not is_rtcp(b"") and not is_rtcp(b"\x80")
+    assert is_rtcp(bytes(Pli(1, 2))) and not is_rtcp(bytes(12))

@@ -19,6 +19,7 @@ from pylibsrtp import Policy, Session
 from sfu.media.transport.ingress import GuardedStunProtocol, SrtpIngress
 from sfu.media.transport.srtp import SrtpError, SrtpUnprotector
 from sfu.metrics import COUNTERS
+from tests.sfu.packets import rtp
 
 KEY = os.urandom(30)
 ADDR = ("127.0.0.1", 5000)  # the nominated pair's remote address
@@ -33,10 +34,6 @@ MALFORMED_STUN = (
 
 def session(direction: int) -> Session:
     return Session(Policy(key=KEY, ssrc_type=direction))
-
-
-def rtp(seq: int, size: int = 200) -> bytes:
-    return struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 0x1234) + bytes(size)
 
 
 def sender_report() -> bytes:
@@ -89,7 +86,7 @@ class Rig:
 
 def test_rtp_and_rtcp_are_decrypted_and_dispatched_synchronously() -> None:
     rig = Rig()
-    packets = [rtp(seq) for seq in range(1, 6)]
+    packets = [rtp(bytes(200), sequence_number=seq) for seq in range(1, 6)]
     for packet in packets:
         rig.protocol.datagram_received(rig.sender.protect(packet), ADDR)
     rig.protocol.datagram_received(rig.sender.protect_rtcp(sender_report()), ADDR)
@@ -111,7 +108,7 @@ def test_other_datagrams_take_aioices_path() -> None:
 
 def test_forged_replayed_and_truncated_packets_are_counted_and_dropped() -> None:
     rig = Rig()
-    protected = rig.sender.protect(rtp(1))
+    protected = rig.sender.protect(rtp(bytes(200), sequence_number=1))
     rig.protocol.datagram_received(protected, ADDR)
     rig.protocol.datagram_received(protected, ADDR)  # replay
     forged = protected[:-1] + bytes([protected[-1] ^ 1])
@@ -130,14 +127,14 @@ def test_a_failing_callback_does_not_escape() -> None:
     rig = Rig()
     rig.ingress = SrtpIngress(boom, boom)
     rig.ingress.attach(rig.protocol, session(Policy.SSRC_ANY_INBOUND))
-    rig.protocol.datagram_received(rig.sender.protect(rtp(1)), ADDR)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(bytes(200), sequence_number=1)), ADDR)
 
 
 def test_detach_gives_the_protocol_its_own_method_back() -> None:
     rig = Rig()
     rig.ingress.detach()
     rig.ingress.detach()
-    protected = rig.sender.protect(rtp(1))
+    protected = rig.sender.protect(rtp(bytes(200), sequence_number=1))
     rig.protocol.datagram_received(protected, ADDR)
     assert rig.rtp == [] and rig.receiver.data == [protected]
 
@@ -147,8 +144,12 @@ def test_unprotector_matches_pylibsrtp() -> None:
     ours = SrtpUnprotector(session(Policy.SSRC_ANY_INBOUND), rtcp=False)
     theirs = session(Policy.SSRC_ANY_INBOUND)
     for seq in range(1, 20):
-        protected = sender.protect(rtp(seq, 50 * seq))
-        assert ours(protected) == theirs.unprotect(protected) == rtp(seq, 50 * seq)
+        protected = sender.protect(rtp(bytes(50 * seq), sequence_number=seq))
+        assert (
+            ours(protected)
+            == theirs.unprotect(protected)
+            == rtp(bytes(50 * seq), sequence_number=seq)
+        )
     try:
         ours(b"\x80\x60" + bytes(30))
     except SrtpError:
@@ -206,7 +207,7 @@ def test_malformed_stun_is_contained_and_logs_nothing_above_debug(
 
 def test_media_from_another_address_is_dropped_before_unprotect() -> None:
     rig = Rig()
-    protected = rig.sender.protect(rtp(1))
+    protected = rig.sender.protect(rtp(bytes(200), sequence_number=1))
     rig.protocol.datagram_received(protected, OTHER)
     rig.protocol.datagram_received(rig.sender.protect_rtcp(sender_report()), OTHER)
     dtls_record = bytes([23, 0xFE, 0xFD]) + bytes(20)
@@ -216,7 +217,7 @@ def test_media_from_another_address_is_dropped_before_unprotect() -> None:
     # libsrtp never saw it: the same packet from the peer is not a replay
     rig.protocol.datagram_received(protected, ADDR)
     rig.protocol.datagram_received(dtls_record, ADDR)
-    assert rig.rtp == [rtp(1)] and rig.receiver.data == [dtls_record]
+    assert rig.rtp == [rtp(bytes(200), sequence_number=1)] and rig.receiver.data == [dtls_record]
 
 
 def test_the_remote_address_is_taken_from_the_nominated_pair() -> None:
@@ -228,9 +229,11 @@ def test_the_remote_address_is_taken_from_the_nominated_pair() -> None:
     ingress = SrtpIngress(rtp_in.append, rtp_in.append)
     ingress.attach(protocol, session(Policy.SSRC_ANY_INBOUND))
     sender = session(Policy.SSRC_ANY_OUTBOUND)
-    protocol.datagram_received(sender.protect(rtp(1)), ADDR)
-    protocol.datagram_received(sender.protect(rtp(2)), (OTHER[0], OTHER[1], 0, 0))  # IPv6 form
-    assert rtp_in == [rtp(2)] and ingress.wrong_source == 1
+    protocol.datagram_received(sender.protect(rtp(bytes(200), sequence_number=1)), ADDR)
+    protocol.datagram_received(
+        sender.protect(rtp(bytes(200), sequence_number=2)), (OTHER[0], OTHER[1], 0, 0)
+    )  # IPv6 form
+    assert rtp_in == [rtp(bytes(200), sequence_number=2)] and ingress.wrong_source == 1
 
 
 def test_media_follows_the_peer_to_another_pair_ice_validated() -> None:

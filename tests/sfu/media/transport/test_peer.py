@@ -26,6 +26,7 @@ from sfu.media.transport.peer import SEND_MODES
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import COUNTERS
 from tests.harness.sfu import free_udp_port, free_udp_range
+from tests.sfu.packets import rtp
 
 
 @pytest.fixture(autouse=True)
@@ -69,11 +70,6 @@ async def wait_for(predicate: Callable[[], bool], within: float = 10, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def rtp_packet(payload_type: int, sequence_number: int, ssrc: int, payload: bytes) -> bytes:
-    return struct.pack("!BBHII", 0x80, payload_type, sequence_number, sequence_number * 3000, ssrc)\
-        + payload  # fmt: skip
 
 
 async def inbound_rtp(pc: RTCPeerConnection) -> dict[int, int]:
@@ -163,14 +159,22 @@ async def test_subscriber_sends_rtp_and_data_to_aiortc(send_mode: SendMode) -> N
         audio_pt = transport.track_codec(audio_mid).payload_type
         video_pt = transport.track_codec(video_mid).payload_type
         assert (audio_pt, video_pt) == (111, 96)
+        audio = {"payload_type": audio_pt, "ssrc": 1111}
+        video = {"payload_type": video_pt, "ssrc": 2222}
         for seq in range(40):
-            transport.send_rtp(rtp_packet(audio_pt, seq, 1111, b"\xfc" + bytes(40)))
-            transport.send_rtp(rtp_packet(video_pt, seq, 2222, b"\x10" + bytes(100)))
+            ts = seq * 3000
+            transport.send_rtp(rtp(b"\xfc" + bytes(40), sequence_number=seq, timestamp=ts, **audio))
+            transport.send_rtp(
+                rtp(b"\x10" + bytes(100), sequence_number=seq, timestamp=ts, **video)
+            )
             await asyncio.sleep(0.005)
         # a frame's worth of equal-size packets in one loop iteration: one GSO send in "gso" mode
         gso_before = COUNTERS.send_gso_datagrams
         for seq in range(40, 60):
-            transport.send_rtp(rtp_packet(video_pt, seq, 2222, b"\x10" + bytes(1000)))
+            ts = seq * 3000
+            transport.send_rtp(
+                rtp(b"\x10" + bytes(1000), sequence_number=seq, timestamp=ts, **video)
+            )
         await wait_for(lambda: transport.stats.rtp_packets_sent == 100, what="sent")
         await asyncio.sleep(0)  # the end of this loop iteration: the burst has left
         assert (COUNTERS.send_gso_datagrams - gso_before >= 20) == (send_mode == "gso")
@@ -269,7 +273,15 @@ async def test_subscriber_renegotiation_removes_and_recycles_m_lines() -> None:
         assert recycled is not None and recycled.direction == "sendonly"
         assert list(recycled.ssrcs) == [3333]
         for seq in range(20):
-            transport.send_rtp(rtp_packet(96, seq, 3333, b"\x10" + bytes(50)))
+            transport.send_rtp(
+                rtp(
+                    b"\x10" + bytes(50),
+                    payload_type=96,
+                    sequence_number=seq,
+                    timestamp=seq * 3000,
+                    ssrc=3333,
+                )
+            )
         deadline = time.monotonic() + 5
         while (await inbound_rtp(pc)).get(3333, 0) < 20:
             assert time.monotonic() < deadline, await inbound_rtp(pc)
@@ -302,7 +314,7 @@ async def test_close_releases_sockets_and_tasks() -> None:
     await pc.close()
     assert transport.state == "closed"
     assert rec.states == ["connecting", "connected", "closed"]
-    transport.send_rtp(rtp_packet(111, 1, 1, b"x"))
+    transport.send_rtp(rtp(b"x", payload_type=111, sequence_number=1, timestamp=3000, ssrc=1))
     transport.send_data("_reliable", b"x")
     assert transport.stats.send_dropped == 1 and transport.stats.data_dropped == 1
     deadline = time.monotonic() + 3
@@ -494,11 +506,21 @@ async def test_two_peer_transports_connect_to_each_other() -> None:
         ]
         await wait_for(lambda: "connected" == subscriber.state == publisher.state, what="both")
         for seq in range(50):
-            subscriber.send_rtp(rtp_packet(96, seq, 4242, bytes(200)))
+            subscriber.send_rtp(
+                rtp(
+                    bytes(200),
+                    payload_type=96,
+                    sequence_number=seq,
+                    timestamp=seq * 3000,
+                    ssrc=4242,
+                )
+            )
         subscriber.send_rtcp(struct.pack("!BBHI", 0x80, 200, 6, 4242) + bytes(20))  # an SR
         publisher.send_rtcp(struct.pack("!BBHII", 0x81, 206, 2, 1, 4242))  # a PLI back
         await wait_for(lambda: len(up.rtp) == 50 and len(up.rtcp) == 1 and len(down.rtcp) == 1)
-        assert up.rtp[7] == rtp_packet(96, 7, 4242, bytes(200))  # byte-exact, payload untouched
+        assert up.rtp[7] == rtp(
+            bytes(200), payload_type=96, sequence_number=7, timestamp=21000, ssrc=4242
+        )  # byte-exact, payload untouched
         await wait_for(lambda: subscriber._channels["_reliable"].readyState == "open")
         subscriber.send_data("_lossy", b"x")
         await wait_for(lambda: up.data == [("_lossy", b"x")], what="data")
@@ -531,7 +553,7 @@ async def test_consent_expiry_reports_failed(monkeypatch: pytest.MonkeyPatch) ->
         await wait_for(lambda: "failed" == subscriber.state == publisher.state, 10, "expiry")
         assert down.states == ["connecting", "connected", "failed"]
         assert up.states == ["connecting", "connected", "failed"]
-        subscriber.send_rtp(rtp_packet(111, 1, 1, b"x"))
+        subscriber.send_rtp(rtp(b"x", payload_type=111, sequence_number=1, timestamp=3000, ssrc=1))
         assert subscriber.stats.send_dropped == 1
     finally:
         await subscriber.close()
@@ -543,7 +565,9 @@ async def test_datagrams_refused_at_flush_time_are_uncounted_and_dropped() -> No
     transport = Recorder().transport("subscriber")
     try:
         transport.rtp_packets_sent, transport.rtcp_packets_sent, transport.bytes_sent = 5, 2, 900
-        transport._on_send_failed(rtp_packet(96, 1, 1, bytes(88)))  # 100 bytes of SRTP
+        transport._on_send_failed(
+            rtp(bytes(88), payload_type=96, sequence_number=1, timestamp=3000, ssrc=1)
+        )  # 100 bytes of SRTP
         transport._on_send_failed(b"\x80\xc8" + bytes(48))  # 50 bytes of SRTCP (an SR)
         stats = transport.stats
         assert (stats.rtp_packets_sent, stats.rtcp_packets_sent) == (4, 1)

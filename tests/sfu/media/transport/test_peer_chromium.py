@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from playwright.async_api import Page
 
+from sfu.media.rtp import extensions as ext
 from sfu.media.transport import PeerTransport, PublishedMedia, TransportConfig
 from tests.harness.chromium import launch_chromium, secure_page
 
-RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+pytestmark = pytest.mark.slow  # starts Chromium
 
 PAGE_JS = """
 window.startPublisher = async () => {
@@ -200,7 +202,7 @@ class Publisher:
         offer = await self.page.evaluate("window.startPublisher()")
         answer, self.published = await self.transport.handle_offer(offer)
         video = next(m for m in self.published if m.kind == "video")
-        self.rid_id = video.extension_ids[RID_URI]
+        self.rid_id = video.extension_ids[ext.RTP_STREAM_ID]
         await self.page.evaluate(
             "a => window.pubPc.setRemoteDescription({type: 'answer', sdp: a})", answer
         )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import TrackReceiver
-from sfu.media.rtp.header import RtpHeader, RtpPacket
+from sfu.media.rtp.header import RtpPacket
 from sfu.media.transport.peer import PeerTransport, TransportConfig
 from sfu.metrics import COUNTERS, Metrics
+from tests.sfu.packets import rtp
 
 
 def _transport() -> PeerTransport:
@@ -23,8 +24,8 @@ def _transport() -> PeerTransport:
 
 
 def _opus(seq: int) -> RtpPacket:
-    header = RtpHeader(payload_type=111, sequence_number=seq, timestamp=960 * seq, ssrc=0xA)
-    return RtpPacket.parse(bytes(header) + b"\xfc" + bytes(40))
+    data = rtp(b"\xfc" + bytes(40), payload_type=111, sequence_number=seq, timestamp=960 * seq)
+    return RtpPacket.parse(data)
 
 
 async def test_packets_the_transport_drops_are_not_counted_as_forwarded() -> None:

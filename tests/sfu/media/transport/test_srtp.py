@@ -10,6 +10,7 @@ from pylibsrtp import Policy, Session
 
 from sfu.media.transport.srtp import MAX_SRTP_STREAMS, SrtpError, SrtpProtector, SrtpUnprotector
 from sfu.metrics import COUNTERS
+from tests.sfu.packets import rtp
 
 KEY = os.urandom(30)
 
@@ -18,12 +19,10 @@ def session(direction: int, profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
     return Session(Policy(key=KEY, ssrc_type=direction, srtp_profile=profile))
 
 
-def rtp(seq: int, size: int = 1100) -> bytes:
-    return (
-        struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 0x1234)
-        + bytes(range(256)) * (size // 256)
-        + b"x" * (size % 256)
-    )
+def media(seq: int, size: int = 1100) -> bytes:
+    """An RTP packet with a recognisable `size`-byte payload."""
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    return rtp(payload, sequence_number=seq, timestamp=seq * 3000)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +39,7 @@ def test_same_bytes_as_pylibsrtp_and_decryptable(profile: int) -> None:
         receiver = session(Policy.SSRC_ANY_INBOUND)
     protect = SrtpProtector(ours, rtcp=False)
     for seq in range(1, 50):
-        packet = rtp(seq, 100 + seq * 20)
+        packet = media(seq, 100 + seq * 20)
         protected = protect(packet)
         assert protected == theirs.protect(packet)
         assert receiver.unprotect(protected) == packet
@@ -53,9 +52,9 @@ def test_rtcp_and_errors() -> None:
     strict = SrtpProtector(session(Policy.SSRC_ANY_OUTBOUND), rtcp=False)
     with pytest.raises(SrtpError):
         strict(b"\x80" * 4000)  # longer than any datagram we send
-    strict(rtp(7))
+    strict(media(7))
     with pytest.raises(SrtpError):
-        strict(rtp(7))  # by default libsrtp refuses to encrypt the same index twice
+        strict(media(7))  # by default libsrtp refuses to encrypt the same index twice
 
 
 def test_retransmissions_are_allowed_as_aiortc_keys_the_session() -> None:
@@ -64,9 +63,9 @@ def test_retransmissions_are_allowed_as_aiortc_keys_the_session() -> None:
     policy = Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
     policy.allow_repeat_tx = True
     protect = SrtpProtector(Session(policy), rtcp=False)
-    first = protect(rtp(9))
-    assert protect(rtp(10)) != first
-    assert protect(rtp(9)) == first
+    first = protect(media(9))
+    assert protect(media(10)) != first
+    assert protect(media(9)) == first
 
 
 def rss_kib() -> int:
@@ -87,7 +86,7 @@ def test_ssrc_churn_keeps_libsrtps_streams_bounded(rtcp: bool) -> None:
             packet = struct.pack("!BBHI", 0x80, 201, 1, ssrc)
             protected = sender.protect_rtcp(packet)
         else:
-            packet = struct.pack("!BBHII", 0x80, 96, 1, 3000, ssrc) + b"p" * 100
+            packet = rtp(b"p" * 100, sequence_number=1, timestamp=3000, ssrc=ssrc)
             protected = sender.protect(packet)
         sender.remove_stream(ssrc)  # the attacker's side need not grow
         assert unprotect(protected) == packet
