@@ -134,7 +134,9 @@ def served(synapse: Synapse) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         "LIVEKIT_URL": "wss://sfu.example.org",
         "LIVEKIT_KEY": "cli-key",
         "LIVEKIT_SECRET": SECRET,
-        "LIVEKIT_FULL_ACCESS_HOMESERVERS": synapse.server_name,
+        # restricted: a full-access user's request would CreateRoom on an SFU, which this test
+        # has none of (tests/integration/test_auth_to_sfu.py runs that path against a real one)
+        "LIVEKIT_FULL_ACCESS_HOMESERVERS": "elsewhere.example",
         "LIVEKIT_JWT_BIND": f"127.0.0.1:{port}",
         "LIVEKIT_AUTH_HOMESERVER_URLS": f"{synapse.server_name}={synapse.client_url}",
     }
@@ -182,6 +184,7 @@ def test_console_script_serves_tokens(
         assert response.headers[name] == value
     claims = jwt.decode(response.json()["jwt"], SECRET, algorithms=["HS256"])
     assert claims["iss"] == "cli-key"
+    assert "roomCreate" not in claims["video"]
     assert httpx.get(f"{base}/get_token", timeout=5).status_code == 405
     assert "matrix_sfu_auth_requests_total" in httpx.get(f"{base}/metrics", timeout=5).text
 
