@@ -129,3 +129,31 @@ async def test_auth_service_tokens_on_the_sfu(
         finally:
             await alice_ws.close()
         sfu.assert_alive()
+
+
+async def test_a_full_access_request_creates_the_room_a_restricted_user_then_joins(
+    tmp_path: Path, synapse: Synapse, users: tuple[MatrixUser, MatrixUser]
+) -> None:
+    """The auth service's CreateRoom (RoomService over Twirp) makes the room exist before
+    anyone connects: a restricted user may be the first one in it."""
+    alice, bob = users
+    async with running_sfu(
+        tmp_path / "sfu", extra_config={"room": {"auto_create": False, "empty_timeout": 300}}
+    ) as sfu:
+        full = auth_app(sfu, synapse, full_access=True)
+        restricted = auth_app(sfu, synapse, full_access=False)
+        await token_for(full, synapse, alice, "!first:example.org")  # never used to connect
+        assert await rooms_created(sfu) == 1
+        bob_ws = await connect(sfu, await token_for(restricted, synapse, bob, "!first:example.org"))
+        try:
+            bob_join = await joined(bob_ws)
+            assert bob_join.other_participants == []
+            assert bob_join.participant.identity == f"{bob.user_id}:{bob.device_id}"
+        finally:
+            await bob_ws.close()
+        # another room nobody asked for stays closed to the restricted user
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await connect(sfu, await token_for(restricted, synapse, bob, "!other:example.org"))
+        assert refused.value.response.status_code == 404
+        assert await rooms_created(sfu) == 1
+        sfu.assert_alive()

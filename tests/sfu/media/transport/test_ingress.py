@@ -243,25 +243,30 @@ def test_media_follows_the_peer_to_another_pair_ice_validated() -> None:
     moved = Candidate("2", 1, "udp", 1, OTHER[0], OTHER[1], "host")
     pair = CandidatePair(rig.protocol, moved)
     rig.receiver._check_list.append(pair)
-    rig.protocol.datagram_received(rig.sender.protect(rtp(1)), OTHER)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(bytes(200), sequence_number=1)), OTHER)
     assert rig.rtp == [] and rig.ingress.wrong_source == 1  # checked, not yet succeeded
     pair.state = CandidatePair.State.SUCCEEDED
-    rig.protocol.datagram_received(rig.sender.protect(rtp(2)), OTHER)
-    rig.protocol.datagram_received(rig.sender.protect(rtp(3)), OTHER)
-    assert rig.rtp == [rtp(2), rtp(3)] and rig.ingress.wrong_source == 1
+    rig.protocol.datagram_received(rig.sender.protect(rtp(bytes(200), sequence_number=2)), OTHER)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(bytes(200), sequence_number=3)), OTHER)
+    assert (
+        rig.rtp == [rtp(bytes(200), sequence_number=2), rtp(bytes(200), sequence_number=3)]
+        and rig.ingress.wrong_source == 1
+    )
     # the old address is validated too (its pair was the first one): media may come back
     first = CandidatePair(rig.protocol, Candidate("1", 1, "udp", 1, ADDR[0], ADDR[1], "host"))
     first.state = CandidatePair.State.SUCCEEDED
     rig.receiver._check_list.append(first)
-    rig.protocol.datagram_received(rig.sender.protect(rtp(4)), ADDR)
-    assert rig.rtp[-1] == rtp(4)
+    rig.protocol.datagram_received(rig.sender.protect(rtp(bytes(200), sequence_number=4)), ADDR)
+    assert rig.rtp[-1] == rtp(bytes(200), sequence_number=4)
     # a pair of another protocol (another local candidate) validates nothing here
     stranger = Candidate("3", 1, "udp", 1, "127.0.0.9", 9, "host")
     other_pair = CandidatePair(stun_protocol(Receiver()), stranger)
     other_pair.state = CandidatePair.State.SUCCEEDED
     rig.receiver._check_list.append(other_pair)
-    rig.protocol.datagram_received(rig.sender.protect(rtp(5)), ("127.0.0.9", 9))
-    assert rig.rtp[-1] == rtp(4) and rig.ingress.wrong_source == 2
+    rig.protocol.datagram_received(
+        rig.sender.protect(rtp(bytes(200), sequence_number=5)), ("127.0.0.9", 9)
+    )
+    assert rig.rtp[-1] == rtp(bytes(200), sequence_number=4) and rig.ingress.wrong_source == 2
 
 
 def test_a_guarded_stun_protocol_contains_what_aioice_raises(
