@@ -96,8 +96,14 @@ def vp8_packetize(frame: bytes, max_payload: int) -> list[bytes]:
     if not frame:
         raise PacketError("empty frame")
     count = -(-len(frame) // max_payload)
-    size = -(-len(frame) // count)  # even split: no runt last packet
-    return [frame[i : i + size] for i in range(0, len(frame), size)]
+    # an even split, no runt last packet: the first `longer` bodies are one byte longer
+    size, longer = divmod(len(frame), count)
+    bodies, start = [], 0
+    for index in range(count):
+        end = start + size + (index < longer)
+        bodies.append(frame[start:end])
+        start = end
+    return bodies
 
 
 def vp8_is_key_frame(frame: bytes) -> bool:

@@ -6,7 +6,7 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from loadtest.config import PRESETS, DurationError, parse_args, parse_duration
@@ -102,6 +102,7 @@ def test_vp8_descriptor_15_bit_picture_id() -> None:
 
 
 @given(st.binary(min_size=1, max_size=5000), st.integers(1, 1500))
+@example(frame=bytes(13), mtu=3)  # 3,3,3,3,1 before: the remainder must be spread
 def test_vp8_packetize_splits_evenly(frame: bytes, mtu: int) -> None:
     chunks = vp8_packetize(frame, mtu)
     assert b"".join(chunks) == frame
