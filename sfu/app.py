@@ -124,6 +124,11 @@ class Sfu:
             allow_private_candidates=config.rtc.allow_private_candidates,
             fast_path=fastpath.for_transports(config.rtc.fast_path),
         )
+        log.info(
+            "rtc.fast_path %s: each copy through %s",
+            config.rtc.fast_path,
+            "the compiled path" if transport_config.fast_path else "PeerTransport.send_rtp",
+        )
         max_sessions = config.limits.max_sessions
         derived, why = derived_max_sessions(
             bind_addresses=len(transport_config.bind_addresses),
