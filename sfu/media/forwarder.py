@@ -15,6 +15,10 @@ numbers per down track per second, and each packet resent at most once per `NACK
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
 `FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
 track and leaves every other RTCP type unparsed. Time is the receiver's `clock`.
+With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
+its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
+compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every
+decision stays here, and `_push`/`_pull` move the numbers between the two.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class DownTrack:
         self._fast_sender = fast_sender
         #: (forward, target, batch) of the fast path, or None: every copy through `send_rtp`
         self._fast: tuple[Any, Any, Any] | None = None
+        self._fast_dropped = 0  # the target's send_dropped already counted
         self.started = False
         self.enabled = True
         self.closed = False
@@ -210,6 +215,11 @@ class DownTrack:
             self._last_out_time = t.last_out_time
             self._last_packet = t.last_packet
         self.packets_sent, self.octets_sent = t.packets_sent, t.octets_sent
+        dropped = t.send_dropped - self._fast_dropped
+        if dropped:  # copies libsrtp refused or too long: counted as forwarded by `forward`
+            self._fast_dropped = t.send_dropped
+            COUNTERS.send_dropped += dropped
+            COUNTERS.packets_out -= dropped
 
     def _best_layer(self, now: float) -> int:
         best = self.receiver.highest_active_layer(now, self.max_layer)
@@ -465,7 +475,8 @@ class DownTrack:
                 if fast[1].resend(slot):  # the target's own numbers, SSRC, VP8 offsets
                     COUNTERS.retransmits_out += 1
                     fast[2].schedule()
-                else:
+                else:  # refused: counted here, not as a forwarded copy by `_pull`
+                    self._fast_dropped += 1
                     COUNTERS.send_dropped += 1
                 continue
             try:

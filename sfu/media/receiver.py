@@ -11,6 +11,9 @@ the new stream continues after the old one's highest, so a down track needs no w
 What a publisher controls stays bounded: at most `MAX_LAYERS` layers per track, one SSRC per layer
 (a new one replaces the old mapping), and only sender reports are parsed of its RTCP.
 Time comes from the `clock` given to each object (`time.monotonic` by default).
+A sink that offers `fast(layer)` (a down track with a fast-path target, `sfu.media.fastpath`) and
+forwards that layer gets the layer's packets through one `forward` call for all such sinks; the
+others get `write`.
 """
 
 from __future__ import annotations
