@@ -77,6 +77,16 @@ def count_send_drop(datagram: bytes, size: int) -> None:
         COUNTERS.bytes_out -= size
 
 
+def count_flush(count: int) -> None:
+    """One socket flush of `count` datagrams (`sfu_send_flushes_total`, the batch-size histogram)."""
+    COUNTERS.send_flushes += 1
+    COUNTERS.send_datagrams += count
+    bucket = 0
+    while bucket < len(SEND_BATCH_BUCKETS) and count > SEND_BATCH_BUCKETS[bucket]:
+        bucket += 1
+    COUNTERS.send_batch_sizes[bucket] += 1
+
+
 class _Flushable(Protocol):
     def flush(self) -> object: ...
 
@@ -189,12 +199,7 @@ class SendQueue:
         count = len(queue)
         if sock is None or not count:
             return
-        COUNTERS.send_flushes += 1
-        COUNTERS.send_datagrams += count
-        bucket = 0
-        while bucket < len(SEND_BATCH_BUCKETS) and count > SEND_BATCH_BUCKETS[bucket]:
-            bucket += 1
-        COUNTERS.send_batch_sizes[bucket] += 1
+        count_flush(count)
         addr = self._addr
         i = 0
         while i < count:
@@ -272,8 +277,7 @@ class FastBatch:
         queued = len(batch)
         batch.flush()
         if queued:
-            COUNTERS.send_flushes += 1
-            COUNTERS.send_datagrams += queued
+            count_flush(queued)
         self._account()
 
     def _account(self) -> None:
