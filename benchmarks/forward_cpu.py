@@ -406,11 +406,17 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 class Scenario:
     def __init__(
-        self, args: argparse.Namespace, n: int, workdir: Path, send_mode: str | None = None
+        self,
+        args: argparse.Namespace,
+        n: int,
+        workdir: Path,
+        send_mode: str | None = None,
+        fast_path: str | None = None,
     ) -> None:
         self.args = args
         self.n = n
         self.send_mode = send_mode
+        self.fast_path = fast_path
         self.workdir = workdir
         self.sfu: SfuInstance | None = None
         self.workers: list[Worker] = []
@@ -459,6 +465,8 @@ class Scenario:
         rtc: dict[str, Any] = {}
         if self.send_mode:
             rtc["send_mode"] = self.send_mode
+        if self.fast_path:
+            rtc["fast_path"] = self.fast_path
         if self.args.udp_port:
             rtc["udp_port"] = self.args.udp_port
         return rtc
@@ -466,7 +474,15 @@ class Scenario:
     async def run(self) -> dict[str, Any]:
         args, n = self.args, self.n
         tracks = 1 if args.no_audio else 2
-        result: dict[str, Any] = {"subscribers": n, "send_mode": self.send_mode or "default"}
+        # "send_mode" labels the run's variant: the send mode, and the fast path when chosen
+        label = self.send_mode or "default"
+        if self.fast_path:
+            label += f" fp={self.fast_path}"
+        result: dict[str, Any] = {
+            "subscribers": n,
+            "send_mode": label,
+            "fast_path": self.fast_path or "default",
+        }
         async with running_sfu(
             self.workdir / "sfu",
             log_level="warn",
@@ -730,6 +746,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each N once per rtc.send_mode, interleaved (default: the SFU's default only)",
     )
     parser.add_argument(
+        "--fast-paths",
+        nargs="+",
+        choices=("auto", "off"),
+        help="run each N (and send mode) once per rtc.fast_path, interleaved (default: the "
+        "SFU's default only)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="repeat the whole N × send-mode sequence"
     )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
@@ -759,13 +782,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work directory {workdir}; load average {loadavg()}")
     try:
         runs = [
-            (n, mode)
+            (n, mode, fast)
             for _ in range(args.rounds)
             for n in args.subscribers
             for mode in args.send_modes or [None]
+            for fast in args.fast_paths or [None]
         ]
-        for i, (n, mode) in enumerate(runs):
-            scenario = Scenario(args, n, workdir / f"run{i}-n{n}-{mode or 'default'}", mode)
+        for i, (n, mode, fast) in enumerate(runs):
+            name = f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}"
+            scenario = Scenario(args, n, workdir / name, mode, fast)
             # The harness prints the SFU's log tail on stop: keep stdout for the results.
             with contextlib.redirect_stdout(sys.stderr):
                 try:

@@ -46,6 +46,7 @@ from sfu.config import Config
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
 from sfu.lifecycle import DRAINING_MESSAGE, Readiness
+from sfu.media import fastpath
 from sfu.media.transport import SendMode, TransportConfig
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
@@ -121,6 +122,12 @@ class Sfu:
             udp_port=config.rtc.udp_port,
             send_mode=cast(SendMode, config.rtc.send_mode),
             allow_private_candidates=config.rtc.allow_private_candidates,
+            fast_path=fastpath.for_transports(config.rtc.fast_path),
+        )
+        log.info(
+            "rtc.fast_path %s: each copy through %s",
+            config.rtc.fast_path,
+            "the compiled path" if transport_config.fast_path else "PeerTransport.send_rtp",
         )
         max_sessions = config.limits.max_sessions
         derived, why = derived_max_sessions(

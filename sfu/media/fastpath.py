@@ -22,7 +22,7 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu.media import fastpath_py
 
-__all__ = ["MODES", "Implementation", "available", "load"]
+__all__ = ["MODES", "Implementation", "available", "for_transports", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +96,11 @@ def load(mode: str = "auto") -> Implementation:
             )
         return PYTHON
     return COMPILED
+
+
+def for_transports(mode: str) -> Implementation | None:
+    """What the transports forward through for `rtc.fast_path` = `mode`: the compiled path
+    (`"auto"`, when built), or None (`"off"`, or not built): each copy through
+    `PeerTransport.send_rtp` as before — the pure-Python reference is for tests, not traffic."""
+    impl = load(mode)
+    return impl if mode != "off" and impl is COMPILED else None

@@ -15,6 +15,10 @@ numbers per down track per second, and each packet resent at most once per `NACK
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
 `FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
 track and leaves every other RTCP type unparsed. Time is the receiver's `clock`.
+With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
+its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
+compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every
+decision stays here, and `_push`/`_pull` move the numbers between the two.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from sfu.media.receiver import TrackReceiver
 from sfu.media.rtcp_intake import RtcpIntake
@@ -62,6 +67,7 @@ class DownTrack:
         payload_type: int,
         send_rtp: Callable[[bytes], None],
         cname: str,
+        fast_sender: Callable[[], tuple[Any, Any, Any] | None] | None = None,
     ) -> None:
         self.receiver = receiver
         self._clock = receiver.clock
@@ -71,6 +77,11 @@ class DownTrack:
         self.clock_rate = receiver.clock_rate
         self.is_vp8 = receiver.mime_type.lower().endswith("/vp8")
         self._send = send_rtp
+        #: gives the transport's fast path when the track starts (see `fast`)
+        self._fast_sender = fast_sender
+        #: (forward, target, batch) of the fast path, or None: every copy through `send_rtp`
+        self._fast: tuple[Any, Any, Any] | None = None
+        self._fast_dropped = 0  # the target's send_dropped already counted
         self.started = False
         self.enabled = True
         self.closed = False
@@ -116,6 +127,11 @@ class DownTrack:
         if self.started or self.closed:
             return
         self.started = True
+        fast = self._fast_sender() if self._fast_sender is not None else None
+        if fast is not None:
+            self._fast = fast
+            self._push()
+        self.receiver.fanout_changed()
         self._request_keyframe(self._best_layer(self._clock()))
 
     def set_enabled(self, enabled: bool) -> None:
@@ -164,6 +180,46 @@ class DownTrack:
         self.started = False
         self._history = [None] * HISTORY_SIZE
         self._resent = [None] * HISTORY_SIZE
+        if self._fast is not None:
+            self._fast[1].clear_history()
+        self.receiver.fanout_changed()
+
+    # -- fast path ----------------------------------------------------------------------------
+    def fast(self, layer: int) -> tuple[Any, Any, Any] | None:
+        """(forward, target, batch) when the receiver may forward `layer`'s packets to this track
+        with one compiled `forward` call for all such tracks (`sfu.media.fastpath`): started,
+        enabled, forwarding that layer. The receiver asks again after `fanout_changed`."""
+        if not self.started or not self.enabled or self.current_layer != layer:
+            return None
+        return self._fast
+
+    def _push(self) -> None:
+        """The decisions made in Python (offsets, switch point, epoch) into the target."""
+        if self._fast is None:
+            return
+        t = self._fast[1]
+        t.ssrc, t.payload_type = self.ssrc, self.payload_type
+        t.seq_offset, t.ts_offset = self._seq_offset, self._ts_offset
+        t.switch_seq, t.epoch = self._switch_seq, self._epoch
+        t.pid_offset, t.tl0_offset = self._pid_offset, self._tl0_offset
+        t.keyidx_offset = self._keyidx_offset
+
+    def _pull(self) -> None:
+        """What the target's forwarding changed (the newest copy, the counts) back here."""
+        if self._fast is None:
+            return
+        t = self._fast[1]
+        if t.sent_any:
+            self._sent_any = True
+            self._last_out_seq, self._last_out_ts = t.last_out_seq, t.last_out_ts
+            self._last_out_time = t.last_out_time
+            self._last_packet = t.last_packet
+        self.packets_sent, self.octets_sent = t.packets_sent, t.octets_sent
+        dropped = t.send_dropped - self._fast_dropped
+        if dropped:  # copies libsrtp refused or too long: counted as forwarded by `forward`
+            self._fast_dropped = t.send_dropped
+            COUNTERS.send_dropped += dropped
+            COUNTERS.packets_out -= dropped
 
     def _best_layer(self, now: float) -> int:
         best = self.receiver.highest_active_layer(now, self.max_layer)
@@ -182,6 +238,17 @@ class DownTrack:
         if layer != self.current_layer and (
             padding_only or not self._maybe_switch(packet, sequence, layer, keyframe)
         ):
+            return
+        if self._fast is not None:
+            forward, target, batch = self._fast
+            copies, octets = forward(
+                (target,), packet, packet.data, sequence, packet.payload_offset,
+                packet.padding_size, self._clock(),
+            )  # fmt: skip
+            if copies:
+                COUNTERS.packets_out += copies
+                COUNTERS.bytes_out += octets
+                batch.schedule()
             return
         if sequence < self._switch_seq:
             return  # older than the packet we switched on
@@ -256,6 +323,7 @@ class DownTrack:
 
     def _switch(self, packet: RtpPacket, sequence: int, layer: int) -> None:
         now = self._clock()
+        self._pull()
         if not self._sent_any:
             # the first packet goes out under the sequence number it came with
             self._seq_offset = sequence - packet.sequence_number
@@ -282,6 +350,7 @@ class DownTrack:
             COUNTERS.layer_switches += 1
         self.current_layer = layer
         self._source_ssrc = packet.ssrc
+        self._push()
         self.receiver.demand_changed()
 
     def _expected_timestamp(self, packet: RtpPacket, now: float) -> int:
@@ -377,6 +446,8 @@ class DownTrack:
         """
         now = self._clock()
         budget = self._nack_allowance(now)
+        self._pull()
+        fast = self._fast
         history, resent, epoch = self._history, self._resent, self._epoch
         newest = self._last_out_seq
         looked = 0
@@ -388,7 +459,7 @@ class DownTrack:
             looked += 1
             seq = newest + seq_diff(lost, newest)
             slot = seq & HISTORY_MASK
-            entry = history[slot]
+            entry = history[slot] if fast is None else fast[1].entry(slot)
             if entry is None or entry[0] != seq or entry[3] != epoch:
                 continue
             _, out_ts, received, _ = entry
@@ -400,6 +471,14 @@ class DownTrack:
                     continue
                 count = last[3] + 1
             resent[slot] = (seq, out_ts, now, count)
+            if fast is not None:
+                if fast[1].resend(slot):  # the target's own numbers, SSRC, VP8 offsets
+                    COUNTERS.retransmits_out += 1
+                    fast[2].schedule()
+                else:  # refused: counted here, not as a forwarded copy by `_pull`
+                    self._fast_dropped += 1
+                    COUNTERS.send_dropped += 1
+                continue
             try:
                 packet = RtpPacket.parse(received)
             except PacketError:  # pragma: no cover - it was parsed once already
@@ -438,6 +517,7 @@ class DownTrack:
 
     def sender_report(self) -> bytes:
         """SR + SDES for this stream, its NTP↔RTP mapping taken from the publisher's last SR."""
+        self._pull()
         if self.closed or self.packets_sent == 0 or self.current_layer < 0:
             return b""
         layer = self.receiver.layers[self.current_layer]

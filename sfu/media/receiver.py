@@ -11,6 +11,9 @@ the new stream continues after the old one's highest, so a down track needs no w
 What a publisher controls stays bounded: at most `MAX_LAYERS` layers per track, one SSRC per layer
 (a new one replaces the old mapping), and only sender reports are parsed of its RTCP.
 Time comes from the `clock` given to each object (`time.monotonic` by default).
+A sink that offers `fast(layer)` (a down track with a fast-path target, `sfu.media.fastpath`) and
+forwards that layer gets the layer's packets through one `forward` call for all such sinks; the
+others get `write`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import extensions as ext
@@ -68,6 +71,10 @@ class PacketSink(Protocol):
 
     @property
     def subscribed_layer(self) -> int: ...
+
+
+#: one layer's fan-out: (forward, the fast sinks' targets, their batches), the other sinks
+_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...]]
 
 
 @dataclass(slots=True)
@@ -150,6 +157,8 @@ class TrackReceiver:
             layer_count = MAX_LAYERS
         self.layers = [LayerState() for _ in range(max(layer_count, 1))]
         self.sinks: list[PacketSink] = []
+        #: per layer, who gets its packets how (`_fanout_for`); None: rebuild on the next packet
+        self._fanout: list[_Fanout] | None = None
         self.muted = False
         self.closed = False
         self._send_rtcp = send_rtcp
@@ -172,10 +181,39 @@ class TrackReceiver:
     # -- subscribers ---------------------------------------------------------------------------
     def add_sink(self, sink: PacketSink) -> None:
         self.sinks.append(sink)
+        self._fanout = None
 
     def remove_sink(self, sink: PacketSink) -> None:
         if sink in self.sinks:
             self.sinks.remove(sink)
+        self._fanout = None
+
+    def fanout_changed(self) -> None:
+        """A sink started, stopped, switched layer or was enabled/disabled: which sinks take the
+        fast path is decided again on the next packet."""
+        self._fanout = None
+
+    def _fanout_for(self) -> list[_Fanout]:
+        """Per layer: the sinks whose `fast(layer)` gives a fast-path target (forwarded with one
+        `forward` call per packet), and the others (`write` each)."""
+        fanout: list[_Fanout] = []
+        for layer in range(len(self.layers)):
+            fast: list[tuple[Any, Any, Any]] = []
+            slow: list[PacketSink] = []
+            for sink in self.sinks:
+                choice = getattr(sink, "fast", None)
+                entry = choice(layer) if choice is not None else None
+                if entry is None:
+                    slow.append(sink)
+                else:
+                    fast.append(entry)
+            group = None
+            if fast:
+                batches = tuple({id(b): b for _, _, b in fast}.values())
+                group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
+            fanout.append((group, tuple(slow)))
+        self._fanout = fanout
+        return fanout
 
     def codec_for_subscribers(self) -> Codec:
         if self.codec is not None:
@@ -189,7 +227,7 @@ class TrackReceiver:
         state = self.layers[layer]
         state.packets += 1
         state.octets += len(packet.data)
-        state.last_arrival = self.clock()
+        state.last_arrival = now = self.clock()
         sequence = state.on_sequence(packet.sequence_number)
         if sequence < 0:
             COUNTERS.packets_dropped += 1
@@ -209,7 +247,18 @@ class TrackReceiver:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
                 return  # a video packet whose payload descriptor is unreadable is not forwarded
-        for sink in self.sinks:
+        fast, slow = (self._fanout or self._fanout_for())[layer]
+        if fast is not None:
+            forward, targets, group = fast
+            copies, octets = forward(
+                targets, packet, packet.data, sequence, packet.payload_offset,
+                packet.padding_size, now,
+            )  # fmt: skip
+            if copies:
+                COUNTERS.packets_out += copies
+                COUNTERS.bytes_out += octets
+                group.schedule()
+        for sink in slow:
             sink.write(packet, sequence, layer, keyframe)
 
     def take_audio_level(self) -> float:
@@ -235,6 +284,7 @@ class TrackReceiver:
             COUNTERS.limit_exceeded("sender_reports")
 
     def demand_changed(self) -> None:
+        self._fanout = None
         if self.on_demand_change is not None:
             self.on_demand_change()
 
@@ -318,6 +368,7 @@ class TrackReceiver:
     def close(self) -> None:
         self.closed = True
         self.sinks.clear()
+        self._fanout = None
 
 
 @dataclass

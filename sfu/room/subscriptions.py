@@ -107,6 +107,7 @@ class Subscriptions:
             payload_type=self.peer.track_codec(mid).payload_type,
             send_rtp=self.peer.send_rtp,
             cname=self.sid,
+            fast_sender=self.peer.fast_sender,
         )
         self._apply_initial_settings(track, downtrack)
         self._attach(Subscription(track, downtrack, mid, stream_id))

@@ -10,7 +10,7 @@ each other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from livekit.protocol import models
 
@@ -49,6 +49,8 @@ class Peer(Protocol):
     def add_remote_candidate(self, candidate_init_json: str) -> None: ...
 
     def send_rtp(self, data: bytes) -> None: ...
+
+    def fast_sender(self) -> tuple[Any, Any, Any] | None: ...
 
     def send_rtcp(self, data: bytes) -> None: ...
 

@@ -30,12 +30,21 @@ import socket
 import struct
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sfu.media.transport.srtp import BUFFER_SIZE
 from sfu.metrics import COUNTERS, SEND_BATCH_BUCKETS
 
-__all__ = ["MAX_QUEUE", "MAX_QUEUE_BYTES", "Flusher", "SendQueue", "count_send_drop", "flusher_for"]
+__all__ = [
+    "MAX_QUEUE",
+    "MAX_QUEUE_BYTES",
+    "FastBatch",
+    "FlushGroup",
+    "Flusher",
+    "SendQueue",
+    "count_send_drop",
+    "flusher_for",
+]
 
 #: setsockopt/cmsg level SOL_UDP, option UDP_SEGMENT (linux/udp.h); Python ≥ 3.12 names them
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -68,6 +77,20 @@ def count_send_drop(datagram: bytes, size: int) -> None:
         COUNTERS.bytes_out -= size
 
 
+def count_flush(count: int) -> None:
+    """One socket flush of `count` datagrams (`sfu_send_flushes_total`, the batch-size histogram)."""
+    COUNTERS.send_flushes += 1
+    COUNTERS.send_datagrams += count
+    bucket = 0
+    while bucket < len(SEND_BATCH_BUCKETS) and count > SEND_BATCH_BUCKETS[bucket]:
+        bucket += 1
+    COUNTERS.send_batch_sizes[bucket] += 1
+
+
+class _Flushable(Protocol):
+    def flush(self) -> object: ...
+
+
 class Flusher:
     """Runs the registered queues' `flush` once, at the end of the current loop iteration."""
 
@@ -75,10 +98,10 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: list[SendQueue] = []
+        self._pending: list[_Flushable] = []
         self._scheduled = False
 
-    def add(self, queue: SendQueue) -> None:
+    def add(self, queue: _Flushable) -> None:
         self._pending.append(queue)
         if not self._scheduled:
             self._scheduled = True
@@ -176,12 +199,7 @@ class SendQueue:
         count = len(queue)
         if sock is None or not count:
             return
-        COUNTERS.send_flushes += 1
-        COUNTERS.send_datagrams += count
-        bucket = 0
-        while bucket < len(SEND_BATCH_BUCKETS) and count > SEND_BATCH_BUCKETS[bucket]:
-            bucket += 1
-        COUNTERS.send_batch_sizes[bucket] += 1
+        count_flush(count)
         addr = self._addr
         i = 0
         while i < count:
@@ -218,3 +236,85 @@ class SendQueue:
                     count_send_drop(dropped, len(dropped))
                     self._on_drop(dropped)
             i = end
+
+
+class FastBatch:
+    """A compiled-path send batch (`sfu.media.fastpath`'s `Batch`) of one transport, flushed by
+    the loop's `Flusher` like a `SendQueue`: `schedule` registers it once per iteration, `flush`
+    sends it and turns what the batch counted into the process counters. Only RTP goes through
+    it (forwarded copies and NACK answers), so a datagram the socket refused uncounts one
+    outgoing packet; its bytes are not known here (they were counted as plaintext)."""
+
+    __slots__ = ("_flusher", "_seen", "batch", "queued")
+
+    def __init__(self, batch: Any, flusher: Flusher) -> None:
+        self.batch = batch
+        self._flusher = flusher
+        self.queued = False
+        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, flushes
+
+    @classmethod
+    def beside(cls, queue: SendQueue, impl: Any) -> FastBatch:
+        """A batch of `impl` (an `sfu.media.fastpath.Implementation`) on `queue`'s socket, with
+        its GSO setting, flushed by its flusher."""
+        sock = queue._sock
+        if sock is None:
+            raise ValueError("the queue is closed")
+        return cls(impl.batch(sock.fileno(), gso=queue.gso), queue._flusher)
+
+    def schedule(self) -> None:
+        if not self.queued:
+            self.queued = True
+            self._flusher.add(self)
+
+    def group(self, batches: tuple[FastBatch, ...]) -> FlushGroup:
+        """`batches` (this one among them) flushed together by this one's flusher."""
+        return FlushGroup(batches, self._flusher)
+
+    def flush(self) -> None:
+        self.queued = False
+        batch = self.batch
+        queued = len(batch)
+        batch.flush()
+        if queued:
+            count_flush(queued)
+        self._account()
+
+    def _account(self) -> None:
+        batch = self.batch
+        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.flushes)
+        dropped = seen[0] - self._seen[0]
+        COUNTERS.send_syscalls += seen[1] - self._seen[1]
+        COUNTERS.send_gso_datagrams += seen[2] - self._seen[2]
+        self._seen = seen
+        if dropped:
+            COUNTERS.send_dropped += dropped
+            COUNTERS.packets_out -= dropped
+
+    def close(self) -> None:
+        """Drop what is queued (counted) and release the batch's descriptor. Idempotent."""
+        self.batch.close()
+        self._account()
+
+
+class FlushGroup:
+    """The `FastBatch`es of one fan-out (a layer's fast down tracks), scheduled together: one
+    registration per packet however many subscribers it went to."""
+
+    __slots__ = ("_flusher", "batches", "queued")
+
+    def __init__(self, batches: tuple[FastBatch, ...], flusher: Flusher) -> None:
+        self.batches = batches
+        self._flusher = flusher
+        self.queued = False
+
+    def schedule(self) -> None:
+        if not self.queued:
+            self.queued = True
+            self._flusher.add(self)
+
+    def flush(self) -> None:
+        self.queued = False
+        for batch in self.batches:
+            if len(batch.batch):
+                batch.flush()

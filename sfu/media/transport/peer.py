@@ -3,10 +3,10 @@
 This module owns the lifetime of one BUNDLEd, rtcp-mux transport: an aioice ICE connection, one
 DTLS-SRTP transport, one SCTP association with its data channels, and the SDP exchanged for them.
 aiortc's RTCPeerConnection, RTP senders and receivers are never created: decrypted RTP/RTCP go
-straight to the caller's callbacks, and `send_rtp`/`send_rtcp` protect and send synchronously on
-the nominated candidate pair's socket: by default through a `SendQueue` (`sfu.media.transport.batch`)
-that sends each loop iteration's datagrams together, with UDP GSO where it can.  Media payloads
-are never parsed.
+straight to the caller's callbacks; `send_rtp`/`send_rtcp` protect and send synchronously on the
+nominated pair's socket, by default through a `SendQueue` (`sfu.media.transport.batch`: each loop
+iteration's datagrams together, UDP GSO where it can), and `fast_sender` gives down tracks the
+compiled path's per-copy targets on that socket (rtc.fast_path). Media payloads are never parsed.
 
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
@@ -43,7 +43,7 @@ from aiortc.rtcsctptransport import RTCSctpCapabilities
 
 from sfu.media.rtp.rtcp import is_rtcp
 from sfu.media.sdp import Codec, MediaSection, SdpError, SessionDescription
-from sfu.media.transport.batch import SendQueue, count_send_drop
+from sfu.media.transport.batch import FastBatch, SendQueue, count_send_drop
 from sfu.media.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, send_allowed
 from sfu.media.transport.ice import (
     MAX_REMOTE_CANDIDATES,
@@ -128,6 +128,7 @@ class TransportConfig:
     #: rtc.allow_private_candidates: send checks to RFC 1918/CGNAT/ULA candidates even when the
     #: SFU advertises no such address itself
     allow_private_candidates: bool = False
+    fast_path: Any = None  # rtc.fast_path: a `sfu.media.fastpath.Implementation` (not "immediate")
 
     def __post_init__(self) -> None:
         if not self.bind_addresses:
@@ -246,6 +247,7 @@ class PeerTransport:
         self._backlog: Callable[[], int] = int  # bytes the event loop holds for the socket
         self._remote_addr: Any = None
         self._queue: SendQueue | None = None  # None: send_mode "immediate", or not connected
+        self._fast_batch: FastBatch | None = None  # the fast path's, beside the queue
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
         # what reaches on_rtp/on_rtcp, counted; the socket fast path once DTLS is up
@@ -547,6 +549,13 @@ class PeerTransport:
         self.bytes_sent += len(packet)
         return True
 
+    def fast_sender(self) -> tuple[Any, Any, FastBatch] | None:
+        """(forward, a target sending where `send_rtp` does, batch) for one down track, or None."""
+        batch, impl = self._fast_batch, self._config.fast_path
+        if batch is None or self._protect is None:
+            return None
+        return impl.forward, impl.target(batch.batch, self._remote_addr, self._dtls._tx_srtp), batch
+
     def _on_send_failed(self, packet: bytes) -> None:
         """A queued datagram the socket refused at flush time: uncount it, count a drop."""
         if is_rtcp(packet):
@@ -736,6 +745,8 @@ class PeerTransport:
                 )
             except (OSError, ValueError) as exc:  # no socket to batch on: send immediately
                 logger.warning("batched sends unavailable (%r); sending one by one", exc)
+            if self._config.fast_path is not None and self._queue is not None:
+                self._fast_batch = FastBatch.beside(self._queue, self._config.fast_path)
         self._ingress.attach(pair.protocol, self._dtls._rx_srtp)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
@@ -759,8 +770,10 @@ class PeerTransport:
 
     def _close_queue(self) -> None:
         queue, self._queue = self._queue, None
-        if queue is not None:
-            queue.close()
+        fast, self._fast_batch = self._fast_batch, None
+        for sender in (queue, fast):  # targets keep the batch: what they queue now is dropped
+            if sender is not None:
+                sender.close()
 
     def _maybe_start_sctp(self) -> None:
         if self._sctp_started or self._sctp_remote is None or self._sctp is None:

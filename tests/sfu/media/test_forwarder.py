@@ -1,22 +1,29 @@
 """Tests for sfu.media.forwarder: DownTrack layer selection and switching, header rewriting (SSRC, PT,
 sequence number, timestamp, VP8 picture id / TL0PICIDX), NACK history, sender reports, and the
-FeedbackRouter; driven by a synthetic simulcast VP8 publisher through a real TrackReceiver."""
+FeedbackRouter; driven by a synthetic simulcast VP8 publisher through a real TrackReceiver. Every
+test runs three times: the down track sending through `send_rtp` (rtc.fast_path off), through the
+pure-Python fast path and through the compiled one (`sfu.media.fastpath`), whose datagrams the rig
+reads back from the batch before they would be sent."""
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu.media import fastpath
 from sfu.media.forwarder import HISTORY_SIZE, DownTrack, FeedbackRouter
 from sfu.media.receiver import RECEIVER_SSRC, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.header import RtpPacket
 from sfu.media.rtp.vp8 import Vp8PayloadDescriptor
+from sfu.media.transport.batch import FastBatch, Flusher
 from sfu.metrics import COUNTERS
 from tests.sfu.conftest import FakeClock
 from tests.sfu.packets import rtp
@@ -29,6 +36,22 @@ FRAME = 1 / 32  # seconds between frames (exact in binary floating point)
 TS_STEP = 2812  # 90 kHz ticks between frames
 SUBSCRIBER_SSRC = 0x7777
 PROPERTY = settings(max_examples=200, deadline=None)  # random each run: tests/conftest.py
+#: how the rig's down track sends: "send_rtp", or the fast path "python" / "compiled"
+PATH = ["send_rtp"]
+
+
+@pytest.fixture(autouse=True, params=["send_rtp", "python", "compiled"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    PATH[0] = request.param
+    yield request.param
+    PATH[0] = "send_rtp"
+
+
+class _NoFlush:
+    """The rig reads queued datagrams back itself: nothing is ever flushed."""
+
+    def add(self, queue: object) -> None:
+        pass
 
 
 # --- a synthetic simulcast VP8 publisher ----------------------------------------------------------
@@ -113,8 +136,27 @@ class Rig:
     receiver: TrackReceiver = field(init=False)
     downtrack: DownTrack = field(init=False)
     rtcp_out: list[tuple[float, bytes]] = field(default_factory=list)
-    sent: list[bytes] = field(default_factory=list)
+    _sent: list[bytes] = field(default_factory=list)
     forwarded: list[Forwarded] = field(default_factory=list)
+    path: str = field(default_factory=lambda: PATH[0])
+    _batch: Any = None
+
+    @property
+    def sent(self) -> list[bytes]:
+        """What the down track sent so far (with a fast path: what it queued on its batch)."""
+        if self._batch is not None:
+            self._sent.extend(datagram for datagram, _ in self._batch.pending())
+            self._batch.clear()
+        return self._sent
+
+    def _fast_sender(self) -> tuple[Any, Any, Any] | None:
+        impl = {"python": fastpath.PYTHON, "compiled": fastpath.COMPILED}.get(self.path)
+        if impl is None:
+            assert self.path == "send_rtp", "the compiled fast path is not built"
+            return None
+        self._batch = impl.batch(-1, capacity=65536)  # the longest test run fits
+        target = impl.target(self._batch, ("192.0.2.1", 9))
+        return impl.forward, target, FastBatch(self._batch, cast(Flusher, _NoFlush()))
 
     def __post_init__(self) -> None:
         rng = random.Random(1234)
@@ -138,6 +180,7 @@ class Rig:
             payload_type=OUT_PT,
             send_rtp=self.sent.append,
             cname=CNAME,
+            fast_sender=self._fast_sender,
         )
         self.receiver.add_sink(self.downtrack)
 
