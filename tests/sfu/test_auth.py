@@ -33,7 +33,8 @@ def raw_token(claims: dict[str, Any], secret: str = SECRET, alg: str = "HS256") 
     base = {
         "iss": KEY,
         "sub": "alice",
-        "exp": int(time.time()) + 600,
+        # a day: parametrized tokens are made at collection, and the suite runs for minutes
+        "exp": int(time.time()) + 86400,
         "video": {"roomJoin": True, "room": "r1"},
     }
     base.update(claims)
