@@ -596,9 +596,9 @@ def build_sfu_client(
     resolver: Resolver | None = None,
     tls_context: ssl.SSLContext | None = None,
 ) -> TwirpRoomService:
-    """The SFU's RoomService at the HTTP form of ``LIVEKIT_URL``."""
+    """The SFU's RoomService at ``LIVEKIT_SFU_API_URL``, or else the HTTP form of ``LIVEKIT_URL``."""
     return TwirpRoomService(
-        settings.livekit_url,
+        settings.sfu_api_url or settings.livekit_url,
         TokenMinter(settings.api_key, settings.api_secret),
         resolver=resolver or DnsResolver(),
         tls_context=tls_context or client_tls_context(verify=not settings.skip_verify_tls),

@@ -75,6 +75,9 @@ class Settings:
     cs_api_url_overrides: Mapping[str, str] = field(default_factory=dict)
     sanity_check_interval_seconds: int = 0
     redis_url: str = ""
+    #: where the auth service calls the SFU's RoomService (LIVEKIT_SFU_API_URL); "" = the
+    #: HTTP form of livekit_url
+    sfu_api_url: str = ""
     # Beyond upstream.
     homeserver_urls: Mapping[str, str] = field(default_factory=dict)
     allow_private_homeservers: bool = False
@@ -320,6 +323,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         log.warning("the LiveKit API secret is shorter than %d characters", MIN_SECRET_LENGTH)
     if urlsplit(livekit_url).scheme not in ("ws", "wss", "http", "https"):
         log.warning("LIVEKIT_URL %r is not a ws:// or wss:// URL", livekit_url)
+    sfu_api_url = _env(env, "LIVEKIT_SFU_API_URL")
+    if sfu_api_url and urlsplit(sfu_api_url).scheme not in ("http", "https"):
+        raise ConfigError(
+            f"LIVEKIT_SFU_API_URL must be an http:// or https:// URL, got {sfu_api_url!r}"
+        )
 
     full_access = _env(env, "LIVEKIT_FULL_ACCESS_HOMESERVERS")
     if not full_access:
@@ -336,6 +344,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     return Settings(
         livekit_url=livekit_url,
+        sfu_api_url=sfu_api_url,
         api_key=key,
         api_secret=secret,
         full_access_homeservers=full_access_homeservers,

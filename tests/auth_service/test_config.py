@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from auth_service.app import build_sfu_client
 from auth_service.config import (
     DEFAULT_IP_RATE_LIMIT,
     ConfigError,
@@ -284,3 +285,19 @@ def test_config_parsers_raise_only_config_errors(text: str) -> None:
     ):
         with contextlib.suppress(ConfigError):
             parse()
+
+
+def test_the_sfu_api_url_defaults_to_livekit_url_and_must_be_http() -> None:
+    base = {
+        "LIVEKIT_URL": "wss://rtc.example.org/livekit/sfu",
+        "LIVEKIT_KEY": "k",
+        "LIVEKIT_SECRET": "Qx7-s3cr3t-for-the-sfu-api-url-test-0123",
+        "LIVEKIT_FULL_ACCESS_HOMESERVERS": "example.org",
+    }
+    assert load_settings(base).sfu_api_url == ""
+    direct = load_settings({**base, "LIVEKIT_SFU_API_URL": "http://sfu:7880"})
+    assert direct.sfu_api_url == "http://sfu:7880"
+    assert build_sfu_client(direct).base_url == "http://sfu:7880"
+    assert build_sfu_client(load_settings(base)).base_url == "https://rtc.example.org/livekit/sfu"
+    with pytest.raises(ConfigError, match="LIVEKIT_SFU_API_URL must be an http"):
+        load_settings({**base, "LIVEKIT_SFU_API_URL": "wss://sfu:7880"})

@@ -194,6 +194,7 @@ async def running_auth_service(
     livekit_url: str,
     full_access_homeservers: str,
     homeserver_urls: str = "",
+    sfu_api_url: str = "",
     port: int | None = None,
 ) -> AsyncIterator[AuthService]:
     """The auth service as compose runs it (LIVEKIT_KEY_FILE, LIVEKIT_URL, LIVEKIT_JWT_BIND)."""
@@ -208,6 +209,8 @@ async def running_auth_service(
     }
     if homeserver_urls:
         env["LIVEKIT_AUTH_HOMESERVER_URLS"] = homeserver_urls
+    if sfu_api_url:
+        env["LIVEKIT_SFU_API_URL"] = sfu_api_url
     argv = [sys.executable, "-m", "auth_service"]
     process, log_path = await spawn_logged(
         argv, env=env, cwd=REPO_ROOT, workdir=workdir, name="auth"

@@ -64,6 +64,7 @@ async def test_call_through_the_tls_proxy(tmp_path: Path, synapse: Synapse) -> N
             livekit_url=f"wss://{RTC_DOMAIN}:{https_port}/livekit/sfu",
             full_access_homeservers=synapse.server_name,
             homeserver_urls=f"{synapse.server_name}={synapse.client_url}",
+            sfu_api_url=sfu.http_url,  # as compose: CreateRoom straight to the SFU
             port=auth_port,
         ) as auth,
         running_caddy(
