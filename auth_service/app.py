@@ -8,7 +8,13 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
   ``delay_id``/``delay_timeout`` on the token endpoints (:mod:`auth_service.delegation`);
 * ``POST /sfu_webhook`` — the SFU's webhooks (no CORS), which feed the delegations;
 * ``GET|HEAD /healthz`` — liveness;
-* ``GET /metrics`` — Prometheus exposition (unless disabled).
+* ``GET /metrics`` — Prometheus exposition (unless disabled);
+* in application-service mode (:mod:`auth_service.appservice`), the homeserver's
+  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``.
+
+In application-service mode the token endpoints issue tokens only to users joined to the Matrix
+room (403 ``M_FORBIDDEN`` otherwise; 503 when the homeserver cannot say), checked after the
+per-user rate limit, and every token issued is remembered for :mod:`auth_service.membership`.
 
 The token endpoints answer ``OPTIONS`` with 200 and send upstream's CORS headers and
 ``Content-Type: application/json`` on every answer, errors and 405 included. A request goes
@@ -49,12 +55,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .appservice import AppServiceEndpoints
 from .config import IpNetwork, Settings
 from .cs_api import CsApiResolver, CsApiUnresolvable, DelayedEvents
 from .delegation import DelegationLimit, Delegations, ServiceDeps
 from .delegation_job import JobParams
 from .job_store import JobStore, RedisJobStore
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
+from .membership import JoinedMembers, Membership, MembershipUnknown
 from .metrics import Metrics
 from .models import (
     BadJsonError,
@@ -246,8 +254,10 @@ class TokenService:
         metrics: Metrics,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        membership: Membership | None = None,
     ) -> None:
         self.settings = settings
+        self.membership = membership
         self.verifier = verifier
         self.room_creator = room_creator
         self.delegations = delegations
@@ -395,6 +405,7 @@ class TokenService:
             outcome = {
                 400: "bad_json",
                 401: "unauthorized",
+                403: "forbidden",
                 413: "too_large",
                 429: "rate_limited",
                 503: "busy",
@@ -453,6 +464,9 @@ class TokenService:
             log.info("%s: rate-limiting user %r", endpoint, user_id)
             raise self._rate_limited(wait)
 
+        if self.membership is not None and not grant.delegate_only:
+            await self._require_joined(endpoint, grant.matrix_room, user_id)
+
         full_access = is_full_access(grant.server_name, self.settings.full_access_homeservers)
         if grant.delay_id and not full_access:
             # 400 M_BAD_JSON on the token endpoints makes Element Call retry without the delay
@@ -501,6 +515,8 @@ class TokenService:
             if grant.delay_id:
                 await self._delegate(endpoint, grant, user_id, identity)
 
+        if self.membership is not None:
+            self.membership.issued(grant.matrix_room, user_id, grant.alias, identity)
         access = "full" if full_access else "restricted"
         self.metrics.tokens_issued.labels(endpoint, access).inc()
         log.info(
@@ -517,6 +533,19 @@ class TokenService:
         )
         body = {"url": self.settings.livekit_url, "jwt": jwt}
         return self._answer(endpoint, "ok", _json(200, body))
+
+    async def _require_joined(self, endpoint: str, room_id: str, user_id: str) -> None:
+        assert self.membership is not None
+        try:
+            joined = await self.membership.is_joined(room_id, user_id)
+        except MembershipUnknown as exc:
+            log.warning(
+                "%s: cannot check membership of %r in %r: %s", endpoint, user_id, room_id, exc
+            )
+            raise MatrixError(503, "M_UNKNOWN", "Unable to check room membership") from None
+        if not joined:
+            log.info("%s: refused %r, not joined to %r", endpoint, user_id, room_id)
+            raise MatrixError(403, "M_FORBIDDEN", "User is not joined to the room")
 
     async def _resolve_cs_api(self, endpoint: str, grant: _Grant) -> None:
         try:
@@ -641,6 +670,34 @@ def build_delegations(
     )
 
 
+def build_membership(
+    settings: Settings,
+    sfu: TwirpRoomService,
+    *,
+    resolver: Resolver | None = None,
+    tls_context: ssl.SSLContext | None = None,
+) -> Membership:
+    """Membership checks and enforcement through the homeserver ``LIVEKIT_HS_SERVER_NAME``,
+    whose client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else
+    its ``.well-known/matrix/client``)."""
+    resolver = resolver or DnsResolver()
+    tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
+    cs_api = CsApiResolver(
+        resolver,
+        tls_context=tls_context,
+        overrides=settings.cs_api_url_overrides,
+        allow_private=settings.allow_private_homeservers,
+    )
+    members = JoinedMembers(
+        cs_api,
+        settings.hs_server_name,
+        settings.as_token,
+        resolver=resolver,
+        tls_context=tls_context,
+    )
+    return Membership(members, sfu)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -655,6 +712,7 @@ def create_app(
     metrics = metrics or Metrics()
     sfu = build_sfu_client(settings)
     delegations = delegations or build_delegations(settings, sfu, metrics=metrics)
+    membership = build_membership(settings, sfu) if settings.appservice_enabled else None
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
@@ -663,6 +721,7 @@ def create_app(
         metrics=metrics,
         clock=clock,
         wall_clock=wall_clock,
+        membership=membership,
     )
     routes = [
         Route("/sfu/get", _AnyMethod(service.sfu_get)),
@@ -673,13 +732,28 @@ def create_app(
     ]
     if settings.metrics_enabled:
         routes.append(Route("/metrics", _AnyMethod(service.metrics_endpoint)))
+    if membership is not None:
+        endpoints = AppServiceEndpoints(settings.hs_token, membership)
+        routes += [
+            Route("/_matrix/app/v1/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
+            Route("/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
+            Route("/_matrix/app/v1/ping", _AnyMethod(endpoints.ping)),
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await delegations.start()
+        reconcile = None
+        interval = settings.membership_check_interval_seconds
+        if membership is not None and interval > 0:
+            reconcile = asyncio.create_task(membership.reconcile_forever(float(interval)))
         try:
             yield
         finally:
+            if reconcile is not None:
+                reconcile.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconcile
             await delegations.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
