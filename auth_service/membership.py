@@ -9,7 +9,8 @@ Owns three things, all bounded:
   handed out, so that a hashed MSC4195 identity can be traced back to its user;
 * **enforcement**: when a user stops being joined (leave, kick, ban), ``RemoveParticipant`` for
   each of their identities, and a periodic **reconcile** that removes every SFU participant of a
-  tracked LiveKit room whose user is not joined (``ListParticipants``).
+  tracked LiveKit room whose user is not joined (``ListParticipants``); when the Matrix room is
+  upgraded (an ``m.room.tombstone`` state event), ``DeleteRoom`` for its LiveKit rooms.
 
 A membership event is trusted only for its own ``state_key``: the user it is about. Who sent it
 (a kick or ban is sent by someone else) never matters. Legacy identities ``@user:server:DEVICE``
@@ -206,7 +207,12 @@ class Membership:
     async def apply(self, events: Iterable[object]) -> None:
         """Take in the events of one application-service transaction."""
         left: list[tuple[str, str]] = []
+        closed: list[str] = []
         for event in events:
+            tombstoned = _tombstoned_room(event)
+            if tombstoned is not None:
+                closed.append(tombstoned)
+                continue
             change = _membership_change(event)
             if change is None:
                 continue
@@ -221,11 +227,26 @@ class Membership:
                     cached[1].discard(user_id)
                 if membership in LEFT:
                     left.append((room_id, user_id))
-        if left:
+        if left or closed:
             async with asyncio.timeout(ENFORCE_TIMEOUT_SECONDS):
                 await asyncio.gather(
-                    *(self.eject(room, user) for room, user in dict.fromkeys(left))
+                    *(self.eject(room, user) for room, user in dict.fromkeys(left)),
+                    *(self.close(room) for room in dict.fromkeys(closed)),
                 )
+
+    async def close(self, room_id: str) -> None:
+        """``DeleteRoom`` for every LiveKit room of ``room_id`` (it was upgraded)."""
+        aliases = self._aliases(room_id)
+        for user in list(self._issued.get(room_id, {})):
+            self._forget(room_id, user)
+        self._joined.pop(room_id, None)
+        for alias in aliases:
+            try:
+                await self._sfu.delete_room(alias)
+            except RoomServiceError as exc:
+                log.warning("membership: cannot delete %r: %s", alias, exc)
+                continue
+            log.info("membership: deleted %r: %r was tombstoned", alias, room_id)
 
     async def eject(self, room_id: str, user_id: str) -> int:
         """Remove every SFU participant of ``user_id`` in the LiveKit rooms of ``room_id``."""
@@ -289,6 +310,16 @@ class Membership:
                 await self.reconcile()
             except Exception:
                 log.exception("membership: reconcile failed")
+
+
+def _tombstoned_room(event: object) -> str | None:
+    """The room of an ``m.room.tombstone`` state event (the room was upgraded or closed)."""
+    if not isinstance(event, dict) or event.get("type") != "m.room.tombstone":
+        return None
+    room_id = event.get("room_id")
+    if event.get("state_key") != "" or not isinstance(room_id, str):
+        return None
+    return room_id
 
 
 def _membership_change(event: object) -> tuple[str, str, str] | None:

@@ -11,7 +11,8 @@ of ``LIVEKIT_URL`` (``ws``→``http``, ``wss``→``https``, a path prefix kept),
 authorised by an API-key JWT carrying only the grant it needs: ``roomCreate`` for
 ``CreateRoom``, ``roomAdmin`` for the one room for ``GetParticipant`` and ``ListParticipants``
 (which delayed-leave delegation uses to see who is connected) and ``RemoveParticipant``
-(which the application service uses to eject those who left the Matrix room). A Twirp
+(which the application service uses to eject those who left the Matrix room), and
+``DeleteRoom`` with ``roomCreate`` (when the Matrix room is tombstoned). A Twirp
 ``not_found`` is :class:`RoomNotFound`; every other failure (a network error, a timeout, another Twirp error, an
 answer that does not decode) is :class:`RoomServiceError`.
 """
@@ -114,11 +115,17 @@ class ParticipantDirectory(Protocol):
 
 
 class ParticipantRemover(ParticipantDirectory, Protocol):
-    """What membership enforcement needs: who is connected, and ejecting one of them."""
+    """What membership enforcement needs: who is connected, ejecting one of them, and closing
+    a room."""
 
     async def remove_participant(self, room: str, identity: str) -> bool:
         """Disconnect ``identity`` from ``room``; ``False`` when it was not there; raises
         :class:`RoomServiceError` when the SFU could not say."""
+        ...
+
+    async def delete_room(self, room: str) -> None:
+        """Close ``room``, disconnecting everyone in it (nothing when there is no such room);
+        raises :class:`RoomServiceError` on failure."""
         ...
 
 
@@ -240,6 +247,18 @@ class TwirpRoomService:
         return await self._participant_call(
             "RemoveParticipant", room, identity, room_pb.RemoveParticipantResponse
         )
+
+    async def delete_room(self, room: str) -> None:
+        """``DeleteRoom`` (a ``roomCreate`` grant); a room that does not exist is no error."""
+        try:
+            await self._call(
+                "DeleteRoom",
+                {"roomCreate": True},
+                room_pb.DeleteRoomRequest(room=room),
+                room_pb.DeleteRoomResponse,
+            )
+        except RoomNotFound:
+            return
 
 
 def _twirp_error(body: bytes) -> tuple[str, str]:

@@ -46,7 +46,13 @@ class FakeSfu:
     def __init__(self, present: dict[str, set[str]], *, broken: bool = False) -> None:
         self.present = present
         self.removed: list[tuple[str, str]] = []
+        self.deleted: list[str] = []
         self.broken = broken
+
+    async def delete_room(self, room: str) -> None:
+        if self.broken:
+            raise RoomServiceError("down")
+        self.deleted.append(room)
 
     async def participant_exists(self, room: str, identity: str) -> bool:
         return identity in self.present.get(room, set())
@@ -202,6 +208,23 @@ async def test_an_sfu_failure_does_not_fail_the_transaction() -> None:
     async with app_for(membership) as client:
         event = member_event("@bob:hs.test", "leave")
         assert (await put(client, "f", {"events": [event]}, headers=AUTH)).status_code == 200
+
+
+async def test_a_tombstone_deletes_the_rooms_livekit_rooms() -> None:
+    membership, sfu, _ = stack({"@bob:hs.test:BOB"})
+    membership.issued(ROOM, "@bob:hs.test", "slot-alias", "hashed-bob")
+    tombstone = {
+        "type": "m.room.tombstone",
+        "room_id": ROOM,
+        "state_key": "",
+        "content": {"replacement_room": "!new:hs.test"},
+    }
+    not_state = {**tombstone, "state_key": "x"}
+    async with app_for(membership) as client:
+        response = await put(client, "t", {"events": [not_state, tombstone]}, headers=AUTH)
+    assert response.status_code == 200
+    assert sorted(sfu.deleted) == sorted([LEGACY, "slot-alias"])
+    assert membership.tracked_rooms() == []
 
 
 async def test_pushed_events_update_the_cached_members() -> None:

@@ -10,6 +10,8 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
 * Bob leaves, is kicked or is banned → Alice's client sees both of Bob's identities leave the
   SFU within 1 s of the homeserver accepting the membership change (pushed, not polled:
   this auth service's reconcile is off);
+* Alice upgrades the room (a tombstone) → ``DeleteRoom``: both clients are disconnected
+  within 1 s;
 * a user who never joined gets 403 ``M_FORBIDDEN`` from both token endpoints, and so does Bob
   once he has left;
 * reconcile: a second auth service with the same tokens but no pushes (the homeserver does not
@@ -232,6 +234,24 @@ async def test_a_leaver_is_ejected_from_the_sfu_within_a_second(focus: Focus, ho
             assert refused.status_code == 403, refused.text
             assert refused.json()["errcode"] == "M_FORBIDDEN"
     focus.sfu.assert_alive()
+
+
+async def test_an_upgraded_room_closes_its_call(focus: Focus) -> None:
+    alice, bob, room_id = await call_of_two(focus, "upgrade")
+    auth, synapse, url = focus.auth, focus.synapse, focus.sfu.url
+    alice_jwt = await jwt(auth, synapse, alice.user, room_id, legacy=False)
+    bob_jwt = await jwt(auth, synapse, bob.user, room_id, legacy=True)
+    async with connected(url, alice_jwt) as alices, connected(url, bob_jwt) as bobs:
+        closed: dict[str, float] = {}
+        for name, room in (("alice", alices), ("bob", bobs)):
+            room.on("disconnected", lambda _reason, n=name: closed.setdefault(n, time.monotonic()))
+        await until(lambda: len(alices.remote_participants) == 1, "Bob in the call")
+        started = time.monotonic()
+        await alice.post(room_path(room_id, "upgrade"), {"new_version": "11"})
+        await until(lambda: len(closed) == 2, "the call closing", EJECTED_WITHIN_S * 5)
+        took = max(closed.values()) - started
+        print(f"upgrade: both clients disconnected {took * 1000:.0f} ms after the upgrade")
+        assert took < EJECTED_WITHIN_S, f"closed after {took:.2f} s\n{auth.log_tail()}"
 
 
 async def test_a_user_who_never_joined_gets_403_from_both_endpoints(focus: Focus) -> None:
