@@ -517,6 +517,8 @@ class TokenService:
 
         if self.membership is not None:
             self.membership.issued(grant.matrix_room, user_id, grant.alias, identity)
+            # A leave pushed while this request was under way (the cached list has it).
+            await self._require_joined(endpoint, grant.matrix_room, user_id)
         access = "full" if full_access else "restricted"
         self.metrics.tokens_issued.labels(endpoint, access).inc()
         log.info(

@@ -15,7 +15,8 @@ Owns three things, all bounded:
 A membership event is trusted only for its own ``state_key``: the user it is about. Who sent it
 (a kick or ban is sent by someone else) never matters. Legacy identities ``@user:server:DEVICE``
 carry their user (a device ID has no ``:``), so legacy participants are traced even when their
-token was issued before a restart; hashed ones only while their issuance is remembered.
+token was issued before a restart; hashed ones only while their issuance is remembered. A token
+issued just before a leave whose client connects after it is caught by the next reconcile.
 
 The homeserver answering 403 or 404 for a room means the application service cannot see it
 (no user of its namespace is in it): nobody counts as joined. Any other failure raises
@@ -250,7 +251,9 @@ class Membership:
 
     async def eject(self, room_id: str, user_id: str) -> int:
         """Remove every SFU participant of ``user_id`` in the LiveKit rooms of ``room_id``."""
-        targets = set(self._forget(room_id, user_id))
+        # The issuance is kept: a token handed out just before the leave may still connect,
+        # and reconcile then finds it.
+        targets = set(self._issued.get(room_id, {}).get(user_id, ()))
         legacy = legacy_room_alias(room_id)
         try:
             present = await self._sfu.participant_identities(legacy)

@@ -308,3 +308,14 @@ def test_registration_command(
     assert "LIVEKIT_HS_TOKEN" in capsys.readouterr().err
     assert main(["appservice-registration", "--url", "ftp://x"]) == 2
     assert "--url" in capsys.readouterr().err
+
+
+async def test_a_token_issued_before_a_leave_that_connects_after_it_is_reconciled() -> None:
+    membership, sfu, members = stack()
+    membership.issued(ROOM, "@bob:hs.test", "slot-alias", "hashed-bob")
+    await membership.apply([member_event("@bob:hs.test", "leave")])
+    assert sfu.removed == [("slot-alias", "hashed-bob")]  # not connected yet: nothing removed
+    sfu.present["slot-alias"] = {"hashed-bob"}  # the client connects afterwards
+    members.joined[ROOM] = {"@alice:hs.test"}
+    assert await membership.reconcile() == 1
+    assert sfu.present["slot-alias"] == set()
