@@ -322,4 +322,12 @@ async def test_synapse_loaded_the_printed_registration(focus: Focus) -> None:
             "/_matrix/client/v3/account/whoami",
             headers={"Authorization": f"Bearer {registration['as_token']}"},
         )
+        # Synapse pings the service with the hs_token (the spec's appservice ping).
+        ping = await http.post(
+            "/_matrix/client/v1/appservice/lk-jwt-service/ping",
+            json={"transaction_id": "focus-test"},
+            headers={"Authorization": f"Bearer {registration['as_token']}"},
+        )
     assert whoami.json()["user_id"] == f"@_lk_jwt_service:{focus.synapse.server_name}"
+    assert ping.status_code == 200, ping.text
+    assert "duration_ms" in ping.json()
