@@ -678,6 +678,7 @@ def build_membership(
     *,
     resolver: Resolver | None = None,
     tls_context: ssl.SSLContext | None = None,
+    metrics: Metrics | None = None,
 ) -> Membership:
     """Membership checks and enforcement through the homeserver ``LIVEKIT_HS_SERVER_NAME``,
     whose client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else
@@ -696,8 +697,9 @@ def build_membership(
         settings.as_token,
         resolver=resolver,
         tls_context=tls_context,
+        limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
     )
-    return Membership(members, sfu)
+    return Membership(members, sfu, limit_hit=metrics.limit_hit if metrics else lambda _limit: None)
 
 
 def create_app(
@@ -714,7 +716,9 @@ def create_app(
     metrics = metrics or Metrics()
     sfu = build_sfu_client(settings)
     delegations = delegations or build_delegations(settings, sfu, metrics=metrics)
-    membership = build_membership(settings, sfu) if settings.appservice_enabled else None
+    membership = (
+        build_membership(settings, sfu, metrics=metrics) if settings.appservice_enabled else None
+    )
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
@@ -735,7 +739,7 @@ def create_app(
     if settings.metrics_enabled:
         routes.append(Route("/metrics", _AnyMethod(service.metrics_endpoint)))
     if membership is not None:
-        endpoints = AppServiceEndpoints(settings.hs_token, membership)
+        endpoints = AppServiceEndpoints(settings.hs_token, membership, metrics.limit_hit)
         routes += [
             Route("/_matrix/app/v1/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
             Route("/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final
 
 import yaml
@@ -76,7 +77,13 @@ def _error(status: int, errcode: str, message: str) -> Response:
 class AppServiceEndpoints:
     """The routes the homeserver calls, authenticated by ``hs_token``."""
 
-    def __init__(self, hs_token: str, membership: Membership) -> None:
+    def __init__(
+        self,
+        hs_token: str,
+        membership: Membership,
+        limit_hit: Callable[[str], None] = lambda _limit: None,
+    ) -> None:
+        self._limit_hit = limit_hit
         self._hs_token = hs_token.encode("utf-8")
         self._membership = membership
         self._done: OrderedDict[str, None] = OrderedDict()
@@ -115,6 +122,7 @@ class AppServiceEndpoints:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > MAX_TRANSACTION_BYTES:
+                    self._limit_hit("auth_as_transaction_body")
                     return _error(413, "M_TOO_LARGE", "Transaction too large")
         except ClientDisconnect:
             return _error(400, "M_UNKNOWN", "Client disconnected")
@@ -132,5 +140,6 @@ class AppServiceEndpoints:
             return _error(500, "M_UNKNOWN", "Transaction failed")
         self._done[txn_id] = None
         while len(self._done) > MAX_REMEMBERED_TRANSACTIONS:
+            self._limit_hit("auth_as_transaction_ids")
             self._done.popitem(last=False)
         return _json(200, {})

@@ -37,7 +37,7 @@ from typing import Final
 from urllib.parse import quote
 
 from .cs_api import CsApiResolver, CsApiUnresolvable
-from .net import NetError, Request, Resolver, Timeouts, request_base_url
+from .net import NetError, Request, Resolver, ResponseTooLarge, Timeouts, request_base_url
 from .sfu_client import ParticipantRemover, RoomServiceError
 from .tokens import legacy_room_alias
 
@@ -80,7 +80,9 @@ class JoinedMembers:
         *,
         resolver: Resolver,
         tls_context: ssl.SSLContext,
+        limit_hit: Callable[[str], None] = lambda _limit: None,
     ) -> None:
+        self._limit_hit = limit_hit
         self._cs_api = cs_api
         self._server_name = server_name
         self._as_token = as_token
@@ -110,6 +112,8 @@ class JoinedMembers:
                 timeouts=HOMESERVER_TIMEOUTS,
             )
         except NetError as exc:
+            if isinstance(exc, ResponseTooLarge):
+                self._limit_hit("auth_joined_members_response")
             raise MembershipUnknown(f"joined_members of {room_id!r}: {exc}") from None
         if response.status in (403, 404):
             return frozenset()
@@ -133,7 +137,9 @@ class Membership:
         sfu: ParticipantRemover,
         *,
         clock: Callable[[], float] = time.monotonic,
+        limit_hit: Callable[[str], None] = lambda _limit: None,
     ) -> None:
+        self._limit_hit = limit_hit
         self._members = members
         self._sfu = sfu
         self._clock = clock
@@ -159,6 +165,7 @@ class Membership:
             self._joined.pop(room_id, None)
             self._joined[room_id] = (self._clock() + CACHE_SECONDS, set(joined))
             while len(self._joined) > MAX_CACHED_ROOMS:
+                self._limit_hit("auth_membership_rooms")
                 self._joined.popitem(last=False)
         return joined
 
@@ -170,10 +177,12 @@ class Membership:
         entries.pop((alias, identity), None)
         entries[(alias, identity)] = None
         while len(entries) > MAX_IDENTITIES_PER_USER:
+            self._limit_hit("auth_issued_identities_per_user")
             entries.popitem(last=False)
         self._order.pop((room_id, user_id), None)
         self._order[(room_id, user_id)] = None
         while len(self._order) > MAX_TRACKED_USERS:
+            self._limit_hit("auth_issued_identities")
             room, user = self._order.popitem(last=False)[0]
             self._forget(room, user)
 
