@@ -55,7 +55,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .appservice import AppServiceEndpoints
+from .appservice import AppServiceEndpoints, hs_token_refusal
 from .config import IpNetwork, Settings
 from .cs_api import CsApiResolver, CsApiUnresolvable, DelayedEvents
 from .delegation import DelegationLimit, Delegations, ServiceDeps
@@ -74,6 +74,7 @@ from .models import (
     unauthorized,
 )
 from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
+from .proxied import CS_GET_TOKEN_PATH, USER_HEADER, parse_cs_get_token, proxied_user
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
@@ -99,6 +100,16 @@ MAX_IDENTITY_LENGTH: Final = 256
 """The SFU refuses tokens whose identity is longer (LiveKit's limit too)."""
 BUSY_RETRY_AFTER_SECONDS: Final = 1
 ROOM_CREATION_TIMEOUT_SECONDS: Final = 10.0
+
+OUTCOMES: Final = {
+    400: "bad_json",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "too_large",
+    429: "rate_limited",
+    503: "busy",
+}
+"""The ``outcome`` label of an error answer, by status."""
 
 CORS_HEADERS: Final = {
     "Access-Control-Allow-Origin": "*",
@@ -402,15 +413,7 @@ class TokenService:
             log.info("%s: refused request from %r: %s", endpoint, self._client(request), error)
             return self._error(endpoint, outcome, error)
         except MatrixError as error:
-            outcome = {
-                400: "bad_json",
-                401: "unauthorized",
-                403: "forbidden",
-                413: "too_large",
-                429: "rate_limited",
-                503: "busy",
-            }.get(error.status, "error")
-            return self._error(endpoint, outcome, error)
+            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
         except ClientDisconnect:
             return self._answer(endpoint, "disconnected", _empty(400))
         except Exception:
@@ -458,6 +461,12 @@ class TokenService:
             )
             raise unauthorized()
 
+        return await self._authorised(endpoint, client, grant, user_id)
+
+    async def _authorised(
+        self, endpoint: str, client: str, grant: _Grant, user_id: str, *, with_url: bool = True
+    ) -> Response:
+        """The rest of a token request once ``user_id`` is known (OpenID or the homeserver)."""
         wait = self.user_limiter.acquire(user_id)
         if wait > 0:
             self.metrics.limit_hit("auth_user_rate")
@@ -533,7 +542,7 @@ class TokenService:
             bool(grant.delay_id),
             client,
         )
-        body = {"url": self.settings.livekit_url, "jwt": jwt}
+        body = {"url": self.settings.livekit_url, "jwt": jwt} if with_url else {"jwt": jwt}
         return self._answer(endpoint, "ok", _json(200, body))
 
     async def _require_joined(self, endpoint: str, room_id: str, user_id: str) -> None:
@@ -572,6 +581,46 @@ class TokenService:
         except DelegationLimit as exc:
             log.warning("%s: refused a delegation of %r: %s", endpoint, user_id, exc)
             raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
+
+    # --- MSC4512: get_token proxied by the homeserver -----------------------------------
+
+    async def proxied_get_token(self, request: Request) -> Response:
+        """Client-server ``get_token`` that the homeserver authenticated and forwarded."""
+        endpoint = "cs_get_token"
+        if request.method != "POST":
+            return self._answer(endpoint, "method_not_allowed", _empty(405, {"Allow": "POST"}))
+        try:
+            refusal = hs_token_refusal(request, self.settings.hs_token.encode("utf-8"))
+            if refusal is not None:
+                raise MatrixError(*refusal)
+            user_id = proxied_user(
+                request.headers.get(USER_HEADER, ""), self.settings.hs_server_name
+            )
+            req = parse_cs_get_token(await self._read_body(request))
+            if req.url != self.settings.livekit_url:
+                raise MatrixError(400, "M_INVALID_PARAM", "The requested `url` is not served here")
+            if req.member.claimed_user_id and req.member.claimed_user_id != user_id:
+                raise MatrixError(403, "M_FORBIDDEN", "`member.claimed_user_id` is not you")
+            grant = _Grant(
+                server_name=self.settings.hs_server_name,
+                access_token="",
+                claimed_user_id=user_id,
+                delay_id="",
+                delay_timeout=0,
+                matrix_room=req.room_id,
+                alias=room_alias(req.room_id, req.slot_id),
+                device_id=req.member.claimed_device_id,
+                member_id=req.member.id,
+            )
+            return await self._authorised(
+                endpoint, self._client(request), grant, user_id, with_url=False
+            )
+        except MatrixError as error:
+            if isinstance(error, BadJsonError) and error.limit:
+                self.metrics.limit_hit(error.limit)
+            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
+        except ClientDisconnect:
+            return self._answer(endpoint, "disconnected", _empty(400))
 
     # --- /sfu_webhook --------------------------------------------------------------------
 
@@ -744,6 +793,7 @@ def create_app(
             Route("/_matrix/app/v1/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
             Route("/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
             Route("/_matrix/app/v1/ping", _AnyMethod(endpoints.ping)),
+            Route(CS_GET_TOKEN_PATH, _AnyMethod(service.proxied_get_token)),
         ]
 
     @contextlib.asynccontextmanager

@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .membership import Membership
+from .proxied import PROXY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ MAX_TRANSACTION_ID_LENGTH: Final = 255
 
 
 def registration(url: str, as_token: str, hs_token: str, server_name: str) -> dict[str, Any]:
-    """Synapse's registration of this application service, listening at ``url``."""
+    """Synapse's registration of this application service, listening at ``url`` (also where
+    Synapse proxies ``/_matrix/client/*/rtc/livekit/*``, MSC4512)."""
     return {
         "id": REGISTRATION_ID,
         "url": url,
@@ -57,6 +59,8 @@ def registration(url: str, as_token: str, hs_token: str, server_name: str) -> di
             "aliases": [],
             "rooms": [],
         },
+        "io.element.msc4512.proxy_prefix": PROXY_PREFIX,
+        "io.element.msc4512.proxy_url": url,
     }
 
 
@@ -74,6 +78,19 @@ def _error(status: int, errcode: str, message: str) -> Response:
     return _json(status, {"errcode": errcode, "error": message})
 
 
+def hs_token_refusal(request: Request, hs_token: bytes) -> tuple[int, str, str] | None:
+    """Why ``request`` is not from the homeserver (status, errcode, message), or ``None``."""
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header[:7].lower() == "bearer " else ""
+    token = token or request.query_params.get("access_token", "")
+    if not token:
+        return 401, "M_UNAUTHORIZED", "Missing hs_token"
+    if not hmac.compare_digest(token.encode("utf-8"), hs_token):
+        log.warning("appservice: refused a request with a wrong hs_token")
+        return 403, "M_FORBIDDEN", "Invalid hs_token"
+    return None
+
+
 class AppServiceEndpoints:
     """The routes the homeserver calls, authenticated by ``hs_token``."""
 
@@ -89,15 +106,8 @@ class AppServiceEndpoints:
         self._done: OrderedDict[str, None] = OrderedDict()
 
     def _refusal(self, request: Request) -> Response | None:
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header[:7].lower() == "bearer " else ""
-        token = token or request.query_params.get("access_token", "")
-        if not token:
-            return _error(401, "M_UNAUTHORIZED", "Missing hs_token")
-        if not hmac.compare_digest(token.encode("utf-8"), self._hs_token):
-            log.warning("appservice: refused a request with a wrong hs_token")
-            return _error(403, "M_FORBIDDEN", "Invalid hs_token")
-        return None
+        refusal = hs_token_refusal(request, self._hs_token)
+        return None if refusal is None else _error(*refusal)
 
     async def ping(self, request: Request) -> Response:
         """``POST /_matrix/app/v1/ping``: the homeserver checking that we are reachable."""

@@ -23,6 +23,8 @@ from auth_service.__main__ import main
 from auth_service.appservice import AppServiceEndpoints, registration
 from auth_service.config import ConfigError, load_settings
 from auth_service.membership import Membership, MembershipUnknown, legacy_owner
+from auth_service.models import MatrixError
+from auth_service.proxied import parse_cs_get_token, proxied_user
 from auth_service.sfu_client import RoomServiceError
 from auth_service.tokens import legacy_room_alias
 
@@ -319,3 +321,33 @@ async def test_a_token_issued_before_a_leave_that_connects_after_it_is_reconcile
     members.joined[ROOM] = {"@alice:hs.test"}
     assert await membership.reconcile() == 1
     assert sfu.present["slot-alias"] == set()
+
+
+@pytest.mark.parametrize(
+    ("body", "errcode"),
+    [
+        (b"[", "M_NOT_JSON"),
+        (b'{"openid_token": {}}', "M_NOT_JSON"),
+        (b'{"url": 5}', "M_NOT_JSON"),
+        (b'{"url": "u", "room_id": "!r", "slot_id": "s", "member": {"extra": 1}}', "M_NOT_JSON"),
+        (b'{"url": "u", "room_id": "", "slot_id": "s", "member": {"id": "m"}}', "M_BAD_JSON"),
+        (
+            b'{"url": "u", "room_id": "!r", "slot_id": "s", "member": {"id": "m", "claimed_device_id": "a:b"}}',
+            "M_BAD_JSON",
+        ),
+        (b'{"url": "u", "room_id": "!r", "slot_id": "s", "member": {"id": "m"}}', "M_BAD_JSON"),
+    ],
+)
+def test_proxied_get_token_bodies_are_checked(body: bytes, errcode: str) -> None:
+    with pytest.raises(MatrixError) as raised:
+        parse_cs_get_token(body)
+    assert raised.value.errcode == errcode
+
+
+def test_proxied_user_must_be_of_our_homeserver() -> None:
+    assert proxied_user("@bob:hs.test", "hs.test") == "@bob:hs.test"
+    for header in ("", "bob", "@bob:evil.test", "@bob:hs.test.evil", "@" + "b" * 300 + ":hs.test"):
+        with pytest.raises(MatrixError):
+            proxied_user(header, "hs.test")
+    request = b'{"url": "u", "room_id": "!r", "slot_id": "s", "member": {"id": "m", "claimed_device_id": "D"}}'
+    assert parse_cs_get_token(request).member.claimed_device_id == "D"

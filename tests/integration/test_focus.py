@@ -12,6 +12,8 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
   this auth service's reconcile is off);
 * Alice upgrades the room (a tombstone) → ``DeleteRoom``: both clients are disconnected
   within 1 s;
+* MSC4512: ``get_token`` asked of Synapse, which authenticates the client and proxies it here,
+  gives a working token to a member, 403 to a non-member and 400 for a foreign ``url``;
 * a user who never joined gets 403 ``M_FORBIDDEN`` from both token endpoints, and so does Bob
   once he has left;
 * reconcile: a second auth service with the same tokens but no pushes (the homeserver does not
@@ -40,6 +42,7 @@ import pytest_asyncio
 import yaml
 from livekit import rtc
 
+from auth_service.tokens import participant_identity
 from tests.harness.auth_service import AuthProcess
 from tests.harness.sfu import REPO_ROOT, SfuInstance, running_sfu
 from tests.harness.synapse import MatrixUser, Synapse, start_synapse
@@ -89,7 +92,11 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
         return [path]
 
     async with running_sfu(tmp / "sfu", api_key=key, api_secret=secret) as sfu:
-        synapse = start_synapse(tmp / "synapse", app_service_config_files=registrations)
+        synapse = start_synapse(
+            tmp / "synapse",
+            app_service_config_files=registrations,
+            extra_config={"experimental_features": {"msc4512_enabled": True}},
+        )
         server = synapse.server_name
         env = {
             **tokens,
@@ -252,6 +259,43 @@ async def test_an_upgraded_room_closes_its_call(focus: Focus) -> None:
         took = max(closed.values()) - started
         print(f"upgrade: both clients disconnected {took * 1000:.0f} ms after the upgrade")
         assert took < EJECTED_WITHIN_S, f"closed after {took:.2f} s\n{auth.log_tail()}"
+
+
+async def test_get_token_through_the_homeservers_proxy(focus: Focus) -> None:
+    """MSC4512: the client asks its homeserver, which authenticates it and forwards to us."""
+    alice, _bob, room_id = await call_of_two(focus, "proxied")
+    carol = Matrix(
+        focus.synapse, await asyncio.to_thread(focus.synapse.create_user, "proxied_carol", "CAROL")
+    )
+    path = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token"
+
+    def body(user: Matrix, url: str = focus.sfu.url) -> dict[str, Any]:
+        return {
+            "url": url,
+            "room_id": room_id,
+            "slot_id": "m.call#ROOM",
+            "member": {"id": "proxied-member", "claimed_device_id": user.user.device_id},
+        }
+
+    answer = await alice.http.post(path, json=body(alice))
+    assert answer.status_code == 200, f"{answer.text}\n{focus.auth.log_tail()}"
+    assert set(answer.json()) == {"jwt"}
+    async with connected(focus.sfu.url, answer.json()["jwt"]) as room:
+        assert room.local_participant.identity == participant_identity(
+            alice.user.user_id, "ALICE", "proxied-member"
+        )
+    stranger = await carol.http.post(path, json=body(carol))
+    assert (stranger.status_code, stranger.json()["errcode"]) == (403, "M_FORBIDDEN")
+    wrong_url = await alice.http.post(path, json=body(alice, "wss://elsewhere.test"))
+    assert (wrong_url.status_code, wrong_url.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    # Without Synapse in between (no hs_token), the route refuses.
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        direct = await http.post(
+            f"{focus.auth.url}{path}",
+            json=body(alice),
+            headers={"X-Matrix-User-Identifier": alice.user.user_id},
+        )
+    assert direct.status_code == 401
 
 
 async def test_a_user_who_never_joined_gets_403_from_both_endpoints(focus: Focus) -> None:
