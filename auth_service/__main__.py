@@ -3,7 +3,10 @@
 * no arguments (or ``serve``): read the environment (see :mod:`auth_service.config`) and serve;
 * ``well-known --service-url URL``: print what an operator adds to the homeserver's
   ``.well-known/matrix/client`` and to Synapse's ``homeserver.yaml`` so that Matrix clients find
-  this service.
+  this service;
+* ``appservice-registration --url URL``: print the application-service registration YAML for
+  Synapse (``app_service_config_files``) from ``LIVEKIT_AS_TOKEN``, ``LIVEKIT_HS_TOKEN`` and
+  ``LIVEKIT_HS_SERVER_NAME``; ``URL`` is where the homeserver reaches this service.
 
 Configuration problems end the process with one line on stderr and exit status 2; a port that
 cannot be bound, with exit status 1. Neither prints a traceback.
@@ -25,7 +28,8 @@ import uvicorn
 import yaml
 
 from .app import create_app
-from .config import ConfigError, Settings, load_settings
+from .appservice import registration_yaml
+from .config import ConfigError, Settings, appservice_settings, load_settings
 
 log = logging.getLogger("auth_service")
 
@@ -148,6 +152,22 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def print_registration(url: str) -> int:
+    """``appservice-registration``: the YAML on stdout, or one line on stderr and status 2."""
+    try:
+        url = normalise_service_url(url)
+        as_token, hs_token, server_name, _interval = appservice_settings(os.environ)
+        if not as_token:
+            raise ConfigError(
+                "LIVEKIT_AS_TOKEN, LIVEKIT_HS_TOKEN and LIVEKIT_HS_SERVER_NAME must be set"
+            )
+    except ConfigError as exc:
+        print(f"{PROG}: {str(exc).replace('--service-url', '--url')}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(registration_yaml(url, as_token, hs_token, server_name))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m auth_service`` and ``matrix-sfu-auth``."""
     parser = argparse.ArgumentParser(
@@ -165,7 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="public base URL of this service, e.g. https://rtc.example.org/livekit/jwt",
     )
+    registration = commands.add_parser(
+        "appservice-registration",
+        help="print Synapse's application-service registration for this service",
+    )
+    registration.add_argument(
+        "--url",
+        required=True,
+        help="where the homeserver reaches this service, e.g. http://lk-jwt-service:8080",
+    )
     args = parser.parse_args(argv)
+
+    if args.command == "appservice-registration":
+        return print_registration(args.url)
 
     if args.command == "well-known":
         try:

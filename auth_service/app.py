@@ -8,7 +8,13 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
   ``delay_id``/``delay_timeout`` on the token endpoints (:mod:`auth_service.delegation`);
 * ``POST /sfu_webhook`` — the SFU's webhooks (no CORS), which feed the delegations;
 * ``GET|HEAD /healthz`` — liveness;
-* ``GET /metrics`` — Prometheus exposition (unless disabled).
+* ``GET /metrics`` — Prometheus exposition (unless disabled);
+* in application-service mode (:mod:`auth_service.appservice`), the homeserver's
+  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``.
+
+In application-service mode the token endpoints issue tokens only to users joined to the Matrix
+room (403 ``M_FORBIDDEN`` otherwise; 503 when the homeserver cannot say), checked after the
+per-user rate limit, and every token issued is remembered for :mod:`auth_service.membership`.
 
 The token endpoints answer ``OPTIONS`` with 200 and send upstream's CORS headers and
 ``Content-Type: application/json`` on every answer, errors and 405 included. A request goes
@@ -49,12 +55,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .appservice import AppServiceEndpoints, hs_token_refusal
 from .config import IpNetwork, Settings
 from .cs_api import CsApiResolver, CsApiUnresolvable, DelayedEvents
 from .delegation import DelegationLimit, Delegations, ServiceDeps
 from .delegation_job import JobParams
 from .job_store import JobStore, RedisJobStore
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
+from .membership import JoinedMembers, Membership, MembershipUnknown
 from .metrics import Metrics
 from .models import (
     BadJsonError,
@@ -66,6 +74,7 @@ from .models import (
     unauthorized,
 )
 from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
+from .proxied import CS_GET_TOKEN_PATH, USER_HEADER, parse_cs_get_token, proxied_user
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
@@ -91,6 +100,16 @@ MAX_IDENTITY_LENGTH: Final = 256
 """The SFU refuses tokens whose identity is longer (LiveKit's limit too)."""
 BUSY_RETRY_AFTER_SECONDS: Final = 1
 ROOM_CREATION_TIMEOUT_SECONDS: Final = 10.0
+
+OUTCOMES: Final = {
+    400: "bad_json",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "too_large",
+    429: "rate_limited",
+    503: "busy",
+}
+"""The ``outcome`` label of an error answer, by status."""
 
 CORS_HEADERS: Final = {
     "Access-Control-Allow-Origin": "*",
@@ -246,8 +265,10 @@ class TokenService:
         metrics: Metrics,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        membership: Membership | None = None,
     ) -> None:
         self.settings = settings
+        self.membership = membership
         self.verifier = verifier
         self.room_creator = room_creator
         self.delegations = delegations
@@ -392,14 +413,7 @@ class TokenService:
             log.info("%s: refused request from %r: %s", endpoint, self._client(request), error)
             return self._error(endpoint, outcome, error)
         except MatrixError as error:
-            outcome = {
-                400: "bad_json",
-                401: "unauthorized",
-                413: "too_large",
-                429: "rate_limited",
-                503: "busy",
-            }.get(error.status, "error")
-            return self._error(endpoint, outcome, error)
+            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
         except ClientDisconnect:
             return self._answer(endpoint, "disconnected", _empty(400))
         except Exception:
@@ -447,11 +461,20 @@ class TokenService:
             )
             raise unauthorized()
 
+        return await self._authorised(endpoint, client, grant, user_id)
+
+    async def _authorised(
+        self, endpoint: str, client: str, grant: _Grant, user_id: str, *, with_url: bool = True
+    ) -> Response:
+        """The rest of a token request once ``user_id`` is known (OpenID or the homeserver)."""
         wait = self.user_limiter.acquire(user_id)
         if wait > 0:
             self.metrics.limit_hit("auth_user_rate")
             log.info("%s: rate-limiting user %r", endpoint, user_id)
             raise self._rate_limited(wait)
+
+        if self.membership is not None and not grant.delegate_only:
+            await self._require_joined(endpoint, grant.matrix_room, user_id)
 
         full_access = is_full_access(grant.server_name, self.settings.full_access_homeservers)
         if grant.delay_id and not full_access:
@@ -501,6 +524,10 @@ class TokenService:
             if grant.delay_id:
                 await self._delegate(endpoint, grant, user_id, identity)
 
+        if self.membership is not None:
+            self.membership.issued(grant.matrix_room, user_id, grant.alias, identity)
+            # A leave pushed while this request was under way (the cached list has it).
+            await self._require_joined(endpoint, grant.matrix_room, user_id)
         access = "full" if full_access else "restricted"
         self.metrics.tokens_issued.labels(endpoint, access).inc()
         log.info(
@@ -515,8 +542,21 @@ class TokenService:
             bool(grant.delay_id),
             client,
         )
-        body = {"url": self.settings.livekit_url, "jwt": jwt}
+        body = {"url": self.settings.livekit_url, "jwt": jwt} if with_url else {"jwt": jwt}
         return self._answer(endpoint, "ok", _json(200, body))
+
+    async def _require_joined(self, endpoint: str, room_id: str, user_id: str) -> None:
+        assert self.membership is not None
+        try:
+            joined = await self.membership.is_joined(room_id, user_id)
+        except MembershipUnknown as exc:
+            log.warning(
+                "%s: cannot check membership of %r in %r: %s", endpoint, user_id, room_id, exc
+            )
+            raise MatrixError(503, "M_UNKNOWN", "Unable to check room membership") from None
+        if not joined:
+            log.info("%s: refused %r, not joined to %r", endpoint, user_id, room_id)
+            raise MatrixError(403, "M_FORBIDDEN", "User is not joined to the room")
 
     async def _resolve_cs_api(self, endpoint: str, grant: _Grant) -> None:
         try:
@@ -541,6 +581,46 @@ class TokenService:
         except DelegationLimit as exc:
             log.warning("%s: refused a delegation of %r: %s", endpoint, user_id, exc)
             raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
+
+    # --- MSC4512: get_token proxied by the homeserver -----------------------------------
+
+    async def proxied_get_token(self, request: Request) -> Response:
+        """Client-server ``get_token`` that the homeserver authenticated and forwarded."""
+        endpoint = "cs_get_token"
+        if request.method != "POST":
+            return self._answer(endpoint, "method_not_allowed", _empty(405, {"Allow": "POST"}))
+        try:
+            refusal = hs_token_refusal(request, self.settings.hs_token.encode("utf-8"))
+            if refusal is not None:
+                raise MatrixError(*refusal)
+            user_id = proxied_user(
+                request.headers.get(USER_HEADER, ""), self.settings.hs_server_name
+            )
+            req = parse_cs_get_token(await self._read_body(request))
+            if req.url != self.settings.livekit_url:
+                raise MatrixError(400, "M_INVALID_PARAM", "The requested `url` is not served here")
+            if req.member.claimed_user_id and req.member.claimed_user_id != user_id:
+                raise MatrixError(403, "M_FORBIDDEN", "`member.claimed_user_id` is not you")
+            grant = _Grant(
+                server_name=self.settings.hs_server_name,
+                access_token="",
+                claimed_user_id=user_id,
+                delay_id="",
+                delay_timeout=0,
+                matrix_room=req.room_id,
+                alias=room_alias(req.room_id, req.slot_id),
+                device_id=req.member.claimed_device_id,
+                member_id=req.member.id,
+            )
+            return await self._authorised(
+                endpoint, self._client(request), grant, user_id, with_url=False
+            )
+        except MatrixError as error:
+            if isinstance(error, BadJsonError) and error.limit:
+                self.metrics.limit_hit(error.limit)
+            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
+        except ClientDisconnect:
+            return self._answer(endpoint, "disconnected", _empty(400))
 
     # --- /sfu_webhook --------------------------------------------------------------------
 
@@ -641,6 +721,36 @@ def build_delegations(
     )
 
 
+def build_membership(
+    settings: Settings,
+    sfu: TwirpRoomService,
+    *,
+    resolver: Resolver | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    metrics: Metrics | None = None,
+) -> Membership:
+    """Membership checks and enforcement through the homeserver ``LIVEKIT_HS_SERVER_NAME``,
+    whose client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else
+    its ``.well-known/matrix/client``)."""
+    resolver = resolver or DnsResolver()
+    tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
+    cs_api = CsApiResolver(
+        resolver,
+        tls_context=tls_context,
+        overrides=settings.cs_api_url_overrides,
+        allow_private=settings.allow_private_homeservers,
+    )
+    members = JoinedMembers(
+        cs_api,
+        settings.hs_server_name,
+        settings.as_token,
+        resolver=resolver,
+        tls_context=tls_context,
+        limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
+    )
+    return Membership(members, sfu, limit_hit=metrics.limit_hit if metrics else lambda _limit: None)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -655,6 +765,9 @@ def create_app(
     metrics = metrics or Metrics()
     sfu = build_sfu_client(settings)
     delegations = delegations or build_delegations(settings, sfu, metrics=metrics)
+    membership = (
+        build_membership(settings, sfu, metrics=metrics) if settings.appservice_enabled else None
+    )
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
@@ -663,6 +776,7 @@ def create_app(
         metrics=metrics,
         clock=clock,
         wall_clock=wall_clock,
+        membership=membership,
     )
     routes = [
         Route("/sfu/get", _AnyMethod(service.sfu_get)),
@@ -673,13 +787,29 @@ def create_app(
     ]
     if settings.metrics_enabled:
         routes.append(Route("/metrics", _AnyMethod(service.metrics_endpoint)))
+    if membership is not None:
+        endpoints = AppServiceEndpoints(settings.hs_token, membership, metrics.limit_hit)
+        routes += [
+            Route("/_matrix/app/v1/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
+            Route("/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
+            Route("/_matrix/app/v1/ping", _AnyMethod(endpoints.ping)),
+            Route(CS_GET_TOKEN_PATH, _AnyMethod(service.proxied_get_token)),
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await delegations.start()
+        reconcile = None
+        interval = settings.membership_check_interval_seconds
+        if membership is not None and interval > 0:
+            reconcile = asyncio.create_task(membership.reconcile_forever(float(interval)))
         try:
             yield
         finally:
+            if reconcile is not None:
+                reconcile.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconcile
             await delegations.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -91,6 +91,17 @@ class Settings:
     metrics_enabled: bool = True
     max_delegated_leaves: int = 10_000
     max_delegated_leaves_per_user: int = 20
+    # Application-service mode (lk-jwt-service 0.5's variables): all three tokens or none.
+    as_token: str = ""
+    hs_token: str = ""
+    hs_server_name: str = ""
+    membership_check_interval_seconds: int = 60
+
+    @property
+    def appservice_enabled(self) -> bool:
+        """Whether ``LIVEKIT_AS_TOKEN``, ``LIVEKIT_HS_TOKEN`` and ``LIVEKIT_HS_SERVER_NAME`` are
+        set: then only joined members of a Matrix room get its tokens, and leavers are ejected."""
+        return bool(self.as_token)
 
 
 def _env(env: Mapping[str, str], name: str) -> str:
@@ -299,14 +310,34 @@ def _log_level(value: str) -> int:
     return level
 
 
-def _sanity_interval(value: str) -> int:
+def _seconds(value: str, variable: str, default: int) -> int:
     if value == "":
-        return 0
-    if not value.isascii() or not value.isdigit():
-        raise ConfigError(
-            f"LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS must be a non-negative integer, got {value!r}"
-        )
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise ConfigError(f"{variable} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _sanity_interval(value: str) -> int:
+    return _seconds(value, "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS", 0)
+
+
+def appservice_settings(env: Mapping[str, str]) -> tuple[str, str, str, int]:
+    """The application-service settings: all of the three variables or none of them."""
+    names = ("LIVEKIT_AS_TOKEN", "LIVEKIT_HS_TOKEN", "LIVEKIT_HS_SERVER_NAME")
+    values = [_trim(_env(env, name)) for name in names]
+    if any(values) and not all(values):
+        missing = ", ".join(n for n, v in zip(names, values, strict=True) if not v)
+        raise ConfigError(f"application-service mode needs {', '.join(names)}; missing {missing}")
+    as_token, hs_token, server_name = values
+    if as_token and as_token == hs_token:
+        raise ConfigError("LIVEKIT_AS_TOKEN and LIVEKIT_HS_TOKEN must differ")
+    interval = _seconds(
+        _env(env, "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS"),
+        "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS",
+        Settings.membership_check_interval_seconds,
+    )
+    return as_token, hs_token, server_name, interval
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
@@ -340,6 +371,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise ConfigError("LIVEKIT_FULL_ACCESS_HOMESERVERS lists no homeserver")
 
     bind_host, bind_port = _bind(env)
+    as_token, hs_token, hs_server_name, membership_interval = appservice_settings(env)
     skip_verify = _env(env, "LIVEKIT_INSECURE_SKIP_VERIFY_TLS") == SKIP_VERIFY_TLS_VALUE
 
     return Settings(
@@ -404,4 +436,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "LIVEKIT_AUTH_MAX_DELEGATED_LEAVES_PER_USER",
             Settings.max_delegated_leaves_per_user,
         ),
+        as_token=as_token,
+        hs_token=hs_token,
+        hs_server_name=hs_server_name,
+        membership_check_interval_seconds=membership_interval,
     )

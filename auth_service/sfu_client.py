@@ -10,8 +10,10 @@ a restricted user's token then admits them only to a room that exists.
 of ``LIVEKIT_URL`` (``ws``→``http``, ``wss``→``https``, a path prefix kept), each call
 authorised by an API-key JWT carrying only the grant it needs: ``roomCreate`` for
 ``CreateRoom``, ``roomAdmin`` for the one room for ``GetParticipant`` and ``ListParticipants``
-(which delayed-leave delegation uses to see who is connected). A Twirp ``not_found`` is
-:class:`RoomNotFound`; every other failure (a network error, a timeout, another Twirp error, an
+(which delayed-leave delegation uses to see who is connected) and ``RemoveParticipant``
+(which the application service uses to eject those who left the Matrix room), and
+``DeleteRoom`` with ``roomCreate`` (when the Matrix room is tombstoned). A Twirp
+``not_found`` is :class:`RoomNotFound`; every other failure (a network error, a timeout, another Twirp error, an
 answer that does not decode) is :class:`RoomServiceError`.
 """
 
@@ -112,6 +114,21 @@ class ParticipantDirectory(Protocol):
         ...
 
 
+class ParticipantRemover(ParticipantDirectory, Protocol):
+    """What membership enforcement needs: who is connected, ejecting one of them, and closing
+    a room."""
+
+    async def remove_participant(self, room: str, identity: str) -> bool:
+        """Disconnect ``identity`` from ``room``; ``False`` when it was not there; raises
+        :class:`RoomServiceError` when the SFU could not say."""
+        ...
+
+    async def delete_room(self, room: str) -> None:
+        """Close ``room``, disconnecting everyone in it (nothing when there is no such room);
+        raises :class:`RoomServiceError` on failure."""
+        ...
+
+
 class TwirpRoomService:
     """The SFU's RoomService over Twirp (protobuf), with API-key JWTs minted per call."""
 
@@ -191,18 +208,26 @@ class TwirpRoomService:
         )
         log.debug("room %r ready on the SFU (sid %s)", room.name, room.sid)
 
-    async def participant_exists(self, room: str, identity: str) -> bool:
-        """``GetParticipant``: ``not_found`` (no room or no participant) is ``False``."""
+    async def _participant_call(
+        self, method: str, room: str, identity: str, answer: type[_M]
+    ) -> bool:
+        """``method`` on one participant: ``False`` on ``not_found`` (no room or participant)."""
         try:
             await self._call(
-                "GetParticipant",
+                method,
                 {"roomAdmin": True, "room": room},
                 room_pb.RoomParticipantIdentity(room=room, identity=identity),
-                models.ParticipantInfo,
+                answer,
             )
         except RoomNotFound:
             return False
         return True
+
+    async def participant_exists(self, room: str, identity: str) -> bool:
+        """``GetParticipant``: ``not_found`` (no room or no participant) is ``False``."""
+        return await self._participant_call(
+            "GetParticipant", room, identity, models.ParticipantInfo
+        )
 
     async def participant_identities(self, room: str) -> frozenset[str]:
         """``ListParticipants``: a room that does not exist has nobody in it."""
@@ -216,6 +241,24 @@ class TwirpRoomService:
         except RoomNotFound:
             return frozenset()
         return frozenset(p.identity for p in answer.participants)
+
+    async def remove_participant(self, room: str, identity: str) -> bool:
+        """``RemoveParticipant``: ``False`` when the room or the participant is not there."""
+        return await self._participant_call(
+            "RemoveParticipant", room, identity, room_pb.RemoveParticipantResponse
+        )
+
+    async def delete_room(self, room: str) -> None:
+        """``DeleteRoom`` (a ``roomCreate`` grant); a room that does not exist is no error."""
+        try:
+            await self._call(
+                "DeleteRoom",
+                {"roomCreate": True},
+                room_pb.DeleteRoomRequest(room=room),
+                room_pb.DeleteRoomResponse,
+            )
+        except RoomNotFound:
+            return
 
 
 def _twirp_error(body: bytes) -> tuple[str, str]:

@@ -34,7 +34,7 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,10 +350,16 @@ def start_synapse(
     data_dir: Path,
     *,
     extra_config: dict[str, Any] | None = None,
+    app_service_config_files: Callable[[str], list[Path]] | None = None,
     python: Path | None = None,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> Synapse:
-    """Configure and start Synapse in ``data_dir``; raise :class:`SynapseError` on failure."""
+    """Configure and start Synapse in ``data_dir``; raise :class:`SynapseError` on failure.
+
+    ``app_service_config_files``, given the server name, writes the application-service
+    registrations Synapse is to load and returns their paths (each ``url`` must answer by the
+    time Synapse pushes events, or Synapse backs off for a while).
+    """
     python = python or Path(os.environ.get("SYNAPSE_PYTHON", str(DEFAULT_PYTHON)))
     if not python.exists():
         raise SynapseError(f"no Synapse interpreter at {python}; run `make synapse-venv`")
@@ -367,6 +373,9 @@ def start_synapse(
     log_path = data_dir / "homeserver.log"
     (data_dir / "log.yaml").write_text(yaml.safe_dump(_log_config(log_path)))
     config = _deep_merge(_config(data_dir, http_port, tls_port, secret), extra_config or {})
+    if app_service_config_files:
+        paths = app_service_config_files(str(config["server_name"]))
+        config["app_service_config_files"] = [str(path) for path in paths]
     config_path = data_dir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))
 

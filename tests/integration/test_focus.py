@@ -1,0 +1,377 @@
+"""Application-service mode end to end: real Synapse with the registration that
+``python -m auth_service appservice-registration`` prints, the real SFU, the auth service as a
+process and LiveKit SDK participants.
+
+One Synapse, SFU and auth service serve the whole module (Synapse backs off pushing to an
+application service that was down, so the auth service that receives the pushes stays up). Each
+test makes its own Matrix room with Alice (the observer) and Bob, who joins the call twice: with
+a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
+
+* Bob leaves, is kicked or is banned → Alice's client sees both of Bob's identities leave the
+  SFU within 1 s of the homeserver accepting the membership change (pushed, not polled:
+  this auth service's reconcile is off);
+* Alice upgrades the room (a tombstone) → ``DeleteRoom``: both clients are disconnected
+  within 1 s;
+* MSC4512: ``get_token`` asked of Synapse, which authenticates the client and proxies it here,
+  gives a working token to a member, 403 to a non-member and 400 for a foreign ``url``;
+* a user who never joined gets 403 ``M_FORBIDDEN`` from both token endpoints, and so does Bob
+  once he has left;
+* reconcile: a second auth service with the same tokens but no pushes (the homeserver does not
+  know its URL) removes a leaver within its ``LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import pytest_asyncio
+import yaml
+from livekit import rtc
+
+from auth_service.tokens import participant_identity
+from tests.harness.auth_service import AuthProcess
+from tests.harness.sfu import REPO_ROOT, SfuInstance, running_sfu
+from tests.harness.synapse import MatrixUser, Synapse, start_synapse
+from tests.harness.tokens import new_api_key_pair
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+EJECTED_WITHIN_S = 1.0
+WAIT_S = 20.0
+RECONCILE_INTERVAL_S = 1
+
+
+@dataclass
+class Focus:
+    synapse: Synapse
+    sfu: SfuInstance
+    auth: AuthProcess
+    env: dict[str, str]
+
+
+def registration_cli(url: str, env: dict[str, str]) -> str:
+    """What ``python -m auth_service appservice-registration --url URL`` prints."""
+    result = subprocess.run(
+        [sys.executable, "-m", "auth_service", "appservice-registration", "--url", url],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus]:
+    tmp = tmp_path_factory.mktemp("focus")
+    key, secret = new_api_key_pair()
+    auth = AuthProcess({}, tmp / "auth.log")
+    tokens = {"LIVEKIT_AS_TOKEN": secrets.token_urlsafe(24), "LIVEKIT_HS_TOKEN": ""}
+    tokens["LIVEKIT_HS_TOKEN"] = secrets.token_urlsafe(24)
+
+    def registrations(server_name: str) -> list[Path]:
+        tokens["LIVEKIT_HS_SERVER_NAME"] = server_name
+        path = tmp / "lk-jwt-service.yaml"
+        path.write_text(registration_cli(auth.url, tokens))
+        return [path]
+
+    async with running_sfu(tmp / "sfu", api_key=key, api_secret=secret) as sfu:
+        synapse = start_synapse(
+            tmp / "synapse",
+            app_service_config_files=registrations,
+            extra_config={"experimental_features": {"msc4512_enabled": True}},
+        )
+        server = synapse.server_name
+        env = {
+            **tokens,
+            "LIVEKIT_URL": sfu.url,
+            "LIVEKIT_KEY": key,
+            "LIVEKIT_SECRET": secret,
+            "LIVEKIT_FULL_ACCESS_HOMESERVERS": server,
+            "LIVEKIT_AUTH_HOMESERVER_URLS": f"{server}={synapse.client_url}",
+            "LIVEKIT_CS_API_URL_OVERRIDES": f"{server}={synapse.client_url}",
+            "LIVEKIT_AUTH_ALLOW_PRIVATE_HOMESERVERS": "true",
+            "LIVEKIT_AUTH_RATE_LIMIT_USER_BURST": "1000",
+            "LIVEKIT_AUTH_RATE_LIMIT_IP_BURST": "1000",
+            "LIVEKIT_LOG_LEVEL": "debug",
+        }
+        auth.env.update({**env, "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS": "0"})
+        try:
+            auth.start()
+            yield Focus(synapse, sfu, auth, env)
+        finally:
+            auth.kill(signal.SIGTERM)
+            auth.kill()
+            synapse.stop()
+
+
+class Matrix:
+    """Client-server calls of one user."""
+
+    def __init__(self, synapse: Synapse, user: MatrixUser) -> None:
+        self.user = user
+        self.http = httpx.AsyncClient(
+            base_url=synapse.client_url,
+            headers={"Authorization": f"Bearer {user.access_token}"},
+            timeout=WAIT_S,
+        )
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post(path, json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def room_path(room_id: str, action: str) -> str:
+    return f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/{action}"
+
+
+async def token(
+    auth: AuthProcess, synapse: Synapse, user: MatrixUser, room_id: str, *, legacy: bool
+) -> httpx.Response:
+    openid = await asyncio.to_thread(synapse.openid_token, user)
+    if legacy:
+        path, body = (
+            "/sfu/get",
+            {"room": room_id, "openid_token": openid, "device_id": user.device_id},
+        )
+    else:
+        path = "/get_token"
+        body = {
+            "room_id": room_id,
+            "slot_id": "m.call#ROOM",
+            "openid_token": openid,
+            "member": {
+                "id": f"member-{secrets.token_hex(4)}",
+                "claimed_user_id": user.user_id,
+                "claimed_device_id": user.device_id,
+            },
+        }
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        return await http.post(f"{auth.url}{path}", json=body)
+
+
+async def jwt(
+    auth: AuthProcess, synapse: Synapse, user: MatrixUser, room_id: str, *, legacy: bool
+) -> str:
+    response = await token(auth, synapse, user, room_id, legacy=legacy)
+    assert response.status_code == 200, f"{response.text}\n{auth.log_tail()}"
+    return str(response.json()["jwt"])
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, token: str) -> AsyncIterator[rtc.Room]:
+    room = rtc.Room()
+    await asyncio.wait_for(room.connect(url, token), WAIT_S)
+    try:
+        yield room
+    finally:
+        await room.disconnect()
+
+
+async def call_of_two(focus: Focus, name: str) -> tuple[Matrix, Matrix, str]:
+    """Alice's room, which Bob joined."""
+    synapse = focus.synapse
+    alice = Matrix(synapse, await asyncio.to_thread(synapse.create_user, f"{name}_alice", "ALICE"))
+    bob = Matrix(synapse, await asyncio.to_thread(synapse.create_user, f"{name}_bob", "BOB"))
+    room_id = (await alice.post("/_matrix/client/v3/createRoom", {"preset": "private_chat"}))[
+        "room_id"
+    ]
+    await alice.post(room_path(room_id, "invite"), {"user_id": bob.user.user_id})
+    await bob.post(room_path(room_id, "join"), {})
+    return alice, bob, room_id
+
+
+def departures(room: rtc.Room) -> dict[str, float]:
+    """Identity → when ``room`` saw that participant leave."""
+    seen: dict[str, float] = {}
+    room.on("participant_disconnected", lambda p: seen.setdefault(p.identity, time.monotonic()))
+    return seen
+
+
+async def until(condition: Any, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", ["leave", "kick", "ban"])
+async def test_a_leaver_is_ejected_from_the_sfu_within_a_second(focus: Focus, how: str) -> None:
+    alice, bob, room_id = await call_of_two(focus, f"eject_{how}")
+    auth, synapse, url = focus.auth, focus.synapse, focus.sfu.url
+    alice_jwt = await jwt(auth, synapse, alice.user, room_id, legacy=False)
+    bob_legacy = await jwt(auth, synapse, bob.user, room_id, legacy=True)
+    bob_hashed = await jwt(auth, synapse, bob.user, room_id, legacy=False)
+    async with connected(url, alice_jwt) as observer:
+        seen = departures(observer)
+        async with connected(url, bob_legacy) as legacy, connected(url, bob_hashed) as hashed:
+            bobs = {legacy.local_participant.identity, hashed.local_participant.identity}
+            await until(lambda: bobs <= set(observer.remote_participants), "Bob in the call")
+            started = time.monotonic()
+            if how == "leave":
+                await bob.post(room_path(room_id, "leave"), {})
+            else:
+                await alice.post(room_path(room_id, how), {"user_id": bob.user.user_id})
+            await until(lambda: bobs <= set(seen), "Bob's identities leaving", EJECTED_WITHIN_S * 5)
+            took = max(seen[identity] for identity in bobs) - started
+            print(
+                f"{how}: both of Bob's identities left the SFU {took * 1000:.0f} ms after the {how}"
+            )
+            assert took < EJECTED_WITHIN_S, f"{how}: ejected after {took:.2f} s\n{auth.log_tail()}"
+            assert alice.user.user_id + ":ALICE" not in seen
+        for legacy_endpoint in (True, False):
+            refused = await token(auth, synapse, bob.user, room_id, legacy=legacy_endpoint)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["errcode"] == "M_FORBIDDEN"
+    focus.sfu.assert_alive()
+
+
+async def test_an_upgraded_room_closes_its_call(focus: Focus) -> None:
+    alice, bob, room_id = await call_of_two(focus, "upgrade")
+    auth, synapse, url = focus.auth, focus.synapse, focus.sfu.url
+    alice_jwt = await jwt(auth, synapse, alice.user, room_id, legacy=False)
+    bob_jwt = await jwt(auth, synapse, bob.user, room_id, legacy=True)
+    async with connected(url, alice_jwt) as alices, connected(url, bob_jwt) as bobs:
+        closed: dict[str, float] = {}
+        for name, room in (("alice", alices), ("bob", bobs)):
+            room.on("disconnected", lambda _reason, n=name: closed.setdefault(n, time.monotonic()))
+        await until(lambda: len(alices.remote_participants) == 1, "Bob in the call")
+        started = time.monotonic()
+        await alice.post(room_path(room_id, "upgrade"), {"new_version": "11"})
+        await until(lambda: len(closed) == 2, "the call closing", EJECTED_WITHIN_S * 5)
+        took = max(closed.values()) - started
+        print(f"upgrade: both clients disconnected {took * 1000:.0f} ms after the upgrade")
+        assert took < EJECTED_WITHIN_S, f"closed after {took:.2f} s\n{auth.log_tail()}"
+
+
+async def test_get_token_through_the_homeservers_proxy(focus: Focus) -> None:
+    """MSC4512: the client asks its homeserver, which authenticates it and forwards to us."""
+    alice, _bob, room_id = await call_of_two(focus, "proxied")
+    carol = Matrix(
+        focus.synapse, await asyncio.to_thread(focus.synapse.create_user, "proxied_carol", "CAROL")
+    )
+    path = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token"
+
+    def body(user: Matrix, url: str = focus.sfu.url) -> dict[str, Any]:
+        return {
+            "url": url,
+            "room_id": room_id,
+            "slot_id": "m.call#ROOM",
+            "member": {"id": "proxied-member", "claimed_device_id": user.user.device_id},
+        }
+
+    answer = await alice.http.post(path, json=body(alice))
+    assert answer.status_code == 200, f"{answer.text}\n{focus.auth.log_tail()}"
+    assert set(answer.json()) == {"jwt"}
+    async with connected(focus.sfu.url, answer.json()["jwt"]) as room:
+        assert room.local_participant.identity == participant_identity(
+            alice.user.user_id, "ALICE", "proxied-member"
+        )
+    stranger = await carol.http.post(path, json=body(carol))
+    assert (stranger.status_code, stranger.json()["errcode"]) == (403, "M_FORBIDDEN")
+    wrong_url = await alice.http.post(path, json=body(alice, "wss://elsewhere.test"))
+    assert (wrong_url.status_code, wrong_url.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    # Without Synapse in between (no hs_token), the route refuses.
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        direct = await http.post(
+            f"{focus.auth.url}{path}",
+            json=body(alice),
+            headers={"X-Matrix-User-Identifier": alice.user.user_id},
+        )
+    assert direct.status_code == 401
+
+
+async def test_a_user_who_never_joined_gets_403_from_both_endpoints(focus: Focus) -> None:
+    alice, _bob, room_id = await call_of_two(focus, "stranger")
+    synapse = focus.synapse
+    carol = await asyncio.to_thread(synapse.create_user, "stranger_carol", "CAROL")
+    for legacy in (True, False):
+        response = await token(focus.auth, synapse, carol, room_id, legacy=legacy)
+        assert response.status_code == 403, response.text
+        assert response.json() == {
+            "errcode": "M_FORBIDDEN",
+            "error": "User is not joined to the room",
+        }
+        # A joined member of the same room still gets a token.
+        assert (
+            await token(focus.auth, synapse, alice.user, room_id, legacy=legacy)
+        ).status_code == 200
+
+
+async def test_reconcile_removes_a_leaver_it_was_not_told_about(
+    focus: Focus, tmp_path: Path
+) -> None:
+    """A second auth service, same tokens, unknown to the homeserver: only reconcile acts."""
+    alice, bob, room_id = await call_of_two(focus, "reconcile")
+    polling = AuthProcess(
+        {**focus.env, "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS": str(RECONCILE_INTERVAL_S)},
+        tmp_path / "polling-auth.log",
+    )
+    polling.start()
+    try:
+        synapse, url = focus.synapse, focus.sfu.url
+        alice_jwt = await jwt(polling, synapse, alice.user, room_id, legacy=False)
+        bob_jwt = await jwt(polling, synapse, bob.user, room_id, legacy=False)
+        async with connected(url, alice_jwt) as observer:
+            seen = departures(observer)
+            async with connected(url, bob_jwt) as bobs_room:
+                identity = bobs_room.local_participant.identity
+                await until(lambda: identity in observer.remote_participants, "Bob in the call")
+                # The pushed leave reaches only the registered service, which never issued
+                # this hashed identity: the polling service's reconcile must find it.
+                started = time.monotonic()
+                await bob.post(room_path(room_id, "leave"), {})
+                await until(
+                    lambda: identity in seen, "reconcile removing Bob", 10 * RECONCILE_INTERVAL_S
+                )
+                took = seen[identity] - started
+                print(
+                    f"reconcile: Bob removed {took:.2f} s after leaving (interval {RECONCILE_INTERVAL_S} s)"
+                )
+            assert len(observer.remote_participants) == 0
+        log = await asyncio.to_thread(polling.log_path.read_text)
+        assert "not joined to" in log, log
+    finally:
+        polling.kill(signal.SIGTERM)
+        polling.kill()
+
+
+async def test_synapse_loaded_the_printed_registration(focus: Focus) -> None:
+    registration = yaml.safe_load(registration_cli(focus.auth.url, focus.env))
+    assert registration["url"] == focus.auth.url
+    assert registration["as_token"] == focus.env["LIVEKIT_AS_TOKEN"]
+    assert registration["hs_token"] == focus.env["LIVEKIT_HS_TOKEN"]
+    loaded = focus.synapse.config()["app_service_config_files"]
+    assert yaml.safe_load(await asyncio.to_thread(Path(loaded[0]).read_text)) == registration
+    # The homeserver knows the application service's user: whoami with the as_token.
+    async with httpx.AsyncClient(base_url=focus.synapse.client_url, timeout=WAIT_S) as http:
+        whoami = await http.get(
+            "/_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {registration['as_token']}"},
+        )
+        # Synapse pings the service with the hs_token (the spec's appservice ping).
+        ping = await http.post(
+            "/_matrix/client/v1/appservice/lk-jwt-service/ping",
+            json={"transaction_id": "focus-test"},
+            headers={"Authorization": f"Bearer {registration['as_token']}"},
+        )
+    assert whoami.json()["user_id"] == f"@_lk_jwt_service:{focus.synapse.server_name}"
+    assert ping.status_code == 200, ping.text
+    assert "duration_ms" in ping.json()
