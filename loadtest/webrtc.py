@@ -266,6 +266,12 @@ class Transport:
         self.controlling = controlling
         self._gatherer = RTCIceGatherer(iceServers=[])
         self._ice = RTCIceTransport(self._gatherer)
+        # The role from the start (aiortc creates the agent controlled): an answering server
+        # begins its checks as soon as it has our offer, before `start`. An agent still
+        # "controlled" then, while the server is too, settles the conflict by tie-breaker and
+        # may turn the server controlling just before we become controlling ourselves: both
+        # agents controlling, and now and then ICE never completes on our side.
+        self._ice._connection.ice_controlling = controlling
         self._dtls = RTCDtlsTransport(self._ice, [certificate()])
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._remote_addr: Any = None
