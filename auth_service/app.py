@@ -57,12 +57,11 @@ from starlette.types import Receive, Scope, Send
 
 from .appservice import AppServiceEndpoints, hs_token_refusal
 from .config import IpNetwork, Settings
-from .cs_api import CsApiResolver, CsApiUnresolvable, DelayedEvents
-from .delegation import DelegationLimit, Delegations, ServiceDeps
+from .cs_api import CsApiUnresolvable
+from .delegation import DelegationLimit, Delegations
 from .delegation_job import JobParams
-from .job_store import JobStore, RedisJobStore
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
-from .membership import JoinedMembers, Membership, MembershipUnknown
+from .membership import Membership, MembershipUnknown
 from .metrics import Metrics
 from .models import (
     BadJsonError,
@@ -78,9 +77,7 @@ from .proxied import CS_GET_TOKEN_PATH, USER_HEADER, parse_cs_get_token, proxied
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
-    ParticipantDirectory,
     RoomCreator,
-    TwirpRoomService,
     is_full_access,
 )
 from .sfu_webhook import WebhookError
@@ -92,6 +89,7 @@ from .tokens import (
     participant_identity,
     room_alias,
 )
+from .wiring import build_delegations, build_membership, build_sfu_client
 
 log = logging.getLogger(__name__)
 
@@ -668,87 +666,6 @@ class _AnyMethod:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handler(Request(scope, receive))
         await response(scope, receive, send)
-
-
-def build_sfu_client(
-    settings: Settings,
-    *,
-    resolver: Resolver | None = None,
-    tls_context: ssl.SSLContext | None = None,
-) -> TwirpRoomService:
-    """The SFU's RoomService at ``LIVEKIT_SFU_API_URL``, or else the HTTP form of ``LIVEKIT_URL``."""
-    return TwirpRoomService(
-        settings.sfu_api_url or settings.livekit_url,
-        TokenMinter(settings.api_key, settings.api_secret),
-        resolver=resolver or DnsResolver(),
-        tls_context=tls_context or client_tls_context(verify=not settings.skip_verify_tls),
-    )
-
-
-def build_delegations(
-    settings: Settings,
-    sfu: ParticipantDirectory,
-    *,
-    resolver: Resolver | None = None,
-    tls_context: ssl.SSLContext | None = None,
-    metrics: Metrics | None = None,
-    store: JobStore | None = None,
-) -> Delegations:
-    """Delayed-leave delegation for ``settings`` (Redis when ``LIVEKIT_REDIS_URL`` is set)."""
-    resolver = resolver or DnsResolver()
-    tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
-    deps = ServiceDeps(
-        sfu,
-        CsApiResolver(
-            resolver,
-            tls_context=tls_context,
-            overrides=settings.cs_api_url_overrides,
-            allow_private=settings.allow_private_homeservers,
-        ),
-        DelayedEvents(
-            resolver, tls_context=tls_context, allow_private=settings.allow_private_homeservers
-        ),
-    )
-    if store is None and settings.redis_url:
-        store = RedisJobStore(settings.redis_url)
-    return Delegations(
-        deps,
-        store=store,
-        sanity_interval=float(settings.sanity_check_interval_seconds),
-        max_jobs=settings.max_delegated_leaves,
-        max_jobs_per_user=settings.max_delegated_leaves_per_user,
-        metrics=metrics,
-    )
-
-
-def build_membership(
-    settings: Settings,
-    sfu: TwirpRoomService,
-    *,
-    resolver: Resolver | None = None,
-    tls_context: ssl.SSLContext | None = None,
-    metrics: Metrics | None = None,
-) -> Membership:
-    """Membership checks and enforcement through the homeserver ``LIVEKIT_HS_SERVER_NAME``,
-    whose client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else
-    its ``.well-known/matrix/client``)."""
-    resolver = resolver or DnsResolver()
-    tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
-    cs_api = CsApiResolver(
-        resolver,
-        tls_context=tls_context,
-        overrides=settings.cs_api_url_overrides,
-        allow_private=settings.allow_private_homeservers,
-    )
-    members = JoinedMembers(
-        cs_api,
-        settings.hs_server_name,
-        settings.as_token,
-        resolver=resolver,
-        tls_context=tls_context,
-        limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
-    )
-    return Membership(members, sfu, limit_hit=metrics.limit_hit if metrics else lambda _limit: None)
 
 
 def create_app(
