@@ -317,20 +317,25 @@ class SfuRequest:
 
     def validate(self) -> None:
         """Upstream's checks, in upstream's order."""
+        self._require_fields(article="a ")
+        _check_delay_pair(self.delay_id, self.delay_timeout)
+
+    def _require_fields(self, *, article: str) -> None:
+        """The required fields, in upstream's order; its messages name the missing ones with
+        ``article`` ("a " on ``/get_token``, none on ``/delegate_delayed_leave``)."""
         if self.room_id == "" or self.slot_id == "":
             raise BadJsonError("The request body is missing `room_id` or `slot_id`")
         member = self.member
         if member.id == "" or member.claimed_user_id == "" or member.claimed_device_id == "":
             raise BadJsonError(
-                "The request body `member` is missing a `id`, `claimed_user_id` or "
+                f"The request body `member` is missing {article}`id`, `claimed_user_id` or "
                 "`claimed_device_id`"
             )
         if self.openid_token.access_token == "" or self.openid_token.matrix_server_name == "":
             raise BadJsonError(
-                "The request body `openid_token` is missing a `access_token` or "
+                f"The request body `openid_token` is missing {article}`access_token` or "
                 "`matrix_server_name`"
             )
-        _check_delay_pair(self.delay_id, self.delay_timeout)
         check_device_id(self.member.claimed_device_id, "claimed_device_id")
 
 
@@ -348,18 +353,7 @@ class DelegateDelayedLeaveRequest(SfuRequest):
 
     def validate(self) -> None:
         """Upstream's checks and messages (which differ from ``/get_token``'s in wording)."""
-        if self.room_id == "" or self.slot_id == "":
-            raise BadJsonError("The request body is missing `room_id` or `slot_id`")
-        member = self.member
-        if member.id == "" or member.claimed_user_id == "" or member.claimed_device_id == "":
-            raise BadJsonError(
-                "The request body `member` is missing `id`, `claimed_user_id` or "
-                "`claimed_device_id`"
-            )
-        if self.openid_token.access_token == "" or self.openid_token.matrix_server_name == "":
-            raise BadJsonError(
-                "The request body `openid_token` is missing `access_token` or `matrix_server_name`"
-            )
+        self._require_fields(article="")
         if self.delay_id == "" or self.delay_timeout <= 0:
             raise BadJsonError(_DELAY_MISSING)
         check_device_id(self.member.claimed_device_id, "claimed_device_id")
