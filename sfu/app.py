@@ -42,7 +42,7 @@ from sfu.api.twirp import PREFIX as TWIRP_PREFIX
 from sfu.api.twirp import TwirpError
 from sfu.api.webhook import WebhookNotifier
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
-from sfu.config import Config
+from sfu.config import Config, media_workers
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
 from sfu.lifecycle import DRAINING_MESSAGE, Readiness
@@ -54,6 +54,7 @@ from sfu.room import Participant, ParticipantOptions, RoomManager, signalling
 from sfu.room.participant import TOKEN_REFRESH_INTERVAL
 from sfu.signal.session import CLOSE_NORMAL, SignalSession
 from sfu.turn import ice_servers_for
+from sfu.workers.pool import WorkerCollector, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class Sfu:
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
     webhooks: WebhookNotifier | None = None
     readiness: Readiness = dataclasses.field(default_factory=Readiness)
+    #: the media worker processes (rtc.workers > 1); None: media in this process
+    workers: WorkerPool | None = None
     _warned_per_ip: bool = False
 
     @property
@@ -151,6 +154,15 @@ class Sfu:
         if config.webhook.urls:
             webhooks = WebhookNotifier(config.webhook.urls, config.webhook.api_key, config.keys)
             rooms.observer = webhooks
+        workers = None
+        if media_workers(config.rtc) > 1:
+            workers = WorkerPool(
+                media_workers(config.rtc),
+                transport_config,
+                config.rtc.fast_path,
+                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            )
+            metrics.registry.register(WorkerCollector(workers))
         return cls(
             config,
             node_id,
@@ -161,6 +173,7 @@ class Sfu:
             cpu_load,
             ledger,
             webhooks,
+            workers=workers,
         )
 
     # -- admission ------------------------------------------------------------------------------
@@ -283,9 +296,22 @@ class Sfu:
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
-        participant = Participant(
-            grants, options, self.transport_config, session.send, self.refresh_token
-        )
+        media = self.workers.place() if self.workers is not None else None
+        if media is None:
+            participant = Participant(
+                grants, options, self.transport_config, session.send, self.refresh_token
+            )
+        else:
+            participant = Participant(
+                grants,
+                options,
+                self.transport_config,
+                session.send,
+                self.refresh_token,
+                peer_factory=media,
+                media=media,
+            )
+            media.on_lost = lambda: _worker_lost(participant)
         COUNTERS.participant_joins += 1
         self.cpu_load.note_admission()
 
@@ -302,7 +328,11 @@ class Sfu:
                 if reservation is not None:
                     reservation.joined()
 
-        await session.run(participant, on_ready=join)
+        try:
+            await session.run(participant, on_ready=join)
+        finally:
+            if media is not None:
+                media.close()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop admitting, wait (at most `timeout_s`) for the sessions to end, then ask the
@@ -374,6 +404,16 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
+_LOST: set[asyncio.Task[None]] = set()
+
+
+def _worker_lost(participant: Participant) -> None:
+    """Its media worker died: it rejoins (LeaveRequest RECONNECT), on a live worker."""
+    task = asyncio.ensure_future(participant.close(models.DisconnectReason.SERVER_SHUTDOWN))
+    _LOST.add(task)
+    task.add_done_callback(_LOST.discard)
+
+
 def _task_count() -> int:
     try:
         return len(asyncio.all_tasks())
@@ -411,7 +451,10 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         udp_port = sfu.transport_config.udp_port
-        if udp_port:  # bind the shared sockets now: a taken port is a startup error
+        if sfu.workers is not None:  # each worker binds its own (udp_port + index)
+            await sfu.workers.start()
+            log.info("%d media workers: pids %s", len(sfu.workers.links), sfu.workers.pids())
+        elif udp_port:  # bind the shared sockets now: a taken port is a startup error
             for address in sfu.transport_config.bind_addresses:
                 await open_mux(address, udp_port)
             log.info("ICE/media on UDP port %d (one socket per bind address)", udp_port)
@@ -451,6 +494,8 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
                 metrics_server.should_exit = True
                 await metrics_task
             await sfu.rooms.close_all()
+            if sfu.workers is not None:
+                await sfu.workers.close()
             if sfu.webhooks is not None:
                 await sfu.webhooks.close()  # after close_all: room_finished goes out too
             close_muxes()

@@ -128,6 +128,9 @@ class RtcConfig:
     #: not a LiveKit key: send ICE checks to a client's private candidates (RFC 1918, CGNAT,
     #: ULA) even when the SFU advertises no private address itself
     allow_private_candidates: bool = False
+    #: not a LiveKit key: media worker processes under this (control) process; 1 = media in
+    #: this process, 0 = one per CPU. With rtc.udp_port P, worker i listens on UDP P + i.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,12 @@ class WebhookConfig:
 
 #: drain_timeout's bounds (seconds)
 MAX_DRAIN_TIMEOUT = 24 * 3600
+MAX_WORKERS = 256
+
+
+def media_workers(rtc: RtcConfig) -> int:
+    """How many media worker processes ``rtc.workers`` asks for (0: one per CPU)."""
+    return rtc.workers or len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -433,6 +442,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("rtc.port_range_start: must be set when rtc.port_range_end is")
     if not 0 <= rtc.udp_port < 65536:
         raise ConfigError(f"rtc.udp_port: {rtc.udp_port} is not a valid UDP port")
+    if not 0 <= rtc.workers <= MAX_WORKERS:
+        raise ConfigError(f"rtc.workers: must be 0 (one per CPU) to {MAX_WORKERS}")
+    if rtc.udp_port and rtc.udp_port + media_workers(rtc) - 1 >= 65536:
+        raise ConfigError("rtc.udp_port: the workers' ports (udp_port + i) pass 65535")
     if rtc.send_mode not in SEND_MODES:
         raise ConfigError(f"rtc.send_mode: must be one of {', '.join(SEND_MODES)}")
     if rtc.fast_path not in FAST_PATH_MODES:

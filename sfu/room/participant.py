@@ -7,9 +7,9 @@ subscriber PC's offers `sfu.room.subscriber_offers`; the participant creates the
 It knows its room only as `RoomEvents` (`sfu.room.types`), which the room implements: this
 module never imports `sfu.room.room`.
 
-Publisher PC: the client offers, we answer (echoing the offer id) and bind each sending m-line to
-the AddTrackRequest with the same cid. Subscriber PC: we offer, one at a time, whenever the set
-of subscribed tracks changes.
+Publisher PC: the client offers, we answer and bind each sending m-line to its AddTrackRequest.
+Subscriber PC: we offer whenever the subscribed tracks change. Both, and the media objects
+behind them, come from injected factories (`peer_factory`, `media`: here or in a worker).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sfu.media.rtp import rtcp
 from sfu.media.transport import PeerTransport, TransportConfig
 from sfu.metrics import COUNTERS
 from sfu.room import signalling
+from sfu.room.media import LOCAL_MEDIA, MediaFactory
 from sfu.room.peers import EarlyCandidates, close_peers
 from sfu.room.permission import SubscriptionPermissions, relayable
 from sfu.room.publication import PublishedTrack, Subscription
@@ -67,6 +68,7 @@ class Participant:
         *,
         events: RoomEvents | None = None,
         peer_factory: PeerFactory = PeerTransport,
+        media: MediaFactory = LOCAL_MEDIA,
         clock: Clock = time.time,
     ) -> None:
         self.grants = grants
@@ -75,8 +77,7 @@ class Participant:
         self._send = send
         self._refresh_token = refresh_token
         self.peer_factory = peer_factory
-        #: called once when the participant closes, after its leave was sent: the session
-        #: flushes its outbox and closes the WebSocket
+        #: called once at close, after the leave was sent (the session flushes, then closes)
         self.on_close: Callable[[], None] | None = None
         #: called once the room holds this participant (before its transports start)
         self.on_joined: Callable[[], None] | None = None
@@ -100,6 +101,7 @@ class Participant:
             self.send,
             can_publish=self.permission.can_publish,
             sources=grants.video.can_publish_sources,
+            media=media,
         )
         self.subscribed = Subscriptions(
             self.identity,
@@ -108,6 +110,7 @@ class Participant:
             lambda: self.offers.schedule(),
             adaptive_stream=options.adaptive_stream,
             can_subscribe=self.can_subscribe,
+            media=media,
         )
         self.offers = SubscriberOffers(self.subscribed, self.send, self._spawn, name=self.identity)
         self._events: RoomEvents = NullRoomEvents()
@@ -270,8 +273,7 @@ class Participant:
 
     # -- the publisher PC -------------------------------------------------------------------------
     def keep_early_candidate(self, candidate_init: str) -> bool:
-        """Keep a publisher candidate trickled before the publisher PC exists; False when the
-        participant already holds `peers.MAX_EARLY_CANDIDATES` of them (counted)."""
+        """Keep a publisher candidate trickled before its PC exists (False past the cap)."""
         if self.closed or self.publisher is not None:
             return False
         return self._early_candidates.keep(candidate_init)
@@ -319,8 +321,7 @@ class Participant:
         return self.subscription_permission.allows(subscriber.identity, subscriber.sid, track.sid)
 
     def update_subscription_permission(self, request: rtc.SubscriptionPermission) -> None:
-        """A publisher's SubscriptionPermission: drop the subscriptions it no longer allows and
-        grant the waiting ones it now allows (LiveKit's SubscriptionPermissionUpdate both ways)."""
+        """A publisher's SubscriptionPermission: subscriptions follow it, both ways."""
         self.subscription_permission.update(request)
         self.events.permission_changed()
 
@@ -388,12 +389,11 @@ class Participant:
             self.send(rtc.SignalResponse(refresh_token=self._refresh_token(self.grants)))
 
 
-def _ignore_rtp(_data: bytes) -> None:
-    """The subscriber PC receives no media (sendonly m-lines)."""
+def _ignore_rtp(_data: bytes) -> None:  # the subscriber PC receives no media (sendonly)
+    pass
 
 
-#: a transport that ended: the peer's DTLS close_notify is the client hanging up (SDKs close their
-#: PCs as they send leave, which may arrive second); ICE or DTLS failure is a timeout
+#: a transport that ended: DTLS close_notify is the client hanging up; ICE/DTLS failure a timeout
 _END_REASONS = {
     "closed": models.DisconnectReason.CLIENT_INITIATED,
     "failed": models.DisconnectReason.CONNECTION_TIMEOUT,

@@ -9,10 +9,9 @@ from typing import Protocol
 from livekit.protocol import models, rtc
 
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid
-from sfu.media.forwarder import DownTrack
-from sfu.media.receiver import TrackReceiver
 from sfu.room.dynacast import Dynacast
 from sfu.room.layer_selection import preferred_layer
+from sfu.room.media import Forwarding, Receiver
 from sfu.room.permission import SubscriptionPermissions
 
 
@@ -35,7 +34,7 @@ class PublishedTrack:
 
     info: models.TrackInfo
     publisher: TrackPublisher
-    receiver: TrackReceiver
+    receiver: Receiver
     mid: str
     #: (width, height) and VideoQuality of each spatial layer, lowest first
     layer_sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -63,7 +62,7 @@ class PublishedTrack:
 @dataclass
 class Subscription:
     track: PublishedTrack
-    downtrack: DownTrack
+    downtrack: Forwarding
     mid: str
     stream_id: str = field(default="")
     paused: bool = False  # last StreamState sent to the subscriber

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from livekit.protocol import models, rtc
 
 from sfu.ids import TrackSid
-from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.transport import PublishedMedia
 from sfu.metrics import COUNTERS
 from sfu.room.dynacast import Dynacast
 from sfu.room.layer_selection import QUALITY_HIGH, layer_sizes
+from sfu.room.media import LOCAL_MEDIA, MediaFactory, ReceiverSpec
 from sfu.room.publication import PublishedTrack, TrackPublisher
 from sfu.room.track import PendingTrack, TrackRequestError, bind_layers, track_info_from_request
 from sfu.room.types import NullRoomEvents, Peer, RoomEvents
@@ -39,8 +39,10 @@ class Publications:
         *,
         can_publish: bool = True,
         sources: Sequence[str] = (),
+        media: MediaFactory = LOCAL_MEDIA,
     ) -> None:
         self.owner = owner
+        self.media = media
         self._send = send
         self.can_publish = can_publish
         #: the sources the token lets it publish (empty: any)
@@ -48,7 +50,7 @@ class Publications:
         self.events: RoomEvents = NullRoomEvents()
         #: the publisher PC; None until the client's first offer
         self.peer: Peer | None = None
-        self.demuxer = RtpDemuxer()
+        self.demuxer = media.demuxer()
         self.pending: dict[str, PendingTrack] = {}
         self.published: dict[TrackSid, PublishedTrack] = {}
 
@@ -128,15 +130,10 @@ class Publications:
         spatial_by_rid = bind_layers(pending.info, list(media.rids), mime, media.mid)
         if codec.name.lower() == "vp8" and pending.info.codecs:
             pending.info.codecs[0].mime_type = "video/VP8"
-        receiver = TrackReceiver(
-            kind=media.kind,
-            mime_type=mime,
-            clock_rate=codec.clock_rate,
-            layer_count=len(spatial_by_rid),
-            send_rtcp=self.peer.send_rtcp,
-            codec=codec,
+        spec = ReceiverSpec(
+            media.kind, mime, codec.clock_rate, len(spatial_by_rid), codec, pending.info.muted
         )
-        receiver.muted = pending.info.muted
+        receiver = self.media.receiver(self.peer, spec)
         self.demuxer.bind(media.mid, receiver, spatial_by_rid, payload_type=codec.payload_type)
         track = PublishedTrack(
             info=pending.info, publisher=self.owner, receiver=receiver, mid=media.mid

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from livekit.protocol import models, rtc
 
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_ssrc
-from sfu.media.forwarder import DownTrack, FeedbackRouter
 from sfu.media.transport import TrackSlotLimitError
 from sfu.metrics import COUNTERS
 from sfu.room import signalling
+from sfu.room.media import LOCAL_MEDIA, Forwarding, MediaFactory
 from sfu.room.publication import PublishedTrack, Subscription
 from sfu.room.types import NullRoomEvents, Peer, RoomEvents
 
@@ -43,8 +43,10 @@ class Subscriptions:
         *,
         adaptive_stream: bool = False,
         can_subscribe: bool = True,
+        media: MediaFactory = LOCAL_MEDIA,
     ) -> None:
         self.identity = identity
+        self.media = media
         self.sid = sid
         self._send = send
         self._renegotiate = renegotiate
@@ -53,7 +55,7 @@ class Subscriptions:
         self.events: RoomEvents = NullRoomEvents()
         #: the subscriber PC; None until the participant starts
         self.peer: Peer | None = None
-        self.feedback = FeedbackRouter()
+        self.feedback = media.feedback()
         self.by_sid: dict[TrackSid, Subscription] = {}
         #: subscriptions dropped before the client answered the offer carrying them: kept (off
         #: the receiver) until the next offer, so subscribe/unsubscribe toggles reuse them
@@ -101,13 +103,12 @@ class Subscriptions:
         except TrackSlotLimitError:  # counted by the transport; the others still subscribe
             log.info("participant %r: no m-line left for track %s", self.identity, track.sid)
             return False
-        downtrack = DownTrack(
+        downtrack = self.media.downtrack(
             receiver,
+            self.peer,
             ssrc=ssrc,
             payload_type=self.peer.track_codec(mid).payload_type,
-            send_rtp=self.peer.send_rtp,
             cname=self.sid,
-            fast_sender=self.peer.fast_sender,
         )
         self._apply_initial_settings(track, downtrack)
         self._attach(Subscription(track, downtrack, mid, stream_id))
@@ -264,7 +265,7 @@ class Subscriptions:
                 downtrack.set_max_layer(layer)
             downtrack.set_enabled(not settings.disabled and layer >= 0)
 
-    def _apply_initial_settings(self, track: PublishedTrack, downtrack: DownTrack) -> None:
+    def _apply_initial_settings(self, track: PublishedTrack, downtrack: Forwarding) -> None:
         """LiveKit's defaults when a subscription binds: LOW for adaptive-stream clients (they
         report their tile size once the video plays), HIGH otherwise; settings sent earlier
         apply, except that an adaptive-stream client is never started disabled (it only

@@ -1,0 +1,179 @@
+"""The media objects a participant drives, declared by their consumer (LiveKit's
+MediaTrackReceiver / DownTrack seam): a publisher PC's demuxer, a track's receiver, one
+subscription's down track and the subscriber PC's feedback router, made by a `MediaFactory`.
+
+`LocalMedia` makes the real ones (`sfu.media.receiver`, `sfu.media.forwarder`) in this
+process: ``rtc.workers: 1``. With media workers, `sfu.workers` makes proxies that drive the
+same objects in a worker process. The room reads back only what is declared here; arguments
+that are the factory's own objects (a receiver given to a demuxer, a down track given to a
+receiver) are typed `Any`: each factory gets back what it made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.receiver import RtpDemuxer, TrackReceiver
+from sfu.media.sdp import Codec
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    """A published track's receiver, as its m-line and AddTrackRequest describe it."""
+
+    kind: str
+    mime_type: str
+    clock_rate: int
+    layer_count: int
+    codec: Codec
+    muted: bool = False
+
+
+class MediaPeer(Protocol):
+    """What a receiver or down track needs of its peer connection (`types.Peer` has it)."""
+
+    def send_rtp(self, data: bytes) -> None: ...
+
+    def send_rtcp(self, data: bytes) -> None: ...
+
+    def fast_sender(self) -> tuple[Any, Any, Any] | None: ...
+
+
+class LayerStats(Protocol):
+    @property
+    def bitrate(self) -> int: ...
+
+
+class Forwarding(Protocol):
+    """One subscription's down track."""
+
+    enabled: bool
+    max_layer: int
+
+    @property
+    def subscribed_layer(self) -> int: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def set_enabled(self, enabled: bool) -> None: ...
+
+    def set_max_layer(self, layer: int) -> None: ...
+
+    def sender_report(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Receiver(Protocol):
+    """A published track's receiver."""
+
+    kind: str
+    is_video: bool
+    mime_type: str
+    muted: bool
+    on_demand_change: Callable[[], None] | None
+
+    @property
+    def layers(self) -> Sequence[LayerStats]: ...
+
+    @property
+    def sinks(self) -> Sequence[Any]: ...
+
+    def codec_for_subscribers(self) -> Codec: ...
+
+    def add_sink(self, sink: Any) -> None: ...
+
+    def remove_sink(self, sink: Any) -> None: ...
+
+    def demand_changed(self) -> None: ...
+
+    def request_keyframe_all(self) -> None: ...
+
+    def take_audio_level(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class Demuxer(Protocol):
+    """The publisher PC's ingress: which m-line and layer a packet belongs to."""
+
+    def on_rtp(self, data: bytes) -> None: ...
+
+    def on_rtcp(self, data: bytes) -> None: ...
+
+    def set_extension_ids(self, sections: Iterable[Mapping[str, int]]) -> None: ...
+
+    def bind(
+        self, mid: str, receiver: Any, layer_by_rid: dict[str, int], *, payload_type: int
+    ) -> None: ...
+
+    def unbind(self, mid: str) -> None: ...
+
+    def rtcp_reports(self) -> bytes: ...
+
+
+class Feedback(Protocol):
+    """The subscriber PC's RTCP, routed to its down tracks."""
+
+    def on_rtcp(self, data: bytes) -> None: ...
+
+    def add(self, downtrack: Any) -> None: ...
+
+    def remove(self, downtrack: Any) -> None: ...
+
+
+class MediaFactory(Protocol):
+    """Makes one participant's media objects."""
+
+    def demuxer(self) -> Demuxer: ...
+
+    def feedback(self) -> Feedback: ...
+
+    def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver: ...
+
+    def downtrack(
+        self, receiver: Any, peer: MediaPeer, *, ssrc: int, payload_type: int, cname: str
+    ) -> Forwarding: ...
+
+
+class LocalMedia:
+    """The real media objects, in this process (``rtc.workers: 1``)."""
+
+    def demuxer(self) -> Demuxer:
+        return RtpDemuxer()
+
+    def feedback(self) -> Feedback:
+        return FeedbackRouter()
+
+    def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver:
+        receiver = TrackReceiver(
+            kind=spec.kind,
+            mime_type=spec.mime_type,
+            clock_rate=spec.clock_rate,
+            layer_count=spec.layer_count,
+            send_rtcp=peer.send_rtcp,
+            codec=spec.codec,
+        )
+        receiver.muted = spec.muted
+        return receiver
+
+    def downtrack(
+        self, receiver: Any, peer: MediaPeer, *, ssrc: int, payload_type: int, cname: str
+    ) -> Forwarding:
+        return DownTrack(
+            receiver,
+            ssrc=ssrc,
+            payload_type=payload_type,
+            send_rtp=peer.send_rtp,
+            cname=cname,
+            fast_sender=peer.fast_sender,
+        )
+
+
+LOCAL_MEDIA = LocalMedia()

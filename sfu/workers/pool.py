@@ -1,0 +1,297 @@
+"""The media worker processes of one node: starting them, the control channel to each,
+placement, restarts, and their numbers for /metrics.
+
+Worker ``i`` is ``python -m sfu.media.worker`` with its end of a Unix stream socket pair; with
+``rtc.udp_port`` P it serves ICE and media on UDP port P + i. A participant is placed on the
+live worker with the least measured load: its CPU share over the last second, plus a tenth of
+a core for each participant placed since (a burst of joins spreads before the next measurement
+shows it), plus a little per participant held (ties go to the emptier worker). A worker that dies is started again
+at once; the participants it held are told (`RemoteMedia.on_lost`) and the rest of each of
+their rooms keeps its call. The control process's own death takes the workers with it
+(``PR_SET_PDEATHSIG`` and end of file on the channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sfu.media.transport import TransportConfig
+from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
+from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemotePeer, RemoteReceiver
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 20.0
+RESTART_DELAY = 0.5
+#: load a participant placed on a worker adds until the worker's next stats show it (its
+#: ICE/DTLS handshakes cost about a tenth of a core-second)
+JOIN_LOAD = 0.1
+#: load per participant held: breaks ties between idle workers toward the emptier one
+PARTICIPANT_LOAD = 0.001
+
+
+@dataclass(eq=False)
+class WorkerLink:
+    """The control process's end of one worker (the same object across restarts; its
+    ``generation`` counts them)."""
+
+    index: int
+    generation: int = 0
+    alive: bool = False
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    restarts: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    placed: int = 0  # participants placed since the last stats
+    peers: dict[int, RemotePeer] = field(default_factory=dict)
+    receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
+    downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
+    media: set[RemoteMedia] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def send(self, message: Message) -> None:
+        if self.channel is not None and self.alive:
+            with contextlib.suppress(ChannelClosed):
+                self.channel.send(message)
+
+    async def request(self, message: Message, wait_s: float = REQUEST_TIMEOUT) -> Any:
+        if self.channel is None or not self.alive:
+            raise ChannelClosed(f"media worker {self.index} is not running")
+        return await self.channel.request(message, wait_s)
+
+    @property
+    def load(self) -> float:
+        cpu = float(self.stats.get("cpu", 0.0))
+        return cpu + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
+
+    def on_message(self, message: Message) -> None:
+        op = message.get("op")
+        if op in ("state", "data"):
+            peer = self.peers.get(int(message["peer"]))
+            if peer is not None:
+                peer.on_event(message)
+        elif op in ("layers", "paused"):
+            for dt_id, value in message[str(op)].items():
+                downtrack = self.downtracks.get(int(dt_id))
+                if downtrack is not None:
+                    downtrack.on_event(message, value)
+        elif op == "levels":
+            for track, level in message["levels"].items():
+                receiver = self.receivers.get(int(track))
+                if receiver is not None:
+                    receiver.note_level(float(level))
+        elif op == "stats":
+            self.stats = message
+            self.placed = 0
+        elif op == "ready":
+            self.ready.set()
+
+
+class WorkerPool:
+    """``rtc.workers`` media worker processes."""
+
+    def __init__(
+        self, count: int, config: TransportConfig, fast_path: str, log_level: str = "INFO"
+    ) -> None:
+        if count < 1:
+            raise ValueError("at least one worker")
+        self.config = config
+        self.fast_path = fast_path
+        self.log_level = log_level
+        self.namespace = f"sfu-{os.getpid()}-{secrets.token_hex(4)}"
+        self.links = [WorkerLink(i) for i in range(count)]
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    def _settings(self, index: int) -> str:
+        c = self.config
+        return json.dumps(
+            {
+                "bind_addresses": list(c.bind_addresses),
+                "node_ip": c.node_ip,
+                "port_range_start": c.port_range_start,
+                "port_range_end": c.port_range_end,
+                "udp_port": c.udp_port + index if c.udp_port else 0,
+                "send_mode": c.send_mode,
+                "allow_private_candidates": c.allow_private_candidates,
+                "fast_path": self.fast_path,
+            }
+        )
+
+    async def start(self) -> None:
+        """Start every worker and wait until each is ready (RuntimeError if one is not)."""
+        await asyncio.gather(*(self._spawn(link) for link in self.links))
+
+    async def _spawn(self, link: WorkerLink) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sfu.media.worker",
+                "--index",
+                str(link.index),
+                "--fd",
+                str(theirs.fileno()),
+                "--namespace",
+                self.namespace,
+                "--parent",
+                str(os.getpid()),
+                "--config",
+                self._settings(link.index),
+                "--log-level",
+                self.log_level,
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        link.generation += 1
+        link.process = process
+        link.ready = asyncio.Event()
+        link.stats = {}
+        channel, reader = await open_channel(ours, link.on_message)
+        link.channel = channel
+        link.alive = True
+        try:
+            await asyncio.wait_for(link.ready.wait(), START_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            raise RuntimeError(f"media worker {link.index} did not start") from None
+        log.info("media worker %d: pid %d", link.index, process.pid)
+        watcher = asyncio.ensure_future(self._watch(link, reader))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, link: WorkerLink, reader: asyncio.Task[None]) -> None:
+        """When the worker's channel ends: tell its participants, start it again."""
+        await reader
+        process = link.process
+        link.alive = False
+        if process is not None and process.returncode is None:
+            process.kill()
+        if process is not None:
+            with contextlib.suppress(Exception):
+                await process.wait()
+        if self.closing:
+            return
+        code = process.returncode if process is not None else None
+        log.error("media worker %d died (exit %s): restarting it", link.index, code)
+        self._lost(link)
+        link.restarts += 1
+        await asyncio.sleep(RESTART_DELAY)
+        while not self.closing:
+            try:
+                await self._spawn(link)
+                return
+            except Exception:
+                log.exception("media worker %d failed to start; trying again", link.index)
+                await asyncio.sleep(5 * RESTART_DELAY)
+
+    def _lost(self, link: WorkerLink) -> None:
+        media, link.media = list(link.media), set()
+        link.peers.clear()
+        link.downtracks.clear()
+        lost_tracks, link.receivers = list(link.receivers.values()), {}
+        for other in self.links:
+            if other is not link:
+                for receiver in list(other.receivers.values()):
+                    receiver.replica_lost(link.index)
+        for receiver in lost_tracks:
+            receiver.closed = True  # its publisher's participant is closed by `lost`
+        for m in media:
+            try:
+                m.lost()
+            except Exception:
+                log.exception("media worker %d: a participant's close failed", link.index)
+
+    def place(self) -> RemoteMedia:
+        """A participant's media on the least-loaded live worker."""
+        live = [link for link in self.links if link.alive] or self.links
+        link = min(live, key=lambda link: (link.load, link.index))
+        link.placed += 1
+        return RemoteMedia(link)
+
+    async def close(self) -> None:
+        self.closing = True
+        for link in self.links:
+            link.alive = False
+            if link.channel is not None:
+                link.channel.close()
+        for link in self.links:
+            process = link.process
+            if process is None or process.returncode is not None:
+                continue
+            try:
+                await asyncio.wait_for(process.wait(), 5.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for watcher in list(self._watchers):
+            watcher.cancel()
+
+    def pids(self) -> list[int]:
+        return [link.process.pid for link in self.links if link.process is not None]
+
+
+class WorkerCollector(Collector):
+    """Per-worker series for /metrics: CPU, forwarded and relayed packets, participants."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = GaugeMetricFamily(
+            "sfu_worker_cpu_share", "A worker's CPU use over the last second (1 = a core)",
+            labels=["worker"],
+        )  # fmt: skip
+        up = GaugeMetricFamily("sfu_worker_up", "Whether the worker runs", labels=["worker"])
+        participants = GaugeMetricFamily(
+            "sfu_worker_participants", "Participants placed on the worker", labels=["worker"]
+        )
+        counters = {
+            name: CounterMetricFamily(f"sfu_worker_{name}", text, labels=["worker"])
+            for name, text in (
+                ("packets_forwarded", "RTP packets the worker sent to subscribers"),
+                ("packets_received", "RTP packets the worker received from publishers"),
+                ("relay_sent", "Datagrams relayed to other workers"),
+                ("relay_received", "Datagrams relayed from other workers"),
+                ("relay_dropped", "Relay datagrams the other worker could not take"),
+                ("restarts", "Times the worker was started again after it died"),
+                ("cpu_seconds", "CPU time of the worker's current process"),
+            )
+        }
+        for link in self.pool.links:
+            label = [str(link.index)]
+            stats = link.stats
+            cpu.add_metric(label, float(stats.get("cpu", 0.0)))
+            up.add_metric(label, 1.0 if link.alive else 0.0)
+            participants.add_metric(label, float(len(link.media)))
+            values = {
+                "packets_forwarded": stats.get("packets_out", 0),
+                "packets_received": stats.get("packets_in", 0),
+                "relay_sent": stats.get("relay_sent", 0),
+                "relay_received": stats.get("relay_received", 0),
+                "relay_dropped": stats.get("relay_dropped", 0),
+                "restarts": link.restarts,
+                "cpu_seconds": stats.get("cpu_seconds", 0.0),
+            }
+            for name, value in values.items():
+                counters[name].add_metric(label, float(value))
+        yield cpu
+        yield up
+        yield participants
+        yield from counters.values()

@@ -1,0 +1,557 @@
+"""Proxies of a worker's media objects, for the room layer in the control process.
+
+Every call becomes a control message to the worker that holds the object (`sfu.media.worker`)
+and nothing here sees a packet. What the room reads back is mirrored from the worker's events:
+a peer's state, the layer a down track forwards (for dynacast), whether it is paused, a
+track's audio level. One `RemoteMedia` per participant makes them all on the participant's
+worker; a down track of a track published on another worker makes the track's receiver there
+a replica, fed by that worker's relay, while any down track of it remains there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from sfu.media.sdp import Codec, SdpError
+from sfu.media.transport import PublishedMedia, TrackSlotLimitError, TransportConfig
+from sfu.media.transport.negotiation import subscriber_codec
+from sfu.media.transport.peer import MAX_TRACK_SLOTS
+from sfu.media.worker.host import codec_to_wire, media_from_wire
+from sfu.media.worker.wire import (
+    REQUEST_TIMEOUT,
+    ChannelClosed,
+    Message,
+    RemoteError,
+    b64,
+    unb64,
+)
+from sfu.metrics import COUNTERS
+from sfu.room.media import ReceiverSpec
+
+log = logging.getLogger(__name__)
+
+PEER_CLOSE_TIMEOUT = 5.0
+_SDP_ERRORS = frozenset({"SdpError", "IceRestartError"})
+_IDS = itertools.count(1)
+
+
+class WorkerLink(Protocol):
+    """The control process's end of one worker, as the proxies use it (`pool.WorkerLink`)."""
+
+    index: int
+    generation: int
+    alive: bool
+    peers: dict[int, RemotePeer]
+    receivers: dict[int, RemoteReceiver]
+    downtracks: dict[int, RemoteDownTrack]
+    media: set[RemoteMedia]
+
+    def send(self, message: Message) -> None: ...
+
+    async def request(self, message: Message, wait_s: float = ...) -> Any: ...
+
+
+def new_id() -> int:
+    """A number for a proxied object, unique in this control process (and so on every worker)."""
+    return next(_IDS)
+
+
+class _Bound:
+    """An object on one worker process: messages reach it only while that process lives."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+        self.generation = link.generation
+
+    @property
+    def alive(self) -> bool:
+        return self.link.alive and self.link.generation == self.generation
+
+    def _send(self, message: Message) -> None:
+        if self.alive:
+            self.link.send(message)
+
+    async def _request(self, message: Message, wait_s: float = REQUEST_TIMEOUT) -> Any:
+        if not self.alive:
+            raise RuntimeError(f"media worker {self.link.index} is gone")
+        try:
+            return await self.link.request(message, wait_s)
+        except RemoteError as exc:
+            if exc.kind in _SDP_ERRORS:
+                raise SdpError(str(exc)) from None
+            raise RuntimeError(f"media worker {self.link.index}: {exc}") from None
+        except (ChannelClosed, TimeoutError) as exc:
+            raise RuntimeError(f"media worker {self.link.index} did not answer: {exc!r}") from None
+
+
+class RemotePeer(_Bound):
+    """A `PeerTransport` on a worker (`sfu.room.types.Peer`)."""
+
+    def __init__(
+        self,
+        link: WorkerLink,
+        role: Literal["publisher", "subscriber"],
+        part: int,
+        on_data: Callable[[str, bytes], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        super().__init__(link)
+        self.id = new_id()
+        self.role = role
+        self._on_data = on_data
+        self._on_state = on_state
+        self._state = "new"
+        #: slot key -> (kind, offered codec): the worker maps each key to its m-line
+        self._slots: dict[str, Codec] = {}
+        self._keys = itertools.count(1)
+        link.peers[self.id] = self
+        self._send({"op": "peer_new", "peer": self.id, "part": part, "role": role})
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def on_event(self, message: Message) -> None:
+        if message["op"] == "state":
+            state = str(message["state"])
+            if state != self._state and self._state != "closed":
+                self._state = state
+                self._on_state(state)
+        elif message["op"] == "data":
+            self._on_data(str(message["label"]), unb64(str(message["data"])))
+
+    def lost(self) -> None:
+        """Its worker died: the transport is gone."""
+        self.link.peers.pop(self.id, None)
+        if self._state != "closed":
+            self._state = "failed"
+
+    async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedMedia]]:
+        answer = await self._request({"op": "handle_offer", "peer": self.id, "sdp": sdp})
+        return str(answer["sdp"]), [media_from_wire(m) for m in answer["medias"]]
+
+    async def create_offer(self) -> str:
+        return str(await self._request({"op": "create_offer", "peer": self.id}))
+
+    async def handle_answer(self, sdp: str) -> None:
+        await self._request({"op": "handle_answer", "peer": self.id, "sdp": sdp})
+
+    def add_track(
+        self, kind: str, codec: Codec | str, ssrc: int, stream_id: str, track_id: str
+    ) -> str:
+        if len(self._slots) >= MAX_TRACK_SLOTS:
+            COUNTERS.limit_exceeded("subscriber_track_slots")
+            raise TrackSlotLimitError(f"more than {MAX_TRACK_SLOTS} subscriber m-lines")
+        key = f"k{next(self._keys)}"
+        offered = subscriber_codec(kind, codec)
+        self._slots[key] = offered
+        self._send(
+            {
+                "op": "add_track",
+                "peer": self.id,
+                "key": key,
+                "kind": kind,
+                "codec": codec_to_wire(codec if isinstance(codec, Codec) else offered),
+                "ssrc": ssrc,
+                "stream_id": stream_id,
+                "track_id": track_id,
+            }
+        )
+        return key
+
+    def remove_track(self, mid: str) -> None:
+        if self._slots.pop(mid, None) is None:
+            raise KeyError(mid)
+        self._send({"op": "remove_track", "peer": self.id, "key": mid})
+
+    def track_codec(self, mid: str) -> Codec:
+        return self._slots[mid]
+
+    def add_remote_candidate(self, candidate_init_json: str) -> None:
+        self._send({"op": "add_candidate", "peer": self.id, "candidate": candidate_init_json})
+
+    def send_rtp(self, data: bytes) -> None:
+        """Never called: the down tracks that send are on the worker."""
+        COUNTERS.send_dropped += 1
+
+    def fast_sender(self) -> tuple[Any, Any, Any] | None:
+        return None
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Never called with a report: the worker sends RTCP itself (see `RemoteDemuxer`)."""
+
+    def send_data(self, label: str, data: bytes) -> None:
+        self._send({"op": "send_data", "peer": self.id, "label": label, "data": b64(data)})
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        with contextlib.suppress(RuntimeError):
+            if self.alive:
+                await self._request({"op": "peer_close", "peer": self.id}, PEER_CLOSE_TIMEOUT)
+        self.link.peers.pop(self.id, None)
+        self._state = "closed"
+
+
+class RemoteDemuxer(_Bound):
+    """The publisher PC's demuxer on the worker. Packets and RTCP reports never pass here."""
+
+    def __init__(self, link: WorkerLink, part: int) -> None:
+        super().__init__(link)
+        self.part = part
+
+    def on_rtp(self, data: bytes) -> None:
+        """Never called: the worker's publisher PC feeds the worker's demuxer."""
+
+    def on_rtcp(self, data: bytes) -> None:
+        """Never called, as `on_rtp`."""
+
+    def set_extension_ids(self, sections: Iterable[Mapping[str, int]]) -> None:
+        self._send({"op": "demux_ext", "part": self.part, "sections": [dict(s) for s in sections]})
+
+    def bind(
+        self, mid: str, receiver: Any, layer_by_rid: dict[str, int], *, payload_type: int
+    ) -> None:
+        assert isinstance(receiver, RemoteReceiver)
+        self._send(
+            {
+                "op": "demux_bind",
+                "part": self.part,
+                "mid": mid,
+                "track": receiver.id,
+                "rids": layer_by_rid,
+                "pt": payload_type,
+            }
+        )
+
+    def unbind(self, mid: str) -> None:
+        self._send({"op": "demux_unbind", "part": self.part, "mid": mid})
+
+    def rtcp_reports(self) -> bytes:
+        """Nothing: the worker sends its publishers' receiver reports every second."""
+        return b""
+
+
+class RemoteFeedback:
+    """The subscriber PC's feedback router on the worker: `RemoteReceiver.add_sink` joins a
+    down track to both there, so nothing is left to do here."""
+
+    def on_rtcp(self, data: bytes) -> None:
+        """Never called: the worker's subscriber PC feeds the worker's router."""
+
+    def add(self, downtrack: Any) -> None:
+        pass
+
+    def remove(self, downtrack: Any) -> None:
+        pass
+
+
+@dataclass
+class LayerMirror:
+    bitrate: int = 0
+
+
+class RemoteReceiver(_Bound):
+    """A published track's receiver on its publisher's worker (the track's home), and the
+    replicas of it on the workers of its subscribers."""
+
+    def __init__(self, link: WorkerLink, part: int, spec: ReceiverSpec) -> None:
+        super().__init__(link)
+        self.id = new_id()
+        self.kind = spec.kind
+        self.is_video = spec.kind == "video"
+        self.mime_type = spec.mime_type
+        self.clock_rate = spec.clock_rate
+        self.codec = spec.codec
+        self._layers = [LayerMirror() for _ in range(max(spec.layer_count, 1))]
+        self._sinks: list[RemoteDownTrack] = []
+        self._muted = spec.muted
+        self.on_demand_change: Callable[[], None] | None = None
+        self.closed = False
+        self._level = 0.0
+        #: worker index -> (link, generation, down tracks there) of each replica
+        self._replicas: dict[int, tuple[WorkerLink, int, int]] = {}
+        link.receivers[self.id] = self
+        self._send({"op": "receiver_new", "part": part, **self._description()})
+
+    def _description(self) -> Message:
+        return {
+            "track": self.id,
+            "home": self.link.index,
+            "kind": self.kind,
+            "mime": self.mime_type,
+            "rate": self.clock_rate,
+            "layers": len(self._layers),
+            "codec": codec_to_wire(self.codec),
+            "muted": self._muted,
+        }
+
+    @property
+    def layers(self) -> Sequence[LayerMirror]:
+        return self._layers
+
+    @property
+    def sinks(self) -> Sequence[RemoteDownTrack]:
+        return self._sinks
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @muted.setter
+    def muted(self, muted: bool) -> None:
+        self._muted = muted
+        self._send({"op": "receiver_muted", "track": self.id, "muted": muted})
+
+    def codec_for_subscribers(self) -> Codec:
+        return self.codec
+
+    # -- replicas ---------------------------------------------------------------------------------
+    def hold_replica(self, link: WorkerLink) -> None:
+        """A down track on ``link``'s worker needs this track there."""
+        if link is self.link or self.closed:
+            return
+        held = self._replicas.get(link.index)
+        if held is not None and held[1] == link.generation:
+            self._replicas[link.index] = (link, held[1], held[2] + 1)
+            return
+        self._replicas[link.index] = (link, link.generation, 1)
+        if link.alive:
+            link.send({"op": "receiver_new", "part": 0, **self._description()})
+        self._send({"op": "relay_add", "track": self.id, "to": link.index})
+
+    def release_replica(self, link: WorkerLink, generation: int) -> None:
+        held = self._replicas.get(link.index)
+        if held is None or held[1] != generation:
+            return
+        if held[2] > 1:
+            self._replicas[link.index] = (link, generation, held[2] - 1)
+            return
+        del self._replicas[link.index]
+        self._send({"op": "relay_remove", "track": self.id, "to": link.index})
+        if link.alive and link.generation == generation:
+            link.send({"op": "receiver_close", "track": self.id})
+
+    def replica_lost(self, index: int) -> None:
+        """The worker of a replica died: stop relaying there."""
+        if self._replicas.pop(index, None) is not None:
+            self._send({"op": "relay_remove", "track": self.id, "to": index})
+
+    # -- sinks ------------------------------------------------------------------------------------
+    def add_sink(self, sink: Any) -> None:
+        assert isinstance(sink, RemoteDownTrack)
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+            sink.attach(True)
+
+    def remove_sink(self, sink: Any) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+            sink.attach(False)
+
+    def demand_changed(self) -> None:
+        if self.on_demand_change is not None and not self.closed:
+            self.on_demand_change()
+
+    def request_keyframe_all(self) -> None:
+        self._send({"op": "keyframe_all", "track": self.id})
+
+    def note_level(self, level: float) -> None:
+        self._level = max(self._level, level)
+
+    def take_audio_level(self) -> float:
+        level, self._level = self._level, 0.0
+        return level
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.link.receivers.pop(self.id, None)
+        self._send({"op": "receiver_close", "track": self.id})
+        for link, generation, _ in self._replicas.values():
+            if link.alive and link.generation == generation:
+                link.send({"op": "receiver_close", "track": self.id})
+        self._replicas.clear()
+
+
+class RemoteDownTrack(_Bound):
+    """One subscription's `DownTrack` on the subscriber's worker."""
+
+    def __init__(
+        self,
+        link: WorkerLink,
+        part: int,
+        receiver: RemoteReceiver,
+        *,
+        ssrc: int,
+        payload_type: int,
+        cname: str,
+    ) -> None:
+        super().__init__(link)
+        self.id = new_id()
+        self.part = part
+        self.receiver = receiver
+        self.ssrc = ssrc
+        self._enabled = True
+        self._max_layer = len(receiver.layers) - 1
+        self.current_layer = -1  # as the worker last told
+        self._paused = False
+        self.started = False
+        self.closed = False
+        receiver.hold_replica(link)
+        link.downtracks[self.id] = self
+        self._send(
+            {
+                "op": "dt_new",
+                "dt": self.id,
+                "part": part,
+                "track": receiver.id,
+                "ssrc": ssrc,
+                "pt": payload_type,
+                "cname": cname,
+                "enabled": True,
+                "max_layer": self._max_layer,
+            }
+        )
+
+    # what `Subscriptions` sets before the down track starts: plain attributes there too
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._send({"op": "dt_set", "dt": self.id, "init_enabled": enabled})
+
+    @property
+    def max_layer(self) -> int:
+        return self._max_layer
+
+    @max_layer.setter
+    def max_layer(self, layer: int) -> None:
+        self._max_layer = layer
+        self._send({"op": "dt_set", "dt": self.id, "init_max_layer": layer})
+
+    @property
+    def subscribed_layer(self) -> int:
+        if not self._enabled or self.closed:
+            return -1
+        return max(self._max_layer, self.current_layer)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused and self._enabled and self.receiver.is_video
+
+    def on_event(self, message: Message, value: Any) -> None:
+        if message["op"] == "layers":
+            self.current_layer = int(value)
+            self.receiver.demand_changed()
+        elif message["op"] == "paused":
+            self._paused = bool(value)
+
+    def attach(self, on: bool) -> None:
+        self._send({"op": "dt_attach", "dt": self.id, "part": self.part, "on": on})
+
+    def start(self) -> None:
+        if self.started or self.closed:
+            return
+        self.started = True
+        self._send({"op": "dt_start", "dt": self.id})
+
+    def set_enabled(self, enabled: bool) -> None:
+        if enabled == self._enabled:
+            return
+        self._enabled = enabled
+        self._send({"op": "dt_set", "dt": self.id, "enabled": enabled})
+        self.receiver.demand_changed()
+
+    def set_max_layer(self, layer: int) -> None:
+        layer = min(layer, len(self.receiver.layers) - 1)
+        if layer < 0:
+            self.set_enabled(False)
+            return
+        if layer == self._max_layer:
+            return
+        self._max_layer = layer
+        self._send({"op": "dt_set", "dt": self.id, "max_layer": layer})
+        self.receiver.demand_changed()
+
+    def sender_report(self) -> bytes:
+        """Nothing: the worker sends its subscribers' sender reports every second."""
+        return b""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.started = False
+        self.link.downtracks.pop(self.id, None)
+        self._send({"op": "dt_close", "dt": self.id})
+        self.receiver.release_replica(self.link, self.generation)
+
+
+class RemoteMedia:
+    """One participant's media on one worker: its `PeerFactory` and `MediaFactory`."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+        self.generation = link.generation
+        self.part = new_id()
+        self.peers: list[RemotePeer] = []
+        #: called once if the worker dies under the participant
+        self.on_lost: Callable[[], None] | None = None
+        self.closed = False
+        link.media.add(self)
+
+    def __call__(
+        self,
+        role: Literal["publisher", "subscriber"],
+        config: TransportConfig,
+        *,
+        on_rtp: Callable[[bytes], None],
+        on_rtcp: Callable[[bytes], None],
+        on_data: Callable[[str, bytes], None],
+        on_state: Callable[[str], None],
+    ) -> RemotePeer:
+        peer = RemotePeer(self.link, role, self.part, on_data, on_state)
+        self.peers.append(peer)
+        return peer
+
+    def demuxer(self) -> RemoteDemuxer:
+        return RemoteDemuxer(self.link, self.part)
+
+    def feedback(self) -> RemoteFeedback:
+        return RemoteFeedback()
+
+    def receiver(self, peer: Any, spec: ReceiverSpec) -> RemoteReceiver:
+        return RemoteReceiver(self.link, self.part, spec)
+
+    def downtrack(
+        self, receiver: Any, peer: Any, *, ssrc: int, payload_type: int, cname: str
+    ) -> RemoteDownTrack:
+        assert isinstance(receiver, RemoteReceiver)
+        return RemoteDownTrack(
+            self.link, self.part, receiver, ssrc=ssrc, payload_type=payload_type, cname=cname
+        )
+
+    def lost(self) -> None:
+        """The worker died under this participant."""
+        for peer in self.peers:
+            peer.lost()
+        if self.on_lost is not None and not self.closed:
+            self.closed = True
+            self.on_lost()
+
+    def close(self) -> None:
+        """The participant closed: forget what is left of it on the worker."""
+        self.closed = True
+        self.link.media.discard(self)
+        if self.link.alive and self.link.generation == self.generation:
+            self.link.send({"op": "part_close", "part": self.part})
