@@ -270,6 +270,10 @@ class WorkerCollector(Collector):
                 ("relay_sent", "Datagrams relayed to other workers"),
                 ("relay_received", "Datagrams relayed from other workers"),
                 ("relay_dropped", "Relay datagrams the other worker could not take"),
+                ("nack_in", "NACKs from the worker's subscribers"),
+                ("retransmits", "Packets the worker resent from its down tracks' history"),
+                ("pli_in", "PLIs from the worker's subscribers"),
+                ("pli_out", "PLIs the worker sent to its publishers"),
                 ("restarts", "Times the worker was started again after it died"),
                 ("cpu_seconds", "CPU time of the worker's current process"),
             )
@@ -286,6 +290,10 @@ class WorkerCollector(Collector):
                 "relay_sent": stats.get("relay_sent", 0),
                 "relay_received": stats.get("relay_received", 0),
                 "relay_dropped": stats.get("relay_dropped", 0),
+                "nack_in": stats.get("nack_in", 0),
+                "retransmits": stats.get("retransmits_out", 0),
+                "pli_in": stats.get("pli_in", 0),
+                "pli_out": stats.get("pli_out", 0),
                 "restarts": link.restarts,
                 "cpu_seconds": stats.get("cpu_seconds", 0.0),
             }

@@ -4,20 +4,36 @@ Alice publishes a synthetic VP8 video and a 440 Hz sine. Placement (least measur
 her on one worker; subscribers join until both workers hold one (at most `MAX_SUBSCRIBERS`), so
 some copies are relayed from Alice's worker and some are local. Every subscriber must decode
 Alice's pattern and hear her tone; the per-worker metrics show the relay at work.
+
+Across workers, a subscriber's NACK is answered from its own worker's history, and its PLI
+reaches the publisher from the publisher's worker. A worker killed with SIGKILL is started
+again; the participants it held get LeaveRequest RECONNECT and rejoin, the others keep their
+call. Killing the control process takes its workers with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+from livekit.protocol import models, rtc
 
+from loadtest.hostile import connected_subscriber
+from sfu.media.rtp import rtcp
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher, dominant_frequency
+from tests.harness.rawsignal import RawSignal
 from tests.harness.sfu import SfuInstance, running_sfu
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +43,18 @@ MAX_SUBSCRIBERS = 6
 
 
 @pytest.fixture
-async def sfu2(tmp_path: Path, sfu_keys: tuple[str, str]) -> AsyncIterator[SfuInstance]:
+async def sfu2(
+    request: pytest.FixtureRequest, tmp_path: Path, sfu_keys: tuple[str, str]
+) -> AsyncIterator[SfuInstance]:
+    """An SFU with two media workers; log errors as the `sfu` fixture checks them."""
     key, secret = sfu_keys
+    expected = [p for m in request.node.iter_markers("expect_sfu_log_errors") for p in m.args]
     async with running_sfu(
-        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config={"rtc": {"workers": 2}}
+        tmp_path / "sfu",
+        api_key=key,
+        api_secret=secret,
+        extra_config={"rtc": {"workers": 2}},
+        expect_log_errors=expected,
     ) as instance:
         yield instance
 
@@ -43,6 +67,52 @@ async def worker_metrics(sfu: SfuInstance) -> dict[tuple[str, str], float]:
     for match in re.finditer(r'^(sfu_worker_\w+)\{worker="(\d+)"\} (\S+)$', text, re.M):
         values[(match[1], match[2])] = float(match[3])
     return values
+
+
+def worker_pids(sfu: SfuInstance) -> dict[str, int]:
+    """Worker index -> pid of the SFU's worker processes (its children running sfu.media.worker)."""
+    pids = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == sfu.pid and "sfu.media.worker" in argv:
+            pids[argv[argv.index("--index") + 1]] = int(entry)
+    return pids
+
+
+async def placed_apart(
+    sfu: SfuInstance, join: Callable[[int], Awaitable[T]], home: str, limit: int = 6
+) -> tuple[list[T], T]:
+    """Join clients (``join(n)``) until one lands on the worker other than ``home``; all of
+    them, and that one."""
+    other = "1" if home == "0" else "0"
+    joined: list[T] = []
+    for n in range(limit):
+        before = (await worker_metrics(sfu))[("sfu_worker_participants", other)]
+        joined.append(await join(n))
+        if (await worker_metrics(sfu))[("sfu_worker_participants", other)] > before:
+            return joined, joined[-1]
+    pytest.fail(f"{limit} clients joined, none on worker {other}")
+
+
+async def home_worker(sfu: SfuInstance) -> str:
+    """The worker of the only participant so far."""
+    metrics = await worker_metrics(sfu)
+    return "0" if metrics[("sfu_worker_participants", "0")] == 1 else "1"
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        await asyncio.sleep(0.2)
 
 
 async def expect_media(subscriber: CollectingSubscriber, publisher: str) -> None:
@@ -89,3 +159,157 @@ async def test_one_publisher_subscribers_on_both_workers(sfu2: SfuInstance) -> N
         await alice.leave()
         for subscriber in subscribers:
             await subscriber.leave()
+
+
+async def test_nack_and_pli_across_workers(sfu2: SfuInstance) -> None:
+    """A subscriber on the other worker NACKs a packet (its worker resends it from its own
+    history) and sends PLIs (the publisher's worker sends them on to the publisher)."""
+    room = f"workers-fb-{uuid.uuid4().hex[:8]}"
+    alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)
+    viewers = []
+    try:
+        await alice.connect(sfu2.url, sfu2.token("alice", room), timeout_s=WAIT_S)
+        home = await home_worker(sfu2)
+        other = "1" if home == "0" else "0"
+        await alice.publish(timeout_s=WAIT_S)
+
+        async def join(n: int) -> object:
+            identity = f"raw{n}"
+            return await connected_subscriber(sfu2.url, sfu2.token(identity, room), identity)
+
+        viewers, viewer = await placed_apart(sfu2, join, home)
+        assert hasattr(viewer, "streams") and hasattr(viewer, "sub_transport")
+
+        async def two_streams() -> bool:
+            return len(viewer.streams) >= 2 and all(
+                s.received > 50 for s in viewer.streams.values()
+            )
+
+        await until(two_streams, "audio and video to the viewer on the other worker")
+        await asyncio.sleep(1.5)  # past the key-frame requests of the subscription's start
+        before = await worker_metrics(sfu2)
+        for ssrc, stream in list(viewer.streams.items()):
+            lost = [(stream.highest - 10 - i) & 0xFFFF for i in range(3)]
+            viewer.sub_transport.send_rtcp(bytes(rtcp.Nack.from_sequence_numbers(1, ssrc, lost)))
+            viewer.sub_transport.send_rtcp(bytes(rtcp.Pli(sender_ssrc=1, media_ssrc=ssrc)))
+
+        def grew(now: dict[tuple[str, str], float], name: str, worker: str) -> bool:
+            return now[(name, worker)] > before[(name, worker)]
+
+        async def answered() -> bool:
+            now = await worker_metrics(sfu2)
+            return (
+                grew(now, "sfu_worker_nack_in_total", other)
+                and grew(now, "sfu_worker_retransmits_total", other)
+                and grew(now, "sfu_worker_pli_in_total", other)
+                and grew(now, "sfu_worker_pli_out_total", home)
+            )
+
+        await until(answered, "NACK resent on the viewer's worker, PLI sent on by the publisher's")
+        after = await worker_metrics(sfu2)
+        assert (
+            after[("sfu_worker_retransmits_total", home)]
+            == before[("sfu_worker_retransmits_total", home)]
+        ), "the publisher's worker resent a packet for the other worker's subscriber"
+    finally:
+        for v in viewers:
+            await v.close()  # type: ignore[attr-defined]
+        await alice.leave()
+
+
+@pytest.mark.expect_sfu_log_errors(r"media worker \d died")
+async def test_worker_killed(sfu2: SfuInstance) -> None:
+    """SIGKILL of the worker without the publisher: a participant there gets LeaveRequest
+    RECONNECT, an SDK subscriber there rejoins and sees video again; a subscriber on the
+    publisher's worker never stops; the worker runs again."""
+    room = f"workers-kill-{uuid.uuid4().hex[:8]}"
+    alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)
+    subscribers: list[CollectingSubscriber] = []
+    raws: list[RawSignal] = []
+    try:
+        await alice.connect(sfu2.url, sfu2.token("alice", room), timeout_s=WAIT_S)
+        home = await home_worker(sfu2)
+        other = "1" if home == "0" else "0"
+        await alice.publish(timeout_s=WAIT_S)
+
+        async def join_sdk(n: int) -> CollectingSubscriber:
+            subscriber = CollectingSubscriber(f"viewer{n}", sample_rate=RATE)
+            subscribers.append(subscriber)
+            await subscriber.connect(
+                sfu2.url, sfu2.token(subscriber.identity, room), timeout_s=WAIT_S
+            )
+            return subscriber
+
+        async def join_raw(n: int) -> RawSignal:
+            client = await RawSignal.connect(sfu2.url, sfu2.token(f"raw{n}", room))
+            raws.append(client)
+            await client.next("join")
+            return client
+
+        _, moved = await placed_apart(sfu2, join_sdk, home)
+        _, raw = await placed_apart(sfu2, join_raw, home)
+        stays = next((s for s in subscribers if s is not moved), None)
+        if stays is None:  # the first one landed apart: one more, on the publisher's worker
+            stays = await join_sdk(len(subscribers))
+        for subscriber in subscribers:
+            await expect_media(subscriber, "alice")
+
+        pids = worker_pids(sfu2)
+        killed_at = time.monotonic()
+        os.kill(pids[other], signal.SIGKILL)
+        leave = (await raw.next("leave", timeout_s=WAIT_S)).response.leave
+        assert leave.action == rtc.LeaveRequest.Action.RECONNECT, leave
+        assert leave.reason == models.DisconnectReason.SERVER_SHUTDOWN, leave
+
+        async def restarted() -> bool:
+            metrics = await worker_metrics(sfu2)
+            return (
+                metrics[("sfu_worker_up", other)] == 1
+                and metrics[("sfu_worker_restarts_total", other)] == 1
+                and worker_pids(sfu2).get(other, pids[other]) != pids[other]
+            )
+
+        await until(restarted, f"worker {other} running again")
+        # the subscriber on the publisher's worker kept its video through the kill
+        collector = stays.video_from("alice")
+        assert collector is not None
+        await asyncio.sleep(2.0)
+        since_kill = [m for m in collector.recent(since=killed_at) if m.ok]
+        assert len(since_kill) >= FPS, f"{stays.identity}: {len(since_kill)} frames since the kill"
+
+        async def moved_sees_video_again() -> bool:
+            video = moved.video_from("alice")
+            return (
+                video is not None and len([m for m in video.recent(since=killed_at) if m.ok]) >= 5
+            )
+
+        await until(moved_sees_video_again, f"{moved.identity} rejoined with video")
+        sfu2.assert_alive()
+    finally:
+        for client in raws:
+            await client.close()
+        await alice.leave()
+        for subscriber in subscribers:
+            await subscriber.leave()
+
+
+async def test_control_process_death_takes_the_workers(tmp_path: Path) -> None:
+    async with running_sfu(
+        tmp_path / "sfu", extra_config={"rtc": {"workers": 2}}, expect_exit=True
+    ) as sfu:
+        pids = worker_pids(sfu)
+        assert sorted(pids) == ["0", "1"], pids
+        os.kill(sfu.pid, signal.SIGKILL)
+        await asyncio.wait_for(sfu.process.wait(), 10)
+
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids.values()):
+            assert time.monotonic() < deadline, f"orphaned workers: {pids}"
+            await asyncio.sleep(0.1)
