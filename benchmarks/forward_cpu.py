@@ -12,7 +12,8 @@ For each N given, a fresh SFU (``python -m sfu``, via tests/harness/sfu.py) runs
 4. **paused** window: the publisher stops feeding video frames; the tracks stay published and
    subscribed, and the audio (if on) keeps flowing: the cost of an audio-only call.
 
-In each window the SFU's CPU is Δ(utime+stime) of its PID (/proc/PID/stat) and the packets are
+In each window the SFU's CPU is Δ(utime+stime) of its PID and of its children, the media workers
+with ``--workers`` (/proc/PID/stat), and the packets are
 Δ``livekit_packet_total{direction="outgoing"}`` (original + retransmit) from its /metrics. It
 prints, per N: forwarded and ingress pps, SFU CPU % of one core, **µs of SFU CPU per forwarded
 packet** (gross, and net of the idle baseline's CPU rate), the subscribers' loss (sequence gaps
@@ -23,6 +24,9 @@ A fresh SFU per N keeps the scenarios independent (no leftover participants, roo
 warmed-up allocator state from the previous N) and lets each N have its own idle baseline.
 
     .venv/bin/python benchmarks/forward_cpu.py --subscribers 10 50 --duration 20
+
+``--workers 1 2`` runs each N once per ``rtc.workers`` (interleaved): the CPU of every SFU
+process per forwarded packet, one process against a control process and two media workers.
 
 ``--profile py-spy`` records the SFU with py-spy during the load window (needs a ``py-spy``
 binary: PATH or ``--py-spy``) and prints the hottest functions; ``--profile cprofile`` runs the
@@ -78,6 +82,30 @@ STOP_TIMEOUT_S = 20.0
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds, from /proc/PID/stat."""
     return sum(proc_user_sys_s(pid))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the SFU and its media worker processes)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{entry}/stat") as f,
+            ):
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.append(int(entry))
+    return pids
+
+
+def tree_user_sys_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) summed over ``process_tree(pid)``."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            u, s = proc_user_sys_s(member)
+            user, system = user + u, system + s
+    return user, system
 
 
 def proc_user_sys_s(pid: int) -> tuple[float, float]:
@@ -210,6 +238,11 @@ def window(name: str, a: Snapshot, b: Snapshot) -> dict[str, Any]:
             2,
         ),
         "us_per_packet": round(1e6 * cpu / out, 2) if out > 0 else None,
+        # per packet the subscribers counted: media workers report their packets to /metrics
+        # once a second, so the SFU's own count lags a window's edges by up to that much
+        "us_per_client_packet": round(1e6 * cpu / (b.clients["packets"] - a.clients["packets"]), 2)
+        if b.clients["packets"] > a.clients["packets"]
+        else None,
         "sfu_sys_share_pct": round(100 * (b.sfu_sys_s - a.sfu_sys_s) / cpu, 1) if cpu else None,
         "sfu_sched_pct": round(100 * sched / dt, 2),
         "sfu_switches_per_s": round((b.sfu_switches - a.sfu_switches) / dt, 1),
@@ -412,7 +445,9 @@ class Scenario:
         workdir: Path,
         send_mode: str | None = None,
         fast_path: str | None = None,
+        workers: int | None = None,
     ) -> None:
+        self.workers_count = workers
         self.args = args
         self.n = n
         self.send_mode = send_mode
@@ -429,7 +464,7 @@ class Scenario:
         response = await self.http.get(self.sfu.metrics_url)
         return Snapshot(
             at=time.monotonic(),
-            sfu_cpu_s=sum(user_sys := proc_user_sys_s(self.sfu.pid)),
+            sfu_cpu_s=sum(user_sys := tree_user_sys_s(self.sfu.pid)),
             sfu_sys_s=user_sys[1],
             sfu_sched_s=proc_sched_s(self.sfu.pid),
             sfu_switches=proc_switches(self.sfu.pid),
@@ -467,6 +502,8 @@ class Scenario:
             rtc["send_mode"] = self.send_mode
         if self.fast_path:
             rtc["fast_path"] = self.fast_path
+        if self.workers_count:
+            rtc["workers"] = self.workers_count
         if self.args.udp_port:
             rtc["udp_port"] = self.args.udp_port
         return rtc
@@ -478,6 +515,8 @@ class Scenario:
         label = self.send_mode or "default"
         if self.fast_path:
             label += f" fp={self.fast_path}"
+        if self.workers_count:
+            label += f" w={self.workers_count}"
         result: dict[str, Any] = {
             "subscribers": n,
             "send_mode": label,
@@ -753,6 +792,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "SFU's default only)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        help="run each N once per rtc.workers, interleaved (default: the SFU's default only)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="repeat the whole N × send-mode sequence"
     )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
@@ -782,15 +827,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work directory {workdir}; load average {loadavg()}")
     try:
         runs = [
-            (n, mode, fast)
+            (n, mode, fast, workers)
             for _ in range(args.rounds)
             for n in args.subscribers
             for mode in args.send_modes or [None]
             for fast in args.fast_paths or [None]
+            for workers in args.workers or [None]
         ]
-        for i, (n, mode, fast) in enumerate(runs):
-            name = f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}"
-            scenario = Scenario(args, n, workdir / name, mode, fast)
+        for i, (n, mode, fast, workers) in enumerate(runs):
+            name = f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}-w{workers or 0}"
+            scenario = Scenario(args, n, workdir / name, mode, fast, workers)
             # The harness prints the SFU's log tail on stop: keep stdout for the results.
             with contextlib.redirect_stdout(sys.stderr):
                 try:

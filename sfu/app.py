@@ -163,6 +163,7 @@ class Sfu:
                 logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             )
             metrics.registry.register(WorkerCollector(workers))
+            metrics.set_counters(workers.totals)
         return cls(
             config,
             node_id,

@@ -7,8 +7,9 @@ from a callback the composition root installs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -208,5 +209,23 @@ class Metrics:
     def set_gauges(self, source: Callable[[], Gauges]) -> None:
         self._collector.gauges = source
 
+    def set_counters(self, counters: Counters) -> None:
+        """Export these totals instead (the node's, summed over its media workers)."""
+        self.counters = self._collector.counters = counters
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def add_counters(total: Counters, part: Mapping[str, Any]) -> None:
+    """Add one process's counters (`dataclasses.asdict` of a `Counters`) into ``total``."""
+    for name, value in part.items():
+        mine = getattr(total, name, None)
+        if isinstance(mine, int) and isinstance(value, int):
+            setattr(total, name, mine + value)
+        elif isinstance(mine, list) and isinstance(value, list):
+            for i, count in enumerate(value[: len(mine)]):
+                mine[i] += int(count)
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            for key, count in value.items():
+                mine[key] = mine.get(key, 0) + int(count)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from sfu.media.transport import TransportConfig
 from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
+from sfu.metrics import COUNTERS, Counters, add_counters
 from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemotePeer, RemoteReceiver
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,11 @@ class WorkerLink:
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     placed: int = 0  # participants placed since the last stats
+    #: the worker's `Counters` as it last reported them; a restarted worker adds to what
+    #: the processes before it counted (`retired`), so the node's totals never go back
+    counters: dict[str, Any] = field(default_factory=dict)
+    retired: Counters = field(default_factory=Counters)
+    on_stats: Callable[[], None] = field(default=lambda: None)
     peers: dict[int, RemotePeer] = field(default_factory=dict)
     receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
     downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
@@ -96,6 +103,10 @@ class WorkerLink:
         elif op == "stats":
             self.stats = message
             self.placed = 0
+            counters = message.get("counters")
+            if isinstance(counters, dict):
+                self.counters = counters
+            self.on_stats()
         elif op == "ready":
             self.ready.set()
 
@@ -115,6 +126,10 @@ class WorkerPool:
         self.links = [WorkerLink(i) for i in range(count)]
         self._watchers: set[asyncio.Task[None]] = set()
         self.closing = False
+        #: the node's counters: this process's and every worker's last report, summed
+        self.totals = Counters()
+        for link in self.links:
+            link.on_stats = self._sum_counters
 
     def _settings(self, index: int) -> str:
         c = self.config
@@ -201,7 +216,18 @@ class WorkerPool:
                 log.exception("media worker %d failed to start; trying again", link.index)
                 await asyncio.sleep(5 * RESTART_DELAY)
 
+    def _sum_counters(self) -> None:
+        totals = Counters()
+        add_counters(totals, dataclasses.asdict(COUNTERS))
+        for link in self.links:
+            add_counters(totals, dataclasses.asdict(link.retired))
+            add_counters(totals, link.counters)
+        for f in dataclasses.fields(Counters):
+            setattr(self.totals, f.name, getattr(totals, f.name))
+
     def _lost(self, link: WorkerLink) -> None:
+        add_counters(link.retired, link.counters)
+        link.counters = {}
         media, link.media = list(link.media), set()
         link.peers.clear()
         link.downtracks.clear()

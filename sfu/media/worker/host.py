@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -518,8 +519,20 @@ class WorkerHost:
                 "relay_received": self.relay.received,
                 "relay_dropped": self.relay.dropped,
                 "peers": len(self.peers),
+                "objects": self.object_counts(),
+                "counters": dataclasses.asdict(COUNTERS),
             }
         )
+
+    def object_counts(self) -> dict[str, int]:
+        """What this worker holds: all zero once every participant on it has left."""
+        return {
+            "peers": len(self.peers),
+            "parts": len(self.parts),
+            "receivers": len(self.receivers),
+            "downtracks": len(self.downtracks),
+            "slots": len(self._slots),
+        }
 
     async def close(self) -> None:
         for dt_id in list(self.downtracks):
