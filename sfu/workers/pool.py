@@ -288,6 +288,12 @@ class WorkerCollector(Collector):
         participants = GaugeMetricFamily(
             "sfu_worker_participants", "Participants placed on the worker", labels=["worker"]
         )
+        objects = GaugeMetricFamily(
+            "sfu_worker_objects",
+            "What the worker holds (peers, participants' parts, receivers, down tracks, m-line "
+            "slots): all zero when nobody is placed there",
+            labels=["worker", "kind"],
+        )
         counters = {
             name: CounterMetricFamily(f"sfu_worker_{name}", text, labels=["worker"])
             for name, text in (
@@ -310,6 +316,8 @@ class WorkerCollector(Collector):
             cpu.add_metric(label, float(stats.get("cpu", 0.0)))
             up.add_metric(label, 1.0 if link.alive else 0.0)
             participants.add_metric(label, float(len(link.media)))
+            for kind, count in dict(stats.get("objects") or {}).items():
+                objects.add_metric([*label, str(kind)], float(count))
             values = {
                 "packets_forwarded": stats.get("packets_out", 0),
                 "packets_received": stats.get("packets_in", 0),
@@ -328,4 +336,5 @@ class WorkerCollector(Collector):
         yield cpu
         yield up
         yield participants
+        yield objects
         yield from counters.values()

@@ -64,9 +64,20 @@ async def worker_metrics(sfu: SfuInstance) -> dict[tuple[str, str], float]:
     async with httpx.AsyncClient() as client:
         text = (await client.get(sfu.metrics_url, timeout=5)).text
     values = {}
-    for match in re.finditer(r'^(sfu_worker_\w+)\{worker="(\d+)"\} (\S+)$', text, re.M):
-        values[(match[1], match[2])] = float(match[3])
+    for match in re.finditer(r'^(sfu_worker_\w+)\{worker="(\d+)"(.*)\} (\S+)$', text, re.M):
+        values[(match[1] + match[3], match[2])] = float(match[4])
     return values
+
+
+async def assert_workers_empty(sfu: SfuInstance) -> None:
+    """Once everybody left, no worker holds anything (peers, parts, receivers, down tracks)."""
+
+    async def empty() -> bool:
+        metrics = await worker_metrics(sfu)
+        held = {k: v for k, v in metrics.items() if k[0].startswith("sfu_worker_objects") and v}
+        return not held and all(metrics[("sfu_worker_participants", w)] == 0 for w in ("0", "1"))
+
+    await until(empty, "workers empty after everyone left", timeout_s=10.0)
 
 
 def worker_pids(sfu: SfuInstance) -> dict[str, int]:
@@ -154,6 +165,10 @@ async def test_one_publisher_subscribers_on_both_workers(sfu2: SfuInstance) -> N
         assert metrics[("sfu_worker_relay_sent_total", home)] > 0, metrics
         assert metrics[("sfu_worker_relay_received_total", other)] > 0, metrics
         assert metrics[("sfu_worker_packets_forwarded_total", other)] > 0, metrics
+        await alice.leave()
+        for subscriber in subscribers:
+            await subscriber.leave()
+        await assert_workers_empty(sfu2)
         sfu2.assert_alive()
     finally:
         await alice.leave()
@@ -284,6 +299,12 @@ async def test_worker_killed(sfu2: SfuInstance) -> None:
             )
 
         await until(moved_sees_video_again, f"{moved.identity} rejoined with video")
+        for client in raws:
+            await client.close()
+        await alice.leave()
+        for subscriber in subscribers:
+            await subscriber.leave()
+        await assert_workers_empty(sfu2)
         sfu2.assert_alive()
     finally:
         for client in raws:
@@ -313,3 +334,18 @@ async def test_control_process_death_takes_the_workers(tmp_path: Path) -> None:
         while any(alive(pid) for pid in pids.values()):
             assert time.monotonic() < deadline, f"orphaned workers: {pids}"
             await asyncio.sleep(0.1)
+
+
+async def test_simulcast_layers_across_workers(sfu2: SfuInstance) -> None:
+    """The SDK simulcast test (each quality by UpdateTrackSettings, within 2 s, no flapping)
+    with the subscriber on one worker and the publisher on the other: the subscriber joins
+    first (worker 0), the publisher is placed on the emptier worker 1."""
+    from tests.integration.test_simulcast_sdk import (
+        test_python_sdk_subscriber_requests_each_quality as each_quality,
+    )
+
+    await each_quality(sfu2)
+    metrics = await worker_metrics(sfu2)
+    relayed = {w: metrics[("sfu_worker_relay_received_total", w)] for w in ("0", "1")}
+    assert max(relayed.values()) > 0, f"subscriber and publisher on one worker: {metrics}"
+    await assert_workers_empty(sfu2)
