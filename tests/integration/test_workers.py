@@ -17,6 +17,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,6 +79,23 @@ async def assert_workers_empty(sfu: SfuInstance) -> None:
         return not held and all(metrics[("sfu_worker_participants", w)] == 0 for w in ("0", "1"))
 
     await until(empty, "workers empty after everyone left", timeout_s=10.0)
+
+
+def free_udp_port_pair(attempts: int = 50) -> int:
+    """A UDP port P with P + 1 free too (on loopback, now)."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free pair of UDP ports")
 
 
 def worker_pids(sfu: SfuInstance) -> dict[str, int]:
@@ -349,3 +367,43 @@ async def test_simulcast_layers_across_workers(sfu2: SfuInstance) -> None:
     relayed = {w: metrics[("sfu_worker_relay_received_total", w)] for w in ("0", "1")}
     assert max(relayed.values()) > 0, f"subscriber and publisher on one worker: {metrics}"
     await assert_workers_empty(sfu2)
+
+
+async def test_one_udp_port_per_worker(tmp_path: Path, sfu_keys: tuple[str, str]) -> None:
+    """With rtc.udp_port P, worker i holds UDP port P + i and no other; the control process
+    holds none; a call across the two workers flows."""
+    from tests.integration.test_udp_port import udp_ports_of
+
+    key, secret = sfu_keys
+    port = free_udp_port_pair()
+    async with running_sfu(
+        tmp_path / "sfu",
+        api_key=key,
+        api_secret=secret,
+        extra_config={"rtc": {"workers": 2, "udp_port": port}},
+    ) as sfu:
+        room = f"workers-port-{uuid.uuid4().hex[:8]}"
+        alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)
+        subscribers: list[CollectingSubscriber] = []
+        try:
+            await alice.connect(sfu.url, sfu.token("alice", room), timeout_s=WAIT_S)
+            home = await home_worker(sfu)
+            await alice.publish(timeout_s=WAIT_S)
+
+            async def join(n: int) -> CollectingSubscriber:
+                subscriber = CollectingSubscriber(f"viewer{n}", sample_rate=RATE)
+                subscribers.append(subscriber)
+                token = sfu.token(subscriber.identity, room)
+                await subscriber.connect(sfu.url, token, timeout_s=WAIT_S)
+                return subscriber
+
+            _, apart = await placed_apart(sfu, join, home)
+            await expect_media(apart, "alice")
+            pids = worker_pids(sfu)
+            assert udp_ports_of(sfu.pid) == set()
+            assert udp_ports_of(pids["0"]) == {port}
+            assert udp_ports_of(pids["1"]) == {port + 1}
+        finally:
+            await alice.leave()
+            for subscriber in subscribers:
+                await subscriber.leave()

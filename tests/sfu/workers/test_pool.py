@@ -1,0 +1,89 @@
+"""Media worker processes, for real: start, placement, a request to a peer on a worker, a
+SIGKILL survived (restart, the participants there told), and a close that leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sfu.media.sdp import SdpError
+from sfu.media.transport import TransportConfig
+from sfu.workers.pool import WorkerPool
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    workers = WorkerPool(2, TransportConfig(), "auto")
+    try:
+        await asyncio.wait_for(workers.start(), 30)
+        yield workers
+    finally:
+        await workers.close()
+        for link in workers.links:
+            assert link.process is not None and link.process.returncode is not None
+
+
+def ignore(*_args: object) -> None:
+    pass
+
+
+async def test_placement_spreads_a_burst_of_joins(pool: WorkerPool) -> None:
+    assert all(link.alive for link in pool.links)
+    first, second = pool.place(), pool.place()
+    assert {first.link.index, second.link.index} == {0, 1}
+    first.close()
+    second.close()
+    assert all(not link.media for link in pool.links)
+
+
+async def test_a_peer_on_a_worker_answers_requests(pool: WorkerPool) -> None:
+    media = pool.place()
+    states: list[str] = []
+    subscriber = media("subscriber", TransportConfig(), on_rtp=ignore, on_rtcp=ignore,
+                       on_data=ignore, on_state=states.append)  # fmt: skip
+    key = subscriber.add_track("audio", "audio/opus", 1234, "PA_x|TR_y", "TR_y")
+    assert subscriber.track_codec(key).name == "opus"
+    offer = await subscriber.create_offer()
+    assert "m=audio" in offer and "a=ssrc:1234" in offer and "m=application" in offer
+    publisher = media("publisher", TransportConfig(), on_rtp=ignore, on_rtcp=ignore,
+                      on_data=ignore, on_state=ignore)  # fmt: skip
+    with pytest.raises(SdpError):
+        await publisher.handle_offer("v=0\r\nnot an offer\r\n")
+    await subscriber.close()
+    await publisher.close()
+    assert subscriber.state == publisher.state == "closed"
+    media.close()
+
+
+@pytest.mark.expect_log_errors(r"media worker \d died \(exit -9\): restarting it")
+async def test_a_killed_worker_is_restarted_and_its_participants_told(pool: WorkerPool) -> None:
+    media = pool.place()
+    link = media.link
+    lost: list[int] = []
+    media.on_lost = lambda: lost.append(link.index)
+    peer = media("subscriber", TransportConfig(), on_rtp=ignore, on_rtcp=ignore,
+                 on_data=ignore, on_state=ignore)  # fmt: skip
+    assert link.process is not None
+    old_pid, generation = link.process.pid, link.generation
+    os.kill(old_pid, signal.SIGKILL)
+    for _ in range(200):
+        if link.alive and link.generation > generation:
+            break
+        await asyncio.sleep(0.05)
+    assert lost == [link.index]
+    assert link.alive and link.generation == generation + 1 and link.restarts == 1
+    assert link.process is not None and link.process.pid != old_pid
+    assert not peer.alive and peer.state == "failed"
+    with pytest.raises(RuntimeError):
+        await peer.create_offer()
+    await peer.close()  # nothing to ask a dead worker: returns at once
+    again = pool.place()
+    fresh = again("subscriber", TransportConfig(), on_rtp=ignore, on_rtcp=ignore,
+                  on_data=ignore, on_state=ignore)  # fmt: skip
+    assert "m=application" in await fresh.create_offer()
+    await fresh.close()
+    again.close()
