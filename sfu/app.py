@@ -111,12 +111,6 @@ class Sfu:
         node_id = new_node_id()
         rooms = RoomManager(config.room)
         metrics = Metrics(node_id)
-        cpu_load = CpuLoad()
-        metrics.set_gauges(
-            lambda: dataclasses.replace(
-                rooms.gauges(), tasks=_task_count(), cpu_load=cpu_load.value
-            )
-        )
         transport_config = TransportConfig(
             bind_addresses=tuple(a for a in config.bind_addresses if a) or ("0.0.0.0",),
             node_ip=config.rtc.node_ip or None,
@@ -131,6 +125,22 @@ class Sfu:
             "rtc.fast_path %s: each copy through %s",
             config.rtc.fast_path,
             "the compiled path" if transport_config.fast_path else "PeerTransport.send_rtp",
+        )
+        workers = None
+        if media_workers(config.rtc) > 1:
+            workers = WorkerPool(
+                media_workers(config.rtc),
+                transport_config,
+                config.rtc.fast_path,
+                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            )
+            metrics.registry.register(WorkerCollector(workers))
+            metrics.set_counters(workers.totals)
+        cpu_load = CpuLoad() if workers is None else CpuLoad(cpu=workers.cpu_seconds_per_worker)
+        metrics.set_gauges(
+            lambda: dataclasses.replace(
+                rooms.gauges(), tasks=_task_count(), cpu_load=cpu_load.value
+            )
         )
         max_sessions = config.limits.max_sessions
         derived, why = derived_max_sessions(
@@ -154,16 +164,6 @@ class Sfu:
         if config.webhook.urls:
             webhooks = WebhookNotifier(config.webhook.urls, config.webhook.api_key, config.keys)
             rooms.observer = webhooks
-        workers = None
-        if media_workers(config.rtc) > 1:
-            workers = WorkerPool(
-                media_workers(config.rtc),
-                transport_config,
-                config.rtc.fast_path,
-                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            )
-            metrics.registry.register(WorkerCollector(workers))
-            metrics.set_counters(workers.totals)
         return cls(
             config,
             node_id,

@@ -94,9 +94,11 @@ class _Collector(Collector):
         self.node_id = node_id
         self.counters = counters
         self.gauges: Callable[[], Gauges] = Gauges
+        #: where the counters come from when they are not this process's alone (media workers)
+        self.source: Callable[[], Counters] | None = None
 
     def collect(self) -> Iterator[Metric]:
-        c = self.counters
+        c = self.counters if self.source is None else self.source()
         labels = ["node_id", "node_type"]
         node = [self.node_id, "MEDIA"]
 
@@ -209,9 +211,10 @@ class Metrics:
     def set_gauges(self, source: Callable[[], Gauges]) -> None:
         self._collector.gauges = source
 
-    def set_counters(self, counters: Counters) -> None:
-        """Export these totals instead (the node's, summed over its media workers)."""
-        self.counters = self._collector.counters = counters
+    def set_counters(self, source: Callable[[], Counters]) -> None:
+        """Export these totals instead, computed on each scrape (the node's, summed over its
+        media workers)."""
+        self._collector.source = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,7 +22,8 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ class WorkerLink:
     #: the processes before it counted (`retired`), so the node's totals never go back
     counters: dict[str, Any] = field(default_factory=dict)
     retired: Counters = field(default_factory=Counters)
-    on_stats: Callable[[], None] = field(default=lambda: None)
+    retired_cpu_s: float = 0.0  # CPU seconds of its processes before the current one
     peers: dict[int, RemotePeer] = field(default_factory=dict)
     receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
     downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
@@ -95,6 +96,11 @@ class WorkerLink:
                 downtrack = self.downtracks.get(int(dt_id))
                 if downtrack is not None:
                     downtrack.on_event(message, value)
+        elif op == "bitrates":
+            for track, rates in message["bitrates"].items():
+                receiver = self.receivers.get(int(track))
+                if receiver is not None:
+                    receiver.note_bitrates([int(rate) for rate in rates])
         elif op == "levels":
             for track, level in message["levels"].items():
                 receiver = self.receivers.get(int(track))
@@ -106,7 +112,6 @@ class WorkerLink:
             counters = message.get("counters")
             if isinstance(counters, dict):
                 self.counters = counters
-            self.on_stats()
         elif op == "ready":
             self.ready.set()
 
@@ -126,10 +131,6 @@ class WorkerPool:
         self.links = [WorkerLink(i) for i in range(count)]
         self._watchers: set[asyncio.Task[None]] = set()
         self.closing = False
-        #: the node's counters: this process's and every worker's last report, summed
-        self.totals = Counters()
-        for link in self.links:
-            link.on_stats = self._sum_counters
 
     def _settings(self, index: int) -> str:
         c = self.config
@@ -216,18 +217,29 @@ class WorkerPool:
                 log.exception("media worker %d failed to start; trying again", link.index)
                 await asyncio.sleep(5 * RESTART_DELAY)
 
-    def _sum_counters(self) -> None:
+    def cpu_seconds_per_worker(self) -> float:
+        """CPU seconds of the whole node (this process and every worker's, as last reported)
+        divided by the workers: its rate is the load of an average worker (1.0 = each worker
+        busy a whole core), what `limits.max_cpu_load` compares when placement balances."""
+        total = time.process_time()
+        for link in self.links:
+            total += link.retired_cpu_s + float(link.stats.get("cpu_seconds", 0.0))
+        return total / len(self.links)
+
+    def totals(self) -> Counters:
+        """The node's counters: this process's, and every worker's last report (once a second)
+        and those of its processes before a restart."""
         totals = Counters()
         add_counters(totals, dataclasses.asdict(COUNTERS))
         for link in self.links:
             add_counters(totals, dataclasses.asdict(link.retired))
             add_counters(totals, link.counters)
-        for f in dataclasses.fields(Counters):
-            setattr(self.totals, f.name, getattr(totals, f.name))
+        return totals
 
     def _lost(self, link: WorkerLink) -> None:
         add_counters(link.retired, link.counters)
         link.counters = {}
+        link.retired_cpu_s += float(link.stats.get("cpu_seconds", 0.0))
         media, link.media = list(link.media), set()
         link.peers.clear()
         link.downtracks.clear()

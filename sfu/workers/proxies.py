@@ -361,6 +361,10 @@ class RemoteReceiver(_Bound):
     def request_keyframe_all(self) -> None:
         self._send({"op": "keyframe_all", "track": self.id})
 
+    def note_bitrates(self, bitrates: list[int]) -> None:
+        for layer, bitrate in zip(self._layers, bitrates, strict=False):
+            layer.bitrate = bitrate
+
     def note_level(self, level: float) -> None:
         self._level = max(self._level, level)
 

@@ -178,6 +178,8 @@ def write_config(
         "limits": {"max_sessions_per_ip": 0},
         "logging": {"level": log_level},
     }
+    if os.environ.get("SFU_TEST_RTC_WORKERS"):  # run a suite against media workers
+        config["rtc"]["workers"] = int(os.environ["SFU_TEST_RTC_WORKERS"])
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

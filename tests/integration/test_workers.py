@@ -144,6 +144,31 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: floa
         await asyncio.sleep(0.2)
 
 
+async def publishing_alice(
+    sfu: SfuInstance, room: str, alice: SyntheticPublisher
+) -> tuple[str, str]:
+    """Alice joins first and publishes video and audio; (her worker, the other worker)."""
+    await alice.connect(sfu.url, sfu.token("alice", room), timeout_s=WAIT_S)
+    home = await home_worker(sfu)
+    await alice.publish(timeout_s=WAIT_S)
+    return home, "1" if home == "0" else "0"
+
+
+def sdk_joiner(
+    sfu: SfuInstance, room: str, subscribers: list[CollectingSubscriber]
+) -> Callable[[int], Awaitable[CollectingSubscriber]]:
+    """``join(n)``: SDK subscriber ``viewer{n}`` joins the room (kept in ``subscribers``)."""
+
+    async def join(n: int) -> CollectingSubscriber:
+        subscriber = CollectingSubscriber(f"viewer{n}", sample_rate=RATE)
+        subscribers.append(subscriber)
+        token = sfu.token(subscriber.identity, room)
+        await subscriber.connect(sfu.url, token, timeout_s=WAIT_S)
+        return subscriber
+
+    return join
+
+
 async def expect_media(subscriber: CollectingSubscriber, publisher: str) -> None:
     good = await subscriber.wait_matching_frames(
         publisher, 20, width=WIDTH, height=HEIGHT, timeout_s=WAIT_S
@@ -201,10 +226,7 @@ async def test_nack_and_pli_across_workers(sfu2: SfuInstance) -> None:
     alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)
     viewers = []
     try:
-        await alice.connect(sfu2.url, sfu2.token("alice", room), timeout_s=WAIT_S)
-        home = await home_worker(sfu2)
-        other = "1" if home == "0" else "0"
-        await alice.publish(timeout_s=WAIT_S)
+        home, other = await publishing_alice(sfu2, room, alice)
 
         async def join(n: int) -> object:
             identity = f"raw{n}"
@@ -260,18 +282,8 @@ async def test_worker_killed(sfu2: SfuInstance) -> None:
     subscribers: list[CollectingSubscriber] = []
     raws: list[RawSignal] = []
     try:
-        await alice.connect(sfu2.url, sfu2.token("alice", room), timeout_s=WAIT_S)
-        home = await home_worker(sfu2)
-        other = "1" if home == "0" else "0"
-        await alice.publish(timeout_s=WAIT_S)
-
-        async def join_sdk(n: int) -> CollectingSubscriber:
-            subscriber = CollectingSubscriber(f"viewer{n}", sample_rate=RATE)
-            subscribers.append(subscriber)
-            await subscriber.connect(
-                sfu2.url, sfu2.token(subscriber.identity, room), timeout_s=WAIT_S
-            )
-            return subscriber
+        home, other = await publishing_alice(sfu2, room, alice)
+        join_sdk = sdk_joiner(sfu2, room, subscribers)
 
         async def join_raw(n: int) -> RawSignal:
             client = await RawSignal.connect(sfu2.url, sfu2.token(f"raw{n}", room))
@@ -386,17 +398,8 @@ async def test_one_udp_port_per_worker(tmp_path: Path, sfu_keys: tuple[str, str]
         alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)
         subscribers: list[CollectingSubscriber] = []
         try:
-            await alice.connect(sfu.url, sfu.token("alice", room), timeout_s=WAIT_S)
-            home = await home_worker(sfu)
-            await alice.publish(timeout_s=WAIT_S)
-
-            async def join(n: int) -> CollectingSubscriber:
-                subscriber = CollectingSubscriber(f"viewer{n}", sample_rate=RATE)
-                subscribers.append(subscriber)
-                token = sfu.token(subscriber.identity, room)
-                await subscriber.connect(sfu.url, token, timeout_s=WAIT_S)
-                return subscriber
-
+            home, _ = await publishing_alice(sfu, room, alice)
+            join = sdk_joiner(sfu, room, subscribers)
             _, apart = await placed_apart(sfu, join, home)
             await expect_media(apart, "alice")
             pids = worker_pids(sfu)

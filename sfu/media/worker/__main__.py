@@ -27,7 +27,7 @@ from sfu.media.transport import TransportConfig
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.media.worker.host import WorkerHost
 from sfu.media.worker.relay import Relay
-from sfu.media.worker.wire import Channel, open_channel
+from sfu.media.worker.wire import Channel, ChannelClosed, open_channel
 
 log = logging.getLogger("sfu.media.worker")
 PR_SET_PDEATHSIG = 1
@@ -65,7 +65,8 @@ async def serve(index: int, fd: int, namespace: str, config: TransportConfig) ->
 
     def emit(message: dict[str, Any]) -> None:
         if channel is not None and not channel.closed:
-            channel.send(message)
+            with contextlib.suppress(ChannelClosed):  # closing: the reader's end ends us
+                channel.send(message)
 
     def reply(rid: int, result: Any, error: BaseException | None) -> None:
         if channel is not None:

@@ -496,6 +496,13 @@ class WorkerHost:
                     paused[str(dt_id)] = state
         if paused:
             self._emit({"op": "paused", "paused": paused})
+        bitrates = {
+            str(track): [layer.bitrate for layer in receiver.layers]
+            for track, receiver in self.receivers.items()
+            if isinstance(receiver, HomeReceiver) and receiver.is_video
+        }
+        if bitrates:  # measured by the receiver reports just made
+            self._emit({"op": "bitrates", "bitrates": bitrates})
 
     def _send_stats(self, now: float) -> None:
         wall, cpu = self._cpu

@@ -3,9 +3,9 @@
 Frames are a 4-byte big-endian length and a JSON object, on a Unix stream socket. A message
 with ``rid`` is a request: the other side answers ``{"re": rid, "ok": result}`` or
 ``{"re": rid, "err": text, "type": name}``; every request has a timeout. Everything is bounded:
-a frame by `MAX_FRAME`, what is waiting to be written by `MAX_BUFFERED` (past it, a message is
-dropped and counted: a worker that stops reading must not grow the control process), pending
-requests by `MAX_PENDING`. Bytes (data-channel payloads) travel as base64 text.
+a frame by `MAX_FRAME`, what is waiting to be written by `MAX_BUFFERED` (past it the channel
+closes: a worker that stops reading must not grow the control process, and is restarted),
+pending requests by `MAX_PENDING`. Bytes (data-channel payloads) travel as base64 text.
 """
 
 from __future__ import annotations
@@ -76,15 +76,17 @@ class Channel:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self.closed = False
-        self.dropped = 0  # messages dropped: the writer's buffer was full
 
     def send(self, message: Message) -> None:
         """Queue one message; raises ChannelClosed once closed."""
         if self.closed or self._writer.is_closing():
             raise ChannelClosed("the control channel is closed")
         if self._writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-            self.dropped += 1
-            return
+            # the other side stopped reading: end the channel (a worker is then restarted, a
+            # control process that stopped reading makes its worker exit)
+            log.error("control channel: %d bytes unread by the other side, closing", MAX_BUFFERED)
+            self.close()
+            raise ChannelClosed("the other side stopped reading")
         self._writer.write(encode(message))
 
     async def request(self, message: Message, wait_s: float = REQUEST_TIMEOUT) -> Any:

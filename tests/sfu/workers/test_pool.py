@@ -12,6 +12,7 @@ import pytest
 
 from sfu.media.sdp import SdpError
 from sfu.media.transport import TransportConfig
+from sfu.metrics import COUNTERS
 from sfu.workers.pool import WorkerPool
 
 
@@ -87,3 +88,22 @@ async def test_a_killed_worker_is_restarted_and_its_participants_told(pool: Work
     assert "m=application" in await fresh.create_offer()
     await fresh.close()
     again.close()
+
+
+async def test_node_counters_and_cpu_add_up_the_workers(pool: WorkerPool) -> None:
+    for _ in range(100):  # each worker reports once a second
+        if all(link.stats for link in pool.links):
+            break
+        await asyncio.sleep(0.05)
+    assert all("cpu_seconds" in link.stats and "objects" in link.stats for link in pool.links)
+    pool.links[0].counters = {"packets_out": 5, "limits_exceeded": {"x": 1}}
+    pool.links[1].counters = {"packets_out": 7, "send_batch_sizes": [1, 0, 0]}
+    pool.links[1].retired.packets_out = 100  # a process before a restart
+    totals = pool.totals()
+    assert totals.packets_out == COUNTERS.packets_out + 112
+    assert totals.limits_exceeded.get("x") == COUNTERS.limits_exceeded.get("x", 0) + 1
+    assert totals.send_batch_sizes[0] == COUNTERS.send_batch_sizes[0] + 1
+    COUNTERS.limit_exceeded("test_counter")  # this process's own: at once, not a second later
+    assert pool.totals().limits_exceeded["test_counter"] >= 1
+    workers_cpu = sum(float(link.stats["cpu_seconds"]) for link in pool.links)
+    assert pool.cpu_seconds_per_worker() >= workers_cpu / 2

@@ -116,3 +116,17 @@ async def test_a_bad_message_handler_does_not_end_the_channel() -> None:
     a.close()
     await asyncio.wait_for(run_b, 2)
     run_a.cancel()
+
+
+@pytest.mark.expect_log_errors(r"unread by the other side, closing")
+async def test_a_peer_that_stops_reading_closes_the_channel() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel, reader = await open_channel(right, lambda m: None)
+    body = "x" * (wire.MAX_FRAME - 100)
+    with pytest.raises(ChannelClosed):
+        for _ in range(2 * wire.MAX_BUFFERED // wire.MAX_FRAME + 8):
+            channel.send({"op": "flood", "body": body})
+            await asyncio.sleep(0)
+    assert channel.closed
+    left.close()
+    await asyncio.wait_for(reader, 2)
