@@ -375,9 +375,7 @@ async def test_simulcast_layers_across_workers(sfu2: SfuInstance) -> None:
     )
 
     await each_quality(sfu2)
-    metrics = await worker_metrics(sfu2)
-    relayed = {w: metrics[("sfu_worker_relay_received_total", w)] for w in ("0", "1")}
-    assert max(relayed.values()) > 0, f"subscriber and publisher on one worker: {metrics}"
+    await assert_relayed(sfu2)
     await assert_workers_empty(sfu2)
 
 
@@ -410,3 +408,26 @@ async def test_one_udp_port_per_worker(tmp_path: Path, sfu_keys: tuple[str, str]
             await alice.leave()
             for subscriber in subscribers:
                 await subscriber.leave()
+
+
+async def assert_relayed(sfu: SfuInstance) -> None:
+    metrics = await worker_metrics(sfu)
+    relayed = {w: metrics[("sfu_worker_relay_received_total", w)] for w in ("0", "1")}
+    assert max(relayed.values()) > 0, f"everybody on one worker: {metrics}"
+
+
+async def test_browser_adaptive_stream_and_dynacast_across_workers(sfu2: SfuInstance) -> None:
+    """livekit-client in Chromium: the adaptive-stream (tile size) and dynacast tests of
+    test_simulcast_browser.py, with their participants spread over two workers."""
+    from tests.integration.test_simulcast_browser import (
+        test_adaptive_stream_follows_tile_size as adaptive_stream,
+    )
+    from tests.integration.test_simulcast_browser import (
+        test_dynacast_pauses_unwatched_layers as dynacast,
+    )
+
+    await adaptive_stream(sfu2)
+    await assert_relayed(sfu2)
+    await assert_workers_empty(sfu2)
+    await dynacast(sfu2)
+    await assert_workers_empty(sfu2)
