@@ -319,6 +319,8 @@ class Sfu:
         assert self.cluster is not None
         if self.cluster.relayed_for(websocket.headers.get(RELAY_HEADER, "")) is not None:
             return False  # relayed to this node: served here
+        if _flag(websocket.query_params.get("reconnect"), default=False):
+            return False  # a resume: answered here (a full rejoin, `_serve`), wherever the room is
         try:
             grants = self.admit(websocket, room_checks=False).grants
         except AdmissionError as exc:
@@ -391,6 +393,8 @@ class Sfu:
         participants left to reconnect (LeaveRequest RECONNECT, reason SERVER_SHUTDOWN)."""
         self.readiness.draining = True
         log.info("draining: %d sessions, waiting up to %.0f s", self.sessions, timeout_s)
+        if self.cluster is not None:
+            await self.cluster.beat()  # at once: no new room is placed here from now on
         await self._sessions_ended(timeout_s)
         if self.sessions:
             log.info("drain_timeout reached: asking %d sessions to reconnect", self.sessions)

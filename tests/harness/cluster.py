@@ -97,6 +97,10 @@ class Member(CollectingSubscriber):
         await self.connect(url, token, timeout_s=timeout_s)
         await self.publisher.publish(video=False, audio=True, timeout_s=timeout_s)
 
+    def samples_from(self, identity: str) -> int:
+        """Samples received from `identity` so far, over all its tracks."""
+        return sum(c.samples_total for c in self.audio.values() if c.participant == identity)
+
     def audio_tracks(self, identity: str) -> set[str]:
         return {sid for sid, c in self.audio.items() if c.participant == identity}
 

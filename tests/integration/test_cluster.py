@@ -7,14 +7,24 @@ nodes on loopback, LiveKit Python SDK clients.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+import websockets
 from livekit import api
 
-from tests.harness.cluster import Member, node_of, room_owner, running_cluster
+from sfu.lifecycle import DRAINING_MESSAGE
+from tests.harness.balancer import running_balancer
+from tests.harness.cluster import RATE, Member, node_of, room_owner, running_cluster
+from tests.harness.rawsignal import RawSignal
 from tests.harness.redis import running_redis_server
+from tests.harness.sfu import SfuInstance
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +59,162 @@ async def test_one_room_through_two_nodes(tmp_path: Path) -> None:
             finally:
                 await alice.leave()
                 await bob.leave()
+
+
+async def test_kill_of_the_rooms_node_both_back_in_a_call_within_10_s(tmp_path: Path) -> None:
+    """Three nodes behind a round-robin balancer (no affinity); kill -9 of the room's node. The
+    clients rejoin by themselves (a relayed one gets leave{RECONNECT} from its relay node, a
+    direct one loses its socket and resumes, which is answered with leave{RECONNECT}); the room is
+    placed again on a live node and both hear each other there, on new tracks."""
+    room = f"cluster-kill-{uuid.uuid4().hex[:8]}"
+    with running_redis_server(tmp_path / "redis") as redis_server:
+        async with (
+            running_cluster(tmp_path, redis_server, 3) as nodes,
+            running_balancer([n.port for n in nodes]) as balancer,
+        ):
+            alice, bob = Member("alice", 440.0), Member("bob", 660.0)
+            a, _, _ = nodes
+            try:
+                await alice.join(balancer.url, a.token("alice", room), timeout_s=WAIT_S)
+                await bob.join(balancer.url, a.token("bob", room), timeout_s=WAIT_S)
+                await alice.hears(bob, timeout_s=WAIT_S)
+                await bob.hears(alice, timeout_s=WAIT_S)
+                owner = node_of(redis_server, nodes, room)
+                old_bob = frozenset(alice.audio_tracks("bob"))
+                old_alice = frozenset(bob.audio_tracks("alice"))
+                killed = time.monotonic()
+                os.kill(owner.pid, signal.SIGKILL)
+                await asyncio.gather(
+                    alice.hears(bob, timeout_s=15, old_tracks=old_bob),
+                    bob.hears(alice, timeout_s=15, old_tracks=old_alice),
+                )
+                back = time.monotonic() - killed
+                moved = node_of(redis_server, nodes, room)
+                print(
+                    f"kill -9 of :{owner.port}: both hear each other on :{moved.port} "
+                    f"{back:.2f} s after the kill"
+                )
+                assert moved is not owner
+                assert back < 10.0, back
+            finally:
+                await alice.leave()
+                await bob.leave()
+
+
+async def _refusal(url: str, token: str) -> tuple[int, str]:
+    """The HTTP status and text a /rtc handshake is refused with."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        client = await RawSignal.connect(url, token)
+        await client.close()
+    response = refused.value.response
+    return response.status_code, (response.body or b"").decode()
+
+
+async def _readyz(node: SfuInstance) -> int:
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        return (await http.get(f"{node.http_url}/readyz")).status_code
+
+
+async def test_sigterm_of_the_rooms_node_drains_then_the_call_moves(tmp_path: Path) -> None:
+    """SIGTERM of the room's node (drain_timeout 6 s): /readyz 503, no new join there (direct or
+    relayed), new rooms go to the other node, the call goes on; at the limit its members get
+    leave{RECONNECT}, rejoin through the balancer and hear each other on the other node."""
+    room = f"cluster-drain-{uuid.uuid4().hex[:8]}"
+    with running_redis_server(tmp_path / "redis") as redis_server:
+        async with (
+            running_cluster(tmp_path, redis_server, 2, extra_config={"drain_timeout": 6}) as nodes,
+            running_balancer([n.port for n in nodes]) as balancer,
+        ):
+            alice, bob = Member("alice", 440.0), Member("bob", 660.0)
+            try:
+                await alice.join(balancer.url, nodes[0].token("alice", room), timeout_s=WAIT_S)
+                await bob.join(balancer.url, nodes[0].token("bob", room), timeout_s=WAIT_S)
+                await alice.hears(bob, timeout_s=WAIT_S)
+                owner = node_of(redis_server, nodes, room)
+                (other,) = [n for n in nodes if n is not owner]
+                old_bob = frozenset(alice.audio_tracks("bob"))
+                old_alice = frozenset(bob.audio_tracks("alice"))
+                os.kill(owner.pid, signal.SIGTERM)
+                drained = time.monotonic()
+                deadline = drained + 5
+                while await _readyz(owner) == 200:
+                    assert time.monotonic() < deadline, "still ready 5 s after SIGTERM"
+                    await asyncio.sleep(0.05)
+                assert await _refusal(owner.url, owner.token("carol", room)) == (
+                    503,
+                    DRAINING_MESSAGE,
+                )
+                assert await _refusal(other.url, other.token("carol", room)) == (
+                    503,
+                    DRAINING_MESSAGE,
+                )
+                fresh = f"{room}-new"
+                dave = await RawSignal.connect(other.url, other.token("dave", fresh))
+                await dave.next("join")
+                await dave.close()
+                assert node_of(redis_server, nodes, fresh) is other
+                # the call goes on while the node drains
+                heard = alice.samples_from("bob")
+                await asyncio.sleep(2.0)
+                assert alice.samples_from("bob") > heard + RATE, "the call stopped while draining"
+                await asyncio.gather(
+                    alice.hears(bob, timeout_s=20, old_tracks=old_bob),
+                    bob.hears(alice, timeout_s=20, old_tracks=old_alice),
+                )
+                moved = time.monotonic() - drained
+                assert node_of(redis_server, nodes, room) is other
+                assert await asyncio.wait_for(owner.process.wait(), 10) == 0
+                print(
+                    f"drain: the call moved to :{other.port} {moved:.2f} s after SIGTERM "
+                    "(drain_timeout 6 s)"
+                )
+                assert moved > 5.5, moved  # not before the limit
+            finally:
+                await alice.leave()
+                await bob.leave()
+
+
+async def test_redis_restart_mid_call(tmp_path: Path) -> None:
+    """Redis stopped mid-call: the call goes on, a join that needs Redis fails clearly (503, with
+    the reason); Redis started again (empty): the owner re-announces its room and a new
+    participant joining through the other node lands in the same call."""
+    room = f"cluster-redis-{uuid.uuid4().hex[:8]}"
+    with running_redis_server(tmp_path / "redis") as redis_server:
+        async with running_cluster(tmp_path, redis_server, 2) as (a, b):
+            alice, bob = Member("alice", 440.0), Member("bob", 660.0)
+            carol = Member("carol", 880.0)
+            try:
+                await alice.join(a.url, a.token("alice", room), timeout_s=WAIT_S)
+                await bob.join(b.url, b.token("bob", room), timeout_s=WAIT_S)
+                await alice.hears(bob, timeout_s=WAIT_S)
+                await bob.hears(alice, timeout_s=WAIT_S)
+                redis_server.stop()
+                stopped = time.monotonic()
+                heard = (alice.samples_from("bob"), bob.samples_from("alice"))
+                status, text = await _refusal(b.url, b.token("erin", f"{room}-other"))
+                refused_after = time.monotonic() - stopped
+                assert status == 503 and "Redis is unreachable" in text, (status, text)
+                await asyncio.sleep(2.0)
+                away = time.monotonic() - stopped
+                for member, other, before in ((alice, bob, heard[0]), (bob, alice, heard[1])):
+                    got = (member.samples_from(other.identity) - before) / RATE
+                    assert got > away - 1.5, (
+                        f"{member.identity}: {got:.1f} s of audio in {away:.1f} s"
+                    )
+                redis_server.start()
+                restarted = time.monotonic()
+                await carol.join(b.url, b.token("carol", room), timeout_s=WAIT_S)
+                joined = time.monotonic() - restarted
+                await carol.hears(alice, timeout_s=WAIT_S)
+                await alice.hears(carol, timeout_s=WAIT_S)
+                assert sorted(p.identity for p in carol.room.remote_participants.values()) == [
+                    "alice",
+                    "bob",
+                ]
+                print(
+                    f"Redis away {away:.1f} s: the call went on, a join was refused after "
+                    f"{refused_after:.2f} s; restarted: carol joined {joined:.2f} s later"
+                )
+            finally:
+                for member in (alice, bob, carol):
+                    await member.leave()
