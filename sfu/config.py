@@ -551,6 +551,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["bind_addresses"] = env["LIVEKIT_BIND"]
     if env.get("NODE_IP"):
         out.setdefault("rtc", {})["node_ip"] = env["NODE_IP"]
+    if env.get("NODE_ADDRESS"):
+        out["node_address"] = env["NODE_ADDRESS"]
     if env.get("REDIS_HOST"):
         out.setdefault("redis", {})["address"] = env["REDIS_HOST"]
     if env.get("REDIS_PASSWORD"):

@@ -236,3 +236,8 @@ def test_redis_keys_livekit_names_and_sentinel() -> None:
 def test_redis_keys_refused(redis: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_mapping({"keys": {"k": "s" * 40}, "redis": redis})
+
+
+def test_node_address_from_env() -> None:
+    config = load(env={"LIVEKIT_KEYS": f"k: {SECRET}", "NODE_ADDRESS": "10.0.0.9:7880"})
+    assert config.node_address == "10.0.0.9:7880"
