@@ -9,6 +9,10 @@ tests/integration/test_cluster.py). Prints numbers, asserts nothing.
 2. **Join latency.** A raw signalling client (tests/harness/rawsignal.py) joins a room that
    lives on node 0, `--joins` times directly and as many times through node 1 (relayed),
    interleaved: milliseconds from opening the WebSocket to the JoinResponse, median and p90.
+3. **Per-message cost of the relay channel.** Ping → pong round trips of a joined session,
+   direct vs relayed; beside them, the round trip of one message over Redis pub/sub (PUBLISH to
+   a channel another connection subscribes to, which publishes it back): what each signal
+   message would cost each way had the relay gone through Redis instead.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/cluster.py [--joins 40] [--preload 6]
 """
@@ -26,17 +30,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from livekit import api
+from livekit.protocol import rtc
 
 from tests.harness.cluster import node_ids, redis_client, running_cluster
 from tests.harness.rawsignal import RawSignal
-from tests.harness.redis import running_redis_server
+from tests.harness.redis import RedisServer, running_redis_server
 from tests.harness.sfu import SfuInstance
 
 
-def _spread(redis_server: object, nodes: list[SfuInstance], rooms: list[str]) -> list[int]:
-    addresses = node_ids(redis_server)  # type: ignore[arg-type]
-    with redis_client(redis_server) as client:  # type: ignore[arg-type]
+def _spread(redis_server: RedisServer, nodes: list[SfuInstance], rooms: list[str]) -> list[int]:
+    addresses = node_ids(redis_server)
+    with redis_client(redis_server) as client:
         owners = [client.hget("sfu:rooms", r) for r in rooms]
     by_port = collections.Counter(addresses[o].rsplit(":", 1)[1] for o in owners if o)
     return [by_port.get(str(n.port), 0) for n in nodes]
@@ -58,6 +64,53 @@ async def _join_ms(node: SfuInstance, identity: str, room: str) -> float:
     elapsed = (time.perf_counter() - started) * 1000
     await client.close()
     return elapsed
+
+
+async def _pings(node: SfuInstance, identity: str, room: str, count: int) -> float:
+    client = await RawSignal.connect(node.url, node.token(identity, room))
+    await client.next("join")
+    rtts = []
+    for i in range(count):
+        started = time.perf_counter()
+        await client.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=i)))
+        await client.next("pong_resp")
+        rtts.append((time.perf_counter() - started) * 1000)
+    await client.close()
+    return statistics.median(rtts)
+
+
+async def _pubsub_rtt(redis_server: RedisServer, count: int) -> float:
+    a = aioredis.Redis(port=redis_server.port)
+    b = aioredis.Redis(port=redis_server.port)
+    sub_a, sub_b = a.pubsub(), b.pubsub()
+    await sub_a.subscribe("back")
+    await sub_b.subscribe("there")
+    for sub in (sub_a, sub_b):
+        await sub.get_message(timeout=1)
+
+    async def echo() -> None:
+        while True:
+            message = await sub_b.get_message(ignore_subscribe_messages=True, timeout=5)
+            if message is not None:
+                await b.publish("back", message["data"])
+
+    task = asyncio.create_task(echo())
+    rtts = []
+    payload = b"x" * 200  # a typical small signal message
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            await a.publish("there", payload)
+            while await sub_a.get_message(ignore_subscribe_messages=True, timeout=5) is None:
+                pass
+            rtts.append((time.perf_counter() - started) * 1000)
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        for client in (a, b):
+            await client.aclose()
+    return statistics.median(rtts)
 
 
 def _summary(values: list[float]) -> str:
@@ -113,9 +166,17 @@ async def main(joins: int, preload: int) -> dict[str, object]:
                     direct_ms.append(await _join_ms(nodes[owner], f"d{i}", room))
                     relayed_ms.append(await _join_ms(nodes[relay], f"r{i}", room))
                 results["join_direct_ms"] = statistics.median(direct_ms)
+                results["ping_direct_ms"] = await _pings(nodes[owner], "pd", room, joins * 5)
+                results["ping_relayed_ms"] = await _pings(nodes[relay], "pr", room, joins * 5)
+                results["redis_pubsub_rtt_ms"] = await _pubsub_rtt(redis_server, joins * 5)
                 results["join_relayed_ms"] = statistics.median(relayed_ms)
                 print(f"join latency, direct to the room's node: {_summary(direct_ms)}")
                 print(f"join latency, relayed by another node:   {_summary(relayed_ms)}")
+                print(
+                    f"ping round trip: direct {results['ping_direct_ms']:.2f} ms, relayed "
+                    f"{results['ping_relayed_ms']:.2f} ms; one Redis pub/sub round trip "
+                    f"{results['redis_pubsub_rtt_ms']:.2f} ms (medians)"
+                )
     return results
 
 

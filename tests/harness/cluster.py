@@ -32,8 +32,9 @@ async def running_cluster(
     *,
     extra_config: dict[str, Any] | None = None,
     expect_log_errors: tuple[str, ...] = (),
+    keys: tuple[str, str] | None = None,
 ) -> AsyncIterator[list[SfuInstance]]:
-    api_key, api_secret = new_api_key_pair()
+    api_key, api_secret = keys or new_api_key_pair()
     config = {"redis": {"address": redis_server.address}, **(extra_config or {})}
     async with contextlib.AsyncExitStack() as stack:
         instances = [

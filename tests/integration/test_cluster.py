@@ -2,7 +2,13 @@
 nodes on loopback, LiveKit Python SDK clients.
 
 - Participants joining one room through different nodes hear each other; the room lives on one
-  node (the map in Redis), and RoomService through any node sees it and its participants.
+  node (the map in Redis), and RoomService through any node sees it and its participants; each
+  webhook is sent once, by the room's node.
+- kill -9 of the room's node: both clients are back in a call with each other within 10 s.
+- SIGTERM of the room's node: no new joins there, the call goes on until drain_timeout, then
+  moves to the other node.
+- Redis stopped and started mid-call: the call never stops; joins fail clearly meanwhile and a
+  new participant joins the same call after.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from tests.harness.cluster import RATE, Member, node_of, room_owner, running_clu
 from tests.harness.rawsignal import RawSignal
 from tests.harness.redis import running_redis_server
 from tests.harness.sfu import SfuInstance
+from tests.harness.tokens import new_api_key_pair
+from tests.integration import test_webhooks as webhooks
+from tests.integration.test_webhooks import receiver, until_events, verified
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +227,46 @@ async def test_redis_restart_mid_call(tmp_path: Path) -> None:
             finally:
                 for member in (alice, bob, carol):
                     await member.leave()
+
+
+async def test_each_webhook_once_and_the_api_on_any_node(tmp_path: Path) -> None:
+    """Both nodes send webhooks to one receiver: a room joined through both nodes and deleted
+    through the node it does not live on gives one room_started, one event per participant and
+    one room_finished, all from the owner."""
+    room = f"cluster-hooks-{uuid.uuid4().hex[:8]}"
+    keys = new_api_key_pair()
+    webhooks.set_verifier(keys)
+    async with receiver() as (url, received):
+        hooks = {"webhook": {"api_key": keys[0], "urls": [url]}}
+        with running_redis_server(tmp_path / "redis") as redis_server:
+            async with running_cluster(
+                tmp_path, redis_server, 2, extra_config=hooks, keys=keys
+            ) as nodes:
+                clients = []
+                for identity, node in zip(("alice", "bob"), nodes, strict=True):
+                    client = await RawSignal.connect(node.url, node.token(identity, room))
+                    await client.next("join")
+                    clients.append(client)
+                owner = node_of(redis_server, nodes, room)
+                (other,) = [n for n in nodes if n is not owner]
+                lkapi = api.LiveKitAPI(
+                    other.http_url, other.api_key, other.api_secret, failover=False
+                )
+                try:
+                    await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+                finally:
+                    await lkapi.aclose()
+                for client in clients:
+                    await client.close()
+                await until_events(received, ["room_finished"])
+                await asyncio.sleep(1.0)  # anything sent twice would arrive by now
+                events = [e.event for e in verified(received) if e.room.name == room]
+                assert events.count("room_started") == 1, events
+                assert events.count("room_finished") == 1, events
+                left = [
+                    e.participant.identity
+                    for e in verified(received)
+                    if e.event in ("participant_left", "participant_connection_aborted")
+                ]
+                assert sorted(left) == ["alice", "bob"], events
+                assert room_owner(redis_server, room) is None  # the map ends with the room
