@@ -46,7 +46,8 @@ from sfu.cluster import ClusterNode, NodeStats, node_address
 from sfu.cluster import build as build_cluster
 from sfu.cluster.api import ClusterRoomService
 from sfu.cluster.gateway import SignalGateway
-from sfu.cluster.node import RELAY_HEADER
+from sfu.cluster.node import RELAY_HEADER, RouteError
+from sfu.cluster.relay import Relays
 from sfu.config import Config
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
@@ -102,8 +103,9 @@ class Sfu:
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
     webhooks: WebhookNotifier | None = None
     readiness: Readiness = dataclasses.field(default_factory=Readiness)
-    #: with Redis: this node's part in the cluster (`sfu.cluster`)
+    #: with Redis: this node's part in the cluster (`sfu.cluster`), and the sessions it relays
     cluster: ClusterNode | None = None
+    relays: Relays = dataclasses.field(default_factory=Relays)
     _warned_per_ip: bool = False
 
     @property
@@ -330,6 +332,7 @@ class Sfu:
             self.cluster,
             reserve=lambda: self._relay_slot(websocket),
             max_message_size=self.config.limits.max_signal_message_size,
+            relays=self.relays,
         )
         may_create = self.config.room.auto_create or grants.video.room_create
         try:
@@ -403,6 +406,7 @@ class Sfu:
             await self.cluster.release_all()
         for room in list(self.rooms.rooms.values()):
             await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        self.relays.shutdown()  # the sessions relayed to other nodes rejoin through another
         # let the signalling outboxes flush the LeaveRequests before the sockets close
         await self._sessions_ended(2.0)
         log.info("drained")
@@ -423,8 +427,15 @@ class Sfu:
 
     async def validate(self, request: Request) -> Response:
         try:
-            self.admit(request)
-        except AdmissionError as exc:
+            if self.cluster is None:
+                self.admit(request)
+            else:  # the room's part is checked where the room lives
+                grants = self.admit(request, room_checks=False).grants
+                create = self.config.room.auto_create or grants.video.room_create
+                route = await self.cluster.route(grants.video.room, may_create=create)
+                if route.local:
+                    self.check_room(grants)
+        except (AdmissionError, RouteError) as exc:
             return PlainTextResponse(exc.message, exc.status, headers=CORS)
         return PlainTextResponse("success", headers=CORS)
 

@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from sfu.cluster.node import ClusterNode, RouteError
-from sfu.cluster.relay import Denied, OwnerUnreachable, deny, open_upstream, pipe
+from sfu.cluster.relay import Denied, OwnerUnreachable, Relays, deny, open_upstream, pipe
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,10 @@ class SignalGateway:
         cluster: ClusterNode,
         reserve: Callable[[], Callable[[], None]],
         max_message_size: int,
+        relays: Relays,
     ) -> None:
         self.cluster = cluster
+        self.relays = relays
         #: takes this node's session slots for a relayed session; returns their release
         self.reserve = reserve
         self.max_message_size = max_message_size
@@ -76,7 +78,7 @@ class SignalGateway:
                     await upstream.close()
                 raise
             try:
-                await pipe(websocket, upstream)
+                await pipe(websocket, upstream, self.relays)
             finally:
                 release()
             return True

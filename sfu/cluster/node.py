@@ -5,6 +5,9 @@ silence) and claims again every room the node holds, so that a Redis that restar
 knows them again within one heartbeat; a room that ended is released at once (`room_ended`).
 A Redis outage never touches a running call: the heartbeat logs it once and carries on.
 
+A room placed here that never starts (its join was refused) is released after
+`CLAIM_GRACE_S`.
+
 `route(room)` answers where a joiner or an API call for ``room`` goes: here, or another live
 node (with its address). A room with no live owner is placed (`sfu.cluster.placement`) and
 claimed atomically; a placement waits until the Redis has been up for one heartbeat and a
@@ -39,6 +42,8 @@ RELAY_TOKEN_TTL_S = 30
 ROUTE_WAIT_S = 3.0
 #: a placement waits until Redis has been up this long (a heartbeat and a margin)
 SETTLE_S = HEARTBEAT_S + 1.0
+#: seconds a room placed on this node may wait for its first join before the claim is released
+CLAIM_GRACE_S = 30.0
 REDIS_AWAY = "the cluster's Redis is unreachable: cannot place the room now, try again"
 
 
@@ -83,6 +88,8 @@ class ClusterNode:
         self._conflicts: set[str] = set()
         #: set once the node gave its rooms up (draining or stopping): no more re-claims
         self._released = False
+        #: rooms placed here that do not run here yet, and since when (monotonic)
+        self._unused: dict[str, float] = {}
 
     # -- heartbeat ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -103,6 +110,7 @@ class ClusterNode:
             for room in self._held - local:
                 await self.store.release(room, self.node_id)
             self._held = local
+            await self._release_unused_claims(local)
         except RedisError as exc:
             if self._redis_ok:
                 log.warning("Redis unreachable (%s): running calls go on; new rooms wait", exc)
@@ -115,6 +123,17 @@ class ClusterNode:
                 len(local),
             )
         self._redis_ok = True
+
+    async def _release_unused_claims(self, local: set[str]) -> None:
+        """A room placed here whose first join or CreateRoom never came (refused, or the client
+        went away) is released after `CLAIM_GRACE_S`."""
+        now = time.monotonic()
+        unused = await self.store.owned(self.node_id) - local
+        self._unused = {room: self._unused.get(room, now) for room in unused}
+        for room, since in list(self._unused.items()):
+            if now - since > CLAIM_GRACE_S:
+                await self.store.release(room, self.node_id)
+                del self._unused[room]
 
     def room_ended(self, room: str) -> None:
         """The room closed on this node: remove it from Redis now (and at the next heartbeat,

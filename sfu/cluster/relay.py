@@ -10,7 +10,9 @@ unchanged, so the media flow straight between the client and the owner.
 
 When the owner's socket is lost without a close frame (the node died), the client gets a
 ``LeaveRequest`` with action RECONNECT in its own framing, and rejoins at once (a live node
-places the room again). A close from the owner is passed on with its code and reason.
+places the room again). A close from the owner is passed on with its code and reason. At the
+end of a drain (`Relays.shutdown`) the relayed clients get the same leave, with reason
+SERVER_SHUTDOWN, and rejoin through another node.
 """
 
 from __future__ import annotations
@@ -78,14 +80,43 @@ async def open_upstream(
         raise OwnerUnreachable(f"{address}: {exc!r}", refused=False) from None
 
 
+class Relays:
+    """The sessions this node relays: each one's stop signal."""
+
+    def __init__(self) -> None:
+        self._stops: set[asyncio.Event] = set()
+
+    def __len__(self) -> int:
+        return len(self._stops)
+
+    def shutdown(self) -> None:
+        """Ask every relayed client to rejoin elsewhere (this node is going away)."""
+        for stop in self._stops:
+            stop.set()
+
+
+def _leave(reason: models.DisconnectReason, use_json: bool) -> bytes | str:
+    leave = rtc.SignalResponse(
+        leave=rtc.LeaveRequest(
+            can_reconnect=True, reason=reason, action=rtc.LeaveRequest.Action.RECONNECT
+        )
+    )
+    if use_json:
+        return json_format.MessageToJson(leave, indent=None)
+    return leave.SerializeToString()
+
+
 async def deny(websocket: WebSocket, denied: Denied) -> None:
     await websocket.send_denial_response(PlainTextResponse(denied.text, denied.status))
 
 
-async def pipe(websocket: WebSocket, upstream: ClientConnection) -> None:
-    """Copy frames both ways until either side ends; the client is accepted here."""
+async def pipe(websocket: WebSocket, upstream: ClientConnection, relays: Relays) -> None:
+    """Copy frames both ways until either side ends (or `relays` shuts down); the client is
+    accepted here."""
     await websocket.accept()
     use_json = False
+    stop = asyncio.Event()
+    relays._stops.add(stop)
 
     async def client_to_owner() -> None:
         nonlocal use_json
@@ -109,38 +140,40 @@ async def pipe(websocket: WebSocket, upstream: ClientConnection) -> None:
 
     up = asyncio.ensure_future(client_to_owner())
     down = asyncio.ensure_future(owner_to_client())
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait((up, down, stopped), return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             with contextlib.suppress(ConnectionClosed, WebSocketDisconnect, RuntimeError):
                 task.result()
     finally:
-        for task in (up, down):
+        relays._stops.discard(stop)
+        for task in (up, down, stopped):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-    if down in done and websocket.application_state == WebSocketState.CONNECTED:
-        received = upstream.protocol.close_rcvd
-        if received is None:  # the owner vanished without a close: rejoin elsewhere
-            log.info("relay: the room's node dropped the session; asking the client to rejoin")
-            leave = rtc.SignalResponse(
-                leave=rtc.LeaveRequest(
-                    can_reconnect=True,
-                    reason=models.DisconnectReason.SIGNAL_CLOSE,
-                    action=rtc.LeaveRequest.Action.RECONNECT,
-                )
+    if up not in done and websocket.application_state == WebSocketState.CONNECTED:
+        received = None if stopped in done else upstream.protocol.close_rcvd
+        if received is None:  # the owner vanished without a close, or this node stops
+            why = "this node stops" if stopped in done else "the room's node dropped the session"
+            log.info("relay: %s; asking the client to rejoin", why)
+            reason = (
+                models.DisconnectReason.SERVER_SHUTDOWN
+                if stopped in done
+                else models.DisconnectReason.SIGNAL_CLOSE
             )
             with contextlib.suppress(Exception):
-                if use_json:
-                    await websocket.send_text(json_format.MessageToJson(leave, indent=None))
+                leave = _leave(reason, use_json)
+                if isinstance(leave, str):
+                    await websocket.send_text(leave)
                 else:
-                    await websocket.send_bytes(leave.SerializeToString())
-            code, reason = CLOSE_NORMAL, "the room's node is gone"
+                    await websocket.send_bytes(leave)
+            code, reason_text = CLOSE_NORMAL, why
         else:
-            code, reason = received.code, received.reason
+            code, reason_text = received.code, received.reason
             if code in (1005, 1006, 1015):  # never sent on the wire (RFC 6455 §7.4.1)
                 code = CLOSE_NORMAL
         with contextlib.suppress(Exception):
-            await websocket.close(code, reason)
+            await websocket.close(code, reason_text)
     with contextlib.suppress(Exception):
         await upstream.close()

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import websockets
 from livekit import api
+from livekit.protocol import models, rtc
 
 from sfu.lifecycle import DRAINING_MESSAGE
 from tests.harness.balancer import running_balancer
@@ -270,3 +271,47 @@ async def test_each_webhook_once_and_the_api_on_any_node(tmp_path: Path) -> None
                 ]
                 assert sorted(left) == ["alice", "bob"], events
                 assert room_owner(redis_server, room) is None  # the map ends with the room
+
+
+async def test_validate_anywhere_and_a_draining_relay_sends_its_clients_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """/rtc/validate on a node the room does not live on answers for the room (a token without
+    roomCreate: success for a room elsewhere, 404 for none); SIGTERM of a node that relays a
+    session: at drain_timeout its client gets leave{RECONNECT, SERVER_SHUTDOWN}, the node exits 0
+    and the room's node keeps the rest of the call."""
+    room = f"cluster-relay-{uuid.uuid4().hex[:8]}"
+    with running_redis_server(tmp_path / "redis") as redis_server:
+        async with running_cluster(
+            tmp_path, redis_server, 2, extra_config={"drain_timeout": 1}
+        ) as nodes:
+            lkapi = api.LiveKitAPI(
+                nodes[0].http_url, nodes[0].api_key, nodes[0].api_secret, failover=False
+            )
+            try:
+                await lkapi.room.create_room(api.CreateRoomRequest(name=room))
+            finally:
+                await lkapi.aclose()
+            owner = node_of(redis_server, nodes, room)
+            (relay,) = [n for n in nodes if n is not owner]
+            first = await RawSignal.connect(owner.url, owner.token("alice", room))
+            await first.next("join")
+            bob = await RawSignal.connect(relay.url, relay.token("bob", room))
+            await bob.next("join")
+            async with httpx.AsyncClient(timeout=WAIT_S) as http:
+                for name, expected in ((room, (200, "success")), (f"{room}-none", (404, None))):
+                    token = relay.token("carol", name, room_create=False)
+                    answer = await http.get(
+                        f"{relay.http_url}/rtc/validate", params={"access_token": token}
+                    )
+                    assert answer.status_code == expected[0], answer.text
+                    assert expected[1] is None or answer.text == expected[1]
+            os.kill(relay.pid, signal.SIGTERM)
+            leave = (await bob.next("leave", timeout_s=10)).response.leave
+            assert leave.action == rtc.LeaveRequest.Action.RECONNECT, leave
+            assert leave.reason == models.DisconnectReason.SERVER_SHUTDOWN, leave
+            assert await asyncio.wait_for(relay.process.wait(), 10) == 0
+            await first.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=7)))
+            assert (await first.next("pong_resp")).response.pong_resp.last_ping_timestamp == 7
+            await bob.close()
+            await first.close()

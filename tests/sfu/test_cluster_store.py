@@ -129,3 +129,29 @@ def test_node_address_defaults() -> None:
     )
     assert node_address(Config(port=7000, bind_addresses=("0.0.0.0",))) == "127.0.0.1:7000"
     assert node_address(Config(node_address="sfu-0.sfu:7880")) == "sfu-0.sfu:7880"
+
+
+async def test_heartbeat_keeps_running_rooms_and_drops_unused_claims(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = {"running"}
+    store = ClusterStore(connect(RedisConfig(address=redis_server.address)))
+    node = ClusterNode(store, "A", "h:1", KEYS, lambda: stats("A"), lambda: local)
+    try:
+        await node.beat()
+        assert await store.owner("running") == "A"
+        await store.claim("never-started", "A")
+        await store.client.delete("sfu:rooms")  # as after a Redis restart...
+        await node.beat()
+        assert await store.owner("running") == "A"  # ...re-announced at the next heartbeat
+        await store.claim("never-started", "A")
+        monkeypatch.setattr("sfu.cluster.node.CLAIM_GRACE_S", 0.0)
+        await node.beat()
+        await asyncio.sleep(0.01)
+        await node.beat()
+        assert await store.owner("never-started") is None
+        local.discard("running")  # the room ended
+        await node.beat()
+        assert await store.owner("running") is None
+    finally:
+        await store.close()
