@@ -83,6 +83,40 @@ class RedisServer:
 
 
 @contextlib.contextmanager
+def running_sentinel(data_dir: Path, master: RedisServer, name: str = "sfu") -> Iterator[str]:
+    """``redis-server --sentinel`` monitoring `master` as `name`; yields its ``host:port``."""
+    binary = master.binary
+    port = free_tcp_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {data_dir}\n"
+        f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+    )
+    process = subprocess.Popen(
+        [binary, str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "sentinel failed"
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextlib.contextmanager
 def running_redis_server(data_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(data_dir)
     server.start()

@@ -14,7 +14,7 @@ from sfu.cluster.node import ClusterNode, RouteError
 from sfu.cluster.placement import choose_node
 from sfu.cluster.store import ClusterStore, NodeStats, connect
 from sfu.config import Config, RedisConfig
-from tests.harness.redis import RedisServer, running_redis_server
+from tests.harness.redis import RedisServer, running_redis_server, running_sentinel
 
 KEYS = {"key": "s" * 40}
 
@@ -155,3 +155,29 @@ async def test_heartbeat_keeps_running_rooms_and_drops_unused_claims(
         assert await store.owner("running") is None
     finally:
         await store.close()
+
+
+async def test_through_a_sentinel(redis_server: RedisServer, tmp_path: Path) -> None:
+    """redis.sentinel_*: the node finds the primary through a real sentinel."""
+    with running_sentinel(tmp_path / "sentinel", redis_server, "sfu") as sentinel:
+        config = RedisConfig(sentinel_master_name="sfu", sentinel_addresses=(sentinel,))
+        store = ClusterStore(connect(config))
+        try:
+            await store.publish(stats("S"))
+            assert [n.node_id for n in await store.nodes()] == ["S"]
+        finally:
+            await store.close()
+
+
+async def test_an_owner_that_does_not_answer_is_waited_for_until_its_heartbeat_lapses(
+    store: ClusterStore,
+) -> None:
+    node = ClusterNode(store, "A", "h:1", KEYS, lambda: stats("A"), set)
+    await store.publish(stats("B"))
+    await store.claim("r", "B")
+    await store.client.pexpire("sfu:node:B", 600)  # B's last heartbeat lapses in 0.6 s
+    route = await node.route("r", may_create=True)
+    assert not route.local and route.node_id == "B"
+    await node.owner_unreachable(route, refused=False, wait_s=3.0)
+    assert await store.node("B") is None
+    assert await store.owner("r") is None  # the next route places it again
