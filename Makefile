@@ -33,8 +33,8 @@ synapse-venv: $(SYNAPSE_VENV)/.installed
 # check of TURN credentials), coturn (TURN relay tests), caddy (deploy/Caddyfile, the TLS proxy in
 # front of a test call), iproute2 (`ip netns`: the relayed browsers run in a namespace that
 # cannot reach the SFU's UDP port) and redis-server (the auth service's store of delegated
-# leaves) for real. This kernel has no netem qdisc (tc's tbf and htb work), so loss and jitter
-# are tested by unit rigs.
+# leaves; the SFU nodes' shared registry in the cluster tests) for real. This kernel has no
+# netem qdisc (tc's tbf and htb work), so loss and jitter are tested by unit rigs.
 system-deps:
 	@missing=""; \
 	for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -42,6 +42,12 @@ from sfu.api.twirp import PREFIX as TWIRP_PREFIX
 from sfu.api.twirp import TwirpError
 from sfu.api.webhook import WebhookNotifier
 from sfu.auth import AuthError, ClaimGrants, TokenVerifier
+from sfu.cluster import ClusterNode, NodeStats, node_address
+from sfu.cluster import build as build_cluster
+from sfu.cluster.api import ClusterRoomService
+from sfu.cluster.gateway import SignalGateway
+from sfu.cluster.node import RELAY_HEADER, RouteError
+from sfu.cluster.relay import Relays
 from sfu.config import Config, media_workers
 from sfu.cpuload import CpuLoad
 from sfu.ids import NodeId, new_node_id
@@ -98,6 +104,9 @@ class Sfu:
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
     webhooks: WebhookNotifier | None = None
     readiness: Readiness = dataclasses.field(default_factory=Readiness)
+    #: with Redis: this node's part in the cluster (`sfu.cluster`), and the sessions it relays
+    cluster: ClusterNode | None = None
+    relays: Relays = dataclasses.field(default_factory=Relays)
     #: the media worker processes (rtc.workers > 1); None: media in this process
     workers: WorkerPool | None = None
     _warned_per_ip: bool = False
@@ -164,7 +173,7 @@ class Sfu:
         if config.webhook.urls:
             webhooks = WebhookNotifier(config.webhook.urls, config.webhook.api_key, config.keys)
             rooms.observer = webhooks
-        return cls(
+        sfu = cls(
             config,
             node_id,
             TokenVerifier(config.keys),
@@ -176,17 +185,45 @@ class Sfu:
             webhooks,
             workers=workers,
         )
+        if config.redis.enabled:
+            sfu.cluster = build_cluster(
+                config,
+                node_id,
+                sfu.node_stats,
+                lambda: [r.name for r in rooms.rooms.values() if not r.closed],
+            )
+            rooms.on_room_closed = sfu.cluster.room_ended
+        return sfu
+
+    def node_stats(self) -> NodeStats:
+        """What this node publishes in the cluster's registry every heartbeat."""
+        gauges = self.rooms.gauges()
+        return NodeStats(
+            node_id=self.node_id,
+            address=node_address(self.config),
+            cpu_load=self.cpu_load.value,
+            rooms=gauges.rooms,
+            participants=gauges.participants,
+            sessions=self.sessions,
+            packets_out=COUNTERS.packets_out,
+            draining=self.readiness.draining,
+            max_cpu_load=self.config.limits.max_cpu_load,
+        )
 
     # -- admission ------------------------------------------------------------------------------
     def _refuse(self, limit: str, message: str) -> AdmissionError:
         COUNTERS.limit_exceeded(limit)
         return AdmissionError(503, message)
 
-    def admit(self, conn: HTTPConnection, *, reserve: bool = False) -> Admission:
+    def admit(
+        self, conn: HTTPConnection, *, reserve: bool = False, room_checks: bool = True
+    ) -> Admission:
         """Check a /rtc request: token, session caps, CPU load, room. Raises AdmissionError with
         LiveKit's status. With `reserve`, the admission holds its session slots until released
         (checked and taken without an await in between, so concurrent handshakes cannot
-        overshoot a cap); /rtc/validate only checks. Never creates a room."""
+        overshoot a cap); /rtc/validate only checks. Never creates a room. Without
+        `room_checks` only the token and this node's session caps are checked (a node that may
+        relay the session checks the room once it knows the room is here: `check_room`)."""
         token = ""
         authorization = conn.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
@@ -199,7 +236,7 @@ class Sfu:
         if self.readiness.draining:
             raise AdmissionError(503, DRAINING_MESSAGE)
         ledger = self.ledger
-        address = address_key(conn.client.host) if conn.client is not None else ""
+        address = self._client_address(conn)
         refused = ledger.check_sessions(address)
         if refused == "max_sessions":
             raise self._refuse(
@@ -220,6 +257,17 @@ class Sfu:
                 f"too many sessions from this address ({ledger.max_per_address}, "
                 "limits.max_sessions_per_ip)",
             )
+        if room_checks:
+            self.check_room(grants)
+        admission = Admission(grants, grants.video.room)
+        if reserve:
+            admission.reservation = ledger.reserve(address, grants.video.room, grants.identity)
+        return admission
+
+    def check_room(self, grants: ClaimGrants) -> None:
+        """The room's part of admission on the node that holds the room: the identity's
+        sessions, CPU load, the room's existence (or the right to create it) and its size."""
+        ledger = self.ledger
         name, identity = grants.video.room, grants.identity
         room = self.rooms.get(name)
         if room is not None and room.closed:
@@ -251,10 +299,6 @@ class Sfu:
             present = set(room.participants) if room is not None else set()
             if len(present | set(joining)) >= max_participants:
                 raise self._refuse("max_participants", "room is full")
-        admission = Admission(grants, name)
-        if reserve:
-            admission.reservation = ledger.reserve(address, name, identity)
-        return admission
 
     def refresh_token(self, grants: ClaimGrants, now: int | None = None) -> str:
         """A token with every grant of ``grants``, valid until the next refresh reaches the
@@ -264,7 +308,17 @@ class Sfu:
         return self.verifier.mint(grants, expires - now, now)
 
     # -- routes ---------------------------------------------------------------------------------
+    def _client_address(self, conn: HTTPConnection) -> str:
+        """The client's address key: the one a relaying node vouches for, else the peer's."""
+        if self.cluster is not None:
+            relayed = self.cluster.relayed_for(conn.headers.get(RELAY_HEADER, ""))
+            if relayed is not None:
+                return address_key(relayed)
+        return address_key(conn.client.host) if conn.client is not None else ""
+
     async def rtc(self, websocket: WebSocket) -> None:
+        if self.cluster is not None and await self._relayed(websocket):
+            return
         try:
             admission = self.admit(websocket, reserve=True)
         except AdmissionError as exc:
@@ -274,6 +328,39 @@ class Sfu:
             await self._serve(websocket, admission)
         finally:
             admission.release()
+
+    async def _relayed(self, websocket: WebSocket) -> bool:
+        """With Redis: relay the session to the room's node when that is another node (True:
+        relayed or refused here); False: the room is here, serve it as usual."""
+        assert self.cluster is not None
+        if self.cluster.relayed_for(websocket.headers.get(RELAY_HEADER, "")) is not None:
+            return False  # relayed to this node: served here
+        if _flag(websocket.query_params.get("reconnect"), default=False):
+            return False  # a resume: answered here (a full rejoin, `_serve`), wherever the room is
+        try:
+            grants = self.admit(websocket, room_checks=False).grants
+        except AdmissionError as exc:
+            await websocket.send_denial_response(PlainTextResponse(exc.message, exc.status))
+            return True
+        gateway = SignalGateway(
+            self.cluster,
+            reserve=lambda: self._relay_slot(websocket),
+            max_message_size=self.config.limits.max_signal_message_size,
+            relays=self.relays,
+        )
+        may_create = self.config.room.auto_create or grants.video.room_create
+        try:
+            return await gateway.serve(websocket, grants.video.room, may_create=may_create)
+        except AdmissionError as exc:
+            await websocket.send_denial_response(PlainTextResponse(exc.message, exc.status))
+            return True
+
+    def _relay_slot(self, websocket: WebSocket) -> Callable[[], None]:
+        """This node's session slot for a session it relays; returns its release."""
+        reservation = self.admit(websocket, reserve=True, room_checks=False).reservation
+        assert reservation is not None
+        reservation.joined()  # the identity joins on the room's node, not here
+        return reservation.release
 
     async def _serve(self, websocket: WebSocket, admission: Admission) -> None:
         grants, reservation = admission.grants, admission.reservation
@@ -340,11 +427,17 @@ class Sfu:
         participants left to reconnect (LeaveRequest RECONNECT, reason SERVER_SHUTDOWN)."""
         self.readiness.draining = True
         log.info("draining: %d sessions, waiting up to %.0f s", self.sessions, timeout_s)
+        if self.cluster is not None:
+            await self.cluster.beat()  # at once: no new room is placed here from now on
         await self._sessions_ended(timeout_s)
         if self.sessions:
             log.info("drain_timeout reached: asking %d sessions to reconnect", self.sessions)
+        if self.cluster is not None:
+            # first out of Redis, then closed: the rejoins place the rooms on other nodes
+            await self.cluster.release_all()
         for room in list(self.rooms.rooms.values()):
             await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        self.relays.shutdown()  # the sessions relayed to other nodes rejoin through another
         # let the signalling outboxes flush the LeaveRequests before the sockets close
         await self._sessions_ended(2.0)
         log.info("drained")
@@ -365,8 +458,15 @@ class Sfu:
 
     async def validate(self, request: Request) -> Response:
         try:
-            self.admit(request)
-        except AdmissionError as exc:
+            if self.cluster is None:
+                self.admit(request)
+            else:  # the room's part is checked where the room lives
+                grants = self.admit(request, room_checks=False).grants
+                create = self.config.room.auto_create or grants.video.room_create
+                route = await self.cluster.route(grants.video.room, may_create=create)
+                if route.local:
+                    self.check_room(grants)
+        except (AdmissionError, RouteError) as exc:
             return PlainTextResponse(exc.message, exc.status, headers=CORS)
         return PlainTextResponse("success", headers=CORS)
 
@@ -484,6 +584,14 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
         if sfu.webhooks is not None:
             sfu.webhooks.start()
             log.info("webhooks to %s", ", ".join(config.webhook.urls))
+        if sfu.cluster is not None:
+            samplers.append(asyncio.create_task(sfu.cluster.run(), name="cluster-heartbeat"))
+            log.info(
+                "cluster: node %s at %s, Redis %s",
+                sfu.node_id,
+                sfu.cluster.address,
+                config.redis.address or ",".join(config.redis.sentinel_addresses),
+            )
         try:
             yield
         finally:
@@ -494,7 +602,13 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             if metrics_server is not None and metrics_task is not None:
                 metrics_server.should_exit = True
                 await metrics_task
+            if sfu.cluster is not None:
+                await sfu.cluster.release_all()
             await sfu.rooms.close_all()
+            if sfu.cluster is not None:
+                await sfu.cluster.stop()
+            if cluster_api is not None:
+                await cluster_api.close()
             if sfu.workers is not None:
                 await sfu.workers.close()
             if sfu.webhooks is not None:
@@ -502,10 +616,15 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             close_muxes()
 
     twirp = RoomService(sfu.rooms, config).twirp(sfu.verifier)
+    twirp_handle = twirp.handle
+    cluster_api = None
+    if sfu.cluster is not None:
+        cluster_api = ClusterRoomService(twirp.handle, sfu.cluster, sfu.verifier)
+        twirp_handle = cluster_api.handle
     every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     app = Starlette(
         routes=[
-            Route(twirp.path, twirp.handle, methods=every_method),
+            Route(twirp.path, twirp_handle, methods=every_method),
             Route(TWIRP_PREFIX + "{rest:path}", _twirp_bad_route, methods=every_method),
             WebSocketRoute("/rtc", sfu.rtc),
             Route("/rtc/validate", sfu.validate, methods=["GET"]),

@@ -155,10 +155,25 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
+    """LiveKit's ``redis`` section: with an address (or sentinel addresses) nodes share a Redis
+    (node registry, room placement, signal relay: `sfu.cluster`); without, one node runs alone."""
+
+    #: ``host:port`` of the Redis server
     address: str = ""
     username: str = ""
-    password: str = ""
+    password: str = dataclasses.field(default="", repr=False)
     db: int = 0
+    use_tls: bool = False
+    #: Redis Sentinel: the master's name and the sentinels' ``host:port`` addresses (instead of
+    #: ``address``), with the sentinels' own credentials
+    sentinel_master_name: str = ""
+    sentinel_addresses: tuple[str, ...] = ()
+    sentinel_username: str = ""
+    sentinel_password: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address or self.sentinel_addresses)
 
 
 @dataclass(frozen=True)
@@ -209,6 +224,10 @@ class Config:
     drain_timeout: int = 30
     #: serve /metrics on this port (on the bind addresses) instead of the signalling port
     prometheus_port: int = 0
+    #: not a LiveKit key: with Redis, the ``host:port`` where the other nodes reach this node's
+    #: HTTP port (signal relay, RoomService forwarding); default ``rtc.node_ip`` (else the first
+    #: bind address) and ``port``
+    node_address: str = ""
     bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     keys: Mapping[str, str] = field(default_factory=dict)
     rtc: RtcConfig = field(default_factory=RtcConfig)
@@ -414,7 +433,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
             values[key] = _build_section(key, _SECTIONS[key], value)
         elif key == "keys":
             values["keys"] = _parse_keys(value)
-        elif key in ("port", "bind_addresses", "prometheus_port", "drain_timeout"):
+        elif key in ("port", "bind_addresses", "prometheus_port", "drain_timeout", "node_address"):
             values[key] = _coerce(key, value, getattr(defaults, key))
         elif key in IGNORED_LIVEKIT_KEYS:
             log.warning("config key %s is a LiveKit setting this SFU ignores", key)
@@ -471,6 +490,27 @@ def _validate(config: Config) -> None:
     if limits.max_participant_name_length < 0:
         raise ConfigError("limits.max_participant_name_length: must not be negative")
     _validate_webhook(config)
+    _validate_redis(config)
+
+
+def _host_port(path: str, value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{path}: {value[:80]!r} is not host:port")
+
+
+def _validate_redis(config: Config) -> None:
+    redis = config.redis
+    if redis.address:
+        _host_port("redis.address", redis.address)
+    for address in redis.sentinel_addresses:
+        _host_port("redis.sentinel_addresses", address)
+    if redis.sentinel_addresses and not redis.sentinel_master_name:
+        raise ConfigError("redis.sentinel_master_name: required with redis.sentinel_addresses")
+    if redis.db < 0:
+        raise ConfigError("redis.db: must not be negative")
+    if config.node_address:
+        _host_port("node_address", config.node_address)
 
 
 def _validate_webhook(config: Config) -> None:
@@ -524,6 +564,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["bind_addresses"] = env["LIVEKIT_BIND"]
     if env.get("NODE_IP"):
         out.setdefault("rtc", {})["node_ip"] = env["NODE_IP"]
+    if env.get("NODE_ADDRESS"):
+        out["node_address"] = env["NODE_ADDRESS"]
     if env.get("REDIS_HOST"):
         out.setdefault("redis", {})["address"] = env["REDIS_HOST"]
     if env.get("REDIS_PASSWORD"):

@@ -96,8 +96,17 @@ def test_kubernetes_sfu_drains_within_its_grace_period() -> None:
     assert (media["containerPort"], media["protocol"]) == (config.rtc.udp_port, "UDP")
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert docs[("Deployment", "sfu")]["spec"]["replicas"] == 1
-    assert docs[("PodDisruptionBudget", "sfu")]["spec"]["maxUnavailable"] == 0
+    # several replicas on one Redis, one per Kubernetes node (hostNetwork ports), one drained at
+    # a time
+    deployment = docs[("Deployment", "sfu")]["spec"]
+    assert deployment["replicas"] >= 2
+    assert config.redis.address.split(":")[0] in {n for (kind, n) in docs if kind == "Service"}
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert docs[("PodDisruptionBudget", "sfu")]["spec"]["maxUnavailable"] == 1
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NODE_ADDRESS"] == f"$(NODE_IP):{config.port}"
     auth = docs[("Deployment", "auth")]["spec"]["template"]["spec"]["containers"][0]
     assert auth["readinessProbe"]["httpGet"]["path"] == "/healthz"
 

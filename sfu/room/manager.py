@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sfu.config import RoomConfig
 from sfu.ids import RoomName
@@ -29,6 +30,8 @@ class RoomManager:
         self._join_locks: dict[RoomName, tuple[asyncio.Lock, int]] = {}
         #: handed to every room it creates (the webhook notifier)
         self.observer: RoomObserver | None = None
+        #: told the name of each room that closed (the cluster releases it in Redis)
+        self.on_room_closed: Callable[[str], None] | None = None
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(RoomName(name))
@@ -102,6 +105,8 @@ class RoomManager:
     def _closed(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            if self.on_room_closed is not None:
+                self.on_room_closed(room.name)
         if self.observer is not None:
             self.observer.room_finished(room)
 

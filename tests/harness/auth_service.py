@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.harness.redis import running_redis_server
 from tests.harness.sfu import REPO_ROOT, free_tcp_port
 
 START_TIMEOUT_S = 20.0
@@ -84,42 +84,5 @@ def running_auth_service(env: dict[str, str], log_path: Path) -> Iterator[AuthPr
 @contextlib.contextmanager
 def running_redis(data_dir: Path) -> Iterator[str]:
     """A ``redis-server`` on a free port; yields its ``redis://`` URL."""
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is missing: run `make system-deps`"
-    port = free_tcp_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        import socket
-
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "redis-server failed"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    with running_redis_server(data_dir) as server:
+        yield server.url

@@ -77,6 +77,12 @@ async def until_events(received: list[tuple[str, str]], names: list[str]) -> Non
 _RECEIVER: api.WebhookReceiver | None = None
 
 
+def set_verifier(keys: tuple[str, str]) -> None:
+    """Verify the received webhooks with this key pair."""
+    global _RECEIVER
+    _RECEIVER = api.WebhookReceiver(api.TokenVerifier(*keys))
+
+
 def verified(received: list[tuple[str, str]]) -> list[api.WebhookEvent]:
     assert _RECEIVER is not None
     return [_RECEIVER.receive(body, auth) for body, auth in received]

@@ -196,3 +196,48 @@ def test_file_variables_hold_secrets(tmp_path: Path) -> None:
     big.write_bytes(b"a" * ((1 << 20) + 1))
     with pytest.raises(ConfigError, match=r"REDIS_PASSWORD_FILE: .* is larger than 1048576 bytes"):
         load(None, env={"REDIS_PASSWORD_FILE": str(big), "LIVEKIT_KEYS": f"k: {SECRET}"})
+
+
+def test_redis_keys_livekit_names_and_sentinel() -> None:
+    config = from_mapping(
+        {
+            "keys": {"k": "s" * 40},
+            "redis": {
+                "address": "redis:6379",
+                "username": "u",
+                "password": "p",
+                "db": 2,
+                "use_tls": True,
+            },
+            "node_address": "10.0.0.5:7880",
+        }
+    )
+    assert config.redis.enabled and config.redis.use_tls and config.redis.db == 2
+    assert config.node_address == "10.0.0.5:7880"
+    assert "p" not in repr(config.redis)  # the password stays out of logs
+    sentinel = from_mapping(
+        {
+            "keys": {"k": "s" * 40},
+            "redis": {"sentinel_master_name": "m", "sentinel_addresses": ["s1:26379", "s2:26379"]},
+        }
+    )
+    assert sentinel.redis.enabled and sentinel.redis.sentinel_addresses == ("s1:26379", "s2:26379")
+    assert not from_mapping({"keys": {"k": "s" * 40}}).redis.enabled
+
+
+@pytest.mark.parametrize(
+    ("redis", "message"),
+    [
+        ({"address": "redis"}, "redis.address: 'redis' is not host:port"),
+        ({"sentinel_addresses": ["s:26379"]}, "sentinel_master_name: required"),
+        ({"address": "r:1", "db": -1}, "redis.db: must not be negative"),
+    ],
+)
+def test_redis_keys_refused(redis: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_mapping({"keys": {"k": "s" * 40}, "redis": redis})
+
+
+def test_node_address_from_env() -> None:
+    config = load(env={"LIVEKIT_KEYS": f"k: {SECRET}", "NODE_ADDRESS": "10.0.0.9:7880"})
+    assert config.node_address == "10.0.0.9:7880"
