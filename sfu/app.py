@@ -208,6 +208,7 @@ class Sfu:
             packets_out=COUNTERS.packets_out,
             draining=self.readiness.draining,
             max_cpu_load=self.config.limits.max_cpu_load,
+            workers=media_workers(self.config.rtc),
         )
 
     # -- admission ------------------------------------------------------------------------------
