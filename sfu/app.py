@@ -198,6 +198,8 @@ class Sfu:
             raise AdmissionError(exc.status, exc.message) from None
         if self.readiness.draining:
             raise AdmissionError(503, DRAINING_MESSAGE)
+        if self.workers is not None and not self.workers.any_alive:
+            raise AdmissionError(503, "no media worker is running (restarting)")
         ledger = self.ledger
         address = address_key(conn.client.host) if conn.client is not None else ""
         refused = ledger.check_sessions(address)
