@@ -236,6 +236,8 @@ class Sfu:
             raise AdmissionError(exc.status, exc.message) from None
         if self.readiness.draining:
             raise AdmissionError(503, DRAINING_MESSAGE)
+        if self.workers is not None and not self.workers.any_alive:
+            raise AdmissionError(503, "no media worker is running (restarting)")
         ledger = self.ledger
         address = self._client_address(conn)
         refused = ledger.check_sessions(address)

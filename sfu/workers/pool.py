@@ -256,6 +256,10 @@ class WorkerPool:
             except Exception:
                 log.exception("media worker %d: a participant's close failed", link.index)
 
+    @property
+    def any_alive(self) -> bool:
+        return any(link.alive for link in self.links)
+
     def place(self) -> RemoteMedia:
         """A participant's media on the least-loaded live worker."""
         live = [link for link in self.links if link.alive] or self.links

@@ -107,3 +107,17 @@ async def test_node_counters_and_cpu_add_up_the_workers(pool: WorkerPool) -> Non
     assert pool.totals().limits_exceeded["test_counter"] >= 1
     workers_cpu = sum(float(link.stats["cpu_seconds"]) for link in pool.links)
     assert pool.cpu_seconds_per_worker() >= workers_cpu / 2
+
+
+def test_no_live_worker_refuses_joins() -> None:
+    """Admission answers 503 while no media worker runs (before start, or all restarting)."""
+    from sfu.app import AdmissionError
+    from tests.sfu.test_admission import build, rtc_request
+
+    sfu = build(rtc={"workers": 2})
+    assert sfu.workers is not None and not sfu.workers.any_alive
+    with pytest.raises(AdmissionError) as refused:
+        sfu.admit(rtc_request("alice"))
+    assert refused.value.status == 503 and "media worker" in refused.value.message
+    sfu.workers.links[1].alive = True
+    sfu.admit(rtc_request("alice"))
