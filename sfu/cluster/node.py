@@ -11,7 +11,9 @@ A room placed here that never starts (its join was refused) is released after
 `route(room)` answers where a joiner or an API call for ``room`` goes: here, or another live
 node (with its address). A room with no live owner is placed (`sfu.cluster.placement`) and
 claimed atomically; a placement waits until the Redis has been up for one heartbeat and a
-margin (after a restart every live node has re-announced its rooms by then). While Redis is
+margin (after a restart every live node has re-announced its rooms by then), and as long after
+this node last failed to reach Redis (a Redis frozen or cut off from every node for more than
+`NODE_TTL_MS` lets every node's entry lapse, live or not). While Redis is
 away, a room this node holds is still served here; anything else waits up to `ROUTE_WAIT_S`
 and then fails with 503 and a message that says so.
 
@@ -84,6 +86,10 @@ class ClusterNode:
         #: the rooms this node held at the last heartbeat (released when they are gone)
         self._held: set[str] = set()
         self._redis_ok = True
+        #: when this node last failed to reach Redis (monotonic; -inf: never)
+        self._redis_failed_at = float("-inf")
+        #: when this node's stats last reached Redis (monotonic)
+        self._published_at = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
         self._conflicts: set[str] = set()
         #: set once the node gave its rooms up (draining or stopping): no more re-claims
@@ -101,6 +107,12 @@ class ClusterNode:
     async def beat(self) -> None:
         try:
             await self.store.publish(self._stats())
+            now = time.monotonic()
+            if now - self._published_at > NODE_TTL_MS / 1000 - HEARTBEAT_S:
+                # this node's entry may have lapsed (Redis frozen, or slow to answer): so may
+                # the others', of live nodes; routing waits as after an outage
+                self._redis_failed_at = now
+            self._published_at = now
             local = set() if self._released else set(self._local_rooms())
             conflicts = await self.store.reassert(local, self.node_id)
             for room, owner in conflicts.items():
@@ -112,6 +124,7 @@ class ClusterNode:
             self._held = local
             await self._release_unused_claims(local)
         except RedisError as exc:
+            self._redis_failed_at = time.monotonic()
             if self._redis_ok:
                 log.warning("Redis unreachable (%s): running calls go on; new rooms wait", exc)
             self._redis_ok = False
@@ -180,6 +193,7 @@ class ClusterNode:
                 route = await self._route_once(room, may_create=may_create)
             except RedisError:
                 route = None
+                self._redis_failed_at = time.monotonic()
                 if room in set(self._local_rooms()):
                     return self.here
                 if time.monotonic() >= deadline:
@@ -198,10 +212,15 @@ class ClusterNode:
         if owner is None:
             if room in set(self._local_rooms()):
                 owner = await self.store.claim(room, self.node_id)
+            elif (
+                time.monotonic() - self._redis_failed_at < SETTLE_S
+                or await self.store.uptime_s() < SETTLE_S
+            ):
+                # Redis was away or restarted: its node entries may have lapsed under live
+                # nodes; they re-announce themselves and their rooms within a heartbeat
+                return None
             elif not may_create:
                 raise RouteError(404, "requested room does not exist")
-            elif await self.store.uptime_s() < SETTLE_S:
-                return None  # Redis restarted: the owners re-announce their rooms first
             else:
                 nodes = await self.store.nodes()
                 counts = await self.store.room_counts(n.node_id for n in nodes)

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sfu.config import RedisConfig
@@ -133,6 +135,9 @@ def connect(config: RedisConfig) -> aioredis.Redis:
         "socket_timeout": COMMAND_TIMEOUT_S,
         "socket_connect_timeout": COMMAND_TIMEOUT_S,
         "decode_responses": True,
+        # one quick retry (a connection that a Redis restart left stale), then the error: the
+        # heartbeat tries again in 2 s and a join waits or fails, neither must hang in backoff
+        "retry": Retry(NoBackoff(), 1),
     }
     if config.sentinel_addresses:
         sentinels = [_host_port(a) for a in config.sentinel_addresses]

@@ -10,6 +10,7 @@ straight from Redis.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -107,27 +108,31 @@ class Member(CollectingSubscriber):
 
     async def hears(
         self, other: Member, *, timeout_s: float = 20.0, old_tracks: frozenset[str] = frozenset()
-    ) -> str:
-        """Wait until half a second of `other`'s tone arrived on a track not in `old_tracks`
-        and check its frequency; returns that track's sid."""
+    ) -> float:
+        """Wait until half a second of `other`'s audio arrived on a track not in `old_tracks`,
+        then until 1.5 s, and check that the last second's dominant frequency is its tone.
+        Returns when (monotonic) the first half second was there: the call was back."""
 
-        def fresh() -> list[str]:
+        def fresh(seconds: float) -> list[str]:
             return [
                 sid
                 for sid, c in self.audio.items()
                 if c.participant == other.identity
                 and sid not in old_tracks
-                and c.samples_total >= RATE // 2
+                and c.samples_total >= RATE * seconds
             ]
 
         await self.wait_until(
-            lambda: bool(fresh()), timeout_s=timeout_s, what=f"audio from {other.identity}"
+            lambda: bool(fresh(0.5)), timeout_s=timeout_s, what=f"audio from {other.identity}"
         )
-        sid = fresh()[0]
-        samples = self.audio[sid].last_seconds(0.25)
+        back = time.monotonic()
+        await self.wait_until(
+            lambda: bool(fresh(1.5)), timeout_s=timeout_s, what=f"1.5 s from {other.identity}"
+        )
+        samples = self.audio[fresh(1.5)[0]].last_seconds(1.0)
         frequency = dominant_frequency(samples, RATE)
-        assert abs(frequency - other.tone_hz) < 20, (self.identity, other.identity, frequency)
-        return sid
+        assert abs(frequency - other.tone_hz) < 5, (self.identity, other.identity, frequency)
+        return back
 
     async def leave(self, *, timeout_s: float = 10.0) -> None:
         await self.publisher.leave(timeout_s=timeout_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -68,6 +69,15 @@ class RedisServer:
                 "redis-server failed"
             )
             time.sleep(0.05)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections hang instead of being refused; its clock runs on."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop it (its data is gone: no persistence)."""

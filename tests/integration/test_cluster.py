@@ -28,7 +28,14 @@ from livekit.protocol import models, rtc
 
 from sfu.lifecycle import DRAINING_MESSAGE
 from tests.harness.balancer import running_balancer
-from tests.harness.cluster import RATE, Member, node_of, room_owner, running_cluster
+from tests.harness.cluster import (
+    RATE,
+    Member,
+    node_of,
+    redis_client,
+    room_owner,
+    running_cluster,
+)
 from tests.harness.rawsignal import RawSignal
 from tests.harness.redis import running_redis_server
 from tests.harness.sfu import SfuInstance
@@ -51,6 +58,8 @@ async def test_one_room_through_two_nodes(tmp_path: Path) -> None:
                 await bob.join(b.url, b.token("bob", room), timeout_s=WAIT_S)
                 await alice.hears(bob, timeout_s=WAIT_S)
                 await bob.hears(alice, timeout_s=WAIT_S)
+                assert [p.identity for p in alice.room.remote_participants.values()] == ["bob"]
+                assert [p.identity for p in bob.room.remote_participants.values()] == ["alice"]
                 owner = node_of(redis_server, [a, b], room)
                 print(f"room {room} lives on node :{owner.port} ({room_owner(redis_server, room)})")
                 for node in (a, b):
@@ -94,11 +103,11 @@ async def test_kill_of_the_rooms_node_both_back_in_a_call_within_10_s(tmp_path: 
                 old_alice = frozenset(bob.audio_tracks("alice"))
                 killed = time.monotonic()
                 os.kill(owner.pid, signal.SIGKILL)
-                await asyncio.gather(
+                backs = await asyncio.gather(
                     alice.hears(bob, timeout_s=15, old_tracks=old_bob),
                     bob.hears(alice, timeout_s=15, old_tracks=old_alice),
                 )
-                back = time.monotonic() - killed
+                back = max(backs) - killed
                 moved = node_of(redis_server, nodes, room)
                 print(
                     f"kill -9 of :{owner.port}: both hear each other on :{moved.port} "
@@ -167,11 +176,11 @@ async def test_sigterm_of_the_rooms_node_drains_then_the_call_moves(tmp_path: Pa
                 heard = alice.samples_from("bob")
                 await asyncio.sleep(2.0)
                 assert alice.samples_from("bob") > heard + RATE, "the call stopped while draining"
-                await asyncio.gather(
+                backs = await asyncio.gather(
                     alice.hears(bob, timeout_s=20, old_tracks=old_bob),
                     bob.hears(alice, timeout_s=20, old_tracks=old_alice),
                 )
-                moved = time.monotonic() - drained
+                moved = max(backs) - drained
                 assert node_of(redis_server, nodes, room) is other
                 assert await asyncio.wait_for(owner.process.wait(), 10) == 0
                 print(
@@ -315,3 +324,40 @@ async def test_validate_anywhere_and_a_draining_relay_sends_its_clients_elsewher
             assert (await first.next("pong_resp")).response.pong_resp.last_ping_timestamp == 7
             await bob.close()
             await first.close()
+
+
+async def test_redis_frozen_longer_than_a_node_lifetime(tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) for 7 s, longer than a node's 5 s lifetime: when it thaws every
+    node's entry has lapsed, live or not. A join through the other node right after must still
+    land in the running room on its node (the placement waits until the nodes re-announced)."""
+    room = f"cluster-freeze-{uuid.uuid4().hex[:8]}"
+    with running_redis_server(tmp_path / "redis") as redis_server:
+        async with running_cluster(tmp_path, redis_server, 2) as nodes:
+            lkapi = api.LiveKitAPI(
+                nodes[0].http_url, nodes[0].api_key, nodes[0].api_secret, failover=False
+            )
+            try:
+                await lkapi.room.create_room(api.CreateRoomRequest(name=room))
+            finally:
+                await lkapi.aclose()
+            owner = node_of(redis_server, nodes, room)
+            (other,) = [n for n in nodes if n is not owner]
+            alice = await RawSignal.connect(owner.url, owner.token("alice", room))
+            await alice.next("join")
+            redis_server.pause()
+            try:
+                await asyncio.sleep(7.0)
+            finally:
+                redis_server.resume()
+            # the entries lapsed while it was frozen; the heartbeats the nodes had queued may
+            # land first, so take them out again: the state of a thaw before the next heartbeat
+            with redis_client(redis_server) as client:
+                client.delete(*[f"sfu:node:{n}" for n in client.smembers("sfu:nodes")])
+            carol = await RawSignal.connect(other.url, other.token("carol", room))
+            join = (await carol.next("join", timeout_s=15)).response.join
+            assert [p.identity for p in join.other_participants] == ["alice"], join
+            assert node_of(redis_server, nodes, room) is owner
+            await alice.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=9)))
+            assert (await alice.next("pong_resp")).response.pong_resp.last_ping_timestamp == 9
+            await carol.close()
+            await alice.close()
