@@ -22,7 +22,8 @@ from auth_service import membership as membership_module
 from auth_service.__main__ import main
 from auth_service.appservice import AppServiceEndpoints, registration
 from auth_service.config import ConfigError, load_settings
-from auth_service.membership import Membership, MembershipUnknown, legacy_owner
+from auth_service.homeserver import MembershipUnknown
+from auth_service.membership import Membership, legacy_owner
 from auth_service.models import MatrixError
 from auth_service.proxied import parse_cs_get_token, proxied_user
 from auth_service.sfu_client import RoomServiceError
@@ -37,11 +38,16 @@ class FakeMembers:
         self.joined = joined
         self.fetches = 0
 
-    async def fetch(self, room_id: str) -> frozenset[str]:
+    async def joined_members(self, room_id: str) -> frozenset[str]:
         self.fetches += 1
         if room_id not in self.joined:
             raise MembershipUnknown("homeserver down")
         return frozenset(self.joined[room_id])
+
+    async def is_joined(
+        self, room_id: str, *, user_id: str = "", server_name: str = ""
+    ) -> bool | None:
+        return None  # a homeserver without MSC4502
 
 
 class FakeSfu:
