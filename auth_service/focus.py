@@ -280,7 +280,7 @@ class Focus:
             change = call_membership({**event, "room_id": room_id})
             if change is not None and change[1][0] in joined:
                 self._record(room, change[1], change[2])
-        room.joined = True
+        room.joined, room.quiet_since = True, self._clock()
         self._wake.set()
 
     async def _adopt_joined_rooms(self) -> None:

@@ -42,7 +42,7 @@ import pytest_asyncio
 import yaml
 from livekit import rtc
 
-from auth_service.tokens import participant_identity
+from auth_service.tokens import legacy_room_alias, participant_identity
 from tests.harness.auth_service import AuthProcess
 from tests.harness.sfu import REPO_ROOT, SfuInstance, running_sfu
 from tests.harness.synapse import MatrixUser, Synapse, start_synapse
@@ -53,6 +53,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 EJECTED_WITHIN_S = 1.0
 WAIT_S = 20.0
 RECONCILE_INTERVAL_S = 1
+FOCUS_EMPTY_S = 2
+FOCUS_NO_CALL_S = 4
+CALL_MEMBER = "org.matrix.msc3401.call.member"
 
 
 @dataclass
@@ -95,7 +98,9 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
         synapse = start_synapse(
             tmp / "synapse",
             app_service_config_files=registrations,
-            extra_config={"experimental_features": {"msc4512_enabled": True}},
+            extra_config={
+                "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True}
+            },
         )
         server = synapse.server_name
         env = {
@@ -110,6 +115,10 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
             "LIVEKIT_AUTH_RATE_LIMIT_USER_BURST": "1000",
             "LIVEKIT_AUTH_RATE_LIMIT_IP_BURST": "1000",
             "LIVEKIT_LOG_LEVEL": "debug",
+            "LIVEKIT_FOCUS_EMPTY_CALL_SECONDS": str(FOCUS_EMPTY_S),
+            "LIVEKIT_FOCUS_NO_CALL_SECONDS": str(FOCUS_NO_CALL_S),
+            "LIVEKIT_FOCUS_JOIN_ON_CALL": "true",
+            "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS": "1",
         }
         auth.env.update({**env, "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS": "0"})
         try:
@@ -375,3 +384,224 @@ async def test_synapse_loaded_the_printed_registration(focus: Focus) -> None:
     assert whoami.json()["user_id"] == f"@_lk_jwt_service:{focus.synapse.server_name}"
     assert ping.status_code == 200, ping.text
     assert "duration_ms" in ping.json()
+
+
+# --- the focus user ------------------------------------------------------------------------
+
+
+def focus_user(focus: Focus) -> str:
+    return f"@_lk_jwt_service:{focus.synapse.server_name}"
+
+
+async def call_room(focus: Focus, name: str) -> tuple[Matrix, str]:
+    """A room of Alice's where members may send call memberships (as Element creates them)."""
+    alice = Matrix(
+        focus.synapse, await asyncio.to_thread(focus.synapse.create_user, f"{name}_alice", "ALICE")
+    )
+    room_id = (
+        await alice.post(
+            "/_matrix/client/v3/createRoom",
+            {
+                "preset": "private_chat",
+                "power_level_content_override": {"events": {CALL_MEMBER: 0}},
+            },
+        )
+    )["room_id"]
+    return alice, room_id
+
+
+async def put_call_member(
+    user: Matrix, room_id: str, content: dict[str, Any], *, delay_ms: int | None = None
+) -> dict[str, Any]:
+    """Send (or, with ``delay_ms``, schedule) ``user``'s call membership state event."""
+    key = f"_{user.user.user_id}_{user.user.device_id}_m.call"
+    path = room_path(room_id, f"state/{CALL_MEMBER}/{quote(key, safe='')}")
+    params = {"org.matrix.msc4140.delay": str(delay_ms)} if delay_ms is not None else None
+    response = await user.http.put(path, json=content, params=params)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def joined_call(user: Matrix, expires_ms: int = 3_600_000) -> dict[str, Any]:
+    return {
+        "application": "m.call",
+        "call_id": "",
+        "scope": "m.room",
+        "device_id": user.user.device_id,
+        "expires": expires_ms,
+        "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+        "foci_preferred": [],
+    }
+
+
+async def focus_memberships(user: Matrix, room_id: str, focus_id: str) -> list[tuple[str, int]]:
+    """The focus user's membership events in the room's timeline: (membership, timestamp)."""
+    response = await user.http.get(
+        room_path(room_id, "messages"),
+        params={"dir": "f", "limit": "200", "filter": '{"types":["m.room.member"]}'},
+    )
+    assert response.status_code == 200, response.text
+    return [
+        (event["content"]["membership"], event["origin_server_ts"])
+        for event in response.json()["chunk"]
+        if event.get("state_key") == focus_id
+    ]
+
+
+async def until_focus(
+    user: Matrix, room_id: str, focus_id: str, expected: list[str], timeout: float
+) -> list[tuple[str, int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await focus_memberships(user, room_id, focus_id)
+        if [membership for membership, _ts in seen] == expected:
+            return seen
+        assert time.monotonic() < deadline, f"focus memberships {seen}, wanted {expected}"
+        await asyncio.sleep(0.1)
+
+
+async def test_the_focus_joins_when_invited_and_leaves_when_no_call_starts(focus: Focus) -> None:
+    alice, room_id = await call_room(focus, "focus_nocall")
+    me = focus_user(focus)
+    await alice.post(room_path(room_id, "invite"), {"user_id": me})
+    seen = await until_focus(alice, room_id, me, ["invite", "join", "leave"], FOCUS_NO_CALL_S + 15)
+    invited, joined, left = (ts for _membership, ts in seen)
+    print(
+        f"focus: joined {joined - invited} ms after the invite, left {(left - joined) / 1000:.2f} s "
+        f"after joining (no call; LIVEKIT_FOCUS_NO_CALL_SECONDS={FOCUS_NO_CALL_S})"
+    )
+    assert FOCUS_NO_CALL_S * 1000 <= left - joined < (FOCUS_NO_CALL_S + 3) * 1000
+
+
+async def test_the_focus_stays_for_the_call_and_leaves_once_it_is_empty(focus: Focus) -> None:
+    alice, room_id = await call_room(focus, "focus_call")
+    me = focus_user(focus)
+    await alice.post(room_path(room_id, "invite"), {"user_id": me})
+    # Several invites and a call membership at once: still one join.
+    await put_call_member(alice, room_id, joined_call(alice))
+    for _ in range(2):
+        await alice.http.post(room_path(room_id, "invite"), json={"user_id": me})
+    await until_focus(alice, room_id, me, ["invite", "join"], 15)
+    # The call outlives the no-call timeout: the focus stays.
+    await asyncio.sleep(FOCUS_NO_CALL_S + 1)
+    assert [m for m, _ in await focus_memberships(alice, room_id, me)] == ["invite", "join"]
+    ended = await put_call_member(alice, room_id, {})  # the leave: empty content
+    assert "event_id" in ended
+    ended_at = time.time() * 1000
+    seen = await until_focus(alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 15)
+    took = seen[-1][1] - ended_at
+    print(
+        f"focus: left {took / 1000:.2f} s after the call emptied (LIVEKIT_FOCUS_EMPTY_CALL_SECONDS={FOCUS_EMPTY_S})"
+    )
+    assert (FOCUS_EMPTY_S - 0.5) * 1000 <= took < (FOCUS_EMPTY_S + 3) * 1000
+
+
+async def test_the_focus_joins_a_call_it_sees_and_leaves_when_the_membership_expires(
+    focus: Focus,
+) -> None:
+    """LIVEKIT_FOCUS_JOIN_ON_CALL: no invite; the membership's own ``expires`` ends the call."""
+    alice, room_id = await call_room(focus, "focus_expiry")
+    me = focus_user(focus)
+    # A public room the focus can join without an invite.
+    response = await alice.http.put(
+        room_path(room_id, "state/m.room.join_rules/"), json={"join_rule": "public"}
+    )
+    assert response.status_code == 200, response.text
+    await put_call_member(alice, room_id, joined_call(alice, expires_ms=3000))
+    seen = await until_focus(alice, room_id, me, ["join", "leave"], FOCUS_EMPTY_S + 20)
+    stayed = (seen[1][1] - seen[0][1]) / 1000
+    print(f"focus: stayed {stayed:.2f} s (a membership of 3 s, then {FOCUS_EMPTY_S} s empty)")
+    assert 3 + FOCUS_EMPTY_S - 0.5 <= stayed < 3 + FOCUS_EMPTY_S + 3
+
+
+async def test_the_call_closes_when_our_homeserver_leaves_the_room(focus: Focus) -> None:
+    """The last local member leaves: ``DeleteRoom`` disconnects even a participant the
+    service cannot trace to a user (here one with another server's identity)."""
+    alice, room_id = await call_room(focus, "hs_leaves")
+    auth, synapse, sfu = focus.auth, focus.synapse, focus.sfu
+    alice_jwt = await jwt(auth, synapse, alice.user, room_id, legacy=True)
+    outsider = sfu.token("@carol:remote.test:CAROL", legacy_room_alias(room_id))
+    async with connected(sfu.url, alice_jwt), connected(sfu.url, outsider) as carol:
+        closed: list[float] = []
+        carol.on("disconnected", lambda _reason: closed.append(time.monotonic()))
+        await until(lambda: len(carol.remote_participants) == 1, "Alice in the call")
+        started = time.monotonic()
+        await alice.post(room_path(room_id, "leave"), {})
+        await until(lambda: bool(closed), "the call closing", EJECTED_WITHIN_S * 5)
+        took = closed[0] - started
+        print(f"homeserver left: the call closed {took * 1000:.0f} ms after the last local leave")
+        assert took < EJECTED_WITHIN_S, auth.log_tail()
+    await until(lambda: "our homeserver left it" in auth.log_path.read_text(), "DeleteRoom logged")
+
+
+async def test_delegate_delayed_leave_through_the_homeservers_proxy(focus: Focus) -> None:
+    """MSC4512 ``delegate_delayed_leave``: Alice hands her delayed leave over through Synapse;
+    when her client drops, the service sends it (the call membership ends)."""
+    alice, room_id = await call_room(focus, "proxied_delegate")
+    sfu = focus.sfu
+    await put_call_member(alice, room_id, joined_call(alice))
+    delay_id = (await put_call_member(alice, room_id, {}, delay_ms=60_000))["delay_id"]
+    path = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave"
+    member = {"id": "delegating-member", "claimed_device_id": "ALICE"}
+    body = {"url": sfu.url, "room_id": room_id, "slot_id": "m.call#ROOM", "member": member}
+    unknown = await alice.http.post(path, json={**body, "delay_id": "syd_nosuchdelay"})
+    assert (unknown.status_code, unknown.json()) == (
+        400,
+        {"errcode": "M_INVALID_PARAM", "error": "Unknown delay_id"},
+    ), unknown.text
+    delegated = await alice.http.post(path, json={**body, "delay_id": delay_id})
+    assert (delegated.status_code, delegated.json()) == (200, {}), delegated.text
+    token_path = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token"
+    answer = await alice.http.post(token_path, json=body)
+    assert answer.status_code == 200, answer.text
+    key = f"_{alice.user.user_id}_ALICE_m.call"
+    state_path = room_path(room_id, f"state/{CALL_MEMBER}/{quote(key, safe='')}")
+    async with connected(sfu.url, answer.json()["jwt"]):
+        await asyncio.sleep(1.5)  # the job sees the participant connected (GetParticipant)
+        assert (await alice.http.get(state_path)).json() != {}
+    dropped = time.monotonic()
+    deadline = dropped + WAIT_S
+    while (await alice.http.get(state_path)).json() != {}:
+        assert time.monotonic() < deadline, focus.auth.log_tail()
+        await asyncio.sleep(0.1)
+    print(f"delegated leave sent {time.monotonic() - dropped:.2f} s after the client left")
+
+
+async def test_federation_get_token_as_the_homeservers_proxy_sends_it(focus: Focus) -> None:
+    """The federation route called exactly as Synapse's federation proxy calls it (the
+    ``hs_token``, ``X-Matrix-Origin``): a subscribe-only grant for a remote user our
+    homeserver sees joined, 403 for one it does not, lk-jwt-service's errors otherwise."""
+    alice, room_id = await call_room(focus, "federated")
+    path = "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token"
+    headers = {
+        "Authorization": f"Bearer {focus.env['LIVEKIT_HS_TOKEN']}",
+        "X-Matrix-Origin": "remote.test",
+    }
+    body = {
+        "url": focus.sfu.url,
+        "user_id": "@dave:remote.test",
+        "room_id": room_id,
+        "slot_id": "m.call#ROOM",
+        "member": {"id": "remote-member", "claimed_device_id": "DAVE"},
+    }
+    async with httpx.AsyncClient(base_url=focus.auth.url, timeout=WAIT_S) as http:
+        # Our homeserver has never seen @dave in the room: not joined.
+        stranger = await http.post(path, json=body, headers=headers)
+        assert (stranger.status_code, stranger.json()["errcode"]) == (403, "M_FORBIDDEN")
+        foreign = await http.post(
+            path, json={**body, "user_id": "@dave:other.test"}, headers=headers
+        )
+        assert (foreign.status_code, foreign.json()["errcode"]) == (403, "M_FORBIDDEN")
+        no_token = await http.post(path, json=body, headers={"X-Matrix-Origin": "remote.test"})
+        assert no_token.status_code == 401
+        wrong_url = await http.post(path, json={**body, "url": "wss://x.test"}, headers=headers)
+        assert (wrong_url.status_code, wrong_url.json()["errcode"]) == (400, "M_INVALID_PARAM")
+        unknown = await http.post(path, json={**body, "extra": 1}, headers=headers)
+        assert (unknown.status_code, unknown.json()["errcode"]) == (400, "M_NOT_JSON")
+        # A local user through the federation route is refused too (origin is not ours).
+        local = await http.post(
+            path,
+            json={**body, "user_id": alice.user.user_id},
+            headers={**headers, "X-Matrix-Origin": focus.synapse.server_name},
+        )
+        assert local.status_code == 403
