@@ -124,6 +124,7 @@ class Synapse:
     registration_shared_secret: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    python: Path = DEFAULT_PYTHON
     _users: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -247,6 +248,12 @@ class Synapse:
             db.close()
         if cursor.rowcount != 1:
             raise SynapseError(f"no OpenID token {access_token!r} to expire")
+
+    def restart(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        """Stop Synapse and start it again on the same data, ports and config."""
+        self.stop()
+        self.process = _launch(self.python, self.data_dir / "homeserver.yaml", self.data_dir)
+        _wait_until_up(self, timeout)
 
     def stop(self) -> None:
         """Stop Synapse by PID: SIGTERM, then SIGKILL if it does not exit."""
@@ -379,7 +386,23 @@ def start_synapse(
     config_path = data_dir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
-    stdout = (data_dir / "stdout.log").open("wb")
+    server = Synapse(
+        data_dir=data_dir,
+        server_name=str(config["server_name"]),
+        http_port=http_port,
+        tls_port=tls_port,
+        tls_cert=data_dir / "tls.crt",
+        registration_shared_secret=secret,
+        process=_launch(python, config_path, data_dir),
+        log_path=log_path,
+        python=python,
+    )
+    _wait_until_up(server, timeout)
+    return server
+
+
+def _launch(python: Path, config_path: Path, data_dir: Path) -> subprocess.Popen[bytes]:
+    stdout = (data_dir / "stdout.log").open("ab")
     process = subprocess.Popen(
         [str(python), "-m", "synapse.app.homeserver", "-c", str(config_path)],
         cwd=data_dir,
@@ -388,16 +411,11 @@ def start_synapse(
         start_new_session=True,
     )
     stdout.close()
-    server = Synapse(
-        data_dir=data_dir,
-        server_name=str(config["server_name"]),
-        http_port=http_port,
-        tls_port=tls_port,
-        tls_cert=data_dir / "tls.crt",
-        registration_shared_secret=secret,
-        process=process,
-        log_path=log_path,
-    )
+    return process
+
+
+def _wait_until_up(server: Synapse, timeout: float) -> None:
+    process, data_dir = server.process, server.data_dir
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while True:
@@ -409,7 +427,7 @@ def start_synapse(
                 )
             try:
                 if client.get(f"{server.client_url}/health").status_code == 200:
-                    return server
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -605,3 +605,108 @@ async def test_federation_get_token_as_the_homeservers_proxy_sends_it(focus: Foc
             headers={**headers, "X-Matrix-Origin": focus.synapse.server_name},
         )
         assert local.status_code == 403
+
+
+class Partition:
+    """A TCP forwarder between the homeserver and the auth service that can be cut (the
+    homeserver's pushes then fail to connect, as across a network partition)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut = False
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            self.refused += 1
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_reconcile_after_a_synapse_restart_removes_a_leave_that_was_not_pushed(
+    focus: Focus, tmp_path: Path
+) -> None:
+    """Its own Synapse and auth service (reconcile every second), the pushes going through a
+    link the test cuts: while Synapse is down reconcile removes nobody (fail open); after the
+    restart Bob leaves, the push cannot arrive, and reconcile removes him."""
+    auth = AuthProcess({}, tmp_path / "auth.log")
+    link = Partition(auth.port)
+    await link.start()
+    env = {k: v for k, v in focus.env.items() if not k.startswith("LIVEKIT_FOCUS")}
+
+    def registrations(server_name: str) -> list[Path]:
+        env["LIVEKIT_HS_SERVER_NAME"] = server_name
+        path = tmp_path / "registration.yaml"
+        path.write_text(registration_cli(link.url, env))
+        return [path]
+
+    synapse = await asyncio.to_thread(
+        start_synapse, tmp_path / "synapse", app_service_config_files=registrations
+    )
+    server = synapse.server_name
+    env["LIVEKIT_FULL_ACCESS_HOMESERVERS"] = server
+    env["LIVEKIT_AUTH_HOMESERVER_URLS"] = f"{server}={synapse.client_url}"
+    env["LIVEKIT_CS_API_URL_OVERRIDES"] = f"{server}={synapse.client_url}"
+    auth.env.update({**env, "LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS": "1"})
+    try:
+        await asyncio.to_thread(auth.start)
+        alice = Matrix(synapse, await asyncio.to_thread(synapse.create_user, "rs_alice", "ALICE"))
+        bob = Matrix(synapse, await asyncio.to_thread(synapse.create_user, "rs_bob", "BOB"))
+        room_id = (await alice.post("/_matrix/client/v3/createRoom", {"preset": "private_chat"}))[
+            "room_id"
+        ]
+        await alice.post(room_path(room_id, "invite"), {"user_id": bob.user.user_id})
+        await bob.post(room_path(room_id, "join"), {})
+        url = focus.sfu.url
+        alice_jwt = await jwt(auth, synapse, alice.user, room_id, legacy=False)
+        bob_jwt = await jwt(auth, synapse, bob.user, room_id, legacy=False)
+        async with connected(url, alice_jwt) as observer, connected(url, bob_jwt) as bobs:
+            seen = departures(observer)
+            identity = bobs.local_participant.identity
+            await until(lambda: identity in observer.remote_participants, "Bob in the call")
+            link.cut = True
+            await asyncio.to_thread(synapse.stop)
+            await asyncio.sleep(3)  # three reconcile passes without a homeserver
+            assert identity in observer.remote_participants and not seen
+            log = await asyncio.to_thread(auth.log_path.read_text)
+            assert "reconcile skips" in log, log
+            await asyncio.to_thread(synapse.restart)
+            started = time.monotonic()
+            await bob.post(room_path(room_id, "leave"), {})
+            await until(lambda: identity in seen, "reconcile removing Bob", 15)
+            took = seen[identity] - started
+            print(
+                f"restart: Bob removed by reconcile {took:.2f} s after leaving "
+                f"(interval 1 s; {link.refused} pushes refused by the cut link)"
+            )
+            assert link.refused > 0, "Synapse never tried to push the leave"
+            assert set(seen) == {identity}  # Alice stays
+    finally:
+        auth.kill(signal.SIGTERM)
+        auth.kill()
+        synapse.stop()
+        await link.stop()
