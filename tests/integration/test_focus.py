@@ -44,6 +44,7 @@ from livekit import rtc
 
 from auth_service.tokens import legacy_room_alias, participant_identity
 from tests.harness.auth_service import AuthProcess
+from tests.harness.browser import browser_session, remote_entries
 from tests.harness.sfu import REPO_ROOT, SfuInstance, running_sfu
 from tests.harness.synapse import MatrixUser, Synapse, start_synapse
 from tests.harness.tokens import new_api_key_pair
@@ -710,3 +711,47 @@ async def test_reconcile_after_a_synapse_restart_removes_a_leave_that_was_not_pu
         auth.kill()
         synapse.stop()
         await link.stop()
+
+
+async def test_an_e2ee_browser_call_with_the_application_service_on(focus: Focus) -> None:
+    """Element Call's client side (livekit-client 2.21.0 in Chromium, E2EE) against Synapse
+    with this mode enabled: each page gets its token from the auth service with its own OpenID
+    token (cross-origin, as Element Call), both decode the other's encrypted media, and a
+    non-member's page is refused."""
+    alice, bob, room_id = await call_of_two(focus, "browser")
+    synapse, auth = focus.synapse, focus.auth
+    carol = await asyncio.to_thread(synapse.create_user, "browser_carol", "CAROL")
+    key = f"shared-{secrets.token_hex(8)}"
+    users = {"alice": alice.user, "bob": bob.user, "carol": carol}
+    async with browser_session(names=list(users)) as session:
+        identities: dict[str, str] = {}
+        for page in session.pages:
+            user = users[page.name]
+            body = {
+                "room": room_id,
+                "openid_token": await asyncio.to_thread(synapse.openid_token, user),
+                "device_id": user.device_id,
+            }
+            answer = await page.post_json(f"{auth.url}/sfu/get", body)
+            if page.name == "carol":
+                assert (answer["status"], answer["body"]["errcode"]) == (403, "M_FORBIDDEN")
+                continue
+            assert answer["status"] == 200, answer
+            joined = await page.join(
+                answer["body"]["url"], answer["body"]["jwt"], e2ee_key=key, timeout_s=WAIT_S
+            )
+            identities[page.name] = joined["identity"]
+            assert joined["e2ee"] is True, joined
+        pages = {page.name: page for page in session.pages}
+        for viewer, sender in (("bob", "alice"), ("alice", "bob")):
+            video, audio = await pages[viewer].wait_remote_media_flowing(
+                identities[sender], timeout_s=WAIT_S
+            )
+            assert video["framesDecoded"] > 0 and audio["totalAudioEnergy"] > 0, (video, audio)
+            for entry in remote_entries(await pages[viewer].stats(), identities[sender], "video"):
+                assert entry["encrypted"] is True, entry
+            events = await pages[viewer].events()
+            assert not [e for e in events if e.get("type") == "EncryptionError"], events
+        for name in ("alice", "bob"):
+            await pages[name].leave()
+    focus.sfu.assert_alive()
