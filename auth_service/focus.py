@@ -271,13 +271,14 @@ class Focus:
             if self.rooms.get(room_id) is room:
                 del self.rooms[room_id]
             raise
+        state = [{**event, "room_id": room_id} for event in state]
         joined = {
-            user
-            for room_, user, membership in filter(None, map(membership_change, state))
-            if membership == "join" and room_ == room_id
+            change[1]
+            for change in map(membership_change, state)
+            if change is not None and change[2] == "join"
         }
         for event in state:
-            change = call_membership({**event, "room_id": room_id})
+            change = call_membership(event)
             if change is not None and change[1][0] in joined:
                 self._record(room, change[1], change[2])
         room.joined, room.quiet_since = True, self._clock()
