@@ -358,6 +358,7 @@ def start_synapse(
     *,
     extra_config: dict[str, Any] | None = None,
     app_service_config_files: Callable[[str], list[Path]] | None = None,
+    federation: bool = False,
     python: Path | None = None,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> Synapse:
@@ -366,6 +367,10 @@ def start_synapse(
     ``app_service_config_files``, given the server name, writes the application-service
     registrations Synapse is to load and returns their paths (each ``url`` must answer by the
     time Synapse pushes events, or Synapse backs off for a while).
+
+    ``federation`` opens federation on loopback: the TLS listener also serves ``federation``
+    and ``keys``, any destination is allowed, 127.0.0.1 is not blocked and the other side's
+    self-signed certificate is not checked (test homeservers only).
     """
     python = python or Path(os.environ.get("SYNAPSE_PYTHON", str(DEFAULT_PYTHON)))
     if not python.exists():
@@ -380,6 +385,13 @@ def start_synapse(
     log_path = data_dir / "homeserver.log"
     (data_dir / "log.yaml").write_text(yaml.safe_dump(_log_config(log_path)))
     config = _deep_merge(_config(data_dir, http_port, tls_port, secret), extra_config or {})
+    if federation:
+        config["listeners"][1]["resources"] = [
+            {"names": ["federation", "keys", "openid"], "compress": False}
+        ]
+        config.pop("federation_domain_whitelist", None)
+        config["ip_range_whitelist"] = ["127.0.0.1"]
+        config["federation_verify_certificates"] = False
     if app_service_config_files:
         paths = app_service_config_files(str(config["server_name"]))
         config["app_service_config_files"] = [str(path) for path in paths]

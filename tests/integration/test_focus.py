@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import jwt as pyjwt
 import pytest
 import pytest_asyncio
 import yaml
@@ -46,7 +47,7 @@ from auth_service.tokens import legacy_room_alias, participant_identity
 from tests.harness.auth_service import AuthProcess
 from tests.harness.browser import browser_session, remote_entries
 from tests.harness.sfu import REPO_ROOT, SfuInstance, running_sfu
-from tests.harness.synapse import MatrixUser, Synapse, start_synapse
+from tests.harness.synapse import MatrixUser, Synapse, free_port, start_synapse
 from tests.harness.tokens import new_api_key_pair
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -99,6 +100,7 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
         synapse = start_synapse(
             tmp / "synapse",
             app_service_config_files=registrations,
+            federation=True,
             extra_config={
                 "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True}
             },
@@ -755,3 +757,110 @@ async def test_an_e2ee_browser_call_with_the_application_service_on(focus: Focus
         for name in ("alice", "bob"):
             await pages[name].leave()
     focus.sfu.assert_alive()
+
+
+async def test_federation_get_token_from_a_second_homeserver(focus: Focus, tmp_path: Path) -> None:
+    """A second Synapse on loopback, federating with ours: its application service asks for a
+    token for its user Dave through its homeserver (MSC4512 ``fed_proxy``), which signs the
+    request; our Synapse checks the signature and proxies it to us with ``X-Matrix-Origin``.
+    Dave joined Alice's room over federation, so our homeserver sees him joined: he gets a
+    subscribe-only token and joins the call; Erin, who never joined, gets 403."""
+    remote_as = {"as_token": secrets.token_urlsafe(24), "hs_token": secrets.token_urlsafe(24)}
+
+    def registrations(server_name: str) -> list[Path]:
+        path = tmp_path / "remote-as.yaml"
+        unused = f"http://127.0.0.1:{free_port()}"
+        registration = {
+            "id": "remote-rtc",
+            "url": unused,
+            **remote_as,
+            "sender_localpart": "remote_rtc",
+            "namespaces": {"users": [], "aliases": [], "rooms": []},
+            "io.element.msc4512.proxy_prefix": "rtc/livekit",
+            "io.element.msc4512.proxy_url": unused,
+        }
+        path.write_text(yaml.safe_dump(registration))
+        return [path]
+
+    remote = await asyncio.to_thread(
+        start_synapse,
+        tmp_path / "remote",
+        app_service_config_files=registrations,
+        federation=True,
+        extra_config={"experimental_features": {"msc4512_enabled": True}},
+    )
+    try:
+        alice, room_id = await call_room(focus, "federated_host")
+        public = await alice.http.put(
+            room_path(room_id, "state/m.room.join_rules/"), json={"join_rule": "public"}
+        )
+        assert public.status_code == 200, public.text
+        dave = Matrix(remote, await asyncio.to_thread(remote.create_user, "dave", "DAVE"))
+        erin = Matrix(remote, await asyncio.to_thread(remote.create_user, "erin", "ERIN"))
+        joined = await dave.http.post(
+            f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
+            params={"server_name": focus.synapse.server_name},
+            json={},
+        )
+        assert joined.status_code == 200, f"{joined.text}\n{remote.log_tail()}"
+
+        async def remote_token(user: Matrix) -> dict[str, Any]:
+            body = {
+                "url": focus.sfu.url,
+                "user_id": user.user.user_id,
+                "room_id": room_id,
+                "slot_id": "m.call#ROOM",
+                "member": {
+                    "id": f"member-{user.user.device_id}",
+                    "claimed_device_id": user.user.device_id,
+                },
+            }
+            async with httpx.AsyncClient(base_url=remote.client_url, timeout=WAIT_S) as http:
+                answer = await http.post(
+                    "/_matrix/client/unstable/io.element.msc4512/appservice/fed_proxy",
+                    json={
+                        "destination": focus.synapse.server_name,
+                        "method": "POST",
+                        "path": "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token",
+                        "body": body,
+                    },
+                    headers={"Authorization": f"Bearer {remote_as['as_token']}"},
+                )
+            assert answer.status_code == 200, f"{answer.text}\n{remote.log_tail()}"
+            return dict(answer.json())
+
+        # Our homeserver learns of Dave's join over federation (bounded wait).
+        deadline = time.monotonic() + WAIT_S
+        while (reply := await remote_token(dave))["status"] != 200:
+            assert time.monotonic() < deadline, f"{reply}\n{focus.auth.log_tail()}"
+            await asyncio.sleep(0.2)
+        token_ = reply["content"]["jwt"]
+        claims = pyjwt.decode(token_, options={"verify_signature": False})
+        assert claims["video"]["canPublish"] is False and claims["video"]["canSubscribe"] is True
+        assert "roomCreate" not in claims["video"]
+        assert claims["sub"] == participant_identity(dave.user.user_id, "DAVE", "member-DAVE")
+        stranger = await remote_token(erin)
+        assert (stranger["status"], stranger["content"]["errcode"]) == (403, "M_FORBIDDEN")
+
+        alice_jwt = (
+            await alice.post(
+                "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
+                {
+                    "url": focus.sfu.url,
+                    "room_id": room_id,
+                    "slot_id": "m.call#ROOM",
+                    "member": {"id": "host-member", "claimed_device_id": "ALICE"},
+                },
+            )
+        )["jwt"]
+        async with (
+            connected(focus.sfu.url, alice_jwt) as host,
+            connected(focus.sfu.url, token_) as guest,
+        ):
+            await until(lambda: claims["sub"] in host.remote_participants, "Dave in the call")
+            assert guest.local_participant.permissions.can_publish is False
+        print(
+            f"federation: Dave of {remote.server_name} got a subscribe-only token through two homeservers"
+        )
+    finally:
+        remote.stop()
