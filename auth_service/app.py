@@ -10,7 +10,10 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
 * ``GET|HEAD /healthz`` — liveness;
 * ``GET /metrics`` — Prometheus exposition (unless disabled);
 * in application-service mode (:mod:`auth_service.appservice`), the homeserver's
-  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``.
+  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``, and the
+  MSC4512 routes it proxies (:mod:`auth_service.proxied_routes`): client-server ``get_token``
+  and ``delegate_delayed_leave``, federation ``get_token``; the focus user
+  (:mod:`auth_service.focus`) starts and stops with the app.
 
 In application-service mode the token endpoints issue tokens only to users joined to the Matrix
 room (403 ``M_FORBIDDEN`` otherwise; 503 when the homeserver cannot say), checked after the

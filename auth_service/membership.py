@@ -2,15 +2,18 @@
 
 Owns three things, all bounded:
 
-* the **joined members** of Matrix rooms, read from the homeserver with the application
-  service's ``as_token`` (``GET /_matrix/client/v3/rooms/{roomId}/joined_members``), cached and
-  kept current by the ``m.room.member`` events the homeserver pushes (:meth:`Membership.apply`);
+* **who is joined**: MSC4502 ``is_joined`` where the homeserver answers it (a user of another
+  server counts only while ours is in the room too), else the **joined members** read with the
+  application service's ``as_token`` (``GET /_matrix/client/v3/rooms/{roomId}/joined_members``),
+  cached and kept current by the ``m.room.member`` events the homeserver pushes
+  (:meth:`Membership.apply`); both through :class:`~auth_service.homeserver.Homeserver`;
 * the **identities issued** per (Matrix room, user): the LiveKit room and identity of every token
   handed out, so that a hashed MSC4195 identity can be traced back to its user;
 * **enforcement**: when a user stops being joined (leave, kick, ban), ``RemoveParticipant`` for
   each of their identities, and a periodic **reconcile** that removes every SFU participant of a
   tracked LiveKit room whose user is not joined (``ListParticipants``); when the Matrix room is
-  upgraded (an ``m.room.tombstone`` state event), ``DeleteRoom`` for its LiveKit rooms.
+  upgraded (an ``m.room.tombstone`` state event), or the last of our homeserver's users leaves
+  it, ``DeleteRoom`` for its LiveKit rooms.
 
 A membership event is trusted only for its own ``state_key``: the user it is about. Who sent it
 (a kick or ban is sent by someone else) never matters. Legacy identities ``@user:server:DEVICE``

@@ -441,3 +441,29 @@ async def test_deleteroom_when_the_last_of_our_users_leaves() -> None:
     members.joined.pop(ROOM)  # the homeserver cannot say: nothing deleted (fail open)
     await membership.apply([member_event("@alice:hs.test", "leave")])
     assert sfu.deleted == [LEGACY]
+
+
+def test_focus_settings() -> None:
+    defaults = load_settings({**BASE_ENV, **AS_ENV})
+    assert (
+        defaults.focus_empty_call_seconds,
+        defaults.focus_no_call_seconds,
+        defaults.focus_join_on_call,
+    ) == (30, 90, False)
+    env = {
+        **BASE_ENV,
+        **AS_ENV,
+        "LIVEKIT_FOCUS_EMPTY_CALL_SECONDS": "5",
+        "LIVEKIT_FOCUS_NO_CALL_SECONDS": "0",
+        "LIVEKIT_FOCUS_JOIN_ON_CALL": "true",
+    }
+    settings = load_settings(env)
+    assert (settings.focus_empty_call_seconds, settings.focus_no_call_seconds) == (5, 0)
+    assert settings.focus_join_on_call
+    for name, bad in (
+        ("LIVEKIT_FOCUS_EMPTY_CALL_SECONDS", "-1"),
+        ("LIVEKIT_FOCUS_NO_CALL_SECONDS", "soon"),
+        ("LIVEKIT_FOCUS_JOIN_ON_CALL", "maybe"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({**env, name: bad})
