@@ -17,7 +17,20 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
 * a user who never joined gets 403 ``M_FORBIDDEN`` from both token endpoints, and so does Bob
   once he has left;
 * reconcile: a second auth service with the same tokens but no pushes (the homeserver does not
-  know its URL) removes a leaver within its ``LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS``.
+  know its URL) removes a leaver within its ``LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS``; and,
+  with its own Synapse and a push link the test cuts, reconcile removes nobody while Synapse is
+  down and removes a leaver after Synapse's restart;
+* the focus user (timers of 2 s and 4 s here): joins once however many invites, leaves when no
+  call starts, stays for a call and leaves once it is empty or its membership expired, joins a
+  call it sees (``LIVEKIT_FOCUS_JOIN_ON_CALL``), all read back from the room's timeline;
+* the last local member leaving closes the call (``DeleteRoom``);
+* MSC4512 ``delegate_delayed_leave`` through Synapse: the delayed leave is sent when the client
+  drops; federation ``get_token`` called as Synapse's proxy calls it, and for real from a second
+  Synapse federating on loopback: a subscribe-only token for a user joined over federation;
+* an E2EE call of two Chromium pages (livekit-client as Element Call) with this mode on.
+
+Synapse runs with ``msc4512_enabled`` and ``msc4502_enabled`` (membership checks use
+``is_joined``).
 """
 
 from __future__ import annotations
