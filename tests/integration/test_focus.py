@@ -338,6 +338,10 @@ async def test_a_user_who_never_joined_gets_403_from_both_endpoints(focus: Focus
         assert (
             await token(focus.auth, synapse, alice.user, room_id, legacy=legacy)
         ).status_code == 200
+    # The checks were MSC4502 is_joined, answered by Synapse (no fall-back to joined_members).
+    access = await asyncio.to_thread(synapse.log_path.read_text)
+    assert "/io.element.msc4502/rooms/" in access and "is_joined?mxid=" in access
+    assert "no MSC4502 is_joined" not in await asyncio.to_thread(focus.auth.log_path.read_text)
 
 
 async def test_reconcile_removes_a_leaver_it_was_not_told_about(
