@@ -68,6 +68,7 @@ class _Room:
     had_call: bool = False
     quiet_since: float | None = None  # monotonic; when it was last seen without a call
     leaving: bool = False
+    rejoin: bool = False  # invited again while leaving
     memberships: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     """(sender, key) → (sender, expiry in wall-clock ms)."""
 
@@ -237,7 +238,8 @@ class Focus:
         if membership == "invite":
             if room is None or room.leaving:
                 log.info("focus: invited to %r", room_id)
-                self._join(room_id)
+                if self._join(room_id) is None and room is not None:
+                    room.rejoin = True  # once the leave under way is done
         elif membership == "join":
             if room is None:
                 self._join(room_id, already=True)
@@ -295,6 +297,8 @@ class Focus:
         finally:
             if self.rooms.get(room_id) is room:
                 del self.rooms[room_id]
+            if room.rejoin:
+                asyncio.get_running_loop().call_soon(self._join, room_id)
         log.info("focus: left %r: %s", room_id, why)
 
     # --- timers --------------------------------------------------------------------------

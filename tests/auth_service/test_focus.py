@@ -211,3 +211,17 @@ async def test_rooms_are_bounded_and_close_cancels_everything(
     assert len(focus.rooms) == 2 and hits == ["auth_focus_rooms"] * 2
     await focus.close()
     assert focus._timer is None and not focus._actions
+
+
+async def test_an_invite_while_leaving_joins_again_afterwards() -> None:
+    homeserver, clock, wall = FakeHomeserver(), Clock(), [T0_MS / 1000]
+    focus = make(homeserver, clock, wall)
+    await focus.apply([invite()])
+    await settle()
+    clock.now += 5
+    focus.tick()  # the leave starts
+    await focus.apply([invite()])  # invited again before it is done
+    await settle()
+    assert homeserver.calls == [("join", ROOM), ("leave", ROOM), ("join", ROOM)]
+    assert ROOM in focus.rooms
+    await focus.close()
