@@ -10,7 +10,10 @@ Routes (paths match exactly; a reverse proxy must strip any prefix, as with upst
 * ``GET|HEAD /healthz`` — liveness;
 * ``GET /metrics`` — Prometheus exposition (unless disabled);
 * in application-service mode (:mod:`auth_service.appservice`), the homeserver's
-  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``.
+  ``PUT /_matrix/app/v1/transactions/{txnId}`` and ``POST /_matrix/app/v1/ping``, and the
+  MSC4512 routes it proxies (:mod:`auth_service.proxied_routes`): client-server ``get_token``
+  and ``delegate_delayed_leave``, federation ``get_token``; the focus user
+  (:mod:`auth_service.focus`) starts and stops with the app.
 
 In application-service mode the token endpoints issue tokens only to users joined to the Matrix
 room (403 ``M_FORBIDDEN`` otherwise; 503 when the homeserver cannot say), checked after the
@@ -46,7 +49,6 @@ import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from starlette.applications import Starlette
@@ -55,13 +57,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .appservice import AppServiceEndpoints, hs_token_refusal
+from .appservice import AppServiceEndpoints
 from .config import IpNetwork, Settings
 from .cs_api import CsApiUnresolvable
 from .delegation import DelegationLimit, Delegations
 from .delegation_job import JobParams
+from .grant import Grant
+from .homeserver import MembershipUnknown
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
-from .membership import Membership, MembershipUnknown
+from .membership import Membership
 from .metrics import Metrics
 from .models import (
     BadJsonError,
@@ -73,7 +77,8 @@ from .models import (
     unauthorized,
 )
 from .net import DnsResolver, Resolver, Timeouts, client_tls_context, parse_ip
-from .proxied import CS_GET_TOKEN_PATH, USER_HEADER, parse_cs_get_token, proxied_user
+from .proxied import CS_DELEGATE_PATH, CS_GET_TOKEN_PATH, FEDERATION_GET_TOKEN_PATH
+from .proxied_routes import ProxiedRoutes
 from .ratelimit import RateLimiter, address_bucket, retry_after_ms
 from .sfu_client import (
     CreateRoomRequest,
@@ -82,14 +87,14 @@ from .sfu_client import (
 )
 from .sfu_webhook import WebhookError
 from .sfu_webhook import receive as receive_webhook
-from .tokens import (
-    TokenMinter,
-    legacy_participant_identity,
-    legacy_room_alias,
-    participant_identity,
-    room_alias,
+from .tokens import TokenMinter, legacy_room_alias, room_alias
+from .wiring import (
+    build_delegations,
+    build_focus,
+    build_homeserver,
+    build_membership,
+    build_sfu_client,
 )
-from .wiring import build_delegations, build_membership, build_sfu_client
 
 log = logging.getLogger(__name__)
 
@@ -152,28 +157,6 @@ class UserVerifier(Protocol):
         May raise :class:`LookupCapacityError` when no outbound lookup can start now.
         """
         ...
-
-
-@dataclass(frozen=True)
-class _Grant:
-    """What a validated token request resolves to."""
-
-    server_name: str
-    access_token: str
-    claimed_user_id: str
-    delay_id: str
-    delay_timeout: int  # ms
-    matrix_room: str
-    alias: str
-    device_id: str
-    member_id: str | None  # None on the legacy endpoint
-    delegate_only: bool = False  # /delegate_delayed_leave: no token, no room
-
-    def identity(self, user_id: str) -> str:
-        """The LiveKit identity of the verified ``user_id``."""
-        if self.member_id is None:
-            return legacy_participant_identity(user_id, self.device_id)
-        return participant_identity(user_id, self.device_id, self.member_id)
 
 
 def _plain_json(status: int, message: str) -> Response:
@@ -286,18 +269,18 @@ class TokenService:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _answer(self, endpoint: str, outcome: str, response: Response) -> Response:
+    def answer(self, endpoint: str, outcome: str, response: Response) -> Response:
         self.metrics.requests.labels(endpoint, outcome).inc()
         return response
 
-    def _error(self, endpoint: str, outcome: str, error: MatrixError) -> Response:
+    def error_answer(self, endpoint: str, outcome: str, error: MatrixError) -> Response:
         headers = {}
         if error.status == 429:
             retry_ms = int(error.extra.get("retry_after_ms", 1000))
             headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
         elif error.status == 503:
             headers["Retry-After"] = str(BUSY_RETRY_AFTER_SECONDS)
-        return self._answer(endpoint, outcome, _json(error.status, error.body(), headers))
+        return self.answer(endpoint, outcome, _json(error.status, error.body(), headers))
 
     def _rate_limited(self, wait: float) -> MatrixError:
         return MatrixError(
@@ -307,7 +290,7 @@ class TokenService:
             {"retry_after_ms": retry_after_ms(wait)},
         )
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length", "")
         too_large = MatrixError(413, "M_TOO_LARGE", "Request body too large")
         # isascii: str.isdigit() takes "¹" and other digits int() refuses
@@ -353,9 +336,9 @@ class TokenService:
     # --- the token flow ------------------------------------------------------------------
 
     @staticmethod
-    def _legacy_grant(body: bytes) -> _Grant:
+    def _legacy_grant(body: bytes) -> Grant:
         req = LegacySfuRequest.parse(body)
-        return _Grant(
+        return Grant(
             server_name=req.openid_token.matrix_server_name,
             access_token=req.openid_token.access_token,
             claimed_user_id="",
@@ -368,12 +351,12 @@ class TokenService:
         )
 
     @classmethod
-    def _grant(cls, body: bytes) -> _Grant:
+    def _grant(cls, body: bytes) -> Grant:
         return cls._grant_of(SfuRequest.parse(body))
 
     @staticmethod
-    def _grant_of(req: SfuRequest) -> _Grant:
-        return _Grant(
+    def _grant_of(req: SfuRequest) -> Grant:
+        return Grant(
             server_name=req.openid_token.matrix_server_name,
             access_token=req.openid_token.access_token,
             claimed_user_id=req.member.claimed_user_id,
@@ -386,7 +369,7 @@ class TokenService:
         )
 
     @classmethod
-    def _delegate_grant(cls, body: bytes) -> _Grant:
+    def _delegate_grant(cls, body: bytes) -> Grant:
         req = DelegateDelayedLeaveRequest.parse(body)
         grant = cls._grant_of(req)
         return dataclasses.replace(grant, delegate_only=True)
@@ -395,31 +378,31 @@ class TokenService:
         self,
         request: Request,
         endpoint: str,
-        parse: Callable[[bytes], _Grant],
+        parse: Callable[[bytes], Grant],
     ) -> Response:
         if request.method == "OPTIONS":
             return _empty(200, CORS_HEADERS)
         if request.method != "POST":
             headers = {**CORS_HEADERS, "Allow": "POST, OPTIONS"}
-            return self._answer(endpoint, "method_not_allowed", _empty(405, headers))
+            return self.answer(endpoint, "method_not_allowed", _empty(405, headers))
         try:
             return await self._issue(request, endpoint, parse)
         except RequestError as error:
             outcome = "not_json" if error.errcode == "M_NOT_JSON" else "bad_json"
             if isinstance(error, BadJsonError) and error.limit:
                 self.metrics.limit_hit(error.limit)
-            log.info("%s: refused request from %r: %s", endpoint, self._client(request), error)
-            return self._error(endpoint, outcome, error)
+            log.info("%s: refused request from %r: %s", endpoint, self.client_of(request), error)
+            return self.error_answer(endpoint, outcome, error)
         except MatrixError as error:
-            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
+            return self.error_answer(endpoint, OUTCOMES.get(error.status, "error"), error)
         except ClientDisconnect:
-            return self._answer(endpoint, "disconnected", _empty(400))
+            return self.answer(endpoint, "disconnected", _empty(400))
         except Exception:
             log.exception("%s: unexpected error", endpoint)
             internal = MatrixError(500, "M_UNKNOWN", "Internal Server Error")
-            return self._error(endpoint, "error", internal)
+            return self.error_answer(endpoint, "error", internal)
 
-    def _client(self, request: Request) -> str:
+    def client_of(self, request: Request) -> str:
         peer = request.client.host if request.client else None
         return client_address(
             peer, request.headers.getlist("x-forwarded-for"), self.settings.trusted_proxies
@@ -429,16 +412,16 @@ class TokenService:
         self,
         request: Request,
         endpoint: str,
-        parse: Callable[[bytes], _Grant],
+        parse: Callable[[bytes], Grant],
     ) -> Response:
-        client = self._client(request)
+        client = self.client_of(request)
         wait = self.ip_limiter.acquire(address_bucket(client))
         if wait > 0:
             self.metrics.limit_hit("auth_ip_rate")
             log.info("%s: rate-limiting client %r", endpoint, client)
             raise self._rate_limited(wait)
 
-        grant = parse(await self._read_body(request))
+        grant = parse(await self.read_body(request))
 
         try:
             user_id = await self.verifier.verify(grant.server_name, grant.access_token)
@@ -459,10 +442,10 @@ class TokenService:
             )
             raise unauthorized()
 
-        return await self._authorised(endpoint, client, grant, user_id)
+        return await self.authorised(endpoint, client, grant, user_id)
 
-    async def _authorised(
-        self, endpoint: str, client: str, grant: _Grant, user_id: str, *, with_url: bool = True
+    async def authorised(
+        self, endpoint: str, client: str, grant: Grant, user_id: str, *, with_url: bool = True
     ) -> Response:
         """The rest of a token request once ``user_id`` is known (OpenID or the homeserver)."""
         wait = self.user_limiter.acquire(user_id)
@@ -474,7 +457,9 @@ class TokenService:
         if self.membership is not None and not grant.delegate_only:
             await self._require_joined(endpoint, grant.matrix_room, user_id)
 
-        full_access = is_full_access(grant.server_name, self.settings.full_access_homeservers)
+        full_access = not grant.subscribe_only and is_full_access(
+            grant.server_name, self.settings.full_access_homeservers
+        )
         if grant.delay_id and not full_access:
             # 400 M_BAD_JSON on the token endpoints makes Element Call retry without the delay
             # parameters; 403 on /delegate_delayed_leave (upstream's answers).
@@ -503,10 +488,14 @@ class TokenService:
                 grant.alias,
                 grant.delay_id,
             )
-            return self._answer(endpoint, "ok", _json(200, {}))
+            return self.answer(endpoint, "ok", _json(200, {}))
 
         jwt = self.minter.join_token(
-            grant.alias, identity, int(self._wall_clock()), room_create=full_access
+            grant.alias,
+            identity,
+            int(self._wall_clock()),
+            room_create=full_access,
+            can_publish=not grant.subscribe_only,
         )
 
         if full_access:
@@ -541,7 +530,7 @@ class TokenService:
             client,
         )
         body = {"url": self.settings.livekit_url, "jwt": jwt} if with_url else {"jwt": jwt}
-        return self._answer(endpoint, "ok", _json(200, body))
+        return self.answer(endpoint, "ok", _json(200, body))
 
     async def _require_joined(self, endpoint: str, room_id: str, user_id: str) -> None:
         assert self.membership is not None
@@ -556,14 +545,14 @@ class TokenService:
             log.info("%s: refused %r, not joined to %r", endpoint, user_id, room_id)
             raise MatrixError(403, "M_FORBIDDEN", "User is not joined to the room")
 
-    async def _resolve_cs_api(self, endpoint: str, grant: _Grant) -> None:
+    async def _resolve_cs_api(self, endpoint: str, grant: Grant) -> None:
         try:
             await self.delegations.deps.resolve_cs_api(grant.server_name)
         except CsApiUnresolvable as exc:
             log.warning("%s: %s", endpoint, exc)
             raise MatrixError(400, "M_BAD_JSON", "Unable to resolve client-server API") from None
 
-    async def _delegate(self, endpoint: str, grant: _Grant, user_id: str, identity: str) -> None:
+    async def _delegate(self, endpoint: str, grant: Grant, user_id: str, identity: str) -> None:
         """Hand the delayed leave to a job (replacing that of the same participant)."""
         if grant.delegate_only:
             await self._resolve_cs_api(endpoint, grant)
@@ -579,46 +568,6 @@ class TokenService:
         except DelegationLimit as exc:
             log.warning("%s: refused a delegation of %r: %s", endpoint, user_id, exc)
             raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
-
-    # --- MSC4512: get_token proxied by the homeserver -----------------------------------
-
-    async def proxied_get_token(self, request: Request) -> Response:
-        """Client-server ``get_token`` that the homeserver authenticated and forwarded."""
-        endpoint = "cs_get_token"
-        if request.method != "POST":
-            return self._answer(endpoint, "method_not_allowed", _empty(405, {"Allow": "POST"}))
-        try:
-            refusal = hs_token_refusal(request, self.settings.hs_token.encode("utf-8"))
-            if refusal is not None:
-                raise MatrixError(*refusal)
-            user_id = proxied_user(
-                request.headers.get(USER_HEADER, ""), self.settings.hs_server_name
-            )
-            req = parse_cs_get_token(await self._read_body(request))
-            if req.url != self.settings.livekit_url:
-                raise MatrixError(400, "M_INVALID_PARAM", "The requested `url` is not served here")
-            if req.member.claimed_user_id and req.member.claimed_user_id != user_id:
-                raise MatrixError(403, "M_FORBIDDEN", "`member.claimed_user_id` is not you")
-            grant = _Grant(
-                server_name=self.settings.hs_server_name,
-                access_token="",
-                claimed_user_id=user_id,
-                delay_id="",
-                delay_timeout=0,
-                matrix_room=req.room_id,
-                alias=room_alias(req.room_id, req.slot_id),
-                device_id=req.member.claimed_device_id,
-                member_id=req.member.id,
-            )
-            return await self._authorised(
-                endpoint, self._client(request), grant, user_id, with_url=False
-            )
-        except MatrixError as error:
-            if isinstance(error, BadJsonError) and error.limit:
-                self.metrics.limit_hit(error.limit)
-            return self._error(endpoint, OUTCOMES.get(error.status, "error"), error)
-        except ClientDisconnect:
-            return self._answer(endpoint, "disconnected", _empty(400))
 
     # --- /sfu_webhook --------------------------------------------------------------------
 
@@ -682,9 +631,11 @@ def create_app(
     metrics = metrics or Metrics()
     sfu = build_sfu_client(settings)
     delegations = delegations or build_delegations(settings, sfu, metrics=metrics)
-    membership = (
-        build_membership(settings, sfu, metrics=metrics) if settings.appservice_enabled else None
-    )
+    homeserver = build_homeserver(settings, metrics=metrics)
+    membership = focus = None
+    if settings.appservice_enabled:
+        membership = build_membership(settings, sfu, homeserver, metrics=metrics)
+        focus = build_focus(settings, homeserver, metrics=metrics)
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
@@ -705,17 +656,22 @@ def create_app(
     if settings.metrics_enabled:
         routes.append(Route("/metrics", _AnyMethod(service.metrics_endpoint)))
     if membership is not None:
-        endpoints = AppServiceEndpoints(settings.hs_token, membership, metrics.limit_hit)
+        endpoints = AppServiceEndpoints(settings.hs_token, membership, metrics.limit_hit, focus)
+        proxied = ProxiedRoutes(service, homeserver)
         routes += [
             Route("/_matrix/app/v1/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
             Route("/transactions/{txn_id}", _AnyMethod(endpoints.transaction)),
             Route("/_matrix/app/v1/ping", _AnyMethod(endpoints.ping)),
-            Route(CS_GET_TOKEN_PATH, _AnyMethod(service.proxied_get_token)),
+            Route(CS_GET_TOKEN_PATH, _AnyMethod(proxied.cs_get_token)),
+            Route(CS_DELEGATE_PATH, _AnyMethod(proxied.cs_delegate)),
+            Route(FEDERATION_GET_TOKEN_PATH, _AnyMethod(proxied.federation_get_token)),
         ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await delegations.start()
+        if focus is not None:
+            await focus.start()
         reconcile = None
         interval = settings.membership_check_interval_seconds
         if membership is not None and interval > 0:
@@ -727,6 +683,8 @@ def create_app(
                 reconcile.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reconcile
+            if focus is not None:
+                await focus.close()
             await delegations.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -5,13 +5,15 @@ Enabled by lk-jwt-service 0.5's variables (``LIVEKIT_AS_TOKEN``, ``LIVEKIT_HS_TO
 ``app_service_config_files`` (``matrix-sfu-auth appservice-registration --url URL`` prints
 it): a non-exclusive namespace of the homeserver's users, so that the homeserver pushes the
 events of every room one of its users is in and lets the application service read their member
-lists, and lk-jwt-service's sender ``_lk_jwt_service``, so an existing registration keeps
-working.
+lists, and lk-jwt-service's sender ``_lk_jwt_service`` (the focus user), so an existing
+registration keeps working. It asks for Synapse's MSC4512 proxy of ``rtc/livekit`` and the
+MSC4502 ``is_joined`` scope.
 
 :class:`AppServiceEndpoints` serves the Matrix application-service API routes the homeserver
 calls (each authenticated by ``hs_token`` as ``Authorization: Bearer``, or the deprecated
 ``access_token`` query parameter): ``PUT /_matrix/app/v1/transactions/{txnId}`` (and the legacy
-``/transactions/{txnId}``), whose events go to :meth:`Membership.apply`, and ``POST
+``/transactions/{txnId}``), whose events go to :meth:`Membership.apply` and the focus user
+(:meth:`Focus.apply`), and ``POST
 /_matrix/app/v1/ping``. A transaction ID already handled is answered ``{}`` without handling it
 again (the last :data:`MAX_REMEMBERED_TRANSACTIONS` are remembered); a transaction whose
 handling failed is answered 500, so the homeserver sends it again.
@@ -31,6 +33,8 @@ import yaml
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from .focus import Focus
+from .homeserver import IS_JOINED_SCOPE
 from .membership import Membership
 from .proxied import PROXY_PREFIX
 
@@ -61,6 +65,7 @@ def registration(url: str, as_token: str, hs_token: str, server_name: str) -> di
         },
         "io.element.msc4512.proxy_prefix": PROXY_PREFIX,
         "io.element.msc4512.proxy_url": url,
+        "io.element.msc4502.scopes": [IS_JOINED_SCOPE],
     }
 
 
@@ -99,10 +104,12 @@ class AppServiceEndpoints:
         hs_token: str,
         membership: Membership,
         limit_hit: Callable[[str], None] = lambda _limit: None,
+        focus: Focus | None = None,
     ) -> None:
         self._limit_hit = limit_hit
         self._hs_token = hs_token.encode("utf-8")
         self._membership = membership
+        self._focus = focus
         self._done: OrderedDict[str, None] = OrderedDict()
 
     def _refusal(self, request: Request) -> Response | None:
@@ -145,6 +152,8 @@ class AppServiceEndpoints:
             return _error(400, "M_BAD_JSON", "Transaction has no `events` list")
         try:
             await self._membership.apply(events)
+            if self._focus is not None:
+                await self._focus.apply(events)
         except Exception:
             log.exception("appservice: transaction %r failed; the homeserver will retry", txn_id)
             return _error(500, "M_UNKNOWN", "Transaction failed")

@@ -96,6 +96,10 @@ class Settings:
     hs_token: str = ""
     hs_server_name: str = ""
     membership_check_interval_seconds: int = 60
+    # The focus user (application-service mode).
+    focus_empty_call_seconds: int = 30
+    focus_no_call_seconds: int = 90
+    focus_join_on_call: bool = False
 
     @property
     def appservice_enabled(self) -> bool:
@@ -440,4 +444,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         hs_token=hs_token,
         hs_server_name=hs_server_name,
         membership_check_interval_seconds=membership_interval,
+        focus_empty_call_seconds=_seconds(
+            _env(env, "LIVEKIT_FOCUS_EMPTY_CALL_SECONDS"),
+            "LIVEKIT_FOCUS_EMPTY_CALL_SECONDS",
+            Settings.focus_empty_call_seconds,
+        ),
+        focus_no_call_seconds=_seconds(
+            _env(env, "LIVEKIT_FOCUS_NO_CALL_SECONDS"),
+            "LIVEKIT_FOCUS_NO_CALL_SECONDS",
+            Settings.focus_no_call_seconds,
+        ),
+        focus_join_on_call=parse_bool(
+            _env(env, "LIVEKIT_FOCUS_JOIN_ON_CALL"),
+            "LIVEKIT_FOCUS_JOIN_ON_CALL",
+            Settings.focus_join_on_call,
+        ),
     )

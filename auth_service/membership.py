@@ -2,15 +2,18 @@
 
 Owns three things, all bounded:
 
-* the **joined members** of Matrix rooms, read from the homeserver with the application
-  service's ``as_token`` (``GET /_matrix/client/v3/rooms/{roomId}/joined_members``), cached and
-  kept current by the ``m.room.member`` events the homeserver pushes (:meth:`Membership.apply`);
+* **who is joined**: MSC4502 ``is_joined`` where the homeserver answers it (a user of another
+  server counts only while ours is in the room too), else the **joined members** read with the
+  application service's ``as_token`` (``GET /_matrix/client/v3/rooms/{roomId}/joined_members``),
+  cached and kept current by the ``m.room.member`` events the homeserver pushes
+  (:meth:`Membership.apply`); both through :class:`~auth_service.homeserver.Homeserver`;
 * the **identities issued** per (Matrix room, user): the LiveKit room and identity of every token
   handed out, so that a hashed MSC4195 identity can be traced back to its user;
 * **enforcement**: when a user stops being joined (leave, kick, ban), ``RemoveParticipant`` for
   each of their identities, and a periodic **reconcile** that removes every SFU participant of a
   tracked LiveKit room whose user is not joined (``ListParticipants``); when the Matrix room is
-  upgraded (an ``m.room.tombstone`` state event), ``DeleteRoom`` for its LiveKit rooms.
+  upgraded (an ``m.room.tombstone`` state event), or the last of our homeserver's users leaves
+  it, ``DeleteRoom`` for its LiveKit rooms.
 
 A membership event is trusted only for its own ``state_key``: the user it is about. Who sent it
 (a kick or ban is sent by someone else) never matters. Legacy identities ``@user:server:DEVICE``
@@ -27,24 +30,18 @@ reconcile leave everybody in place (fail open, as upstream).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Final
-from urllib.parse import quote
+from typing import Final, Protocol
 
-from .cs_api import CsApiResolver, CsApiUnresolvable
-from .net import NetError, Request, Resolver, ResponseTooLarge, Timeouts, request_base_url
+from .homeserver import MembershipUnknown
 from .sfu_client import ParticipantRemover, RoomServiceError
 from .tokens import legacy_room_alias
 
 log = logging.getLogger(__name__)
 
-JOINED_MEMBERS_MAX_BYTES: Final = 16 * 1024 * 1024
-HOMESERVER_TIMEOUTS: Final = Timeouts(connect=3.0, request=10.0)
 MAX_CACHED_ROOMS: Final = 10_000
 CACHE_SECONDS: Final = 300.0
 """A cached member list is re-read this often even though pushed events keep it current."""
@@ -57,8 +54,9 @@ ENFORCE_TIMEOUT_SECONDS: Final = 10.0
 LEFT: Final = frozenset({"leave", "ban"})
 
 
-class MembershipUnknown(Exception):
-    """The homeserver could not say who is joined to a room."""
+def server_of(user_id: str) -> str:
+    """The server name of a user ID (``@local:server``)."""
+    return user_id.partition(":")[2]
 
 
 def legacy_owner(identity: str) -> str | None:
@@ -69,63 +67,18 @@ def legacy_owner(identity: str) -> str | None:
     return user
 
 
-class JoinedMembers:
-    """Reads a room's joined members from the homeserver as the application service."""
+class MemberSource(Protocol):
+    """Who is joined to a room, as the homeserver says (:class:`~auth_service.homeserver.Homeserver`)."""
 
-    def __init__(
-        self,
-        cs_api: CsApiResolver,
-        server_name: str,
-        as_token: str,
-        *,
-        resolver: Resolver,
-        tls_context: ssl.SSLContext,
-        limit_hit: Callable[[str], None] = lambda _limit: None,
-    ) -> None:
-        self._limit_hit = limit_hit
-        self._cs_api = cs_api
-        self._server_name = server_name
-        self._as_token = as_token
-        self._resolver = resolver
-        self._tls_context = tls_context
-
-    async def fetch(self, room_id: str) -> frozenset[str]:
+    async def joined_members(self, room_id: str) -> frozenset[str]:
         """The users joined to ``room_id``; raises :class:`MembershipUnknown`."""
-        try:
-            api = await self._cs_api.resolve(self._server_name)
-        except CsApiUnresolvable as exc:
-            raise MembershipUnknown(str(exc)) from None
-        request = Request(
-            "GET",
-            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/joined_members",
-            b"",
-            (("Authorization", f"Bearer {self._as_token}"),),
-        )
-        try:
-            response = await request_base_url(
-                self._resolver,
-                api.base_url,
-                request,
-                tls_context=self._tls_context,
-                forbidden=None if api.trusted else self._cs_api.forbidden,
-                max_body=JOINED_MEMBERS_MAX_BYTES,
-                timeouts=HOMESERVER_TIMEOUTS,
-            )
-        except NetError as exc:
-            if isinstance(exc, ResponseTooLarge):
-                self._limit_hit("auth_joined_members_response")
-            raise MembershipUnknown(f"joined_members of {room_id!r}: {exc}") from None
-        if response.status in (403, 404):
-            return frozenset()
-        if response.status != 200:
-            raise MembershipUnknown(f"joined_members of {room_id!r}: HTTP {response.status}")
-        try:
-            joined = json.loads(response.body)["joined"]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise MembershipUnknown(f"joined_members of {room_id!r}: not a member list") from None
-        if not isinstance(joined, dict):
-            raise MembershipUnknown(f"joined_members of {room_id!r}: not a member list")
-        return frozenset(user for user in joined if isinstance(user, str))
+        ...
+
+    async def is_joined(
+        self, room_id: str, *, user_id: str = "", server_name: str = ""
+    ) -> bool | None:
+        """MSC4502 ``is_joined``; ``None`` when the homeserver does not answer it."""
+        ...
 
 
 class Membership:
@@ -133,14 +86,16 @@ class Membership:
 
     def __init__(
         self,
-        members: JoinedMembers,
+        members: MemberSource,
         sfu: ParticipantRemover,
         *,
+        server_name: str = "",
         clock: Callable[[], float] = time.monotonic,
         limit_hit: Callable[[str], None] = lambda _limit: None,
     ) -> None:
         self._limit_hit = limit_hit
         self._members = members
+        self._server_name = server_name
         self._sfu = sfu
         self._clock = clock
         self._joined: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
@@ -152,7 +107,18 @@ class Membership:
     # --- who is joined -------------------------------------------------------------------
 
     async def is_joined(self, room_id: str, user_id: str) -> bool:
-        """Whether ``user_id`` is joined to ``room_id``; raises :class:`MembershipUnknown`."""
+        """Whether ``user_id`` is joined to ``room_id``; raises :class:`MembershipUnknown`.
+
+        MSC4502 first, where the homeserver answers it: a user of another server counts only
+        while ours is in the room too (else its view of their membership may be stale).
+        Otherwise the cached ``joined_members``, which the homeserver answers only while one
+        of our users is in the room."""
+        answer = await self._members.is_joined(room_id, user_id=user_id)
+        if answer is not None:
+            if answer and server_of(user_id) != self._server_name:
+                ours = await self._members.is_joined(room_id, server_name=self._server_name)
+                return bool(ours)
+            return answer
         cached = self._joined.get(room_id)
         if cached is not None and cached[0] > self._clock():
             return user_id in cached[1]
@@ -160,7 +126,7 @@ class Membership:
 
     async def _refresh(self, room_id: str) -> frozenset[str]:
         pushes = self._pushes
-        joined = await self._members.fetch(room_id)
+        joined = await self._members.joined_members(room_id)
         if pushes == self._pushes:
             self._joined.pop(room_id, None)
             self._joined[room_id] = (self._clock() + CACHE_SECONDS, set(joined))
@@ -223,7 +189,7 @@ class Membership:
             if tombstoned is not None:
                 closed.append(tombstoned)
                 continue
-            change = _membership_change(event)
+            change = membership_change(event)
             if change is None:
                 continue
             room_id, user_id, membership = change
@@ -241,11 +207,30 @@ class Membership:
             async with asyncio.timeout(ENFORCE_TIMEOUT_SECONDS):
                 await asyncio.gather(
                     *(self.eject(room, user) for room, user in dict.fromkeys(left)),
-                    *(self.close(room) for room in dict.fromkeys(closed)),
+                    *(self.close(room, "it was tombstoned") for room in dict.fromkeys(closed)),
+                )
+        local_leaves = {room for room, user in left if server_of(user) == self._server_name}
+        if local_leaves - set(closed):
+            async with asyncio.timeout(ENFORCE_TIMEOUT_SECONDS):
+                await asyncio.gather(
+                    *(self._unless_still_in(r) for r in local_leaves - set(closed))
                 )
 
-    async def close(self, room_id: str) -> None:
-        """``DeleteRoom`` for every LiveKit room of ``room_id`` (it was upgraded)."""
+    async def _unless_still_in(self, room_id: str) -> None:
+        """After one of our users left ``room_id``: if none is left, ``DeleteRoom``."""
+        try:
+            ours = await self._members.is_joined(room_id, server_name=self._server_name)
+            if ours is None:
+                joined = await self._refresh(room_id)
+                ours = any(server_of(user) == self._server_name for user in joined)
+        except MembershipUnknown as exc:
+            log.warning("membership: cannot tell whether we are still in %r: %s", room_id, exc)
+            return
+        if not ours:
+            await self.close(room_id, "our homeserver left it")
+
+    async def close(self, room_id: str, why: str) -> None:
+        """``DeleteRoom`` for every LiveKit room of ``room_id`` (upgraded, or we left it)."""
         aliases = self._aliases(room_id)
         for user in list(self._issued.get(room_id, {})):
             self._forget(room_id, user)
@@ -256,7 +241,7 @@ class Membership:
             except RoomServiceError as exc:
                 log.warning("membership: cannot delete %r: %s", alias, exc)
                 continue
-            log.info("membership: deleted %r: %r was tombstoned", alias, room_id)
+            log.info("membership: deleted %r: %r, %s", alias, room_id, why)
 
     async def eject(self, room_id: str, user_id: str) -> int:
         """Remove every SFU participant of ``user_id`` in the LiveKit rooms of ``room_id``."""
@@ -334,7 +319,7 @@ def _tombstoned_room(event: object) -> str | None:
     return room_id
 
 
-def _membership_change(event: object) -> tuple[str, str, str] | None:
+def membership_change(event: object) -> tuple[str, str, str] | None:
     """(room, user, membership) of an ``m.room.member`` event; ``None`` for anything else."""
     if not isinstance(event, dict) or event.get("type") != "m.room.member":
         return None

@@ -98,7 +98,13 @@ def claims_json(claims: dict[str, Any]) -> bytes:
 
 
 def join_claims(
-    api_key: str, room: str, identity: str, now: int, *, room_create: bool = False
+    api_key: str,
+    room: str,
+    identity: str,
+    now: int,
+    *,
+    room_create: bool = False,
+    can_publish: bool = True,
 ) -> dict[str, Any]:
     """The claims of a LiveKit join token: upstream's grant, plus ``roomCreate`` if asked.
 
@@ -107,11 +113,13 @@ def join_claims(
     restricted user can join a room that exists but never create one.
     """
     video: dict[str, Any] = {
-        "canPublish": True,
+        "canPublish": can_publish,
         "canSubscribe": True,
         "canUpdateOwnMetadata": True,
         "room": room,
     }
+    if not can_publish:
+        video["canPublishData"] = True
     if room_create:
         video["roomCreate"] = True
     video["roomJoin"] = True
@@ -138,9 +146,21 @@ class TokenMinter:
         mac.update(signing_input.encode("ascii"))
         return f"{signing_input}.{_b64url(mac.digest())}"
 
-    def join_token(self, room: str, identity: str, now: int, *, room_create: bool = False) -> str:
+    def join_token(
+        self,
+        room: str,
+        identity: str,
+        now: int,
+        *,
+        room_create: bool = False,
+        can_publish: bool = True,
+    ) -> str:
         """A one-hour token letting ``identity`` join, publish and subscribe in ``room``.
 
-        With ``room_create`` the token also lets the SFU create ``room`` on join.
+        With ``room_create`` the token also lets the SFU create ``room`` on join; without
+        ``can_publish`` it may only subscribe (and send data).
         """
-        return self.sign(join_claims(self.api_key, room, identity, now, room_create=room_create))
+        claims = join_claims(
+            self.api_key, room, identity, now, room_create=room_create, can_publish=can_publish
+        )
+        return self.sign(claims)

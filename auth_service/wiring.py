@@ -1,21 +1,31 @@
 """The auth service's collaborators built from its `Settings`: the SFU's RoomService client,
-delayed-leave delegation, and application-service membership (`create_app` wires them)."""
+delayed-leave delegation, and in application-service mode the homeserver client, membership
+and the focus user (`create_app` wires them)."""
 
 from __future__ import annotations
 
 import ssl
 
+from .appservice import SENDER_LOCALPART
 from .config import Settings
 from .cs_api import CsApiResolver, DelayedEvents
 from .delegation import Delegations, ServiceDeps
+from .focus import Focus, FocusSettings
+from .homeserver import Homeserver
 from .job_store import JobStore, RedisJobStore
-from .membership import JoinedMembers, Membership
+from .membership import Membership
 from .metrics import Metrics
 from .net import DnsResolver, Resolver, client_tls_context
 from .sfu_client import ParticipantDirectory, TwirpRoomService
 from .tokens import TokenMinter
 
-__all__ = ["build_delegations", "build_membership", "build_sfu_client"]
+__all__ = [
+    "build_delegations",
+    "build_focus",
+    "build_homeserver",
+    "build_membership",
+    "build_sfu_client",
+]
 
 
 def build_sfu_client(
@@ -69,17 +79,16 @@ def build_delegations(
     )
 
 
-def build_membership(
+def build_homeserver(
     settings: Settings,
-    sfu: TwirpRoomService,
     *,
     resolver: Resolver | None = None,
     tls_context: ssl.SSLContext | None = None,
     metrics: Metrics | None = None,
-) -> Membership:
-    """Membership checks and enforcement through the homeserver ``LIVEKIT_HS_SERVER_NAME``,
-    whose client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else
-    its ``.well-known/matrix/client``)."""
+) -> Homeserver:
+    """The application service's calls to the homeserver ``LIVEKIT_HS_SERVER_NAME``, whose
+    client-server API is found as for delegation (``LIVEKIT_CS_API_URL_OVERRIDES``, else its
+    ``.well-known/matrix/client``)."""
     resolver = resolver or DnsResolver()
     tls_context = tls_context or client_tls_context(verify=not settings.skip_verify_tls)
     cs_api = CsApiResolver(
@@ -88,7 +97,7 @@ def build_membership(
         overrides=settings.cs_api_url_overrides,
         allow_private=settings.allow_private_homeservers,
     )
-    members = JoinedMembers(
+    return Homeserver(
         cs_api,
         settings.hs_server_name,
         settings.as_token,
@@ -96,4 +105,35 @@ def build_membership(
         tls_context=tls_context,
         limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
     )
-    return Membership(members, sfu, limit_hit=metrics.limit_hit if metrics else lambda _limit: None)
+
+
+def build_membership(
+    settings: Settings,
+    sfu: TwirpRoomService,
+    homeserver: Homeserver,
+    *,
+    metrics: Metrics | None = None,
+) -> Membership:
+    """Membership checks and enforcement through ``homeserver``."""
+    return Membership(
+        homeserver,
+        sfu,
+        server_name=settings.hs_server_name,
+        limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
+    )
+
+
+def build_focus(
+    settings: Settings, homeserver: Homeserver, *, metrics: Metrics | None = None
+) -> Focus:
+    """The focus user: the registration's sender on ``LIVEKIT_HS_SERVER_NAME``."""
+    return Focus(
+        homeserver,
+        FocusSettings(
+            user_id=f"@{SENDER_LOCALPART}:{settings.hs_server_name}",
+            empty_call_seconds=float(settings.focus_empty_call_seconds),
+            no_call_seconds=float(settings.focus_no_call_seconds),
+            join_on_call=settings.focus_join_on_call,
+        ),
+        limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
+    )

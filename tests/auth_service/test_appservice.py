@@ -22,11 +22,18 @@ from auth_service import membership as membership_module
 from auth_service.__main__ import main
 from auth_service.appservice import AppServiceEndpoints, registration
 from auth_service.config import ConfigError, load_settings
-from auth_service.membership import Membership, MembershipUnknown, legacy_owner
+from auth_service.homeserver import IS_JOINED_SCOPE, MembershipUnknown
+from auth_service.membership import Membership, legacy_owner
 from auth_service.models import MatrixError
-from auth_service.proxied import parse_cs_get_token, proxied_user
+from auth_service.proxied import (
+    federated_user,
+    parse_cs_delegate,
+    parse_cs_get_token,
+    parse_federation_get_token,
+    proxied_user,
+)
 from auth_service.sfu_client import RoomServiceError
-from auth_service.tokens import legacy_room_alias
+from auth_service.tokens import join_claims, legacy_room_alias
 
 HS_TOKEN = "hs-token-for-tests-0123456789"
 ROOM = "!room:hs.test"
@@ -37,11 +44,16 @@ class FakeMembers:
         self.joined = joined
         self.fetches = 0
 
-    async def fetch(self, room_id: str) -> frozenset[str]:
+    async def joined_members(self, room_id: str) -> frozenset[str]:
         self.fetches += 1
         if room_id not in self.joined:
             raise MembershipUnknown("homeserver down")
         return frozenset(self.joined[room_id])
+
+    async def is_joined(
+        self, room_id: str, *, user_id: str = "", server_name: str = ""
+    ) -> bool | None:
+        return None  # a homeserver without MSC4502
 
 
 class FakeSfu:
@@ -351,3 +363,107 @@ def test_proxied_user_must_be_of_our_homeserver() -> None:
             proxied_user(header, "hs.test")
     request = b'{"url": "u", "room_id": "!r", "slot_id": "s", "member": {"id": "m", "claimed_device_id": "D"}}'
     assert parse_cs_get_token(request).member.claimed_device_id == "D"
+
+
+FEDERATION_BODY = {
+    "url": "u",
+    "user_id": "@dave:remote.test",
+    "room_id": "!r",
+    "slot_id": "s",
+    "member": {"id": "m", "claimed_device_id": "D"},
+}
+
+
+def test_federation_and_delegation_bodies_are_checked() -> None:
+    assert parse_federation_get_token(json.dumps(FEDERATION_BODY).encode()).user_id == (
+        "@dave:remote.test"
+    )
+    cases = [
+        ({**FEDERATION_BODY, "user_id": ""}, "M_BAD_JSON"),
+        ({**FEDERATION_BODY, "delay_id": "x"}, "M_NOT_JSON"),
+        (
+            {**FEDERATION_BODY, "member": {**FEDERATION_BODY["member"], "claimed_user_id": "@x:y"}},
+            "M_FORBIDDEN",
+        ),
+    ]
+    for body, errcode in cases:
+        with pytest.raises(MatrixError) as raised:
+            parse_federation_get_token(json.dumps(body).encode())
+        assert raised.value.errcode == errcode, body
+    delegate = {k: v for k, v in FEDERATION_BODY.items() if k != "user_id"}
+    assert parse_cs_delegate(json.dumps({**delegate, "delay_id": "syd_a"}).encode()).delay_id == (
+        "syd_a"
+    )
+    for body in ({**delegate}, {**delegate, "delay_id": "a b"}, {**delegate, "delay_id": 5}):
+        with pytest.raises(MatrixError):
+            parse_cs_delegate(json.dumps(body).encode())
+
+
+def test_a_federated_user_must_be_of_the_origin() -> None:
+    assert federated_user("remote.test", "@dave:remote.test", "hs.test") == "@dave:remote.test"
+    for origin, user in (
+        ("", "@dave:remote.test"),
+        ("hs.test", "@bob:hs.test"),  # our own server is not a federation origin
+        ("remote.test", "@dave:other.test"),
+        ("remote.test", "dave"),
+    ):
+        with pytest.raises(MatrixError) as raised:
+            federated_user(origin, user, "hs.test")
+        assert raised.value.status == 403
+
+
+def test_a_subscribe_only_grant() -> None:
+    claims = join_claims("key", "room", "ident", 0, can_publish=False)
+    assert claims["video"]["canPublish"] is False
+    assert claims["video"]["canPublishData"] is True
+    assert claims["video"]["canSubscribe"] is True
+    assert "roomCreate" not in claims["video"]
+    assert "canPublishData" not in join_claims("key", "room", "ident", 0)["video"]
+
+
+def test_the_registration_asks_for_msc4502_is_joined() -> None:
+    printed = registration("http://a", "as", "hs", "hs.test")
+    assert printed["io.element.msc4502.scopes"] == [IS_JOINED_SCOPE]
+    assert printed["sender_localpart"] == "_lk_jwt_service"
+
+
+async def test_deleteroom_when_the_last_of_our_users_leaves() -> None:
+    members = FakeMembers({ROOM: {"@alice:hs.test", "@carol:remote.test"}})
+    sfu = FakeSfu({LEGACY: set()})
+    membership = Membership(members, sfu, server_name="hs.test")  # type: ignore[arg-type]
+    await membership.apply([member_event("@bob:hs.test", "leave")])
+    assert sfu.deleted == []  # Alice is still here
+    await membership.apply([member_event("@carol:remote.test", "leave")])
+    assert sfu.deleted == []  # not one of ours
+    members.joined[ROOM] = {"@carol:remote.test"}
+    await membership.apply([member_event("@alice:hs.test", "leave")])
+    assert sfu.deleted == [LEGACY]
+    members.joined.pop(ROOM)  # the homeserver cannot say: nothing deleted (fail open)
+    await membership.apply([member_event("@alice:hs.test", "leave")])
+    assert sfu.deleted == [LEGACY]
+
+
+def test_focus_settings() -> None:
+    defaults = load_settings({**BASE_ENV, **AS_ENV})
+    assert (
+        defaults.focus_empty_call_seconds,
+        defaults.focus_no_call_seconds,
+        defaults.focus_join_on_call,
+    ) == (30, 90, False)
+    env = {
+        **BASE_ENV,
+        **AS_ENV,
+        "LIVEKIT_FOCUS_EMPTY_CALL_SECONDS": "5",
+        "LIVEKIT_FOCUS_NO_CALL_SECONDS": "0",
+        "LIVEKIT_FOCUS_JOIN_ON_CALL": "true",
+    }
+    settings = load_settings(env)
+    assert (settings.focus_empty_call_seconds, settings.focus_no_call_seconds) == (5, 0)
+    assert settings.focus_join_on_call
+    for name, bad in (
+        ("LIVEKIT_FOCUS_EMPTY_CALL_SECONDS", "-1"),
+        ("LIVEKIT_FOCUS_NO_CALL_SECONDS", "soon"),
+        ("LIVEKIT_FOCUS_JOIN_ON_CALL", "maybe"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({**env, name: bad})

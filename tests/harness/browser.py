@@ -116,6 +116,13 @@ def check_node_modules() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+POST_JSON = """async ([url, body]) => {
+  const response = await fetch(url, {
+    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+  return {status: response.status, body: await response.json()};
+}"""
+
+
 class PageCallError(AssertionError):
     """A window function failed or timed out; the message carries the page's recent log."""
 
@@ -161,6 +168,12 @@ class HarnessPage:
             raise PageCallError(
                 f"{self.name}: {function}() failed: {exc}\n{self.log_tail()}"
             ) from exc
+
+    async def post_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST url` with a JSON body from inside the page (the browser's fetch, TLS and CORS,
+        as Element Call asks for its token): ``{"status", "body"}``."""
+        answer: dict[str, Any] = await self.page.evaluate(POST_JSON, [url, body])
+        return answer
 
     # -- the window API --------------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class Synapse:
     registration_shared_secret: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    python: Path = DEFAULT_PYTHON
     _users: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -248,6 +249,12 @@ class Synapse:
         if cursor.rowcount != 1:
             raise SynapseError(f"no OpenID token {access_token!r} to expire")
 
+    def restart(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        """Stop Synapse and start it again on the same data, ports and config."""
+        self.stop()
+        self.process = _launch(self.python, self.data_dir / "homeserver.yaml", self.data_dir)
+        _wait_until_up(self, timeout)
+
     def stop(self) -> None:
         """Stop Synapse by PID: SIGTERM, then SIGKILL if it does not exit."""
         if self.process.poll() is not None:
@@ -351,6 +358,7 @@ def start_synapse(
     *,
     extra_config: dict[str, Any] | None = None,
     app_service_config_files: Callable[[str], list[Path]] | None = None,
+    federation: bool = False,
     python: Path | None = None,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> Synapse:
@@ -359,6 +367,10 @@ def start_synapse(
     ``app_service_config_files``, given the server name, writes the application-service
     registrations Synapse is to load and returns their paths (each ``url`` must answer by the
     time Synapse pushes events, or Synapse backs off for a while).
+
+    ``federation`` opens federation on loopback: the TLS listener also serves ``federation``
+    and ``keys``, any destination is allowed, 127.0.0.1 is not blocked and the other side's
+    self-signed certificate is not checked (test homeservers only).
     """
     python = python or Path(os.environ.get("SYNAPSE_PYTHON", str(DEFAULT_PYTHON)))
     if not python.exists():
@@ -373,13 +385,36 @@ def start_synapse(
     log_path = data_dir / "homeserver.log"
     (data_dir / "log.yaml").write_text(yaml.safe_dump(_log_config(log_path)))
     config = _deep_merge(_config(data_dir, http_port, tls_port, secret), extra_config or {})
+    if federation:
+        config["listeners"][1]["resources"] = [
+            {"names": ["federation", "keys", "openid"], "compress": False}
+        ]
+        config.pop("federation_domain_whitelist", None)
+        config["ip_range_whitelist"] = ["127.0.0.1"]
+        config["federation_verify_certificates"] = False
     if app_service_config_files:
         paths = app_service_config_files(str(config["server_name"]))
         config["app_service_config_files"] = [str(path) for path in paths]
     config_path = data_dir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
-    stdout = (data_dir / "stdout.log").open("wb")
+    server = Synapse(
+        data_dir=data_dir,
+        server_name=str(config["server_name"]),
+        http_port=http_port,
+        tls_port=tls_port,
+        tls_cert=data_dir / "tls.crt",
+        registration_shared_secret=secret,
+        process=_launch(python, config_path, data_dir),
+        log_path=log_path,
+        python=python,
+    )
+    _wait_until_up(server, timeout)
+    return server
+
+
+def _launch(python: Path, config_path: Path, data_dir: Path) -> subprocess.Popen[bytes]:
+    stdout = (data_dir / "stdout.log").open("ab")
     process = subprocess.Popen(
         [str(python), "-m", "synapse.app.homeserver", "-c", str(config_path)],
         cwd=data_dir,
@@ -388,16 +423,11 @@ def start_synapse(
         start_new_session=True,
     )
     stdout.close()
-    server = Synapse(
-        data_dir=data_dir,
-        server_name=str(config["server_name"]),
-        http_port=http_port,
-        tls_port=tls_port,
-        tls_cert=data_dir / "tls.crt",
-        registration_shared_secret=secret,
-        process=process,
-        log_path=log_path,
-    )
+    return process
+
+
+def _wait_until_up(server: Synapse, timeout: float) -> None:
+    process, data_dir = server.process, server.data_dir
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while True:
@@ -409,7 +439,7 @@ def start_synapse(
                 )
             try:
                 if client.get(f"{server.client_url}/health").status_code == 200:
-                    return server
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -33,16 +33,10 @@ pytestmark = pytest.mark.slow
 
 WAIT_S = 40.0
 
-FETCH_TOKEN = """async ([url, body]) => {
-  const response = await fetch(url, {
-    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
-  return {status: response.status, body: await response.json()};
-}"""
-
 
 async def sfu_get(page: HarnessPage, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """`POST url` from inside the page (the browser's TLS, CORS and fetch), as Element Call."""
-    answer: dict[str, Any] = await page.page.evaluate(FETCH_TOKEN, [url, body])
+    answer = await page.post_json(url, body)
     assert answer["status"] == 200, answer
     reply: dict[str, Any] = answer["body"]
     return reply
