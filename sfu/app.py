@@ -6,8 +6,9 @@ Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/
 draining, event loop responsive; `sfu.lifecycle`), ``/metrics`` and ``/``. With
 ``prometheus_port`` set, ``/metrics`` is served on that port (on the bind addresses) instead.
 
-Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, and the
-room: it must exist, or the token's ``roomCreate`` or ``room.auto_create`` must allow creating it.
+Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, forwarding
+latency, and the room: it must exist, or the token's ``roomCreate`` or ``room.auto_create`` must
+allow creating it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from sfu.admission import (
+    LATENCY_RELEASE,
     SESSIONS_PER_IDENTITY,
+    LatencyHold,
     Reservation,
     SessionLedger,
     address_key,
@@ -48,6 +51,8 @@ from sfu.ids import NodeId, new_node_id
 from sfu.lifecycle import DRAINING_MESSAGE, Readiness
 from sfu.media import fastpath
 from sfu.media.transport import SendMode, TransportConfig
+from sfu.media.transport.batch import flusher_for
+from sfu.media.transport.latency import ForwardLatency
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, RoomManager, signalling
@@ -97,6 +102,12 @@ class Sfu:
     ledger: SessionLedger = dataclasses.field(default_factory=lambda: SessionLedger(0, 0))
     webhooks: WebhookNotifier | None = None
     readiness: Readiness = dataclasses.field(default_factory=Readiness)
+    #: the serving loop's probe (`sfu.media.transport.latency`), set when the app starts; until
+    #: then one that measures nothing
+    latency: ForwardLatency = dataclasses.field(
+        default_factory=lambda: ForwardLatency(None, lambda: None)
+    )
+    latency_hold: LatencyHold = dataclasses.field(default_factory=lambda: LatencyHold(0))
     _warned_per_ip: bool = False
 
     @property
@@ -109,11 +120,6 @@ class Sfu:
         rooms = RoomManager(config.room)
         metrics = Metrics(node_id)
         cpu_load = CpuLoad()
-        metrics.set_gauges(
-            lambda: dataclasses.replace(
-                rooms.gauges(), tasks=_task_count(), cpu_load=cpu_load.value
-            )
-        )
         transport_config = TransportConfig(
             bind_addresses=tuple(a for a in config.bind_addresses if a) or ("0.0.0.0",),
             node_ip=config.rtc.node_ip or None,
@@ -151,7 +157,7 @@ class Sfu:
         if config.webhook.urls:
             webhooks = WebhookNotifier(config.webhook.urls, config.webhook.api_key, config.keys)
             rooms.observer = webhooks
-        return cls(
+        sfu = cls(
             config,
             node_id,
             TokenVerifier(config.keys),
@@ -161,7 +167,17 @@ class Sfu:
             cpu_load,
             ledger,
             webhooks,
+            latency_hold=LatencyHold(config.limits.max_forward_latency_ms / 1000),
         )
+        metrics.set_gauges(
+            lambda: dataclasses.replace(
+                rooms.gauges(),
+                tasks=_task_count(),
+                cpu_load=cpu_load.value,
+                forward_latency_p99=sfu.latency.p99(),
+            )
+        )
+        return sfu
 
     # -- admission ------------------------------------------------------------------------------
     def _refuse(self, limit: str, message: str) -> AdmissionError:
@@ -169,7 +185,7 @@ class Sfu:
         return AdmissionError(503, message)
 
     def admit(self, conn: HTTPConnection, *, reserve: bool = False) -> Admission:
-        """Check a /rtc request: token, session caps, CPU load, room. Raises AdmissionError with
+        """Check a /rtc request: token, session caps, CPU load, forwarding latency, room. Raises AdmissionError with
         LiveKit's status. With `reserve`, the admission holds its session slots until released
         (checked and taken without an await in between, so concurrent handshakes cannot
         overshoot a cap); /rtc/validate only checks. Never creates a room."""
@@ -228,6 +244,8 @@ class Sfu:
                 f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
                 f"limits.max_cpu_load {max_load:.2f}",
             )
+        if self.latency_hold.bound_s and not live:
+            self._check_latency()
         if room is None and not (self.config.room.auto_create or grants.video.room_create):
             raise AdmissionError(404, "requested room does not exist")
         max_participants = (
@@ -241,6 +259,26 @@ class Sfu:
         if reserve:
             admission.reservation = ledger.reserve(address, name, identity)
         return admission
+
+    def _check_latency(self) -> None:
+        """Refuse a newcomer while the forwarding latency's p99, plus what the participants
+        joining will add (in proportion to their share, as for the CPU load), holds the node."""
+        hold = self.latency_hold
+        p99 = self.latency.p99() * (1 + self.cpu_load.pending_share(self.sessions))
+        if not hold.refuses(p99):
+            return
+        COUNTERS.joins_refused_latency += 1
+        measured = (
+            f"the server is at capacity: forwarding latency p99 {p99 * 1000:.1f} ms (last "
+            f"{self.latency.window_s:.0f} s, with the participants joining)"
+        )
+        bound = f"limits.max_forward_latency_ms {hold.bound_s * 1000:g}"
+        if p99 > hold.bound_s:
+            raise AdmissionError(503, f"{measured} exceeds {bound}")
+        raise AdmissionError(
+            503,
+            f"{measured} is not yet back under {hold.release_s * 1000:g} ms ({LATENCY_RELEASE * 100:.0f} % of {bound})",
+        )
 
     def refresh_token(self, grants: ClaimGrants, now: int | None = None) -> str:
         """A token with every grant of ``grants``, valid until the next refresh reaches the
@@ -432,6 +470,7 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             )
             metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets))
             log.info("/metrics on port %d", config.prometheus_port)
+        sfu.latency = flusher_for(asyncio.get_running_loop()).latency
         log.info("SFU node %s ready", sfu.node_id)
         samplers = [
             asyncio.create_task(sfu.cpu_load.run(), name="cpu-load"),
