@@ -19,7 +19,7 @@ of the wrong length) is counted in `malformed` and logged at DEBUG only: it neve
 event loop, which would log a traceback per datagram.
 
 Every datagram `SrtpIngress` reads may be a forwarding-latency sample: while the loop's probe is
-armed (`sfu.media.transport.latency`, at most one datagram per couple of milliseconds), the next
+armed (`sfu.media.transport.latency`, at most one datagram per 5 ms), the next
 one asks its socket when the kernel received it.
 """
 

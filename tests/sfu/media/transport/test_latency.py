@@ -37,8 +37,9 @@ class Clock:
         return self.now
 
 
-def probe(clock: Clock, window_s: float = 3.0) -> ForwardLatency:
-    return ForwardLatency(None, lambda: None, window_s=window_s, clock=clock)
+def probe(clock: Clock) -> ForwardLatency:
+    """A probe without a loop (fed through `record`), with room for 3,000 samples."""
+    return ForwardLatency(None, lambda: None, interval_s=0.001, clock=clock)
 
 
 @pytest.fixture
