@@ -142,6 +142,7 @@ class Run:
     target: float | None
     out: Path
     scrapes: list[Scrape] = field(default_factory=list)
+    ended: float = 0.0  # when the load tester exited (monotonic)
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,23 +165,25 @@ async def scrape(http: httpx.AsyncClient, sfu: SfuInstance, loadtest_pid: int) -
     )
 
 
-def steady(scrapes: list[Scrape]) -> list[Scrape]:
-    """The scrapes while every participant was in and media flowed, less 2 s at each end."""
+def steady(scrapes: list[Scrape], ended: float, duration_s: float) -> list[Scrape]:
+    """The scrapes while every participant was in and media flowed, less 2 s at each end; if
+    the count never settled (joins failing), the `duration_s` before the load tester's media
+    stopped (it exits at `ended`, a few seconds after)."""
+    fallback = [s for s in scrapes if ended - 5 - duration_s + 2 <= s.t <= ended - 5]
     if len(scrapes) < 3:
-        return []
+        return fallback
     most = max(s.participants for s in scrapes)
     rates = []
     for a, b in itertools.pairwise(scrapes):
         if a.participants == b.participants == most:
             rates.append(((b.packets_out - a.packets_out) / max(1e-3, b.t - a.t), a, b))
     if not rates:
-        return []
+        return fallback
     median = statistics.median(r for r, _, _ in rates)
     flowing = [(a, b) for r, a, b in rates if r >= 0.5 * median]
-    if not flowing:
-        return []
     start, end = flowing[0][0].t + 2.0, flowing[-1][1].t - 2.0
-    return [s for s in scrapes if start <= s.t <= end]
+    window = [s for s in scrapes if start <= s.t <= end]
+    return window if len(window) >= 5 else fallback
 
 
 def summarise(run: Run, report: dict[str, Any], window: list[Scrape]) -> dict[str, Any]:
@@ -240,7 +243,7 @@ async def run_one(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     run.result["loadavg"]["end"] = loadavg()
     report_path = run.out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    row = summarise(run, report, steady(run.scrapes))
+    row = summarise(run, report, steady(run.scrapes, run.ended, args.duration))
     row["sfu_log_errors"] = errors
     return row
 
@@ -315,6 +318,7 @@ async def load(args: argparse.Namespace, run: Run) -> None:
                     run.scrapes.append(reading)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait(), 1.0)
+            run.ended = time.monotonic()
         finally:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
