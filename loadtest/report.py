@@ -1,7 +1,8 @@
 """The run's results: collected while it runs, summarised as JSON, a table and PNG plots.
 
 `Report.summary()` is the top-level `summary` of `report.json`, with plain field names:
-`join_time_ms` (p50/p99), `join_failures`, `loss_pct`, `latency_ms` (p50/p99/max),
+`join_time_ms` (p50/p99), `join_failures`, `loss_pct`, `latency_ms` (p50/p99/max, the whole
+run) and `latency_steady_ms` (the same over the steady phase only, joins done),
 `bitrate_kbps` (per publisher track and layer, per receiving stream), `layer_switches`,
 `packets_received`, and from the SFU's own counters `sfu_packets_sent`,
 `sfu_cpu_us_per_packet` and `sfu_rss_per_participant_kb`. The load tester's own cost over the
@@ -38,6 +39,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def _r(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def _latency_summary(latency: list[float]) -> dict[str, Any]:
+    return {
+        "p50": _r(percentile(latency, 50), 3),
+        "p99": _r(percentile(latency, 99), 3),
+        "max": _r(max(latency) if latency else None, 3),
+        "samples": len(latency),
+    }
 
 
 class Report:
@@ -146,12 +156,8 @@ class Report:
             "packets_sent": self.packets_sent,
             "packets_received": packets,
             "loss_pct": _r(100.0 * max(0, expected - received) / expected if expected else None, 3),
-            "latency_ms": {
-                "p50": _r(percentile(latency, 50), 3),
-                "p99": _r(percentile(latency, 99), 3),
-                "max": _r(max(latency) if latency else None, 3),
-                "samples": len(latency),
-            },
+            "latency_ms": _latency_summary(latency),
+            "latency_steady_ms": self._steady_latency(),
             "bitrate_kbps": bitrate,
             "receive_kbps_total": round(sum(f["octets"] for f in finals) * 8 / elapsed / 1000, 1),
             "layer_switches": sum(f["layer_switches"] for f in finals),
@@ -163,6 +169,18 @@ class Report:
         summary.update(self._sfu_summary())
         summary.update(self._own_summary())
         return summary
+
+    def _steady_latency(self) -> dict[str, Any]:
+        """End-to-end latency of the samples the subscribers took in the steady phase."""
+        start, end = self.steady_start, self.steady_end
+        latency = [
+            x
+            for ticks in self.ticks.values()
+            for tick in ticks
+            if start <= tick["t"] <= end
+            for x in tick["latency_ms"]
+        ]
+        return _latency_summary(latency)
 
     def _own_summary(self) -> dict[str, Any]:
         """The load tester's own CPU: per subscriber process from its ticks in the steady phase
@@ -284,6 +302,12 @@ def table(summary: dict[str, Any]) -> str:
             "latency p50/p99/max",
             f"{summary['latency_ms']['p50']} / {summary['latency_ms']['p99']} / "
             f"{summary['latency_ms']['max']} ms ({summary['latency_ms']['samples']} samples)",
+        ),
+        (
+            "  steady phase",
+            f"{summary['latency_steady_ms']['p50']} / {summary['latency_steady_ms']['p99']} / "
+            f"{summary['latency_steady_ms']['max']} ms "
+            f"({summary['latency_steady_ms']['samples']} samples)",
         ),
         ("receive total", f"{summary['receive_kbps_total'] / 1000:.1f} Mbit/s"),
         ("layer switches", str(summary["layer_switches"])),

@@ -13,6 +13,9 @@ Caps (each hit answered 503 with a reason and counted in `sfu_limit_exceeded_tot
 * ``sessions_per_identity``: one live participant plus the join that replaces it, per identity
   and room (a third concurrent join of the same identity is refused);
 * ``max_participants``: `room.max_participants`, counting joins in flight.
+
+The load gates (`limits.max_cpu_load` in `sfu.cpuload`, `limits.max_forward_latency_ms` here as
+`LatencyHold`) refuse newcomers while the node is busy; they are counted in their own counters.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FD_RESERVE",
+    "LATENCY_RELEASE",
     "SESSIONS_PER_IDENTITY",
+    "LatencyHold",
     "Reservation",
     "SessionLedger",
     "address_key",
@@ -45,6 +50,9 @@ FD_RESERVE = 64
 SESSIONS_PER_IDENTITY = 2
 #: IPv6 clients are counted per /64: one host usually holds a whole /64
 IPV6_PREFIX = 64
+#: a node holding newcomers back for latency takes them again once the p99 is under this share
+#: of `limits.max_forward_latency_ms`
+LATENCY_RELEASE = 0.8
 
 
 def address_key(host: str) -> str:
@@ -97,6 +105,32 @@ def derived_max_sessions(
         )
         cap = min(cap, by_ports)
     return cap, why
+
+
+class LatencyHold:
+    """`limits.max_forward_latency_ms` with hysteresis, so that admission does not flap.
+
+    The node starts holding newcomers back when the forwarding latency's p99 (as admission
+    predicts it) is above the bound, and lets them in again only once it is back under
+    `LATENCY_RELEASE` of the bound. A participant's latency shows only seconds after its
+    admission (it connects, then subscribes) and latency rises steeply near saturation: without
+    the margin, each newcomer admitted just under the bound would push the node over it. The
+    state changes only when admission asks."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s  # 0: no limit
+        self.holding = False
+
+    @property
+    def release_s(self) -> float:
+        return self.bound_s * LATENCY_RELEASE
+
+    def refuses(self, p99_s: float) -> bool:
+        """Whether a newcomer is refused at this p99 (seconds); updates the state."""
+        if not self.bound_s:
+            return False
+        self.holding = p99_s > (self.release_s if self.holding else self.bound_s)
+        return self.holding
 
 
 @dataclass

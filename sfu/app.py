@@ -6,8 +6,9 @@ Routes: ``/rtc`` (LiveKit v0 signalling), ``/rtc/validate``, ``/rtc/v1`` and ``/
 draining, event loop responsive; `sfu.lifecycle`), ``/metrics`` and ``/``. With
 ``prometheus_port`` set, ``/metrics`` is served on that port (on the bind addresses) instead.
 
-Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, and the
-room: it must exist, or the token's ``roomCreate`` or ``room.auto_create`` must allow creating it.
+Admission (`Sfu.admit`): the token, then the session caps (`sfu.admission`), CPU load, forwarding
+latency, and the room: it must exist, or the token's ``roomCreate`` or ``room.auto_create`` must
+allow creating it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from sfu.admission import (
+    LATENCY_RELEASE,
     SESSIONS_PER_IDENTITY,
+    LatencyHold,
     Reservation,
     SessionLedger,
     address_key,
@@ -54,6 +57,8 @@ from sfu.ids import NodeId, new_node_id
 from sfu.lifecycle import DRAINING_MESSAGE, Readiness
 from sfu.media import fastpath
 from sfu.media.transport import SendMode, TransportConfig
+from sfu.media.transport.batch import flusher_for
+from sfu.media.transport.latency import ForwardLatency
 from sfu.media.transport.udpmux import close_muxes, open_mux
 from sfu.metrics import CONTENT_TYPE, COUNTERS, Metrics
 from sfu.room import Participant, ParticipantOptions, RoomManager, signalling
@@ -109,6 +114,12 @@ class Sfu:
     relays: Relays = dataclasses.field(default_factory=Relays)
     #: the media worker processes (rtc.workers > 1); None: media in this process
     workers: WorkerPool | None = None
+    #: the serving loop's probe (`sfu.media.transport.latency`), set when the app starts; until
+    #: then one that measures nothing
+    latency: ForwardLatency = dataclasses.field(
+        default_factory=lambda: ForwardLatency(None, lambda: None)
+    )
+    latency_hold: LatencyHold = dataclasses.field(default_factory=lambda: LatencyHold(0))
     _warned_per_ip: bool = False
 
     @property
@@ -146,11 +157,6 @@ class Sfu:
             metrics.registry.register(WorkerCollector(workers))
             metrics.set_counters(workers.totals)
         cpu_load = CpuLoad() if workers is None else CpuLoad(cpu=workers.cpu_seconds_per_worker)
-        metrics.set_gauges(
-            lambda: dataclasses.replace(
-                rooms.gauges(), tasks=_task_count(), cpu_load=cpu_load.value
-            )
-        )
         max_sessions = config.limits.max_sessions
         derived, why = derived_max_sessions(
             bind_addresses=len(transport_config.bind_addresses),
@@ -184,6 +190,15 @@ class Sfu:
             ledger,
             webhooks,
             workers=workers,
+            latency_hold=LatencyHold(config.limits.max_forward_latency_ms / 1000),
+        )
+        metrics.set_gauges(
+            lambda: dataclasses.replace(
+                rooms.gauges(),
+                tasks=_task_count(),
+                cpu_load=cpu_load.value,
+                forward_latency_p99=sfu.latency.p99(),
+            )
         )
         if config.redis.enabled:
             sfu.cluster = build_cluster(
@@ -219,7 +234,8 @@ class Sfu:
     def admit(
         self, conn: HTTPConnection, *, reserve: bool = False, room_checks: bool = True
     ) -> Admission:
-        """Check a /rtc request: token, session caps, CPU load, room. Raises AdmissionError with
+        """Check a /rtc request: token, session caps, CPU load, forwarding latency,
+        room. Raises AdmissionError with
         LiveKit's status. With `reserve`, the admission holds its session slots until released
         (checked and taken without an await in between, so concurrent handshakes cannot
         overshoot a cap); /rtc/validate only checks. Never creates a room. Without
@@ -293,6 +309,8 @@ class Sfu:
                 f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
                 f"limits.max_cpu_load {max_load:.2f}",
             )
+        if self.latency_hold.bound_s and not live:
+            self._check_latency()
         if room is None and not (self.config.room.auto_create or grants.video.room_create):
             raise AdmissionError(404, "requested room does not exist")
         max_participants = (
@@ -302,6 +320,26 @@ class Sfu:
             present = set(room.participants) if room is not None else set()
             if len(present | set(joining)) >= max_participants:
                 raise self._refuse("max_participants", "room is full")
+
+    def _check_latency(self) -> None:
+        """Refuse a newcomer while the forwarding latency's p99, plus what the participants
+        joining will add (in proportion to their share, as for the CPU load), holds the node."""
+        hold = self.latency_hold
+        p99 = self.latency.p99() * (1 + self.cpu_load.pending_share(self.sessions))
+        if not hold.refuses(p99):
+            return
+        COUNTERS.joins_refused_latency += 1
+        measured = (
+            f"the server is at capacity: forwarding latency p99 {p99 * 1000:.1f} ms (last "
+            f"{self.latency.window_s:.0f} s, with the participants joining)"
+        )
+        bound = f"limits.max_forward_latency_ms {hold.bound_s * 1000:g}"
+        if p99 > hold.bound_s:
+            raise AdmissionError(503, f"{measured} exceeds {bound}")
+        raise AdmissionError(
+            503,
+            f"{measured} is not yet back under {hold.release_s * 1000:g} ms ({LATENCY_RELEASE * 100:.0f} % of {bound})",
+        )
 
     def refresh_token(self, grants: ClaimGrants, now: int | None = None) -> str:
         """A token with every grant of ``grants``, valid until the next refresh reaches the
@@ -579,6 +617,7 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             )
             metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets))
             log.info("/metrics on port %d", config.prometheus_port)
+        sfu.latency = flusher_for(asyncio.get_running_loop()).latency
         log.info("SFU node %s ready", sfu.node_id)
         samplers = [
             asyncio.create_task(sfu.cpu_load.run(), name="cpu-load"),

@@ -189,6 +189,11 @@ class LimitsConfig:
     #: plus what the participants joining in that time will add, is above this; its one event
     #: loop saturates at 1.0 (0 = no limit)
     max_cpu_load: float = 0.8
+    #: not a LiveKit key: refuse new participants (503) while the p99 of the time a received
+    #: datagram waits on the node before its copies leave (last 3 s, sampled; plus what the
+    #: participants joining add) is above this many milliseconds, until it is back under 80 %
+    #: of it (0 = no limit)
+    max_forward_latency_ms: float = 50.0
     #: bytes of participant or room metadata the server API accepts (LiveKit's
     #: ``limit.max_metadata_size``; 0 = no limit)
     max_metadata_size: int = 64000
@@ -484,6 +489,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("limits.max_sessions/max_sessions_per_ip: must not be negative")
     if config.limits.max_cpu_load < 0:
         raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
+    if config.limits.max_forward_latency_ms < 0:
+        raise ConfigError("limits.max_forward_latency_ms: must be 0 (no limit) or positive")
     limits = config.limits
     if min(limits.max_metadata_size, limits.max_attributes_size) < 0:
         raise ConfigError("limits.max_metadata_size/max_attributes_size: must not be negative")

@@ -81,14 +81,19 @@ class CpuLoad:
         while admitted and admitted[0] <= start:
             admitted.popleft()
 
-    def predicted(self, participants: int) -> float:
-        """The measured load plus what the participants admitted within the window will add,
-        at the average cost per connected participant (`participants`, recent ones included)."""
+    def pending_share(self, participants: int) -> float:
+        """The share of the `participants` (recent ones included) admitted within the window,
+        whose cost is not in the measurement yet (0 to 1)."""
         admitted = self._admitted
         self._forget_before(self._wall() - self.window_s)
         if participants <= 0 or not admitted:
-            return self.value
-        return self.value * (1 + min(len(admitted), participants) / participants)
+            return 0.0
+        return min(len(admitted), participants) / participants
+
+    def predicted(self, participants: int) -> float:
+        """The measured load plus what the participants admitted within the window will add,
+        at the average cost per connected participant (`participants`, recent ones included)."""
+        return self.value * (1 + self.pending_share(participants))
 
     async def run(self) -> None:
         """Sample every `interval_s` until cancelled."""

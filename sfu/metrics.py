@@ -24,6 +24,12 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: upper bounds of the send batch-size histogram (datagrams per socket per loop iteration)
 SEND_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+#: upper bounds of the forwarding-latency histogram, seconds (LiveKit's 50 µs to 20 ms, then on
+#: to the seconds a saturated node's receive queues reach)
+FORWARD_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -47,6 +53,7 @@ class Counters:
     data_packets: int = 0
     signal_errors: int = 0
     joins_refused_cpu: int = 0  # refused by limits.max_cpu_load
+    joins_refused_latency: int = 0  # refused by limits.max_forward_latency_ms
     # the batched send path (sfu.media.transport.batch): per socket and loop iteration
     send_flushes: int = 0  # queues flushed (one per socket per loop iteration with datagrams)
     send_datagrams: int = 0  # datagrams those flushes held
@@ -55,6 +62,12 @@ class Counters:
     send_dropped: int = 0  # datagrams the transport dropped (not connected, queue full, EAGAIN)
     #: flushes by size: ≤ SEND_BATCH_BUCKETS[i], and the last slot for larger ones
     send_batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(SEND_BATCH_BUCKETS) + 1))
+    #: sampled forwarding latency (sfu.media.transport.latency): samples by bucket, ≤
+    #: FORWARD_LATENCY_BUCKETS[i] seconds and the last slot for longer, and their sum
+    forward_latency_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(FORWARD_LATENCY_BUCKETS) + 1)
+    )
+    forward_latency_sum: float = 0.0
     #: times each documented cap (docs/limits.md) was hit, by the cap's name; the names are
     #: constants in the code, never remote input, so this stays as small as that list
     limits_exceeded: dict[str, int] = field(default_factory=dict)
@@ -83,6 +96,7 @@ class Gauges:
     tracks_subscribed: int = 0
     tasks: int = 0
     cpu_load: float = 0.0  # process CPU seconds per second over the admission window
+    forward_latency_p99: float = 0.0  # seconds, over the admission window (0: too few samples)
     layers: tuple[LayerGauge, ...] = ()
 
 
@@ -128,6 +142,11 @@ class _Collector(Collector):
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),
+            (
+                "sfu_joins_refused_latency",
+                "joins refused by limits.max_forward_latency_ms",
+                c.joins_refused_latency,
+            ),
             ("sfu_signal_errors", "failed signal requests and RTCP rounds", c.signal_errors),
         ):
             metric = CounterMetricFamily(name, doc, labels=labels)
@@ -147,16 +166,26 @@ class _Collector(Collector):
             metric = CounterMetricFamily(name, doc, labels=labels)
             metric.add_metric(node, value)
             yield metric
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*SEND_BATCH_BUCKETS, "+Inf"), c.send_batch_sizes, strict=True):
-            cumulative += count
-            buckets.append((str(bound), cumulative))
         batch = HistogramMetricFamily(
             "sfu_send_batch_size", "datagrams per send queue flush", labels=labels
         )
-        batch.add_metric(node, buckets, sum_value=c.send_datagrams)
+        batch.add_metric(
+            node,
+            _cumulative(SEND_BATCH_BUCKETS, c.send_batch_sizes),
+            sum_value=c.send_datagrams,
+        )
         yield batch
+        latency = HistogramMetricFamily(
+            "sfu_forward_latency_seconds",
+            "sampled datagrams: kernel receive to the end of the send flush after it",
+            labels=labels,
+        )
+        latency.add_metric(
+            node,
+            _cumulative(FORWARD_LATENCY_BUCKETS, c.forward_latency_buckets),
+            sum_value=c.forward_latency_sum,
+        )
+        yield latency
         limits = CounterMetricFamily(
             "sfu_limit_exceeded",
             "remote input refused or dropped by a documented cap (docs/limits.md)",
@@ -177,6 +206,11 @@ class _Collector(Collector):
                 "SFU process CPU time per second, last 3 s (1 = one core)",
                 g.cpu_load,
             ),
+            (
+                "sfu_forward_latency_p99_seconds",
+                "p99 of sfu_forward_latency_seconds, last 3 s (0: under 50 samples)",
+                g.forward_latency_p99,
+            ),
         )
         for name, doc, reading in gauges:
             gauge = GaugeMetricFamily(name, doc, labels=labels)
@@ -196,6 +230,16 @@ class _Collector(Collector):
         yield bitrate
         yield width
         yield height
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (``le`` bound, cumulative count) from per-bucket counts."""
+    total = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, "+Inf"), counts, strict=True):
+        total += count
+        buckets.append((str(bound), total))
+    return buckets
 
 
 class Metrics:

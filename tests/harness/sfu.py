@@ -174,8 +174,10 @@ def write_config(
         # room.auto_create stays the SFU's default (false): tokens carry roomCreate instead
         "room": {"empty_timeout": 300},
         # every test client connects from 127.0.0.1, so the per-address cap would be a cap on
-        # the whole test (tests of that cap set it)
-        "limits": {"max_sessions_per_ip": 0},
+        # the whole test (tests of that cap set it); the test machine is shared (browsers,
+        # Synapse, other suites), so a neighbour's burst would hold joins back by latency
+        # (tests of that gate set it)
+        "limits": {"max_sessions_per_ip": 0, "max_forward_latency_ms": 0},
         "logging": {"level": log_level},
     }
     if os.environ.get("SFU_TEST_RTC_WORKERS"):  # run a suite against media workers

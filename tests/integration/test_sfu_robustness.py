@@ -238,6 +238,62 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+async def assert_refused_above(
+    sfu: SfuInstance, http: httpx.AsyncClient, gauge: str, bound: float, *reason: bytes
+) -> None:
+    """Once the /metrics `gauge` is above `bound`, a newcomer gets 503 with every `reason` in
+    its body, on /rtc and on /rtc/validate."""
+    deadline = time.monotonic() + WAIT
+    while metric((await http.get("/metrics")).text, gauge) <= bound:
+        assert time.monotonic() < deadline, f"{gauge} never rose above {bound}"
+        await asyncio.sleep(0.2)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect_raw(sfu, "late")
+    response = refused.value.response
+    assert response.status_code == 503
+    for part in reason:
+        assert part in response.body
+    validate = await http.get(f"/rtc/validate?access_token={sfu.token('late', ROOM)}")
+    assert validate.status_code == 503 and reason[0] in validate.content  # the measure moves
+
+
+async def test_joins_past_the_latency_bound_get_503(
+    tmp_path: Path, sfu_keys: tuple[str, str]
+) -> None:
+    """`limits.max_forward_latency_ms` below what any datagram waits (1 µs): an idle node admits
+    (too few samples to say anything), and once media flows every newcomer is refused, clearly,
+    while the call already there keeps its media."""
+    key, secret = sfu_keys
+    limits = {"limits": {"max_cpu_load": 0, "max_forward_latency_ms": 0.001}}
+    async with running_sfu(
+        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config=limits
+    ) as sfu:
+        publisher = SyntheticPublisher("alice")
+        subscriber = CollectingSubscriber("bob")
+        try:
+            await publisher.connect(sfu.url, sfu.token("alice", ROOM))
+            await subscriber.connect(sfu.url, sfu.token("bob", ROOM))
+            await publisher.publish()
+            await assert_media_flowing(subscriber, "alice")
+            async with httpx.AsyncClient(base_url=sfu.http_url, timeout=WAIT) as http:
+                await assert_refused_above(
+                    sfu,
+                    http,
+                    "sfu_forward_latency_p99_seconds",
+                    0.000001,
+                    b"the server is at capacity: forwarding latency p99",
+                    b"exceeds limits.max_forward_latency_ms 0.001",
+                )
+                text = (await http.get("/metrics")).text
+                assert metric(text, "sfu_joins_refused_latency_total") == 2
+                assert metric(text, "sfu_forward_latency_seconds_count") >= 50
+            await assert_media_flowing(subscriber, "alice")
+        finally:
+            await subscriber.leave()
+            await publisher.leave()
+        sfu.assert_alive()
+
+
 async def test_churn_leaves_nothing_behind(tmp_path: Path, sfu_keys: tuple[str, str]) -> None:
     key, secret = sfu_keys
     extra = {"room": {"departure_timeout": 1, "empty_timeout": 1}}
@@ -308,17 +364,13 @@ async def test_joins_past_the_cpu_limit_get_503(tmp_path: Path, sfu_keys: tuple[
         tmp_path / "sfu", api_key=key, api_secret=secret, extra_config=limits
     ) as sfu:
         async with httpx.AsyncClient(base_url=sfu.http_url, timeout=WAIT) as http:
-            deadline = time.monotonic() + WAIT
-            while metric((await http.get("/metrics")).text, "sfu_cpu_load") <= 0.000001:
-                assert time.monotonic() < deadline, "sfu_cpu_load never rose above zero"
-                await asyncio.sleep(0.2)
-            with pytest.raises(websockets.InvalidStatus) as refused:
-                await connect_raw(sfu, "late")
-            response = refused.value.response
-            assert response.status_code == 503
-            assert b"the server is at capacity: CPU load" in response.body
-            assert b"limits.max_cpu_load 0.00" in response.body
-            validate = await http.get(f"/rtc/validate?access_token={sfu.token('late', ROOM)}")
-            assert validate.status_code == 503 and "at capacity" in validate.text
+            await assert_refused_above(
+                sfu,
+                http,
+                "sfu_cpu_load",
+                0.000001,
+                b"the server is at capacity: CPU load",
+                b"limits.max_cpu_load 0.00",
+            )
             assert metric((await http.get("/metrics")).text, "sfu_joins_refused_cpu_total") == 2
         sfu.assert_alive()

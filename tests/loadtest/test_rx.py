@@ -384,3 +384,16 @@ def test_report_gives_the_load_testers_cpu_per_received_packet() -> None:
     assert own["loadtest_publisher_cpu_pct"] == 10.0
     assert own["loadtest_cpu_basis"] == "steady phase"
     assert (own["loadtest_rx"], own["rx_truncated"]) == ("recvmmsg (C)", 2)
+
+
+def test_report_gives_the_steady_phases_latency_apart() -> None:
+    from loadtest.config import Scenario
+    from loadtest.report import Report
+
+    report = Report(Scenario())
+    report.start, report.steady_start, report.steady_end = 0.0, 10.0, 20.0
+    for t in range(0, 25):
+        # joins (before 10 s) and the drain (after 20 s) are slow, the steady phase fast
+        latency = [1.0, 2.0] if 10 <= t <= 20 else [500.0]
+        report.add_tick(0, {"t": float(t), "packets": 0, "octets": 0, "latency_ms": latency})
+    assert report._steady_latency() == {"p50": 1.0, "p99": 2.0, "max": 2.0, "samples": 22}

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sfu.media.transport.latency import ForwardLatency
 from sfu.media.transport.srtp import BUFFER_SIZE
 from sfu.metrics import COUNTERS, SEND_BATCH_BUCKETS
 
@@ -92,17 +93,27 @@ class _Flushable(Protocol):
 
 
 class Flusher:
-    """Runs the registered queues' `flush` once, at the end of the current loop iteration."""
+    """Runs the registered queues' `flush` once, at the end of the current loop iteration.
 
-    __slots__ = ("_loop", "_pending", "_scheduled")
+    It also ends the loop's forwarding-latency samples (`latency`, `sfu.media.transport.latency`):
+    a sample started in an iteration is taken once that iteration's flush is done."""
+
+    __slots__ = ("_loop", "_pending", "_scheduled", "latency")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[_Flushable] = []
         self._scheduled = False
+        self.latency = ForwardLatency(loop, self.schedule)
 
     def add(self, queue: _Flushable) -> None:
         self._pending.append(queue)
+        if not self._scheduled:  # `schedule`, inlined: this runs for every queue
+            self._scheduled = True
+            self._loop.call_soon(self.run)
+
+    def schedule(self) -> None:
+        """Run at the end of this iteration, whether or not anything is queued."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.run)
@@ -112,6 +123,8 @@ class Flusher:
         pending, self._pending = self._pending, []
         for queue in pending:
             queue.flush()
+        if self.latency.in_flight:
+            self.latency.finish()
 
 
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = (

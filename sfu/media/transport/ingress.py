@@ -17,10 +17,15 @@ an authentication.
 Whatever aioice raises on a datagram (0.13.0's STUN parser raises `struct.error` for an attribute
 of the wrong length) is counted in `malformed` and logged at DEBUG only: it never reaches the
 event loop, which would log a traceback per datagram.
+
+Every datagram `SrtpIngress` reads may be a forwarding-latency sample: while the loop's probe is
+armed (`sfu.media.transport.latency`, at most one datagram per 5 ms), the next
+one asks its socket when the kernel received it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +34,17 @@ from aioice.ice import CandidatePair, StunProtocol
 from pylibsrtp import Session
 
 from sfu.media.rtp.rtcp import is_rtcp
+from sfu.media.transport.batch import flusher_for
+from sfu.media.transport.latency import ForwardLatency, enable_timestamps
 from sfu.media.transport.srtp import SrtpError, SrtpUnprotector
 from sfu.metrics import COUNTERS
 
 __all__ = ["GuardedStunProtocol", "SrtpIngress"]
 
 logger = logging.getLogger(__name__)
+
+#: the probe of an ingress outside a running loop, or whose socket has no timestamps: never armed
+_NO_PROBE = ForwardLatency(None, lambda: None)
 
 
 class GuardedStunProtocol(StunProtocol):
@@ -83,11 +93,29 @@ def _validated_remote(protocol: Any, addr: tuple[Any, Any]) -> bool:
     return False
 
 
+def _probe_for(protocol: Any) -> tuple[ForwardLatency, int]:
+    """The running loop's latency probe and the descriptor of `protocol`'s socket (its own, or
+    the shared one of `rtc.udp_port`), with timestamps on; a probe that never samples if there
+    is no loop or no such socket."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return _NO_PROBE, -1
+    transport = getattr(protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0 or not enable_timestamps(fd):
+        return _NO_PROBE, -1
+    return flusher_for(loop).latency, fd
+
+
 class SrtpIngress:
     """Decrypt and dispatch one transport's SRTP/SRTCP; pass everything else to `fallback`."""
 
     __slots__ = (
         "_fallback",
+        "_fd",
+        "_latency",
         "_on_rtcp",
         "_on_rtp",
         "_protocol",
@@ -110,6 +138,8 @@ class SrtpIngress:
         self._protocol: Any = None
         self._fallback: Callable[[bytes, Any], None] | None = None
         self._remote: tuple[Any, Any] | None = None
+        self._latency = _NO_PROBE
+        self._fd = -1
         self.rtp_packets_received = 0
         self.rtcp_packets_received = 0
         self.bytes_received = 0
@@ -133,6 +163,7 @@ class SrtpIngress:
         self._protocol = protocol
         self._fallback = protocol.datagram_received
         protocol.datagram_received = self.datagram_received
+        self._latency, self._fd = _probe_for(protocol)
 
     def detach(self) -> None:
         """Give the protocol its own `datagram_received` back.  Idempotent."""
@@ -142,6 +173,9 @@ class SrtpIngress:
         self._fallback = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        latency = self._latency
+        if latency.armed:
+            latency.start(self._fd)
         unprotect, unprotect_rtcp = self._unprotect, self._unprotect_rtcp
         first = data[0] if data else 0
         remote = self._remote
