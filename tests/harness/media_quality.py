@@ -44,6 +44,7 @@ from tests.harness.shaper import ShapedDownlink, sfu_config_for, shaped_namespac
 
 PUBLISHER = "alice"
 WIDTH, HEIGHT, FPS = 1280, 720, 24.0
+MAX_BITRATE = 2_500_000  # the 720p layer's; the pattern's colour shifts make costly frames
 PATTERN_CYCLE = 24  # frames rendered once, then replayed (the frame number repeats mod this)
 TOP_HEIGHT, LOWEST_HEIGHT = 720, 180
 JOIN_S = 30.0
@@ -142,7 +143,13 @@ async def quality_call(workdir: Path, shaped: ShapedKind) -> AsyncIterator[Quali
         async with running_sfu(workdir / "sfu", extra_config=extra) as sfu:
             shaped_url = f"ws://{link.ns.host_ip}:{sfu.port}"
             publisher = PooledPublisher(
-                PUBLISHER, pool=PATTERN_CYCLE, width=WIDTH, height=HEIGHT, fps=FPS, simulcast=True
+                PUBLISHER,
+                pool=PATTERN_CYCLE,
+                width=WIDTH,
+                height=HEIGHT,
+                fps=FPS,
+                simulcast=True,
+                max_bitrate=MAX_BITRATE,
             )
             unshaped = SdkSubscriber("carol (unshaped, SDK)", workdir / "carol.log")
             async with contextlib.AsyncExitStack() as stack:

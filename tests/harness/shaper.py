@@ -86,6 +86,7 @@ class ShapedDownlink:
     queue: int
     cap_kbit: float | None = None
     history: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, what changed)
+    _earlier_drops: int = 0  # by tbfs replaced or removed since
     _pending: bytes = b""
 
     @property
@@ -99,6 +100,7 @@ class ShapedDownlink:
         rate_bytes = kbit * 1000 / 8
         burst = max(int(rate_bytes * BURST_MS / 1000), 2 * MTU_BYTES)
         limit = max(int(rate_bytes * queue_ms / 1000), MIN_QUEUE_PACKETS * MTU_BYTES)
+        self._earlier_drops += self._tbf()[0]
         _run(TC, "qdisc", "replace", "dev", self.dev, "parent", "1:20", "handle", "20:", "tbf",
              "rate", f"{kbit:g}kbit", "burst", str(burst), "limit", str(limit))  # fmt: skip
         self.cap_kbit = kbit
@@ -107,6 +109,7 @@ class ShapedDownlink:
     def lift(self) -> None:
         """Remove the rate cap (the class falls back to its default FIFO)."""
         if self.cap_kbit is not None:
+            self._earlier_drops += self._tbf()[0]
             _run(TC, "qdisc", "del", "dev", self.dev, "parent", "1:20", "handle", "20:")
         self.cap_kbit = None
         self._note("cap lifted")
@@ -125,22 +128,28 @@ class ShapedDownlink:
         return self._control({"stats": True})
 
     def class_stats(self) -> dict[str, int]:
-        """Bytes, packets and drops of the SFU's media into the namespace: what htb class 1:20
-        sent, and the drops and backlog of the tbf under it (zero while uncapped). Parsed from
-        `tc -s` text: iproute2 6.1 prints no JSON for htb classes."""
+        """Bytes and packets of the SFU's media into the namespace (what htb class 1:20 sent),
+        the datagrams the rate cap dropped since the start (every tbf so far) and the current
+        tbf's backlog in bytes. Parsed from `tc -s` text: iproute2 6.1 prints no JSON for htb
+        classes."""
         classes = _run(TC, "-s", "class", "show", "dev", self.dev)
         sent = re.search(r"class htb 1:20 .*\n\s*Sent (\d+) bytes (\d+) pkt", classes)
+        drops, backlog = self._tbf()
+        return {
+            "bytes": int(sent.group(1)) if sent else 0,
+            "packets": int(sent.group(2)) if sent else 0,
+            "drops": self._earlier_drops + drops,
+            "backlog": backlog,
+        }
+
+    def _tbf(self) -> tuple[int, int]:
+        """(drops, backlog bytes) of the current tbf; (0, 0) when uncapped."""
         qdiscs = _run(TC, "-s", "qdisc", "show", "dev", self.dev)
         tbf = re.search(
             r"qdisc tbf 20: .*\n\s*Sent \d+ bytes \d+ pkt \(dropped (\d+).*\n\s*backlog (\d+)b",
             qdiscs,
         )
-        return {
-            "bytes": int(sent.group(1)) if sent else 0,
-            "packets": int(sent.group(2)) if sent else 0,
-            "drops": int(tbf.group(1)) if tbf else 0,
-            "backlog": int(tbf.group(2)) if tbf else 0,
-        }
+        return (int(tbf.group(1)), int(tbf.group(2))) if tbf else (0, 0)
 
     def check_alive(self) -> None:
         code = self.process.poll()

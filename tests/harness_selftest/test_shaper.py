@@ -154,11 +154,11 @@ def test_rate_cap_holds_and_lifts() -> None:
         with _sender(link) as s:
             t_capped = time.monotonic()
             seq = _send_batches(s, link, batches=150, rate_bps=3_000_000)  # 3.2 s
-            counted = link.class_stats()
             link.lift()
             t_lifted = time.monotonic()
             _send_batches(s, link, batches=150, rate_bps=3_000_000, first=seq)
         got = receiver.result()
+        counted = link.class_stats()  # the class outlives the cap; the drops are kept
     print(f"htb class 1:20: {counted}")
 
     def rate(since: float, until: float) -> float:
@@ -170,4 +170,4 @@ def test_rate_cap_holds_and_lifts() -> None:
     print(f"capped at 800 kbit/s: {capped / 1000:.0f} kbit/s; lifted: {lifted / 1000:.0f} kbit/s")
     assert 0.8 * 800_000 <= capped <= 1.1 * 800_000
     assert lifted >= 0.85 * 3_000_000
-    assert counted["drops"] > 0 and counted["packets"] >= len([x for x in got if x[2] < t_lifted])
+    assert counted["drops"] > 0 and counted["packets"] >= len(got)
