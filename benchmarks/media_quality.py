@@ -10,9 +10,11 @@ turn (`both`). Needs root (network namespaces, tc, iptables).
 Printed per scenario and subscriber: frames per second, the longest gap between frames, frames
 by height, the received video bitrate, what the shaped class let through (and dropped), the audio
 concealed, NACKs and PLIs sent, the dominant height each second, and alice's encoded frame rate
-per layer. When the SFU exposes a bandwidth estimate in /metrics (any sample whose name matches
-`--estimate-metric`), its mean per scenario is printed next to the link's rate; the bounds the
-integration tests assert are listed as "missed" lines (this script asserts nothing). One JSON
+per layer. The /metrics series matching `--estimate-metric` (the subscriber bandwidth-estimate
+histogram, allocation outcomes, pauses, probes) are sampled every second; their increase over
+each scenario is printed next to what the link carried (the histogram counts every subscriber
+link, the unshaped one too: its buckets show both). The bounds the integration tests assert are
+listed as "missed" lines (this script asserts nothing). One JSON
 line per run at the end (also written to `--json FILE`).
 
     sudo .venv/bin/python benchmarks/media_quality.py --client both
@@ -45,7 +47,7 @@ from tests.harness.media_quality import (  # noqa: E402
     run_scenarios,
 )
 
-DEFAULT_ESTIMATE_METRIC = r"^sfu_\w*(estimate|bwe)\w*"
+DEFAULT_ESTIMATE_METRIC = r"^sfu_(subscriber_bandwidth_estimate|allocat|probe)"
 METRICS_EVERY_S = 1.0
 
 
@@ -68,19 +70,45 @@ async def sample_metrics(
             await asyncio.sleep(METRICS_EVERY_S)
 
 
-def estimates(
+def deltas(
     results: list[ScenarioResult], samples: list[tuple[float, dict[str, float]]]
 ) -> dict[str, dict[str, float]]:
-    """Scenario name → metric sample name → its mean over the scenario."""
+    """Scenario name → metric series → its increase over the scenario (counters, histograms)."""
     out: dict[str, dict[str, float]] = {}
     for r in results:
         inside = [values for at, values in samples if r.started <= at <= r.ended]
-        names = {name for values in inside for name in values}
-        out[r.scenario.name] = {
-            name: sum(v[name] for v in inside if name in v) / sum(name in v for v in inside)
-            for name in sorted(names)
-        }
+        first, last = (inside[0], inside[-1]) if len(inside) >= 2 else ({}, {})
+        out[r.scenario.name] = {name: last[name] - first.get(name, 0.0) for name in sorted(last)}
     return out
+
+
+def _short(series: str) -> str:
+    """A series name without the node labels every SFU sample carries."""
+    return re.sub(r'(node_id|node_type)="[^"]*",?', "", series).replace(",}", "}").replace("{}", "")
+
+
+def estimate_text(increase: dict[str, float]) -> str:
+    """The estimate histogram's observations in one scenario: their mean and where they fell
+    (every subscriber link of the SFU, the unshaped one too), then the other series that grew."""
+    prefix = "sfu_subscriber_bandwidth_estimate_bps"
+    count = sum(v for k, v in increase.items() if k.startswith(f"{prefix}_count"))
+    total = sum(v for k, v in increase.items() if k.startswith(f"{prefix}_sum"))
+    parts = []
+    if count:
+        buckets = sorted(
+            (float(m.group(1)), v)
+            for k, v in increase.items()
+            if (m := re.search(r'_bucket\{.*le="([^"]+)"', k)) and k.startswith(prefix)
+        )
+        below, spread = 0.0, []
+        for bound, cumulative in buckets:
+            if cumulative - below:
+                label = "more" if bound == float("inf") else f"≤{bound / 1e6:g}M"
+                spread.append(f"{label}: {cumulative - below:.0f}")
+            below = cumulative
+        parts.append(f"estimate mean {total / count / 1000:.0f} kbit/s ({', '.join(spread)})")
+    parts += [f"{k} +{v:g}" for k, v in increase.items() if not k.startswith(prefix) and v > 0]
+    return "; ".join(parts) or "nothing"
 
 
 async def run(client: str, workdir: Path, pattern: re.Pattern[str]) -> dict[str, Any]:
@@ -96,14 +124,12 @@ async def run(client: str, workdir: Path, pattern: re.Pattern[str]) -> dict[str,
                 await sampler
     print(f"\n## shaped subscriber: {client}\n")
     print(results_table(results))
-    by_scenario = estimates(results, samples)
+    by_scenario = deltas(results, samples)
     if any(by_scenario.values()):
-        print("\nSFU estimate (mean over each scenario, from /metrics) vs what the link carried:")
+        print("\nThe SFU's /metrics over each scenario vs what the shaped link carried:")
         for r in results:
-            shown = ", ".join(
-                f"{n} = {v / 1000:.0f} k" for n, v in by_scenario[r.scenario.name].items()
-            )
-            print(f"- {r.scenario.name}: link {r.link_kbps:.0f} kbit/s; {shown or 'none'}")
+            text = estimate_text(by_scenario[r.scenario.name])
+            print(f"- {r.scenario.name}: link {r.link_kbps:.0f} kbit/s; {text}")
     else:
         print(f"\n(no /metrics sample matches {pattern.pattern!r}: no estimate to compare)")
     missed = [p for r in results for p in r.problems]
@@ -119,7 +145,7 @@ async def run(client: str, workdir: Path, pattern: re.Pattern[str]) -> dict[str,
                 "link_drops": r.link_drops,
                 "recovered_s": r.recovered_s,
                 "encoded_fps": {rid: round(fps, 1) for rid, (fps, _) in r.encoded.items()},
-                "estimate": by_scenario[r.scenario.name],
+                "metrics": by_scenario[r.scenario.name],
                 "subscribers": {
                     name: {
                         "fps": round(w.fps, 1),
