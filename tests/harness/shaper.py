@@ -100,8 +100,10 @@ class ShapedDownlink:
         rate_bytes = kbit * 1000 / 8
         burst = max(int(rate_bytes * BURST_MS / 1000), 2 * MTU_BYTES)
         limit = max(int(rate_bytes * queue_ms / 1000), MIN_QUEUE_PACKETS * MTU_BYTES)
-        self._earlier_drops += self._tbf()[0]
-        _run(TC, "qdisc", "replace", "dev", self.dev, "parent", "1:20", "handle", "20:", "tbf",
+        if self.cap_kbit is not None:  # a fresh tbf, so its counters start at zero
+            self._earlier_drops += self._tbf()[0]
+            _run(TC, "qdisc", "del", "dev", self.dev, "parent", "1:20", "handle", "20:")
+        _run(TC, "qdisc", "add", "dev", self.dev, "parent", "1:20", "handle", "20:", "tbf",
              "rate", f"{kbit:g}kbit", "burst", str(burst), "limit", str(limit))  # fmt: skip
         self.cap_kbit = kbit
         self._note(f"cap {kbit:g} kbit/s (queue {queue_ms:g} ms = {limit} B)")

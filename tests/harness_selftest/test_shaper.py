@@ -150,10 +150,15 @@ def test_added_delay() -> None:
 def test_rate_cap_holds_and_lifts() -> None:
     port = free_udp_port()
     with shaped_namespace(port, Shaping(cap_kbit=800)) as link:
-        receiver = Receiver(link.ns, port, seconds=9.0)
+        receiver = Receiver(link.ns, port, seconds=12.0)
         with _sender(link) as s:
             t_capped = time.monotonic()
             seq = _send_batches(s, link, batches=150, rate_bps=3_000_000)  # 3.2 s
+            at_800 = link.class_stats()
+            link.cap(400)
+            t_400 = time.monotonic()
+            seq = _send_batches(s, link, batches=120, rate_bps=3_000_000, first=seq)  # 2.6 s
+            at_400 = link.class_stats()
             link.lift()
             t_lifted = time.monotonic()
             _send_batches(s, link, batches=150, rate_bps=3_000_000, first=seq)
@@ -165,9 +170,18 @@ def test_rate_cap_holds_and_lifts() -> None:
         window = [size for _, _, at, size in got if since <= at < until]
         return sum(window) * 8 / (until - since)
 
-    capped = rate(t_capped + 1.0, t_lifted)
+    capped = rate(t_capped + 1.0, t_400)
+    recapped = rate(t_400 + 1.0, t_lifted)
     lifted = rate(t_lifted + 0.5, t_lifted + 3.0)
-    print(f"capped at 800 kbit/s: {capped / 1000:.0f} kbit/s; lifted: {lifted / 1000:.0f} kbit/s")
+    print(
+        f"capped at 800 kbit/s: {capped / 1000:.0f} kbit/s, at 400: {recapped / 1000:.0f}; "
+        f"lifted: {lifted / 1000:.0f} kbit/s; drops {at_800['drops']}, {at_400['drops']}"
+    )
     assert 0.8 * 800_000 <= capped <= 1.1 * 800_000
+    assert 0.8 * 400_000 <= recapped <= 1.1 * 400_000
+    # 3 Mbit/s offered: most of it dropped, in both caps, each counted once
+    sent_800 = 150 * PER_BATCH
+    assert 0.5 * sent_800 <= at_800["drops"] <= sent_800
+    assert 0.5 * 120 * PER_BATCH <= at_400["drops"] - at_800["drops"] <= 120 * PER_BATCH
     assert lifted >= 0.85 * 3_000_000
     assert counted["drops"] > 0 and counted["packets"] >= len(got)
