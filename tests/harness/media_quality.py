@@ -110,9 +110,14 @@ class QualityCall:
         return [self.shaped, self.unshaped]
 
     def check_alive(self) -> None:
+        """Fail at once, saying which, when a component of the call is gone (the measurements
+        after that would be about the harness, not the SFU)."""
         self.sfu.assert_alive()
         self.link.check_alive()
         self.publisher.check_tasks()
+        if not self.publisher.room.isconnected():
+            state = rtc.ConnectionState.Name(self.publisher.room.connection_state)
+            raise AssertionError(f"the publisher {PUBLISHER} is no longer connected ({state})")
         for subscriber in self.subscribers:
             subscriber.check_alive()
 
