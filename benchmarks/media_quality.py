@@ -3,7 +3,8 @@
 One LiveKit SDK publisher (1280×720, 24 fps, VP8 simulcast 180/360/720, a 440 Hz tone), one
 subscriber behind a shaped downlink (tests/harness/shaper.py: tbf rate cap, NFQUEUE loss),
 one unshaped; the scenarios of tests/harness/media_quality.py play on one call: clean, capped at
-600 kbit/s, capped at 300 kbit/s, cap lifted, 5 % random loss. `--client` picks the shaped
+600 kbit/s, capped at 300 kbit/s, cap lifted, 5 % random loss (with `--delay`, then 150 ms of
+added delay with 2 % loss, judged only for the unshaped subscriber). `--client` picks the shaped
 subscriber: the LiveKit Python SDK (`sdk`), livekit-client in Chromium (`browser`) or each in
 turn (`both`). Needs root (network namespaces, tc, iptables).
 
@@ -40,6 +41,8 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from tests.harness.media_quality import (  # noqa: E402
+    DELAY_SCENARIO,
+    SCENARIOS,
     QualityCall,
     ScenarioResult,
     quality_call,
@@ -111,13 +114,15 @@ def estimate_text(increase: dict[str, float]) -> str:
     return "; ".join(parts) or "nothing"
 
 
-async def run(client: str, workdir: Path, pattern: re.Pattern[str]) -> dict[str, Any]:
+async def run(client: str, workdir: Path, pattern: re.Pattern[str], delay: bool) -> dict[str, Any]:
     samples: list[tuple[float, dict[str, float]]] = []
     async with quality_call(workdir / client, client) as call:  # type: ignore[arg-type]
         sampler = asyncio.create_task(sample_metrics(call, pattern, samples))
         try:
             await call.wait_for_top_layer()
-            results = await run_scenarios(call)
+            results = await run_scenarios(
+                call, (*SCENARIOS, DELAY_SCENARIO) if delay else SCENARIOS
+            )
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +175,9 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--client", choices=["sdk", "browser", "both"], default="both")
     parser.add_argument("--estimate-metric", default=DEFAULT_ESTIMATE_METRIC)
+    parser.add_argument(
+        "--delay", action="store_true", help="then 150 ms delay + 2 %% loss (issue 16's fifth)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     pattern = re.compile(args.estimate_metric)
@@ -177,7 +185,7 @@ async def main() -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="media_quality-") as tmp:
         for client in clients:
-            runs.append(await run(client, Path(tmp), pattern))
+            runs.append(await run(client, Path(tmp), pattern, args.delay))
     line = json.dumps({"media_quality": runs})
     print(line)
     if args.json is not None:

@@ -211,6 +211,16 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+def _delay_and_loss(link: ShapedDownlink) -> None:
+    link.set_loss(0.02)
+    link.set_delay(150.0)
+
+
+#: issue 16's fifth measurement, not among its bounds (benchmarks/media_quality.py --delay);
+#: only the unshaped subscriber is judged in it
+DELAY_SCENARIO = Scenario("150 ms delay + 2 % loss", _delay_and_loss, 10.0, 2.0)
+
+
 @dataclass
 class ScenarioResult:
     scenario: Scenario
