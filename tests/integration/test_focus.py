@@ -68,6 +68,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 EJECTED_WITHIN_S = 1.0
 WAIT_S = 20.0
 RECONCILE_INTERVAL_S = 1
+BROWSER_WAIT_S = 50.0  # as test_tls_proxy: Chromium's join under a loaded machine
 FOCUS_EMPTY_S = 2
 FOCUS_NO_CALL_S = 4
 CALL_MEMBER = "org.matrix.msc3401.call.member"
@@ -757,14 +758,17 @@ async def test_an_e2ee_browser_call_with_the_application_service_on(focus: Focus
                 continue
             assert answer["status"] == 200, answer
             joined = await page.join(
-                answer["body"]["url"], answer["body"]["jwt"], e2ee_key=key, timeout_s=WAIT_S
+                answer["body"]["url"],
+                answer["body"]["jwt"],
+                e2ee_key=key,
+                timeout_s=BROWSER_WAIT_S,
             )
             identities[page.name] = joined["identity"]
             assert joined["e2ee"] is True, joined
         pages = {page.name: page for page in session.pages}
         for viewer, sender in (("bob", "alice"), ("alice", "bob")):
             video, audio = await pages[viewer].wait_remote_media_flowing(
-                identities[sender], timeout_s=WAIT_S
+                identities[sender], timeout_s=BROWSER_WAIT_S
             )
             assert video["framesDecoded"] > 0 and audio["totalAudioEnergy"] > 0, (video, audio)
             for entry in remote_entries(await pages[viewer].stats(), identities[sender], "video"):
