@@ -42,6 +42,9 @@ class Counters:
     pli_out: int = 0
     fir_in: int = 0
     layer_switches: int = 0
+    allocation_pauses: int = 0  # video tracks the allocator paused (the link too thin)
+    probe_packets: int = 0  # padding-only probe packets sent to find more bandwidth
+    probes: int = 0  # probe clusters started
     participant_joins: int = 0
     data_packets: int = 0
     signal_errors: int = 0

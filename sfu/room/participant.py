@@ -188,6 +188,7 @@ class Participant:
         self.send(signalling.participant_update(infos))
 
     def send_speakers(self, speakers: list[models.SpeakerInfo]) -> None:
+        self.subscribed.speakers_changed(speakers)  # the allocation favours who speaks
         self.send(signalling.speakers_changed(speakers))
 
     def send_data(self, label: str, payload: bytes) -> None:
@@ -270,8 +271,7 @@ class Participant:
 
     # -- the publisher PC -------------------------------------------------------------------------
     def keep_early_candidate(self, candidate_init: str) -> bool:
-        """Keep a publisher candidate trickled before the publisher PC exists; False when the
-        participant already holds `peers.MAX_EARLY_CANDIDATES` of them (counted)."""
+        """Keep a candidate trickled before the publisher PC exists (capped, counted)."""
         if self.closed or self.publisher is not None:
             return False
         return self._early_candidates.keep(candidate_init)
@@ -379,7 +379,7 @@ class Participant:
             # one SR + SDES per forwarded stream, packed into as few datagrams as fit
             for compound in rtcp.pack_compounds(self.subscribed.sender_reports()):
                 self.subscriber.send_rtcp(compound)
-            self.subscribed.send_stream_states()
+            self.subscribed.tick()  # the allocation, then StreamStateUpdate
 
     async def _refresh_loop(self) -> None:
         assert self._refresh_token is not None

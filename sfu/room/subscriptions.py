@@ -10,15 +10,18 @@ has answered the offer carrying it (`answered`) and the PC is connected (`start_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 from livekit.protocol import models, rtc
 
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_ssrc
+from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack, FeedbackRouter
 from sfu.media.transport import TrackSlotLimitError
 from sfu.metrics import COUNTERS
 from sfu.room import signalling
+from sfu.room.allocation import StreamAllocator
 from sfu.room.publication import PublishedTrack, Subscription
 from sfu.room.types import NullRoomEvents, Peer, RoomEvents
 
@@ -53,7 +56,16 @@ class Subscriptions:
         self.events: RoomEvents = NullRoomEvents()
         #: the subscriber PC; None until the participant starts
         self.peer: Peer | None = None
-        self.feedback = FeedbackRouter()
+        #: the subscriber transport's link (transport-cc, REMB, estimate) and its allocation
+        self.bandwidth = SubscriberBandwidth(time.monotonic)
+        self.feedback = FeedbackRouter(self.bandwidth)
+        self.allocator = StreamAllocator(
+            self.bandwidth,
+            lambda: self.by_sid.values(),
+            on_paused_changed=self.send_stream_states,
+            clock=time.monotonic,
+        )
+        self.bandwidth.on_estimate = self.allocator.on_feedback
         self.by_sid: dict[TrackSid, Subscription] = {}
         #: subscriptions dropped before the client answered the offer carrying them: kept (off
         #: the receiver) until the next offer, so subscribe/unsubscribe toggles reuse them
@@ -108,6 +120,7 @@ class Subscriptions:
             send_rtp=self.peer.send_rtp,
             cname=self.sid,
             fast_sender=self.peer.fast_sender,
+            bandwidth=self.bandwidth,
         )
         self._apply_initial_settings(track, downtrack)
         self._attach(Subscription(track, downtrack, mid, stream_id))
@@ -147,6 +160,7 @@ class Subscriptions:
             self.unsubscribe(track_sid, renegotiate=False)
         self._release_parked()
         self.denied.clear()
+        self.allocator.close()
 
     def send_permission(self, track: PublishedTrack, *, allowed: bool) -> None:
         self._send(
@@ -169,6 +183,7 @@ class Subscriptions:
     def _release(self, sub: Subscription) -> None:
         """Drop a detached subscription for good: its m-line goes inactive in the next offer."""
         sub.downtrack.close()
+        self.allocator.forget(sub.downtrack)
         if self.peer is not None:
             self.peer.remove_track(sub.mid)
 
@@ -187,6 +202,8 @@ class Subscriptions:
                 sub.offer_id = offer_id
 
     def answered(self, offer_id: int) -> None:
+        if self.peer is not None:  # copies carry transport-wide sequence numbers if it kept them
+            self.bandwidth.sequence.ext_id = self.peer.transport_cc_id
         for sub in self.by_sid.values():
             if 0 < sub.offer_id <= offer_id:
                 sub.negotiated = True
@@ -285,6 +302,20 @@ class Subscriptions:
         """One SR + SDES per forwarded stream that has sent anything."""
         reports = [sub.downtrack.sender_report() for sub in self.by_sid.values()]
         return [r for r in reports if r]
+
+    def tick(self) -> None:
+        """Once per RTCP round: allocate the link again (REMB-only links have no other cue),
+        then tell the client what paused or resumed."""
+        self.allocator.run()
+        self.send_stream_states()
+
+    def speakers_changed(self, speakers: Iterable[models.SpeakerInfo]) -> None:
+        """The SpeakersChanged this participant is sent: who speaks, for the allocation."""
+        for speaker in speakers:
+            if speaker.active:
+                self.allocator.speakers.add(speaker.sid)
+            else:
+                self.allocator.speakers.discard(speaker.sid)
 
     def send_stream_states(self) -> None:
         """StreamStateUpdate for subscriptions that became paused (the publisher sends no layer

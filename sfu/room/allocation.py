@@ -1,0 +1,290 @@
+"""Stream allocation for one subscriber: which layer of each video track its link can carry
+(LiveKit's StreamAllocator, our own rules), and the padding probes that find more room.
+
+Given the subscriber transport's estimate (`SubscriberBandwidth.estimate`), `StreamAllocator`
+decides per subscription:
+
+1. audio always: its measured bitrate is taken off the budget first;
+2. every video track gets its lowest layer, in priority order — screen shares first, then the
+   active speakers' cameras, then the others — as long as it fits; one that does not is paused
+   (`DownTrack.set_allocation(-1)`: nothing forwarded, `StreamStateUpdate` PAUSED), so video
+   gives way before audio would suffer;
+3. the budget left climbs the tracks one layer at a time, round-robin in the same order, up to
+   each one's preferred layer (its tile size, `DownTrack.max_layer`).
+
+A layer's cost is its measured bitrate at the publisher (`LayerState.bitrate`), else what the
+publisher declared (`VideoLayer.bitrate`), else a default by height. A layer above the one
+allocated now costs `UPGRADE_MARGIN` more, and a paused track resumes only after
+`PAUSED_MIN_WAIT`: an estimate hovering at a boundary does not flap. Layers change on key
+frames only (the down track waits for one), and key-frame requests are throttled per layer at
+the publisher (`TrackReceiver.request_keyframe`), so many subscribers moving at once send one
+PLI per layer and throttle window, not one each. With no estimate (no feedback yet) nothing is
+held back.
+
+While some track is below its preferred layer, a probe is sent every `PROBE_INTERVAL` (doubling
+after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`): for
+`PROBE_DURATION` the transport carries padding-only packets on forwarded video streams, in
+`PROBE_TICK` steps, enough to bring the link to the next step's rate × `PROBE_OVERAGE`
+(at least `PROBE_MIN` above the estimate, at most twice it). What the feedback says of it is
+`SubscriberBandwidth`'s to measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+
+from livekit.protocol import models
+
+from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.forwarder import PROBE_PADDING, DownTrack
+from sfu.metrics import COUNTERS
+from sfu.room.publication import Subscription
+
+UPGRADE_MARGIN = 1.15
+PAUSED_MIN_WAIT = 5.0
+#: seconds between allocations driven by feedback (a drop of the estimate runs one at once)
+ALLOCATE_INTERVAL = 0.25
+PROBE_INTERVAL = 2.0
+PROBE_INTERVAL_MAX = 8.0
+PROBE_DURATION = 0.3
+PROBE_TICK = 0.02
+PROBE_OVERAGE = 1.2
+PROBE_MIN = 200_000
+AUDIO_DEFAULT = 40_000
+#: bits per second assumed for a layer nothing was measured or declared for, by height
+DEFAULT_BITRATES = ((180, 150_000), (360, 500_000), (540, 900_000), (720, 1_700_000))
+DEFAULT_BITRATE_TOP = 3_000_000
+_PROBE_PACKET_BITS = (12 + 8 + PROBE_PADDING) * 8
+
+
+def layer_bitrate(sub: Subscription, layer: int) -> int:
+    """The bits per second forwarding `layer` of this subscription's track costs."""
+    receiver = sub.track.receiver
+    if 0 <= layer < len(receiver.layers):
+        measured = receiver.layers[layer].bitrate
+        if measured > 0 and receiver.is_active(layer, receiver.clock()):
+            return measured
+    if not receiver.is_video:
+        return AUDIO_DEFAULT
+    info = sub.track.info
+    quality = sub.track.layer_qualities[layer] if layer < len(sub.track.layer_qualities) else -1
+    for declared in info.layers:
+        if declared.quality == quality and declared.bitrate > 0:
+            return int(declared.bitrate)
+    sizes = sub.track.layer_sizes
+    height = min(sizes[layer]) if layer < len(sizes) else 720
+    for limit, bitrate in DEFAULT_BITRATES:
+        if height <= limit:
+            return bitrate
+    return DEFAULT_BITRATE_TOP
+
+
+@dataclass
+class Allocation:
+    """The outcome of one allocation: the layer per video down track (-1 paused), what it
+    commits, and whether some track is below its preferred layer (then probing helps)."""
+
+    layers: dict[DownTrack, int] = field(default_factory=dict)
+    committed: int = 0
+    deficient: bool = False
+    #: the cheapest step up that did not fit (bits per second), 0 when none
+    next_step: int = 0
+
+
+def allocate(
+    subs: Iterable[Subscription],
+    estimate: int,
+    speakers: Collection[str],
+    paused_since: dict[DownTrack, float],
+    now: float,
+) -> Allocation:
+    """The allocation of `estimate` bits per second over `subs` (see the module docstring)."""
+    out = Allocation()
+    budget = float(estimate)
+    videos: list[tuple[int, str, Subscription]] = []
+    for sub in subs:
+        downtrack = sub.downtrack
+        if not downtrack.started or not downtrack.enabled or downtrack.closed:
+            continue
+        if not sub.track.receiver.is_video:
+            budget -= layer_bitrate(sub, 0)
+            continue
+        screen = sub.track.info.source == models.TrackSource.SCREEN_SHARE
+        speaking = sub.track.publisher.sid in speakers
+        videos.append((0 if screen else 1 if speaking else 2, sub.track.sid, sub))
+    videos.sort(key=lambda v: (v[0], v[1]))
+    order = [sub for _, _, sub in videos]
+    chosen: dict[DownTrack, int] = {}
+
+    def cost(sub: Subscription, layer: int) -> float:
+        base = float(layer_bitrate(sub, layer))
+        current = sub.downtrack.allocated_layer if not sub.downtrack.allocation_paused else -1
+        return base * UPGRADE_MARGIN if layer > current else base
+
+    for sub in order:
+        downtrack = sub.downtrack
+        since = paused_since.get(downtrack)
+        waiting = since is not None and now - since < PAUSED_MIN_WAIT
+        price = cost(sub, 0)
+        if not waiting and price <= budget:
+            chosen[downtrack] = 0
+            budget -= price
+        else:
+            chosen[downtrack] = -1
+            out.deficient = True
+            if not waiting:
+                out.next_step = min(out.next_step or int(price), int(price))
+    climbing = True
+    while climbing:  # at most MAX_LAYERS rounds
+        climbing = False
+        for sub in order:
+            downtrack = sub.downtrack
+            layer = chosen[downtrack]
+            wanted = min(downtrack.max_layer, len(sub.track.receiver.layers) - 1)
+            if layer < 0 or layer >= wanted:
+                continue
+            step = cost(sub, layer + 1) - layer_bitrate(sub, layer)
+            if step <= budget:
+                chosen[downtrack] = layer + 1
+                budget -= step
+                climbing = True
+            else:
+                out.next_step = min(out.next_step or int(step), int(step))
+    for sub in order:
+        wanted = min(sub.downtrack.max_layer, len(sub.track.receiver.layers) - 1)
+        if chosen[sub.downtrack] < wanted:
+            out.deficient = True
+    out.layers = chosen
+    out.committed = int(max(estimate - budget, 0))
+    return out
+
+
+class StreamAllocator:
+    """Applies `allocate` to one subscriber's down tracks and runs its probes."""
+
+    def __init__(
+        self,
+        bandwidth: SubscriberBandwidth,
+        subscriptions: Callable[[], Iterable[Subscription]],
+        *,
+        on_paused_changed: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.bandwidth = bandwidth
+        self._subscriptions = subscriptions
+        self._on_paused_changed = on_paused_changed
+        self._clock = clock
+        #: the publisher sids speaking now (from the SpeakersChanged this participant is sent)
+        self.speakers: set[str] = set()
+        self._paused_since: dict[DownTrack, float] = {}
+        self._last_run = -1.0
+        self._last_estimate = 0
+        self._next_probe = 0.0
+        self._probe_interval = PROBE_INTERVAL
+        self._probe_start_estimate = 0
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probe_left = 0.0
+        self._probe_packets_per_tick = 0
+        self.last: Allocation | None = None
+        self.closed = False
+
+    def on_feedback(self) -> None:
+        """After each feedback packet: allocate again every ALLOCATE_INTERVAL, or at once when
+        the estimate fell."""
+        estimate = self.bandwidth.estimate
+        if estimate is None:
+            return
+        now = self._clock()
+        if now - self._last_run >= ALLOCATE_INTERVAL or estimate < 0.9 * self._last_estimate:
+            self.run()
+
+    def run(self) -> None:
+        """Allocate now (also every RTCP round, for REMB-only links)."""
+        if self.closed:
+            return
+        now = self._clock()
+        self._last_run = now
+        estimate = self.bandwidth.estimate
+        subs = list(self._subscriptions())
+        if estimate is None:
+            for sub in subs:
+                sub.downtrack.set_allocation(len(sub.track.receiver.layers) - 1)
+            return
+        self._last_estimate = estimate
+        result = allocate(subs, estimate, self.speakers, self._paused_since, now)
+        self.last = result
+        self.bandwidth.committed = result.committed
+        changed = False
+        for downtrack, layer in result.layers.items():
+            was_paused = downtrack.allocation_paused
+            downtrack.set_allocation(layer)
+            if layer < 0 and not was_paused:
+                self._paused_since[downtrack] = now
+                changed = True
+            elif layer >= 0 and was_paused:
+                self._paused_since.pop(downtrack, None)
+                changed = True
+        for downtrack in [d for d in self._paused_since if d not in result.layers]:
+            del self._paused_since[downtrack]
+        if changed:
+            self._on_paused_changed()
+        self._maybe_probe(result, estimate, now)
+
+    # -- probes ----------------------------------------------------------------------------------
+    def _maybe_probe(self, result: Allocation, estimate: int, now: float) -> None:
+        if self._probe_timer is not None or self.bandwidth.probing:
+            return
+        if self._probe_start_estimate:  # the last probe's outcome is known by now
+            if estimate > self._probe_start_estimate * 1.05:
+                self._probe_interval = PROBE_INTERVAL
+            else:
+                self._probe_interval = min(self._probe_interval * 2, PROBE_INTERVAL_MAX)
+            self._probe_start_estimate = 0
+        if not result.deficient or not self.bandwidth.stamping or now < self._next_probe:
+            return
+        goal = estimate + max(result.next_step * PROBE_OVERAGE, PROBE_MIN)
+        goal = min(goal, 2 * estimate)
+        padding_rate = goal - result.committed
+        if padding_rate <= 0:
+            return
+        self._next_probe = now + self._probe_interval
+        self._probe_start_estimate = estimate
+        self._probe_left = PROBE_DURATION
+        self._probe_packets_per_tick = max(1, round(padding_rate * PROBE_TICK / _PROBE_PACKET_BITS))
+        self.bandwidth.start_probe()
+        COUNTERS.probes += 1
+        self._probe_tick()
+
+    def _probe_tick(self) -> None:
+        self._probe_timer = None
+        if self.closed:
+            self.bandwidth.abandon_probe()
+            return
+        left = self._probe_packets_per_tick
+        for sub in self._subscriptions():
+            if left <= 0:
+                break
+            if sub.track.receiver.is_video:
+                left -= sub.downtrack.send_padding(left)
+        self._probe_left -= PROBE_TICK
+        if self._probe_left <= 0:
+            self.bandwidth.end_probe()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous test): the probe ends here
+            self.bandwidth.end_probe()
+            return
+        self._probe_timer = loop.call_later(PROBE_TICK, self._probe_tick)
+
+    def forget(self, downtrack: DownTrack) -> None:
+        self._paused_since.pop(downtrack, None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        self.bandwidth.abandon_probe()
