@@ -139,6 +139,9 @@ class DownTrack:
         self._last_srs = ((0, 0.0), (0, 0.0))
         #: round-trip time from the subscriber's receiver reports (RFC 3550 §6.4.1), seconds
         self.rtt: float | None = None
+        #: the subscriber's last report on this stream: fraction lost (0..1), jitter (seconds)
+        self.fraction_lost = 0.0
+        self.jitter = 0.0
 
     # -- control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -620,7 +623,9 @@ class DownTrack:
 
     def on_report_block(self, block: rtcp.ReportBlock) -> None:
         """The subscriber's reception report on this stream: the round-trip time, when it answers
-        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR)."""
+        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR); its loss and jitter."""
+        self.fraction_lost = block.fraction_lost / 256
+        self.jitter = min(block.jitter / self.clock_rate, 10.0)
         sent_at = next((t for lsr, t in self._last_srs if lsr == block.last_sr), None)
         if not block.last_sr or sent_at is None:
             return

@@ -32,6 +32,7 @@ after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`): f
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import PROBE_PADDING, DownTrack
 from sfu.metrics import COUNTERS
 from sfu.room.publication import Subscription
+
+log = logging.getLogger(__name__)
 
 UPGRADE_MARGIN = 1.15
 PAUSED_MIN_WAIT = 5.0
@@ -91,6 +94,12 @@ class Allocation:
     deficient: bool = False
     #: the cheapest step up that did not fit (bits per second), 0 when none
     next_step: int = 0
+    #: video tracks at their preferred layer, below it, paused
+    at_preferred: int = 0
+    below_preferred: int = 0
+    paused: int = 0
+    #: layers below the preferred one per video track, on average (a pause: one more)
+    layers_missing: float = 0.0
 
 
 def allocate(
@@ -152,10 +161,19 @@ def allocate(
                 climbing = True
             else:
                 out.next_step = min(out.next_step or int(step), int(step))
+    missing = 0
     for sub in order:
         wanted = min(sub.downtrack.max_layer, len(sub.track.receiver.layers) - 1)
-        if chosen[sub.downtrack] < wanted:
-            out.deficient = True
+        layer = chosen[sub.downtrack]
+        missing += max(wanted - layer, 0)
+        if layer < 0:
+            out.paused += 1
+        elif layer < wanted:
+            out.below_preferred += 1
+        else:
+            out.at_preferred += 1
+    out.deficient = out.deficient or out.paused + out.below_preferred > 0
+    out.layers_missing = missing / len(order) if order else 0.0
     out.layers = chosen
     out.committed = int(max(estimate - budget, 0))
     return out
@@ -215,10 +233,24 @@ class StreamAllocator:
         self._last_estimate = estimate
         result = allocate(subs, estimate, self.speakers, self._paused_since, now)
         self.last = result
+        COUNTERS.observe_estimate(estimate)
+        COUNTERS.allocated_at_preferred += result.at_preferred
+        COUNTERS.allocated_below_preferred += result.below_preferred
+        COUNTERS.allocated_paused += result.paused
         self.bandwidth.committed = result.committed
         changed = False
         for downtrack, layer in result.layers.items():
             was_paused = downtrack.allocation_paused
+            before = -1 if was_paused else downtrack.allocated_layer
+            if before != layer:
+                log.debug(
+                    "downtrack %d: allocated layer %d → %d (estimate %d bit/s, preferred %d)",
+                    downtrack.ssrc,
+                    before,
+                    layer,
+                    estimate,
+                    downtrack.max_layer,
+                )
             downtrack.set_allocation(layer)
             if layer < 0 and not was_paused:
                 self._paused_since[downtrack] = now

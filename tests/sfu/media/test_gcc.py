@@ -75,24 +75,25 @@ def test_settles_near_capacity() -> None:
     assert max(late) < 1.3 * 1_500_000, late
 
 
+def step(start: int, before: int, after: int, seconds: float) -> list[int]:
+    """20 s (or 15 s) at capacity `before`, then `seconds` at `after`: the estimates after."""
+    gcc = GoogCc(start=start)
+    link = Link(before)
+    warmup = 20 if before > after else 15
+    run(gcc, link, warmup)
+    link.capacity = after
+    samples = run(gcc, link, seconds, start=warmup)
+    return [e for _, e in samples]
+
+
 def test_follows_a_step_down_within_seconds() -> None:
-    gcc = GoogCc(start=2_000_000)
-    link = Link(2_500_000)
-    run(gcc, link, 20)
-    link.capacity = 600_000
-    samples = run(gcc, link, 10, start=20)
-    after = settled(samples, 23)
+    after = step(2_000_000, 2_500_000, 600_000, 10)[6:]  # from 3 s after the step
     assert max(after) < 1.2 * 600_000, after
     assert min(after) > 0.3 * 600_000, after
 
 
 def test_climbs_back_after_a_step_up() -> None:
-    gcc = GoogCc(start=600_000)
-    link = Link(600_000)
-    run(gcc, link, 15)
-    link.capacity = 2_500_000
-    samples = run(gcc, link, 30, start=15)
-    assert settled(samples, 40)[-1] > 1_500_000, samples
+    assert step(600_000, 600_000, 2_500_000, 30)[-1] > 1_500_000
 
 
 def test_random_loss_lowers_the_estimate() -> None:
