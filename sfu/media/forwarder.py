@@ -486,21 +486,19 @@ class DownTrack:
     # -- probes -------------------------------------------------------------------------------------
     def send_padding(self, count: int) -> int:
         """Send up to `count` padding-only packets of `PROBE_PADDING` bytes on this stream (a
-        bandwidth probe without RTX), between frames only: after the last packet of a frame,
-        continuing its sequence numbers and timestamp. The media that follows is renumbered
+        bandwidth probe without RTX), between frames only: after the last packet of a frame
+        (or while the allocator pauses the stream), continuing its sequence numbers and
+        timestamp. The media that follows is renumbered
         after them, and packets older than the probe point are no longer forwarded (as after a
         switch). Returns the packets sent."""
         self._pull()
         last = self._last_packet
-        if (
-            not self.started
-            or not self.forwarding
-            or not self.receiver.is_video
-            or self.current_layer < 0
-            or last is None
-            or not last.marker
-            or not self._sent_any
-        ):
+        between_frames = self.allocation_paused or (
+            self.current_layer >= 0 and last is not None and last.marker
+        )
+        if not self.started or not self.enabled or not self.receiver.is_video:
+            return 0
+        if not between_frames or not self._sent_any:
             return 0
         count = min(count, MAX_PROBE_PACKETS)
         bandwidth = self.bandwidth

@@ -23,9 +23,10 @@ held back.
 
 While some track is below its preferred layer, a probe is sent every `PROBE_INTERVAL` (doubling
 after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`): for
-`PROBE_DURATION` the transport carries padding-only packets on forwarded video streams, in
-`PROBE_TICK` steps, enough to bring the link to the next step's rate × `PROBE_OVERAGE`
-(at least `PROBE_MIN` above the estimate, at most twice it). What the feedback says of it is
+`PROBE_DURATION` the transport carries padding-only packets on video streams (forwarded or
+paused), in `PROBE_TICK` steps, enough to bring the link to the rate the next step needs ×
+`PROBE_OVERAGE` (at least `PROBE_MIN` above the estimate, at most `PROBE_MAX_FACTOR` times it).
+The first probe goes out as soon as a track is short of its preferred layer. What the feedback says of it is
 `SubscriberBandwidth`'s to measure.
 """
 
@@ -55,6 +56,7 @@ PROBE_DURATION = 0.3
 PROBE_TICK = 0.02
 PROBE_OVERAGE = 1.2
 PROBE_MIN = 200_000
+PROBE_MAX_FACTOR = 3
 AUDIO_DEFAULT = 40_000
 #: bits per second assumed for a layer nothing was measured or declared for, by height
 DEFAULT_BITRATES = ((180, 150_000), (360, 500_000), (540, 900_000), (720, 1_700_000))
@@ -276,8 +278,9 @@ class StreamAllocator:
             self._probe_start_estimate = 0
         if not result.deficient or not self.bandwidth.stamping or now < self._next_probe:
             return
-        goal = estimate + max(result.next_step * PROBE_OVERAGE, PROBE_MIN)
-        goal = min(goal, 2 * estimate)
+        # enough to prove the next step with room to spare, within bounds of what is known
+        goal = (result.committed + result.next_step) * PROBE_OVERAGE
+        goal = min(max(goal, estimate + PROBE_MIN), PROBE_MAX_FACTOR * estimate)
         padding_rate = goal - result.committed
         if padding_rate <= 0:
             return
