@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
-APT_PACKAGES := chromium iproute2 openssl coturn caddy redis-server
+APT_PACKAGES := chromium iproute2 iptables openssl coturn caddy redis-server
 
 .PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
@@ -32,12 +32,12 @@ synapse-venv: $(SYNAPSE_VENV)/.installed
 # Debian packages: the tests drive chromium (livekit-client, Playwright), openssl (an independent
 # check of TURN credentials), coturn (TURN relay tests), caddy (deploy/Caddyfile, the TLS proxy in
 # front of a test call), iproute2 (`ip netns`: the relayed browsers run in a namespace that
-# cannot reach the SFU's UDP port) and redis-server (the auth service's store of delegated
-# leaves) for real. This kernel has no netem qdisc (tc's tbf and htb work), so loss and jitter
-# are tested by unit rigs.
+# cannot reach the SFU's UDP port; `tc`: the media-quality tests' rate caps), iptables (their
+# NFQUEUE rule: loss and delay in user space, tests/harness/shaper.py, as this kernel has no
+# netem qdisc) and redis-server (the auth service's store of delegated leaves) for real.
 system-deps:
 	@missing=""; \
-	for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -46,12 +46,15 @@ system-deps:
 
 # A C compiler and the headers of $(PYTHON), for sfu/media/_fastpath.c. Without them the install
 # still succeeds (the extension is optional) and rtc.fast_path: auto forwards in pure Python.
+# libnetfilter-queue-dev: the test extra's netfilterqueue (the media-quality tests' loss and
+# delay shaper) compiles against it.
 build-deps:
 	@if ! command -v cc >/dev/null 2>&1 || ! $(PYTHON) -c 'import os, sys, sysconfig; \
-	    sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
-	  echo "installing a C compiler and Python headers (the compiled forwarding path)"; \
+	    sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	    || [ ! -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; then \
+	  echo "installing a C compiler, Python and libnetfilter_queue headers (compiled extensions)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev libnetfilter-queue-dev >/dev/null; \
 	fi
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json

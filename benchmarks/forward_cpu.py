@@ -58,13 +58,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `tests.harness` lives beside the installed packages
 
 import httpx  # noqa: E402
-from livekit import rtc  # noqa: E402
 
-from tests.harness.lkclient import (  # noqa: E402
-    SyntheticPublisher,
-    render_pattern,
-    video_frame_from_rgba,
-)
+from tests.harness.pooled_publisher import PooledPublisher  # noqa: E402
+from tests.harness.process import spawn_piped  # noqa: E402
 from tests.harness.sfu import SFU_COMMAND, SfuInstance, running_sfu, stop_process  # noqa: E402
 
 SUBSCRIBER_WORKER = Path(__file__).resolve().parent / "lk_subscriber.py"
@@ -261,39 +257,6 @@ def send_path(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     }
 
 
-# -- publisher -----------------------------------------------------------------------------------
-class PooledPublisher(SyntheticPublisher):
-    """`SyntheticPublisher` whose video loop replays a pool of pre-rendered I420 frames.
-
-    Rendering the test pattern at 1280x720 costs ~15 ms of Python per frame, which at 30 fps
-    would take half of one of this box's two cores away from the SFU. The pool (one second of
-    distinct frames by default) keeps the content changing every frame, so the encoder still
-    works for every frame. `pause_video()` stops feeding the encoder; the track stays published.
-    """
-
-    def __init__(self, identity: str, *, pool: int, **kwargs: Any) -> None:
-        super().__init__(identity, **kwargs)
-        self.pool = [
-            video_frame_from_rgba(render_pattern(i, self.width, self.height)).convert(
-                rtc.VideoBufferType.I420
-            )
-            for i in range(max(pool, 1))
-        ]
-        self.video_paused = False
-
-    async def _video_loop(self, source: rtc.VideoSource) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        period = 1.0 / self.fps
-        while True:
-            n = self.frames_sent
-            if not self.video_paused:
-                frame = self.pool[n % len(self.pool)]
-                source.capture_frame(frame, timestamp_us=int(n * period * 1e6))
-            self.frames_sent = n + 1
-            await asyncio.sleep(max(start + (n + 1) * period - loop.time(), 0.0))
-
-
 # -- subscriber workers ---------------------------------------------------------------------------
 @dataclass
 class Worker:
@@ -325,19 +288,8 @@ async def start_workers(
     for g in range(groups):
         ids = range(g * n // groups, (g + 1) * n // groups)
         log_path = workdir / f"subscribers-{g}.log"
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SUBSCRIBER_WORKER),
-                cwd=REPO_ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_fd,
-                start_new_session=True,
-            )
-        finally:
-            os.close(log_fd)
+        argv = [sys.executable, str(SUBSCRIBER_WORKER)]
+        process = await spawn_piped(argv, cwd=REPO_ROOT, log_path=log_path)
         worker = Worker(process, log_path)
         workers.append(worker)
         setup = {

@@ -11,6 +11,11 @@
 //   localEncodings(kind)    the local track's RTCRtpSender.getParameters().encodings per rid
 //                           (dynacast: which simulcast layers the publisher has active)
 //   leave()                 disconnect and drop all elements
+//   startSampler(identity, intervalMs) / takeSamples()
+//                           every intervalMs, the inbound-rtp counters of identity's video
+//                           and audio (framesDecoded, frame size, bytes, NACK/PLI, samples
+//                           received and concealed), stamped with epoch ms; taken and cleared
+//                           by takeSamples() (at most 20000 kept)
 //   events()                the event log (connection states, subscriptions, errors, E2EE, and
 //                           the UpdateTrackSettings / SubscribedQualityUpdate / StreamStateUpdate
 //                           signal messages)
@@ -479,7 +484,53 @@
     return true;
   }
 
+  // ---- receive counters sampled in the page (tests/harness/quality.py reads them) -------------
+
+  const sampler = { timer: null, busy: false, samples: [] };
+  const SAMPLES_KEPT = 20000;
+
+  async function sampleOnce(identity) {
+    const room = state.room;
+    if (!room) return;
+    const p = [...room.remoteParticipants.values()].find((x) => x.identity === identity);
+    if (!p) return;
+    const out = { at: performance.timeOrigin + performance.now(), video: null, audio: null };
+    for (const pub of p.trackPublications.values()) {
+      if (!pub.track || (pub.kind !== 'video' && pub.kind !== 'audio')) continue;
+      const report = await pub.track.getRTCStatsReport();
+      if (!report) continue;
+      // one inbound-rtp per subscribed track: the SFU forwards one SSRC whatever the layer
+      const s = [...report.values()].find((x) => x.type === 'inbound-rtp' && x.kind === pub.kind);
+      if (!s) continue;
+      out[pub.kind] = pick(s, pub.kind === 'video' ? INBOUND_VIDEO_KEYS : INBOUND_AUDIO_KEYS);
+      if (pub.kind === 'video') out.video.streamState = pub.track.streamState;
+    }
+    sampler.samples.push(out);
+    if (sampler.samples.length > SAMPLES_KEPT) sampler.samples.splice(0, sampler.samples.length - SAMPLES_KEPT);
+  }
+
+  function startSampler(identity, intervalMs = 200) {
+    if (sampler.timer) clearInterval(sampler.timer);
+    sampler.timer = setInterval(() => {
+      if (sampler.busy) return;
+      sampler.busy = true;
+      sampleOnce(identity)
+        .catch((e) => record('SamplerError', { error: errorText(e) }))
+        .finally(() => { sampler.busy = false; });
+    }, intervalMs);
+    record('SamplerStarted', { identity, intervalMs });
+    return true;
+  }
+
+  function takeSamples() {
+    const out = sampler.samples;
+    sampler.samples = [];
+    return out;
+  }
+
   async function leave() {
+    if (sampler.timer) clearInterval(sampler.timer);
+    sampler.timer = null;
     const room = state.room;
     if (!room) return eventLog.slice();
     state.room = null;
@@ -735,6 +786,8 @@
     setMicrophone,
     localEncodings,
     leave,
+    startSampler,
+    takeSamples,
     events: () => eventLog.slice(),
     harnessInfo,
     constructRoom,

@@ -230,6 +230,15 @@ class HarnessPage:
     async def set_microphone(self, enabled: bool) -> None:
         await self.call("setMicrophone", enabled, timeout_s=25.0)
 
+    async def start_sampler(self, identity: str, interval_ms: int = 200) -> None:
+        """Sample `identity`'s inbound counters in the page every `interval_ms`."""
+        await self.call("startSampler", identity, interval_ms, timeout_s=5.0)
+
+    async def take_samples(self) -> list[dict[str, Any]]:
+        """The samples taken since the last call (`at`: epoch ms; `video`, `audio`: counters)."""
+        result: list[dict[str, Any]] = await self.call("takeSamples", timeout_s=10.0)
+        return result
+
     async def leave(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self.call("leave", timeout_s=15.0)
         self.harness_events = result

@@ -383,14 +383,19 @@ class SyntheticPublisher:
                 lp.publish_track(track_a, options_a), timeout_s
             )
 
+    def video_frame(self, n: int) -> rtc.VideoFrame | None:
+        """Frame `n` of the video (None: capture nothing this time, the track stays up)."""
+        return video_frame_from_rgba(render_pattern(n, self.width, self.height))
+
     async def _video_loop(self, source: rtc.VideoSource) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         period = 1.0 / self.fps
         while True:
             n = self.frames_sent
-            frame = video_frame_from_rgba(render_pattern(n, self.width, self.height))
-            source.capture_frame(frame, timestamp_us=int(n * period * 1e6))
+            frame = self.video_frame(n)
+            if frame is not None:
+                source.capture_frame(frame, timestamp_us=int(n * period * 1e6))
             self.frames_sent = n + 1
             delay = start + (n + 1) * period - loop.time()
             await asyncio.sleep(max(delay, 0.0))

@@ -30,6 +30,7 @@ class Namespace:
     name: str
     host_ip: str  # this namespace's side of the veth pair
     inner_ip: str  # the client namespace's side
+    host_dev: str = ""  # the veth on this side (tests/harness/shaper.py shapes its egress)
 
     def exec_argv(self, *argv: str) -> list[str]:
         return [IP, "netns", "exec", self.name, *argv]
@@ -86,7 +87,7 @@ def client_namespace() -> Iterator[Namespace]:
         _ip("-n", name, "addr", "add", f"{inner_ip}/30", "dev", veth_inner)
         _ip("-n", name, "link", "set", veth_inner, "up")
         _ip("-n", name, "link", "set", "lo", "up")
-        yield Namespace(name, host_ip, inner_ip)
+        yield Namespace(name, host_ip, inner_ip, veth_host)
     finally:
         with contextlib.suppress(RuntimeError):
             _ip("link", "del", veth_host)

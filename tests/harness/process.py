@@ -1,5 +1,6 @@
 """Starting a test's helper process: its own session (so stop_process can end its group), no
-stdin, stdout and stderr into one log file in its work directory."""
+stdin, stdout and stderr into one log file in its work directory (`spawn_logged`), or stdin and
+stdout piped to the test, stderr to a log file (`spawn_piped`)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ async def spawn_logged(
     finally:
         os.close(log_fd)
     return process, log_path
+
+
+async def spawn_piped(argv: list[str], *, cwd: Path, log_path: Path) -> asyncio.subprocess.Process:
+    """Start argv in its own session, stdin and stdout piped, stderr to `log_path`."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_fd,
+            start_new_session=True,
+        )
+    finally:
+        os.close(log_fd)
