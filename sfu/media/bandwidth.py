@@ -41,6 +41,9 @@ RETRANSMIT_SHARE = 0.15
 RETRANSMIT_BURST = 0.1
 #: packets of a probe that must come back for it to be measured
 PROBE_MIN_PACKETS = 5
+#: the share of a probe's packets that may be lost for it still to count (a drop-tail queue
+#: lets the start of a burst through at line rate, then drops)
+PROBE_MAX_LOSS = 0.1
 
 
 class _Cluster:
@@ -55,9 +58,12 @@ class _Cluster:
         self.arrivals: list[tuple[float, int]] = []
 
     def rates(self) -> tuple[float, float] | None:
-        """(send rate, receive rate) in bits per second, when enough came back to tell."""
+        """(send rate, receive rate) in bits per second, when enough came back to tell; a probe
+        that lost more than `PROBE_MAX_LOSS` of its packets proved nothing (receive rate 0)."""
         if len(self.arrivals) < PROBE_MIN_PACKETS:
             return None
+        if len(self.arrivals) < (1 - PROBE_MAX_LOSS) * (self.last - self.first + 1):
+            return 1.0, 0.0
         sends = sorted(self.sends)
         arrivals = sorted(self.arrivals)
         send_span = sends[-1][0] - sends[0][0]

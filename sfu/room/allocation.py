@@ -12,10 +12,14 @@ decides per subscription:
 3. the budget left climbs the tracks one layer at a time, round-robin in the same order, up to
    each one's preferred layer (its tile size, `DownTrack.max_layer`).
 
-A layer's cost is its measured bitrate at the publisher (`LayerState.bitrate`), else what the
-publisher declared (`VideoLayer.bitrate`), else a default by height. A layer above the one
+A layer's cost is its measured bitrate at the publisher (`LayerState.bitrate`) within
+`NOMINAL_CEILING` × its nominal one (what the publisher declared, `VideoLayer.bitrate`, else a
+default by height), or the nominal one while it is not received. A layer above the one
 allocated now costs `UPGRADE_MARGIN` more, and a paused track resumes only after
-`PAUSED_MIN_WAIT`: an estimate hovering at a boundary does not flap. Layers change on key
+`PAUSED_MIN_WAIT`: an estimate hovering at a boundary does not flap. Without a congestion
+signal (overuse, or more than `LOSS_CONGESTED` lost) a step down or a pause waits
+`DOWNGRADE_HOLD`: a key frame's second measures a layer high, and an application-limited
+link's estimate is only what it carried. Layers change on key
 frames only (the down track waits for one), and key-frame requests are throttled per layer at
 the publisher (`TrackReceiver.request_keyframe`), so many subscribers moving at once send one
 PLI per layer and throttle window, not one each. With no estimate (no feedback yet) nothing is
@@ -25,7 +29,8 @@ While some track is below its preferred layer, a probe is sent every `PROBE_INTE
 after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`): for
 `PROBE_DURATION` the transport carries padding-only packets on video streams (forwarded or
 paused), in `PROBE_TICK` steps, enough to bring the link to the rate the next step needs ×
-`PROBE_OVERAGE` (at least `PROBE_MIN` above the estimate, at most `PROBE_MAX_FACTOR` times it).
+`PROBE_OVERAGE` (at least `PROBE_MIN` above the estimate, at most `PROBE_MAX_FACTOR` times it, twice it after a
+probe that failed).
 The first probe goes out as soon as a track is short of its preferred layer. What the feedback says of it is
 `SubscriberBandwidth`'s to measure.
 """
@@ -51,7 +56,10 @@ PAUSED_MIN_WAIT = 5.0
 #: seconds between allocations driven by feedback (a drop of the estimate runs one at once)
 ALLOCATE_INTERVAL = 0.25
 PROBE_INTERVAL = 2.0
-PROBE_INTERVAL_MAX = 8.0
+PROBE_INTERVAL_MAX = 4.0
+#: a step down (or a pause) without a congestion signal waits this long: an estimate that is
+#: only what an application-limited link carried says little about what it could carry
+DOWNGRADE_HOLD = 1.0
 PROBE_DURATION = 0.3
 PROBE_TICK = 0.02
 PROBE_OVERAGE = 1.2
@@ -61,21 +69,15 @@ AUDIO_DEFAULT = 40_000
 #: bits per second assumed for a layer nothing was measured or declared for, by height
 DEFAULT_BITRATES = ((180, 150_000), (360, 500_000), (540, 900_000), (720, 1_700_000))
 DEFAULT_BITRATE_TOP = 3_000_000
+NOMINAL_CEILING = 1.5
+LOSS_CONGESTED = 0.10
 _PROBE_PACKET_BITS = (12 + 8 + PROBE_PADDING) * 8
 
 
-def layer_bitrate(sub: Subscription, layer: int) -> int:
-    """The bits per second forwarding `layer` of this subscription's track costs."""
-    receiver = sub.track.receiver
-    if 0 <= layer < len(receiver.layers):
-        measured = receiver.layers[layer].bitrate
-        if measured > 0 and receiver.is_active(layer, receiver.clock()):
-            return measured
-    if not receiver.is_video:
-        return AUDIO_DEFAULT
-    info = sub.track.info
+def nominal_bitrate(sub: Subscription, layer: int) -> int:
+    """What the publisher declared for `layer` (`VideoLayer.bitrate`), else a default by height."""
     quality = sub.track.layer_qualities[layer] if layer < len(sub.track.layer_qualities) else -1
-    for declared in info.layers:
+    for declared in sub.track.info.layers:
         if declared.quality == quality and declared.bitrate > 0:
             return int(declared.bitrate)
     sizes = sub.track.layer_sizes
@@ -84,6 +86,23 @@ def layer_bitrate(sub: Subscription, layer: int) -> int:
         if height <= limit:
             return bitrate
     return DEFAULT_BITRATE_TOP
+
+
+def layer_bitrate(sub: Subscription, layer: int) -> int:
+    """The bits per second forwarding `layer` of this subscription's track costs: its measured
+    bitrate over the last second, at most `NOMINAL_CEILING` × its nominal one (a second with a
+    key frame or two measures several times the layer's rate, and must not pause it), or the
+    nominal one when it is not being received."""
+    receiver = sub.track.receiver
+    if not receiver.is_video:
+        measured = receiver.layers[0].bitrate if receiver.layers else 0
+        return measured if measured > 0 else AUDIO_DEFAULT
+    nominal = nominal_bitrate(sub, layer)
+    if 0 <= layer < len(receiver.layers):
+        measured = receiver.layers[layer].bitrate
+        if measured > 0 and receiver.is_active(layer, receiver.clock()):
+            return min(measured, int(NOMINAL_CEILING * nominal))
+    return nominal
 
 
 @dataclass
@@ -102,6 +121,8 @@ class Allocation:
     paused: int = 0
     #: layers below the preferred one per video track, on average (a pause: one more)
     layers_missing: float = 0.0
+    #: bits per second every track at its preferred layer (and audio) would take
+    desired: int = 0
 
 
 def allocate(
@@ -164,9 +185,11 @@ def allocate(
             else:
                 out.next_step = min(out.next_step or int(step), int(step))
     missing = 0
+    out.desired = int(estimate - budget)
     for sub in order:
         wanted = min(sub.downtrack.max_layer, len(sub.track.receiver.layers) - 1)
         layer = chosen[sub.downtrack]
+        out.desired += layer_bitrate(sub, wanted) - (layer_bitrate(sub, layer) if layer >= 0 else 0)
         missing += max(wanted - layer, 0)
         if layer < 0:
             out.paused += 1
@@ -199,6 +222,7 @@ class StreamAllocator:
         #: the publisher sids speaking now (from the SpeakersChanged this participant is sent)
         self.speakers: set[str] = set()
         self._paused_since: dict[DownTrack, float] = {}
+        self._down_since: dict[DownTrack, float] = {}
         self._last_run = -1.0
         self._last_estimate = 0
         self._next_probe = 0.0
@@ -234,6 +258,7 @@ class StreamAllocator:
             return
         self._last_estimate = estimate
         result = allocate(subs, estimate, self.speakers, self._paused_since, now)
+        self._hold_downgrades(result, now)
         self.last = result
         COUNTERS.observe_estimate(estimate)
         COUNTERS.allocated_at_preferred += result.at_preferred
@@ -266,6 +291,19 @@ class StreamAllocator:
             self._on_paused_changed()
         self._maybe_probe(result, estimate, now)
 
+    def _hold_downgrades(self, result: Allocation, now: float) -> None:
+        """Without congestion (overuse, or heavy loss), a step down waits `DOWNGRADE_HOLD`."""
+        gcc = self.bandwidth.gcc
+        congested = self.bandwidth.overusing or gcc.loss_fraction > LOSS_CONGESTED
+        for downtrack, layer in result.layers.items():
+            current = -1 if downtrack.allocation_paused else downtrack.allocated_layer
+            if layer >= current or congested:
+                self._down_since.pop(downtrack, None)
+                continue
+            since = self._down_since.setdefault(downtrack, now)
+            if now - since < DOWNGRADE_HOLD:
+                result.layers[downtrack] = current
+
     # -- probes ----------------------------------------------------------------------------------
     def _maybe_probe(self, result: Allocation, estimate: int, now: float) -> None:
         if self._probe_timer is not None or self.bandwidth.probing:
@@ -279,8 +317,9 @@ class StreamAllocator:
         if not result.deficient or not self.bandwidth.stamping or now < self._next_probe:
             return
         # enough to prove the next step with room to spare, within bounds of what is known
-        goal = (result.committed + result.next_step) * PROBE_OVERAGE
-        goal = min(max(goal, estimate + PROBE_MIN), PROBE_MAX_FACTOR * estimate)
+        goal = max((result.committed + result.next_step) * PROBE_OVERAGE, result.desired)
+        factor = PROBE_MAX_FACTOR if self._probe_interval == PROBE_INTERVAL else 2
+        goal = min(max(goal, estimate + PROBE_MIN), factor * estimate)
         padding_rate = goal - result.committed
         if padding_rate <= 0:
             return
@@ -316,6 +355,7 @@ class StreamAllocator:
 
     def forget(self, downtrack: DownTrack) -> None:
         self._paused_since.pop(downtrack, None)
+        self._down_since.pop(downtrack, None)
 
     def close(self) -> None:
         self.closed = True

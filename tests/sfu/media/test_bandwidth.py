@@ -197,3 +197,17 @@ def test_sequence_ring_forgets_old_numbers(impl_name: str) -> None:
         assert sequence.record(10, float(k)) == k
     assert sequence.sent(0) is None and sequence.sent(1) == (1.0, 10)
     assert sequence.sent(-5) is None and sequence.sent(1 << 80) is None
+
+
+def test_a_probe_that_lost_packets_proves_nothing(clock: FakeClock) -> None:
+    """A drop-tail queue lets a burst's head through at line rate and drops the rest."""
+    bandwidth = link(clock)
+    start = bandwidth.gcc.estimate
+    bandwidth.start_probe()
+    for _ in range(25):
+        bandwidth.stamp()
+        bandwidth.sent(1200)
+        clock.advance(0.004)
+    bandwidth.end_probe()
+    bandwidth.on_transport_cc(feedback({s: 100_000 + s * 4000 for s in range(10)} | {24: 200_000}))
+    assert not bandwidth.probing and bandwidth.gcc.estimate <= start

@@ -14,7 +14,7 @@ from sfu.ids import ParticipantIdentity, ParticipantSid
 from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import TrackReceiver
-from sfu.room.allocation import PAUSED_MIN_WAIT, StreamAllocator, allocate
+from sfu.room.allocation import DOWNGRADE_HOLD, PAUSED_MIN_WAIT, StreamAllocator, allocate
 from sfu.room.permission import SubscriptionPermissions
 from sfu.room.publication import PublishedTrack, Subscription
 from tests.sfu.conftest import FakeClock
@@ -122,6 +122,9 @@ def test_the_allocation_is_applied_and_a_pause_does_not_flap(clock: FakeClock) -
     assert camera.forwarding and camera.limit == 2
     bandwidth.remb = 100_000  # a REMB-only client on a thin link
     allocator.run()
+    assert not camera.allocation_paused  # no congestion signal: the step down waits
+    clock.advance(DOWNGRADE_HOLD)
+    allocator.run()
     assert camera.allocation_paused and not camera.forwarding and camera.paused
     assert camera.subscribed_layer == -1 and changed == [1]
     bandwidth.remb = 5_000_000
@@ -132,6 +135,9 @@ def test_the_allocation_is_applied_and_a_pause_does_not_flap(clock: FakeClock) -
     allocator.run()
     assert not camera.allocation_paused and camera.limit == 2 and changed == [1, 1]
     bandwidth.remb = AUDIO + LAYERS[1] + 1000
+    bandwidth.gcc.usage = "overusing"  # the estimator's own signal: at once
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = AUDIO + LAYERS[1] + 1000
     allocator.run()
     assert camera.allocated_layer == 1 and camera.subscribed_layer == 1  # dynacast follows
     allocator.close()
