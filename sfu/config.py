@@ -128,6 +128,10 @@ class RtcConfig:
     #: not a LiveKit key: send ICE checks to a client's private candidates (RFC 1918, CGNAT,
     #: ULA) even when the SFU advertises no private address itself
     allow_private_candidates: bool = False
+    #: per-subscriber bandwidth estimation and stream allocation (transport-cc stamping and
+    #: feedback, REMB, layer caps, pauses, padding probes, the NACK budget); LiveKit spells it
+    #: rtc.congestion_control.enabled. Off: every subscriber gets what its tiles ask for.
+    congestion_control: bool = True
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ class SubscriberBandwidth:
         self._tokens_at = -1.0
         self.feedback_packets = 0
         self.retransmits_refused = 0
+        #: False (rtc.congestion_control off): no estimate, nothing held back
+        self.enabled = True
         #: called after each feedback (transport-cc or REMB): the allocator's cue
         self.on_estimate: Callable[[], None] | None = None
 
@@ -119,6 +121,8 @@ class SubscriberBandwidth:
     def estimate(self) -> int | None:
         """Bits per second the link is believed to carry; None while the subscriber has sent no
         feedback at all (nothing is known: nothing is held back)."""
+        if not self.enabled:
+            return None
         if self.transport_cc_seen:
             return self.gcc.estimate
         return self.remb
@@ -131,6 +135,8 @@ class SubscriberBandwidth:
         self.gcc.set_rtt(rtt)
 
     def on_remb(self, remb: rtcp.Remb) -> None:
+        if not self.enabled:
+            return
         self.remb = max(int(remb.bitrate), 0)
         if self.on_estimate is not None and not self.transport_cc_seen:
             self.on_estimate()
@@ -139,7 +145,7 @@ class SubscriberBandwidth:
         """Match one feedback packet against what was sent and feed the estimator."""
         sequence = self.sequence
         newest = sequence.next_seq - 1
-        if newest < 0 or len(feedback.received) > MAX_RESULTS:
+        if not self.enabled or newest < 0 or len(feedback.received) > MAX_RESULTS:
             return
         base = newest - ((newest - feedback.base_sequence_number) & 0xFFFF)
         end = min(base + feedback.packet_status_count - 1, newest)

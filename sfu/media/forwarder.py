@@ -13,8 +13,13 @@ entries hold only ints and bytes, so the cyclic garbage collector never has to w
 NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
 numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
+Within the subscriber link's budget too (`SubscriberBandwidth.allow_retransmit`: none while
+the estimator sees overuse), and never faster than the RTT. Every copy carries the link's next
+transport-wide sequence number when transport-cc was negotiated; `send_padding` sends padding
+probes between frames; the allocator caps the layer (`set_allocation`, -1 pauses).
 `FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
-track and leaves every other RTCP type unparsed. Time is the receiver's `clock`.
+track, transport-cc and REMB to the link, and leaves every other RTCP type unparsed. Time is the
+receiver's `clock`.
 With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
 its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
 compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every

@@ -16,8 +16,10 @@ A layer's cost is its measured bitrate at the publisher (`LayerState.bitrate`) w
 `NOMINAL_CEILING` × its nominal one (what the publisher declared, `VideoLayer.bitrate`, else a
 default by height), or the nominal one while it is not received. A layer above the one
 allocated now costs `UPGRADE_MARGIN` more, and a paused track resumes only after
-`PAUSED_MIN_WAIT`: an estimate hovering at a boundary does not flap. Without a congestion
-signal (overuse, or more than `LOSS_CONGESTED` lost) a step down or a pause waits
+`PAUSED_MIN_WAIT`, when its lowest layer fits `RESUME_MARGIN` times over (the key frame it
+starts on is several times a second's worth): an estimate hovering at a boundary does not
+flap. Without a congestion signal (overuse, or more than `LOSS_CONGESTED` lost) a step down
+or a pause waits
 `DOWNGRADE_HOLD`: a key frame's second measures a layer high, and an application-limited
 link's estimate is only what it carried. Layers change on key
 frames only (the down track waits for one), and key-frame requests are throttled per layer at
@@ -26,7 +28,8 @@ PLI per layer and throttle window, not one each. With no estimate (no feedback y
 held back.
 
 While some track is below its preferred layer, a probe is sent every `PROBE_INTERVAL` (doubling
-after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`): for
+after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`; `PROBE_AFTER_SUCCESS`
+after one that did): for
 `PROBE_DURATION` the transport carries padding-only packets on video streams (forwarded or
 paused), in `PROBE_TICK` steps, enough to bring the link to the rate the next step needs ×
 `PROBE_OVERAGE` (at least `PROBE_MIN` above the estimate, at most `PROBE_MAX_FACTOR` times it, twice it after a
@@ -52,11 +55,13 @@ from sfu.room.publication import Subscription
 log = logging.getLogger(__name__)
 
 UPGRADE_MARGIN = 1.15
-PAUSED_MIN_WAIT = 5.0
+RESUME_MARGIN = 2.0
+PAUSED_MIN_WAIT = 3.0
 #: seconds between allocations driven by feedback (a drop of the estimate runs one at once)
 ALLOCATE_INTERVAL = 0.25
 PROBE_INTERVAL = 2.0
 PROBE_INTERVAL_MAX = 4.0
+PROBE_AFTER_SUCCESS = 0.5
 #: a step down (or a pause) without a congestion signal waits this long: an estimate that is
 #: only what an application-limited link carried says little about what it could carry
 DOWNGRADE_HOLD = 1.0
@@ -152,8 +157,9 @@ def allocate(
 
     def cost(sub: Subscription, layer: int) -> float:
         base = float(layer_bitrate(sub, layer))
-        current = sub.downtrack.allocated_layer if not sub.downtrack.allocation_paused else -1
-        return base * UPGRADE_MARGIN if layer > current else base
+        if sub.downtrack.allocation_paused:  # resuming costs a key frame on a thin link
+            return base * RESUME_MARGIN
+        return base * UPGRADE_MARGIN if layer > sub.downtrack.allocated_layer else base
 
     for sub in order:
         downtrack = sub.downtrack
@@ -310,7 +316,9 @@ class StreamAllocator:
             return
         if self._probe_start_estimate:  # the last probe's outcome is known by now
             if estimate > self._probe_start_estimate * 1.05:
+                # it proved more: the next step's probe soon (libwebrtc probes on, exponentially)
                 self._probe_interval = PROBE_INTERVAL
+                self._next_probe = min(self._next_probe, now + PROBE_AFTER_SUCCESS)
             else:
                 self._probe_interval = min(self._probe_interval * 2, PROBE_INTERVAL_MAX)
             self._probe_start_estimate = 0

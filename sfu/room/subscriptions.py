@@ -204,6 +204,7 @@ class Subscriptions:
     def answered(self, offer_id: int) -> None:
         if self.peer is not None:  # copies carry transport-wide sequence numbers if it kept them
             self.bandwidth.sequence.ext_id = self.peer.transport_cc_id
+            self.bandwidth.enabled = self.peer.congestion_control
         for sub in self.by_sid.values():
             if 0 < sub.offer_id <= offer_id:
                 sub.negotiated = True

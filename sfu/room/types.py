@@ -48,7 +48,13 @@ class Peer(Protocol):
 
     @property
     def transport_cc_id(self) -> int:
-        """The transport-cc extension id the subscriber's answer kept (0: none)."""
+        """The transport-cc extension id the subscriber's answer kept (0: none, or
+        rtc.congestion_control off)."""
+        ...
+
+    @property
+    def congestion_control(self) -> bool:
+        """rtc.congestion_control: estimate this subscriber's link and allocate under it."""
         ...
 
     def add_remote_candidate(self, candidate_init_json: str) -> None: ...

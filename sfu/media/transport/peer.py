@@ -129,6 +129,7 @@ class TransportConfig:
     #: SFU advertises no such address itself
     allow_private_candidates: bool = False
     fast_path: Any = None  # rtc.fast_path: a `sfu.media.fastpath.Implementation` (not "immediate")
+    congestion_control: bool = True  # rtc.congestion_control: stamp copies, read the feedback
 
     def __post_init__(self) -> None:
         if not self.bind_addresses:
@@ -239,6 +240,7 @@ class PeerTransport:
         self._slot_tracks: dict[str, str] = {}  # mid -> the track id it carries or last carried
         #: the transport-cc extension id the client's last answer kept (0: none; subscriber PC)
         self.transport_cc_id = 0
+        self.congestion_control = config.congestion_control  # rtc.congestion_control
 
         self._connect_task: asyncio.Task[None] | None = None
         self._answer_timer: asyncio.Task[None] | None = None
@@ -438,7 +440,7 @@ class PeerTransport:
             raise SdpError("the DTLS role cannot change on renegotiation")
         self._dtls_role = role
         self._set_remote_transport(ufrag, pwd, fingerprints, answer.ice_lite)
-        self.transport_cc_id = answered_transport_cc(answer)
+        self.transport_cc_id = answered_transport_cc(answer) * self._config.congestion_control
         for section in answer.media:
             for candidate in section.candidates:
                 self._add_candidate_line(candidate, None)

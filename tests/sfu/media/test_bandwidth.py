@@ -211,3 +211,19 @@ def test_a_probe_that_lost_packets_proves_nothing(clock: FakeClock) -> None:
     bandwidth.end_probe()
     bandwidth.on_transport_cc(feedback({s: 100_000 + s * 4000 for s in range(10)} | {24: 200_000}))
     assert not bandwidth.probing and bandwidth.gcc.estimate <= start
+
+
+def test_congestion_control_off_holds_nothing_back(clock: FakeClock) -> None:
+    """rtc.congestion_control: false — no estimate from any feedback, every NACK answered."""
+    from sfu.config import from_mapping
+
+    assert from_mapping({"keys": {"k": "s" * 32}}).rtc.congestion_control is True
+    config = from_mapping({"keys": {"k": "s" * 32}, "rtc": {"congestion_control": False}})
+    assert config.rtc.congestion_control is False
+    bandwidth = link(clock)
+    bandwidth.enabled = False
+    bandwidth.on_remb(rtcp.Remb(sender_ssrc=1, bitrate=10_000))
+    bandwidth.stamp()
+    bandwidth.sent(1000)
+    bandwidth.on_transport_cc(feedback({0: 1000}))
+    assert bandwidth.estimate is None and bandwidth.allow_retransmit(1 << 20)
