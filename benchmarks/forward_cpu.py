@@ -398,12 +398,14 @@ class Scenario:
         send_mode: str | None = None,
         fast_path: str | None = None,
         workers: int | None = None,
+        congestion: str | None = None,
     ) -> None:
         self.workers_count = workers
         self.args = args
         self.n = n
         self.send_mode = send_mode
         self.fast_path = fast_path
+        self.congestion = congestion
         self.workdir = workdir
         self.sfu: SfuInstance | None = None
         self.workers: list[Worker] = []
@@ -456,6 +458,8 @@ class Scenario:
             rtc["fast_path"] = self.fast_path
         if self.workers_count:
             rtc["workers"] = self.workers_count
+        if self.congestion:
+            rtc["congestion_control"] = self.congestion == "on"
         if self.args.udp_port:
             rtc["udp_port"] = self.args.udp_port
         return rtc
@@ -469,10 +473,13 @@ class Scenario:
             label += f" fp={self.fast_path}"
         if self.workers_count:
             label += f" w={self.workers_count}"
+        if self.congestion:
+            label += f" cc={self.congestion}"
         result: dict[str, Any] = {
             "subscribers": n,
             "send_mode": label,
             "fast_path": self.fast_path or "default",
+            "congestion_control": self.congestion or "default",
         }
         async with running_sfu(
             self.workdir / "sfu",
@@ -750,6 +757,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each N once per rtc.workers, interleaved (default: the SFU's default only)",
     )
     parser.add_argument(
+        "--congestion-control",
+        nargs="+",
+        choices=("on", "off"),
+        help="run each N (send mode, fast path) once per rtc.congestion_control, interleaved: "
+        "the per-packet cost of stamping transport-wide sequence numbers and estimating",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="repeat the whole N × send-mode sequence"
     )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
@@ -779,16 +793,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work directory {workdir}; load average {loadavg()}")
     try:
         runs = [
-            (n, mode, fast, workers)
+            (n, mode, fast, workers, cc)
             for _ in range(args.rounds)
             for n in args.subscribers
             for mode in args.send_modes or [None]
             for fast in args.fast_paths or [None]
             for workers in args.workers or [None]
+            for cc in args.congestion_control or [None]
         ]
-        for i, (n, mode, fast, workers) in enumerate(runs):
-            name = f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}-w{workers or 0}"
-            scenario = Scenario(args, n, workdir / name, mode, fast, workers)
+        for i, (n, mode, fast, workers, cc) in enumerate(runs):
+            name = (
+                f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}-w{workers or 0}"
+                f"-{cc or 'default'}"
+            )
+            scenario = Scenario(args, n, workdir / name, mode, fast, workers, cc)
             # The harness prints the SFU's log tail on stop: keep stdout for the results.
             with contextlib.redirect_stdout(sys.stderr):
                 try:

@@ -37,6 +37,29 @@ from websockets.asyncio.client import ClientConnection, connect
 
 log = logging.getLogger("lk_subscriber")
 
+TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+def keep_transport_cc(offer: str, answer: str) -> str:
+    """The answer with the offer's transport-cc extmap kept on every audio/video m-line, as a
+    browser's answer keeps it (aiortc drops it): the SFU then stamps every copy, as it does for
+    real clients. aiortc ignores the extension and sends no feedback."""
+    line = next(
+        (x for x in offer.splitlines() if x.startswith("a=extmap:") and TRANSPORT_CC in x), None
+    )
+    if line is None:
+        return answer
+    out = []
+    media = False
+    for x in answer.split("\r\n"):
+        out.append(x)
+        if x.startswith("m="):
+            media = x.startswith(("m=audio", "m=video"))
+        elif media and x.startswith("a=mid:"):
+            out.append(line)
+    return "\r\n".join(out)
+
+
 PROTOCOL = 17
 CONNECT_TIMEOUT_S = 20.0
 NEGOTIATION_TIMEOUT_S = 20.0
@@ -162,7 +185,8 @@ class CountingSubscriber:
             await pc.setLocalDescription(await pc.createAnswer())
             self._hook_transports()
         local = pc.localDescription
-        answer = rtc.SessionDescription(type="answer", sdp=local.sdp, id=offer.id)
+        sdp = keep_transport_cc(offer.sdp, local.sdp)
+        answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         await self._send(rtc.SignalRequest(answer=answer))
         self.offers += 1
 

@@ -140,6 +140,7 @@ class Sfu:
             send_mode=cast(SendMode, config.rtc.send_mode),
             allow_private_candidates=config.rtc.allow_private_candidates,
             fast_path=fastpath.for_transports(config.rtc.fast_path),
+            congestion_control=config.rtc.congestion_control,
         )
         log.info(
             "rtc.fast_path %s: each copy through %s",

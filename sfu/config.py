@@ -131,6 +131,10 @@ class RtcConfig:
     #: not a LiveKit key: media worker processes under this (control) process; 1 = media in
     #: this process, 0 = one per CPU. With rtc.udp_port P, worker i listens on UDP P + i.
     workers: int = 1
+    #: per-subscriber bandwidth estimation and stream allocation (transport-cc stamping and
+    #: feedback, REMB, layer caps, pauses, padding probes, the NACK budget); LiveKit spells it
+    #: rtc.congestion_control.enabled. Off: every subscriber gets what its tiles ask for.
+    congestion_control: bool = True
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ FORWARD_LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+#: upper bounds (bits per second) of the subscriber bandwidth-estimate histogram
+ESTIMATE_BUCKETS = (150_000, 300_000, 600_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 
 
 @dataclass(slots=True)
@@ -49,6 +51,27 @@ class Counters:
     pli_out: int = 0
     fir_in: int = 0
     layer_switches: int = 0
+    allocation_pauses: int = 0  # video tracks the allocator paused (the link too thin)
+    probe_packets: int = 0  # padding-only probe packets sent to find more bandwidth
+    probes: int = 0  # probe clusters started
+    #: subscriber bandwidth estimates, one observation per allocation (every subscriber link
+    #: about every 250 ms): ≤ ESTIMATE_BUCKETS[i], the last slot for larger ones, and their sum
+    estimate_buckets: list[int] = field(default_factory=lambda: [0] * (len(ESTIMATE_BUCKETS) + 1))
+    estimate_sum: int = 0
+    #: video down tracks per allocation outcome, one count per track per allocation
+    allocated_at_preferred: int = 0
+    allocated_below_preferred: int = 0
+    allocated_paused: int = 0
+
+    def observe_estimate(self, estimate: int) -> None:
+        i = 0
+        for bound in ESTIMATE_BUCKETS:
+            if estimate <= bound:
+                break
+            i += 1
+        self.estimate_buckets[i] += 1
+        self.estimate_sum += estimate
+
     participant_joins: int = 0
     data_packets: int = 0
     signal_errors: int = 0
@@ -139,6 +162,13 @@ class _Collector(Collector):
                 c.packets_dropped,
             ),
             ("livekit_layer_switch", "simulcast layer switches", c.layer_switches),
+            (
+                "sfu_allocation_pauses",
+                "video tracks paused for a subscriber's link",
+                c.allocation_pauses,
+            ),
+            ("sfu_probes", "padding probes started towards subscribers", c.probes),
+            ("sfu_probe_packets", "padding-only probe packets sent", c.probe_packets),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),
@@ -186,6 +216,24 @@ class _Collector(Collector):
             sum_value=c.forward_latency_sum,
         )
         yield latency
+        estimate = HistogramMetricFamily(
+            "sfu_subscriber_bandwidth_estimate_bps",
+            "subscriber links' bandwidth estimates, one observation per allocation",
+            labels=labels,
+        )
+        estimate.add_metric(
+            node, _cumulative(ESTIMATE_BUCKETS, c.estimate_buckets), sum_value=c.estimate_sum
+        )
+        yield estimate
+        allocated = CounterMetricFamily(
+            "sfu_allocation_tracks",
+            "video down tracks per allocation, by outcome against the subscriber's preferred layer",
+            labels=[*labels, "outcome"],
+        )
+        allocated.add_metric([*node, "preferred"], c.allocated_at_preferred)
+        allocated.add_metric([*node, "below_preferred"], c.allocated_below_preferred)
+        allocated.add_metric([*node, "paused"], c.allocated_paused)
+        yield allocated
         limits = CounterMetricFamily(
             "sfu_limit_exceeded",
             "remote input refused or dropped by a documented cap (docs/limits.md)",

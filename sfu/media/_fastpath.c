@@ -435,6 +435,155 @@ static PyMemberDef batch_members[] = {
 
 static PySequenceMethods batch_as_sequence = {.sq_length = (lenfunc)batch_len};
 
+/* ---------------------------------------------------------------- TransportWideSequence */
+
+#define TWCC_HISTORY 2048 /* fastpath_py.TWCC_HISTORY */
+#define TWCC_MASK (TWCC_HISTORY - 1)
+
+typedef struct {
+    PyObject_HEAD
+    uint32_t ext_id; /* the negotiated extmap id (1..14); 0: no stamp */
+    int64_t next_seq;
+    int64_t seq[TWCC_HISTORY];
+    double time[TWCC_HISTORY];
+    uint32_t size[TWCC_HISTORY];
+} SequenceObject;
+
+static PyTypeObject SequenceType;
+
+static int
+sequence_init(SequenceObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ext_id", NULL};
+    unsigned int ext_id = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|I", kwlist, &ext_id))
+        return -1;
+    if (ext_id > 14) {
+        PyErr_SetString(PyExc_ValueError, "ext_id out of range");
+        return -1;
+    }
+    self->ext_id = ext_id;
+    self->next_seq = 0;
+    for (int i = 0; i < TWCC_HISTORY; i++)
+        self->seq[i] = -1;
+    return 0;
+}
+
+static inline void
+sequence_record(SequenceObject *q, Py_ssize_t size, double now)
+{
+    int slot = (int)(q->next_seq & TWCC_MASK);
+    q->seq[slot] = q->next_seq;
+    q->time[slot] = now;
+    q->size[slot] = (uint32_t)size;
+    if (q->next_seq < SEQ_LIMIT - 1)
+        q->next_seq++;
+}
+
+static PyObject *
+sequence_record_py(SequenceObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "record() takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[0]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    double now = PyFloat_AsDouble(args[1]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (size < 0 || size > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "size out of range");
+        return NULL;
+    }
+    long long seq = self->next_seq;
+    sequence_record(self, size, now);
+    return PyLong_FromLongLong(seq);
+}
+
+static PyObject *
+sequence_sent(SequenceObject *self, PyObject *arg)
+{
+    long long seq = PyLong_AsLongLong(arg);
+    if (seq == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (seq < 0)
+        Py_RETURN_NONE;
+    int slot = (int)(seq & TWCC_MASK);
+    if (self->seq[slot] != seq)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(dk)", self->time[slot], (unsigned long)self->size[slot]);
+}
+
+static PyObject *
+sequence_get_ext_id(SequenceObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(self->ext_id);
+}
+
+static int
+sequence_set_ext_id(SequenceObject *self, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete ext_id");
+        return -1;
+    }
+    unsigned long x = PyLong_AsUnsignedLong(v);
+    if (x == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (x > 14) {
+        PyErr_SetString(PyExc_ValueError, "ext_id out of range");
+        return -1;
+    }
+    self->ext_id = (uint32_t)x;
+    return 0;
+}
+
+static PyObject *
+sequence_get_next_seq(SequenceObject *self, void *c)
+{
+    return PyLong_FromLongLong(self->next_seq);
+}
+
+static int
+sequence_set_next_seq(SequenceObject *self, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete next_seq");
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < 0 || x >= SEQ_LIMIT) {
+        PyErr_SetString(PyExc_ValueError, "next_seq out of range");
+        return -1;
+    }
+    self->next_seq = x;
+    return 0;
+}
+
+static PyMethodDef sequence_methods[] = {
+    {"record", (PyCFunction)(void (*)(void))sequence_record_py, METH_FASTCALL,
+     "record(size, now): the datagram stamped with next_seq left; returns the number it got."},
+    {"sent", (PyCFunction)sequence_sent, METH_O,
+     "sent(seq): (send time, size) of extended number seq, or None when unknown."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sequence_getset[] = {
+    {"ext_id", (getter)sequence_get_ext_id, (setter)sequence_set_ext_id,
+     "the transport-cc extmap id (1..14); 0: copies are not stamped", NULL},
+    {"next_seq", (getter)sequence_get_next_seq, (setter)sequence_set_next_seq,
+     "the extended transport-wide sequence number the next datagram gets", NULL},
+    {NULL},
+};
+
 /* ----------------------------------------------------------------------------------- Target */
 
 typedef struct {
@@ -454,6 +603,7 @@ typedef struct {
     socklen_t addrlen;
     void *srtp;
     PyObject *srtp_owner;
+    SequenceObject *twcc; /* the transport's sequence (stamped when its ext_id is set) or NULL */
     /* state that forward updates */
     int sent_any;
     int64_t last_out_seq;
@@ -550,6 +700,7 @@ target_dealloc(TargetObject *self)
     Py_CLEAR(self->last_packet);
     Py_CLEAR(self->batch);
     Py_CLEAR(self->srtp_owner);
+    Py_CLEAR(self->twcc);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -622,12 +773,13 @@ target_clear_history_py(TargetObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *target_resend(TargetObject *self, PyObject *arg);
+static PyObject *target_resend(TargetObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 static PyMethodDef target_methods[] = {
-    {"resend", (PyCFunction)target_resend, METH_O,
-     "Rebuild history slot `slot` under its stored sequence number and timestamp (current SSRC,\n"
-     "payload type and VP8 offsets), protect and queue it; False if empty or dropped."},
+    {"resend", (PyCFunction)(void (*)(void))target_resend, METH_FASTCALL,
+     "resend(slot, now=0.0): rebuild history slot `slot` under its stored sequence number and\n"
+     "timestamp (current SSRC, payload type and VP8 offsets; stamped, recorded at `now`),\n"
+     "protect and queue it; False if empty or dropped."},
     {"entry", (PyCFunction)target_entry, METH_O,
      "History slot `slot`: (out_seq, out_ts, received bytes, epoch), or None."},
     {"clear_history", (PyCFunction)target_clear_history_py, METH_NOARGS, "Empty the history."},
@@ -745,6 +897,25 @@ target_set_addr(TargetObject *self, PyObject *v, void *c)
 }
 
 static PyObject *
+target_get_twcc(TargetObject *self, void *c)
+{
+    return Py_NewRef(self->twcc ? (PyObject *)self->twcc : Py_None);
+}
+
+static int
+target_set_twcc(TargetObject *self, PyObject *v, void *c)
+{
+    if (v != NULL && v != Py_None && Py_TYPE(v) != &SequenceType) {
+        PyErr_SetString(PyExc_TypeError, "twcc must be a TransportWideSequence or None");
+        return -1;
+    }
+    SequenceObject *old = self->twcc;
+    self->twcc = (v == NULL || v == Py_None) ? NULL : (SequenceObject *)Py_NewRef(v);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *
 target_get_batch(TargetObject *self, void *c)
 {
     return Py_NewRef(self->batch ? (PyObject *)self->batch : Py_None);
@@ -776,6 +947,7 @@ static PyGetSetDef target_getset[] = {
     GS(last_out_ts, "outgoing timestamp of the newest packet sent"),
     GS(last_packet, "the newest media (not padding-only) packet object forwarded"),
     GS(addr, "the destination (host, port)"),
+    GS(twcc, "the transport's TransportWideSequence (copies stamped when its ext_id is set)"),
     {"batch", (getter)target_get_batch, NULL, "the send batch", NULL},
     {NULL},
 };
@@ -914,6 +1086,25 @@ put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
+/* the sequence `t`'s copies are stamped from, or NULL */
+static inline SequenceObject *
+stamping(const TargetObject *t)
+{
+    return t->twcc != NULL && t->twcc->ext_id ? t->twcc : NULL;
+}
+
+/* target_queue, and the transport-wide sequence number the datagram carries recorded */
+static int
+target_queue_stamped(TargetObject *t, Slot *s, int len, double now)
+{
+    SequenceObject *tw = stamping(t);
+    if (!target_queue(t, s, len, 0))
+        return 0;
+    if (tw)
+        sequence_record(tw, len, now);
+    return 1;
+}
+
 typedef struct {
     PyObject *packet, *data;
     const uint8_t *p;
@@ -931,11 +1122,14 @@ static Py_ssize_t
 build_copy(const TargetObject *t, Packet *pk, int64_t out_seq, uint32_t out_ts, uint8_t *b)
 {
     Py_ssize_t size;
+    const SequenceObject *tw = stamping(t);
+    int hl = tw ? 20 : 12; /* the header, with the transport-cc extension block when stamped */
+    uint8_t x = tw ? 0x10 : 0;
     if (pk->padding_only) {
         /* a bandwidth probe: keep its sequence number, not its bytes */
-        b[0] = 0xA0;
-        b[12] = 1;
-        size = 13;
+        b[0] = (uint8_t)(0xA0 | x);
+        b[hl] = 1;
+        size = hl + 1;
     } else {
         const uint8_t *rest = pk->p + pk->payload_offset;
         Py_ssize_t rest_len = pk->len - pk->payload_offset;
@@ -951,17 +1145,26 @@ build_copy(const TargetObject *t, Packet *pk, int64_t out_seq, uint32_t out_ts, 
                 rest_len -= d->size;
             }
         }
-        size = 12 + desc_len + rest_len;
+        size = hl + desc_len + rest_len;
         if (size > SLOT_SIZE - SRTP_TRAILER)
             return size;
-        b[0] = (uint8_t)(0x80 | (pk->p[0] & 0x20)); /* V=2, P kept, no X, no CSRC */
-        memcpy(b + 12, desc, (size_t)desc_len);
-        memcpy(b + 12 + desc_len, rest, (size_t)rest_len);
+        b[0] = (uint8_t)(0x80 | (pk->p[0] & 0x20) | x); /* V=2, P kept, no CSRC */
+        memcpy(b + hl, desc, (size_t)desc_len);
+        memcpy(b + hl + desc_len, rest, (size_t)rest_len);
     }
     b[1] = (uint8_t)((pk->p[1] & 0x80) | t->payload_type);
     put16(b + 2, (uint32_t)out_seq & 0xFFFF);
     put32(b + 4, out_ts);
     put32(b + 8, t->ssrc);
+    if (tw) { /* RFC 8285 one-byte form: one element, padded to a word */
+        b[12] = 0xBE;
+        b[13] = 0xDE;
+        b[14] = 0;
+        b[15] = 1;
+        b[16] = (uint8_t)(tw->ext_id << 4 | 1);
+        put16(b + 17, (uint32_t)tw->next_seq & 0xFFFF);
+        b[19] = 0;
+    }
     return size;
 }
 
@@ -998,11 +1201,11 @@ forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
     t->h_offset[slot] = (uint16_t)pk->payload_offset;
     t->h_padding[slot] = (uint8_t)pk->padding;
     t->packets_sent++;
-    t->octets_sent += (unsigned long long)(size - 12);
+    t->octets_sent += (unsigned long long)(size - (stamping(t) ? 20 : 12));
     *copies += 1;
     *octets += size;
     if (size <= SLOT_SIZE - SRTP_TRAILER)
-        target_queue(t, s, (int)size, 0);
+        target_queue_stamped(t, s, (int)size, pk->now);
     else
         t->send_dropped++; /* too long to protect: written (history, counters), not sent */
     /* last: a destructor run here may use the batch (the slot is queued by now) */
@@ -1012,11 +1215,21 @@ forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
 }
 
 static PyObject *
-target_resend(TargetObject *self, PyObject *arg)
+target_resend(TargetObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    long slot = PyLong_AsLong(arg);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "resend() takes 1 or 2 arguments");
+        return NULL;
+    }
+    long slot = PyLong_AsLong(args[0]);
     if (slot == -1 && PyErr_Occurred())
         return NULL;
+    double now = 0.0;
+    if (nargs == 2) {
+        now = PyFloat_AsDouble(args[1]);
+        if (now == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
     if (slot < 0 || slot >= HISTORY_SIZE) {
         PyErr_SetString(PyExc_IndexError, "history slot out of range");
         return NULL;
@@ -1042,7 +1255,7 @@ target_resend(TargetObject *self, PyObject *arg)
         self->send_dropped++;
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(target_queue(self, s, (int)size, 0));
+    return PyBool_FromLong(target_queue_stamped(self, s, (int)size, now));
 }
 
 PyDoc_STRVAR(forward_doc,
@@ -1161,6 +1374,18 @@ static PyTypeObject BatchType = {
     .tp_as_sequence = &batch_as_sequence,
 };
 
+static PyTypeObject SequenceType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu.media._fastpath.TransportWideSequence",
+    .tp_basicsize = sizeof(SequenceObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "TransportWideSequence(ext_id=0): one transport's transport-wide sequence numbers\n"
+              "and the send time and size of what went out under each.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)sequence_init,
+    .tp_methods = sequence_methods,
+    .tp_getset = sequence_getset,
+};
+
 static PyTypeObject TargetType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu.media._fastpath.Target",
     .tp_basicsize = sizeof(TargetObject),
@@ -1182,13 +1407,16 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
-    if (PyType_Ready(&BatchType) < 0 || PyType_Ready(&TargetType) < 0)
+    if (PyType_Ready(&BatchType) < 0 || PyType_Ready(&TargetType) < 0 ||
+        PyType_Ready(&SequenceType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) < 0 ||
         PyModule_AddObjectRef(m, "Target", (PyObject *)&TargetType) < 0 ||
+        PyModule_AddObjectRef(m, "TransportWideSequence", (PyObject *)&SequenceType) < 0 ||
+        PyModule_AddIntConstant(m, "TWCC_HISTORY", TWCC_HISTORY) < 0 ||
         PyModule_AddIntConstant(m, "HISTORY_SIZE", HISTORY_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "SLOT_SIZE", SLOT_SIZE) < 0) {
         Py_DECREF(m);

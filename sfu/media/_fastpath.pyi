@@ -4,6 +4,14 @@ from collections.abc import Sequence
 
 HISTORY_SIZE: int
 SLOT_SIZE: int
+TWCC_HISTORY: int
+
+class TransportWideSequence:
+    ext_id: int
+    next_seq: int
+    def __init__(self, ext_id: int = 0) -> None: ...
+    def record(self, size: int, now: float, /) -> int: ...
+    def sent(self, seq: int, /) -> tuple[float, int] | None: ...
 
 class Batch:
     sent: int
@@ -42,6 +50,7 @@ class Target:
     packets_sent: int
     octets_sent: int
     send_dropped: int
+    twcc: TransportWideSequence | None
     def __init__(
         self, batch: Batch, addr: tuple[str, int], *, srtp: int = 0, owner: object = None
     ) -> None: ...
@@ -50,7 +59,7 @@ class Target:
     def entry(self, slot: int, /) -> tuple[int, int, bytes, int] | None: ...
     def clear_history(self) -> None: ...
     def send(self, data: bytes, *, rtcp: bool = False) -> bool: ...
-    def resend(self, slot: int, /) -> bool: ...
+    def resend(self, slot: int, now: float = 0.0, /) -> bool: ...
 
 def forward(
     targets: Sequence[Target],

@@ -3,7 +3,8 @@
 `load(mode)` takes the value of `rtc.fast_path` (the caller reads the configuration; this package
 never does): `"auto"` gives the compiled path when the extension was built at install time and
 otherwise the pure-Python one, with one warning per process; `"off"` always the pure-Python one.
-Both implementations offer the same `forward` / `Batch` / `Target` (see sfu/media/fastpath_py.py
+Both implementations offer the same `forward` / `Batch` / `Target` / `TransportWideSequence`
+(see sfu/media/fastpath_py.py
 for what `forward` does); `Implementation.target` hides how each reaches libsrtp: the compiled one
 is handed the addresses of pylibsrtp's bundled `srtp_protect` / `srtp_protect_rtcp` and each
 session's `srtp_t`, the reference calls them through pylibsrtp's cffi binding.
@@ -22,7 +23,7 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu.media import fastpath_py
 
-__all__ = ["MODES", "Implementation", "available", "for_transports", "load"]
+__all__ = ["MODES", "Implementation", "available", "for_transports", "load", "new_sequence"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class Implementation:
         """A send batch on a duplicate of socket descriptor `fd` (-1: none)."""
         return self._module.Batch(fd, gso=gso, capacity=capacity)
 
+    def sequence(self, ext_id: int = 0) -> Any:
+        """A transport's `TransportWideSequence`, of the type this path's targets stamp from."""
+        return self._module.TransportWideSequence(ext_id)
+
     def target(self, batch: Any, addr: tuple[str, int], session: Session | None = None) -> Any:
         """A down track's per-copy state, sending to `addr` through `batch`, protected with
         `session` (None: plaintext, for tests)."""
@@ -96,6 +101,12 @@ def load(mode: str = "auto") -> Implementation:
             )
         return PYTHON
     return COMPILED
+
+
+def new_sequence(ext_id: int = 0) -> Any:
+    """A subscriber transport's `TransportWideSequence`: the compiled one when built (a compiled
+    target stamps only from that type; Python calls either), else the reference."""
+    return (COMPILED or PYTHON).sequence(ext_id)
 
 
 def for_transports(mode: str) -> Implementation | None:

@@ -13,6 +13,10 @@ identical state. Per target:
   CSRCs, no header extensions; marker and P bit kept), with the VP8 payload descriptor renumbered
   by `munged_descriptor` when any VP8 offset is set and the descriptor parses; a padding-only
   packet (a bandwidth probe) becomes a 13-byte padding packet under the same numbers;
+- when the target has a `twcc` (its transport's `TransportWideSequence`) with an `ext_id`, the
+  header carries one extension block, `transport_cc_block(ext_id, next_seq)` (8 bytes, X bit
+  set), and once the datagram is queued the sequence records it (`record(length, now)`):
+  the transport-wide sequence number advances only for datagrams that leave;
 - when the copy is the newest so far (or the first), `last_out_seq`, `last_out_ts`,
   `last_out_time` (= `now`) and — unless padding-only — `last_packet` (= `packet`) are updated;
 - the history slot `out_seq % HISTORY_SIZE` becomes `(out_seq, out_ts, data, epoch)`;
@@ -20,9 +24,14 @@ identical state. Per target:
 - the datagram is SRTP-protected (when the target has a session) and queued on its `Batch`; a
   datagram over `MAX_PLAINTEXT` bytes, or one libsrtp refuses, is counted in `send_dropped`.
 
-`Target.resend(slot)` rebuilds a history entry under its stored numbers (what a NACK answer
-sends, once Python's NACK policy has allowed it) and `Target.send(data)` protects and queues any
-plaintext datagram (sender reports, say), both on the same batch.
+`Target.resend(slot, now)` rebuilds a history entry under its stored numbers (what a NACK answer
+sends, once Python's NACK policy has allowed it; stamped like a forwarded copy) and
+`Target.send(data)` protects and queues any plaintext datagram (sender reports, say; never
+stamped), both on the same batch.
+
+`TransportWideSequence` is one subscriber transport's transport-wide sequence number and, per
+number, the send time and size of what went out under it, in a ring of `TWCC_HISTORY` (what
+transport-cc feedback is matched against, `sent(seq)`).
 
 Python keeps every decision (which targets, switches, offsets): `Target` holds the parameters,
 set when they change, and the state `forward` updates.
@@ -43,7 +52,16 @@ from sfu.media.rtp.header import RtpPacket, rewrite
 from sfu.media.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
 from sfu.media.transport.srtp import BUFFER_SIZE, SrtpError, SrtpProtector
 
-__all__ = ["HISTORY_SIZE", "MAX_PLAINTEXT", "Batch", "Target", "forward"]
+__all__ = [
+    "HISTORY_SIZE",
+    "MAX_PLAINTEXT",
+    "TWCC_HISTORY",
+    "Batch",
+    "Target",
+    "TransportWideSequence",
+    "forward",
+    "transport_cc_block",
+]
 
 HISTORY_SIZE = 512  # sfu.media.forwarder.HISTORY_SIZE
 HISTORY_MASK = HISTORY_SIZE - 1
@@ -52,6 +70,8 @@ MAX_PLAINTEXT = BUFFER_SIZE - SRTP_MAX_TRAILER_LEN
 #: a minimal padding-only packet: V=2 P=1, header, then one padding byte holding its own count
 _PADDING_PACKET = struct.Struct("!BBHIIB")
 _SEQ_LIMIT = 1 << 62
+TWCC_HISTORY = 2048  # power of two: sent packets remembered per transport (sequence numbers)
+_TWCC_MASK = TWCC_HISTORY - 1
 _UNPARSED = object()
 
 History = tuple[int, int, bytes, int]
@@ -127,6 +147,47 @@ class Batch:
             sock.close()
 
 
+def transport_cc_block(ext_id: int, seq: int) -> bytes:
+    """The one-byte-form extension block (RFC 8285) holding only the transport-wide sequence
+    number `seq` (mod 2**16) under `ext_id` (1..14), padded to 8 bytes."""
+    return bytes((0xBE, 0xDE, 0, 1, (ext_id << 4) | 1, (seq >> 8) & 0xFF, seq & 0xFF, 0))
+
+
+class TransportWideSequence:
+    """One transport's transport-wide sequence numbers and what went out under each."""
+
+    def __init__(self, ext_id: int = 0) -> None:
+        self.ext_id = ext_id  # the negotiated extmap id (1..14); 0: not negotiated, no stamp
+        self.next_seq = 0  # extended: the number the next datagram gets
+        self._seq = [-1] * TWCC_HISTORY
+        self._time = [0.0] * TWCC_HISTORY
+        self._size = [0] * TWCC_HISTORY
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "ext_id" and not (0 <= value <= 14):
+            raise ValueError("ext_id out of range")
+        if name == "next_seq" and not (0 <= value < _SEQ_LIMIT):
+            raise ValueError("next_seq out of range")
+        object.__setattr__(self, name, value)
+
+    def record(self, size: int, now: float, /) -> int:
+        """The datagram stamped with `next_seq` left: remember it; the number it got."""
+        seq = self.next_seq
+        slot = seq & _TWCC_MASK
+        self._seq[slot], self._time[slot], self._size[slot] = seq, now, size
+        self.next_seq = seq + 1
+        return seq
+
+    def sent(self, seq: int, /) -> tuple[float, int] | None:
+        """(send time, size) of extended number `seq`, or None when unknown or overwritten."""
+        if seq < 0:
+            return None
+        slot = seq & _TWCC_MASK
+        if self._seq[slot] != seq:
+            return None
+        return self._time[slot], self._size[slot]
+
+
 class Target:
     """One down track's per-copy parameters and state (see the module docstring)."""
 
@@ -146,6 +207,7 @@ class Target:
         self.pid_offset = 0
         self.tl0_offset = 0
         self.keyidx_offset = 0
+        self.twcc: TransportWideSequence | None = None
         self.sent_any = False
         self.last_out_seq = 0
         self.last_out_ts = 0
@@ -170,7 +232,7 @@ class Target:
         self._history[slot] = (out_seq, out_ts, data, self.epoch)
         self._layout[slot] = (offset, padding)
 
-    def resend(self, slot: int, /) -> bool:
+    def resend(self, slot: int, now: float = 0.0, /) -> bool:
         """Rebuild history slot `slot` under its stored sequence number and timestamp (current
         SSRC, payload type and VP8 offsets), protect and queue it; False if empty or dropped."""
         entry = self.entry(slot)
@@ -182,7 +244,21 @@ class Target:
         if len(datagram) > MAX_PLAINTEXT:
             self.send_dropped += 1
             return False
-        return self.queue(datagram)
+        return self.queue_stamped(datagram, now)
+
+    def stamping(self) -> TransportWideSequence | None:
+        """The sequence whose next number this target's copies carry, or None (no stamp)."""
+        twcc = self.twcc
+        return twcc if twcc is not None and twcc.ext_id else None
+
+    def queue_stamped(self, datagram: bytes, now: float) -> bool:
+        """`queue`, and the transport-wide sequence number it carries recorded if it left."""
+        if not self.queue(datagram):
+            return False
+        twcc = self.stamping()
+        if twcc is not None:
+            twcc.record(len(datagram), now)
+        return True
 
     def queue(self, datagram: bytes, *, rtcp: bool = False) -> bool:
         """Protect (with the target's session, if any) and queue; False if dropped."""
@@ -235,10 +311,15 @@ class _Received:
     def build(self, t: Target, out_seq: int, out_ts: int) -> bytes:
         """The datagram for target `t` under these outgoing numbers."""
         data = self.view.data
+        twcc = t.stamping()
+        extensions = b"" if twcc is None else transport_cc_block(twcc.ext_id, twcc.next_seq)
         if self.padding_only:
-            return _PADDING_PACKET.pack(
+            head = _PADDING_PACKET.pack(
                 0xA0, data[1] & 0x80 | t.payload_type, out_seq & 0xFFFF, out_ts, t.ssrc, 1
             )
+            if not extensions:
+                return head
+            return bytes((head[0] | 0x10,)) + head[1:12] + extensions + head[12:]
         header: bytes | None = None
         size = 0
         if t.pid_offset or t.tl0_offset or t.keyidx_offset:
@@ -258,6 +339,7 @@ class _Received:
             sequence_number=out_seq,
             timestamp=out_ts,
             ssrc=t.ssrc,
+            extensions=extensions,
             payload_header=header,
             payload_header_size=size,
         )
@@ -305,11 +387,11 @@ def forward(
         t.store(out_seq, out_ts, data, payload_offset, padding_size)
         length = len(datagram)
         t.packets_sent += 1
-        t.octets_sent += length - 12
+        t.octets_sent += length - (20 if t.stamping() is not None else 12)
         copies += 1
         octets += length
         if length > MAX_PLAINTEXT:
             t.send_dropped += 1
         else:
-            t.queue(datagram)
+            t.queue_stamped(datagram, now)
     return copies, octets

@@ -13,8 +13,13 @@ entries hold only ints and bytes, so the cyclic garbage collector never has to w
 NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
 numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
 and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
+Within the subscriber link's budget too (`SubscriberBandwidth.allow_retransmit`: none while
+the estimator sees overuse), and never faster than the RTT. Every copy carries the link's next
+transport-wide sequence number when transport-cc was negotiated; `send_padding` sends padding
+probes between frames; the allocator caps the layer (`set_allocation`, -1 pauses).
 `FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
-track and leaves every other RTCP type unparsed. Time is the receiver's `clock`.
+track, transport-cc and REMB to the link, and leaves every other RTCP type unparsed. Time is the
+receiver's `clock`.
 With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
 its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
 compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every
@@ -28,7 +33,8 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sfu.media.receiver import TrackReceiver
+from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.receiver import MAX_LAYERS, TrackReceiver
 from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
@@ -39,8 +45,19 @@ from sfu.metrics import COUNTERS
 
 log = logging.getLogger(__name__)
 
-#: a minimal padding-only packet: V=2 P=1, header, then one padding byte holding its own count
-_PADDING_PACKET = struct.Struct("!BBHIIB")
+_HEADER = struct.Struct("!BBHII")
+#: padding bytes per probe packet (the most one RTP padding count can say)
+PROBE_PADDING = 255
+#: probe packets one `send_padding` call sends at most
+MAX_PROBE_PACKETS = 64
+
+
+def _padding(b1: int, out_seq: int, out_ts: int, ssrc: int, ext: bytes, size: int) -> bytes:
+    """A padding-only packet (V=2, P=1, X with `ext`): `size` padding bytes, the last holding
+    their count."""
+    head = _HEADER.pack(0xB0 if ext else 0xA0, b1, out_seq & 0xFFFF, out_ts, ssrc)
+    return b"".join((head, ext, bytes(size - 1), bytes((size,))))
+
 
 HISTORY_SIZE = 512  # power of two: NACK history, indexed by extended outgoing sequence number
 HISTORY_MASK = HISTORY_SIZE - 1
@@ -68,6 +85,7 @@ class DownTrack:
         send_rtp: Callable[[bytes], None],
         cname: str,
         fast_sender: Callable[[], tuple[Any, Any, Any] | None] | None = None,
+        bandwidth: SubscriberBandwidth | None = None,
     ) -> None:
         self.receiver = receiver
         self._clock = receiver.clock
@@ -77,6 +95,8 @@ class DownTrack:
         self.clock_rate = receiver.clock_rate
         self.is_vp8 = receiver.mime_type.lower().endswith("/vp8")
         self._send = send_rtp
+        #: the subscriber transport's link: transport-wide sequence numbers, NACK budget
+        self.bandwidth = bandwidth
         #: gives the transport's fast path when the track starts (see `fast`)
         self._fast_sender = fast_sender
         #: (forward, target, batch) of the fast path, or None: every copy through `send_rtp`
@@ -87,6 +107,10 @@ class DownTrack:
         self.closed = False
         #: the highest spatial layer this subscriber may receive (adaptive stream lowers it)
         self.max_layer = len(receiver.layers) - 1
+        #: the highest layer the link allows (the allocator's; `MAX_LAYERS` when unlimited)
+        self.allocated_layer = MAX_LAYERS
+        #: paused by the allocator: the link cannot carry even the lowest layer
+        self.allocation_paused = False
         self.current_layer = -1
         self._source_ssrc = 0  # publisher SSRC of the layer last forwarded
         # seq/ts mapping of the current source: out = in - offset (seq: extended, in the layer)
@@ -120,6 +144,9 @@ class DownTrack:
         self._last_srs = ((0, 0.0), (0, 0.0))
         #: round-trip time from the subscriber's receiver reports (RFC 3550 §6.4.1), seconds
         self.rtt: float | None = None
+        #: the subscriber's last report on this stream: fraction lost (0..1), jitter (seconds)
+        self.fraction_lost = 0.0
+        self.jitter = 0.0
 
     # -- control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,12 +165,44 @@ class DownTrack:
         if enabled == self.enabled:
             return
         self.enabled = enabled
-        if enabled and self.receiver.is_video:
+        if enabled and not self.allocation_paused:
+            self._resume()
+        self.receiver.demand_changed()
+
+    def _resume(self) -> None:
+        if self.receiver.is_video:
             # resume on a key frame: the decoder's state is stale
             self.current_layer = -1
             if self.started:
                 self._request_keyframe(self._best_layer(self._clock()))
-        self.receiver.demand_changed()
+
+    @property
+    def forwarding(self) -> bool:
+        """Enabled by the subscriber and not paused by the allocator."""
+        return self.enabled and not self.allocation_paused
+
+    @property
+    def limit(self) -> int:
+        """The highest layer to forward: the subscriber's preference within the allocation."""
+        return min(self.max_layer, self.allocated_layer)
+
+    def set_allocation(self, layer: int) -> None:
+        """The allocator's layer for this track (-1: paused, the link cannot carry it).
+        Layers still change on key frames only; a pause stops forwarding at once."""
+        paused = layer < 0
+        if paused != self.allocation_paused:
+            self.allocation_paused = paused
+            if paused:
+                COUNTERS.allocation_pauses += 1
+            elif self.enabled:
+                self._resume()
+            self.receiver.demand_changed()
+        if paused:
+            return
+        layer = min(layer, MAX_LAYERS)
+        if layer != self.allocated_layer:
+            self.allocated_layer = layer
+            self._limit_changed()
 
     def set_max_layer(self, layer: int) -> None:
         """The subscriber's preferred layer (from its tile size); -1 pauses the stream."""
@@ -154,7 +213,10 @@ class DownTrack:
         if layer == self.max_layer:
             return
         self.max_layer = layer
-        if self.started and self.enabled and self.current_layer != layer:
+        self._limit_changed()
+
+    def _limit_changed(self) -> None:
+        if self.started and self.forwarding and self.current_layer != self.limit:
             best = self._best_layer(self._clock())
             if best != self.current_layer:
                 self._request_keyframe(best)
@@ -163,17 +225,21 @@ class DownTrack:
     @property
     def subscribed_layer(self) -> int:
         """The highest layer this subscription needs from the publisher (dynacast): what it
-        prefers, or what it is still being sent until a switch down has happened; -1 if none."""
-        if not self.enabled or self.closed:
+        prefers within what the link allows, or what it is still being sent until a switch
+        down has happened; -1 if none."""
+        if not self.forwarding or self.closed:
             return -1
-        return max(self.max_layer, self.current_layer)
+        return max(self.limit, self.current_layer)
 
     @property
     def paused(self) -> bool:
-        """Wanted but unavailable: the publisher sends no layer this subscription may take."""
+        """Wanted but unavailable: the allocator paused it, or the publisher sends no layer this
+        subscription may take."""
         if not self.enabled or not self.receiver.is_video:
             return False
-        return self.receiver.highest_active_layer(self._clock(), self.max_layer) < 0
+        if self.allocation_paused:
+            return True
+        return self.receiver.highest_active_layer(self._clock(), self.limit) < 0
 
     def close(self) -> None:
         self.closed = True
@@ -189,7 +255,7 @@ class DownTrack:
         """(forward, target, batch) when the receiver may forward `layer`'s packets to this track
         with one compiled `forward` call for all such tracks (`sfu.media.fastpath`): started,
         enabled, forwarding that layer. The receiver asks again after `fanout_changed`."""
-        if not self.started or not self.enabled or self.current_layer != layer:
+        if not self.started or not self.forwarding or self.current_layer != layer:
             return None
         return self._fast
 
@@ -203,6 +269,7 @@ class DownTrack:
         t.switch_seq, t.epoch = self._switch_seq, self._epoch
         t.pid_offset, t.tl0_offset = self._pid_offset, self._tl0_offset
         t.keyidx_offset = self._keyidx_offset
+        t.twcc = self.bandwidth.sequence if self.bandwidth is not None else None
 
     def _pull(self) -> None:
         """What the target's forwarding changed (the newest copy, the counts) back here."""
@@ -222,7 +289,7 @@ class DownTrack:
             COUNTERS.packets_out -= dropped
 
     def _best_layer(self, now: float) -> int:
-        best = self.receiver.highest_active_layer(now, self.max_layer)
+        best = self.receiver.highest_active_layer(now, self.limit)
         return best if best >= 0 else 0
 
     def _request_keyframe(self, layer: int) -> None:
@@ -232,7 +299,7 @@ class DownTrack:
     # -- packets ----------------------------------------------------------------------------------
     def write(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> None:
         """Forward one received packet; `sequence` is its extended sequence number in `layer`."""
-        if not self.started or not self.enabled:
+        if not self.started or not self.forwarding:
             return
         padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
         if layer != self.current_layer and (
@@ -254,7 +321,8 @@ class DownTrack:
             return  # older than the packet we switched on
         out_seq = sequence - self._seq_offset
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
-        data = self._build(packet, out_seq, out_ts, padding_only)
+        ext = self.bandwidth.stamp() if self.bandwidth is not None else b""
+        data = self._build(packet, out_seq, out_ts, padding_only, ext)
         # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
         # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
         if out_seq > self._last_out_seq:
@@ -266,33 +334,33 @@ class DownTrack:
             self._last_out_time = self._clock()
         self._history[out_seq & HISTORY_MASK] = (out_seq, out_ts, packet.data, self._epoch)
         self.packets_sent += 1
-        self.octets_sent += len(data) - 12
+        self.octets_sent += len(data) - 12 - len(ext)
         COUNTERS.packets_out += 1
         COUNTERS.bytes_out += len(data)
         self._send(data)
+        if ext:
+            self.bandwidth.sent(len(data))  # type: ignore[union-attr]
 
-    def _build(self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool) -> bytes:
+    def _build(
+        self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool, ext: bytes
+    ) -> bytes:
         """The datagram to send for ``packet`` under the outgoing sequence number (extended: its
-        low 16 bits are written) and timestamp."""
+        low 16 bits are written) and timestamp, with the extension block `ext` (or b"")."""
         if padding_only:
             # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
             # not its bytes, which were sized for the publisher's link, not this one.
-            return _PADDING_PACKET.pack(
-                0xA0,
-                packet.data[1] & 0x80 | self.payload_type,
-                out_seq & 0xFFFF,
-                out_ts,
-                self.ssrc,
-                1,
+            return _padding(
+                packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, ext, 1
             )
         if self._pid_offset or self._tl0_offset or self._keyidx_offset:
-            return self._rewrite_vp8(packet, out_seq, out_ts)
+            return self._rewrite_vp8(packet, out_seq, out_ts, ext)
         return rewrite(
             packet,
             payload_type=self.payload_type,
             sequence_number=out_seq,
             timestamp=out_ts,
             ssrc=self.ssrc,
+            extensions=ext,
         )
 
     def _maybe_switch(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> bool:
@@ -308,7 +376,7 @@ class DownTrack:
                 self._switch(packet, sequence, layer)
                 return True
             return False
-        if layer > self.max_layer:
+        if layer > self.limit:
             return False
         now = self._clock()
         target = self._best_layer(now)
@@ -399,7 +467,7 @@ class DownTrack:
             last_out = (last.key_idx - self._keyidx_offset) & 0x1F
             self._keyidx_offset = (new.key_idx - last_out - 1) & 0x1F
 
-    def _rewrite_vp8(self, packet: RtpPacket, out_seq: int, out_ts: int) -> bytes:
+    def _rewrite_vp8(self, packet: RtpPacket, out_seq: int, out_ts: int, ext: bytes) -> bytes:
         desc = self._descriptor(packet)
         header: bytes | None = None
         size = 0
@@ -415,9 +483,58 @@ class DownTrack:
             sequence_number=out_seq,
             timestamp=out_ts,
             ssrc=self.ssrc,
+            extensions=ext,
             payload_header=header,
             payload_header_size=size,
         )
+
+    # -- probes -------------------------------------------------------------------------------------
+    def send_padding(self, count: int) -> int:
+        """Send up to `count` padding-only packets of `PROBE_PADDING` bytes on this stream (a
+        bandwidth probe without RTX), between frames only: after the last packet of a frame
+        (or while the allocator pauses the stream), continuing its sequence numbers and
+        timestamp. The media that follows is renumbered
+        after them, and packets older than the probe point are no longer forwarded (as after a
+        switch). Returns the packets sent."""
+        self._pull()
+        last = self._last_packet
+        between_frames = self.allocation_paused or (
+            self.current_layer >= 0 and last is not None and last.marker
+        )
+        if not self.started or not self.enabled or not self.receiver.is_video:
+            return 0
+        if not between_frames or not self._sent_any:
+            return 0
+        count = min(count, MAX_PROBE_PACKETS)
+        bandwidth = self.bandwidth
+        fast = self._fast
+        sent = 0
+        for _ in range(count):
+            out_seq = self._last_out_seq + 1
+            ext = bandwidth.stamp() if bandwidth is not None else b""
+            data = _padding(self.payload_type, out_seq, self._last_out_ts, self.ssrc, ext, 255)
+            if fast is not None:
+                if not fast[1].send(data):
+                    break
+                fast[2].schedule()
+            else:
+                self._send(data)
+            if ext:
+                bandwidth.sent(len(data))  # type: ignore[union-attr]
+            # the next media packet follows the probe: shift the mapping by one
+            next_in = self._last_out_seq + self._seq_offset + 1
+            self._switch_seq = max(self._switch_seq, next_in)
+            self._seq_offset -= 1
+            self._last_out_seq = out_seq
+            sent += 1
+        if sent:
+            COUNTERS.probe_packets += sent
+            COUNTERS.packets_out += sent
+            COUNTERS.bytes_out += sent * (12 + PROBE_PADDING)
+            if fast is not None:
+                fast[1].last_out_seq = self._last_out_seq
+            self._push()
+        return sent
 
     # -- RTCP ----------------------------------------------------------------------------------------
     def _nack_allowance(self, now: float) -> int:
@@ -451,7 +568,7 @@ class DownTrack:
         history, resent, epoch = self._history, self._resent, self._epoch
         newest = self._last_out_seq
         looked = 0
-        repeated = False
+        repeated = over_budget = False
         for lost in sequence_numbers:
             if looked >= budget:
                 COUNTERS.limit_exceeded("nack_budget")
@@ -463,6 +580,10 @@ class DownTrack:
             if entry is None or entry[0] != seq or entry[3] != epoch:
                 continue
             _, out_ts, received, _ = entry
+            bandwidth = self.bandwidth
+            if bandwidth is not None and not bandwidth.allow_retransmit(len(received)):
+                over_budget = True
+                continue  # the link is full: a resend now deepens the congestion it repairs
             count = 1
             last = resent[slot]
             if last is not None and last[0] == seq and last[1] == out_ts:
@@ -472,7 +593,7 @@ class DownTrack:
                 count = last[3] + 1
             resent[slot] = (seq, out_ts, now, count)
             if fast is not None:
-                if fast[1].resend(slot):  # the target's own numbers, SSRC, VP8 offsets
+                if fast[1].resend(slot, now):  # the target's own numbers, SSRC, VP8 offsets
                     COUNTERS.retransmits_out += 1
                     fast[2].schedule()
                 else:  # refused: counted here, not as a forwarded copy by `_pull`
@@ -484,10 +605,13 @@ class DownTrack:
             except PacketError:  # pragma: no cover - it was parsed once already
                 continue
             padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
-            data = self._build(packet, seq, out_ts, padding_only)
+            ext = bandwidth.stamp() if bandwidth is not None else b""
+            data = self._build(packet, seq, out_ts, padding_only, ext)
             COUNTERS.retransmits_out += 1
             dropped = COUNTERS.send_dropped
             self._send(data)
+            if ext:
+                bandwidth.sent(len(data))  # type: ignore[union-attr]
             if COUNTERS.send_dropped != dropped:
                 # The transport refused it and uncounted it as an original (write counts those
                 # before sending): move that back to where it belongs.
@@ -497,17 +621,24 @@ class DownTrack:
         self._nack_left = budget - looked
         if repeated:
             COUNTERS.limit_exceeded("nack_resend_interval")
+        if over_budget:
+            COUNTERS.limit_exceeded("nack_link_budget")
 
     def on_report_block(self, block: rtcp.ReportBlock) -> None:
         """The subscriber's reception report on this stream: the round-trip time, when it answers
-        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR)."""
+        our last sender report (RFC 3550 §6.4.1: now - LSR - DLSR); its loss and jitter."""
+        self.fraction_lost = block.fraction_lost / 256
+        self.jitter = min(block.jitter / self.clock_rate, 10.0)
         sent_at = next((t for lsr, t in self._last_srs if lsr == block.last_sr), None)
         if not block.last_sr or sent_at is None:
             return
         rtt = self._clock() - sent_at - block.delay_since_last_sr / 65536
         if 0 <= rtt < 10:
             self.rtt = rtt
-            self._resend_interval = min(NACK_RESEND_INTERVAL, 2 * rtt)
+            # never faster than the RTT allows an answer to arrive
+            self._resend_interval = max(rtt, min(NACK_RESEND_INTERVAL, 2 * rtt))
+            if self.bandwidth is not None:
+                self.bandwidth.set_rtt(rtt)
 
     def on_keyframe_request(self) -> None:
         if self.current_layer >= 0:
@@ -540,20 +671,25 @@ class DownTrack:
 
 
 class FeedbackRouter:
-    """Subscriber-PC RTCP → the down track it is about.
+    """Subscriber-PC RTCP → the down track it is about, or the transport's link.
 
-    Only what a down track acts on is parsed (receiver reports, NACK, PLI, FIR); anything else
-    (SDES, REMB, transport-cc...) is left unparsed: a transport-cc packet can announce 65,535
-    statuses in 40 bytes.
+    Only what is acted on is parsed: receiver reports, NACK, PLI, FIR for the down tracks;
+    transport-cc feedback and REMB for `bandwidth` (`SubscriberBandwidth`). Anything else (SDES,
+    XR...) is left unparsed. A transport-cc packet can announce 65,535 statuses in 40 bytes: its
+    parser and `SubscriberBandwidth` both work per byte present, not per status announced.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bandwidth: SubscriberBandwidth | None = None) -> None:
         self._by_ssrc: dict[int, DownTrack] = {}
+        self.bandwidth = bandwidth
         self._rtcp = RtcpIntake()
         self._rtcp.on(rtcp.ReceiverReport, self._on_receiver_report)
         self._rtcp.on(rtcp.Nack, self._on_nack)
         self._rtcp.on(rtcp.Pli, self._on_pli)
         self._rtcp.on(rtcp.Fir, self._on_fir)
+        if bandwidth is not None:
+            self._rtcp.on(rtcp.TransportCcFeedback, bandwidth.on_transport_cc)
+            self._rtcp.on(rtcp.Remb, bandwidth.on_remb)
 
     def add(self, downtrack: DownTrack) -> None:
         self._by_ssrc[downtrack.ssrc] = downtrack

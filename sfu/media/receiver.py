@@ -168,6 +168,8 @@ class TrackReceiver:
             vp8_is_keyframe if name == "vp8" else _h264_keyframe if name == "h264" else None
         )
         self.remb_bitrate = 2_000_000
+        #: the highest fraction of packets a layer lost over the last report interval
+        self.loss_fraction = 0.0
         #: publisher SRs per SSRC, to align timestamps across layers and map outgoing SRs
         self.sender_reports = SenderReportTranslator(clock_rate)
         #: called when a down track's needs change (the room's dynacast listens)
@@ -352,6 +354,7 @@ class TrackReceiver:
                     delay_since_last_sr=dlsr & 0xFFFFFFFF,
                 )
             )
+        self.loss_fraction = total_lost_fraction
         self._update_remb(total_lost_fraction, received_bits / max(interval, 1e-3))
         return blocks
 

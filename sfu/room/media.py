@@ -46,12 +46,25 @@ class LayerStats(Protocol):
     @property
     def bitrate(self) -> int: ...
 
+    @property
+    def last_arrival(self) -> float: ...
+
 
 class Forwarding(Protocol):
     """One subscription's down track."""
 
+    ssrc: int
     enabled: bool
     max_layer: int
+    started: bool
+    closed: bool
+    #: what the subscriber's stream allocation holds it to (`sfu.room.allocation`)
+    allocation_paused: bool
+    allocated_layer: int
+    #: the subscriber's receiver reports: loss, jitter (seconds), round-trip time (None: unknown)
+    fraction_lost: float
+    jitter: float
+    rtt: float | None
 
     @property
     def subscribed_layer(self) -> int: ...
@@ -64,6 +77,10 @@ class Forwarding(Protocol):
     def set_enabled(self, enabled: bool) -> None: ...
 
     def set_max_layer(self, layer: int) -> None: ...
+
+    def set_allocation(self, layer: int) -> None: ...
+
+    def send_padding(self, count: int) -> int: ...
 
     def sender_report(self) -> bytes: ...
 
@@ -78,6 +95,12 @@ class Receiver(Protocol):
     mime_type: str
     muted: bool
     on_demand_change: Callable[[], None] | None
+    #: the publisher's loss on this track, from its receiver reports (0..1)
+    loss_fraction: float
+
+    def clock(self) -> float: ...
+
+    def is_active(self, layer: int, now: float) -> bool: ...
 
     @property
     def layers(self) -> Sequence[LayerStats]: ...
@@ -133,12 +156,19 @@ class MediaFactory(Protocol):
 
     def demuxer(self) -> Demuxer: ...
 
-    def feedback(self) -> Feedback: ...
+    def feedback(self, bandwidth: Any = None) -> Feedback: ...
 
     def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver: ...
 
     def downtrack(
-        self, receiver: Any, peer: MediaPeer, *, ssrc: int, payload_type: int, cname: str
+        self,
+        receiver: Any,
+        peer: MediaPeer,
+        *,
+        ssrc: int,
+        payload_type: int,
+        cname: str,
+        bandwidth: Any = None,
     ) -> Forwarding: ...
 
 
@@ -148,8 +178,8 @@ class LocalMedia:
     def demuxer(self) -> Demuxer:
         return RtpDemuxer()
 
-    def feedback(self) -> Feedback:
-        return FeedbackRouter()
+    def feedback(self, bandwidth: Any = None) -> Feedback:
+        return FeedbackRouter(bandwidth)
 
     def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver:
         receiver = TrackReceiver(
@@ -164,7 +194,14 @@ class LocalMedia:
         return receiver
 
     def downtrack(
-        self, receiver: Any, peer: MediaPeer, *, ssrc: int, payload_type: int, cname: str
+        self,
+        receiver: Any,
+        peer: MediaPeer,
+        *,
+        ssrc: int,
+        payload_type: int,
+        cname: str,
+        bandwidth: Any = None,
     ) -> Forwarding:
         return DownTrack(
             receiver,
@@ -173,6 +210,7 @@ class LocalMedia:
             send_rtp=peer.send_rtp,
             cname=cname,
             fast_sender=peer.fast_sender,
+            bandwidth=bandwidth,
         )
 
 

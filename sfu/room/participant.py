@@ -8,8 +8,8 @@ It knows its room only as `RoomEvents` (`sfu.room.types`), which the room implem
 module never imports `sfu.room.room`.
 
 Publisher PC: the client offers, we answer and bind each sending m-line to its AddTrackRequest.
-Subscriber PC: we offer whenever the subscribed tracks change. Both, and the media objects
-behind them, come from injected factories (`peer_factory`, `media`: here or in a worker).
+Subscriber PC: we offer when the subscribed tracks change. Both PCs and their media objects come
+from injected factories (`peer_factory`, `media`: here or in a worker).
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ class Participant:
         self.send(signalling.participant_update(infos))
 
     def send_speakers(self, speakers: list[models.SpeakerInfo]) -> None:
+        self.subscribed.speakers_changed(speakers)  # the allocation favours who speaks
         self.send(signalling.speakers_changed(speakers))
 
     def send_data(self, label: str, payload: bytes) -> None:
@@ -380,7 +381,7 @@ class Participant:
             # one SR + SDES per forwarded stream, packed into as few datagrams as fit
             for compound in rtcp.pack_compounds(self.subscribed.sender_reports()):
                 self.subscriber.send_rtcp(compound)
-            self.subscribed.send_stream_states()
+            self.subscribed.tick()  # the allocation, then StreamStateUpdate
 
     async def _refresh_loop(self) -> None:
         assert self._refresh_token is not None

@@ -18,6 +18,7 @@ from livekit.protocol import models
 
 from sfu.config import RoomConfig
 from sfu.ids import ParticipantIdentity, ParticipantSid, RoomName, RoomSid, TrackSid, new_room_sid
+from sfu.room import connection_quality, signalling
 from sfu.room.participant import Participant
 from sfu.room.publication import PublishedTrack
 
@@ -94,6 +95,9 @@ class Room:
         self._update_timer: asyncio.TimerHandle | None = None
         self._speakers: dict[str, float] = {}
         self._speaker_task: asyncio.Task[None] | None = None
+        #: per participant sid: its connection quality score, sent every UPDATE_INTERVAL
+        self._quality: dict[str, connection_quality.QualityScore] = {}
+        self._quality_at = time.monotonic()
         self._on_close = on_close
         self._closer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -247,6 +251,30 @@ class Room:
         while not self.closed:
             await asyncio.sleep(SPEAKER_INTERVAL)
             self.update_speakers()
+            now = time.monotonic()
+            if now - self._quality_at >= connection_quality.UPDATE_INTERVAL:
+                self._quality_at = now
+                self.update_connection_quality(now)
+
+    def update_connection_quality(self, now: float) -> None:
+        """Score every participant's connection and send each one its own quality and that of
+        the publishers it receives (ConnectionQualityUpdate, as LiveKit does)."""
+        scores = self._quality
+        for sid in [s for s in scores if all(p.sid != s for p in self.participants.values())]:
+            del scores[sid]  # left
+        for p in self.participants.values():
+            last = p.subscribed.allocator.last
+            reading = connection_quality.read(
+                p.published.values(),
+                p.subscriptions.values(),
+                last.layers_missing if last is not None else 0.0,
+                now,
+            )
+            scores.setdefault(p.sid, connection_quality.QualityScore()).update(reading)
+        for p in self.participants.values():
+            sids = {p.sid, *(sub.track.publisher.sid for sub in p.subscriptions.values())}
+            infos = [scores[sid].info(sid) for sid in sorted(sids) if sid in scores]
+            p.send(signalling.connection_quality_update(infos))
 
     def update_speakers(self) -> None:
         """Send SpeakersChanged with what changed: new or louder/quieter speakers, and former

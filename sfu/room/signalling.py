@@ -21,6 +21,7 @@ __all__ = [
     "PUBLISH_CODECS",
     "SERVER_VERSION",
     "SOURCE_BY_NAME",
+    "connection_quality_update",
     "join_response",
     "leave",
     "participant_kind",
@@ -111,6 +112,12 @@ def participant_update(infos: list[models.ParticipantInfo]) -> rtc.SignalRespons
 
 def speakers_changed(speakers: list[models.SpeakerInfo]) -> rtc.SignalResponse:
     return rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers))
+
+
+def connection_quality_update(
+    updates: list[rtc.ConnectionQualityInfo],
+) -> rtc.SignalResponse:
+    return rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=updates))
 
 
 def stream_state_update(states: list[rtc.StreamStateInfo]) -> rtc.SignalResponse:

@@ -10,14 +10,17 @@ has answered the offer carrying it (`answered`) and the PC is connected (`start_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 from livekit.protocol import models, rtc
 
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_ssrc
+from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.transport import TrackSlotLimitError
 from sfu.metrics import COUNTERS
 from sfu.room import signalling
+from sfu.room.allocation import StreamAllocator
 from sfu.room.media import LOCAL_MEDIA, Forwarding, MediaFactory
 from sfu.room.publication import PublishedTrack, Subscription
 from sfu.room.types import NullRoomEvents, Peer, RoomEvents
@@ -55,7 +58,16 @@ class Subscriptions:
         self.events: RoomEvents = NullRoomEvents()
         #: the subscriber PC; None until the participant starts
         self.peer: Peer | None = None
-        self.feedback = media.feedback()
+        #: the subscriber transport's link (transport-cc, REMB, estimate) and its allocation
+        self.bandwidth = SubscriberBandwidth(time.monotonic)
+        self.feedback = media.feedback(self.bandwidth)
+        self.allocator = StreamAllocator(
+            self.bandwidth,
+            lambda: self.by_sid.values(),
+            on_paused_changed=self.send_stream_states,
+            clock=time.monotonic,
+        )
+        self.bandwidth.on_estimate = self.allocator.on_feedback
         self.by_sid: dict[TrackSid, Subscription] = {}
         #: subscriptions dropped before the client answered the offer carrying them: kept (off
         #: the receiver) until the next offer, so subscribe/unsubscribe toggles reuse them
@@ -109,6 +121,7 @@ class Subscriptions:
             ssrc=ssrc,
             payload_type=self.peer.track_codec(mid).payload_type,
             cname=self.sid,
+            bandwidth=self.bandwidth,
         )
         self._apply_initial_settings(track, downtrack)
         self._attach(Subscription(track, downtrack, mid, stream_id))
@@ -148,6 +161,7 @@ class Subscriptions:
             self.unsubscribe(track_sid, renegotiate=False)
         self._release_parked()
         self.denied.clear()
+        self.allocator.close()
 
     def send_permission(self, track: PublishedTrack, *, allowed: bool) -> None:
         self._send(
@@ -170,6 +184,7 @@ class Subscriptions:
     def _release(self, sub: Subscription) -> None:
         """Drop a detached subscription for good: its m-line goes inactive in the next offer."""
         sub.downtrack.close()
+        self.allocator.forget(sub.downtrack)
         if self.peer is not None:
             self.peer.remove_track(sub.mid)
 
@@ -188,6 +203,9 @@ class Subscriptions:
                 sub.offer_id = offer_id
 
     def answered(self, offer_id: int) -> None:
+        if self.peer is not None:  # copies carry transport-wide sequence numbers if it kept them
+            self.bandwidth.sequence.ext_id = self.peer.transport_cc_id
+            self.bandwidth.enabled = self.peer.congestion_control
         for sub in self.by_sid.values():
             if 0 < sub.offer_id <= offer_id:
                 sub.negotiated = True
@@ -286,6 +304,20 @@ class Subscriptions:
         """One SR + SDES per forwarded stream that has sent anything."""
         reports = [sub.downtrack.sender_report() for sub in self.by_sid.values()]
         return [r for r in reports if r]
+
+    def tick(self) -> None:
+        """Once per RTCP round: allocate the link again (REMB-only links have no other cue),
+        then tell the client what paused or resumed."""
+        self.allocator.run()
+        self.send_stream_states()
+
+    def speakers_changed(self, speakers: Iterable[models.SpeakerInfo]) -> None:
+        """The SpeakersChanged this participant is sent: who speaks, for the allocation."""
+        for speaker in speakers:
+            if speaker.active:
+                self.allocator.speakers.add(speaker.sid)
+            else:
+                self.allocator.speakers.discard(speaker.sid)
 
     def send_stream_states(self) -> None:
         """StreamStateUpdate for subscriptions that became paused (the publisher sends no layer

@@ -46,6 +46,17 @@ class Peer(Protocol):
 
     def track_codec(self, mid: str) -> Codec: ...
 
+    @property
+    def transport_cc_id(self) -> int:
+        """The transport-cc extension id the subscriber's answer kept (0: none, or
+        rtc.congestion_control off)."""
+        ...
+
+    @property
+    def congestion_control(self) -> bool:
+        """rtc.congestion_control: estimate this subscriber's link and allocate under it."""
+        ...
+
     def add_remote_candidate(self, candidate_init_json: str) -> None: ...
 
     def send_rtp(self, data: bytes) -> None: ...

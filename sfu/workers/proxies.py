@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from sfu.media.receiver import LAYER_ACTIVE_WINDOW, MAX_LAYERS
 from sfu.media.sdp import Codec, SdpError
 from sfu.media.transport import PublishedMedia, TrackSlotLimitError, TransportConfig
 from sfu.media.transport.negotiation import subscriber_codec
@@ -109,6 +111,10 @@ class RemotePeer(_Bound):
         #: slot key -> (kind, offered codec): the worker maps each key to its m-line
         self._slots: dict[str, Codec] = {}
         self._keys = itertools.count(1)
+        #: congestion control runs only with media in the control process (rtc.workers: 1):
+        #: a worker's down tracks are not stamped and its subscribers' feedback stays there
+        self.transport_cc_id = 0
+        self.congestion_control = False
         link.peers[self.id] = self
         self._send({"op": "peer_new", "peer": self.id, "part": part, "role": role})
 
@@ -254,6 +260,8 @@ class RemoteFeedback:
 @dataclass
 class LayerMirror:
     bitrate: int = 0
+    #: when the worker last reported this layer with a bitrate (monotonic seconds)
+    last_arrival: float = 0.0
 
 
 class RemoteReceiver(_Bound):
@@ -274,6 +282,8 @@ class RemoteReceiver(_Bound):
         self.on_demand_change: Callable[[], None] | None = None
         self.closed = False
         self._level = 0.0
+        self.loss_fraction = 0.0  # the publisher's reports are read on its worker
+        self.clock = time.monotonic
         #: worker index -> (link, generation, down tracks there) of each replica
         self._replicas: dict[int, tuple[WorkerLink, int, int]] = {}
         link.receivers[self.id] = self
@@ -362,11 +372,17 @@ class RemoteReceiver(_Bound):
         self._send({"op": "keyframe_all", "track": self.id})
 
     def note_bitrates(self, bitrates: list[int]) -> None:
+        now = time.monotonic()
         for layer, bitrate in zip(self._layers, bitrates, strict=False):
             layer.bitrate = bitrate
+            if bitrate > 0:
+                layer.last_arrival = now
 
     def note_level(self, level: float) -> None:
         self._level = max(self._level, level)
+
+    def is_active(self, layer: int, now: float) -> bool:
+        return now - self._layers[layer].last_arrival < LAYER_ACTIVE_WINDOW
 
     def take_audio_level(self) -> float:
         level, self._level = self._level, 0.0
@@ -408,6 +424,12 @@ class RemoteDownTrack(_Bound):
         self._paused = False
         self.started = False
         self.closed = False
+        # no stream allocation on a worker (see RemotePeer.congestion_control); reports stay there
+        self.allocation_paused = False
+        self.allocated_layer = MAX_LAYERS
+        self.fraction_lost = 0.0
+        self.jitter = 0.0
+        self.rtt: float | None = None
         receiver.hold_replica(link)
         link.downtracks[self.id] = self
         self._send(
@@ -487,6 +509,13 @@ class RemoteDownTrack(_Bound):
         self._send({"op": "dt_set", "dt": self.id, "max_layer": layer})
         self.receiver.demand_changed()
 
+    def set_allocation(self, layer: int) -> None:
+        """Nothing: no stream allocation for a worker's subscribers (`RemotePeer`)."""
+
+    def send_padding(self, count: int) -> int:
+        """Nothing sent: no probes without an estimate."""
+        return 0
+
     def sender_report(self) -> bytes:
         """Nothing: the worker sends its subscribers' sender reports every second."""
         return b""
@@ -531,14 +560,21 @@ class RemoteMedia:
     def demuxer(self) -> RemoteDemuxer:
         return RemoteDemuxer(self.link, self.part)
 
-    def feedback(self) -> RemoteFeedback:
+    def feedback(self, bandwidth: Any = None) -> RemoteFeedback:
         return RemoteFeedback()
 
     def receiver(self, peer: Any, spec: ReceiverSpec) -> RemoteReceiver:
         return RemoteReceiver(self.link, self.part, spec)
 
     def downtrack(
-        self, receiver: Any, peer: Any, *, ssrc: int, payload_type: int, cname: str
+        self,
+        receiver: Any,
+        peer: Any,
+        *,
+        ssrc: int,
+        payload_type: int,
+        cname: str,
+        bandwidth: Any = None,
     ) -> RemoteDownTrack:
         assert isinstance(receiver, RemoteReceiver)
         return RemoteDownTrack(

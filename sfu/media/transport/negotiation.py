@@ -26,6 +26,7 @@ __all__ = [
     "LocalParameters",
     "PublishedMedia",
     "TrackSlot",
+    "answered_transport_cc",
     "build_answer",
     "build_offer",
     "sanitize_codec",
@@ -44,11 +45,14 @@ PUBLISHER_EXTENSIONS = frozenset(
 )
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 AUDIO_FEEDBACK = ("nack",)
+#: what subscribers are also offered: transport-wide CC feedback on every forwarded stream (the
+#: SFU stamps every copy; libwebrtc then sends transport-cc instead of REMB)
+SUBSCRIBER_FEEDBACK = ("transport-cc",)
 
 # Header extension ids on the subscriber PC: the same id means the same URI across the bundle.
 SUBSCRIBER_EXTENSION_IDS: dict[str, dict[str, int]] = {
-    "audio": {ext.MID: 1},
-    "video": {ext.MID: 1, ext.ABS_SEND_TIME: 2},
+    "audio": {ext.MID: 1, ext.TRANSPORT_CC: 3},
+    "video": {ext.MID: 1, ext.ABS_SEND_TIME: 2, ext.TRANSPORT_CC: 3},
 }
 _SUBSCRIBER_PT = {"opus": 111, "vp8": 96, "h264": 102, "vp9": 98, "av1": 35}
 _Layer = TypeVar("_Layer")
@@ -329,7 +333,7 @@ def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
     fmtp = dict(codec.fmtp)
     if name == "opus":
         fmtp = {"minptime": "10", "useinbandfec": "1", **fmtp}
-        return Codec(111, "opus", 48000, 2, fmtp, list(AUDIO_FEEDBACK))
+        return Codec(111, "opus", 48000, 2, fmtp, [*AUDIO_FEEDBACK, *SUBSCRIBER_FEEDBACK])
     payload_type = _SUBSCRIBER_PT.get(name, codec.payload_type)
     if name == "h264":
         fmtp = {
@@ -338,8 +342,21 @@ def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
             "profile-level-id": "42e01f",
             **fmtp,
         }
-    feedback = VIDEO_FEEDBACK if kind == "video" else AUDIO_FEEDBACK
-    return Codec(payload_type, codec.name, codec.clock_rate, codec.channels, fmtp, list(feedback))
+    feedback = [*(VIDEO_FEEDBACK if kind == "video" else AUDIO_FEEDBACK), *SUBSCRIBER_FEEDBACK]
+    return Codec(payload_type, codec.name, codec.clock_rate, codec.channels, fmtp, feedback)
+
+
+def answered_transport_cc(answer: SessionDescription) -> int:
+    """The transport-cc extension id a subscriber's answer kept (ours: RFC 8285 lets the
+    answerer only keep or drop an offered id), or 0 when no audio/video m-line kept it."""
+    offered = SUBSCRIBER_EXTENSION_IDS["video"][ext.TRANSPORT_CC]
+    kept = (
+        section.kind in ("audio", "video")
+        and section.port != 0
+        and section.extmaps.get(offered) == ext.TRANSPORT_CC
+        for section in answer.media
+    )
+    return offered if any(kept) else 0
 
 
 def build_offer(

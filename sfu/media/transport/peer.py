@@ -57,10 +57,10 @@ from sfu.media.transport.ice import (
 )
 from sfu.media.transport.ingress import SrtpIngress
 from sfu.media.transport.negotiation import (
-    SUBSCRIBER_EXTENSION_IDS,
     LocalParameters,
     PublishedMedia,
     TrackSlot,
+    answered_transport_cc,
     build_answer,
     build_offer,
     subscriber_codec,
@@ -129,6 +129,7 @@ class TransportConfig:
     #: SFU advertises no such address itself
     allow_private_candidates: bool = False
     fast_path: Any = None  # rtc.fast_path: a `sfu.media.fastpath.Implementation` (not "immediate")
+    congestion_control: bool = True  # rtc.congestion_control: stamp copies, read the feedback
 
     def __post_init__(self) -> None:
         if not self.bind_addresses:
@@ -237,6 +238,9 @@ class PeerTransport:
         self._recyclable: set[str] = set()
         self._offered: set[str] = set()  # mids in an offer sent
         self._slot_tracks: dict[str, str] = {}  # mid -> the track id it carries or last carried
+        #: the transport-cc extension id the client's last answer kept (0: none; subscriber PC)
+        self.transport_cc_id = 0
+        self.congestion_control = config.congestion_control  # rtc.congestion_control
 
         self._connect_task: asyncio.Task[None] | None = None
         self._answer_timer: asyncio.Task[None] | None = None
@@ -390,13 +394,6 @@ class PeerTransport:
                 return slot.codec
         raise KeyError(mid)
 
-    def track_extension_ids(self, mid: str) -> dict[str, int]:
-        """Header extension uri -> id on the subscriber m-line `mid`."""
-        for slot in self._slots:
-            if slot.mid == mid:
-                return dict(SUBSCRIBER_EXTENSION_IDS[slot.kind])
-        raise KeyError(mid)
-
     async def create_offer(self) -> str:
         """The next subscriber offer (ICE candidates included; the server never trickles)."""
         if self.role != "subscriber":
@@ -443,6 +440,7 @@ class PeerTransport:
             raise SdpError("the DTLS role cannot change on renegotiation")
         self._dtls_role = role
         self._set_remote_transport(ufrag, pwd, fingerprints, answer.ice_lite)
+        self.transport_cc_id = answered_transport_cc(answer) * self._config.congestion_control
         for section in answer.media:
             for candidate in section.candidates:
                 self._add_candidate_line(candidate, None)

@@ -139,6 +139,8 @@ operations = st.one_of(
     st.tuples(st.just("toggle"), st.integers(0, 3)),
     st.tuples(st.just("send"), st.integers(0, 3), st.integers(0, 511), st.booleans()),
     st.tuples(st.just("resend"), st.integers(0, 3), st.integers(0, 511)),
+    st.tuples(st.just("stamp"), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("ext_id"), st.integers(0, 14)),
     st.tuples(st.just("clear"), st.integers(0, 3)),
 )
 
@@ -160,6 +162,8 @@ class Pair:
                 self.targets[side].append(t)
         self.active = [True] * len(initial)
         self.ext_seq = 1000
+        # one transport-wide sequence per side, shared by the targets it is given to
+        self.sequences = [impl.sequence(3) for impl in self.impls]
 
     def check(self) -> None:
         for c, p in zip(*self.targets, strict=True):
@@ -171,6 +175,12 @@ class Pair:
         assert len(self.batches[0]) == len(self.batches[1])
         assert self.batches[0].dropped == self.batches[1].dropped
         assert self.batches[0].auto_flushes == self.batches[1].auto_flushes
+        c_seq, p_seq = self.sequences
+        assert (c_seq.ext_id, c_seq.next_seq) == (p_seq.ext_id, p_seq.next_seq)
+        for seq in range(max(0, p_seq.next_seq - 4), p_seq.next_seq + 1):
+            assert c_seq.sent(seq) == p_seq.sent(seq), seq
+        if p_seq.next_seq:
+            event("transport-wide sequence numbers used")
 
     def check_history(self) -> None:
         for c, p in zip(*self.targets, strict=True):
@@ -216,7 +226,7 @@ class Pair:
             index %= len(self.active)
             if slot % 2:  # the newest one sent
                 slot = self.targets[1][index].last_out_seq % fastpath_py.HISTORY_SIZE
-            results = [self.targets[side][index].resend(slot) for side in (0, 1)]
+            results = [self.targets[side][index].resend(slot, slot / 3) for side in (0, 1)]
             assert results[0] == results[1]
             event(f"resent: {results[0]}")
         elif kind == "send":  # any plaintext datagram: a sender report, a received packet
@@ -228,6 +238,15 @@ class Pair:
                 data = entry[2] if entry is not None else bytes(RtpHeader(96, slot, 0, 1))
                 sent.append(t.send(data, rtcp=rtcp))
             assert sent[0] == sent[1]
+        elif kind == "stamp":  # a target on the transport-wide sequence, or off it
+            _, index, on = op
+            for side in (0, 1):
+                t = self.targets[side][index % len(self.active)]
+                t.twcc = self.sequences[side] if on else None
+            event(f"stamped: {on}")
+        elif kind == "ext_id":  # negotiated (1..14) or not (0)
+            for sequence in self.sequences:
+                sequence.ext_id = op[1]
         elif kind == "clear":
             for batch in self.batches:
                 batch.clear()
@@ -270,6 +289,44 @@ def test_a_vp8_switch_renumbers_the_descriptor() -> None:
     # PictureID 5 - 10 = 32763 (15-bit now), TL0PICIDX 7 - 8 = 255, KEYIDX 31 - 3 = 28
     assert datagram[12:] == bytes([0x90, 0xF0, 0xFF, 0xFB, 0xFF, 0x5C]) + b"payload"
     assert datagram[:12] == bytes(RtpHeader(100, 10, 90000, 0xAABBCCDD))
+
+
+@pytest.mark.parametrize("impl_name", ["compiled", "python"])
+def test_a_stamped_copy_carries_the_transport_wide_sequence_number(impl_name: str) -> None:
+    """One hand-checked case: the one-byte extension block after the fixed header, X set, the
+    number recorded with the datagram's size and time once queued; a probe stamped too."""
+    impl = compiled() if impl_name == "compiled" else fastpath.PYTHON
+    batch = impl.batch(-1)
+    t = impl.target(batch, ADDR)
+    t.ssrc, t.payload_type = 5, 96
+    t.twcc = sequence = impl.sequence(3)
+    sequence.next_seq = 0x1FFFF  # the wire carries it mod 2**16
+    data = bytes(RtpHeader(100, 7, 9, 1, extensions=[(1, b"ab")])) + b"payload"
+    packet = RtpPacket.parse(data)
+    assert impl.forward([t], packet, data, 7, packet.payload_offset, 0, 2.5) == (1, 27)
+    probe = bytes(RtpHeader(100, 8, 9, 1, padding=True)) + bytes(99) + b"\x64"
+    assert impl.forward([t], None, probe, 8, 12, 100, 3.0) == (1, 21)
+    (first, _), (second, _) = batch.pending()
+    assert (
+        first
+        == bytes([0x90, 96, 0, 7, 0, 0, 0, 9, 0, 0, 0, 5])
+        + bytes([0xBE, 0xDE, 0, 1, 0x31, 0xFF, 0xFF, 0])
+        + b"payload"
+    )
+    assert second[:1] == b"\xb0" and second[12:] == bytes([0xBE, 0xDE, 0, 1, 0x31, 0, 0, 0, 1])
+    assert sequence.next_seq == 0x20001
+    assert sequence.sent(0x1FFFF) == (2.5, 27) and sequence.sent(0x20000) == (3.0, 21)
+    assert sequence.sent(0x1FFFF - impl._module.TWCC_HISTORY) is None
+    assert t.octets_sent == 7 + 1  # RTP payload octets: neither header nor extension
+    t.twcc = None
+    assert t.resend(7 % 512, 4.0) and sequence.next_seq == 0x20001
+    sequence.ext_id = 0
+    t.twcc = sequence
+    assert t.resend(7 % 512, 4.0) and batch.pending()[-1][0][0] == 0x80
+    with pytest.raises(ValueError):
+        sequence.ext_id = 15
+    with pytest.raises(ValueError):
+        sequence.next_seq = -1
 
 
 @pytest.mark.parametrize("impl_name", ["compiled", "python"])

@@ -29,6 +29,7 @@ from sfu.media.sdp import (
 from sfu.media.transport.negotiation import (
     LocalParameters,
     TrackSlot,
+    answered_transport_cc,
     build_answer,
     build_offer,
     subscriber_codec,
@@ -262,16 +263,21 @@ def test_subscriber_offer() -> None:
     assert data.kind == "application" and data.setup == "actpass"
     assert audio.direction == video.direction == "sendonly"
     assert audio.codecs == [Codec(111, "opus", 48000, 2, {"minptime": "10", "useinbandfec": "1"},
-                                  ["nack"])]  # fmt: skip
+                                  ["nack", "transport-cc"])]  # fmt: skip
     assert video.codecs[0].payload_type == 96
-    assert video.codecs[0].rtcp_fb == ["nack", "nack pli", "ccm fir", "goog-remb"]
+    assert video.codecs[0].rtcp_fb == ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"]
     assert video.msid == ("PA_a|camera", "TR_2")
     assert video.ssrcs == {5678: {"cname": "cn", "msid": "PA_a|camera TR_2"}}
-    assert sorted(video.extmaps.values()) == sorted(
-        ["urn:ietf:params:rtp-hdrext:sdes:mid",
-         "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"]
-    )  # fmt: skip
-    assert list(audio.extmaps.values()) == ["urn:ietf:params:rtp-hdrext:sdes:mid"]
+    twcc = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+    assert video.extmaps == {1: "urn:ietf:params:rtp-hdrext:sdes:mid",
+                             2: "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+                             3: twcc}  # fmt: skip
+    assert audio.extmaps == {1: "urn:ietf:params:rtp-hdrext:sdes:mid", 3: twcc}
+    # the answer decides whether copies are stamped: the id kept, or 0
+    assert answered_transport_cc(offer) == 3
+    for m in offer.media:
+        m.extmaps.pop(3, None)
+    assert answered_transport_cc(offer) == 0
     assert unused.direction == "inactive" and not unused.ssrcs and unused.msid is None
     assert all(m.candidates and m.end_of_candidates for m in offer.media)
 

@@ -51,6 +51,9 @@ class FakePeer:
         self.data: list[tuple[str, bytes]] = []
         #: add_track raises this when set (e.g. TrackSlotLimitError)
         self.add_track_error: Exception | None = None
+        #: the transport-cc extension id an answer kept (0: none)
+        self.transport_cc_id = 0
+        self.congestion_control = True
 
     def add_track(self, kind: str, codec: Any, ssrc: int, stream_id: str, track_id: str) -> str:
         if self.add_track_error is not None:

@@ -169,3 +169,20 @@ async def test_each_member_reaches_the_room_through_its_own_listener() -> None:
     sid = await alice.publish_audio("mic", "0")
     assert alice.participant.events.find_track(sid) is room.find_track(sid) is not None
     await room.close()
+
+
+async def test_connection_quality_goes_to_each_member_for_itself_and_whom_it_receives() -> None:
+    room = make_room()
+    alice, bob, carol = [await joined(room, n) for n in ("alice", "bob", "carol")]
+    await alice.publish_audio("mic", "0")
+    room.update_connection_quality(0.0)  # alice's track was heard within the interval: not LOST
+
+    def qualities(client: Client) -> dict[str, int]:
+        (response,) = client.of_kind("connection_quality")
+        return {u.participant_sid: u.quality for u in response.connection_quality.updates}
+
+    excellent = models.ConnectionQuality.EXCELLENT
+    assert qualities(bob) == {alice.participant.sid: excellent, bob.participant.sid: excellent}
+    assert set(qualities(alice)) == {alice.participant.sid}
+    assert set(qualities(carol)) == {alice.participant.sid, carol.participant.sid}
+    await room.close()

@@ -1,0 +1,229 @@
+"""A subscriber link (`sfu.media.bandwidth`) with the down tracks that use it: every copy carries
+the transport's next transport-wide sequence number (on each of the three send paths of
+tests/sfu/media/test_forwarder.py), the subscriber's transport-cc feedback is matched against the
+send ring within bounds a hostile subscriber cannot stretch, REMB stands in without it, probes
+are padding between frames and measured from feedback, and NACK answers stay inside the link's
+budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sfu.media import fastpath, fastpath_py
+from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.forwarder import PROBE_PADDING
+from sfu.media.rtp import rtcp
+from sfu.media.rtp.extensions import decode_transport_cc
+from sfu.media.rtp.header import RtpPacket
+from sfu.metrics import COUNTERS
+from tests.sfu.conftest import FakeClock
+from tests.sfu.media.test_forwarder import FRAME, OUT_SSRC, PATH, Rig, path
+
+__all__ = ["path"]  # the three send paths, autouse
+
+TWCC_ID = 3
+
+
+def link(clock: FakeClock) -> SubscriberBandwidth:
+    """A link whose sequence is of the type the rig's path stamps from."""
+    impl = fastpath.PYTHON if PATH[0] == "python" else fastpath.COMPILED or fastpath.PYTHON
+    return SubscriberBandwidth(clock, sequence=impl.sequence(TWCC_ID))
+
+
+def rig_with_link(clock: FakeClock) -> tuple[Rig, SubscriberBandwidth]:
+    rig = Rig(clock)
+    bandwidth = link(clock)
+    rig.downtrack.bandwidth = bandwidth
+    rig.downtrack.start()
+    return rig, bandwidth
+
+
+def twcc_seq(data: bytes) -> int:
+    return decode_transport_cc(RtpPacket.parse(data).extensions[TWCC_ID])
+
+
+def feedback(arrivals: dict[int, int | None], count: int = 0) -> rtcp.TransportCcFeedback:
+    """What the subscriber would send: arrivals (µs) per extended number, parsed back."""
+    (packet,) = rtcp.TransportCcFeedback.from_arrivals(1, 0, arrivals, count)
+    return rtcp.TransportCcFeedback.parse(bytes(packet))
+
+
+def test_every_copy_is_stamped_with_consecutive_transport_wide_numbers(clock: FakeClock) -> None:
+    rig, bandwidth = rig_with_link(clock)
+    for n in range(4):
+        rig.tick(layers=(0,), keys=(0,) if n == 0 else ())
+    rig.downtrack.retransmit([RtpPacket.parse(rig.sent[1]).sequence_number])
+    sent = rig.sent
+    assert len(sent) == 9
+    assert [twcc_seq(d) for d in sent] == list(range(9))
+    for seq, data in enumerate(sent):
+        packet = RtpPacket.parse(data)
+        assert packet.extension_profile == 0xBEDE and list(packet.extensions) == [TWCC_ID]
+        info = bandwidth.sequence.sent(seq)
+        assert info is not None and info[1] == len(data)
+    assert bandwidth.sequence.next_seq == 9
+    # RTP payload octets (SR): neither the header nor the extension block
+    media = sent[:8]
+    rig.downtrack._pull()
+    assert rig.downtrack.octets_sent == sum(len(d) - 20 for d in media)
+
+
+def test_without_transport_cc_nothing_is_stamped(clock: FakeClock) -> None:
+    rig, bandwidth = rig_with_link(clock)
+    bandwidth.sequence.ext_id = 0  # the answer dropped it
+    rig.tick(layers=(0,), keys=(0,))
+    assert all(RtpPacket.parse(d).extension_profile is None for d in rig.sent)
+    assert bandwidth.sequence.next_seq == 0
+
+
+def test_feedback_is_matched_against_what_was_sent(clock: FakeClock) -> None:
+    bandwidth = link(clock)
+    assert bandwidth.estimate is None  # nothing known: nothing held back
+    for _ in range(40):
+        bandwidth.stamp()
+        bandwidth.sent(1000)
+        clock.advance(0.01)
+    arrivals: dict[int, int | None] = {s: 5_000_000 + s * 10_000 for s in range(30)}
+    arrivals[7] = None
+    bandwidth.on_transport_cc(feedback(arrivals))
+    assert bandwidth.transport_cc_seen and bandwidth.estimate is not None
+    assert bandwidth.feedback_packets == 1
+    # the same feedback again, or one naming numbers never sent, changes nothing
+    bandwidth.on_transport_cc(feedback(arrivals, 1))
+    bandwidth.on_transport_cc(feedback({s: 1000 * s for s in range(100, 140)}, 2))
+    assert bandwidth.feedback_packets == 1
+
+
+def test_hostile_feedback_is_bounded_by_what_it_carries(clock: FakeClock) -> None:
+    """65,535 statuses in a few bytes: parsed without expanding them, and only numbers still
+    in the send ring count (as lost, without a step per status)."""
+    bandwidth = link(clock)
+    for _ in range(fastpath_py.TWCC_HISTORY + 10):
+        bandwidth.stamp()
+        bandwidth.sent(100)
+    arrivals: dict[int, int | None] = dict.fromkeys(range(60000), None)
+    arrivals[60000] = 1000
+    (packet,) = rtcp.TransportCcFeedback.from_arrivals(1, 0, arrivals, 0, max_size=1 << 20)
+    data = bytes(packet)
+    assert len(data) < 100
+    parsed = rtcp.TransportCcFeedback.parse(data)
+    bandwidth.on_transport_cc(parsed)
+    assert bandwidth.gcc.loss_fraction <= 1.0
+
+
+def test_remb_stands_in_until_transport_cc_arrives(clock: FakeClock) -> None:
+    bandwidth = link(clock)
+    calls: list[int] = []
+    bandwidth.on_estimate = lambda: calls.append(1)
+    bandwidth.on_remb(rtcp.Remb(sender_ssrc=1, bitrate=750_000, ssrcs=(OUT_SSRC,)))
+    assert bandwidth.estimate == 750_000 and calls == [1]
+    bandwidth.stamp()
+    bandwidth.sent(1000)
+    bandwidth.on_transport_cc(feedback({0: 1000}))
+    assert bandwidth.estimate == bandwidth.gcc.estimate
+
+
+def test_a_probe_cluster_is_measured_from_its_feedback(clock: FakeClock) -> None:
+    bandwidth = link(clock)
+    start = bandwidth.gcc.estimate
+    bandwidth.start_probe()
+    for _ in range(25):  # 1200 bytes every 4 ms: 2.4 Mbit/s
+        bandwidth.stamp()
+        bandwidth.sent(1200)
+        clock.advance(0.004)
+    bandwidth.end_probe()
+    assert bandwidth.probing
+    bandwidth.on_transport_cc(feedback({s: 100_000 + s * 4000 for s in range(25)}))
+    assert not bandwidth.probing
+    assert 2_000_000 < bandwidth.gcc.estimate < 2_600_000 and bandwidth.gcc.estimate > start
+
+
+def test_padding_probes_go_between_frames_and_media_follows_them(clock: FakeClock) -> None:
+    rig, _ = rig_with_link(clock)
+    assert rig.downtrack.send_padding(3) == 0  # nothing forwarded yet
+    rig.tick(layers=(0,), keys=(0,))
+    last = RtpPacket.parse(rig.sent[-1])
+    assert last.marker
+    n = len(rig.sent)
+    assert rig.downtrack.send_padding(3) == 3
+    probes = [RtpPacket.parse(d) for d in rig.sent[n:]]
+    for k, probe in enumerate(probes):
+        assert probe.payload == b"" and probe.padding_size == PROBE_PADDING
+        assert probe.ssrc == OUT_SSRC and probe.timestamp == last.timestamp
+        assert probe.sequence_number == (last.sequence_number + 1 + k) & 0xFFFF
+    assert [twcc_seq(d) for d in rig.sent[n:]] == [2, 3, 4]
+    rig.tick(layers=(0,))
+    after = RtpPacket.parse(rig.sent[n + 3])
+    assert after.sequence_number == (last.sequence_number + 4) & 0xFFFF
+    assert COUNTERS.probe_packets >= 3
+    # mid-frame (the last packet forwarded has no marker): no probe
+    rig.feed(0, rig.sources[0].frame(key=False, packets=2)[0])
+    assert rig.downtrack.send_padding(3) == 0
+    clock.advance(FRAME)
+
+
+def test_nack_answers_stay_within_the_link_budget(clock: FakeClock) -> None:
+    rig, bandwidth = rig_with_link(clock)
+    for n in range(20):
+        rig.tick(layers=(0,), keys=(0,) if n == 0 else ())
+    seqs = [RtpPacket.parse(d).sequence_number for d in rig.sent]
+    # feedback that says the link carries ~200 kbit/s and the allocation commits all of it
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = 200_000
+    bandwidth.committed = 200_000
+    n = len(rig.sent)
+    before = COUNTERS.limits_exceeded.get("nack_link_budget", 0)
+    rig.downtrack.retransmit(seqs)
+    resent = len(rig.sent) - n
+    # 15 % of 200 kbit/s for 100 ms: 375 bytes, so about one of these packets
+    assert 0 < resent < len(seqs)
+    assert COUNTERS.limits_exceeded["nack_link_budget"] > before
+    # while the estimator sees overuse, none
+    bandwidth.gcc.usage = "overusing"
+    clock.advance(1.0)
+    n = len(rig.sent)
+    rig.downtrack.retransmit(seqs[-3:])
+    assert len(rig.sent) == n
+
+
+@pytest.mark.parametrize("impl_name", ["compiled", "python"])
+def test_sequence_ring_forgets_old_numbers(impl_name: str) -> None:
+    impl: Any = fastpath.COMPILED if impl_name == "compiled" else fastpath.PYTHON
+    assert impl is not None
+    sequence = impl.sequence(1)
+    for k in range(fastpath_py.TWCC_HISTORY + 1):
+        assert sequence.record(10, float(k)) == k
+    assert sequence.sent(0) is None and sequence.sent(1) == (1.0, 10)
+    assert sequence.sent(-5) is None and sequence.sent(1 << 80) is None
+
+
+def test_a_probe_that_lost_packets_proves_nothing(clock: FakeClock) -> None:
+    """A drop-tail queue lets a burst's head through at line rate and drops the rest."""
+    bandwidth = link(clock)
+    start = bandwidth.gcc.estimate
+    bandwidth.start_probe()
+    for _ in range(25):
+        bandwidth.stamp()
+        bandwidth.sent(1200)
+        clock.advance(0.004)
+    bandwidth.end_probe()
+    bandwidth.on_transport_cc(feedback({s: 100_000 + s * 4000 for s in range(10)} | {24: 200_000}))
+    assert not bandwidth.probing and bandwidth.gcc.estimate <= start
+
+
+def test_congestion_control_off_holds_nothing_back(clock: FakeClock) -> None:
+    """rtc.congestion_control: false — no estimate from any feedback, every NACK answered."""
+    from sfu.config import from_mapping
+
+    assert from_mapping({"keys": {"k": "s" * 32}}).rtc.congestion_control is True
+    config = from_mapping({"keys": {"k": "s" * 32}, "rtc": {"congestion_control": False}})
+    assert config.rtc.congestion_control is False
+    bandwidth = link(clock)
+    bandwidth.enabled = False
+    bandwidth.on_remb(rtcp.Remb(sender_ssrc=1, bitrate=10_000))
+    bandwidth.stamp()
+    bandwidth.sent(1000)
+    bandwidth.on_transport_cc(feedback({0: 1000}))
+    assert bandwidth.estimate is None and bandwidth.allow_retransmit(1 << 20)

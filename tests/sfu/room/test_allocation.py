@@ -1,0 +1,162 @@
+"""Stream allocation (`sfu.room.allocation`) over real receivers and down tracks: audio first, every
+video track at its lowest layer in priority order (screen share, active speaker, the rest), then
+up towards each one's preferred layer; a pause before audio would suffer, no flapping back, the
+outcome applied to the down tracks (forwarding, StreamState, dynacast demand), and probes only
+while some track is below what it prefers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from livekit.protocol import models
+
+from sfu.ids import ParticipantIdentity, ParticipantSid
+from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.forwarder import DownTrack
+from sfu.media.receiver import TrackReceiver
+from sfu.room.allocation import DOWNGRADE_HOLD, PAUSED_MIN_WAIT, StreamAllocator, allocate
+from sfu.room.permission import SubscriptionPermissions
+from sfu.room.publication import PublishedTrack, Subscription
+from tests.sfu.conftest import FakeClock
+
+#: measured bitrates of the three layers of every camera here
+LAYERS = (150_000, 500_000, 1_500_000)
+AUDIO = 50_000
+
+
+@dataclass
+class Publisher:
+    sid: ParticipantSid
+    identity: ParticipantIdentity = field(default_factory=lambda: ParticipantIdentity("p"))
+    subscription_permission: SubscriptionPermissions = field(
+        default_factory=SubscriptionPermissions
+    )
+
+
+def subscription(
+    clock: FakeClock,
+    name: str,
+    *,
+    kind: str = "video",
+    source: int = models.TrackSource.CAMERA,
+    preferred: int = 2,
+) -> Subscription:
+    video = kind == "video"
+    receiver = TrackReceiver(
+        kind=kind,
+        mime_type="video/VP8" if video else "audio/opus",
+        clock_rate=90000 if video else 48000,
+        layer_count=3 if video else 1,
+        send_rtcp=lambda _data: None,
+        clock=clock,
+    )
+    for n, layer in enumerate(receiver.layers):
+        layer.ssrc = 0x100 + n
+        layer.bitrate = LAYERS[n] if video else AUDIO
+        layer.last_arrival = clock()
+    info = models.TrackInfo(sid=f"TR_{name}", source=source)
+    track = PublishedTrack(
+        info,
+        Publisher(ParticipantSid(f"PA_{name}")),
+        receiver,
+        "1",
+        layer_sizes=[(320, 180), (640, 360), (1280, 720)] if video else [],
+        layer_qualities=[0, 1, 2] if video else [],
+    )
+    downtrack = DownTrack(
+        receiver, ssrc=0x200, payload_type=96, send_rtp=lambda _d: None, cname="c"
+    )
+    downtrack.max_layer = preferred
+    downtrack.start()
+    return Subscription(track, downtrack, "1")
+
+
+def layers(result_layers: dict[DownTrack, int], subs: list[Subscription]) -> list[int]:
+    return [result_layers[s.downtrack] for s in subs]
+
+
+def test_everything_fits(clock: FakeClock) -> None:
+    subs = [subscription(clock, "a"), subscription(clock, "b", preferred=1)]
+    audio = subscription(clock, "mic", kind="audio")
+    result = allocate([*subs, audio], 10_000_000, (), {}, clock())
+    assert layers(result.layers, subs) == [2, 1]
+    assert audio.downtrack not in result.layers
+    assert not result.deficient and result.at_preferred == 2
+    assert result.committed == AUDIO + LAYERS[2] + LAYERS[1]
+
+
+def test_lowest_layers_first_then_round_robin_up(clock: FakeClock) -> None:
+    subs = [subscription(clock, name) for name in "abc"]
+    audio = subscription(clock, "mic", kind="audio")
+    # audio + three low layers + two middle steps (with the upgrade margin)
+    budget = AUDIO + 3 * LAYERS[0] + 2 * int((LAYERS[1] - LAYERS[0]) * 1.15) + 10_000
+    result = allocate([audio, *subs], budget, (), {}, clock())
+    assert layers(result.layers, subs) == [1, 1, 0]
+    assert result.deficient and result.below_preferred == 3
+    assert result.next_step > 0
+
+
+def test_screen_share_then_the_speaker_keep_video_when_the_rest_pauses(clock: FakeClock) -> None:
+    camera = subscription(clock, "a")
+    speaker = subscription(clock, "b")
+    screen = subscription(clock, "s", source=models.TrackSource.SCREEN_SHARE)
+    audio = subscription(clock, "mic", kind="audio")
+    budget = AUDIO + 2 * LAYERS[0] + 1000
+    result = allocate([camera, speaker, screen, audio], budget, {"PA_b"}, {}, clock())
+    assert layers(result.layers, [screen, speaker, camera]) == [0, 0, -1]
+    assert result.paused == 1
+    # thinner still: only audio is left, every video track pauses
+    result = allocate([camera, speaker, screen, audio], AUDIO, {"PA_b"}, {}, clock())
+    assert layers(result.layers, [screen, speaker, camera]) == [-1, -1, -1]
+
+
+def test_the_allocation_is_applied_and_a_pause_does_not_flap(clock: FakeClock) -> None:
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    camera = subs[0].downtrack
+    bandwidth = SubscriberBandwidth(clock)
+    changed: list[int] = []
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: changed.append(1), clock=clock
+    )
+    allocator.run()  # no estimate yet: nothing held back
+    assert camera.forwarding and camera.limit == 2
+    bandwidth.remb = 100_000  # a REMB-only client on a thin link
+    allocator.run()
+    assert not camera.allocation_paused  # no congestion signal: the step down waits
+    clock.advance(DOWNGRADE_HOLD)
+    allocator.run()
+    assert camera.allocation_paused and not camera.forwarding and camera.paused
+    assert camera.subscribed_layer == -1 and changed == [1]
+    bandwidth.remb = 5_000_000
+    clock.advance(PAUSED_MIN_WAIT / 2)
+    allocator.run()
+    assert camera.allocation_paused  # not back before PAUSED_MIN_WAIT
+    clock.advance(PAUSED_MIN_WAIT)
+    allocator.run()
+    assert not camera.allocation_paused and camera.limit == 2 and changed == [1, 1]
+    bandwidth.remb = AUDIO + LAYERS[1] + 1000
+    bandwidth.gcc.usage = "overusing"  # the estimator's own signal: at once
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = AUDIO + LAYERS[1] + 1000
+    allocator.run()
+    assert camera.allocated_layer == 1 and camera.subscribed_layer == 1  # dynacast follows
+    allocator.close()
+
+
+def test_probes_only_when_deficient(clock: FakeClock) -> None:
+    subs = [subscription(clock, "a")]
+    bandwidth = SubscriberBandwidth(clock)
+    bandwidth.sequence.ext_id = 3
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = 10_000_000
+    bandwidth.gcc._aimd.rate = 10_000_000
+    allocator.run()
+    assert not bandwidth.probing
+    bandwidth.gcc._aimd.rate = 600_000
+    allocator.run()  # 360p fits, 720p does not: a probe (it ends at once without a loop)
+    assert allocator.last is not None and allocator.last.deficient
+    assert bandwidth._cluster is None or bandwidth._cluster.last >= -1
+    allocator.close()
