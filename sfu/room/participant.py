@@ -119,7 +119,6 @@ class Participant:
         self._rtcp_error_logged = False
         self.closed = False
 
-    # -- properties -----------------------------------------------------------------------------
     @property
     def events(self) -> RoomEvents:
         """The room it is in (`Room.join` sets this)."""
