@@ -205,7 +205,7 @@ class _Collector(Collector):
             ),
             (
                 "sfu_forward_latency_p99_seconds",
-                "p99 of sfu_forward_latency_seconds, last 3 s (0: under 50 samples)",
+                "p99 of sfu_forward_latency_seconds, last 3 s (0: under 3 samples)",
                 g.forward_latency_p99,
             ),
         )

@@ -20,8 +20,10 @@ iteration's flush, so the samples lean towards the worse packets of each iterati
 
 Samples go to the `sfu_forward_latency_seconds` histogram (`sfu.metrics`, cumulative) and to a
 window of the last `window_s` seconds, whose 99th percentile (`p99`) is what admission reads
-(`limits.max_forward_latency_ms`). With fewer than `MIN_SAMPLES` samples in the window the
-node is nearly idle and a percentile would be one stray datagram: `p99` is 0 then.
+(`limits.max_forward_latency_ms`). It is the lower nearest rank, so that one stray slow datagram
+(a garbage collection on a quiet node) is never the p99 of a window of up to 100 samples: it
+takes two. Few samples do not mean an idle node: a starved loop takes only a few (each sample
+waits for its iterations), all of them slow; only below `MIN_SAMPLES` is `p99` 0.
 
 The kernel stamps datagrams with the real-time clock, so the samples use `time.time()`; a step
 of the system clock can make one sample wrong (a negative one counts as 0).
@@ -46,7 +48,7 @@ __all__ = ["MIN_SAMPLES", "ForwardLatency", "enable_timestamps"]
 SIOCGSTAMPNS = 0x8907
 _TIMESPEC = struct.Struct("@ll")
 #: samples the window must hold before `p99` says anything (below it: 0)
-MIN_SAMPLES = 50
+MIN_SAMPLES = 3
 #: the percentile admission reads
 QUANTILE = 0.99
 
@@ -108,7 +110,7 @@ class ForwardLatency:
         #: a sample started and the flush after it has not run yet (read by the flusher)
         self.in_flight = False
         # (monotonic time of the flush, seconds waited); enough room for a full window
-        capacity = max(MIN_SAMPLES, math.ceil(window_s / max(interval_s, 0.001)) + 64)
+        capacity = math.ceil(window_s / max(interval_s, 0.001)) + 64
         self._samples: deque[tuple[float, float]] = deque(maxlen=capacity)
         #: whether the next datagram read is to be sampled (read on the packet path)
         self.armed = loop is not None
@@ -155,13 +157,14 @@ class ForwardLatency:
         return len(self._samples)
 
     def p99(self) -> float:
-        """The 99th percentile of the window's samples, in seconds; 0 below `MIN_SAMPLES`."""
+        """The 99th percentile of the window's samples (lower nearest rank), in seconds; 0
+        below `MIN_SAMPLES`."""
         self._forget()
         count = len(self._samples)
         if count < MIN_SAMPLES:
             return 0.0
         values = sorted(seconds for _, seconds in self._samples)
-        return values[math.ceil(QUANTILE * count) - 1]
+        return values[math.floor(QUANTILE * (count - 1))]
 
     def _forget(self) -> None:
         start = self._clock() - self.window_s

@@ -222,9 +222,17 @@ def test_p99_of_the_window() -> None:
         latency.record(0.2)
     assert latency.p99() == 0.0  # too few to say anything
     latency.record(0.2)
-    assert latency.p99() == 0.2
+    assert latency.p99() == 0.2  # a starved loop: few samples, all slow
     clock.now += 3.1  # they leave the window
     assert latency.samples() == 0 and latency.p99() == 0.0
+    # a quiet node: one stray slow datagram among 100 is not its p99; two are
+    for _ in range(99):
+        latency.record(0.0001)
+    latency.record(5.0)
+    assert latency.p99() == 0.0001
+    latency.record(5.0)
+    assert latency.p99() == 5.0
+    clock.now += 3.1
     # 1,000 samples, 1 ms to 1 s: the 99th percentile is the 990th
     for i in range(1000, 0, -1):
         latency.record(i / 1000)
