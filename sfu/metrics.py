@@ -174,7 +174,7 @@ class _Collector(Collector):
         yield batch
         latency = HistogramMetricFamily(
             "sfu_forward_latency_seconds",
-            "sampled datagrams: kernel receive to the end of the send flush after it",
+            "sampled: kernel receive to the end of the send flush after it, per datagram flushed",
             labels=labels,
         )
         latency.add_metric(
