@@ -276,10 +276,8 @@ async def load(args: argparse.Namespace, run: Run) -> None:
             f"{args.duration:g}s",
             "--url",
             sfu.url,
-            "--api-key",
-            sfu.api_key,
-            "--api-secret",
-            sfu.api_secret,
+            f"--api-key={sfu.api_key}",
+            f"--api-secret={sfu.api_secret}",  # it may start with "-"
             "--metrics-url",
             sfu.metrics_url,
             "--sfu-pid",

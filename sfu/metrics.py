@@ -207,7 +207,7 @@ class _Collector(Collector):
         yield batch
         latency = HistogramMetricFamily(
             "sfu_forward_latency_seconds",
-            "sampled datagrams: kernel receive to the end of the send flush after it",
+            "sampled: kernel receive to the end of the send flush after it, per datagram flushed",
             labels=labels,
         )
         latency.add_metric(
@@ -256,7 +256,7 @@ class _Collector(Collector):
             ),
             (
                 "sfu_forward_latency_p99_seconds",
-                "p99 of sfu_forward_latency_seconds, last 3 s (0: under 50 samples)",
+                "p99 of sfu_forward_latency_seconds, last 3 s (0: under 3 samples)",
                 g.forward_latency_p99,
             ),
         )

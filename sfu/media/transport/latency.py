@@ -16,12 +16,19 @@ sampled, without per-packet clock reads:
   so ≤ 0.1 % of a core), whatever the packet rate.
 
 The first datagram an iteration reads is usually the one that waits longest for that
-iteration's flush, so the samples lean towards the worse packets of each iteration.
+iteration's flush. One sample per iteration would under-weigh the long iterations (a key-frame
+burst to every subscriber), which hold the most packets: so each sample counts once per datagram
+the flushes after it sent (`sfu_send_datagrams_total`'s growth), and the percentiles are per
+forwarded packet, as subscribers see them (the other datagrams of the iteration waited at most
+as long: an upper bound).
 
 Samples go to the `sfu_forward_latency_seconds` histogram (`sfu.metrics`, cumulative) and to a
 window of the last `window_s` seconds, whose 99th percentile (`p99`) is what admission reads
-(`limits.max_forward_latency_ms`). With fewer than `MIN_SAMPLES` samples in the window the
-node is nearly idle and a percentile would be one stray datagram: `p99` is 0 then.
+(`limits.max_forward_latency_ms`). It is the lower nearest rank over the datagrams, so that one
+stray slow datagram on a quiet node (a garbage collection) is not the p99 unless it held back
+more than 1 % of the window's datagrams. Few samples do not mean an idle node: a starved loop
+takes only a few (each sample waits for its iterations), all of them slow; only below
+`MIN_SAMPLES` samples is `p99` 0.
 
 The kernel stamps datagrams with the real-time clock, so the samples use `time.time()`; a step
 of the system clock can make one sample wrong (a negative one counts as 0).
@@ -46,7 +53,7 @@ __all__ = ["MIN_SAMPLES", "ForwardLatency", "enable_timestamps"]
 SIOCGSTAMPNS = 0x8907
 _TIMESPEC = struct.Struct("@ll")
 #: samples the window must hold before `p99` says anything (below it: 0)
-MIN_SAMPLES = 50
+MIN_SAMPLES = 3
 #: the percentile admission reads
 QUANTILE = 0.99
 
@@ -75,6 +82,7 @@ class ForwardLatency:
         "_loop",
         "_samples",
         "_schedule",
+        "_sent",
         "_stamp",
         "_wall",
         "armed",
@@ -107,9 +115,12 @@ class ForwardLatency:
         self._stamp = 0.0
         #: a sample started and the flush after it has not run yet (read by the flusher)
         self.in_flight = False
-        # (monotonic time of the flush, seconds waited); enough room for a full window
-        capacity = max(MIN_SAMPLES, math.ceil(window_s / max(interval_s, 0.001)) + 64)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=capacity)
+        #: `COUNTERS.send_datagrams` when the sample started
+        self._sent = 0
+        # (monotonic time of the flush, seconds waited, datagrams it stands for); enough room
+        # for a full window
+        capacity = math.ceil(window_s / max(interval_s, 0.001)) + 64
+        self._samples: deque[tuple[float, float, int]] = deque(maxlen=capacity)
         #: whether the next datagram read is to be sampled (read on the packet path)
         self.armed = loop is not None
 
@@ -117,6 +128,7 @@ class ForwardLatency:
         """The datagram just read from socket `fd` is the sample (called while `armed`)."""
         self.armed = False
         self.in_flight = True
+        self._sent = COUNTERS.send_datagrams
         try:
             fcntl.ioctl(fd, SIOCGSTAMPNS, self._buffer, True)
         except OSError:  # ENOENT: timestamps were off until now; anything else: no socket
@@ -131,7 +143,8 @@ class ForwardLatency:
         sample, arm again `interval_s` from now."""
         self.in_flight = False
         if self._stamp > 0:
-            self.record(max(0.0, self._wall() - self._stamp))
+            weight = max(1, COUNTERS.send_datagrams - self._sent)
+            self.record(max(0.0, self._wall() - self._stamp), weight)
         if self._loop is None:
             return
         if self._interval_s:
@@ -142,12 +155,12 @@ class ForwardLatency:
     def _arm(self) -> None:
         self.armed = True
 
-    def record(self, seconds: float) -> None:
-        """One sample: into the histogram and the window."""
+    def record(self, seconds: float, weight: int = 1) -> None:
+        """One sample, standing for `weight` datagrams: into the histogram and the window."""
         counters = COUNTERS
-        counters.forward_latency_buckets[bisect_left(FORWARD_LATENCY_BUCKETS, seconds)] += 1
-        counters.forward_latency_sum += seconds
-        self._samples.append((self._clock(), seconds))
+        counters.forward_latency_buckets[bisect_left(FORWARD_LATENCY_BUCKETS, seconds)] += weight
+        counters.forward_latency_sum += seconds * weight
+        self._samples.append((self._clock(), seconds, weight))
 
     def samples(self) -> int:
         """Samples in the window now."""
@@ -155,13 +168,19 @@ class ForwardLatency:
         return len(self._samples)
 
     def p99(self) -> float:
-        """The 99th percentile of the window's samples, in seconds; 0 below `MIN_SAMPLES`."""
+        """The 99th percentile of the datagrams the window's samples stand for (lower nearest
+        rank), in seconds; 0 below `MIN_SAMPLES` samples."""
         self._forget()
-        count = len(self._samples)
-        if count < MIN_SAMPLES:
+        if len(self._samples) < MIN_SAMPLES:
             return 0.0
-        values = sorted(seconds for _, seconds in self._samples)
-        return values[math.ceil(QUANTILE * count) - 1]
+        weighted = sorted((seconds, weight) for _, seconds, weight in self._samples)
+        rank = math.floor(QUANTILE * (sum(w for _, w in weighted) - 1))
+        below = 0
+        for seconds, weight in weighted:
+            below += weight
+            if below > rank:
+                return seconds
+        return weighted[-1][0]
 
     def _forget(self) -> None:
         start = self._clock() - self.window_s

@@ -19,7 +19,7 @@ import uvloop
 from aioice.ice import StunProtocol
 from pylibsrtp import Policy, Session
 
-from sfu.media.transport.batch import flusher_for
+from sfu.media.transport.batch import count_flush, flusher_for
 from sfu.media.transport.ingress import SrtpIngress
 from sfu.media.transport.latency import MIN_SAMPLES, ForwardLatency, enable_timestamps
 from sfu.metrics import COUNTERS, FORWARD_LATENCY_BUCKETS
@@ -222,9 +222,17 @@ def test_p99_of_the_window() -> None:
         latency.record(0.2)
     assert latency.p99() == 0.0  # too few to say anything
     latency.record(0.2)
-    assert latency.p99() == 0.2
+    assert latency.p99() == 0.2  # a starved loop: few samples, all slow
     clock.now += 3.1  # they leave the window
     assert latency.samples() == 0 and latency.p99() == 0.0
+    # a quiet node: one stray slow datagram among 100 is not its p99; two are
+    for _ in range(99):
+        latency.record(0.0001)
+    latency.record(5.0)
+    assert latency.p99() == 0.0001
+    latency.record(5.0)
+    assert latency.p99() == 5.0
+    clock.now += 3.1
     # 1,000 samples, 1 ms to 1 s: the 99th percentile is the 990th
     for i in range(1000, 0, -1):
         latency.record(i / 1000)
@@ -235,6 +243,36 @@ def test_p99_of_the_window() -> None:
     assert latency.p99() == pytest.approx(0.985)  # 501 at 1 ms below the 999 others
     clock.now += 2.5  # the first thousand are out
     assert latency.samples() == 500 and latency.p99() == 0.001
+
+
+def test_a_sample_stands_for_the_datagrams_its_flush_sent() -> None:
+    """A long iteration (a key-frame burst) holds many packets: its sample weighs as many."""
+    clock = Clock()
+    latency = probe(clock)
+    for _ in range(99):
+        latency.record(0.001)
+    latency.record(0.1, weight=10)  # 10 of the 109 datagrams waited 100 ms
+    assert latency.samples() == 100 and latency.p99() == 0.1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        try:
+            flushing = ForwardLatency(loop, lambda: None)
+            assert enable_timestamps(sock.fileno())
+            sock.sendto(b"x", sock.getsockname())
+            sock.recv(10)
+            before = sum(COUNTERS.forward_latency_buckets)
+            flushing.start(sock.fileno())
+            count_flush(5)  # what the send queues account when they flush
+            count_flush(2)
+            flushing.finish()
+            assert sum(COUNTERS.forward_latency_buckets) == before + 7
+        finally:
+            sock.close()
+
+    run_on(asyncio.new_event_loop, main())
 
 
 def test_the_histogram_counts_every_sample_by_bucket() -> None:
