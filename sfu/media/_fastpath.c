@@ -454,6 +454,8 @@ typedef struct {
     socklen_t addrlen;
     void *srtp;
     PyObject *srtp_owner;
+    PyObject *weakreflist;
+    char closed; /* its transport closed: nothing more is built, queued or counted */
     /* state that forward updates */
     int sent_any;
     int64_t last_out_seq;
@@ -546,6 +548,8 @@ target_clear_history(TargetObject *self)
 static void
 target_dealloc(TargetObject *self)
 {
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     target_clear_history(self);
     Py_CLEAR(self->last_packet);
     Py_CLEAR(self->batch);
@@ -583,7 +587,7 @@ target_send(TargetObject *self, PyObject *args, PyObject *kwds)
         !PyArg_ParseTupleAndKeywords(args, kwds, "y*|$p", kwlist, &data, &rtcp))
         return NULL;
     int limit = SLOT_SIZE - (rtcp ? SRTCP_TRAILER : SRTP_TRAILER);
-    if (data.len > limit || data.len < 1) {
+    if (data.len > limit || data.len < 1 || self->closed) {
         PyBuffer_Release(&data);
         self->send_dropped++;
         Py_RETURN_FALSE;
@@ -788,6 +792,8 @@ static PyMemberDef target_members[] = {
      "payload octets written (datagram length - 12, RFC 3550 SR)"},
     {"send_dropped", T_ULONGLONG, offsetof(TargetObject, send_dropped), 0,
      "datagrams SRTP refused or too long to protect"},
+    {"closed", T_BOOL, offsetof(TargetObject, closed), 0,
+     "its transport closed: forward skips it, resend and send refuse (the batch may be shared)"},
     {NULL},
 };
 
@@ -969,8 +975,8 @@ build_copy(const TargetObject *t, Packet *pk, int64_t out_seq, uint32_t out_ts, 
 static int
 forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
 {
-    if (pk->ext_seq < t->switch_seq)
-        return 0; /* older than the packet the target switched on */
+    if (pk->ext_seq < t->switch_seq || t->closed)
+        return 0; /* older than the packet the target switched on, or its transport closed */
     int64_t out_seq = pk->ext_seq - t->seq_offset; /* both within ±2**62: no overflow */
     uint32_t out_ts = pk->ts - t->ts_offset;
     int newest = !t->sent_any || out_seq > t->last_out_seq;
@@ -1026,6 +1032,10 @@ target_resend(TargetObject *self, PyObject *arg)
         Py_RETURN_FALSE;
     if (target_ready(self) < 0)
         return NULL;
+    if (self->closed) {
+        self->send_dropped++;
+        Py_RETURN_FALSE;
+    }
     Packet pk = {
         .data = data,
         .p = (const uint8_t *)PyBytes_AS_STRING(data),
@@ -1169,6 +1179,7 @@ static PyTypeObject TargetType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)target_init,
     .tp_dealloc = (destructor)target_dealloc,
+    .tp_weaklistoffset = offsetof(TargetObject, weakreflist),
     .tp_methods = target_methods,
     .tp_members = target_members,
     .tp_getset = target_getset,

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sfu.media.transport.srtp import BUFFER_SIZE
@@ -39,6 +39,7 @@ __all__ = [
     "MAX_QUEUE",
     "MAX_QUEUE_BYTES",
     "FastBatch",
+    "FastSenders",
     "FlushGroup",
     "Flusher",
     "SendQueue",
@@ -295,6 +296,41 @@ class FastBatch:
         """Drop what is queued (counted) and release the batch's descriptor. Idempotent."""
         self.batch.close()
         self._account()
+
+
+class FastSenders:
+    """One transport's fast-path targets and the `FastBatch` they queue on: the transport's own
+    (a socket per transport, the port range) or its mux socket's (`rtc.udp_port`: one batch for
+    every transport on the socket, `sfu.media.transport.udpmux.UdpMux.fast_batch`). `close`
+    closes every target handed out, so none is built, queued or counted again, and closes the
+    batch only when it is the transport's own: a shared one lives as long as its socket."""
+
+    __slots__ = ("_impl", "_own", "_targets", "batch")
+
+    def __init__(self, batch: FastBatch, impl: Any, *, own: bool) -> None:
+        self.batch = batch
+        self._impl = impl
+        self._own = own
+        #: the targets handed out; a down track that is dropped takes its target with it
+        self._targets: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def sender(self, addr: Any, session: Any) -> tuple[Any, Any, FastBatch]:
+        """(forward, a target sending to `addr` protected with `session`, the batch)."""
+        target = self._impl.target(self.batch.batch, addr, session)
+        self._targets.add(target)
+        return self._impl.forward, target, self.batch
+
+    @property
+    def targets(self) -> Sequence[Any]:
+        return list(self._targets)
+
+    def close(self) -> None:
+        """Close the targets, and the batch if it is this transport's own. Idempotent."""
+        for target in list(self._targets):
+            target.closed = True
+        self._targets.clear()
+        if self._own:
+            self.batch.close()
 
 
 class FlushGroup:

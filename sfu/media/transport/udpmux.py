@@ -17,7 +17,13 @@ ufrag but forged credentials cannot re-point anyone's address; and an address th
 connection's nominated pair is never taken by another connection (a participant spoofing another's
 source with its own credentials). Each connection's `StunProtocol` sees a `MuxedTransport` whose
 `sendto` goes out of the shared socket and whose `close` only unregisters the connection.
-Addresses per connection are bounded (`MAX_ADDRESSES`). Whatever a datagram makes aioice raise
+Addresses per connection are bounded (`MAX_ADDRESSES`).
+
+The compiled forwarding path (rtc.fast_path) queues on one `FastBatch` per socket, shared by
+every connection on it (`fast_senders_for`): each copy carries its own destination, so the
+fan-out of one received packet to all subscribers leaves in one `sendmmsg` per loop iteration
+(UDP GSO per destination where a run allows). The batch lives as long as the socket; a
+connection that closes closes only its own targets. Whatever a datagram makes aioice raise
 (0.13.0's STUN parser raises `struct.error` on a wrong attribute length) is counted in
 `malformed` and logged at DEBUG only, never raised into the event loop.
 """
@@ -32,10 +38,18 @@ from typing import Any
 
 from aioice.ice import StunProtocol
 
+from sfu.media.transport.batch import FastBatch, FastSenders, SendQueue, flusher_for
 from sfu.media.transport.sockbuf import UDP_BUFFER, size_buffers
 from sfu.metrics import COUNTERS
 
-__all__ = ["MAX_ADDRESSES", "MuxedTransport", "UdpMux", "close_muxes", "open_mux"]
+__all__ = [
+    "MAX_ADDRESSES",
+    "MuxedTransport",
+    "UdpMux",
+    "close_muxes",
+    "fast_senders_for",
+    "open_mux",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +118,10 @@ class MuxedTransport(asyncio.DatagramTransport):
             self._mux.learn(addr, protocol)
         self._mux.sendto(data, addr)
 
+    @property
+    def mux(self) -> UdpMux:
+        return self._mux
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._mux.get_extra_info(name, default)
 
@@ -137,6 +155,8 @@ class UdpMux(asyncio.DatagramProtocol):
         self.dropped = 0  # from an unknown address, or for an unknown ufrag
         self.malformed = 0  # routed, but aioice raised on it
         self.refused = 0  # re-points of another connection's nominated address refused
+        #: the fast path's shared send batches, by (implementation, GSO): at most four
+        self._batches: dict[tuple[str, bool], FastBatch] = {}
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +164,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._close_batches()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         addr = (addr[0], addr[1])
@@ -231,9 +252,39 @@ class UdpMux(asyncio.DatagramProtocol):
         transport: Any = self.transport  # uvloop's and asyncio's UDP transports both have it
         return int(transport.get_write_buffer_size()) if transport is not None else 0
 
+    def fast_batch(self, impl: Any, *, gso: bool) -> FastBatch:
+        """The send batch of `impl` (an `sfu.media.fastpath.Implementation`) that every
+        connection on this socket shares; made on first use. ValueError once the socket closed."""
+        key = (impl.name, gso)
+        batch = self._batches.get(key)
+        if batch is None:
+            transport = self.transport
+            sock = None if transport is None else transport.get_extra_info("socket")
+            if sock is None or transport is None or transport.is_closing():
+                raise ValueError("the shared socket is closed")
+            loop = asyncio.get_running_loop()
+            batch = FastBatch(impl.batch(sock.fileno(), gso=gso), flusher_for(loop))
+            self._batches[key] = batch
+        return batch
+
+    def _close_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        for batch in batches.values():
+            batch.close()
+
     def close(self) -> None:
+        self._close_batches()
         if self.transport is not None:
             self.transport.close()
+
+
+def fast_senders_for(transport: Any, queue: SendQueue, impl: Any) -> FastSenders:
+    """The fast-path senders of a connection whose nominated pair sends through `transport`:
+    on a mux socket the socket's shared batch, else a batch of its own beside `queue` (the
+    connection's socket, with its GSO setting)."""
+    if isinstance(transport, MuxedTransport):
+        return FastSenders(transport.mux.fast_batch(impl, gso=queue.gso), impl, own=False)
+    return FastSenders(FastBatch.beside(queue, impl), impl, own=True)
 
 
 _MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], UdpMux]] = (
