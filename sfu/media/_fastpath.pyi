@@ -42,6 +42,7 @@ class Target:
     packets_sent: int
     octets_sent: int
     send_dropped: int
+    closed: bool
     def __init__(
         self, batch: Batch, addr: tuple[str, int], *, srtp: int = 0, owner: object = None
     ) -> None: ...

@@ -655,8 +655,8 @@ class PeerTransport:
             self._config.bind_addresses,
             self._config.node_ip,
             (self._config.port_range_start, self._config.port_range_end),
-            self._config.udp_port,
-        )
+            self._config.udp_port, self._config.fast_path,
+        )  # fmt: skip
 
     async def _ensure_local(self) -> LocalParameters:
         async with self._gather_lock:

@@ -23,7 +23,14 @@ The compiled forwarding path (rtc.fast_path) queues on one `FastBatch` per socke
 every connection on it (`fast_senders_for`): each copy carries its own destination, so the
 fan-out of one received packet to all subscribers leaves in one `sendmmsg` per loop iteration
 (UDP GSO per destination where a run allows). The batch lives as long as the socket; a
-connection that closes closes only its own targets. Whatever a datagram makes aioice raise
+connection that closes closes only its own targets.
+
+With the compiled receive path (`open_mux(..., receive=impl)`, `sfu.media.fastpath`), the mux
+reads its socket itself instead of the event loop's datagram transport: on each readable event
+the implementation's `Reader` takes up to `DRAIN_BUDGET` datagrams with `recvmmsg`, unprotects
+the SRTP of each connected peer (a `media_route` per ingress, by source address and SSRC) and
+hands it on, and gives everything else to `datagram_received` as before. Sends then go out of
+the socket directly (`SocketTransport`). Whatever a datagram makes aioice raise
 (0.13.0's STUN parser raises `struct.error` on a wrong attribute length) is counted in
 `malformed` and logged at DEBUG only, never raised into the event loop.
 """
@@ -32,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aioice.ice import StunProtocol
@@ -43,8 +52,10 @@ from sfu.media.transport.sockbuf import UDP_BUFFER, size_buffers
 from sfu.metrics import COUNTERS
 
 __all__ = [
+    "DRAIN_BUDGET",
     "MAX_ADDRESSES",
     "MuxedTransport",
+    "SocketTransport",
     "UdpMux",
     "close_muxes",
     "fast_senders_for",
@@ -55,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: remote addresses one connection may be reached from (its candidates, in practice a few)
 MAX_ADDRESSES = 16
+#: datagrams the compiled receive path reads per readable event before the loop runs again
+DRAIN_BUDGET = 128
 _STUN_HEADER = struct.Struct("!HHI12s")
 _STUN_MAGIC_COOKIE = 0x2112A442
 _STUN_BINDING_REQUEST = 0x0001
@@ -143,11 +156,67 @@ class MuxedTransport(asyncio.DatagramTransport):
         self.close()
 
 
+class SocketTransport:
+    """The mux's socket when a `Reader` reads it: `sendto` sends at once (a datagram the full
+    socket refuses is dropped and counted, where the event loop's transport would queue it;
+    DTLS and STUN retransmit, RTP and RTCP go through the send batches anyway), `close` stops
+    the reader, closes the socket and tells the mux, as the loop's transport would."""
+
+    def __init__(
+        self, sock: socket.socket, reader: Any, protocol: UdpMux, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._sock = sock
+        self._reader = reader
+        self._protocol = protocol
+        self._loop = loop
+        self._closed = False
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        self._reader.drain(DRAIN_BUDGET)
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closed:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            COUNTERS.send_dropped += 1
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._closed:
+            return default
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            return self._sock.getsockname()
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._reader.close()
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+
 class UdpMux(asyncio.DatagramProtocol):
     """The shared socket of one bind address and the routing table in front of it."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.DatagramTransport | SocketTransport | None = None
+        self._receive: Any = None  # the compiled receive path's implementation, if it reads
+        self._reader: Any = None
         self._by_ufrag: dict[str, StunProtocol] = {}
         self._ufrag_of: dict[StunProtocol, str] = {}
         self._by_addr: dict[Any, StunProtocol] = {}
@@ -188,6 +257,38 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP mux socket error: %r", exc)
+
+    # -- the compiled receive path ---------------------------------------------------------------
+    def read_with(self, sock: socket.socket, impl: Any) -> None:
+        """Read `sock` (bound, the mux's) with `impl`'s `Reader` instead of the event loop's
+        datagram transport."""
+        self._receive = impl
+        self._reader = impl.reader(sock.fileno(), self.datagram_received)
+        sock.setblocking(False)
+        self.transport = SocketTransport(sock, self._reader, self, asyncio.get_running_loop())
+
+    @property
+    def reader(self) -> Any:
+        """The `Reader` that reads the socket, or None (the event loop does)."""
+        return self._reader
+
+    def media_route(self, addr: Any, on_rtp: Callable[[bytes], object], session: Any) -> Any | None:
+        """A route of the compiled receive path for SRTP from `addr` (decrypted with `session`,
+        handed to `on_rtp`), registered; None without one, or when `addr` has a route already
+        (the datagrams then take the Python path, which checks who sends them)."""
+        if self._reader is None or self.transport is None or self.transport.is_closing():
+            return None
+        route = self._receive.route(addr, on_rtp, session)
+        try:
+            self._reader.add(route)
+        except ValueError:
+            COUNTERS.limit_exceeded("mux_route_in_use")
+            return None
+        return route
+
+    def drop_route(self, route: Any) -> None:
+        if self._reader is not None:
+            self._reader.remove(route)
 
     # -- connections -------------------------------------------------------------------------------
     def register(self, ufrag: str, connection: Any) -> StunProtocol:
@@ -295,8 +396,10 @@ _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 
 
-async def open_mux(address: str, port: int) -> UdpMux:
-    """The event loop's mux for ``address:port``, binding its socket on first use."""
+async def open_mux(address: str, port: int, receive: Any = None) -> UdpMux:
+    """The event loop's mux for ``address:port``, binding its socket on first use; read by
+    `receive`'s compiled receive path (an `sfu.media.fastpath.Implementation`) when it has one,
+    else by the event loop."""
     loop = asyncio.get_running_loop()
     lock = _LOCKS.setdefault(loop, asyncio.Lock())
     async with lock:
@@ -304,7 +407,18 @@ async def open_mux(address: str, port: int) -> UdpMux:
         mux = muxes.get((address, port))
         if mux is not None and mux.transport is not None:
             return mux
-        _, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=(address, port))
+        if receive is not None and receive.receives:
+            mux = UdpMux()
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            own = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                own.bind((address, port))
+            except OSError:
+                own.close()
+                raise
+            mux.read_with(own, receive)
+        else:
+            _, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=(address, port))
         sock = mux.get_extra_info("socket")
         if sock is not None:
             size_buffers(sock, 8 * UDP_BUFFER)  # every connection's datagrams queue here
