@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -61,8 +62,16 @@ def loadtest_argv(args: argparse.Namespace, sfu: Any, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def sfu_command(tree: Path) -> tuple[str, ...]:
+    """`python -m sfu` run from `tree` (its code first on sys.path)."""
+    script = (
+        f'cd {shlex.quote(str(tree))} && exec {shlex.quote(sys.executable)} -m sfu --config "$0"'
+    )
+    return ("sh", "-c", script, "{config}")
+
+
 async def run_one(
-    args: argparse.Namespace, workdir: Path, fast_path: str, udp_port: bool
+    args: argparse.Namespace, workdir: Path, fast_path: str, udp_port: bool, tree: Path
 ) -> dict[str, Any]:
     rtc: dict[str, Any] = {"fast_path": fast_path}
     if udp_port:
@@ -70,12 +79,15 @@ async def run_one(
     participants = args.rooms * (2 * args.per_room - 1)
     extra = {"rtc": rtc, "limits": {"max_cpu_load": 0, "max_sessions_per_ip": 0}}
     label = f"fp={fast_path}" + (" udp_port" if udp_port else " port range")
+    if len(args.trees) > 1:
+        label = f"{tree.name} {label}"
     async with running_sfu(
         workdir / "sfu",
         log_level="warn",
         extra_config=extra,
         rtc_ports=max(100, 2 * participants + 20),
         startup_timeout_s=30.0,
+        command=sfu_command(tree),
     ) as sfu:
         log(f"{label}: SFU pid {sfu.pid}, {participants} participants in {args.rooms} rooms")
         out = workdir / "loadtest"
@@ -100,7 +112,9 @@ async def run_one(
         "latency_ms", "join_failures", "packets_received", "loadtest_cpu_us_per_packet",
         "loadtest_worker_cpu_pct", "loadtest_publisher_cpu_pct", "sfu_packets_dropped",
     )  # fmt: skip
-    result: dict[str, Any] = {"variant": label, "fast_path": fast_path, "udp_port": udp_port}
+    result: dict[str, Any] = {
+        "variant": label, "fast_path": fast_path, "udp_port": udp_port, "tree": str(tree),
+    }  # fmt: skip
     if profile_path is not None:
         result["profile"] = summarise_py_spy(profile_path, args.top)
     result.update({k: summary.get(k) for k in keep})
@@ -136,13 +150,13 @@ async def profile(args: argparse.Namespace, pid: int, workdir: Path) -> Path | N
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print(
-        f"{'run':>3}  {'variant':>22}  {'µs/pkt':>7}  {'SFU CPU %':>9}  {'fwd pps':>9}  "
+        f"{'run':>3}  {'variant':>30}  {'µs/pkt':>7}  {'SFU CPU %':>9}  {'fwd pps':>9}  "
         f"{'loss %':>6}  {'p50 ms':>6}  {'p99 ms':>7}  {'lt µs/pkt':>9}"
     )
     for i, r in enumerate(results):
         latency = r.get("latency_ms") or {}
         print(
-            f"{i:>3}  {r['variant']:>22}  {r['sfu_cpu_us_per_packet']!s:>7}  "
+            f"{i:>3}  {r['variant']:>30}  {r['sfu_cpu_us_per_packet']!s:>7}  "
             f"{r['sfu_cpu_pct']!s:>9}  {r['fwd_pps']!s:>9}  {r['loss_pct']!s:>6}  "
             f"{latency.get('p50')!s:>6}  {latency.get('p99')!s:>7}  "
             f"{r['loadtest_cpu_us_per_packet']!s:>9}"
@@ -169,6 +183,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["on"],
         help="rtc.udp_port (one shared socket) on, off (a socket per peer connection), or both",
     )
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        type=Path,
+        default=[REPO_ROOT],
+        help="run the SFU from each of these source trees in turn (default: this one), e.g. a "
+        "`git archive` of another commit with its extensions built",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence")
     parser.add_argument("--workers", type=int, help="load tester subscriber processes")
     parser.add_argument("--profile", choices=("none", "py-spy"), default="none")
@@ -190,15 +212,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work directory {workdir}")
     try:
         runs = [
-            (fast, udp == "on")
+            (fast, udp == "on", tree)
             for _ in range(args.rounds)
             for udp in args.udp_ports
+            for tree in args.trees
             for fast in args.fast_paths
         ]
-        for i, (fast, udp) in enumerate(runs):
+        for i, (fast, udp, tree) in enumerate(runs):
             name = f"run{i}-{fast}-{'udp' if udp else 'range'}"
             with contextlib.redirect_stdout(sys.stderr):  # the harness prints the SFU log tail
-                output["results"].append(await run_one(args, workdir / name, fast, udp))
+                output["results"].append(await run_one(args, workdir / name, fast, udp, tree))
     finally:
         if args.keep:
             log(f"kept {workdir}")

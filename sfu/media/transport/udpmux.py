@@ -281,7 +281,7 @@ class UdpMux(asyncio.DatagramProtocol):
         route = self._receive.route(addr, on_rtp, session)
         try:
             self._reader.add(route)
-        except ValueError:
+        except (ValueError, OverflowError):  # the address has a route, or the table is full
             COUNTERS.limit_exceeded("mux_route_in_use")
             return None
         return route
