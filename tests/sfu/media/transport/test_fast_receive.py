@@ -12,6 +12,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from sfu.media import fastpath
 from sfu.media.transport import TransportConfig
 from sfu.media.transport.udpmux import close_muxes, open_mux
+from sfu.metrics import COUNTERS
 from tests.harness.sfu import free_udp_port
 from tests.sfu.media.transport.test_peer import (
     Recorder,
@@ -57,3 +58,20 @@ async def test_publisher_media_comes_through_the_reader(name: str) -> None:
         await pc.close()
         close_muxes()
     assert reader.fd == -1
+
+
+async def test_one_route_per_source_address() -> None:
+    impl = fastpath.COMPILED
+    assert impl is not None and impl.receives, "the compiled receive path is not built"
+    mux = await open_mux("127.0.0.1", free_udp_port(), impl)
+    try:
+        first = mux.media_route(("127.0.0.1", 5000), lambda data: None, None)
+        assert first is not None and mux.reader.lookup(("127.0.0.1", 5000)) is first
+        before = COUNTERS.limits_exceeded.get("mux_route_in_use", 0)
+        assert mux.media_route(("127.0.0.1", 5000), lambda data: None, None) is None
+        assert COUNTERS.limits_exceeded.get("mux_route_in_use", 0) == before + 1
+        mux.drop_route(first)
+        assert len(mux.reader) == 0
+    finally:
+        close_muxes()
+    assert mux.media_route(("127.0.0.1", 5001), lambda data: None, None) is None  # closed
