@@ -418,6 +418,8 @@ static PyMemberDef batch_members[] = {
      "datagrams sent inside GSO messages"},
     {"auto_flushes", T_ULONGLONG, offsetof(BatchObject, auto_flushes), READONLY,
      "flushes forced by a full batch"},
+    {"capacity", T_PYSSIZET, offsetof(BatchObject, capacity), READONLY,
+     "datagrams it holds; a full batch is sent before the next is queued"},
     {NULL},
 };
 

@@ -12,6 +12,7 @@ class Batch:
     flushes: int
     gso_datagrams: int
     auto_flushes: int
+    capacity: int
     def __init__(self, fd: int, *, gso: bool = False, capacity: int = 1024) -> None: ...
     @property
     def gso(self) -> bool: ...

@@ -69,7 +69,7 @@ class Batch:
         if self._sock is not None:
             self._sock.setblocking(False)
         self.gso = False  # the reference sends one datagram per call
-        self._capacity = capacity
+        self.capacity = capacity
         self._queue: list[tuple[bytes, tuple[str, int]]] = []
         self.sent = self.dropped = self.syscalls = self.flushes = 0
         self.gso_datagrams = self.auto_flushes = 0
@@ -83,7 +83,7 @@ class Batch:
 
     def reserve(self) -> None:
         """Called before a datagram is built: a full batch is sent first."""
-        if len(self._queue) >= self._capacity:
+        if len(self._queue) >= self.capacity:
             self.auto_flushes += 1
             self.flush()
 

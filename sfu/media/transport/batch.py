@@ -242,7 +242,8 @@ class SendQueue:
 class FastBatch:
     """A compiled-path send batch (`sfu.media.fastpath`'s `Batch`) of one transport, flushed by
     the loop's `Flusher` like a `SendQueue`: `schedule` registers it once per iteration, `flush`
-    sends it and turns what the batch counted into the process counters. Only RTP goes through
+    sends it and turns what the batch counted into the process counters (a full batch sent while
+    queueing counts as a flush of its capacity). Only RTP goes through
     it (forwarded copies and NACK answers), so a datagram the socket refused uncounts one
     outgoing packet; its bytes are not known here (they were counted as plaintext)."""
 
@@ -252,7 +253,7 @@ class FastBatch:
         self.batch = batch
         self._flusher = flusher
         self.queued = False
-        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, flushes
+        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, auto flushes
 
     @classmethod
     def beside(cls, queue: SendQueue, impl: Any) -> FastBatch:
@@ -283,10 +284,12 @@ class FastBatch:
 
     def _account(self) -> None:
         batch = self.batch
-        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.flushes)
+        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.auto_flushes)
         dropped = seen[0] - self._seen[0]
         COUNTERS.send_syscalls += seen[1] - self._seen[1]
         COUNTERS.send_gso_datagrams += seen[2] - self._seen[2]
+        for _ in range(seen[3] - self._seen[3]):  # sent while queueing: a full batch each
+            count_flush(batch.capacity)
         self._seen = seen
         if dropped:
             COUNTERS.send_dropped += dropped

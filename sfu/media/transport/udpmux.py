@@ -54,6 +54,7 @@ from sfu.metrics import COUNTERS
 __all__ = [
     "DRAIN_BUDGET",
     "MAX_ADDRESSES",
+    "SHARED_BATCH_CAPACITY",
     "MuxedTransport",
     "SocketTransport",
     "UdpMux",
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 MAX_ADDRESSES = 16
 #: datagrams the compiled receive path reads per readable event before the loop runs again
 DRAIN_BUDGET = 128
+#: datagrams the shared send batch holds (2 KiB slots: 8.5 MiB per socket) before a full one is
+#: sent early: a key frame's fan-out to a few hundred subscribers fits
+SHARED_BATCH_CAPACITY = 4096
 _STUN_HEADER = struct.Struct("!HHI12s")
 _STUN_MAGIC_COOKIE = 0x2112A442
 _STUN_BINDING_REQUEST = 0x0001
@@ -364,7 +368,8 @@ class UdpMux(asyncio.DatagramProtocol):
             if sock is None or transport is None or transport.is_closing():
                 raise ValueError("the shared socket is closed")
             loop = asyncio.get_running_loop()
-            batch = FastBatch(impl.batch(sock.fileno(), gso=gso), flusher_for(loop))
+            batch = impl.batch(sock.fileno(), gso=gso, capacity=SHARED_BATCH_CAPACITY)
+            batch = FastBatch(batch, flusher_for(loop))
             self._batches[key] = batch
         return batch
 

@@ -228,3 +228,18 @@ async def test_the_mux_makes_one_batch_per_implementation_and_gso() -> None:
     assert first.batch.fd == other.batch.fd == python.batch.fd == -1
     with pytest.raises(ValueError):
         mux.fast_batch(impl, gso=True)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_a_batch_sent_full_while_queueing_is_counted(name: str) -> None:
+    impl = implementation(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        fast = FastBatch(impl.batch(sink.fileno(), capacity=3), _NoFlush())  # type: ignore[arg-type]
+        target = impl.target(fast.batch, sink.getsockname())
+        before = (COUNTERS.send_datagrams, COUNTERS.send_flushes)
+        for i in range(7):
+            assert target.send(rtp(b"x", sequence_number=i))
+        fast.flush()
+        assert fast.batch.sent == 7 and fast.batch.auto_flushes == 2
+        assert (COUNTERS.send_datagrams - before[0], COUNTERS.send_flushes - before[1]) == (7, 3)
