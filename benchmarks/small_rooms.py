@@ -38,7 +38,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `tests.harness` lives beside the installed packages
 
 from benchmarks.forward_cpu import summarise_py_spy  # noqa: E402
-from tests.harness.sfu import free_udp_port, running_sfu, stop_process  # noqa: E402
+from tests.harness.sfu import (  # noqa: E402
+    SfuLogErrors,
+    free_udp_port,
+    running_sfu,
+    stop_process,
+)
 
 LOADTEST_TIMEOUT_S = 600.0
 
@@ -81,28 +86,32 @@ async def run_one(
     label = f"fp={fast_path}" + (" udp_port" if udp_port else " port range")
     if len(args.trees) > 1:
         label = f"{tree.name} {label}"
-    async with running_sfu(
-        workdir / "sfu",
-        log_level="warn",
-        extra_config=extra,
-        rtc_ports=max(100, 2 * participants + 20),
-        startup_timeout_s=30.0,
-        command=sfu_command(tree),
-    ) as sfu:
-        log(f"{label}: SFU pid {sfu.pid}, {participants} participants in {args.rooms} rooms")
-        out = workdir / "loadtest"
-        out.mkdir(parents=True, exist_ok=True)
-        with (workdir / "loadtest.log").open("wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                *loadtest_argv(args, sfu, out),
-                cwd=REPO_ROOT, stdout=log_file, stderr=log_file, start_new_session=True,
-            )  # fmt: skip
-            profiler = asyncio.create_task(profile(args, sfu.pid, workdir))
-            try:
-                await asyncio.wait_for(process.wait(), LOADTEST_TIMEOUT_S)
-            finally:
-                await stop_process(process, 5.0)
-                profile_path = await profiler
+    out = workdir / "loadtest"
+    profile_path: Path | None = None
+    try:
+        async with running_sfu(
+            workdir / "sfu",
+            log_level="warn",
+            extra_config=extra,
+            rtc_ports=max(100, 2 * participants + 20),
+            startup_timeout_s=30.0,
+            command=sfu_command(tree),
+        ) as sfu:
+            log(f"{label}: SFU pid {sfu.pid}, {participants} participants in {args.rooms} rooms")
+            out.mkdir(parents=True, exist_ok=True)
+            with (workdir / "loadtest.log").open("wb") as log_file:
+                process = await asyncio.create_subprocess_exec(
+                    *loadtest_argv(args, sfu, out),
+                    cwd=REPO_ROOT, stdout=log_file, stderr=log_file, start_new_session=True,
+                )  # fmt: skip
+                profiler = asyncio.create_task(profile(args, sfu.pid, workdir))
+                try:
+                    await asyncio.wait_for(process.wait(), LOADTEST_TIMEOUT_S)
+                finally:
+                    await stop_process(process, 5.0)
+                    profile_path = await profiler
+    except SfuLogErrors as exc:  # the run is measured; what the SFU logged is reported
+        log(f"  ! {label}: {exc}")
     report_path = out / "report.json"
     if not report_path.exists():
         raise RuntimeError(f"the load tester wrote no report; see {workdir / 'loadtest.log'}")
