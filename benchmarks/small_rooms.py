@@ -216,7 +216,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="small_rooms-"))
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config = {
+        k: str(v) if isinstance(v, Path) else [str(t) for t in v] if k == "trees" else v
+        for k, v in vars(args).items()
+    }
     output: dict[str, Any] = {"benchmark": "small_rooms", "config": config, "results": []}
     log(f"work directory {workdir}")
     try:
