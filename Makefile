@@ -11,9 +11,9 @@ APT_PACKAGES := chromium iproute2 iptables openssl coturn caddy redis-server
 
 .PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
 
-# The install compiles C extensions (setup.py: sfu/media/_fastpath.c, loadtest/_rx.c) with
+# The install compiles C extensions (setup.py: sfu/media/_fastpath.c, _fastrecv.c, loadtest/_rx.c) with
 # the machine's compiler, in place for the editable install; a change to its source reinstalls.
-$(VENV)/.installed: pyproject.toml setup.py sfu/media/_fastpath.c loadtest/_rx.c | build-deps
+$(VENV)/.installed: pyproject.toml setup.py sfu/media/_fastpath.c sfu/media/_fastrecv.c sfu/media/_sockaddr.h loadtest/_rx.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test,loadtest,focus]'
@@ -95,4 +95,4 @@ fuzz: venv
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so loadtest/_rx.*.so
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so sfu/media/_fastrecv*.so loadtest/_rx.*.so

@@ -484,7 +484,8 @@ class Scenario:
         async with running_sfu(
             self.workdir / "sfu",
             log_level="warn",
-            extra_config={"rtc": self.rtc_config()} if self.rtc_config() else None,
+            # admission off: the benchmark measures the SFU however loaded the machine is
+            extra_config={"rtc": self.rtc_config(), "limits": {"max_cpu_load": 0}},
             command=self.sfu_command(),
             rtc_ports=max(100, 2 * n + 20),
             startup_timeout_s=30.0,

@@ -599,7 +599,7 @@ def build_app(config: Config, metrics_sockets: list[socket.socket] | None = None
             log.info("%d media workers: pids %s", len(sfu.workers.links), sfu.workers.pids())
         elif udp_port:  # bind the shared sockets now: a taken port is a startup error
             for address in sfu.transport_config.bind_addresses:
-                await open_mux(address, udp_port)
+                await open_mux(address, udp_port, sfu.transport_config.fast_path)
             log.info("ICE/media on UDP port %d (one socket per bind address)", udp_port)
         metrics_server: _MetricsServer | None = None
         metrics_task: asyncio.Task[None] | None = None

@@ -25,6 +25,7 @@ TARGETS: tuple[str, ...] = (
     "udpmux",
     "ingress",
     "fastpath",
+    "fastrecv",
     "ice_candidate",
     "sdp",
     "signal",

@@ -30,6 +30,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_sockaddr.h"
+
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
@@ -332,20 +334,6 @@ batch_flush(BatchObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(batch_send(self));
 }
 
-static PyObject *
-addr_to_tuple(const struct sockaddr_storage *addr)
-{
-    char host[INET6_ADDRSTRLEN];
-    if (addr->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    }
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-    return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo),
-                         a->sin6_scope_id);
-}
 
 static PyObject *
 batch_pending(BatchObject *self, PyObject *Py_UNUSED(ignored))
@@ -430,6 +418,8 @@ static PyMemberDef batch_members[] = {
      "datagrams sent inside GSO messages"},
     {"auto_flushes", T_ULONGLONG, offsetof(BatchObject, auto_flushes), READONLY,
      "flushes forced by a full batch"},
+    {"capacity", T_PYSSIZET, offsetof(BatchObject, capacity), READONLY,
+     "datagrams it holds; a full batch is sent before the next is queued"},
     {NULL},
 };
 
@@ -604,6 +594,8 @@ typedef struct {
     void *srtp;
     PyObject *srtp_owner;
     SequenceObject *twcc; /* the transport's sequence (stamped when its ext_id is set) or NULL */
+    PyObject *weakreflist;
+    char closed; /* its transport closed: nothing more is built, queued or counted */
     /* state that forward updates */
     int sent_any;
     int64_t last_out_seq;
@@ -623,41 +615,6 @@ typedef struct {
 static PyTypeObject TargetType;
 static int target_ready(const TargetObject *t);
 
-static int
-parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *outlen)
-{
-    const char *host;
-    int port;
-    unsigned int flowinfo = 0, scope_id = 0;
-    if (!PyTuple_Check(addr) || !PyArg_ParseTuple(addr, "si|II", &host, &port, &flowinfo, &scope_id)) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "addr must be a (host, port) tuple");
-        return -1;
-    }
-    if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_ValueError, "port must be 0..65535");
-        return -1;
-    }
-    memset(out, 0, sizeof *out);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)out;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        *outlen = sizeof *a4;
-        return 0;
-    }
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        a6->sin6_flowinfo = htonl(flowinfo);
-        a6->sin6_scope_id = scope_id;
-        *outlen = sizeof *a6;
-        return 0;
-    }
-    PyErr_Format(PyExc_ValueError, "not a numeric IP address: %s", host);
-    return -1;
-}
 
 static int
 target_init(TargetObject *self, PyObject *args, PyObject *kwds)
@@ -696,6 +653,8 @@ target_clear_history(TargetObject *self)
 static void
 target_dealloc(TargetObject *self)
 {
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     target_clear_history(self);
     Py_CLEAR(self->last_packet);
     Py_CLEAR(self->batch);
@@ -734,7 +693,7 @@ target_send(TargetObject *self, PyObject *args, PyObject *kwds)
         !PyArg_ParseTupleAndKeywords(args, kwds, "y*|$p", kwlist, &data, &rtcp))
         return NULL;
     int limit = SLOT_SIZE - (rtcp ? SRTCP_TRAILER : SRTP_TRAILER);
-    if (data.len > limit || data.len < 1) {
+    if (data.len > limit || data.len < 1 || self->closed) {
         PyBuffer_Release(&data);
         self->send_dropped++;
         Py_RETURN_FALSE;
@@ -960,6 +919,8 @@ static PyMemberDef target_members[] = {
      "payload octets written (datagram length - 12, RFC 3550 SR)"},
     {"send_dropped", T_ULONGLONG, offsetof(TargetObject, send_dropped), 0,
      "datagrams SRTP refused or too long to protect"},
+    {"closed", T_BOOL, offsetof(TargetObject, closed), 0,
+     "its transport closed: forward skips it, resend and send refuse (the batch may be shared)"},
     {NULL},
 };
 
@@ -1172,8 +1133,8 @@ build_copy(const TargetObject *t, Packet *pk, int64_t out_seq, uint32_t out_ts, 
 static int
 forward_one(TargetObject *t, Packet *pk, Py_ssize_t *copies, Py_ssize_t *octets)
 {
-    if (pk->ext_seq < t->switch_seq)
-        return 0; /* older than the packet the target switched on */
+    if (pk->ext_seq < t->switch_seq || t->closed)
+        return 0; /* older than the packet the target switched on, or its transport closed */
     int64_t out_seq = pk->ext_seq - t->seq_offset; /* both within ±2**62: no overflow */
     uint32_t out_ts = pk->ts - t->ts_offset;
     int newest = !t->sent_any || out_seq > t->last_out_seq;
@@ -1239,6 +1200,10 @@ target_resend(TargetObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_FALSE;
     if (target_ready(self) < 0)
         return NULL;
+    if (self->closed) {
+        self->send_dropped++;
+        Py_RETURN_FALSE;
+    }
     Packet pk = {
         .data = data,
         .p = (const uint8_t *)PyBytes_AS_STRING(data),
@@ -1394,6 +1359,7 @@ static PyTypeObject TargetType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)target_init,
     .tp_dealloc = (destructor)target_dealloc,
+    .tp_weaklistoffset = offsetof(TargetObject, weakreflist),
     .tp_methods = target_methods,
     .tp_members = target_members,
     .tp_getset = target_getset,

@@ -20,6 +20,7 @@ class Batch:
     flushes: int
     gso_datagrams: int
     auto_flushes: int
+    capacity: int
     def __init__(self, fd: int, *, gso: bool = False, capacity: int = 1024) -> None: ...
     @property
     def gso(self) -> bool: ...
@@ -51,6 +52,7 @@ class Target:
     octets_sent: int
     send_dropped: int
     twcc: TransportWideSequence | None
+    closed: bool
     def __init__(
         self, batch: Batch, addr: tuple[str, int], *, srtp: int = 0, owner: object = None
     ) -> None: ...

@@ -8,6 +8,11 @@ Both implementations offer the same `forward` / `Batch` / `Target` / `TransportW
 for what `forward` does); `Implementation.target` hides how each reaches libsrtp: the compiled one
 is handed the addresses of pylibsrtp's bundled `srtp_protect` / `srtp_protect_rtcp` and each
 session's `srtp_t`, the reference calls them through pylibsrtp's cffi binding.
+
+The receive side of the shared UDP socket (`rtc.udp_port`) has the same pair:
+`sfu.media._fastrecv` (batched `recvmmsg`, SRTP unprotect, routing by source address) and its
+reference `sfu.media.fastrecv_py`; `Implementation.reader` and `.route` make theirs (None: the
+compiled one was not built, the socket stays with the event loop).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
-from sfu.media import fastpath_py
+from sfu.media import fastpath_py, fastrecv_py
 
 __all__ = ["MODES", "Implementation", "available", "for_transports", "load", "new_sequence"]
 
@@ -41,6 +46,15 @@ else:
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect_rtcp"))),
     )
     _compiled = _fastpath
+
+_compiled_recv: ModuleType | None
+try:
+    from sfu.media import _fastrecv
+except ImportError:
+    _compiled_recv = None
+else:
+    _fastrecv.set_srtp(int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))))
+    _compiled_recv = _fastrecv
 
 _warned = False
 
@@ -62,6 +76,7 @@ class Implementation:
     name: str  # "compiled" or "python"
     forward: Callable[[Sequence[Any], object, bytes, int, int, int, float], tuple[int, int]]
     _module: Any
+    _recv: Any = None  # the receive module, if any
 
     def batch(self, fd: int, *, gso: bool = False, capacity: int = 1024) -> Any:
         """A send batch on a duplicate of socket descriptor `fd` (-1: none)."""
@@ -80,9 +95,32 @@ class Implementation:
             return self._module.Target(batch, addr)
         return self._module.Target(batch, addr, srtp=srtp_context(session), owner=session)
 
+    @property
+    def receives(self) -> bool:
+        """Whether it has a receive path for the shared socket (`reader`, `route`)."""
+        return self._recv is not None
 
-PYTHON = Implementation("python", fastpath_py.forward, fastpath_py)
-COMPILED = None if _compiled is None else Implementation("compiled", _compiled.forward, _compiled)
+    def reader(self, fd: int, fallback: Callable[[bytes, Any], object]) -> Any:
+        """A batched reader of socket descriptor `fd` (a duplicate); what no route takes goes to
+        `fallback(data, addr)`."""
+        return self._recv.Reader(fd, fallback)
+
+    def route(self, addr: Any, on_rtp: Callable[[bytes], object], session: Session | None) -> Any:
+        """A route for SRTP from `addr`, unprotected with `session` (None: plaintext, for tests),
+        handed to `on_rtp`."""
+        if self._recv is fastrecv_py:
+            return fastrecv_py.Route(addr, on_rtp, session=session)
+        if session is None:
+            return self._recv.Route(addr, on_rtp)
+        return self._recv.Route(addr, on_rtp, srtp=srtp_context(session), owner=session)
+
+
+PYTHON = Implementation("python", fastpath_py.forward, fastpath_py, fastrecv_py)
+COMPILED = (
+    None
+    if _compiled is None
+    else Implementation("compiled", _compiled.forward, _compiled, _compiled_recv)
+)
 
 
 def load(mode: str = "auto") -> Implementation:

@@ -6,7 +6,8 @@ property test (tests/sfu/media/test_fastpath.py) holds the two to byte-identical
 identical state. Per target:
 
 - a packet whose extended sequence number is below `switch_seq` is skipped (it is older than the
-  packet the target switched on);
+  packet the target switched on), and so is every packet once the target is `closed` (its
+  transport closed; the batch it queued on may be shared by other transports and live on);
 - out sequence number = `ext_seq - seq_offset` (extended; the wire carries it mod 2**16), out
   timestamp = `(timestamp - ts_offset) mod 2**32`;
 - the datagram is `rewrite()` of the packet (SSRC, payload type, sequence number, timestamp; no
@@ -88,7 +89,7 @@ class Batch:
         if self._sock is not None:
             self._sock.setblocking(False)
         self.gso = False  # the reference sends one datagram per call
-        self._capacity = capacity
+        self.capacity = capacity
         self._queue: list[tuple[bytes, tuple[str, int]]] = []
         self.sent = self.dropped = self.syscalls = self.flushes = 0
         self.gso_datagrams = self.auto_flushes = 0
@@ -102,7 +103,7 @@ class Batch:
 
     def reserve(self) -> None:
         """Called before a datagram is built: a full batch is sent first."""
-        if len(self._queue) >= self._capacity:
+        if len(self._queue) >= self.capacity:
             self.auto_flushes += 1
             self.flush()
 
@@ -216,6 +217,7 @@ class Target:
         self.packets_sent = 0
         self.octets_sent = 0
         self.send_dropped = 0
+        self.closed = False
         self._history: list[History | None] = [None] * HISTORY_SIZE
         self._layout = [(12, 0)] * HISTORY_SIZE  # payload offset and padding per slot
 
@@ -237,6 +239,9 @@ class Target:
         SSRC, payload type and VP8 offsets), protect and queue it; False if empty or dropped."""
         entry = self.entry(slot)
         if entry is None:
+            return False
+        if self.closed:
+            self.send_dropped += 1
             return False
         out_seq, out_ts, data, _ = entry
         self.batch.reserve()
@@ -274,8 +279,10 @@ class Target:
 
     def send(self, data: bytes, *, rtcp: bool = False) -> bool:
         """Protect one plaintext RTP (or RTCP) datagram and queue it; False if dropped."""
-        if not data or len(data) > (
-            BUFFER_SIZE - SRTP_MAX_SRTCP_TRAILER_LEN if rtcp else MAX_PLAINTEXT
+        if (
+            self.closed
+            or not data
+            or len(data) > (BUFFER_SIZE - SRTP_MAX_SRTCP_TRAILER_LEN if rtcp else MAX_PLAINTEXT)
         ):
             self.send_dropped += 1
             return False
@@ -370,7 +377,7 @@ def forward(
     timestamp = int.from_bytes(data[4:8], "big")
     copies = octets = 0
     for t in targets:
-        if ext_seq < t.switch_seq:
+        if ext_seq < t.switch_seq or t.closed:
             continue
         out_seq = ext_seq - t.seq_offset
         out_ts = (timestamp - t.ts_offset) & 0xFFFFFFFF

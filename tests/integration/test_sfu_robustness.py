@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -22,7 +23,7 @@ from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection
 
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port, running_sfu
 from tests.harness.tokens import mint_token
 
 ROOM = "robust"
@@ -265,14 +266,18 @@ async def assert_refused_above(
     assert validate.status_code == 503 and reason[0] in validate.content  # the measure moves
 
 
+@pytest.mark.parametrize("single_port", [False, True], ids=["port_range", "udp_port"])
 async def test_joins_past_the_latency_bound_get_503(
-    tmp_path: Path, sfu_keys: tuple[str, str]
+    tmp_path: Path, sfu_keys: tuple[str, str], single_port: bool
 ) -> None:
     """`limits.max_forward_latency_ms` below what any datagram waits (1 µs): the first
     participant (nothing measured yet) is admitted; once its media flows, every newcomer is
-    refused, clearly, while its own rejoin is let through and its media keeps arriving."""
+    refused, clearly, while its own rejoin is let through and its media keeps arriving. With
+    `rtc.udp_port` the compiled receive path reads the media, and samples it too."""
     key, secret = sfu_keys
-    limits = {"limits": {"max_cpu_load": 0, "max_forward_latency_ms": 0.001}}
+    limits: dict[str, Any] = {"limits": {"max_cpu_load": 0, "max_forward_latency_ms": 0.001}}
+    if single_port:
+        limits["rtc"] = {"udp_port": free_udp_port()}
     async with running_sfu(
         tmp_path / "sfu", api_key=key, api_secret=secret, extra_config=limits
     ) as sfu:

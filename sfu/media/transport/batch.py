@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sfu.media.transport.latency import ForwardLatency
@@ -40,6 +40,7 @@ __all__ = [
     "MAX_QUEUE",
     "MAX_QUEUE_BYTES",
     "FastBatch",
+    "FastSenders",
     "FlushGroup",
     "Flusher",
     "SendQueue",
@@ -254,7 +255,8 @@ class SendQueue:
 class FastBatch:
     """A compiled-path send batch (`sfu.media.fastpath`'s `Batch`) of one transport, flushed by
     the loop's `Flusher` like a `SendQueue`: `schedule` registers it once per iteration, `flush`
-    sends it and turns what the batch counted into the process counters. Only RTP goes through
+    sends it and turns what the batch counted into the process counters (a full batch sent while
+    queueing counts as a flush of its capacity). Only RTP goes through
     it (forwarded copies and NACK answers), so a datagram the socket refused uncounts one
     outgoing packet; its bytes are not known here (they were counted as plaintext)."""
 
@@ -264,7 +266,7 @@ class FastBatch:
         self.batch = batch
         self._flusher = flusher
         self.queued = False
-        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, flushes
+        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, auto flushes
 
     @classmethod
     def beside(cls, queue: SendQueue, impl: Any) -> FastBatch:
@@ -295,10 +297,12 @@ class FastBatch:
 
     def _account(self) -> None:
         batch = self.batch
-        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.flushes)
+        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.auto_flushes)
         dropped = seen[0] - self._seen[0]
         COUNTERS.send_syscalls += seen[1] - self._seen[1]
         COUNTERS.send_gso_datagrams += seen[2] - self._seen[2]
+        for _ in range(seen[3] - self._seen[3]):  # sent while queueing: a full batch each
+            count_flush(batch.capacity)
         self._seen = seen
         if dropped:
             COUNTERS.send_dropped += dropped
@@ -308,6 +312,41 @@ class FastBatch:
         """Drop what is queued (counted) and release the batch's descriptor. Idempotent."""
         self.batch.close()
         self._account()
+
+
+class FastSenders:
+    """One transport's fast-path targets and the `FastBatch` they queue on: the transport's own
+    (a socket per transport, the port range) or its mux socket's (`rtc.udp_port`: one batch for
+    every transport on the socket, `sfu.media.transport.udpmux.UdpMux.fast_batch`). `close`
+    closes every target handed out, so none is built, queued or counted again, and closes the
+    batch only when it is the transport's own: a shared one lives as long as its socket."""
+
+    __slots__ = ("_impl", "_own", "_targets", "batch")
+
+    def __init__(self, batch: FastBatch, impl: Any, *, own: bool) -> None:
+        self.batch = batch
+        self._impl = impl
+        self._own = own
+        #: the targets handed out; a down track that is dropped takes its target with it
+        self._targets: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def sender(self, addr: Any, session: Any) -> tuple[Any, Any, FastBatch]:
+        """(forward, a target sending to `addr` protected with `session`, the batch)."""
+        target = self._impl.target(self.batch.batch, addr, session)
+        self._targets.add(target)
+        return self._impl.forward, target, self.batch
+
+    @property
+    def targets(self) -> Sequence[Any]:
+        return list(self._targets)
+
+    def close(self) -> None:
+        """Close the targets, and the batch if it is this transport's own. Idempotent."""
+        for target in list(self._targets):
+            target.closed = True
+        self._targets.clear()
+        if self._own:
+            self.batch.close()
 
 
 class FlushGroup:

@@ -257,11 +257,13 @@ async def gather_host_candidates(
     node_ip: str | None,
     port_range: tuple[int, int],
     udp_port: int = 0,
+    receive: Any = None,
 ) -> HostCandidates:
     """Bind the sockets of an aioice `Connection` and make it consider gathering complete.
 
     With `udp_port`, the connection joins each bind address's shared socket on that port
-    (`sfu.media.transport.udpmux`) instead of binding its own in `port_range`.
+    (`sfu.media.transport.udpmux`) instead of binding its own in `port_range`; `receive` (the
+    fast path's implementation, or None) is what reads that socket when it is first bound.
 
     Touches aioice privates (`_protocols`, `_local_candidates`, `_local_candidates_*`), the same
     state `Connection.gather_candidates` fills in.
@@ -270,7 +272,7 @@ async def gather_host_candidates(
     local_preference = 65535
     for address in bind_addresses:
         if udp_port:
-            mux = await open_mux(address, udp_port)
+            mux = await open_mux(address, udp_port, receive)
             protocol = mux.register(connection.local_username, connection)
             transport = protocol.transport
         else:

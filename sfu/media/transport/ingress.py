@@ -14,6 +14,11 @@ check succeeded: the peer nominated another pair, or sends on another valid one)
 address the current one; from anywhere else they are dropped before libsrtp or OpenSSL see them
 (counted in `wrong_source`), so a forged datagram costs a scan of the bounded check list, not
 an authentication.
+On a shared socket read by the compiled receive path (`rtc.udp_port` with rtc.fast_path,
+`sfu.media.transport.udpmux`), the ingress also registers a route for its remote address: once
+an SSRC's first packet came through here (so `SrtpUnprotector` knows libsrtp's stream for it),
+the reader unprotects that SSRC's packets from that address itself and calls `deliver_rtp`
+directly; the stream's removal takes it off the route again. Everything else still comes here.
 Whatever aioice raises on a datagram (0.13.0's STUN parser raises `struct.error` for an attribute
 of the wrong length) is counted in `malformed` and logged at DEBUG only: it never reaches the
 event loop, which would log a traceback per datagram.
@@ -113,20 +118,23 @@ class SrtpIngress:
     """Decrypt and dispatch one transport's SRTP/SRTCP; pass everything else to `fallback`."""
 
     __slots__ = (
+        "_failures",
         "_fallback",
         "_fd",
         "_latency",
+        "_mux",
         "_on_rtcp",
         "_on_rtp",
         "_protocol",
         "_remote",
+        "_route",
+        "_session",
         "_unprotect",
         "_unprotect_rtcp",
         "bytes_received",
         "malformed",
         "rtcp_packets_received",
         "rtp_packets_received",
-        "unprotect_failures",
         "wrong_source",
     )
 
@@ -140,10 +148,13 @@ class SrtpIngress:
         self._remote: tuple[Any, Any] | None = None
         self._latency = _NO_PROBE
         self._fd = -1
+        self._mux: Any = None  # the shared socket's UdpMux, when the protocol is on one
+        self._route: Any = None  # its compiled receive path's route for `_remote`
+        self._session: Session | None = None
         self.rtp_packets_received = 0
         self.rtcp_packets_received = 0
         self.bytes_received = 0
-        self.unprotect_failures = 0
+        self._failures = 0
         self.malformed = 0  # datagrams aioice raised on
         self.wrong_source = 0  # SRTP/SRTCP/DTLS from an address ICE never validated
 
@@ -164,13 +175,44 @@ class SrtpIngress:
         self._fallback = protocol.datagram_received
         protocol.datagram_received = self.datagram_received
         self._latency, self._fd = _probe_for(protocol)
+        self._session = session
+        self._mux = getattr(getattr(protocol, "transport", None), "mux", None)
+        self._reroute(self._remote)
 
     def detach(self) -> None:
         """Give the protocol its own `datagram_received` back.  Idempotent."""
+        self._reroute(None)
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.__dict__.pop("datagram_received", None)
         self._fallback = None
+        self._mux = self._session = None
+
+    @property
+    def unprotect_failures(self) -> int:
+        """Packets libsrtp refused (replayed, forged, truncated), here or on the route."""
+        route = self._route
+        return self._failures + (0 if route is None else route.unprotect_failures)
+
+    def _reroute(self, remote: tuple[Any, Any] | None) -> None:
+        """The compiled receive path's route onto `remote` (None: none), keeping what it knew."""
+        old, self._route = self._route, None
+        mux, unprotect = self._mux, self._unprotect
+        if old is not None:
+            self._failures += old.unprotect_failures
+            mux.drop_route(old)
+        if isinstance(unprotect, SrtpUnprotector):
+            unprotect.on_remove = None
+        if mux is None or remote is None or unprotect is None:
+            return
+        route = mux.media_route(remote, self.deliver_rtp, self._session)
+        if route is None:
+            return
+        for ssrc in unprotect.streams if isinstance(unprotect, SrtpUnprotector) else ():
+            route.learn(ssrc)
+        self._route = route
+        if isinstance(unprotect, SrtpUnprotector):
+            unprotect.on_remove = route.forget
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         latency = self._latency
@@ -187,6 +229,7 @@ class SrtpIngress:
             # the peer sends on another pair ICE validated: follow it
             logger.debug("media source moved from %s to %s", remote, addr)
             self._remote = (addr[0], addr[1])
+            self._reroute(self._remote)
         if unprotect is None or unprotect_rtcp is None or not 127 < first < 192:
             fallback = self._fallback
             if fallback is not None:
@@ -200,10 +243,15 @@ class SrtpIngress:
         try:
             if is_rtcp(data):
                 self.deliver_rtcp(unprotect_rtcp(data))
-            else:
-                self.deliver_rtp(unprotect(data))
+                return
+            plain = unprotect(data)
         except SrtpError:
-            self.unprotect_failures += 1  # replayed, forged or truncated: dropped like aiortc does
+            self._failures += 1  # replayed, forged or truncated: dropped like aiortc does
+            return
+        route = self._route
+        if route is not None:  # libsrtp has this SSRC's stream now: the route may take it
+            route.learn(int.from_bytes(data[8:12], "big"))
+        self.deliver_rtp(plain)
 
     def deliver_rtp(self, plain: bytes) -> None:
         """Count one decrypted RTP packet and hand it on (also aiortc's path, before `attach`)."""

@@ -6,7 +6,7 @@ aiortc's RTCPeerConnection, RTP senders and receivers are never created: decrypt
 straight to the caller's callbacks; `send_rtp`/`send_rtcp` protect and send synchronously on the
 nominated pair's socket, by default through a `SendQueue` (`sfu.media.transport.batch`: each loop
 iteration's datagrams together, UDP GSO where it can), and `fast_sender` gives down tracks the
-compiled path's per-copy targets on that socket (rtc.fast_path). Media payloads are never parsed.
+compiled path's per-copy targets (rtc.fast_path; one batch per socket). Payloads are never parsed.
 
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
@@ -43,7 +43,7 @@ from aiortc.rtcsctptransport import RTCSctpCapabilities
 
 from sfu.media.rtp.rtcp import is_rtcp
 from sfu.media.sdp import Codec, MediaSection, SdpError, SessionDescription
-from sfu.media.transport.batch import FastBatch, SendQueue, count_send_drop
+from sfu.media.transport.batch import FastBatch, FastSenders, SendQueue, count_send_drop
 from sfu.media.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, send_allowed
 from sfu.media.transport.ice import (
     MAX_REMOTE_CANDIDATES,
@@ -66,6 +66,7 @@ from sfu.media.transport.negotiation import (
     subscriber_codec,
 )
 from sfu.media.transport.srtp import SrtpProtector
+from sfu.media.transport.udpmux import fast_senders_for
 from sfu.metrics import COUNTERS
 
 __all__ = [
@@ -251,7 +252,7 @@ class PeerTransport:
         self._backlog: Callable[[], int] = int  # bytes the event loop holds for the socket
         self._remote_addr: Any = None
         self._queue: SendQueue | None = None  # None: send_mode "immediate", or not connected
-        self._fast_batch: FastBatch | None = None  # the fast path's, beside the queue
+        self._fast: FastSenders | None = None  # the fast path's targets and batch
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
         # what reaches on_rtp/on_rtcp, counted; the socket fast path once DTLS is up
@@ -549,10 +550,10 @@ class PeerTransport:
 
     def fast_sender(self) -> tuple[Any, Any, FastBatch] | None:
         """(forward, a target sending where `send_rtp` does, batch) for one down track, or None."""
-        batch, impl = self._fast_batch, self._config.fast_path
-        if batch is None or self._protect is None:
+        fast = self._fast
+        if fast is None or self._protect is None:
             return None
-        return impl.forward, impl.target(batch.batch, self._remote_addr, self._dtls._tx_srtp), batch
+        return fast.sender(self._remote_addr, self._dtls._tx_srtp)
 
     def _on_send_failed(self, packet: bytes) -> None:
         """A queued datagram the socket refused at flush time: uncount it, count a drop."""
@@ -652,8 +653,8 @@ class PeerTransport:
             self._config.bind_addresses,
             self._config.node_ip,
             (self._config.port_range_start, self._config.port_range_end),
-            self._config.udp_port,
-        )
+            self._config.udp_port, self._config.fast_path,
+        )  # fmt: skip
 
     async def _ensure_local(self) -> LocalParameters:
         async with self._gather_lock:
@@ -730,13 +731,12 @@ class PeerTransport:
         if self._closing:
             return
         pair = self._connection._nominated[1]
-        self._remote_addr = pair.remote_addr
-        self._sendto = pair.protocol.transport.sendto
-        self._backlog = pair.protocol.transport.get_write_buffer_size
+        self._remote_addr, udp = pair.remote_addr, pair.protocol.transport
+        self._sendto, self._backlog = udp.sendto, udp.get_write_buffer_size
         if self._config.send_mode != "immediate":
             try:
                 self._queue = SendQueue.for_transport(
-                    pair.protocol.transport,
+                    udp,
                     pair.remote_addr,
                     self._on_send_failed,
                     gso=self._config.send_mode == "gso",
@@ -744,7 +744,7 @@ class PeerTransport:
             except (OSError, ValueError) as exc:  # no socket to batch on: send immediately
                 logger.warning("batched sends unavailable (%r); sending one by one", exc)
             if self._config.fast_path is not None and self._queue is not None:
-                self._fast_batch = FastBatch.beside(self._queue, self._config.fast_path)
+                self._fast = fast_senders_for(udp, self._queue, self._config.fast_path)
         self._ingress.attach(pair.protocol, self._dtls._rx_srtp)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
@@ -768,8 +768,8 @@ class PeerTransport:
 
     def _close_queue(self) -> None:
         queue, self._queue = self._queue, None
-        fast, self._fast_batch = self._fast_batch, None
-        for sender in (queue, fast):  # targets keep the batch: what they queue now is dropped
+        fast, self._fast = self._fast, None
+        for sender in (queue, fast):  # the targets close; a shared batch stays open
             if sender is not None:
                 sender.close()
 

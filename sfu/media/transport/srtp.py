@@ -9,6 +9,7 @@ buffer allocated once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from socket import htonl
 from typing import Any
 
@@ -85,7 +86,7 @@ class SrtpUnprotector(_SrtpCall):
     connection has sessions of its own, so only the churning peer's streams are ever removed.
     """
 
-    __slots__ = ("_ssrc_at", "streams")
+    __slots__ = ("_ssrc_at", "on_remove", "streams")
 
     def __init__(self, session: Session, *, rtcp: bool) -> None:
         function = lib.srtp_unprotect_rtcp if rtcp else lib.srtp_unprotect
@@ -93,6 +94,8 @@ class SrtpUnprotector(_SrtpCall):
         self._ssrc_at = 4 if rtcp else 8  # RTCP: the sender's SSRC; RTP: the header's
         #: SSRCs libsrtp holds a stream for, oldest first
         self.streams: dict[int, None] = {}
+        #: told each SSRC whose stream is removed (the compiled receive path's route)
+        self.on_remove: Callable[[int], object] | None = None
 
     def __call__(self, data: bytes) -> bytes:
         result = _SrtpCall.__call__(self, data)  # raises before libsrtp made a stream
@@ -106,4 +109,6 @@ class SrtpUnprotector(_SrtpCall):
                 del streams[oldest]
                 lib.srtp_remove_stream(self._context, htonl(oldest))
                 COUNTERS.limit_exceeded("srtp_streams")
+                if self.on_remove is not None:
+                    self.on_remove(oldest)
         return result

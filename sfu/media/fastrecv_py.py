@@ -1,0 +1,181 @@
+"""The receive path of the shared UDP socket in pure Python: the reference of `sfu.media._fastrecv`.
+
+`Reader.drain(budget)` reads up to `budget` datagrams from the socket and, per datagram: an SRTP
+packet (first byte 128..191, RFC 7983; second byte not an RTCP packet type 192..223, RFC 5761) of
+at least 12 bytes from the source address of a registered `Route`, whose SSRC the route knows
+(`Route.learn`), is unprotected with the route's session and handed to its `on_rtp` as bytes (a
+packet libsrtp refuses is dropped and counted in `unprotect_failures`); a datagram over
+`DATAGRAM_SIZE` bytes is dropped and counted in `truncated`; everything else goes to
+`fallback(data, addr)`. Exceptions from the callbacks are reported with `sys.unraisablehook`
+and never stop the drain. tests/sfu/media/test_fastrecv.py holds the compiled reader to the same
+calls with the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from pylibsrtp import Session
+from pylibsrtp._binding import ffi, lib
+
+__all__ = ["DATAGRAM_SIZE", "MAX_KNOWN", "Reader", "Route"]
+
+DATAGRAM_SIZE = 2048  # sfu.media.transport.srtp.BUFFER_SIZE
+MAX_KNOWN = 64  # sfu.media.transport.srtp.MAX_SRTP_STREAMS
+
+
+def _key(addr: Any) -> tuple[Any, int]:
+    return (addr[0], addr[1])
+
+
+def _unraisable(exc: BaseException, what: object) -> None:
+    """Report `exc` as PyErr_WriteUnraisable does in the compiled reader."""
+    args = SimpleNamespace(
+        exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__, err_msg=None,
+        object=what,
+    )  # fmt: skip
+    sys.unraisablehook(args)
+
+
+class Route:
+    """One peer's SRTP on the shared socket: its source address, receive session and `on_rtp`."""
+
+    def __init__(
+        self, addr: Any, on_rtp: Callable[[bytes], object], *, session: Session | None = None
+    ) -> None:
+        self.addr = _key(addr)
+        self.on_rtp = on_rtp
+        self._session = session
+        self._context: Any = None if session is None else session._srtp[0]
+        self._buffer: Any = ffi.new("unsigned char[]", DATAGRAM_SIZE)
+        self._view: Any = ffi.buffer(self._buffer)
+        self._length: Any = ffi.new("int *")
+        self.known: list[int] = []
+        self.registered = False
+        self.rtp_packets = self.octets = self.unprotect_failures = self.fallbacks = 0
+
+    def learn(self, ssrc: int, /) -> None:
+        if not 0 <= ssrc <= 0xFFFFFFFF:
+            raise ValueError("ssrc out of range")
+        if ssrc in self.known:
+            return
+        if len(self.known) == MAX_KNOWN:
+            del self.known[0]
+        self.known.append(ssrc)
+
+    def forget(self, ssrc: int, /) -> None:
+        if ssrc in self.known:
+            self.known.remove(ssrc)
+
+    def unprotect(self, data: bytes) -> bytes | None:
+        if self._context is None:
+            return data
+        size = len(data)
+        self._view[0:size] = data
+        self._length[0] = size
+        if lib.srtp_unprotect(self._context, self._buffer, self._length):
+            return None
+        result: bytes = self._view[0 : self._length[0]]
+        return result
+
+
+class Reader:
+    """Batched reads of one UDP socket (a duplicate of `fd`), routed as the module says."""
+
+    def __init__(
+        self, fd: int, fallback: Callable[[bytes, Any], object], *, max_routes: int = 65536
+    ) -> None:
+        if not 1 <= max_routes <= 1 << 20:
+            raise ValueError("max_routes must be 1..2**20")
+        self._sock: socket.socket | None = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)
+        self.fallback = fallback
+        self._max_routes = max_routes
+        self._routes: dict[tuple[Any, int], Route] = {}
+        self.datagrams = self.syscalls = self.truncated = self.fallback_errors = 0
+
+    @property
+    def fd(self) -> int:
+        return -1 if self._sock is None else self._sock.fileno()
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def add(self, route: Route, /) -> None:
+        if route.registered:
+            raise ValueError("the route is registered already")
+        if route.addr in self._routes:
+            raise ValueError("another route has this address")
+        if len(self._routes) >= self._max_routes:
+            raise OverflowError("too many routes")
+        self._routes[route.addr] = route
+        route.registered = True
+
+    def remove(self, route: Route, /) -> bool:
+        if self._routes.get(route.addr) is not route:
+            return False
+        del self._routes[route.addr]
+        route.registered = False
+        return True
+
+    def lookup(self, addr: Any, /) -> Route | None:
+        return self._routes.get(_key(addr))
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        for route in self._routes.values():
+            route.registered = False
+        self._routes = {}
+
+    def drain(self, budget: int = 256, /) -> int:
+        total = 0
+        while total < budget and self._sock is not None:
+            self.syscalls += 1
+            try:
+                data, addr = self._sock.recvfrom(DATAGRAM_SIZE + 1)
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+            self.datagrams += 1
+            total += 1
+            if len(data) > DATAGRAM_SIZE:
+                self.truncated += 1
+                continue
+            self._one(data, addr)
+        return total
+
+    def _one(self, data: bytes, addr: Any) -> None:
+        route = self._routes.get(_key(addr)) if data else None
+        if (
+            route is not None
+            and len(data) >= 12
+            and 128 <= data[0] <= 191
+            and not 192 <= data[1] <= 223
+            and int.from_bytes(data[8:12], "big") in route.known
+        ):
+            plain = route.unprotect(data)
+            if plain is None:
+                route.unprotect_failures += 1
+                return
+            route.rtp_packets += 1
+            route.octets += len(plain)
+            try:
+                route.on_rtp(plain)
+            except Exception as exc:
+                _unraisable(exc, route.on_rtp)
+            return
+        if route is not None:
+            route.fallbacks += 1
+        try:
+            self.fallback(data, addr)
+        except Exception as exc:
+            self.fallback_errors += 1
+            _unraisable(exc, self.fallback)
