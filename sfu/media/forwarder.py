@@ -496,13 +496,13 @@ class DownTrack:
         timestamp. The media that follows is renumbered
         after them, and packets older than the probe point are no longer forwarded (as after a
         switch). Returns the packets sent."""
+        if not self.started or not self.enabled or not self.receiver.is_video:
+            return 0
         self._pull()
         last = self._last_packet
         between_frames = self.allocation_paused or (
             self.current_layer >= 0 and last is not None and last.marker
         )
-        if not self.started or not self.enabled or not self.receiver.is_video:
-            return 0
         if not between_frames or not self._sent_any:
             return 0
         count = min(count, MAX_PROBE_PACKETS)
@@ -512,7 +512,9 @@ class DownTrack:
         for _ in range(count):
             out_seq = self._last_out_seq + 1
             ext = bandwidth.stamp() if bandwidth is not None else b""
-            data = _padding(self.payload_type, out_seq, self._last_out_ts, self.ssrc, ext, 255)
+            data = _padding(
+                self.payload_type, out_seq, self._last_out_ts, self.ssrc, ext, PROBE_PADDING
+            )
             if fast is not None:
                 if not fast[1].send(data):
                     break
@@ -566,6 +568,7 @@ class DownTrack:
         self._pull()
         fast = self._fast
         history, resent, epoch = self._history, self._resent, self._epoch
+        bandwidth = self.bandwidth
         newest = self._last_out_seq
         looked = 0
         repeated = over_budget = False
@@ -580,7 +583,6 @@ class DownTrack:
             if entry is None or entry[0] != seq or entry[3] != epoch:
                 continue
             _, out_ts, received, _ = entry
-            bandwidth = self.bandwidth
             if bandwidth is not None and not bandwidth.allow_retransmit(len(received)):
                 over_budget = True
                 continue  # the link is full: a resend now deepens the congestion it repairs

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack, FeedbackRouter
 from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.sdp import Codec
@@ -156,7 +157,7 @@ class MediaFactory(Protocol):
 
     def demuxer(self) -> Demuxer: ...
 
-    def feedback(self, bandwidth: Any = None) -> Feedback: ...
+    def feedback(self, bandwidth: SubscriberBandwidth | None = None) -> Feedback: ...
 
     def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver: ...
 
@@ -168,7 +169,7 @@ class MediaFactory(Protocol):
         ssrc: int,
         payload_type: int,
         cname: str,
-        bandwidth: Any = None,
+        bandwidth: SubscriberBandwidth | None = None,
     ) -> Forwarding: ...
 
 
@@ -178,7 +179,7 @@ class LocalMedia:
     def demuxer(self) -> Demuxer:
         return RtpDemuxer()
 
-    def feedback(self, bandwidth: Any = None) -> Feedback:
+    def feedback(self, bandwidth: SubscriberBandwidth | None = None) -> Feedback:
         return FeedbackRouter(bandwidth)
 
     def receiver(self, peer: MediaPeer, spec: ReceiverSpec) -> Receiver:
@@ -201,7 +202,7 @@ class LocalMedia:
         ssrc: int,
         payload_type: int,
         cname: str,
-        bandwidth: Any = None,
+        bandwidth: SubscriberBandwidth | None = None,
     ) -> Forwarding:
         return DownTrack(
             receiver,

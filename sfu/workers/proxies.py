@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.receiver import LAYER_ACTIVE_WINDOW, MAX_LAYERS
 from sfu.media.sdp import Codec, SdpError
 from sfu.media.transport import PublishedMedia, TrackSlotLimitError, TransportConfig
@@ -560,7 +561,7 @@ class RemoteMedia:
     def demuxer(self) -> RemoteDemuxer:
         return RemoteDemuxer(self.link, self.part)
 
-    def feedback(self, bandwidth: Any = None) -> RemoteFeedback:
+    def feedback(self, bandwidth: SubscriberBandwidth | None = None) -> RemoteFeedback:
         return RemoteFeedback()
 
     def receiver(self, peer: Any, spec: ReceiverSpec) -> RemoteReceiver:
@@ -574,7 +575,7 @@ class RemoteMedia:
         ssrc: int,
         payload_type: int,
         cname: str,
-        bandwidth: Any = None,
+        bandwidth: SubscriberBandwidth | None = None,
     ) -> RemoteDownTrack:
         assert isinstance(receiver, RemoteReceiver)
         return RemoteDownTrack(
