@@ -116,7 +116,11 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
             app_service_config_files=registrations,
             federation=True,
             extra_config={
-                "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True}
+                "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True},
+                # Element Call finds this auth service through Synapse (MSC4143).
+                "matrix_rtc": {
+                    "transports": [{"type": "livekit", "livekit_service_url": auth.url}]
+                },
             },
         )
         server = synapse.server_name
