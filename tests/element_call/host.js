@@ -3,9 +3,9 @@
 // access token) and a /sync loop that feeds the room's events, state and to-device messages to
 // the widget. Driven by tests/harness/element_call.py; the functions on window:
 //
-//   startCall(opts)  opts: {homeserver, accessToken, userId, deviceId, roomId, password?,
-//                    widgetId?}; embeds Element Call in #call and resolves once its widget API
-//                    is ready (capabilities approved)
+//   startCall(opts)  opts: {homeserver, accessToken, userId, deviceId, roomId, widgetId?};
+//                    embeds Element Call in #call and resolves once its widget API is ready
+//                    (capabilities approved)
 //   hostEvents()     what the host saw: widget actions, driver calls, errors (bounded)
 //   stopCall()       stops the /sync loop and unloads the widget
 //
@@ -244,8 +244,9 @@
       lang: "en",
       sendNotificationType: "notification",
     });
-    if (opts.password) params.set("password", opts.password);
-    else params.set("perParticipantE2EE", "true");
+    // E2EE: per participant, as Element Web starts it in an encrypted room (the room's
+    // m.room.encryption state is what turns it on; the flag is the intent's default anyway).
+    params.set("perParticipantE2EE", "true");
     return new URL(`${EC_PATH}#?${params}`, window.location.href).href;
   }
 

@@ -102,11 +102,9 @@ class ElementCallPage(HarnessPage):
     user: MatrixUser | None = None
     host_log: list[dict[str, Any]] = field(default_factory=list)
 
-    async def start(
-        self, synapse: Synapse, user: MatrixUser, room_id: str, *, password: str | None = None
-    ) -> None:
+    async def start(self, synapse: Synapse, user: MatrixUser, room_id: str) -> None:
         """Embed Element Call for `user` in `room_id`; returns once its widget API is ready.
-        Without `password` Element Call picks per-participant E2EE (the room is encrypted)."""
+        In an encrypted room Element Call runs per-participant E2EE."""
         self.user = user
         opts = {
             "homeserver": synapse.client_url,
@@ -114,7 +112,6 @@ class ElementCallPage(HarnessPage):
             "userId": user.user_id,
             "deviceId": user.device_id,
             "roomId": room_id,
-            "password": password,
         }
         await self.call("startCall", opts, timeout_s=30.0)
 

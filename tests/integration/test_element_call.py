@@ -25,18 +25,17 @@ from livekit.protocol import models
 
 from auth_service.tokens import legacy_room_alias
 from tests.harness.element_call import ElementCallPage, element_call_session
-from tests.integration.test_focus import (
-    CALL_MEMBER,
-    EJECTED_WITHIN_S,
-    Focus,
-    Matrix,
-    room_path,
-)
+from tests.harness.synapse import MatrixUser
+from tests.integration.test_focus import CALL_MEMBER, Focus, Matrix, room_path
 from tests.integration.test_focus import focus as focus
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 JOIN_S = 60.0
+EJECTED_S = 3.0
+"""Bob's removal, from his leave request: test_focus.py holds the service to 1 s with SDK
+clients; here two Element Calls encode and decode video on the same small machine as Synapse,
+whose push to the application service then takes longer."""
 MEGOLM = {"algorithm": "m.megolm.v1.aes-sha2"}
 
 
@@ -74,7 +73,7 @@ async def participants(lkapi: api.LiveKitAPI, room: str) -> dict[str, models.Par
 
 
 def receiving(media: dict[str, Any]) -> dict[str, int]:
-    """Frames decoded and audio energy summed over Element Call's inbound RTP streams."""
+    """Frames decoded and audio energy (µ units) over Element Call's inbound RTP streams."""
     video = sum(s["framesDecoded"] for s in media["inbound"] if s["kind"] == "video")
     energy = sum(s["totalAudioEnergy"] for s in media["inbound"] if s["kind"] == "audio")
     return {"frames": video, "audio": int(energy * 1e6)}
@@ -83,6 +82,7 @@ def receiving(media: dict[str, Any]) -> dict[str, int]:
 async def wait_receiving(
     page: ElementCallPage, since: dict[str, int] | None = None
 ) -> dict[str, int]:
+    """Until `page`'s Element Call decodes more video (10 frames) and audio than `since`."""
     base = since or {"frames": 0, "audio": 0}
 
     async def probe() -> dict[str, int]:
@@ -97,77 +97,110 @@ async def wait_receiving(
     return result
 
 
+async def frames_in_a_second(page: ElementCallPage) -> int:
+    first = receiving(await page.media())
+    await asyncio.sleep(1.0)
+    return receiving(await page.media())["frames"] - first["frames"]
+
+
+def playing(tiles: list[dict[str, Any]]) -> int:
+    """Element Call's video elements showing a picture."""
+    return sum(1 for t in tiles if t["width"] > 0 and not t["paused"] and t["readyState"] >= 2)
+
+
+def keys_exchanged(events: list[dict[str, Any]], other: MatrixUser) -> bool:
+    """The host relayed MatrixRTC media keys to `other`'s device and received theirs."""
+    kind = "io.element.call.encryption_keys"
+    target = f"{other.user_id}/{other.device_id}"
+    sent = any(
+        e["type"] == "to_device_sent" and e["eventType"] == kind and target in e["targets"]
+        for e in events
+    )
+    received = any(
+        e["type"] == "to_device_received"
+        and e["eventType"] == kind
+        and e["sender"] == other.user_id
+        for e in events
+    )
+    return sent and received
+
+
 async def test_element_call_two_users_e2ee_and_a_leaver_removed(focus: Focus) -> None:
     alice, bob, room_id = await encrypted_call_room(focus)
     synapse = focus.synapse
     alias = legacy_room_alias(room_id)
     lkapi = room_service(focus)
-    identities = {
-        "alice": f"{alice.user.user_id}:{alice.user.device_id}",
-        "bob": f"{bob.user.user_id}:{bob.user.device_id}",
-    }
+    users = {"alice": alice.user, "bob": bob.user}
+    identities = {name: f"{u.user_id}:{u.device_id}" for name, u in users.items()}
     try:
-        async with element_call_session(["alice", "bob"]) as session:
+        async with element_call_session(list(users)) as session:
             pages = {page.name: page for page in session.pages}
             started = time.monotonic()
-            await pages["alice"].start(synapse, alice.user, room_id)
-            await pages["bob"].start(synapse, bob.user, room_id)
+            for name, user in users.items():
+                await pages[name].start(synapse, user, room_id)
 
-            async def both_in() -> dict[str, models.ParticipantInfo]:
+            async def in_the_sfu() -> dict[str, models.ParticipantInfo]:
                 try:
                     return await participants(lkapi, alias)
-                except api.TwirpError:
+                except api.TwirpError:  # the room exists once the first one joins
                     return {}
 
             people = await pages["alice"].until(
-                both_in,
+                in_the_sfu,
                 lambda p: (
                     set(identities.values()) <= set(p)
                     and all(len(p[i].tracks) >= 2 for i in identities.values())
                 ),
-                "both users publishing in the SFU room",
+                "both users publishing audio and video in the SFU room",
                 JOIN_S,
             )
             print(f"element call: both published {time.monotonic() - started:.1f} s after start")
             for identity in identities.values():
                 for track in people[identity].tracks:
-                    assert track.encryption != models.Encryption.Type.NONE, (identity, track)
-            for name in ("alice", "bob"):
-                got = await wait_receiving(pages[name])
-                later = await wait_receiving(pages[name], got)
-                print(f"element call: {name} decodes the other's media {later}")
-                tiles = await pages[name].tiles()
-                assert sum(1 for t in tiles if t["width"] > 0 and not t["paused"]) >= 2, tiles
+                    assert track.encryption == models.Encryption.Type.GCM, (identity, track)
+            for name, other in (("alice", "bob"), ("bob", "alice")):
+                page = pages[name]
+                got = await wait_receiving(page)
+                later = await wait_receiving(page, got)
+                print(f"element call: {name} decodes {other}'s media {later}")
+                await page.until(page.tiles, lambda t: playing(t) >= 2, "two video tiles", JOIN_S)
+                events = await page.events()
+                transports = [e for e in events if e["type"] == "rtc_transports"]
+                assert transports[0]["transports"] == [
+                    {"type": "livekit", "livekit_service_url": focus.auth.url}
+                ], transports
+                assert keys_exchanged(events, users[other]), events
 
             left_at = time.monotonic()
             await bob.post(room_path(room_id, "leave"), {})
 
-            async def still_there() -> dict[str, models.ParticipantInfo]:
+            async def sfu_now() -> dict[str, models.ParticipantInfo]:
                 return await participants(lkapi, alias)
 
             await pages["alice"].until(
-                still_there,
+                sfu_now,
                 lambda p: identities["bob"] not in p,
                 "Bob removed from the SFU",
-                EJECTED_WITHIN_S * 10,
+                EJECTED_S,
                 interval_s=0.05,
             )
             took = time.monotonic() - left_at
             print(
                 f"element call: Bob gone from the SFU {took * 1000:.0f} ms after leaving the room"
             )
-            assert took < EJECTED_WITHIN_S * 2
             assert identities["alice"] in await participants(lkapi, alias)
-
-            async def alice_receives() -> dict[str, int]:
-                first = receiving(await pages["alice"].media())
-                await asyncio.sleep(1.0)
-                second = receiving(await pages["alice"].media())
-                return {"frames": second["frames"] - first["frames"]}
-
+            # Element Call sees it: Alice's shows her own tile only and stops receiving;
+            # Bob's receives nothing more.
             await pages["alice"].until(
-                alice_receives, lambda r: r["frames"] == 0, "Alice no longer receiving Bob", 15.0
+                pages["alice"].tiles, lambda t: playing(t) == 1, "Bob's tile gone", 15.0
             )
+            for name in ("alice", "bob"):
+                await pages[name].until(
+                    lambda n=name: frames_in_a_second(pages[n]),
+                    lambda frames: frames == 0,
+                    "no more video from the other",
+                    15.0,
+                )
     finally:
         await lkapi.aclose()
     focus.sfu.assert_alive()
