@@ -510,15 +510,26 @@ async def test_the_focus_stays_for_the_call_and_leaves_once_it_is_empty(focus: F
     # The call outlives the no-call timeout: the focus stays.
     await asyncio.sleep(FOCUS_NO_CALL_S + 1)
     assert [m for m, _ in await focus_memberships(alice, room_id, me)] == ["invite", "join"]
-    ended = await put_call_member(alice, room_id, {})  # the leave: empty content
-    assert "event_id" in ended
-    ended_at = time.time() * 1000
-    seen = await until_focus(alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 15)
+    # A client still connected once the call has no membership is disconnected: the focus
+    # closes the call (DeleteRoom) as it leaves, though Alice is still in the Matrix room.
+    alice_jwt = await jwt(focus.auth, focus.synapse, alice.user, room_id, legacy=True)
+    async with connected(focus.sfu.url, alice_jwt) as stale:
+        closed: list[float] = []
+        stale.on("disconnected", lambda _reason: closed.append(time.time() * 1000))
+        ended = await put_call_member(alice, room_id, {})  # the leave: empty content
+        assert "event_id" in ended
+        ended_at = time.time() * 1000
+        seen = await until_focus(
+            alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 15
+        )
+        await until(lambda: bool(closed), "the call closed on the SFU")
     took = seen[-1][1] - ended_at
     print(
-        f"focus: left {took / 1000:.2f} s after the call emptied (LIVEKIT_FOCUS_EMPTY_CALL_SECONDS={FOCUS_EMPTY_S})"
+        f"focus: left {took / 1000:.2f} s after the call emptied (LIVEKIT_FOCUS_EMPTY_CALL_SECONDS={FOCUS_EMPTY_S}); "
+        f"the SFU room closed {(closed[0] - ended_at) / 1000:.2f} s after"
     )
     assert (FOCUS_EMPTY_S - 0.5) * 1000 <= took < (FOCUS_EMPTY_S + 3) * 1000
+    assert closed[0] - ended_at < (FOCUS_EMPTY_S + 3) * 1000
 
 
 async def test_the_focus_joins_a_call_it_sees_and_leaves_when_the_membership_expires(
