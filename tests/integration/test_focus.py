@@ -21,8 +21,9 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
   with its own Synapse and a push link the test cuts, reconcile removes nobody while Synapse is
   down and removes a leaver after Synapse's restart;
 * the focus user (timers of 2 s and 4 s here): joins once however many invites, leaves when no
-  call starts, stays for a call and leaves once it is empty or its membership expired, joins a
-  call it sees (``LIVEKIT_FOCUS_JOIN_ON_CALL``), all read back from the room's timeline;
+  call starts, stays for a call and leaves once it is empty (closing the call on the SFU: a
+  client still connected is disconnected) or its membership expired, joins a call it sees
+  (``LIVEKIT_FOCUS_JOIN_ON_CALL``), all read back from the room's timeline;
 * the last local member leaving closes the call (``DeleteRoom``);
 * MSC4512 ``delegate_delayed_leave`` through Synapse: the delayed leave is sent when the client
   drops; federation ``get_token`` called as Synapse's proxy calls it, and for real from a second
@@ -30,7 +31,8 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
 * an E2EE call of two Chromium pages (livekit-client as Element Call) with this mode on.
 
 Synapse runs with ``msc4512_enabled`` and ``msc4502_enabled`` (membership checks use
-``is_joined``).
+``is_joined``) and advertises this auth service as its MatrixRTC transport (MSC4143), which is
+how Element Call finds it (``test_element_call.py`` uses this module's fixture).
 """
 
 from __future__ import annotations
