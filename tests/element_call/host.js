@@ -6,6 +6,8 @@
 //   startCall(opts)  opts: {homeserver, accessToken, userId, deviceId, roomId, widgetId?};
 //                    embeds Element Call in #call and resolves once its widget API is ready
 //                    (capabilities approved)
+//   hangUp()         asks Element Call to leave the call (im.vector.hangup, as a client's
+//                    hang-up button does)
 //   hostEvents()     what the host saw: widget actions, driver calls, errors (bounded)
 //   stopCall()       stops the /sync loop and unloads the widget
 //
@@ -288,6 +290,11 @@
     await ready;
     setStatus(`widget ${opts.widgetId} ready`);
     return { url };
+  };
+
+  window.hangUp = async () => {
+    await state.api.transport.send("im.vector.hangup", {});
+    record("hung_up");
   };
 
   window.hostEvents = () => events.slice();

@@ -115,6 +115,10 @@ class ElementCallPage(HarnessPage):
         }
         await self.call("startCall", opts, timeout_s=30.0)
 
+    async def hang_up(self) -> None:
+        """The user hangs up: the host asks Element Call to leave the call."""
+        await self.call("hangUp", timeout_s=15.0)
+
     def call_frame(self) -> Frame:
         for frame in self.page.frames:
             if EC_FRAME_PATH in frame.url:

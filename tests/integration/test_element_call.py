@@ -7,10 +7,14 @@ auth service through Synapse's MSC4143 transports (asked over the widget API), g
 with its own OpenID token and joins the SFU with per-participant E2EE (the room is encrypted;
 keys travel as to-device messages through Synapse).
 
-From outside: RoomService ``ListParticipants`` shows both users with encrypted tracks; each
+From outside: RoomService ``ListParticipants`` shows both users with GCM-encrypted tracks; each
 Element Call decodes the other's video and audio (its own RTP statistics, its video elements
-playing). Then Bob leaves the Matrix room: the auth service, told by Synapse's push, removes
-him from the SFU, and Alice's Element Call stops receiving him.
+playing) and relayed its media key to the other's device. Alice invites the focus user, which
+joins. Then Bob leaves the Matrix room: the auth service, told by Synapse's push, removes him
+from the SFU, Alice's Element Call drops his tile and neither receives video any more. Last,
+Alice hangs up (her client's ``im.vector.hangup``): the call is empty, so the focus leaves
+(``LIVEKIT_FOCUS_EMPTY_CALL_SECONDS`` later, read back from the timeline) and closes the call
+on the SFU (the room is gone from ``ListRooms``), though Alice is still in the Matrix room.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from livekit.protocol import models
 from auth_service.tokens import legacy_room_alias
 from tests.harness.element_call import ElementCallPage, element_call_session
 from tests.harness.synapse import MatrixUser
-from tests.integration.test_focus import CALL_MEMBER, Focus, Matrix, room_path
+from tests.integration.test_focus import (
+    CALL_MEMBER,
+    FOCUS_EMPTY_S,
+    Focus,
+    Matrix,
+    focus_user,
+    room_path,
+    until_focus,
+)
 from tests.integration.test_focus import focus as focus
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -155,6 +167,10 @@ async def test_element_call_two_users_e2ee_and_a_leaver_removed(focus: Focus) ->
                 JOIN_S,
             )
             print(f"element call: both published {time.monotonic() - started:.1f} s after start")
+            # As a client would once its call starts: the focus joins (one focus per room).
+            me = focus_user(focus)
+            await alice.post(room_path(room_id, "invite"), {"user_id": me})
+            await until_focus(alice, room_id, me, ["invite", "join"], JOIN_S)
             for identity in identities.values():
                 for track in people[identity].tracks:
                     assert track.encryption == models.Encryption.Type.GCM, (identity, track)
@@ -162,7 +178,10 @@ async def test_element_call_two_users_e2ee_and_a_leaver_removed(focus: Focus) ->
                 page = pages[name]
                 got = await wait_receiving(page)
                 later = await wait_receiving(page, got)
-                print(f"element call: {name} decodes {other}'s media {later}")
+                print(
+                    f"element call: {name} decodes {other}'s media {later} "
+                    f"({time.monotonic() - started:.1f} s)"
+                )
                 await page.until(page.tiles, lambda t: playing(t) >= 2, "two video tiles", JOIN_S)
                 events = await page.events()
                 transports = [e for e in events if e["type"] == "rtc_transports"]
@@ -171,6 +190,7 @@ async def test_element_call_two_users_e2ee_and_a_leaver_removed(focus: Focus) ->
                 ], transports
                 assert keys_exchanged(events, users[other]), events
 
+            print(f"element call: tiles and keys checked ({time.monotonic() - started:.1f} s)")
             left_at = time.monotonic()
             await bob.post(room_path(room_id, "leave"), {})
 
@@ -201,6 +221,23 @@ async def test_element_call_two_users_e2ee_and_a_leaver_removed(focus: Focus) ->
                     "no more video from the other",
                     15.0,
                 )
+
+            # Alice hangs up: the call is empty, so the focus leaves and closes it on the SFU.
+            await pages["alice"].hang_up()
+            hung_up = time.monotonic()
+            seen = await until_focus(
+                alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 20
+            )
+
+            async def sfu_rooms() -> list[str]:
+                listed = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[alias]))
+                return [room.name for room in listed.rooms]
+
+            await pages["alice"].until(sfu_rooms, lambda names: not names, "the call closed", 10.0)
+            print(
+                f"element call: the focus stayed {(seen[2][1] - seen[1][1]) / 1000:.1f} s; "
+                f"the SFU room closed {time.monotonic() - hung_up:.1f} s after Alice hung up"
+            )
     finally:
         await lkapi.aclose()
     focus.sfu.assert_alive()
