@@ -33,7 +33,13 @@ from prometheus_client.registry import Collector
 from sfu.media.transport import TransportConfig
 from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
 from sfu.metrics import COUNTERS, Counters, add_counters
-from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemotePeer, RemoteReceiver
+from sfu.workers.proxies import (
+    RemoteBandwidth,
+    RemoteDownTrack,
+    RemoteMedia,
+    RemotePeer,
+    RemoteReceiver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class WorkerLink:
     receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
     downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
     media: set[RemoteMedia] = field(default_factory=set)
+    #: participant part -> its subscriber link, for the worker's estimate reports
+    bandwidths: dict[int, RemoteBandwidth] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, message: Message) -> None:
@@ -81,6 +89,11 @@ class WorkerLink:
         return await self.channel.request(message, wait_s)
 
     @property
+    def latency_p99(self) -> float:
+        """The p99 of its forwarding latency, last 3 s, as it last reported (0 while not up)."""
+        return float(self.stats.get("latency_p99", 0.0)) if self.alive else 0.0
+
+    @property
     def load(self) -> float:
         cpu = float(self.stats.get("cpu", 0.0))
         return cpu + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
@@ -91,7 +104,11 @@ class WorkerLink:
             peer = self.peers.get(int(message["peer"]))
             if peer is not None:
                 peer.on_event(message)
-        elif op in ("layers", "paused"):
+        elif op == "estimate":
+            bandwidth = self.bandwidths.get(int(message["part"]))
+            if bandwidth is not None:
+                bandwidth.note(message)
+        elif op in ("layers", "paused", "reports"):
             for dt_id, value in message[str(op)].items():
                 downtrack = self.downtracks.get(int(dt_id))
                 if downtrack is not None:
@@ -101,6 +118,10 @@ class WorkerLink:
                 receiver = self.receivers.get(int(track))
                 if receiver is not None:
                     receiver.note_bitrates([int(rate) for rate in rates])
+            for track, loss in dict(message.get("loss") or {}).items():
+                receiver = self.receivers.get(int(track))
+                if receiver is not None:
+                    receiver.note_loss(float(loss))
         elif op == "levels":
             for track, level in message["levels"].items():
                 receiver = self.receivers.get(int(track))
@@ -144,6 +165,7 @@ class WorkerPool:
                 "send_mode": c.send_mode,
                 "allow_private_candidates": c.allow_private_candidates,
                 "fast_path": self.fast_path,
+                "congestion_control": c.congestion_control,
             }
         )
 
@@ -226,6 +248,11 @@ class WorkerPool:
             total += link.retired_cpu_s + float(link.stats.get("cpu_seconds", 0.0))
         return total / len(self.links)
 
+    def forward_latency_p99(self) -> float:
+        """The worst worker's forwarding-latency p99 (seconds): what admission compares with
+        `limits.max_forward_latency_ms`, since a newcomer may be placed on any of them."""
+        return max((link.latency_p99 for link in self.links), default=0.0)
+
     def totals(self) -> Counters:
         """The node's counters: this process's, and every worker's last report (once a second)
         and those of its processes before a restart."""
@@ -304,6 +331,11 @@ class WorkerCollector(Collector):
         participants = GaugeMetricFamily(
             "sfu_worker_participants", "Participants placed on the worker", labels=["worker"]
         )
+        latency = GaugeMetricFamily(
+            "sfu_worker_forward_latency_p99_seconds",
+            "p99 of the worker's forwarding latency, last 3 s (0: under 3 samples)",
+            labels=["worker"],
+        )
         objects = GaugeMetricFamily(
             "sfu_worker_objects",
             "What the worker holds (peers, participants' parts, receivers, down tracks, m-line "
@@ -332,6 +364,7 @@ class WorkerCollector(Collector):
             cpu.add_metric(label, float(stats.get("cpu", 0.0)))
             up.add_metric(label, 1.0 if link.alive else 0.0)
             participants.add_metric(label, float(len(link.media)))
+            latency.add_metric(label, link.latency_p99)
             for kind, count in dict(stats.get("objects") or {}).items():
                 objects.add_metric([*label, str(kind)], float(count))
             values = {
@@ -352,5 +385,6 @@ class WorkerCollector(Collector):
         yield cpu
         yield up
         yield participants
+        yield latency
         yield objects
         yield from counters.values()

@@ -138,6 +138,19 @@ class QualityCall:
         raise AssertionError(f"no 720p frames at both subscribers in {timeout_s} s: {seen}")
 
 
+def quality_publisher() -> PooledPublisher:
+    """Alice as every scenario has her: 720p VP8 simulcast from the pooled pattern, and a tone."""
+    return PooledPublisher(
+        PUBLISHER,
+        pool=PATTERN_CYCLE,
+        width=WIDTH,
+        height=HEIGHT,
+        fps=FPS,
+        simulcast=True,
+        max_bitrate=MAX_BITRATE,
+    )
+
+
 @contextlib.asynccontextmanager
 async def quality_call(workdir: Path, shaped: ShapedKind) -> AsyncIterator[QualityCall]:
     room = f"quality-{uuid.uuid4().hex[:8]}"
@@ -147,15 +160,7 @@ async def quality_call(workdir: Path, shaped: ShapedKind) -> AsyncIterator[Quali
         # running_sfu makes workdir/sfu and so workdir, where the logs below go
         async with running_sfu(workdir / "sfu", extra_config=extra) as sfu:
             shaped_url = f"ws://{link.ns.host_ip}:{sfu.port}"
-            publisher = PooledPublisher(
-                PUBLISHER,
-                pool=PATTERN_CYCLE,
-                width=WIDTH,
-                height=HEIGHT,
-                fps=FPS,
-                simulcast=True,
-                max_bitrate=MAX_BITRATE,
-            )
+            publisher = quality_publisher()
             unshaped = SdkSubscriber("carol (unshaped, SDK)", workdir / "carol.log")
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(publisher.leave)
