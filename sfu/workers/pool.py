@@ -48,6 +48,9 @@ RESTART_DELAY = 0.5
 #: load a participant placed on a worker adds until the worker's next stats show it (its
 #: ICE/DTLS handshakes cost about a tenth of a core-second)
 JOIN_LOAD = 0.1
+#: seconds past its once-a-second stats after which a worker counts as late: its loop is at
+#: least that far behind, whatever its last report said (a stuck worker reports nothing)
+STATS_LATE = 2.0
 #: load per participant held: breaks ties between idle workers toward the emptier one
 PARTICIPANT_LOAD = 0.001
 
@@ -64,6 +67,7 @@ class WorkerLink:
     channel: Channel | None = None
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_at: float = 0.0  # when they came (monotonic; 0: none yet)
     placed: int = 0  # participants placed since the last stats
     #: the worker's `Counters` as it last reported them; a restarted worker adds to what
     #: the processes before it counted (`retired`), so the node's totals never go back
@@ -90,8 +94,13 @@ class WorkerLink:
 
     @property
     def latency_p99(self) -> float:
-        """The p99 of its forwarding latency, last 3 s, as it last reported (0 while not up)."""
-        return float(self.stats.get("latency_p99", 0.0)) if self.alive else 0.0
+        """The p99 of its forwarding latency, last 3 s, as it last reported, or how late its
+        report is past `STATS_LATE` if that is more (0 while it is not up)."""
+        if not self.alive:
+            return 0.0
+        reported = float(self.stats.get("latency_p99", 0.0))
+        late = time.monotonic() - self.stats_at - STATS_LATE if self.stats_at else 0.0
+        return max(reported, late)
 
     @property
     def load(self) -> float:
@@ -129,6 +138,7 @@ class WorkerLink:
                     receiver.note_level(float(level))
         elif op == "stats":
             self.stats = message
+            self.stats_at = time.monotonic()
             self.placed = 0
             counters = message.get("counters")
             if isinstance(counters, dict):
@@ -200,7 +210,7 @@ class WorkerPool:
         link.generation += 1
         link.process = process
         link.ready = asyncio.Event()
-        link.stats = {}
+        link.stats, link.stats_at = {}, 0.0
         channel, reader = await open_channel(ours, link.on_message)
         link.channel = channel
         link.alive = True

@@ -30,9 +30,9 @@ from tests.harness.media_quality import (
     quality_publisher,
 )
 from tests.harness.quality_subscriber import SdkSubscriber
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port_pair, running_sfu
 from tests.harness.shaper import sfu_config_for, shaped_namespace
-from tests.integration.test_workers import free_udp_port_pair, home_worker, worker_metrics
+from tests.integration.test_workers import home_worker, worker_metrics
 
 pytestmark = pytest.mark.slow
 

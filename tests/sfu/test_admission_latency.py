@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 
 import pytest
 
@@ -162,6 +163,9 @@ async def test_with_media_workers_the_worst_worker_holds_the_node() -> None:
     assert 'sfu_worker_forward_latency_p99_seconds{worker="0"} 0.002' in text
     assert 'sfu_worker_forward_latency_p99_seconds{worker="1"} 0.08' in text
     assert re.search(r"^sfu_forward_latency_p99_seconds\{.*\} 0.08$", text, re.M)
+    busy_worker.stats = {"latency_p99": 0.002}
+    busy_worker.stats_at = time.monotonic() - 2.1  # stuck: its report is late
+    assert "exceeds limits.max_forward_latency_ms 50" in refusal(sfu)
     busy_worker.alive = False  # a dead worker's last report does not count
     assert "p99 80.0 ms" not in (message := _admitted_or_refused(sfu)), message
 
