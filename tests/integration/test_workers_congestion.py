@@ -5,7 +5,8 @@ The subscriber's transport (and so its transport-cc feedback and its estimator) 
 worker; the allocator runs in the control process on the worker's estimate reports and sends
 its layer caps back; the copies it caps were relayed from the publisher's worker. Both workers'
 UDP ports are shaped into the subscriber's namespace (one cap for the two), so the test holds
-wherever placement puts the subscriber, and it checks that it went to the other worker.
+wherever placement puts the subscriber, and it checks that it went to the other worker. Its
+ConnectionQualityUpdate must show the link (scored in the control process).
 One scenario of tests/harness/media_quality.py (issue 16's 600 kbit/s bound), kept short.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from livekit.protocol import models
 
 from tests.harness.media_quality import (
     JOIN_S,
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.slow
 
 CAP_KBIT = 600
 CAPPED_S = 14.0
+POOR, GOOD = models.ConnectionQuality.POOR, models.ConnectionQuality.GOOD
 JUDGE_AFTER_S = 5.0  # the estimator's time to react (as media_quality's scenario)
 
 
@@ -101,10 +104,14 @@ async def test_a_subscriber_on_the_other_worker_behind_600_kbit_gets_a_lower_lay
                 )
                 probes = await metric_sum(sfu, "sfu_probe_packets_total")
 
+            # ConnectionQualityUpdate: scored in the control process from the allocation there
+            # and the receiver reports bob's worker passed up; a layer kept below the
+            # preferred one costs the score
+            own = [(round(at - capped, 1), q) for at, who, q in bob.qualities if who == "bob"]
             print(
                 f"bob at {CAP_KBIT} kbit/s: {report.line()}; heights each second {timeline}; "
                 f"{estimates:.0f} estimates, {below:.0f} tracks below preferred, "
-                f"{probes:.0f} probe packets"
+                f"{probes:.0f} probe packets; bob's quality (s after the cap, quality) {own}"
             )
             # the allocator's cap reached bob's worker: a lower layer, and no 720p after the
             # estimator's reaction time (how smooth the step is, is the estimator's and the
@@ -114,3 +121,4 @@ async def test_a_subscriber_on_the_other_worker_behind_600_kbit_gets_a_lower_lay
             concealed = report.audio_concealed_fraction
             assert concealed is not None and concealed <= MAX_AUDIO_CONCEALED, report.line()
             assert estimates > 0 and below > 0, (estimates, below)
+            assert any(at > 0 and q in (POOR, GOOD) for at, q in own), own
