@@ -6,6 +6,7 @@ applies what the control process's `StreamAllocator` decides; the control side's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from sfu.media.transport import TransportConfig
 from sfu.media.worker.host import ESTIMATE_INTERVAL, WorkerHost
 from sfu.media.worker.relay import Relay
 from sfu.media.worker.wire import Message
+from sfu.metrics import Counters, add_counters
 from sfu.room.media import ReceiverSpec
 from sfu.workers.pool import WorkerLink
 from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemoteReceiver
@@ -164,3 +166,17 @@ def test_a_remote_down_track_sends_its_allocation_when_it_changes() -> None:
     assert (downtrack.fraction_lost, downtrack.jitter, downtrack.rtt) == (1.0, 0.0, None)
     link.on_message({"op": "bitrates", "bitrates": {}, "loss": {str(downtrack.receiver.id): 0.1}})
     assert downtrack.receiver.loss_fraction == 0.1
+
+
+def test_the_nodes_totals_add_up_every_kind_of_counter() -> None:
+    """Workers' counters are summed into the node's: integers, histogram buckets, the
+    cap-hit dict, and the forwarding-latency sum (a float)."""
+    total = Counters()
+    worker = Counters(packets_out=5, forward_latency_sum=0.25, limits_exceeded={"x": 2})
+    worker.forward_latency_buckets[3] = 7
+    worker.observe_estimate(500_000)
+    for _ in range(2):
+        add_counters(total, dataclasses.asdict(worker))
+    assert total.packets_out == 10 and total.forward_latency_sum == 0.5
+    assert total.forward_latency_buckets[3] == 14 and total.limits_exceeded == {"x": 4}
+    assert sum(total.estimate_buckets) == 2 and total.estimate_sum == 1_000_000
