@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.gcc import GoogCc
 from sfu.media.receiver import LAYER_ACTIVE_WINDOW, MAX_LAYERS
 from sfu.media.sdp import Codec, SdpError
 from sfu.media.transport import PublishedMedia, TrackSlotLimitError, TransportConfig
@@ -648,6 +649,18 @@ class RemoteMedia:
             self.link.send({"op": "part_close", "part": self.part})
 
 
+class ReportedGcc(GoogCc):
+    """The estimator's state the allocator reads, as the worker last reported it (it is never
+    fed feedback here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked: float | None = None
+
+    def acked_rate(self) -> float | None:
+        return self.acked
+
+
 class RemoteBandwidth(SubscriberBandwidth):
     """A subscriber link whose estimator runs on the participant's worker: what the
     `StreamAllocator` here reads of it is the worker's last `estimate` report, and what the
@@ -665,12 +678,18 @@ class RemoteBandwidth(SubscriberBandwidth):
         self._probes_started = self._probes_seen = 0
         self._probing_reported = self._in_probe = False
         super().__init__(time.monotonic)
+        self._gcc_reported = ReportedGcc()
+        self.gcc = self._gcc_reported
 
     def note(self, message: Message) -> None:
         """A report from the worker (`WorkerHost._estimate_changed`): the allocator's cue."""
         self._estimate = max(int(message["estimate"]), 0)
         self._overusing = bool(message.get("overusing"))
-        self.gcc.loss_fraction = min(max(float(message.get("loss") or 0.0), 0.0), 1.0)
+        gcc = self._gcc_reported
+        gcc.loss_fraction = min(max(float(message.get("loss") or 0.0), 0.0), 1.0)
+        gcc.usage = "overusing" if self._overusing else "normal"
+        acked = message.get("acked")
+        gcc.acked = None if acked is None else max(float(acked), 0.0)
         self._probing_reported = bool(message.get("probing"))
         self._probes_seen = int(message.get("probes") or 0)
         self.transport_cc_seen = True  # the worker reports only once it has an estimate

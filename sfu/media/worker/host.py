@@ -510,6 +510,7 @@ class WorkerHost:
             return
         part.estimate_at, part.estimate_sent = now, estimate
         part.probing_sent = bandwidth.probing
+        acked = bandwidth.gcc.acked_rate()
         self._emit(
             {
                 "op": "estimate",
@@ -517,6 +518,7 @@ class WorkerHost:
                 "estimate": estimate,
                 "overusing": bandwidth.overusing,
                 "loss": round(bandwidth.gcc.loss_fraction, 4),
+                "acked": None if acked is None else int(acked),
                 "probing": bandwidth.probing,
                 "probes": part.probes,
                 "stamping": bandwidth.stamping,

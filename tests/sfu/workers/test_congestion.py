@@ -126,6 +126,9 @@ def test_the_control_side_mirrors_the_worker_and_sends_only_changes() -> None:
     link.on_message(report)
     assert bandwidth.estimate == 700_000 and bandwidth.overusing
     assert bandwidth.gcc.loss_fraction == 0.2 and len(cues) == 1
+    assert bandwidth.gcc.acked_rate() is None  # too few packets acknowledged yet to tell
+    link.on_message({**report, "acked": 640_000})
+    assert bandwidth.gcc.acked_rate() == 640_000 and len(cues) == 2
     bandwidth.committed = 500_000
     bandwidth.committed = 510_000  # within 5 %: not sent
     bandwidth.committed = 600_000
