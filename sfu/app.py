@@ -198,7 +198,7 @@ class Sfu:
                 rooms.gauges(),
                 tasks=_task_count(),
                 cpu_load=cpu_load.value,
-                forward_latency_p99=sfu.latency.p99(),
+                forward_latency_p99=sfu.forward_latency_p99(),
             )
         )
         if config.redis.enabled:
@@ -226,6 +226,13 @@ class Sfu:
             max_cpu_load=self.config.limits.max_cpu_load,
             workers=media_workers(self.config.rtc),
         )
+
+    def forward_latency_p99(self) -> float:
+        """The forwarding latency's p99 admission reads (seconds): this process's probe, and
+        with media workers the worst of what each worker last reported (any may get the
+        newcomer)."""
+        p99 = self.latency.p99()
+        return p99 if self.workers is None else max(p99, self.workers.forward_latency_p99())
 
     # -- admission ------------------------------------------------------------------------------
     def _refuse(self, limit: str, message: str) -> AdmissionError:
@@ -326,7 +333,7 @@ class Sfu:
         """Refuse a newcomer while the forwarding latency's p99, plus what the participants
         joining will add (in proportion to their share, as for the CPU load), holds the node."""
         hold = self.latency_hold
-        p99 = self.latency.p99() * (1 + self.cpu_load.pending_share(self.sessions))
+        p99 = self.forward_latency_p99() * (1 + self.cpu_load.pending_share(self.sessions))
         if not hold.refuses(p99):
             return
         COUNTERS.joins_refused_latency += 1

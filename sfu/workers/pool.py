@@ -33,7 +33,13 @@ from prometheus_client.registry import Collector
 from sfu.media.transport import TransportConfig
 from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
 from sfu.metrics import COUNTERS, Counters, add_counters
-from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemotePeer, RemoteReceiver
+from sfu.workers.proxies import (
+    RemoteBandwidth,
+    RemoteDownTrack,
+    RemoteMedia,
+    RemotePeer,
+    RemoteReceiver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ RESTART_DELAY = 0.5
 #: load a participant placed on a worker adds until the worker's next stats show it (its
 #: ICE/DTLS handshakes cost about a tenth of a core-second)
 JOIN_LOAD = 0.1
+#: seconds past its once-a-second stats after which a worker counts as late: its loop is at
+#: least that far behind, whatever its last report said (a stuck worker reports nothing)
+STATS_LATE = 2.0
 #: load per participant held: breaks ties between idle workers toward the emptier one
 PARTICIPANT_LOAD = 0.001
 
@@ -58,6 +67,7 @@ class WorkerLink:
     channel: Channel | None = None
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_at: float = 0.0  # when they came (monotonic; 0: none yet)
     placed: int = 0  # participants placed since the last stats
     #: the worker's `Counters` as it last reported them; a restarted worker adds to what
     #: the processes before it counted (`retired`), so the node's totals never go back
@@ -68,6 +78,8 @@ class WorkerLink:
     receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
     downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
     media: set[RemoteMedia] = field(default_factory=set)
+    #: participant part -> its subscriber link, for the worker's estimate reports
+    bandwidths: dict[int, RemoteBandwidth] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, message: Message) -> None:
@@ -81,6 +93,16 @@ class WorkerLink:
         return await self.channel.request(message, wait_s)
 
     @property
+    def latency_p99(self) -> float:
+        """The p99 of its forwarding latency, last 3 s, as it last reported, or how late its
+        report is past `STATS_LATE` if that is more (0 while it is not up)."""
+        if not self.alive:
+            return 0.0
+        reported = float(self.stats.get("latency_p99", 0.0))
+        late = time.monotonic() - self.stats_at - STATS_LATE if self.stats_at else 0.0
+        return max(reported, late)
+
+    @property
     def load(self) -> float:
         cpu = float(self.stats.get("cpu", 0.0))
         return cpu + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
@@ -91,7 +113,11 @@ class WorkerLink:
             peer = self.peers.get(int(message["peer"]))
             if peer is not None:
                 peer.on_event(message)
-        elif op in ("layers", "paused"):
+        elif op == "estimate":
+            bandwidth = self.bandwidths.get(int(message["part"]))
+            if bandwidth is not None:
+                bandwidth.note(message)
+        elif op in ("layers", "paused", "reports"):
             for dt_id, value in message[str(op)].items():
                 downtrack = self.downtracks.get(int(dt_id))
                 if downtrack is not None:
@@ -101,6 +127,10 @@ class WorkerLink:
                 receiver = self.receivers.get(int(track))
                 if receiver is not None:
                     receiver.note_bitrates([int(rate) for rate in rates])
+            for track, loss in dict(message.get("loss") or {}).items():
+                receiver = self.receivers.get(int(track))
+                if receiver is not None:
+                    receiver.note_loss(float(loss))
         elif op == "levels":
             for track, level in message["levels"].items():
                 receiver = self.receivers.get(int(track))
@@ -108,6 +138,7 @@ class WorkerLink:
                     receiver.note_level(float(level))
         elif op == "stats":
             self.stats = message
+            self.stats_at = time.monotonic()
             self.placed = 0
             counters = message.get("counters")
             if isinstance(counters, dict):
@@ -144,6 +175,7 @@ class WorkerPool:
                 "send_mode": c.send_mode,
                 "allow_private_candidates": c.allow_private_candidates,
                 "fast_path": self.fast_path,
+                "congestion_control": c.congestion_control,
             }
         )
 
@@ -178,7 +210,7 @@ class WorkerPool:
         link.generation += 1
         link.process = process
         link.ready = asyncio.Event()
-        link.stats = {}
+        link.stats, link.stats_at = {}, 0.0
         channel, reader = await open_channel(ours, link.on_message)
         link.channel = channel
         link.alive = True
@@ -225,6 +257,11 @@ class WorkerPool:
         for link in self.links:
             total += link.retired_cpu_s + float(link.stats.get("cpu_seconds", 0.0))
         return total / len(self.links)
+
+    def forward_latency_p99(self) -> float:
+        """The worst worker's forwarding-latency p99 (seconds): what admission compares with
+        `limits.max_forward_latency_ms`, since a newcomer may be placed on any of them."""
+        return max((link.latency_p99 for link in self.links), default=0.0)
 
     def totals(self) -> Counters:
         """The node's counters: this process's, and every worker's last report (once a second)
@@ -304,6 +341,11 @@ class WorkerCollector(Collector):
         participants = GaugeMetricFamily(
             "sfu_worker_participants", "Participants placed on the worker", labels=["worker"]
         )
+        latency = GaugeMetricFamily(
+            "sfu_worker_forward_latency_p99_seconds",
+            "p99 of the worker's forwarding latency, last 3 s (0: under 3 samples)",
+            labels=["worker"],
+        )
         objects = GaugeMetricFamily(
             "sfu_worker_objects",
             "What the worker holds (peers, participants' parts, receivers, down tracks, m-line "
@@ -332,6 +374,7 @@ class WorkerCollector(Collector):
             cpu.add_metric(label, float(stats.get("cpu", 0.0)))
             up.add_metric(label, 1.0 if link.alive else 0.0)
             participants.add_metric(label, float(len(link.media)))
+            latency.add_metric(label, link.latency_p99)
             for kind, count in dict(stats.get("objects") or {}).items():
                 objects.add_metric([*label, str(kind)], float(count))
             values = {
@@ -352,5 +395,6 @@ class WorkerCollector(Collector):
         yield cpu
         yield up
         yield participants
+        yield latency
         yield objects
         yield from counters.values()

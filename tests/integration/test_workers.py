@@ -17,7 +17,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +31,7 @@ from loadtest.hostile import connected_subscriber
 from sfu.media.rtp import rtcp
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher, dominant_frequency
 from tests.harness.rawsignal import RawSignal
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port_pair, running_sfu
 
 T = TypeVar("T")
 
@@ -79,23 +78,6 @@ async def assert_workers_empty(sfu: SfuInstance) -> None:
         return not held and all(metrics[("sfu_worker_participants", w)] == 0 for w in ("0", "1"))
 
     await until(empty, "workers empty after everyone left", timeout_s=10.0)
-
-
-def free_udp_port_pair(attempts: int = 50) -> int:
-    """A UDP port P with P + 1 free too (on loopback, now)."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free pair of UDP ports")
 
 
 def worker_pids(sfu: SfuInstance) -> dict[str, int]:
