@@ -534,8 +534,9 @@ class RemoteDownTrack(_Bound):
 class RemoteMedia:
     """One participant's media on one worker: its `PeerFactory` and `MediaFactory`."""
 
-    def __init__(self, link: WorkerLink) -> None:
+    def __init__(self, link: WorkerLink, room: str = "") -> None:
         self.link = link
+        self.room = room  # what placement keeps together (`sfu.workers.pool`)
         self.generation = link.generation
         self.part = new_id()
         self.peers: list[RemotePeer] = []
