@@ -601,6 +601,8 @@ class Scenario:
             binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
             "--rate", "250", "--nonblocking", "--format", "raw",
             "--output", str(self.profile_out),
+            # with media workers: their samples too (each stack starts with its process)
+            *(["--subprocesses"] if (self.workers_count or 1) > 1 else []),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 
