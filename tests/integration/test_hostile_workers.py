@@ -4,8 +4,9 @@ The stage of `test_hostile.py` / `test_hostile_media.py` (`tests/harness/hostile
 two media worker processes placed by load alone, so bob (worker 0) receives alice (worker 1)
 through the relay. Each attack and its checks are the single-process suites' own; the node's
 RSS, CPU and descriptors are the control process's and both workers' together. A subset keeps
-the suite short: the attacks on a connected peer, the UDP ports, the demultiplexer and the
-data channel, where a worker (not the control process) takes the blow.
+the suite short: the attacks on a connected peer, the UDP ports and the data channel, where a worker (not the control process) takes the blow, and the candidate flood
+(each candidate a control message to a worker). The whole suites run the same way with
+`SFU_TEST_RTC_WORKERS=2` (`tests/harness/sfu.py`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from tests.integration import test_hostile_media as media
 from tests.integration.test_workers import worker_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+#: the suites' per-test fixture, on this module's `holder`
+stage = signalling.stage
 
 ATTACKS: list[Callable[[Stage], Awaitable[None]]] = [
     media.test_nack_amplification,
     media.test_unanswered_offer_port_flood,
     media.test_stray_stun_and_forged_srtp,
-    media.test_ssrc_churn,
     media.test_huge_data_message,
-    signalling.test_fd_leak_duplicate_identity_and_failed_publishers,
+    signalling.test_ice_candidate_flood,
 ]
 
 
@@ -36,13 +38,6 @@ ATTACKS: list[Callable[[Stage], Awaitable[None]]] = [
 async def holder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StageHolder]:
     async with stage_holder(tmp_path_factory, workers=2) as shared:
         yield shared
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def stage(holder: StageHolder) -> AsyncIterator[Stage]:
-    stage = await holder.ensure()
-    yield stage
-    holder.dirty = stage.damaged
 
 
 async def test_the_call_crosses_the_workers(stage: Stage) -> None:

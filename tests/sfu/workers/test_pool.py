@@ -54,6 +54,11 @@ async def test_a_peer_on_a_worker_answers_requests(pool: WorkerPool) -> None:
                       on_data=ignore, on_state=ignore)  # fmt: skip
     with pytest.raises(SdpError):
         await publisher.handle_offer("v=0\r\nnot an offer\r\n")
+    many_rids = "".join(f"a=rid:r{i} send\r\n" for i in range(20))
+    with pytest.raises(SdpError, match="a=rid"):  # the worker's SdpLimitError, as SdpError
+        await publisher.handle_offer(f"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n{many_rids}")
+    with pytest.raises(SdpError, match="too large"):  # over a control frame: never sent
+        await publisher.handle_offer("v=0\r\n" + "a=x\r\n" * 300_000)
     await subscriber.close()
     await publisher.close()
     assert subscriber.state == publisher.state == "closed"
