@@ -154,6 +154,7 @@ class Sfu:
                 transport_config,
                 config.rtc.fast_path,
                 logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                spill_load=config.rtc.worker_spill_load,
             )
             metrics.registry.register(WorkerCollector(workers))
             metrics.set_counters(workers.totals)
@@ -433,7 +434,7 @@ class Sfu:
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
-        media = self.workers.place() if self.workers is not None else None
+        media = self.workers.place(admission.room_name) if self.workers is not None else None
         if media is None:
             participant = Participant(
                 grants, options, self.transport_config, session.send, self.refresh_token

@@ -2,10 +2,19 @@
 placement, restarts, and their numbers for /metrics.
 
 Worker ``i`` is ``python -m sfu.media.worker`` with its end of a Unix stream socket pair; with
-``rtc.udp_port`` P it serves ICE and media on UDP port P + i. A participant is placed on the
-live worker with the least measured load: its CPU share over the last second, plus a tenth of
-a core for each participant placed since (a burst of joins spreads before the next measurement
-shows it), plus a little per participant held (ties go to the emptier worker). A worker that dies is started again
+``rtc.udp_port`` P it serves ICE and media on UDP port P + i.
+
+Placement keeps a room on one worker while it can: relaying a publisher's packets to a second
+worker costs about as much as forwarding them once more, which in a call of 2-5 is a large part
+of the whole fan-out, and buys nothing while one worker has room. A worker's *load* is the
+larger of its CPU share over the last second and its forwarded packets per second over
+`PACKETS_PER_CORE` (what a core forwards here; a CPU sample alone misses a worker the kernel
+starves), plus a tenth of a core for each participant placed since that report (a burst of
+joins counts before the next report shows it), plus a little per participant held (ties go to
+the emptier worker). A participant joins its room's *home*, the live worker holding most of the
+room, while the home's load is below ``rtc.worker_spill_load``; a new room, a room whose home
+is that busy (a large room's fan-out shows there), or any room with ``rtc.worker_spill_load``
+0 goes to the least-loaded live worker. A worker that dies is started again
 at once; the participants it held are told (`RemoteMedia.on_lost`) and the rest of each of
 their rooms keeps its call. The control process's own death takes the workers with it
 (``PR_SET_PDEATHSIG`` and end of file on the channel).
@@ -30,6 +39,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sfu.config import RtcConfig
 from sfu.media.transport import TransportConfig
 from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
 from sfu.metrics import COUNTERS, Counters, add_counters
@@ -53,6 +63,9 @@ JOIN_LOAD = 0.1
 STATS_LATE = 2.0
 #: load per participant held: breaks ties between idle workers toward the emptier one
 PARTICIPANT_LOAD = 0.001
+#: forwarded packets per second that keep a worker's core busy (≈ 50,000 in the 500 preset on
+#: the development VM, README), to read a packet rate as a load
+PACKETS_PER_CORE = 50_000.0
 
 
 @dataclass(eq=False)
@@ -69,6 +82,7 @@ class WorkerLink:
     stats: dict[str, Any] = field(default_factory=dict)
     stats_at: float = 0.0  # when they came (monotonic; 0: none yet)
     placed: int = 0  # participants placed since the last stats
+    packet_rate: float = 0.0  # forwarded packets per second between its last two stats
     #: the worker's `Counters` as it last reported them; a restarted worker adds to what
     #: the processes before it counted (`retired`), so the node's totals never go back
     counters: dict[str, Any] = field(default_factory=dict)
@@ -104,8 +118,26 @@ class WorkerLink:
 
     @property
     def load(self) -> float:
-        cpu = float(self.stats.get("cpu", 0.0))
-        return cpu + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
+        """The share of a core this worker is busy, measured, plus its joins in progress."""
+        measured = max(float(self.stats.get("cpu", 0.0)), self.packet_rate / PACKETS_PER_CORE)
+        return measured + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
+
+    def holds(self, room: str) -> int:
+        """How many participants of ``room`` this worker holds."""
+        return sum(1 for media in self.media if media.room == room)
+
+    def _note_stats(self, message: Message) -> None:
+        now = time.monotonic()
+        previous = int(self.stats.get("packets_out", 0))
+        packets = int(message.get("packets_out", 0))
+        elapsed = now - self.stats_at
+        if self.stats and packets >= previous and elapsed > 0:
+            self.packet_rate = (packets - previous) / elapsed
+        else:  # the first report of a process
+            self.packet_rate = 0.0
+        self.stats_at = now
+        self.stats = message
+        self.placed = 0
 
     def on_message(self, message: Message) -> None:
         op = message.get("op")
@@ -137,9 +169,7 @@ class WorkerLink:
                 if receiver is not None:
                     receiver.note_level(float(level))
         elif op == "stats":
-            self.stats = message
-            self.stats_at = time.monotonic()
-            self.placed = 0
+            self._note_stats(message)
             counters = message.get("counters")
             if isinstance(counters, dict):
                 self.counters = counters
@@ -151,11 +181,17 @@ class WorkerPool:
     """``rtc.workers`` media worker processes."""
 
     def __init__(
-        self, count: int, config: TransportConfig, fast_path: str, log_level: str = "INFO"
+        self,
+        count: int,
+        config: TransportConfig,
+        fast_path: str,
+        log_level: str = "INFO",
+        spill_load: float = RtcConfig.worker_spill_load,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self.config = config
+        self.spill_load = spill_load
         self.fast_path = fast_path
         self.log_level = log_level
         self.namespace = f"sfu-{os.getpid()}-{secrets.token_hex(4)}"
@@ -211,6 +247,7 @@ class WorkerPool:
         link.process = process
         link.ready = asyncio.Event()
         link.stats, link.stats_at = {}, 0.0
+        link.packet_rate = 0.0
         channel, reader = await open_channel(ours, link.on_message)
         link.channel = channel
         link.alive = True
@@ -297,12 +334,21 @@ class WorkerPool:
     def any_alive(self) -> bool:
         return any(link.alive for link in self.links)
 
-    def place(self) -> RemoteMedia:
-        """A participant's media on the least-loaded live worker."""
-        live = [link for link in self.links if link.alive] or self.links
-        link = min(live, key=lambda link: (link.load, link.index))
+    def place(self, room: str = "") -> RemoteMedia:
+        """A participant of ``room`` on its room's home worker while that one is below
+        ``spill_load``, else on the least-loaded live worker (module docstring)."""
+        link = self.choose(room)
         link.placed += 1
-        return RemoteMedia(link)
+        return RemoteMedia(link, room)
+
+    def choose(self, room: str = "") -> WorkerLink:
+        live = [link for link in self.links if link.alive] or self.links
+        if room:
+            holding = [(link.holds(room), link) for link in live]
+            count, home = max(holding, key=lambda held: (held[0], -held[1].load))
+            if count and home.load < self.spill_load:
+                return home
+        return min(live, key=lambda link: (link.load, link.index))
 
     async def close(self) -> None:
         self.closing = True

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 PEER_CLOSE_TIMEOUT = 5.0
 #: a change of the committed rate smaller than this share is not sent (the NACK budget's base)
 COMMITTED_STEP = 0.05
-_SDP_ERRORS = frozenset({"SdpError", "IceRestartError"})
+_SDP_ERRORS = frozenset({"SdpError", "SdpLimitError", "IceRestartError"})
 _IDS = itertools.count(1)
 
 
@@ -100,6 +100,8 @@ class _Bound:
             raise RuntimeError(f"media worker {self.link.index}: {exc}") from None
         except (ChannelClosed, TimeoutError) as exc:
             raise RuntimeError(f"media worker {self.link.index} did not answer: {exc!r}") from None
+        except ValueError as exc:  # over a control frame's bound: a peer's huge description
+            raise SdpError(f"too large for a media worker: {exc}") from None
 
 
 class RemotePeer(_Bound):
@@ -440,6 +442,7 @@ class RemoteDownTrack(_Bound):
         self._paused = False
         self.started = False
         self.closed = False
+        self._attached = self._attached_sent = False  # a sink of its receiver, here / there
         # the allocator's, mirrored to the worker by set_allocation; reports from the worker
         self.allocation_paused = False
         self.allocated_layer = MAX_LAYERS
@@ -469,6 +472,8 @@ class RemoteDownTrack(_Bound):
 
     @enabled.setter
     def enabled(self, enabled: bool) -> None:
+        if enabled == self._enabled:  # what the worker has (a re-subscribe sets it again)
+            return
         self._enabled = enabled
         self._send({"op": "dt_set", "dt": self.id, "init_enabled": enabled})
 
@@ -478,6 +483,8 @@ class RemoteDownTrack(_Bound):
 
     @max_layer.setter
     def max_layer(self, layer: int) -> None:
+        if layer == self._max_layer:
+            return
         self._max_layer = layer
         self._send({"op": "dt_set", "dt": self.id, "init_max_layer": layer})
 
@@ -508,12 +515,22 @@ class RemoteDownTrack(_Bound):
             self.rtt = None if rtt is None else max(float(rtt), 0.0)
 
     def attach(self, on: bool) -> None:
-        self._send({"op": "dt_attach", "dt": self.id, "part": self.part, "on": on})
+        """Until it starts a down track forwards nothing, so the worker learns its attachment
+        then: a subscription toggled 100k times before the client answers costs no message."""
+        self._attached = on
+        if self.started:
+            self._send_attach()
+
+    def _send_attach(self) -> None:
+        if self._attached != self._attached_sent:
+            self._attached_sent = self._attached
+            self._send({"op": "dt_attach", "dt": self.id, "part": self.part, "on": self._attached})
 
     def start(self) -> None:
         if self.started or self.closed:
             return
         self.started = True
+        self._send_attach()
         self._send({"op": "dt_start", "dt": self.id})
 
     def set_enabled(self, enabled: bool) -> None:
@@ -572,8 +589,9 @@ class RemoteDownTrack(_Bound):
 class RemoteMedia:
     """One participant's media on one worker: its `PeerFactory` and `MediaFactory`."""
 
-    def __init__(self, link: WorkerLink) -> None:
+    def __init__(self, link: WorkerLink, room: str = "") -> None:
         self.link = link
+        self.room = room  # what placement keeps together (`sfu.workers.pool`)
         self.generation = link.generation
         self.part = new_id()
         self.peers: list[RemotePeer] = []

@@ -23,7 +23,6 @@ import httpx
 import pytest
 from livekit.protocol import models
 
-from sfu.config import RtcConfig
 from tests.harness.media_quality import (
     JOIN_S,
     MAX_AUDIO_CONCEALED,
@@ -42,9 +41,6 @@ pytestmark = pytest.mark.slow
 CAP_KBIT = 600
 CAPPED_S = 14.0
 POOR, GOOD = models.ConnectionQuality.POOR, models.ConnectionQuality.GOOD
-#: placement that keeps a room on one worker (rtc.worker_spill_load, where the SFU has it) is
-#: told to spread at once: bob must land on the other worker than alice
-SPREAD = {"worker_spill_load": 0} if "worker_spill_load" in RtcConfig.__dataclass_fields__ else {}
 JUDGE_AFTER_S = 5.0  # the estimator's time to react (as media_quality's scenario)
 
 
@@ -63,7 +59,8 @@ async def test_a_subscriber_on_the_other_worker_behind_600_kbit_gets_a_lower_lay
     udp_port = free_udp_port_pair()
     with shaped_namespace(udp_port, ports=2) as link:
         extra = sfu_config_for([link.ns], udp_port)
-        extra["rtc"].update(workers=2, **SPREAD)
+        # placement by load alone, so bob lands on the other worker than alice
+        extra["rtc"].update(workers=2, worker_spill_load=0)
         async with running_sfu(tmp_path / "sfu", extra_config=extra) as sfu:
             alice = quality_publisher()
             bob = SdkSubscriber("bob (shaped, SDK)", tmp_path / "bob.log", link.ns)
