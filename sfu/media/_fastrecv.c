@@ -798,14 +798,18 @@ reader_schedule(ReaderObject *self, PyObject *group)
 static void
 reader_run_pending(ReaderObject *self)
 {
-    while (self->npending > 0) {
-        PyObject *group = self->pending[--self->npending];
-        self->pending[self->npending] = NULL;
-        PyObject *r = PyObject_CallMethod(group, "schedule", NULL);
+    /* in the order they were first scheduled; a schedule() that schedules more is not expected
+     * (FlushGroup.schedule only registers with the loop's Flusher), so the list is taken whole */
+    int count = self->npending;
+    PyObject *groups[MAX_PENDING_GROUPS];
+    memcpy(groups, self->pending, (size_t)count * sizeof groups[0]);
+    self->npending = 0;
+    for (int i = 0; i < count; i++) {
+        PyObject *r = PyObject_CallMethod(groups[i], "schedule", NULL);
         if (r == NULL)
-            PyErr_WriteUnraisable(group);
+            PyErr_WriteUnraisable(groups[i]);
         Py_XDECREF(r);
-        Py_DECREF(group);
+        Py_DECREF(groups[i]);
     }
 }
 
