@@ -138,7 +138,10 @@ try:
 except ImportError:  # built without a C compiler: no compiled reader to take packets either
     _compiled, STREAM_FORWARD = None, None
 else:
-    _compiled, STREAM_FORWARD = _fastrecv.Stream, _fastpath.forward
+    if hasattr(_fastrecv, "Stream") and hasattr(_fastpath, "_C_API"):
+        _compiled, STREAM_FORWARD = _fastrecv.Stream, _fastpath.forward
+    else:  # extensions built from an older tree: no armed streams until they are rebuilt
+        _compiled, STREAM_FORWARD = None, None
 
 
 def new_stream() -> Any:
