@@ -599,7 +599,9 @@ class Scenario:
         self.profile_out = self.workdir / "sfu.py-spy.txt"
         return await asyncio.create_subprocess_exec(
             binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-            "--rate", "250", "--nonblocking", "--format", "raw",
+            "--rate", "250", "--format", "raw",
+            # native stacks need the process paused while sampled
+            *(("--native",) if self.args.native else ("--nonblocking",)),
             "--output", str(self.profile_out),
             # with media workers: their samples too (each stack starts with its process)
             *(["--subprocesses"] if (self.workers_count or 1) > 1 else []),
@@ -810,6 +812,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
     parser.add_argument("--py-spy", help="path of the py-spy binary (default: from PATH)")
+    parser.add_argument(
+        "--native", action="store_true", help="py-spy: also sample C frames (the extensions')"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
