@@ -36,6 +36,14 @@ log = logging.getLogger("auth_service")
 PROG = "matrix-sfu-auth"
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+#: seconds an idle HTTP/1.1 connection is kept open (uvicorn's default)
+KEEP_ALIVE = 5
+#: in application-service mode the homeserver pushes transactions over pooled connections it
+#: keeps idle for up to 120 s (Synapse); closing one first races a push sent on it in the same
+#: instant, which the homeserver counts as a failed transaction: it marks the service down and
+#: retries only after a back-off (2 s and more), so leavers are ejected late. Outlasting the
+#: pool leaves the closing to the homeserver.
+KEEP_ALIVE_APPSERVICE = 130
 
 
 def normalise_service_url(url: str) -> str:
@@ -147,6 +155,7 @@ def serve(settings: Settings) -> int:
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_APPSERVICE if settings.appservice_enabled else KEEP_ALIVE,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -11,6 +11,8 @@ the suite short: the attacks on a connected peer, the UDP ports and the data cha
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -24,6 +26,8 @@ from tests.integration.test_workers import worker_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 #: the suites' per-test fixture, on this module's `holder`
 stage = signalling.stage
+#: seconds for the workers' next counter reports (sent once a second)
+REPORT_WAIT_S = 3.0
 
 ATTACKS: list[Callable[[Stage], Awaitable[None]]] = [
     media.test_nack_amplification,
@@ -41,10 +45,17 @@ async def holder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stag
 
 
 async def test_the_call_crosses_the_workers(stage: Stage) -> None:
+    """Bob decodes alice's frames (the stage waits for ten) through the relay. The workers
+    report their counters once a second, so the first relayed packets may show in the next."""
+    relayed = ("sfu_worker_relay_received_total", "0")
+    deadline = time.monotonic() + REPORT_WAIT_S
     metrics = await worker_metrics(stage.sfu)
+    while not metrics.get(relayed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        metrics = await worker_metrics(stage.sfu)
     assert metrics[("sfu_worker_participants", "0")] == 1, metrics  # bob
     assert metrics[("sfu_worker_participants", "1")] == 1, metrics  # alice
-    assert metrics[("sfu_worker_relay_received_total", "0")] > 0, metrics
+    assert metrics[relayed] > 0, metrics
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.__name__.removeprefix("test_"))
