@@ -11,9 +11,10 @@ steps, enough to bring the link to the rate the next step needs × `PROBE_OVERAG
 right after a probe that raised it).
 
 A probe is sized by the queue it may build, not by a fixed time: it lasts as long as it takes to
-put `PROBE_QUEUE` seconds of what the link drains (the estimate, or what arrived when that is
-less: the estimate may be stale) on the link beyond it, between `PROBE_MIN_DURATION` and
-`PROBE_DURATION`. A probe into a link already at its cap then adds that much queueing delay and
+put `PROBE_QUEUE` seconds of what the link drains (the estimate right after a probe proved it,
+else what arrived when that is less: the estimate may be stale) on the link beyond it, between
+`PROBE_MIN_DURATION` and `PROBE_DURATION`, and its rate is lowered to keep that bound at
+`PROBE_MIN_DURATION` (to no less than `PROBE_STEP` × the estimate). A probe into a link already at its cap then adds that much queueing delay and
 no loss. (A fixed 300 ms probe at 3 × the estimate filled a 300 ms drop-tail queue, cost media
 packets, and the loss dropped the estimate below the lowest layer: pause, resume, pause. Much
 shorter probes are no better: a token bucket's burst lets them through at any rate.)
@@ -47,6 +48,8 @@ PROBE_MIN = 200_000
 PROBE_MAX_FACTOR = 2
 #: after a probe that raised the estimate (the link is not near its capacity)
 PROBE_MAX_FACTOR_AFTER_SUCCESS = 3
+#: the least a probe goes above the estimate when what arrives is far below it
+PROBE_STEP = 1.25
 LOSS_CONGESTED = 0.10
 PROBE_PACKET_BITS = (12 + 8 + PROBE_PADDING) * 8
 
@@ -99,14 +102,24 @@ class Prober:
             self._next = now + self._interval
             self._interval = min(self._interval * 2, PROBE_INTERVAL_MAX)
             return
+        # the queue builds at what the link drains: the estimate right after a probe proved
+        # it, else what is known to arrive (the estimate may be stale: the link may have just
+        # got thinner), and the goal is no more than PROBE_MIN_DURATION can carry within
+        # PROBE_QUEUE of that
+        acked = gcc.acked_rate()
+        drains = float(estimate)
+        if acked is not None and not self._proved:
+            drains = min(drains, max(acked, MIN_DRAIN))
         factor = PROBE_MAX_FACTOR_AFTER_SUCCESS if self._proved else PROBE_MAX_FACTOR
         goal = min(max(wanted * PROBE_OVERAGE, estimate + PROBE_MIN), factor * estimate)
+        # (but always a little above the estimate: an estimate that is not carried now, as
+        # while a track is paused, must still be proved or it can never grow)
+        goal = min(
+            goal, max(drains * (1 + PROBE_QUEUE / PROBE_MIN_DURATION), PROBE_STEP * estimate)
+        )
         padding_rate = goal - committed
         if padding_rate <= 0 or goal <= estimate:
             return
-        # the queue builds at what the link drains, which is known to be at least what arrived
-        acked = gcc.acked_rate()
-        drains = min(estimate, max(acked, MIN_DRAIN)) if acked is not None else estimate
         duration = PROBE_QUEUE * drains / max(goal - drains, 1.0)
         self._next = now + self._interval
         self._start_estimate = estimate

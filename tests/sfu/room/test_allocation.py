@@ -13,6 +13,7 @@ from livekit.protocol import models
 from sfu.ids import ParticipantIdentity, ParticipantSid
 from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack
+from sfu.media.gcc import PacketResult
 from sfu.media.receiver import TrackReceiver
 from sfu.room.allocation import (
     DOWNGRADE_HOLD,
@@ -237,4 +238,29 @@ def test_a_probe_puts_a_bounded_queue_on_the_link(clock: FakeClock) -> None:
     assert allocator.last.committed + padding <= PROBE_MAX_FACTOR * estimate * 1.05
     excess = allocator.last.committed + padding - estimate
     assert excess * allocator.prober.left <= PROBE_QUEUE * estimate * 1.01
+    allocator.close()
+
+
+def test_a_paused_track_still_probes_its_way_back(clock: FakeClock) -> None:
+    """Paused, the link carries audio only: the probe is bounded by that, but still goes above the
+    estimate (else an estimate that is not carried now could never grow, and the track never
+    resume)."""
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    bandwidth = SubscriberBandwidth(clock)
+    bandwidth.sequence.ext_id = 3
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    subs[0].downtrack.set_allocation(-1)
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 2 * AUDIO + LAYERS[0]  # no resume yet
+    for t in range(40):  # 0.5 s of arrivals at the audio's rate: the acknowledged rate
+        bandwidth.gcc._on_arrival(PacketResult(t, t / 80, AUDIO // 8 // 80, 1.0 + t / 80))
+    clock.advance(PAUSED_MIN_WAIT + 1)
+    allocator.run()
+    assert subs[0].downtrack.allocation_paused
+    padding = allocator.prober.rate * PROBE_PACKET_BITS
+    assert bandwidth.probing or padding > 0
+    assert allocator.last is not None
+    assert allocator.last.committed + padding > bandwidth.estimate  # type: ignore[operator]
     allocator.close()
