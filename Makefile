@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYNAPSE_VENV := .venv-synapse
 NODE_DIR := tests/browser
+EC_NODE_DIR := tests/element_call
 APT_PACKAGES := chromium iproute2 iptables openssl coturn caddy redis-server
 
 .PHONY: run test venv synapse-venv system-deps build-deps node-deps lint unit check clean fuzz
@@ -62,7 +63,13 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-node-deps: $(NODE_DIR)/node_modules/.installed
+# Element Call's embedded (widget) build and matrix-widget-api for its test host
+# (tests/element_call, tests/integration/test_element_call.py).
+$(EC_NODE_DIR)/node_modules/.installed: $(EC_NODE_DIR)/package.json $(EC_NODE_DIR)/package-lock.json
+	cd $(EC_NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DIR)/node_modules/.installed $(EC_NODE_DIR)/node_modules/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check sfu auth_service loadtest tests benchmarks scripts fuzz
@@ -95,4 +102,4 @@ fuzz: venv
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so sfu/media/_fastrecv*.so loadtest/_rx.*.so
+	rm -rf $(VENV) $(SYNAPSE_VENV) $(NODE_DIR)/node_modules $(EC_NODE_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache .run build sfu/media/_fastpath*.so sfu/media/_fastrecv*.so loadtest/_rx.*.so

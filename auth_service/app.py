@@ -62,6 +62,7 @@ from .config import IpNetwork, Settings
 from .cs_api import CsApiUnresolvable
 from .delegation import DelegationLimit, Delegations
 from .delegation_job import JobParams
+from .focus import Focus
 from .grant import Grant
 from .homeserver import MembershipUnknown
 from .matrix import FederationDiscovery, LookupCapacityError, OpenIdError, OpenIdVerifier
@@ -247,9 +248,11 @@ class TokenService:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         membership: Membership | None = None,
+        focus: Focus | None = None,
     ) -> None:
         self.settings = settings
         self.membership = membership
+        self.focus = focus
         self.verifier = verifier
         self.room_creator = room_creator
         self.delegations = delegations
@@ -513,6 +516,8 @@ class TokenService:
 
         if self.membership is not None:
             self.membership.issued(grant.matrix_room, user_id, grant.alias, identity)
+            if self.focus is not None:
+                self.focus.token_issued(grant.matrix_room)
             # A leave pushed while this request was under way (the cached list has it).
             await self._require_joined(endpoint, grant.matrix_room, user_id)
         access = "full" if full_access else "restricted"
@@ -635,7 +640,7 @@ def create_app(
     membership = focus = None
     if settings.appservice_enabled:
         membership = build_membership(settings, sfu, homeserver, metrics=metrics)
-        focus = build_focus(settings, homeserver, metrics=metrics)
+        focus = build_focus(settings, homeserver, metrics=metrics, close_call=membership.close)
     service = TokenService(
         settings,
         verifier=verifier or build_verifier(settings, metrics=metrics),
@@ -645,6 +650,7 @@ def create_app(
         clock=clock,
         wall_clock=wall_clock,
         membership=membership,
+        focus=focus,
     )
     routes = [
         Route("/sfu/get", _AnyMethod(service.sfu_get)),

@@ -6,7 +6,10 @@ Matrix rooms that hold a call.
   a room the homeserver pushes to us. One join per room however many invites or memberships
   arrive; at most :data:`MAX_ROOMS` rooms.
 * **Leaves** when the call has been empty for ``LIVEKIT_FOCUS_EMPTY_CALL_SECONDS``, or, when no
-  call started since it joined, after ``LIVEKIT_FOCUS_NO_CALL_SECONDS``.
+  call started since it joined, after ``LIVEKIT_FOCUS_NO_CALL_SECONDS``; first it **closes the
+  call** on the SFU (``close_call``: ``DeleteRoom`` of the room's LiveKit rooms), so that no one
+  stays connected to a call that MatrixRTC says has ended. A token issued for the room restarts
+  both timers: its client joins the SFU a moment before its membership arrives.
 * On start it adopts the rooms it is already joined to (``GET /joined_rooms``); on joining or
   adopting a room it reads the room's state for the memberships already there.
 
@@ -31,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,6 +53,9 @@ MAX_ROOMS: Final = 1000
 MAX_MEMBERSHIPS_PER_ROOM: Final = 1000
 MAX_IDLE_WAKE_SECONDS: Final = 60.0
 ACTION_TIMEOUT_SECONDS: Final = 30.0
+
+CloseCall = Callable[[str, str], Awaitable[None]]
+"""Ends a Matrix room's call on the SFU: (room ID, why)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +151,10 @@ class Focus:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         limit_hit: Callable[[str], None] = lambda _limit: None,
+        close_call: CloseCall | None = None,
     ) -> None:
         self._homeserver = homeserver
+        self._close_call = close_call
         self.settings = settings
         self._clock = clock
         self._wall_clock = wall_clock
@@ -200,6 +208,14 @@ class Focus:
         for event in events:
             self._take(event)
         self._wake.set()
+
+    def token_issued(self, room_id: str) -> None:
+        """A token was issued for ``room_id``: a call may be starting, so its empty-call (or
+        no-call) timer starts again."""
+        room = self.rooms.get(room_id)
+        if room is not None and not room.leaving and room.quiet_since is not None:
+            room.quiet_since = self._clock()
+            self._wake.set()
 
     def _take(self, event: object) -> None:
         member = membership_change(event)
@@ -293,6 +309,8 @@ class Focus:
 
     async def _leave(self, room_id: str, room: _Room, why: str) -> None:
         try:
+            if self._close_call is not None:
+                await self._close_call(room_id, why)
             await self._homeserver.leave(room_id)
         finally:
             if self.rooms.get(room_id) is room:

@@ -10,7 +10,7 @@ from .appservice import SENDER_LOCALPART
 from .config import Settings
 from .cs_api import CsApiResolver, DelayedEvents
 from .delegation import Delegations, ServiceDeps
-from .focus import Focus, FocusSettings
+from .focus import CloseCall, Focus, FocusSettings
 from .homeserver import Homeserver
 from .job_store import JobStore, RedisJobStore
 from .membership import Membership
@@ -124,9 +124,14 @@ def build_membership(
 
 
 def build_focus(
-    settings: Settings, homeserver: Homeserver, *, metrics: Metrics | None = None
+    settings: Settings,
+    homeserver: Homeserver,
+    *,
+    metrics: Metrics | None = None,
+    close_call: CloseCall | None = None,
 ) -> Focus:
-    """The focus user: the registration's sender on ``LIVEKIT_HS_SERVER_NAME``."""
+    """The focus user: the registration's sender on ``LIVEKIT_HS_SERVER_NAME``; ``close_call``
+    ends a room's call on the SFU when the focus leaves it."""
     return Focus(
         homeserver,
         FocusSettings(
@@ -136,4 +141,5 @@ def build_focus(
             join_on_call=settings.focus_join_on_call,
         ),
         limit_hit=metrics.limit_hit if metrics else lambda _limit: None,
+        close_call=close_call,
     )

@@ -159,9 +159,12 @@ def parse_metrics(text: str) -> dict[str, float]:
     """The SFU's Prometheus text → {"name{label=value,...}": value} for the lines we use."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith(("livekit_", "sfu_send_")):
+        if not line.startswith(("livekit_", "sfu_send_", "sfu_worker_")):
             continue
         name, _, value = line.rpartition(" ")
+        if name.startswith("sfu_worker_"):  # per worker: keep its label
+            out[name] = float(value)
+            continue
         if "{" in name:
             base, labels = name[:-1].split("{", 1)
             keep = sorted(
@@ -252,10 +255,32 @@ def window(name: str, a: Snapshot, b: Snapshot) -> dict[str, Any]:
             b.metric("livekit_packet_dropped_total") - a.metric("livekit_packet_dropped_total")
         ),
         **send_path(a, b),
+        **worker_split(a, b),
         "publisher_cpu_pct": round(100 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
         "subscribers_cpu_pct": round(100 * (b.workers_cpu_s - a.workers_cpu_s) / dt, 1),
         "others_cpu_pct": round(100 * (host - cpu - gen) / dt, 1),
         "loadavg": [a.loadavg, b.loadavg],
+    }
+
+
+def worker_split(a: Snapshot, b: Snapshot) -> dict[str, Any]:
+    """With rtc.workers > 1: participants per worker at the window's end, frames relayed
+    between workers per second and per forwarded packet (how placement split the room)."""
+    held = {
+        k.split('worker="')[1].split('"')[0]: int(v)
+        for k, v in b.metrics.items()
+        if k.startswith("sfu_worker_participants{")
+    }
+    if not held:
+        return {}
+    relayed = sum(
+        v - a.metric(k) for k, v in b.metrics.items() if k.startswith("sfu_worker_relay_sent_total")
+    )
+    out = b.packets_out - a.packets_out
+    return {
+        "worker_participants": held,
+        "relay_frames_per_s": round(relayed / (b.at - a.at), 1),
+        "relay_frames_per_forwarded": round(relayed / out, 4) if out > 0 else None,
     }
 
 
@@ -440,6 +465,12 @@ class Scenario:
             f"{result['fwd_pps']:8.0f} fwd pps, {result['ingress_pps']:5.0f} in pps, "
             f"{result['us_per_packet'] or 0:6.2f} µs/pkt, loss {result['client_loss_pct']} %, "
             f"load {b.loadavg}"
+            + (
+                f", workers {result['worker_participants']}, "
+                f"{result['relay_frames_per_s']:.0f} relayed frames/s"
+                if "worker_participants" in result
+                else ""
+            )
         )
         return result
 
@@ -458,6 +489,8 @@ class Scenario:
             rtc["fast_path"] = self.fast_path
         if self.workers_count:
             rtc["workers"] = self.workers_count
+        if self.args.spill_load is not None:
+            rtc["worker_spill_load"] = self.args.spill_load
         if self.congestion:
             rtc["congestion_control"] = self.congestion == "on"
         if self.args.udp_port:
@@ -566,8 +599,12 @@ class Scenario:
         self.profile_out = self.workdir / "sfu.py-spy.txt"
         return await asyncio.create_subprocess_exec(
             binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-            "--rate", "250", "--nonblocking", "--format", "raw",
+            "--rate", "250", "--format", "raw",
+            # native stacks need the process paused while sampled
+            *(("--native",) if self.args.native else ("--nonblocking",)),
             "--output", str(self.profile_out),
+            # with media workers: their samples too (each stack starts with its process)
+            *(["--subprocesses"] if (self.workers_count or 1) > 1 else []),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -758,6 +795,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each N once per rtc.workers, interleaved (default: the SFU's default only)",
     )
     parser.add_argument(
+        "--spill-load",
+        type=float,
+        help="rtc.worker_spill_load (0: placement by load alone, the room split over the "
+        "workers; default: the SFU's, which keeps a room on one worker until it is busy)",
+    )
+    parser.add_argument(
         "--congestion-control",
         nargs="+",
         choices=("on", "off"),
@@ -769,6 +812,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none")
     parser.add_argument("--py-spy", help="path of the py-spy binary (default: from PATH)")
+    parser.add_argument(
+        "--native", action="store_true", help="py-spy: also sample C frames (the extensions')"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

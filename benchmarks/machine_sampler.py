@@ -4,8 +4,9 @@
         --out benchmarks/results/500/machine.json [--interval 5] [--max-duration 900]
 
 Each sample holds the machine's CPU by state (`/proc/stat`, in % of one core, so 200 = both cores
-of a 2-vCPU box), each watched process's CPU % and RSS (the SFU; the load tester's main process;
-its worker processes summed), UDP datagrams/s and receive-buffer drops (`/proc/net/snmp`), and per
+of a 2-vCPU box), each watched process's CPU % and RSS (the SFU, and each of its media worker
+processes as `sfu-worker0`, `sfu-worker1`, …; the load tester's main process; its worker
+processes summed), UDP datagrams/s and receive-buffer drops (`/proc/net/snmp`), and per
 process group the UDP sockets' current and largest receive queue and their drop counters
 (`/proc/net/udp`, matched to processes through `/proc/PID/fd`). It stops when the load tester
 exits, after `--max-duration`, or on Ctrl-C, and writes everything as JSON.
@@ -118,6 +119,9 @@ def main() -> None:
             "loadtest-main": [args.loadtest_pid],
             "worker": children(args.loadtest_pid),
         }
+        # the SFU's media worker processes (rtc.workers > 1), each on its own
+        for i, pid in enumerate(sorted(children(args.sfu_pid))):
+            groups[f"sfu-worker{i}"] = [pid]
         process_cpu: dict[str, float] = {}
         rss: dict[str, int] = {}
         proc_now: dict[int, int] = {}

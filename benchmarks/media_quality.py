@@ -114,9 +114,12 @@ def estimate_text(increase: dict[str, float]) -> str:
     return "; ".join(parts) or "nothing"
 
 
-async def run(client: str, workdir: Path, pattern: re.Pattern[str], delay: bool) -> dict[str, Any]:
+async def run(
+    client: str, workdir: Path, pattern: re.Pattern[str], delay: bool, workers: int = 1
+) -> dict[str, Any]:
     samples: list[tuple[float, dict[str, float]]] = []
-    async with quality_call(workdir / client, client) as call:  # type: ignore[arg-type]
+    call_dir = workdir / f"{client}-{workers}"
+    async with quality_call(call_dir, client, workers=workers) as call:  # type: ignore[arg-type]
         sampler = asyncio.create_task(sample_metrics(call, pattern, samples))
         try:
             await call.wait_for_top_layer()
@@ -127,7 +130,7 @@ async def run(client: str, workdir: Path, pattern: re.Pattern[str], delay: bool)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-    print(f"\n## shaped subscriber: {client}\n")
+    print(f"\n## shaped subscriber: {client}, rtc.workers {workers}\n")
     print(results_table(results))
     by_scenario = deltas(results, samples)
     if any(by_scenario.values()):
@@ -143,6 +146,7 @@ async def run(client: str, workdir: Path, pattern: re.Pattern[str], delay: bool)
         print(f"- {problem}")
     return {
         "client": client,
+        "workers": workers,
         "scenarios": [
             {
                 "name": r.scenario.name,
@@ -179,13 +183,18 @@ async def main() -> int:
         "--delay", action="store_true", help="then 150 ms delay + 2 %% loss (issue 16's fifth)"
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", choices=[1, 2], default=[1],
+        help="rtc.workers of each run (both workers' ports are shaped; bob and alice may share one)",
+    )  # fmt: skip
     args = parser.parse_args()
     pattern = re.compile(args.estimate_metric)
     clients = ["sdk", "browser"] if args.client == "both" else [args.client]
     runs = []
     with tempfile.TemporaryDirectory(prefix="media_quality-") as tmp:
         for client in clients:
-            runs.append(await run(client, Path(tmp), pattern, args.delay))
+            for workers in args.workers:
+                runs.append(await run(client, Path(tmp), pattern, args.delay, workers))
     line = json.dumps({"media_quality": runs})
     print(line)
     if args.json is not None:

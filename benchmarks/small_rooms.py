@@ -147,8 +147,8 @@ async def profile(args: argparse.Namespace, pid: int, workdir: Path) -> Path | N
     seconds = max(5, int(args.duration - 5))
     process = await asyncio.create_subprocess_exec(
         binary, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-        "--nonblocking", "--format", "raw", "--output", str(out),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        "--format", "raw", *(("--native",) if args.native else ("--nonblocking",)),
+        "--output", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         await asyncio.wait_for(process.wait(), seconds + 30)
@@ -204,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="load tester subscriber processes")
     parser.add_argument("--profile", choices=("none", "py-spy"), default="none")
     parser.add_argument("--py-spy", help="path of the py-spy binary (default: PATH, the venv)")
+    parser.add_argument(
+        "--native", action="store_true", help="py-spy: also sample C frames (the extensions')"
+    )
     parser.add_argument("--profile-after", type=float, default=20.0, help="s before recording")
     parser.add_argument("--top", type=int, default=30, help="functions shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")

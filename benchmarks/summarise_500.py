@@ -12,7 +12,8 @@ folder and prints:
   before the SFU stops) and the kinds of the load tester's first join errors;
 * latency p50/p99 (steady phase and whole run), loss, SFU and load-tester CPU per packet;
 * over the machine samples of the steady phase (its last `duration_s` seconds), the median
-  share of a core of the SFU, of the load tester's subscriber processes and publishers, the
+  share of a core of the SFU (with `rtc.workers` > 1: the control process, each media worker
+  and their sum), of the load tester's subscriber processes and publishers, the
   machine's idle and softirq time, UDP receive-buffer drops per second and the largest receive
   queues: which of the SFU, the load tester, the machine or the kernel ran out.
 """
@@ -88,6 +89,15 @@ def summarise(folder: Path) -> dict[str, Any]:
     )
     samples = steady_samples(machine, summary.get("duration_s") or 0)
     sfu = median([s["process_cpu_pct"].get("sfu", 0.0) for s in samples])
+    media_workers = sorted(
+        {g for s in samples for g in s["process_cpu_pct"] if g.startswith("sfu-")}
+    )
+    per_media_worker = {
+        g: median([s["process_cpu_pct"].get(g, 0.0) for s in samples]) for g in media_workers
+    }
+    sfu_all = median(
+        [sum(v for g, v in s["process_cpu_pct"].items() if g.startswith("sfu")) for s in samples]
+    )
     workers = median([s["process_cpu_pct"].get("worker", 0.0) for s in samples])
     main = median([s["process_cpu_pct"].get("loadtest-main", 0.0) for s in samples])
     idle = median([s["cpu_pct_of_one_core"]["idle"] for s in samples])
@@ -97,6 +107,9 @@ def summarise(folder: Path) -> dict[str, Any]:
     saturated = []
     if sfu is not None and sfu >= SATURATED_PCT:
         saturated.append(f"the SFU's event loop ({sfu} % of a core)")
+    for group, pct in per_media_worker.items():
+        if pct is not None and pct >= SATURATED_PCT:
+            saturated.append(f"the SFU's {group.removeprefix('sfu-')}'s event loop ({pct} %)")
     if any(p >= SATURATED_PCT for p in per_worker):
         saturated.append(f"load-tester subscriber processes ({per_worker} % of a core each)")
     if main is not None and main >= SATURATED_PCT:
@@ -121,6 +134,9 @@ def summarise(folder: Path) -> dict[str, Any]:
         "loadtest_cpu_us_per_packet": summary.get("loadtest_cpu_us_per_packet"),
         "steady_machine_median_pct_of_a_core": {
             "sfu": sfu,
+            **(
+                {"sfu_media_workers": per_media_worker, "sfu_all": sfu_all} if media_workers else {}
+            ),
             "loadtest_workers": workers,
             "loadtest_publishers": main,
             "idle": idle,

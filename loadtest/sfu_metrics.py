@@ -2,6 +2,8 @@
 
 `parse_prometheus(text)` reads the text exposition format into (name, labels, value) samples;
 `Snapshot` keeps the few numbers the report needs: forwarded packets, process CPU seconds, RSS.
+An SFU with media worker processes (`rtc.workers`) counts as all of them: the scrape adds its
+`sfu_worker_cpu_seconds`, `/proc` adds the process's children.
 """
 
 from __future__ import annotations
@@ -53,15 +55,25 @@ def metrics_url_for(url: str) -> str:
     return f"{http}/metrics"
 
 
-def _proc(pid: int) -> tuple[float | None, float | None]:
+def _proc(pid: int, children: bool = True) -> tuple[float | None, float | None]:
+    """CPU seconds and RSS of ``pid`` and (``children``) of its child processes."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         tick = os.sysconf("SC_CLK_TCK")
         cpu = (int(fields[11]) + int(fields[12])) / tick
-        rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        return cpu, float(rss)
+        rss = float(int(fields[21]) * os.sysconf("SC_PAGE_SIZE"))
     except (OSError, IndexError, ValueError):
         return None, None
+    if children:
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        for kid in kids:
+            kid_cpu, kid_rss = _proc(int(kid), children=False)
+            cpu += kid_cpu or 0.0
+            rss += kid_rss or 0.0
+    return cpu, rss
 
 
 async def scrape(metrics_url: str | None, pid: int | None = None) -> Snapshot:
@@ -78,8 +90,8 @@ async def scrape(metrics_url: str | None, pid: int | None = None) -> Snapshot:
                         packets = (packets or 0.0) + value
                     elif name in ("livekit_packet_dropped", "livekit_packet_dropped_total"):
                         dropped = (dropped or 0.0) + value
-                    elif name == "process_cpu_seconds_total":
-                        cpu = value
+                    elif name in ("process_cpu_seconds_total", "sfu_worker_cpu_seconds_total"):
+                        cpu = (cpu or 0.0) + value
                     elif name == "process_resident_memory_bytes":
                         rss = value
         except httpx.HTTPError:

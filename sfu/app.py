@@ -154,6 +154,7 @@ class Sfu:
                 transport_config,
                 config.rtc.fast_path,
                 logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                spill_load=config.rtc.worker_spill_load,
             )
             metrics.registry.register(WorkerCollector(workers))
             metrics.set_counters(workers.totals)
@@ -198,7 +199,7 @@ class Sfu:
                 rooms.gauges(),
                 tasks=_task_count(),
                 cpu_load=cpu_load.value,
-                forward_latency_p99=sfu.latency.p99(),
+                forward_latency_p99=sfu.forward_latency_p99(),
             )
         )
         if config.redis.enabled:
@@ -226,6 +227,13 @@ class Sfu:
             max_cpu_load=self.config.limits.max_cpu_load,
             workers=media_workers(self.config.rtc),
         )
+
+    def forward_latency_p99(self) -> float:
+        """The forwarding latency's p99 admission reads (seconds): this process's probe, and
+        with media workers the worst of what each worker last reported (any may get the
+        newcomer)."""
+        p99 = self.latency.p99()
+        return p99 if self.workers is None else max(p99, self.workers.forward_latency_p99())
 
     # -- admission ------------------------------------------------------------------------------
     def _refuse(self, limit: str, message: str) -> AdmissionError:
@@ -326,7 +334,7 @@ class Sfu:
         """Refuse a newcomer while the forwarding latency's p99, plus what the participants
         joining will add (in proportion to their share, as for the CPU load), holds the node."""
         hold = self.latency_hold
-        p99 = self.latency.p99() * (1 + self.cpu_load.pending_share(self.sessions))
+        p99 = self.forward_latency_p99() * (1 + self.cpu_load.pending_share(self.sessions))
         if not hold.refuses(p99):
             return
         COUNTERS.joins_refused_latency += 1
@@ -426,7 +434,7 @@ class Sfu:
             node_id=self.node_id,
         )
         session = SignalSession(websocket, self.config.limits.max_signal_message_size)
-        media = self.workers.place() if self.workers is not None else None
+        media = self.workers.place(admission.room_name) if self.workers is not None else None
         if media is None:
             participant = Participant(
                 grants, options, self.transport_config, session.send, self.refresh_token

@@ -131,6 +131,11 @@ class RtcConfig:
     #: not a LiveKit key: media worker processes under this (control) process; 1 = media in
     #: this process, 0 = one per CPU. With rtc.udp_port P, worker i listens on UDP P + i.
     workers: int = 1
+    #: not a LiveKit key: with media workers, a participant joins the worker that holds most of
+    #: its room while that worker's load (the larger of its CPU share and its forwarded packets
+    #: per second / 50,000, plus its joins in progress) is below this; past it, or at 0, the
+    #: least-loaded worker (`sfu.workers.pool`)
+    worker_spill_load: float = 0.6
     #: per-subscriber bandwidth estimation and stream allocation (transport-cc stamping and
     #: feedback, REMB, layer caps, pauses, padding probes, the NACK budget); LiveKit spells it
     #: rtc.congestion_control.enabled. Off: every subscriber gets what its tiles ask for.
@@ -218,6 +223,8 @@ class WebhookConfig:
 #: drain_timeout's bounds (seconds)
 MAX_DRAIN_TIMEOUT = 24 * 3600
 MAX_WORKERS = 256
+#: rtc.worker_spill_load's bound: a worker's load is about a core at most, plus its joins in progress
+MAX_SPILL_LOAD = 4.0
 
 
 def media_workers(rtc: RtcConfig) -> int:
@@ -472,6 +479,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"rtc.udp_port: {rtc.udp_port} is not a valid UDP port")
     if not 0 <= rtc.workers <= MAX_WORKERS:
         raise ConfigError(f"rtc.workers: must be 0 (one per CPU) to {MAX_WORKERS}")
+    if not 0 <= rtc.worker_spill_load <= MAX_SPILL_LOAD:
+        raise ConfigError(
+            f"rtc.worker_spill_load: must be 0 (always the least-loaded worker) to {MAX_SPILL_LOAD}"
+        )
     if rtc.udp_port and rtc.udp_port + media_workers(rtc) - 1 >= 65536:
         raise ConfigError("rtc.udp_port: the workers' ports (udp_port + i) pass 65535")
     if rtc.send_mode not in SEND_MODES:

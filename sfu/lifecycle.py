@@ -53,7 +53,9 @@ class Readiness:
         return ""
 
     async def run(self) -> None:
-        """Sample the event loop's lag until cancelled."""
+        """Sample the event loop's lag until cancelled (from now: the time before it started,
+        media workers starting for instance, is no lag)."""
+        self._sampled_at = time.monotonic()
         while True:
             before = time.monotonic()
             await asyncio.sleep(self.interval_s)

@@ -324,6 +324,8 @@ def add_counters(total: Counters, part: Mapping[str, Any]) -> None:
         mine = getattr(total, name, None)
         if isinstance(mine, int) and isinstance(value, int):
             setattr(total, name, mine + value)
+        elif isinstance(mine, float) and isinstance(value, (int, float)):
+            setattr(total, name, mine + value)  # forward_latency_sum
         elif isinstance(mine, list) and isinstance(value, list):
             for i, count in enumerate(value[: len(mine)]):
                 mine[i] += int(count)

@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-NEEDS_CHROMIUM = {"tests.harness.chromium", "tests.harness.browser"}
+NEEDS_CHROMIUM = {"tests.harness.chromium", "tests.harness.browser", "tests.harness.element_call"}
 
 
 def _uses_chromium(module: ModuleType | None) -> bool:

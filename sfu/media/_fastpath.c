@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_fastpath_api.h"
 #include "_sockaddr.h"
 
 #ifndef UDP_SEGMENT
@@ -1223,6 +1224,60 @@ target_resend(TargetObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(target_queue_stamped(self, s, (int)size, now));
 }
 
+/* `forward` without the Python argument parsing: also what the compiled receive path
+ * (sfu/media/_fastrecv.c) calls through the `_C_API` capsule. `data` is exact bytes and `targets`
+ * a list or tuple; 0, or -1 with an exception set. */
+static int
+forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
+               Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
+               Py_ssize_t *octets_out)
+{
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (len < 12 || len > 0xFFFF || payload_offset < 12 || payload_offset > len || padding < 0 ||
+        padding > 255 || padding > len - payload_offset) {
+        PyErr_SetString(PyExc_ValueError, "payload_offset/padding_size do not fit the packet");
+        return -1;
+    }
+    if (ext_seq < 0 || ext_seq >= SEQ_LIMIT) {
+        PyErr_SetString(PyExc_ValueError, "ext_seq out of range");
+        return -1;
+    }
+    Packet pk = {
+        .packet = packet,
+        .data = data,
+        .p = p,
+        .len = len,
+        .payload_offset = payload_offset,
+        .padding = padding,
+        .ext_seq = ext_seq,
+        .now = now,
+        .padding_only = payload_offset + padding >= len,
+        .ts = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7],
+    };
+    Py_ssize_t copies = 0, octets = 0;
+    /* The size is read again each round and each target held while in use: a __del__ run by
+     * a DECREF below could change a list. */
+    for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
+        PyObject *item = PySequence_Fast_ITEMS(targets)[ti];
+        if (Py_TYPE(item) != &TargetType) {
+            PyErr_SetString(PyExc_TypeError, "targets must hold Target objects");
+            return -1;
+        }
+        if (target_ready((TargetObject *)item) < 0)
+            return -1;
+        TargetObject *t = (TargetObject *)Py_NewRef(item);
+        if (forward_one(t, &pk, &copies, &octets) < 0) {
+            Py_DECREF(t);
+            return -1;
+        }
+        Py_DECREF(t);
+    }
+    *copies_out = copies;
+    *octets_out = octets;
+    return 0;
+}
+
 PyDoc_STRVAR(forward_doc,
 "forward(targets, packet, data, ext_seq, payload_offset, padding_size, now) -> (copies, octets)\n\n"
 "Forward one received RTP packet (`data`, parsed as `packet`) to every Target in `targets` (a\n"
@@ -1258,47 +1313,10 @@ fastpath_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double now = PyFloat_AsDouble(args[6]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
-    Py_ssize_t len = PyBytes_GET_SIZE(data);
-    if (len < 12 || len > 0xFFFF || payload_offset < 12 || payload_offset > len || padding < 0 ||
-        padding > 255 || padding > len - payload_offset) {
-        PyErr_SetString(PyExc_ValueError, "payload_offset/padding_size do not fit the packet");
-        return NULL;
-    }
-    if (ext_seq < 0 || ext_seq >= SEQ_LIMIT) {
-        PyErr_SetString(PyExc_ValueError, "ext_seq out of range");
-        return NULL;
-    }
-    Packet pk = {
-        .packet = packet,
-        .data = data,
-        .p = p,
-        .len = len,
-        .payload_offset = payload_offset,
-        .padding = padding,
-        .ext_seq = ext_seq,
-        .now = now,
-        .padding_only = payload_offset + padding >= len,
-        .ts = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7],
-    };
     Py_ssize_t copies = 0, octets = 0;
-    /* The size is read again each round and each target held while in use: a __del__ run by
-     * a DECREF below could change a list. */
-    for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
-        PyObject *item = PySequence_Fast_ITEMS(targets)[ti];
-        if (Py_TYPE(item) != &TargetType) {
-            PyErr_SetString(PyExc_TypeError, "targets must hold Target objects");
-            return NULL;
-        }
-        if (target_ready((TargetObject *)item) < 0)
-            return NULL;
-        TargetObject *t = (TargetObject *)Py_NewRef(item);
-        if (forward_one(t, &pk, &copies, &octets) < 0) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        Py_DECREF(t);
-    }
+    if (forward_packet(targets, packet, data, ext_seq, payload_offset, padding, now, &copies,
+                       &octets) < 0)
+        return NULL;
     return Py_BuildValue("(nn)", copies, octets);
 }
 
@@ -1365,6 +1383,8 @@ static PyTypeObject TargetType = {
     .tp_getset = target_getset,
 };
 
+static FastpathApi c_api = {.forward = forward_packet, .target_type = &TargetType};
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "sfu.media._fastpath",
     "The compiled per-copy forwarding path (see sfu/media/_fastpath.c).", -1, module_methods,
@@ -1388,5 +1408,12 @@ PyInit__fastpath(void)
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *capsule = PyCapsule_New(&c_api, FASTPATH_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObjectRef(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(capsule);
     return m;
 }

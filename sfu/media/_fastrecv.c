@@ -29,16 +29,308 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "_fastpath_api.h"
 #include "_sockaddr.h"
 
 #define DATAGRAM_SIZE 2048 /* sfu.media.transport.srtp.BUFFER_SIZE; longer ones are truncated */
 #define RECV_BATCH 64
 #define MAX_KNOWN 64 /* sfu.media.transport.srtp.MAX_SRTP_STREAMS */
+#define MAX_PENDING_GROUPS 64 /* flush groups a drain schedules at its end; more: at once */
+#define SEQUENCE_BASE (INT64_C(1) << 16) /* sfu.media.receiver.SEQUENCE_BASE */
+#define SPEAKING_DBOV 35                 /* sfu.media.receiver.SPEAKING_DBOV */
 
 typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
 static srtp_fn srtp_unprotect_fn = NULL;
+
+
+/* ----------------------------------------------------------------------------------- Stream */
+
+/* The per-copy path, from sfu.media._fastpath's capsule, and its `forward` function (what an
+ * armed stream stands for), imported when a stream is first armed */
+static FastpathApi *fastpath_api = NULL;
+static PyObject *fastpath_forward_obj = NULL;
+
+static int
+import_fastpath(void)
+{
+    if (fastpath_api != NULL)
+        return 0;
+    PyObject *module = PyImport_ImportModule("sfu.media._fastpath");
+    if (module == NULL)
+        return -1;
+    PyObject *forward = PyObject_GetAttrString(module, "forward");
+    Py_DECREF(module);
+    if (forward == NULL)
+        return -1;
+    FastpathApi *api = (FastpathApi *)PyCapsule_Import(FASTPATH_CAPSULE, 0);
+    if (api == NULL) {
+        Py_DECREF(forward);
+        return -1;
+    }
+    fastpath_forward_obj = forward; /* kept for the process's life, as the module is */
+    fastpath_api = api;
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    /* one received layer's counters and sequence numbers (sfu.media.receiver.LayerState) */
+    unsigned long long packets, octets;
+    double last_arrival;
+    int64_t base_seq, max_ext_seq, seq_offset, seq_continue;
+    int64_t last_seq; /* the unwrapper's reference (RFC 3550 §A.1) */
+    int has_last;     /* ... once a number was unwrapped */
+    unsigned long long level_packets, loud_packets, loud_dbov_sum; /* RFC 6464, taken in C */
+    /* while armed: the reader takes this SSRC's packets itself */
+    int armed;
+    uint32_t ssrc;
+    int vp8;            /* drop packets whose VP8 descriptor is unreadable, as the receiver does */
+    int audio_level_id; /* 0: none */
+    PyObject *targets;  /* a tuple of sfu.media._fastpath.Target */
+    PyObject *group;    /* scheduled (`schedule()`) after a packet went to a target, or None */
+} StreamObject;
+
+static PyTypeObject StreamType;
+
+static int
+stream_init(StreamObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
+        return -1;
+    self->packets = self->octets = 0;
+    self->last_arrival = 0.0;
+    self->base_seq = self->max_ext_seq = self->seq_continue = -1;
+    self->seq_offset = SEQUENCE_BASE;
+    self->has_last = 0;
+    self->level_packets = self->loud_packets = self->loud_dbov_sum = 0;
+    return 0;
+}
+
+static PyObject *
+stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    StreamObject *self = (StreamObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->base_seq = self->max_ext_seq = self->seq_continue = -1;
+        self->seq_offset = SEQUENCE_BASE;
+    }
+    return (PyObject *)self;
+}
+
+static void
+stream_disarm(StreamObject *self)
+{
+    self->armed = 0;
+    Py_CLEAR(self->targets);
+    Py_CLEAR(self->group);
+}
+
+static void
+stream_dealloc(StreamObject *self)
+{
+    stream_disarm(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* LayerState.on_sequence: extend one 16-bit number; its number in the layer */
+static inline int64_t
+stream_sequence(StreamObject *self, uint32_t seq16)
+{
+    int64_t ext;
+    if (!self->has_last) {
+        ext = seq16 & 0xFFFF;
+    } else {
+        int64_t last = self->last_seq;
+        int64_t d = ((int64_t)seq16 - last) & 0xFFFF;
+        if (d > 0x8000 || (d == 0x8000 && (int64_t)(seq16 & 0xFFFF) < (last & 0xFFFF)))
+            d -= 0x10000;
+        ext = last + d;
+    }
+    self->last_seq = ext;
+    self->has_last = 1;
+    if (ext > self->max_ext_seq) {
+        if (self->max_ext_seq < 0) { /* the SSRC's first packet */
+            self->base_seq = ext;
+            if (self->seq_continue >= 0)
+                self->seq_offset = self->seq_continue - ext;
+        }
+        self->max_ext_seq = ext;
+    }
+    return ext + self->seq_offset;
+}
+
+static PyObject *
+stream_on_packet(StreamObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "on_packet(sequence_number, size, now)");
+        return NULL;
+    }
+    long seq = PyLong_AsLong(args[0]);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (seq < 0 || seq > 0xFFFF || size < 0) {
+        PyErr_SetString(PyExc_ValueError, "sequence_number must be 0..65535, size >= 0");
+        return NULL;
+    }
+    self->packets++;
+    self->octets += (unsigned long long)size;
+    self->last_arrival = now;
+    return PyLong_FromLongLong(stream_sequence(self, (uint32_t)seq));
+}
+
+static PyObject *
+stream_reset_sequence(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->has_last = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_arm(StreamObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ssrc", "targets", "group", "forward", "vp8", "audio_level_id",
+                             NULL};
+    unsigned long ssrc;
+    PyObject *targets, *group, *forward = NULL;
+    int vp8 = 0, level_id = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kO!O|$Opi", kwlist, &ssrc, &PyTuple_Type,
+                                     &targets, &group, &forward, &vp8, &level_id))
+        return NULL;
+    if (ssrc > 0xFFFFFFFFUL || level_id < 0 || level_id > 255) {
+        PyErr_SetString(PyExc_ValueError, "ssrc or audio_level_id out of range");
+        return NULL;
+    }
+    if (import_fastpath() < 0)
+        return NULL;
+    if (forward != fastpath_forward_obj) {
+        PyErr_SetString(PyExc_TypeError, "forward must be sfu.media._fastpath.forward");
+        return NULL;
+    }
+    {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(targets); i++) {
+            if (Py_TYPE(PyTuple_GET_ITEM(targets, i)) != fastpath_api->target_type) {
+                PyErr_SetString(PyExc_TypeError, "targets must hold sfu.media._fastpath.Target");
+                return NULL;
+            }
+        }
+    }
+    stream_disarm(self);
+    self->targets = Py_NewRef(targets);
+    self->group = group == Py_None ? NULL : Py_NewRef(group);
+    self->ssrc = (uint32_t)ssrc;
+    self->vp8 = vp8;
+    self->audio_level_id = level_id;
+    self->armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_disarm_py(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    stream_disarm(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_get_last_seq(StreamObject *self, void *c)
+{
+    if (!self->has_last)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->last_seq);
+}
+
+static PyObject *
+stream_get_armed(StreamObject *self, void *c)
+{
+    return PyBool_FromLong(self->armed);
+}
+
+static PyObject *
+stream_get_ssrc(StreamObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(self->ssrc);
+}
+
+/* the int64 fields, settable from Python (within ±2**62, as the forwarder's numbers are) */
+#define STREAM_INT64(name)                                                                     \
+    static PyObject *stream_get_##name(StreamObject *self, void *c)                            \
+    {                                                                                          \
+        return PyLong_FromLongLong(self->name);                                                \
+    }                                                                                          \
+    static int stream_set_##name(StreamObject *self, PyObject *v, void *c)                     \
+    {                                                                                          \
+        if (v == NULL) {                                                                       \
+            PyErr_SetString(PyExc_AttributeError, "cannot delete " #name);                     \
+            return -1;                                                                         \
+        }                                                                                      \
+        long long x = PyLong_AsLongLong(v);                                                    \
+        if (x == -1 && PyErr_Occurred())                                                       \
+            return -1;                                                                         \
+        if (x <= -(INT64_C(1) << 62) || x >= (INT64_C(1) << 62)) {                             \
+            PyErr_SetString(PyExc_ValueError, #name " out of range");                          \
+            return -1;                                                                         \
+        }                                                                                      \
+        self->name = x;                                                                        \
+        return 0;                                                                              \
+    }
+STREAM_INT64(base_seq)
+STREAM_INT64(max_ext_seq)
+STREAM_INT64(seq_offset)
+STREAM_INT64(seq_continue)
+
+#define STREAM_GS(name, doc) {#name, (getter)stream_get_##name, (setter)stream_set_##name, doc, NULL}
+
+static PyGetSetDef stream_getset[] = {
+    STREAM_GS(base_seq, "the current SSRC's first extended sequence number (-1: none yet)"),
+    STREAM_GS(max_ext_seq, "the current SSRC's highest extended sequence number (-1: none yet)"),
+    STREAM_GS(seq_offset, "added to an extended number to give its number in the layer"),
+    STREAM_GS(seq_continue, "the layer number the next SSRC's first packet gets (-1: none)"),
+    {"last_seq", (getter)stream_get_last_seq, NULL,
+     "the extended number last unwrapped (None: none since the reset)", NULL},
+    {"armed", (getter)stream_get_armed, NULL, "whether the reader takes its packets itself", NULL},
+    {"ssrc", (getter)stream_get_ssrc, NULL, "the SSRC it was armed for", NULL},
+    {NULL},
+};
+
+static PyMemberDef stream_members[] = {
+    {"packets", T_ULONGLONG, offsetof(StreamObject, packets), 0, "packets received"},
+    {"octets", T_ULONGLONG, offsetof(StreamObject, octets), 0, "their bytes (plaintext)"},
+    {"last_arrival", T_DOUBLE, offsetof(StreamObject, last_arrival), 0,
+     "monotonic time of the last packet"},
+    {"level_packets", T_ULONGLONG, offsetof(StreamObject, level_packets), 0,
+     "packets taken here with an audio level"},
+    {"loud_packets", T_ULONGLONG, offsetof(StreamObject, loud_packets), 0,
+     "... louder than -35 dBov"},
+    {"loud_dbov_sum", T_ULONGLONG, offsetof(StreamObject, loud_dbov_sum), 0,
+     "the sum of their levels (-dBov)"},
+    {NULL},
+};
+
+static PyMethodDef stream_methods[] = {
+    {"on_packet", (PyCFunction)(void (*)(void))stream_on_packet, METH_FASTCALL,
+     "on_packet(sequence_number, size, now): count one packet received in Python; its "
+     "extended number in the layer."},
+    {"reset_sequence", (PyCFunction)stream_reset_sequence, METH_NOARGS,
+     "Forget the unwrapper's reference: the next number starts again (a new SSRC)."},
+    {"arm", (PyCFunction)(void (*)(void))stream_arm, METH_VARARGS | METH_KEYWORDS,
+     "arm(ssrc, targets, group, *, forward, vp8=False, audio_level_id=0): the reader takes "
+     "`ssrc`'s packets itself from now on, forwarded to `targets` (a tuple) as `forward` "
+     "(sfu.media._fastpath.forward) would."},
+    {"disarm", (PyCFunction)stream_disarm_py, METH_NOARGS,
+     "Hand its packets to Python again."},
+    {NULL, NULL, 0, NULL},
+};
 
 /* ------------------------------------------------------------------------------------ Route */
 
@@ -50,9 +342,10 @@ typedef struct {
     PyObject *owner;
     PyObject *on_rtp;
     uint32_t known[MAX_KNOWN];
+    StreamObject *streams[MAX_KNOWN]; /* the stream on_rtp gave for each known SSRC, or NULL */
     int nknown;
     int registered;
-    unsigned long long rtp_packets, octets, unprotect_failures, fallbacks;
+    unsigned long long rtp_packets, octets, unprotect_failures, fallbacks, taken, taken_octets;
 } RouteObject;
 
 static PyTypeObject RouteType;
@@ -110,18 +403,33 @@ route_init(RouteObject *self, PyObject *args, PyObject *kwds)
 static void
 route_dealloc(RouteObject *self)
 {
+    for (int i = 0; i < self->nknown; i++)
+        Py_CLEAR(self->streams[i]);
     Py_CLEAR(self->on_rtp);
     Py_CLEAR(self->owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* the index of `ssrc` among the known ones, or -1 */
 static int
-route_knows(const RouteObject *r, uint32_t ssrc)
+route_index(const RouteObject *r, uint32_t ssrc)
 {
     for (int i = 0; i < r->nknown; i++)
         if (r->known[i] == ssrc)
-            return 1;
-    return 0;
+            return i;
+    return -1;
+}
+
+static void
+route_remove_at(RouteObject *r, int i)
+{
+    StreamObject *st = r->streams[i];
+    memmove(r->known + i, r->known + i + 1, (size_t)(r->nknown - i - 1) * sizeof r->known[0]);
+    memmove(r->streams + i, r->streams + i + 1,
+            (size_t)(r->nknown - i - 1) * sizeof r->streams[0]);
+    r->nknown--;
+    r->streams[r->nknown] = NULL;
+    Py_XDECREF(st);
 }
 
 static PyObject *
@@ -134,12 +442,11 @@ route_learn(RouteObject *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "ssrc out of range");
         return NULL;
     }
-    if (route_knows(self, (uint32_t)ssrc))
+    if (route_index(self, (uint32_t)ssrc) >= 0)
         Py_RETURN_NONE;
-    if (self->nknown == MAX_KNOWN) { /* forget the oldest */
-        memmove(self->known, self->known + 1, (MAX_KNOWN - 1) * sizeof self->known[0]);
-        self->nknown--;
-    }
+    if (self->nknown == MAX_KNOWN) /* forget the oldest */
+        route_remove_at(self, 0);
+    self->streams[self->nknown] = NULL;
     self->known[self->nknown++] = (uint32_t)ssrc;
     Py_RETURN_NONE;
 }
@@ -150,13 +457,10 @@ route_forget(RouteObject *self, PyObject *arg)
     unsigned long ssrc = PyLong_AsUnsignedLong(arg);
     if (ssrc == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    for (int i = 0; i < self->nknown; i++) {
-        if (self->known[i] == (uint32_t)ssrc) {
-            memmove(self->known + i, self->known + i + 1,
-                    (size_t)(self->nknown - i - 1) * sizeof self->known[0]);
-            self->nknown--;
-            break;
-        }
+    if (ssrc <= 0xFFFFFFFFUL) {
+        int i = route_index(self, (uint32_t)ssrc);
+        if (i >= 0)
+            route_remove_at(self, i);
     }
     Py_RETURN_NONE;
 }
@@ -185,6 +489,17 @@ route_get_addr(RouteObject *self, void *c)
 }
 
 static PyObject *
+route_stream(RouteObject *self, PyObject *arg)
+{
+    unsigned long ssrc = PyLong_AsUnsignedLong(arg);
+    if (ssrc == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    int i = ssrc <= 0xFFFFFFFFUL ? route_index(self, (uint32_t)ssrc) : -1;
+    PyObject *st = i >= 0 ? (PyObject *)self->streams[i] : NULL;
+    return Py_NewRef(st != NULL ? st : Py_None);
+}
+
+static PyObject *
 route_get_registered(RouteObject *self, void *c)
 {
     return PyBool_FromLong(self->registered);
@@ -195,6 +510,8 @@ static PyMethodDef route_methods[] = {
      "Take packets of this SSRC here from now on (libsrtp holds a stream for it)."},
     {"forget", (PyCFunction)route_forget, METH_O,
      "Send packets of this SSRC through the fallback again (its stream was removed)."},
+    {"stream", (PyCFunction)route_stream, METH_O,
+     "The Stream on_rtp last returned for this SSRC, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -213,6 +530,10 @@ static PyMemberDef route_members[] = {
      "packets libsrtp refused (replayed, forged, truncated): dropped"},
     {"fallbacks", T_ULONGLONG, offsetof(RouteObject, fallbacks), READONLY,
      "datagrams from its address given to the fallback"},
+    {"taken", T_ULONGLONG, offsetof(RouteObject, taken), READONLY,
+     "of rtp_packets, those an armed Stream took without calling on_rtp"},
+    {"taken_octets", T_ULONGLONG, offsetof(RouteObject, taken_octets), READONLY,
+     "their plaintext bytes"},
     {NULL},
 };
 
@@ -232,6 +553,10 @@ typedef struct {
     struct iovec iov[RECV_BATCH];
     struct sockaddr_storage addrs[RECV_BATCH];
     unsigned long long datagrams, syscalls, truncated, fallback_errors;
+    /* what armed streams took, for the process counters (`take_counts`) */
+    unsigned long long in_packets, in_octets, out_packets, out_octets, dropped;
+    PyObject *pending[MAX_PENDING_GROUPS]; /* flush groups to schedule at the end of the drain */
+    int npending;
 } ReaderObject;
 
 #define TOMBSTONE ((RouteObject *)1)
@@ -386,6 +711,9 @@ reader_dealloc(ReaderObject *self)
         close(self->fd);
     reader_clear_routes(self);
     PyMem_Free(self->data);
+    for (int i = 0; i < self->npending; i++)
+        Py_CLEAR(self->pending[i]);
+    self->npending = 0;
     Py_CLEAR(self->fallback);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -450,6 +778,182 @@ reader_lookup(ReaderObject *self, PyObject *addr)
     return Py_NewRef(b < 0 ? Py_None : (PyObject *)self->table[b]);
 }
 
+/* a flush group to schedule at the end of the drain (at once when too many are pending);
+ * -1 with an exception set when its schedule() raised */
+static int
+reader_schedule(ReaderObject *self, PyObject *group)
+{
+    for (int i = 0; i < self->npending; i++)
+        if (self->pending[i] == group)
+            return 0;
+    if (self->npending < MAX_PENDING_GROUPS) {
+        self->pending[self->npending++] = Py_NewRef(group);
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethod(group, "schedule", NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static void
+reader_run_pending(ReaderObject *self)
+{
+    /* in the order they were first scheduled; a schedule() that schedules more is not expected
+     * (FlushGroup.schedule only registers with the loop's Flusher), so the list is taken whole */
+    int count = self->npending;
+    PyObject *groups[MAX_PENDING_GROUPS];
+    memcpy(groups, self->pending, (size_t)count * sizeof groups[0]);
+    self->npending = 0;
+    for (int i = 0; i < count; i++) {
+        PyObject *r = PyObject_CallMethod(groups[i], "schedule", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(groups[i]);
+        Py_XDECREF(r);
+        Py_DECREF(groups[i]);
+    }
+}
+
+static inline double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* what time.monotonic() reads */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* What sfu.media.receiver's Python path does with one decrypted packet of an armed stream's SSRC
+ * (RtpDemuxer.on_rtp, TrackReceiver.on_rtp), in C: 1 taken, 0 not (a packet RtpPacket.parse
+ * refuses: Python drops and counts it), -1 with an exception set. */
+static int
+stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t n)
+{
+    /* RtpPacket.parse: V=2, CSRCs, the extension block (RFC 8285 elements), padding */
+    if (n < 12 || (d[0] & 0xC0) != 0x80)
+        return 0;
+    Py_ssize_t off = 12 + 4 * (d[0] & 0x0F);
+    if (off > n)
+        return 0;
+    const uint8_t *level = NULL;
+    Py_ssize_t level_len = 0;
+    if (d[0] & 0x10) {
+        if (off + 4 > n)
+            return 0;
+        uint32_t profile = (uint32_t)d[off] << 8 | d[off + 1];
+        Py_ssize_t i = off + 4, end = i + 4 * ((Py_ssize_t)d[off + 2] << 8 | d[off + 3]);
+        if (end > n)
+            return 0;
+        if (profile == 0xBEDE) {
+            while (i < end) {
+                uint8_t b = d[i];
+                if (!b) { /* padding */
+                    i++;
+                    continue;
+                }
+                if (b > 0xEF || b < 0x10) /* id 15, or id 0 with a length: stop */
+                    break;
+                Py_ssize_t j = i + 2 + (b & 0x0F);
+                if (j > end)
+                    return 0;
+                if ((b >> 4) == st->audio_level_id) { /* the last one wins, as in the dict */
+                    level = d + i + 1;
+                    level_len = j - i - 1;
+                }
+                i = j;
+            }
+        } else if ((profile & 0xFFF0) == 0x1000) {
+            while (i < end) {
+                uint8_t id = d[i];
+                if (!id) {
+                    i++;
+                    continue;
+                }
+                if (i + 1 >= end)
+                    return 0;
+                Py_ssize_t j = i + 2 + d[i + 1];
+                if (j > end)
+                    return 0;
+                if (id == st->audio_level_id) {
+                    level = d + i + 2;
+                    level_len = j - i - 2;
+                }
+                i = j;
+            }
+        }
+        off = end;
+    }
+    Py_ssize_t padding = 0;
+    if (d[0] & 0x20) {
+        padding = d[n - 1];
+        if (padding == 0 || off + padding > n)
+            return 0;
+    }
+    if (!st->audio_level_id)
+        level = NULL;
+    /* RtpDemuxer.on_rtp's counters, then TrackReceiver.on_rtp */
+    reader->in_packets++;
+    reader->in_octets += (unsigned long long)n;
+    double now = monotonic_now();
+    st->packets++;
+    st->octets += (unsigned long long)n;
+    st->last_arrival = now;
+    int64_t seq = stream_sequence(st, (uint32_t)d[2] << 8 | d[3]);
+    if (seq < 0) { /* before the layer's first packet, by more than a cycle */
+        reader->dropped++;
+        return 1;
+    }
+    if (level != NULL && level_len > 0) {
+        st->level_packets++;
+        uint8_t dbov = level[0] & 0x7F;
+        if (dbov < SPEAKING_DBOV) {
+            st->loud_packets++;
+            st->loud_dbov_sum += dbov;
+        }
+    }
+    Py_ssize_t end = n - padding;
+    if (st->vp8 && end > off && (d[off] & 0x17) == 0x10) {
+        /* vp8.is_keyframe's checks: a first packet of a frame whose descriptor or payload
+         * header is cut short is not forwarded */
+        Py_ssize_t size = 1;
+        if (d[off] & 0x80) {
+            if (off + 1 >= end)
+                return 1;
+            uint8_t xb = d[off + 1];
+            size = 2;
+            if (xb & 0x80) {
+                if (off + 2 >= end)
+                    return 1;
+                size += (d[off + 2] & 0x80) ? 2 : 1;
+            }
+            if (xb & 0x40)
+                size += 1;
+            if (xb & 0x30)
+                size += 1;
+            if (off + size > end)
+                return 1;
+        }
+        if (off + size >= end)
+            return 1;
+    }
+    if (st->targets == NULL || PyTuple_GET_SIZE(st->targets) == 0)
+        return 1;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)d, n);
+    if (data == NULL)
+        return -1;
+    Py_ssize_t copies = 0, octets = 0;
+    PyObject *targets = Py_NewRef(st->targets), *group = Py_XNewRef(st->group);
+    int rc = fastpath_api->forward(targets, data, data, seq, off, padding, now, &copies, &octets);
+    Py_DECREF(targets);
+    Py_DECREF(data);
+    if (rc == 0 && copies) {
+        reader->out_packets += (unsigned long long)copies;
+        reader->out_octets += (unsigned long long)octets;
+        if (group != NULL)
+            rc = reader_schedule(reader, group);
+    }
+    Py_XDECREF(group);
+    return rc < 0 ? -1 : 1;
+}
+
 /* One datagram: 0 handled, -1 with an exception set (only when memory runs out). */
 static int
 reader_one(ReaderObject *self, uint8_t *data, Py_ssize_t len, const struct sockaddr_storage *addr)
@@ -461,7 +965,8 @@ reader_one(ReaderObject *self, uint8_t *data, Py_ssize_t len, const struct socka
             route = self->table[b];
             uint32_t ssrc = (uint32_t)data[8] << 24 | (uint32_t)data[9] << 16 |
                             (uint32_t)data[10] << 8 | data[11];
-            if (route_knows(route, ssrc)) {
+            int k = route_index(route, ssrc);
+            if (k >= 0) {
                 int n = (int)len;
                 if (route->srtp != NULL && srtp_unprotect_fn(route->srtp, data, &n) != 0) {
                     route->unprotect_failures++;
@@ -469,16 +974,42 @@ reader_one(ReaderObject *self, uint8_t *data, Py_ssize_t len, const struct socka
                 }
                 if (n < 0 || n > len)
                     n = 0;
+                route->rtp_packets++;
+                route->octets += (unsigned long long)n;
+                StreamObject *st = route->streams[k];
+                if (st != NULL && st->armed && st->ssrc == ssrc) {
+                    Py_INCREF(st);
+                    Py_INCREF(route);
+                    int taken = stream_take(self, st, data, n);
+                    if (taken < 0) /* a target refused its arguments, or memory ran out */
+                        PyErr_WriteUnraisable((PyObject *)st);
+                    else if (taken > 0) {
+                        route->taken++;
+                        route->taken_octets += (unsigned long long)n;
+                    }
+                    Py_DECREF(st);
+                    Py_DECREF(route);
+                    if (taken != 0)
+                        return 0;
+                }
                 PyObject *plain = PyBytes_FromStringAndSize((const char *)data, n);
                 if (plain == NULL)
                     return -1;
-                route->rtp_packets++;
-                route->octets += (unsigned long long)n;
                 Py_INCREF(route); /* on_rtp may remove the route */
                 PyObject *r = PyObject_CallOneArg(route->on_rtp, plain);
                 Py_DECREF(plain);
-                if (r == NULL)
+                if (r == NULL) {
                     PyErr_WriteUnraisable(route->on_rtp);
+                } else if (r == Py_None || Py_TYPE(r) == &StreamType) {
+                    /* the stream to take this SSRC's next packets (None: none) */
+                    k = route_index(route, ssrc); /* on_rtp may have learnt or forgotten */
+                    if (k >= 0 && (PyObject *)route->streams[k] != r) {
+                        StreamObject *old = route->streams[k];
+                        route->streams[k] =
+                            r == Py_None ? NULL : (StreamObject *)Py_NewRef(r);
+                        Py_XDECREF(old);
+                    }
+                }
                 Py_XDECREF(r);
                 Py_DECREF(route);
                 return 0;
@@ -558,6 +1089,7 @@ reader_drain(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             if (reader_one(self, self->data[i], len, &self->addrs[i]) < 0) {
                 self->draining = 0;
+                reader_run_pending(self);
                 Py_DECREF(self);
                 return NULL;
             }
@@ -567,10 +1099,22 @@ reader_drain(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
     }
     self->draining = 0;
+    reader_run_pending(self);
     if (self->fd < 0) /* closed by a callback */
         reader_clear_routes(self);
     Py_DECREF(self);
     return PyLong_FromSsize_t(total);
+}
+
+static PyObject *
+reader_take_counts(ReaderObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = Py_BuildValue("(KKKKK)", self->in_packets, self->in_octets, self->out_packets,
+                                self->out_octets, self->dropped);
+    if (r != NULL)
+        self->in_packets = self->in_octets = self->out_packets = self->out_octets =
+            self->dropped = 0;
+    return r;
 }
 
 static PyObject *
@@ -604,6 +1148,9 @@ static PyMethodDef reader_methods[] = {
     {"add", (PyCFunction)reader_add, METH_O, "Route datagrams from the route's address to it."},
     {"remove", (PyCFunction)reader_remove, METH_O, "Stop routing to it; False if it was not."},
     {"lookup", (PyCFunction)reader_lookup, METH_O, "The route of (host, port), or None."},
+    {"take_counts", (PyCFunction)reader_take_counts, METH_NOARGS,
+     "(packets in, bytes in, copies out, their bytes, packets dropped) that armed streams took "
+     "since the last call, for the process counters; zeroes them."},
     {"close", (PyCFunction)reader_close, METH_NOARGS,
      "Release the duplicated descriptor and the routes; idempotent."},
     {NULL, NULL, 0, NULL},
@@ -659,6 +1206,20 @@ static PyTypeObject RouteType = {
     .tp_getset = route_getset,
 };
 
+static PyTypeObject StreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu.media._fastrecv.Stream",
+    .tp_basicsize = sizeof(StreamObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Stream(): one received layer's counters and sequence numbers; armed, the reader\n"
+              "takes its SSRC's packets and forwards them itself.",
+    .tp_new = stream_new,
+    .tp_init = (initproc)stream_init,
+    .tp_dealloc = (destructor)stream_dealloc,
+    .tp_methods = stream_methods,
+    .tp_members = stream_members,
+    .tp_getset = stream_getset,
+};
+
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu.media._fastrecv.Reader",
     .tp_basicsize = sizeof(ReaderObject),
@@ -682,13 +1243,15 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__fastrecv(void)
 {
-    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0)
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&StreamType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Stream", (PyObject *)&StreamType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_KNOWN", MAX_KNOWN) < 0 ||
         PyModule_AddIntConstant(m, "DATAGRAM_SIZE", DATAGRAM_SIZE) < 0) {
         Py_DECREF(m);

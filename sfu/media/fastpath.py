@@ -12,7 +12,9 @@ session's `srtp_t`, the reference calls them through pylibsrtp's cffi binding.
 The receive side of the shared UDP socket (`rtc.udp_port`) has the same pair:
 `sfu.media._fastrecv` (batched `recvmmsg`, SRTP unprotect, routing by source address) and its
 reference `sfu.media.fastrecv_py`; `Implementation.reader` and `.route` make theirs (None: the
-compiled one was not built, the socket stays with the event loop).
+compiled one was not built, the socket stays with the event loop). Their `Stream`
+(`sfu.media.layerstream`) holds a received layer's numbers; armed, the reader does the receiver's
+per-packet work itself.
 """
 
 from __future__ import annotations

@@ -9,6 +9,15 @@ packet libsrtp refuses is dropped and counted in `unprotect_failures`); a datagr
 `fallback(data, addr)`. Exceptions from the callbacks are reported with `sys.unraisablehook`
 and never stop the drain. tests/sfu/media/test_fastrecv.py holds the compiled reader to the same
 calls with the same bytes.
+
+A `Stream` is one received layer's counters and sequence numbers (`sfu.media.receiver.LayerState`
+keeps its numbers in one). When `on_rtp` returns a Stream, the route keeps it for that packet's
+SSRC (None: forgets it); while the stream is armed for that SSRC (`Stream.arm`, by the receiver
+when the layer is in its steady state) the reader does what the receiver would do with the
+packet itself — `RtpPacket.parse`'s checks, the counters, the extended sequence number, the
+audio level, the VP8 check, `forward` to the stream's targets — and hands a packet it cannot take
+(one the parser refuses) to `on_rtp` as before. What it counted for the process counters is
+`Reader.take_counts()`; the flush groups of its copies are scheduled once at the end of a drain.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from typing import Any
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
-__all__ = ["DATAGRAM_SIZE", "MAX_KNOWN", "Reader", "Route"]
+from sfu.media.layerstream import Stream
+
+__all__ = ["DATAGRAM_SIZE", "MAX_KNOWN", "Reader", "Route", "Stream"]
 
 DATAGRAM_SIZE = 2048  # sfu.media.transport.srtp.BUFFER_SIZE
 MAX_KNOWN = 64  # sfu.media.transport.srtp.MAX_SRTP_STREAMS
@@ -56,8 +67,10 @@ class Route:
         self._view: Any = ffi.buffer(self._buffer)
         self._length: Any = ffi.new("int *")
         self.known: list[int] = []
+        self._streams: dict[int, Stream] = {}  # of known SSRCs only
         self.registered = False
         self.rtp_packets = self.octets = self.unprotect_failures = self.fallbacks = 0
+        self.taken = self.taken_octets = 0
 
     def learn(self, ssrc: int, /) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
@@ -65,12 +78,25 @@ class Route:
         if ssrc in self.known:
             return
         if len(self.known) == MAX_KNOWN:
-            del self.known[0]
+            self._streams.pop(self.known.pop(0), None)
         self.known.append(ssrc)
 
     def forget(self, ssrc: int, /) -> None:
         if ssrc in self.known:
             self.known.remove(ssrc)
+            self._streams.pop(ssrc, None)
+
+    def stream(self, ssrc: int, /) -> Stream | None:
+        return self._streams.get(ssrc)
+
+    def bind(self, ssrc: int, result: object) -> None:
+        """What `on_rtp` returned for a packet of `ssrc`: its stream from now on (None: none)."""
+        if ssrc not in self.known:
+            return
+        if isinstance(result, Stream):
+            self._streams[ssrc] = result
+        elif result is None:
+            self._streams.pop(ssrc, None)
 
     def unprotect(self, data: bytes) -> bytes | None:
         if self._context is None:
@@ -98,6 +124,15 @@ class Reader:
         self._max_routes = max_routes
         self._routes: dict[tuple[Any, int], Route] = {}
         self.datagrams = self.syscalls = self.truncated = self.fallback_errors = 0
+        self.in_packets = self.in_octets = self.out_packets = self.out_octets = self.dropped = 0
+        self.pending: list[Any] = []  # flush groups to schedule at the end of the drain
+
+    def take_counts(self) -> tuple[int, int, int, int, int]:
+        counts = (
+            self.in_packets, self.in_octets, self.out_packets, self.out_octets, self.dropped
+        )  # fmt: skip
+        self.in_packets = self.in_octets = self.out_packets = self.out_octets = self.dropped = 0
+        return counts
 
     @property
     def fd(self) -> int:
@@ -135,6 +170,17 @@ class Reader:
         self._routes = {}
 
     def drain(self, budget: int = 256, /) -> int:
+        try:
+            return self._drain(budget)
+        finally:
+            pending, self.pending = self.pending, []
+            for group in pending:
+                try:
+                    group.schedule()
+                except Exception as exc:
+                    _unraisable(exc, group)
+
+    def _drain(self, budget: int) -> int:
         total = 0
         while total < budget and self._sock is not None:
             self.syscalls += 1
@@ -159,7 +205,7 @@ class Reader:
             and len(data) >= 12
             and 128 <= data[0] <= 191
             and not 192 <= data[1] <= 223
-            and int.from_bytes(data[8:12], "big") in route.known
+            and (ssrc := int.from_bytes(data[8:12], "big")) in route.known
         ):
             plain = route.unprotect(data)
             if plain is None:
@@ -167,10 +213,23 @@ class Reader:
                 return
             route.rtp_packets += 1
             route.octets += len(plain)
+            stream = route.stream(ssrc)
+            if stream is not None and stream.armed and stream.ssrc == ssrc:
+                try:
+                    taken = stream.take(self, plain)
+                except Exception as exc:
+                    _unraisable(exc, stream)
+                    return
+                if taken:
+                    route.taken += 1
+                    route.taken_octets += len(plain)
+                    return
             try:
-                route.on_rtp(plain)
+                result = route.on_rtp(plain)
             except Exception as exc:
                 _unraisable(exc, route.on_rtp)
+                return
+            route.bind(ssrc, result)
             return
         if route is not None:
             route.fallbacks += 1

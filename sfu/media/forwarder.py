@@ -28,6 +28,7 @@ decision stays here, and `_push`/`_pull` move the numbers between the two.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Callable, Iterable
@@ -277,6 +278,15 @@ class DownTrack:
             return None
         return self._fast
 
+    def idle_for(self, layer: int) -> bool:
+        """Whether `write` would do nothing with a packet of `layer` until the receiver's fan-out
+        changes next (every change of what this checks calls `fanout_changed`/`demand_changed`):
+        not started or not forwarding, or video of a layer above the limit it does not forward.
+        The compiled receive path may then take the layer's packets without asking it."""
+        if not self.started or not self.forwarding:
+            return True
+        return self.receiver.is_video and layer != self.current_layer and layer > self.limit
+
     def _push(self) -> None:
         """The decisions made in Python (offsets, switch point, epoch) into the target."""
         if self._fast is None:
@@ -298,7 +308,14 @@ class DownTrack:
             self._sent_any = True
             self._last_out_seq, self._last_out_ts = t.last_out_seq, t.last_out_ts
             self._last_out_time = t.last_out_time
-            self._last_packet = t.last_packet
+            last = t.last_packet
+            if isinstance(last, bytes):  # forwarded by the compiled receive path: the bytes only
+                current = self._last_packet
+                if current is None or current.data is not last:
+                    with contextlib.suppress(PacketError):  # the receive path parsed it already
+                        self._last_packet = RtpPacket.parse(last)
+            else:
+                self._last_packet = last
         self.packets_sent, self.octets_sent = t.packets_sent, t.octets_sent
         dropped = t.send_dropped - self._fast_dropped
         if dropped:  # copies libsrtp refused or too long: counted as forwarded by `forward`

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sfu.media.layerstream import STREAM_FORWARD, new_stream
 from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import extensions as ext
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.h264 import is_keyframe as h264_is_keyframe
 from sfu.media.rtp.header import RtpPacket
-from sfu.media.rtp.seqnum import SequenceUnwrapper
 from sfu.media.rtp.timebase import SenderReportTranslator
 from sfu.media.rtp.vp8 import is_keyframe as vp8_is_keyframe
 from sfu.media.sdp import Codec
@@ -57,6 +57,18 @@ SPEAKING_DBOV = 35
 SPEAKING_SHARE = 0.4
 
 
+def _counter(name: str) -> Any:
+    """A `LayerState` attribute kept in its `counters`."""
+
+    def get(self: LayerState) -> Any:
+        return getattr(self.counters, name)
+
+    def set_(self: LayerState, value: Any) -> None:
+        setattr(self.counters, name, value)
+
+    return property(get, set_)
+
+
 def _h264_keyframe(data: bytes, offset: int, end: int) -> bool:
     return h264_is_keyframe(data[offset:end])
 
@@ -73,62 +85,74 @@ class PacketSink(Protocol):
     def subscribed_layer(self) -> int: ...
 
 
-#: one layer's fan-out: (forward, the fast sinks' targets, their batches), the other sinks
-_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...]]
+#: one layer's fan-out: (forward, the fast sinks' targets, their batches), the other sinks, and
+#: whether the compiled receive path may take the layer's packets (no other sink would act)
+_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...], bool]
 
 
-@dataclass(slots=True)
 class LayerState:
     """Statistics for one received simulcast layer (one SSRC at a time), and its sequence numbers.
 
     `base_seq` and `max_ext_seq` are RFC 3550 extended sequence numbers of the current SSRC (what
-    receiver reports carry); a packet's number in the layer (`on_sequence`) is that plus
+    receiver reports carry); a packet's number in the layer (`on_packet`) is that plus
     `seq_offset`: `SEQUENCE_BASE` for the layer's first SSRC, then what makes a new SSRC's numbers
-    continue after the old one's highest.
+    continue after the old one's highest. The per-packet numbers (packets, octets, last arrival,
+    the sequence numbers) live in `counters`, an `sfu.media.fastpath` `Stream`, which the compiled
+    receive path updates itself while the layer is armed (`TrackReceiver.on_rtp`).
     """
 
-    ssrc: int = 0
-    packets: int = 0
-    octets: int = 0
-    last_arrival: float = 0.0
-    base_seq: int = -1
-    max_ext_seq: int = -1
-    sequence: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
-    seq_offset: int = SEQUENCE_BASE
+    __slots__ = (
+        "bitrate",
+        "counters",
+        "expected_prior",
+        "octets_prior",
+        "received_prior",
+        "sr_arrival",
+        "sr_ntp",
+        "sr_rtp",
+        "ssrc",
+    )
+
+    def __init__(self) -> None:
+        self.ssrc = 0
+        self.counters: Any = new_stream()
+        # last sender report: (ntp timestamp, rtp timestamp, local arrival time)
+        self.sr_ntp = 0
+        self.sr_rtp = 0
+        self.sr_arrival = 0.0
+        # receiver-report interval bookkeeping
+        self.expected_prior = 0
+        self.received_prior = 0
+        self.octets_prior = 0
+        #: bits per second over the last report interval
+        self.bitrate = 0
+
+    packets = _counter("packets")
+    octets = _counter("octets")
+    last_arrival = _counter("last_arrival")
+    base_seq = _counter("base_seq")
+    max_ext_seq = _counter("max_ext_seq")
+    seq_offset = _counter("seq_offset")
     #: the layer number the next SSRC's first packet gets (-1: no SSRC had packets yet)
-    seq_continue: int = -1
-    # last sender report: (ntp timestamp, rtp timestamp, local arrival time)
-    sr_ntp: int = 0
-    sr_rtp: int = 0
-    sr_arrival: float = 0.0
-    # receiver-report interval bookkeeping
-    expected_prior: int = 0
-    received_prior: int = 0
-    octets_prior: int = 0
-    #: bits per second over the last report interval
-    bitrate: int = 0
+    seq_continue = _counter("seq_continue")
 
     def new_stream(self, ssrc: int) -> None:
         """The layer now arrives on `ssrc`: forget the sequence and report state of the old one."""
+        counters = self.counters
+        counters.disarm()  # the reader takes the new SSRC once the receiver arms it again
         self.ssrc = ssrc
-        if self.max_ext_seq >= 0:
-            self.seq_continue = self.max_ext_seq + self.seq_offset + 1
-        self.base_seq = self.max_ext_seq = -1
-        self.sequence.reset()
+        if counters.max_ext_seq >= 0:
+            counters.seq_continue = counters.max_ext_seq + counters.seq_offset + 1
+        counters.base_seq = counters.max_ext_seq = -1
+        counters.reset_sequence()
         self.sr_ntp = self.sr_rtp = 0
         self.sr_arrival = 0.0
-        self.packets = self.expected_prior = self.received_prior = 0
+        counters.packets = self.expected_prior = self.received_prior = 0
 
-    def on_sequence(self, sequence_number: int) -> int:
-        """Extend one received packet's sequence number; its number in the layer."""
-        extended = self.sequence.unwrap(sequence_number)
-        if extended > self.max_ext_seq:
-            if self.max_ext_seq < 0:  # the SSRC's first packet
-                self.base_seq = extended
-                if self.seq_continue >= 0:
-                    self.seq_offset = self.seq_continue - extended
-            self.max_ext_seq = extended
-        return extended + self.seq_offset
+    def on_packet(self, sequence_number: int, size: int, now: float) -> int:
+        """Count one received packet of `size` bytes and extend its sequence number; its number
+        in the layer."""
+        return int(self.counters.on_packet(sequence_number, size, now))
 
 
 class TrackReceiver:
@@ -159,7 +183,7 @@ class TrackReceiver:
         self.sinks: list[PacketSink] = []
         #: per layer, who gets its packets how (`_fanout_for`); None: rebuild on the next packet
         self._fanout: list[_Fanout] | None = None
-        self.muted = False
+        self._muted = False
         self.closed = False
         self._send_rtcp = send_rtcp
         self._last_pli = [0.0] * len(self.layers)
@@ -175,25 +199,52 @@ class TrackReceiver:
         #: called when a down track's needs change (the room's dynacast listens)
         self.on_demand_change: Callable[[], None] | None = None
         #: header-extension id of ssrc-audio-level on this PC (0 = not negotiated)
-        self.audio_level_id = 0
+        self._audio_level_id = 0
+        #: whether the compiled receive path may take this track's packets at all: it reads
+        #: time.monotonic's clock and checks VP8 payload descriptors only
+        self._armable = (
+            STREAM_FORWARD is not None
+            and clock is time.monotonic
+            and self._keyframe in (None, vp8_is_keyframe)
+        )
         self._level_packets = 0
         self._loud_packets = 0
         self._loud_dbov_sum = 0
 
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @muted.setter
+    def muted(self, muted: bool) -> None:
+        self._muted = muted
+        self.fanout_changed()
+
+    @property
+    def audio_level_id(self) -> int:
+        return self._audio_level_id
+
+    @audio_level_id.setter
+    def audio_level_id(self, ext_id: int) -> None:
+        self._audio_level_id = ext_id
+        self.fanout_changed()
+
     # -- subscribers ---------------------------------------------------------------------------
     def add_sink(self, sink: PacketSink) -> None:
         self.sinks.append(sink)
-        self._fanout = None
+        self.fanout_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
         if sink in self.sinks:
             self.sinks.remove(sink)
-        self._fanout = None
+        self.fanout_changed()
 
     def fanout_changed(self) -> None:
         """A sink started, stopped, switched layer or was enabled/disabled: which sinks take the
-        fast path is decided again on the next packet."""
+        fast path is decided again on the next packet, which reaches Python again for that."""
         self._fanout = None
+        for state in self.layers:
+            state.counters.disarm()
 
     def _fanout_for(self) -> list[_Fanout]:
         """Per layer: the sinks whose `fast(layer)` gives a fast-path target (forwarded with one
@@ -202,18 +253,22 @@ class TrackReceiver:
         for layer in range(len(self.layers)):
             fast: list[tuple[Any, Any, Any]] = []
             slow: list[PacketSink] = []
+            armable = self._armable
             for sink in self.sinks:
                 choice = getattr(sink, "fast", None)
                 entry = choice(layer) if choice is not None else None
                 if entry is None:
                     slow.append(sink)
+                    idle = getattr(sink, "idle_for", None)
+                    armable = armable and idle is not None and idle(layer)
                 else:
                     fast.append(entry)
             group = None
             if fast:
                 batches = tuple({id(b): b for _, _, b in fast}.values())
                 group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
-            fanout.append((group, tuple(slow)))
+                armable = armable and group[0] is STREAM_FORWARD
+            fanout.append((group, tuple(slow), armable))
         self._fanout = fanout
         return fanout
 
@@ -225,15 +280,17 @@ class TrackReceiver:
         return Codec(payload_type=0, name=name, clock_rate=self.clock_rate, channels=channels)
 
     # -- packets --------------------------------------------------------------------------------
-    def on_rtp(self, packet: RtpPacket, layer: int) -> None:
+    def on_rtp(self, packet: RtpPacket, layer: int) -> Any:
+        """One received packet of `layer`: counted, then forwarded. Returns the layer's `Stream`
+        when the compiled receive path may take the SSRC's next packets itself (armed: every
+        sink of the layer forwards it through the compiled path, the others would do nothing with
+        it), else None."""
         state = self.layers[layer]
-        state.packets += 1
-        state.octets += len(packet.data)
-        state.last_arrival = now = self.clock()
-        sequence = state.on_sequence(packet.sequence_number)
+        now = self.clock()
+        sequence = state.on_packet(packet.sequence_number, len(packet.data), now)
         if sequence < 0:
             COUNTERS.packets_dropped += 1
-            return
+            return None
         keyframe = False
         if self.audio_level_id:
             level = packet.extensions.get(self.audio_level_id)
@@ -248,8 +305,8 @@ class TrackReceiver:
             try:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
-                return  # a video packet whose payload descriptor is unreadable is not forwarded
-        fast, slow = (self._fanout or self._fanout_for())[layer]
+                return None  # a video packet whose payload descriptor is unreadable is dropped
+        fast, slow, armable = (self._fanout or self._fanout_for())[layer]
         if fast is not None:
             forward, targets, group = fast
             copies, octets = forward(
@@ -262,6 +319,16 @@ class TrackReceiver:
                 group.schedule()
         for sink in slow:
             sink.write(packet, sequence, layer, keyframe)
+        if not armable or self._fanout is None or self.closed:
+            return None  # (a sink's write changed the fan-out: the next packet decides again)
+        counters = state.counters
+        if not counters.armed or counters.ssrc != packet.ssrc:
+            targets, group = (fast[1], fast[2]) if fast is not None else ((), None)
+            counters.arm(
+                packet.ssrc, targets, group, forward=STREAM_FORWARD,
+                vp8=self._keyframe is not None, audio_level_id=self._audio_level_id,
+            )  # fmt: skip
+        return counters
 
     def take_audio_level(self) -> float:
         """The speaking level (0..1) since the last call, 0 when not speaking; resets the window.
@@ -271,6 +338,12 @@ class TrackReceiver:
         """
         total, loud, dbov_sum = self._level_packets, self._loud_packets, self._loud_dbov_sum
         self._level_packets = self._loud_packets = self._loud_dbov_sum = 0
+        for state in self.layers:  # what the compiled receive path counted
+            c = state.counters
+            total, loud, dbov_sum = (
+                total + c.level_packets, loud + c.loud_packets, dbov_sum + c.loud_dbov_sum
+            )  # fmt: skip
+            c.level_packets = c.loud_packets = c.loud_dbov_sum = 0
         if total == 0 or loud < SPEAKING_SHARE * total:
             return 0.0
         return float(10 ** (-(dbov_sum / loud) / 20))
@@ -286,12 +359,12 @@ class TrackReceiver:
             COUNTERS.limit_exceeded("sender_reports")
 
     def demand_changed(self) -> None:
-        self._fanout = None
+        self.fanout_changed()
         if self.on_demand_change is not None:
             self.on_demand_change()
 
     def is_active(self, layer: int, now: float) -> bool:
-        return now - self.layers[layer].last_arrival < LAYER_ACTIVE_WINDOW
+        return bool(now - self.layers[layer].last_arrival < LAYER_ACTIVE_WINDOW)
 
     def highest_active_layer(self, now: float, limit: int) -> int:
         for layer in range(min(limit, len(self.layers) - 1), -1, -1):
@@ -371,7 +444,7 @@ class TrackReceiver:
     def close(self) -> None:
         self.closed = True
         self.sinks.clear()
-        self._fanout = None
+        self.fanout_changed()
 
 
 @dataclass
@@ -428,6 +501,7 @@ class RtpDemuxer:
         if binding is None:
             return
         receiver = binding.receiver
+        receiver.fanout_changed()  # its SSRCs' packets come to Python (and are dropped) again
         for layer, state in enumerate(receiver.layers):  # at most MAX_LAYERS
             if self._by_ssrc.get(state.ssrc) == (receiver, layer):
                 del self._by_ssrc[state.ssrc]
@@ -435,12 +509,14 @@ class RtpDemuxer:
     def receivers(self) -> list[TrackReceiver]:
         return [b.receiver for b in self._by_mid.values()]
 
-    def on_rtp(self, data: bytes) -> None:
+    def on_rtp(self, data: bytes) -> Any:
+        """One decrypted RTP packet; returns what `TrackReceiver.on_rtp` does (the `Stream` that
+        may take the SSRC's next packets, for the compiled receive path's route) or None."""
         try:
             packet = RtpPacket.parse(data)
         except PacketError:
             COUNTERS.packets_dropped += 1
-            return
+            return None
         COUNTERS.packets_in += 1
         COUNTERS.bytes_in += len(data)
         entry = self._by_ssrc.get(packet.ssrc)
@@ -448,10 +524,11 @@ class RtpDemuxer:
             entry = self._learn(packet)
             if entry is None:
                 COUNTERS.packets_dropped += 1
-                return
+                return None
         receiver, layer = entry
-        if not receiver.muted:
-            receiver.on_rtp(packet, layer)
+        if receiver.muted:
+            return None
+        return receiver.on_rtp(packet, layer)
 
     def _learn(self, packet: RtpPacket) -> tuple[TrackReceiver, int] | None:
         extensions = packet.extensions

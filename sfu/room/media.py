@@ -11,6 +11,7 @@ receiver) are typed `Any`: each factory gets back what it made.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -155,6 +156,11 @@ class Feedback(Protocol):
 class MediaFactory(Protocol):
     """Makes one participant's media objects."""
 
+    def bandwidth(self) -> SubscriberBandwidth:
+        """The subscriber transport's link, which the participant's `StreamAllocator` reads
+        (with media workers, a mirror of the one on the worker)."""
+        ...
+
     def demuxer(self) -> Demuxer: ...
 
     def feedback(self, bandwidth: SubscriberBandwidth | None = None) -> Feedback: ...
@@ -175,6 +181,9 @@ class MediaFactory(Protocol):
 
 class LocalMedia:
     """The real media objects, in this process (``rtc.workers: 1``)."""
+
+    def bandwidth(self) -> SubscriberBandwidth:
+        return SubscriberBandwidth(time.monotonic)
 
     def demuxer(self) -> Demuxer:
         return RtpDemuxer()

@@ -3,7 +3,9 @@
 A change to the set of forwarded tracks asks for an offer (`schedule`); changes made while an
 offer is outstanding are folded into the next one, sent once the client answers. Offers are
 numbered; the tracks learn which offer first carried them (`OfferedTracks.offered`) and when
-the client answered it (`OfferedTracks.answered`), which is when media may flow on them.
+the client answered it (`OfferedTracks.answered`), which is when media may flow on them. A
+subscriber PC that cannot make an offer (its media worker did not answer in time: RuntimeError)
+gets no more: the participant is asked to rejoin (LeaveRequest RECONNECT), placed afresh.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from livekit.protocol import rtc
+from livekit.protocol import models, rtc
 
+from sfu.room import signalling
 from sfu.room.types import Peer, SignalStateError
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,16 @@ class SubscriberOffers:
                 return
             self._renegotiate = False
             self._tracks.before_offer()
-            sdp = await self.peer.create_offer()
+            try:
+                sdp = await self.peer.create_offer()
+            except RuntimeError as exc:  # a media worker that did not answer, or is gone
+                log.warning("participant %r: subscriber offer failed: %s", self._name, exc)
+                self.closed = True
+                leave = signalling.leave(
+                    models.DisconnectReason.SERVER_SHUTDOWN, rtc.LeaveRequest.Action.RECONNECT
+                )
+                self._send(leave)
+                return
             self.offer_id += 1
             self.awaiting_answer = True
             self._tracks.offered(self.offer_id)

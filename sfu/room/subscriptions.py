@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from livekit.protocol import models, rtc
 
 from sfu.ids import ParticipantIdentity, ParticipantSid, TrackSid, new_ssrc
-from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.transport import TrackSlotLimitError
 from sfu.metrics import COUNTERS
 from sfu.room import signalling
@@ -59,7 +58,7 @@ class Subscriptions:
         #: the subscriber PC; None until the participant starts
         self.peer: Peer | None = None
         #: the subscriber transport's link (transport-cc, REMB, estimate) and its allocation
-        self.bandwidth = SubscriberBandwidth(time.monotonic)
+        self.bandwidth = media.bandwidth()
         self.feedback = media.feedback(self.bandwidth)
         self.allocator = StreamAllocator(
             self.bandwidth,

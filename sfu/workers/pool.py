@@ -2,10 +2,19 @@
 placement, restarts, and their numbers for /metrics.
 
 Worker ``i`` is ``python -m sfu.media.worker`` with its end of a Unix stream socket pair; with
-``rtc.udp_port`` P it serves ICE and media on UDP port P + i. A participant is placed on the
-live worker with the least measured load: its CPU share over the last second, plus a tenth of
-a core for each participant placed since (a burst of joins spreads before the next measurement
-shows it), plus a little per participant held (ties go to the emptier worker). A worker that dies is started again
+``rtc.udp_port`` P it serves ICE and media on UDP port P + i.
+
+Placement keeps a room on one worker while it can: relaying a publisher's packets to a second
+worker costs about as much as forwarding them once more, which in a call of 2-5 is a large part
+of the whole fan-out, and buys nothing while one worker has room. A worker's *load* is the
+larger of its CPU share over the last second and its forwarded packets per second over
+`PACKETS_PER_CORE` (what a core forwards here; a CPU sample alone misses a worker the kernel
+starves), plus a tenth of a core for each participant placed since that report (a burst of
+joins counts before the next report shows it), plus a little per participant held (ties go to
+the emptier worker). A participant joins its room's *home*, the live worker holding most of the
+room, while the home's load is below ``rtc.worker_spill_load``; a new room, a room whose home
+is that busy (a large room's fan-out shows there), or any room with ``rtc.worker_spill_load``
+0 goes to the least-loaded live worker. A worker that dies is started again
 at once; the participants it held are told (`RemoteMedia.on_lost`) and the rest of each of
 their rooms keeps its call. The control process's own death takes the workers with it
 (``PR_SET_PDEATHSIG`` and end of file on the channel).
@@ -30,10 +39,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sfu.config import RtcConfig
 from sfu.media.transport import TransportConfig
 from sfu.media.worker.wire import REQUEST_TIMEOUT, Channel, ChannelClosed, Message, open_channel
 from sfu.metrics import COUNTERS, Counters, add_counters
-from sfu.workers.proxies import RemoteDownTrack, RemoteMedia, RemotePeer, RemoteReceiver
+from sfu.workers.proxies import (
+    RemoteBandwidth,
+    RemoteDownTrack,
+    RemoteMedia,
+    RemotePeer,
+    RemoteReceiver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +58,14 @@ RESTART_DELAY = 0.5
 #: load a participant placed on a worker adds until the worker's next stats show it (its
 #: ICE/DTLS handshakes cost about a tenth of a core-second)
 JOIN_LOAD = 0.1
+#: seconds past its once-a-second stats after which a worker counts as late: its loop is at
+#: least that far behind, whatever its last report said (a stuck worker reports nothing)
+STATS_LATE = 2.0
 #: load per participant held: breaks ties between idle workers toward the emptier one
 PARTICIPANT_LOAD = 0.001
+#: forwarded packets per second that keep a worker's core busy (≈ 50,000 in the 500 preset on
+#: the development VM, README), to read a packet rate as a load
+PACKETS_PER_CORE = 50_000.0
 
 
 @dataclass(eq=False)
@@ -58,7 +80,9 @@ class WorkerLink:
     channel: Channel | None = None
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_at: float = 0.0  # when they came (monotonic; 0: none yet)
     placed: int = 0  # participants placed since the last stats
+    packet_rate: float = 0.0  # forwarded packets per second between its last two stats
     #: the worker's `Counters` as it last reported them; a restarted worker adds to what
     #: the processes before it counted (`retired`), so the node's totals never go back
     counters: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +92,8 @@ class WorkerLink:
     receivers: dict[int, RemoteReceiver] = field(default_factory=dict)
     downtracks: dict[int, RemoteDownTrack] = field(default_factory=dict)
     media: set[RemoteMedia] = field(default_factory=set)
+    #: participant part -> its subscriber link, for the worker's estimate reports
+    bandwidths: dict[int, RemoteBandwidth] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, message: Message) -> None:
@@ -81,9 +107,37 @@ class WorkerLink:
         return await self.channel.request(message, wait_s)
 
     @property
+    def latency_p99(self) -> float:
+        """The p99 of its forwarding latency, last 3 s, as it last reported, or how late its
+        report is past `STATS_LATE` if that is more (0 while it is not up)."""
+        if not self.alive:
+            return 0.0
+        reported = float(self.stats.get("latency_p99", 0.0))
+        late = time.monotonic() - self.stats_at - STATS_LATE if self.stats_at else 0.0
+        return max(reported, late)
+
+    @property
     def load(self) -> float:
-        cpu = float(self.stats.get("cpu", 0.0))
-        return cpu + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
+        """The share of a core this worker is busy, measured, plus its joins in progress."""
+        measured = max(float(self.stats.get("cpu", 0.0)), self.packet_rate / PACKETS_PER_CORE)
+        return measured + JOIN_LOAD * self.placed + PARTICIPANT_LOAD * len(self.media)
+
+    def holds(self, room: str) -> int:
+        """How many participants of ``room`` this worker holds."""
+        return sum(1 for media in self.media if media.room == room)
+
+    def _note_stats(self, message: Message) -> None:
+        now = time.monotonic()
+        previous = int(self.stats.get("packets_out", 0))
+        packets = int(message.get("packets_out", 0))
+        elapsed = now - self.stats_at
+        if self.stats and packets >= previous and elapsed > 0:
+            self.packet_rate = (packets - previous) / elapsed
+        else:  # the first report of a process
+            self.packet_rate = 0.0
+        self.stats_at = now
+        self.stats = message
+        self.placed = 0
 
     def on_message(self, message: Message) -> None:
         op = message.get("op")
@@ -91,7 +145,11 @@ class WorkerLink:
             peer = self.peers.get(int(message["peer"]))
             if peer is not None:
                 peer.on_event(message)
-        elif op in ("layers", "paused"):
+        elif op == "estimate":
+            bandwidth = self.bandwidths.get(int(message["part"]))
+            if bandwidth is not None:
+                bandwidth.note(message)
+        elif op in ("layers", "paused", "reports"):
             for dt_id, value in message[str(op)].items():
                 downtrack = self.downtracks.get(int(dt_id))
                 if downtrack is not None:
@@ -101,14 +159,17 @@ class WorkerLink:
                 receiver = self.receivers.get(int(track))
                 if receiver is not None:
                     receiver.note_bitrates([int(rate) for rate in rates])
+            for track, loss in dict(message.get("loss") or {}).items():
+                receiver = self.receivers.get(int(track))
+                if receiver is not None:
+                    receiver.note_loss(float(loss))
         elif op == "levels":
             for track, level in message["levels"].items():
                 receiver = self.receivers.get(int(track))
                 if receiver is not None:
                     receiver.note_level(float(level))
         elif op == "stats":
-            self.stats = message
-            self.placed = 0
+            self._note_stats(message)
             counters = message.get("counters")
             if isinstance(counters, dict):
                 self.counters = counters
@@ -120,11 +181,17 @@ class WorkerPool:
     """``rtc.workers`` media worker processes."""
 
     def __init__(
-        self, count: int, config: TransportConfig, fast_path: str, log_level: str = "INFO"
+        self,
+        count: int,
+        config: TransportConfig,
+        fast_path: str,
+        log_level: str = "INFO",
+        spill_load: float = RtcConfig.worker_spill_load,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self.config = config
+        self.spill_load = spill_load
         self.fast_path = fast_path
         self.log_level = log_level
         self.namespace = f"sfu-{os.getpid()}-{secrets.token_hex(4)}"
@@ -144,6 +211,7 @@ class WorkerPool:
                 "send_mode": c.send_mode,
                 "allow_private_candidates": c.allow_private_candidates,
                 "fast_path": self.fast_path,
+                "congestion_control": c.congestion_control,
             }
         )
 
@@ -178,7 +246,8 @@ class WorkerPool:
         link.generation += 1
         link.process = process
         link.ready = asyncio.Event()
-        link.stats = {}
+        link.stats, link.stats_at = {}, 0.0
+        link.packet_rate = 0.0
         channel, reader = await open_channel(ours, link.on_message)
         link.channel = channel
         link.alive = True
@@ -226,6 +295,11 @@ class WorkerPool:
             total += link.retired_cpu_s + float(link.stats.get("cpu_seconds", 0.0))
         return total / len(self.links)
 
+    def forward_latency_p99(self) -> float:
+        """The worst worker's forwarding-latency p99 (seconds): what admission compares with
+        `limits.max_forward_latency_ms`, since a newcomer may be placed on any of them."""
+        return max((link.latency_p99 for link in self.links), default=0.0)
+
     def totals(self) -> Counters:
         """The node's counters: this process's, and every worker's last report (once a second)
         and those of its processes before a restart."""
@@ -260,12 +334,21 @@ class WorkerPool:
     def any_alive(self) -> bool:
         return any(link.alive for link in self.links)
 
-    def place(self) -> RemoteMedia:
-        """A participant's media on the least-loaded live worker."""
-        live = [link for link in self.links if link.alive] or self.links
-        link = min(live, key=lambda link: (link.load, link.index))
+    def place(self, room: str = "") -> RemoteMedia:
+        """A participant of ``room`` on its room's home worker while that one is below
+        ``spill_load``, else on the least-loaded live worker (module docstring)."""
+        link = self.choose(room)
         link.placed += 1
-        return RemoteMedia(link)
+        return RemoteMedia(link, room)
+
+    def choose(self, room: str = "") -> WorkerLink:
+        live = [link for link in self.links if link.alive] or self.links
+        if room:
+            holding = [(link.holds(room), link) for link in live]
+            count, home = max(holding, key=lambda held: (held[0], -held[1].load))
+            if count and home.load < self.spill_load:
+                return home
+        return min(live, key=lambda link: (link.load, link.index))
 
     async def close(self) -> None:
         self.closing = True
@@ -304,6 +387,11 @@ class WorkerCollector(Collector):
         participants = GaugeMetricFamily(
             "sfu_worker_participants", "Participants placed on the worker", labels=["worker"]
         )
+        latency = GaugeMetricFamily(
+            "sfu_worker_forward_latency_p99_seconds",
+            "p99 of the worker's forwarding latency, last 3 s (0: under 3 samples)",
+            labels=["worker"],
+        )
         objects = GaugeMetricFamily(
             "sfu_worker_objects",
             "What the worker holds (peers, participants' parts, receivers, down tracks, m-line "
@@ -332,6 +420,7 @@ class WorkerCollector(Collector):
             cpu.add_metric(label, float(stats.get("cpu", 0.0)))
             up.add_metric(label, 1.0 if link.alive else 0.0)
             participants.add_metric(label, float(len(link.media)))
+            latency.add_metric(label, link.latency_p99)
             for kind, count in dict(stats.get("objects") or {}).items():
                 objects.add_metric([*label, str(kind)], float(count))
             values = {
@@ -352,5 +441,6 @@ class WorkerCollector(Collector):
         yield cpu
         yield up
         yield participants
+        yield latency
         yield objects
         yield from counters.values()

@@ -6,6 +6,12 @@ a peer's state, the layer a down track forwards (for dynacast), whether it is pa
 track's audio level. One `RemoteMedia` per participant makes them all on the participant's
 worker; a down track of a track published on another worker makes the track's receiver there
 a replica, fed by that worker's relay, while any down track of it remains there.
+
+Congestion control splits the same way: the estimator needs every packet sent and every
+feedback, so it runs on the worker; the participant's `StreamAllocator` stays here and reads
+a `RemoteBandwidth`, the worker's last estimate report (about every 250 ms). Its decisions
+(a down track's allocated layer or pause, the committed rate that bounds NACK answers, probe
+clusters and each probe tick's padding) are sent to the worker only when they change.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.gcc import GoogCc
 from sfu.media.receiver import LAYER_ACTIVE_WINDOW, MAX_LAYERS
 from sfu.media.sdp import Codec, SdpError
 from sfu.media.transport import PublishedMedia, TrackSlotLimitError, TransportConfig
@@ -39,7 +46,9 @@ from sfu.room.media import ReceiverSpec
 log = logging.getLogger(__name__)
 
 PEER_CLOSE_TIMEOUT = 5.0
-_SDP_ERRORS = frozenset({"SdpError", "IceRestartError"})
+#: a change of the committed rate smaller than this share is not sent (the NACK budget's base)
+COMMITTED_STEP = 0.05
+_SDP_ERRORS = frozenset({"SdpError", "SdpLimitError", "IceRestartError"})
 _IDS = itertools.count(1)
 
 
@@ -53,6 +62,7 @@ class WorkerLink(Protocol):
     receivers: dict[int, RemoteReceiver]
     downtracks: dict[int, RemoteDownTrack]
     media: set[RemoteMedia]
+    bandwidths: dict[int, RemoteBandwidth]
 
     def send(self, message: Message) -> None: ...
 
@@ -90,6 +100,8 @@ class _Bound:
             raise RuntimeError(f"media worker {self.link.index}: {exc}") from None
         except (ChannelClosed, TimeoutError) as exc:
             raise RuntimeError(f"media worker {self.link.index} did not answer: {exc!r}") from None
+        except ValueError as exc:  # over a control frame's bound: a peer's huge description
+            raise SdpError(f"too large for a media worker: {exc}") from None
 
 
 class RemotePeer(_Bound):
@@ -112,8 +124,7 @@ class RemotePeer(_Bound):
         #: slot key -> (kind, offered codec): the worker maps each key to its m-line
         self._slots: dict[str, Codec] = {}
         self._keys = itertools.count(1)
-        #: congestion control runs only with media in the control process (rtc.workers: 1):
-        #: a worker's down tracks are not stamped and its subscribers' feedback stays there
+        #: what the worker's transport made of the last answer (`RemoteBandwidth`)
         self.transport_cc_id = 0
         self.congestion_control = False
         link.peers[self.id] = self
@@ -146,7 +157,10 @@ class RemotePeer(_Bound):
         return str(await self._request({"op": "create_offer", "peer": self.id}))
 
     async def handle_answer(self, sdp: str) -> None:
-        await self._request({"op": "handle_answer", "peer": self.id, "sdp": sdp})
+        outcome = await self._request({"op": "handle_answer", "peer": self.id, "sdp": sdp})
+        if isinstance(outcome, dict):
+            self.transport_cc_id = int(outcome.get("transport_cc_id") or 0)
+            self.congestion_control = bool(outcome.get("cc"))
 
     def add_track(
         self, kind: str, codec: Codec | str, ssrc: int, stream_id: str, track_id: str
@@ -283,7 +297,7 @@ class RemoteReceiver(_Bound):
         self.on_demand_change: Callable[[], None] | None = None
         self.closed = False
         self._level = 0.0
-        self.loss_fraction = 0.0  # the publisher's reports are read on its worker
+        self.loss_fraction = 0.0  # from the publisher's reports, read on its worker
         self.clock = time.monotonic
         #: worker index -> (link, generation, down tracks there) of each replica
         self._replicas: dict[int, tuple[WorkerLink, int, int]] = {}
@@ -379,6 +393,9 @@ class RemoteReceiver(_Bound):
             if bitrate > 0:
                 layer.last_arrival = now
 
+    def note_loss(self, fraction: float) -> None:
+        self.loss_fraction = min(max(fraction, 0.0), 1.0)
+
     def note_level(self, level: float) -> None:
         self._level = max(self._level, level)
 
@@ -425,7 +442,8 @@ class RemoteDownTrack(_Bound):
         self._paused = False
         self.started = False
         self.closed = False
-        # no stream allocation on a worker (see RemotePeer.congestion_control); reports stay there
+        self._attached = self._attached_sent = False  # a sink of its receiver, here / there
+        # the allocator's, mirrored to the worker by set_allocation; reports from the worker
         self.allocation_paused = False
         self.allocated_layer = MAX_LAYERS
         self.fraction_lost = 0.0
@@ -454,6 +472,8 @@ class RemoteDownTrack(_Bound):
 
     @enabled.setter
     def enabled(self, enabled: bool) -> None:
+        if enabled == self._enabled:  # what the worker has (a re-subscribe sets it again)
+            return
         self._enabled = enabled
         self._send({"op": "dt_set", "dt": self.id, "init_enabled": enabled})
 
@@ -463,33 +483,54 @@ class RemoteDownTrack(_Bound):
 
     @max_layer.setter
     def max_layer(self, layer: int) -> None:
+        if layer == self._max_layer:
+            return
         self._max_layer = layer
         self._send({"op": "dt_set", "dt": self.id, "init_max_layer": layer})
 
     @property
     def subscribed_layer(self) -> int:
-        if not self._enabled or self.closed:
+        """As `DownTrack.subscribed_layer`: within the allocation, or what is still sent."""
+        if not self._enabled or self.closed or self.allocation_paused:
             return -1
-        return max(self._max_layer, self.current_layer)
+        return max(min(self._max_layer, self.allocated_layer), self.current_layer)
 
     @property
     def paused(self) -> bool:
-        return self._paused and self._enabled and self.receiver.is_video
+        if not self._enabled or not self.receiver.is_video:
+            return False
+        return self.allocation_paused or self._paused
 
     def on_event(self, message: Message, value: Any) -> None:
-        if message["op"] == "layers":
+        op = message["op"]
+        if op == "layers":
             self.current_layer = int(value)
             self.receiver.demand_changed()
-        elif message["op"] == "paused":
+        elif op == "paused":
             self._paused = bool(value)
+        elif op == "reports" and isinstance(value, list) and len(value) == 3:
+            lost, jitter, rtt = value
+            self.fraction_lost = min(max(float(lost), 0.0), 1.0)
+            self.jitter = max(float(jitter), 0.0)
+            self.rtt = None if rtt is None else max(float(rtt), 0.0)
 
     def attach(self, on: bool) -> None:
-        self._send({"op": "dt_attach", "dt": self.id, "part": self.part, "on": on})
+        """Until it starts a down track forwards nothing, so the worker learns its attachment
+        then: a subscription toggled 100k times before the client answers costs no message."""
+        self._attached = on
+        if self.started:
+            self._send_attach()
+
+    def _send_attach(self) -> None:
+        if self._attached != self._attached_sent:
+            self._attached_sent = self._attached
+            self._send({"op": "dt_attach", "dt": self.id, "part": self.part, "on": self._attached})
 
     def start(self) -> None:
         if self.started or self.closed:
             return
         self.started = True
+        self._send_attach()
         self._send({"op": "dt_start", "dt": self.id})
 
     def set_enabled(self, enabled: bool) -> None:
@@ -511,11 +552,25 @@ class RemoteDownTrack(_Bound):
         self.receiver.demand_changed()
 
     def set_allocation(self, layer: int) -> None:
-        """Nothing: no stream allocation for a worker's subscribers (`RemotePeer`)."""
+        """The allocator's layer (-1: paused), sent to the worker's down track when it changes."""
+        paused = layer < 0
+        changed = paused != self.allocation_paused
+        self.allocation_paused = paused
+        if not paused:
+            layer = min(layer, MAX_LAYERS)
+            changed = changed or layer != self.allocated_layer
+            self.allocated_layer = layer
+        if changed:
+            self._send({"op": "dt_set", "dt": self.id, "allocation": layer})
+            self.receiver.demand_changed()
 
     def send_padding(self, count: int) -> int:
-        """Nothing sent: no probes without an estimate."""
-        return 0
+        """One probe tick of the subscriber link: the worker spreads ``count`` padding packets
+        over the participant's video down tracks there, so this one answers for all of them."""
+        if not self.started or not self._enabled or self.closed or not self.receiver.is_video:
+            return 0
+        self._send({"op": "pad", "part": self.part, "count": count})
+        return count
 
     def sender_report(self) -> bytes:
         """Nothing: the worker sends its subscribers' sender reports every second."""
@@ -534,11 +589,13 @@ class RemoteDownTrack(_Bound):
 class RemoteMedia:
     """One participant's media on one worker: its `PeerFactory` and `MediaFactory`."""
 
-    def __init__(self, link: WorkerLink) -> None:
+    def __init__(self, link: WorkerLink, room: str = "") -> None:
         self.link = link
+        self.room = room  # what placement keeps together (`sfu.workers.pool`)
         self.generation = link.generation
         self.part = new_id()
         self.peers: list[RemotePeer] = []
+        self.link_bandwidth: RemoteBandwidth | None = None
         #: called once if the worker dies under the participant
         self.on_lost: Callable[[], None] | None = None
         self.closed = False
@@ -557,6 +614,16 @@ class RemoteMedia:
         peer = RemotePeer(self.link, role, self.part, on_data, on_state)
         self.peers.append(peer)
         return peer
+
+    def send(self, message: Message) -> None:
+        if self.link.alive and self.link.generation == self.generation and not self.closed:
+            self.link.send(message)
+
+    def bandwidth(self) -> RemoteBandwidth:
+        bandwidth = RemoteBandwidth(self)
+        self.link_bandwidth = bandwidth
+        self.link.bandwidths[self.part] = bandwidth
+        return bandwidth
 
     def demuxer(self) -> RemoteDemuxer:
         return RemoteDemuxer(self.link, self.part)
@@ -594,5 +661,99 @@ class RemoteMedia:
         """The participant closed: forget what is left of it on the worker."""
         self.closed = True
         self.link.media.discard(self)
+        if self.link.bandwidths.get(self.part) is self.link_bandwidth:
+            self.link.bandwidths.pop(self.part, None)
         if self.link.alive and self.link.generation == self.generation:
             self.link.send({"op": "part_close", "part": self.part})
+
+
+class ReportedGcc(GoogCc):
+    """The estimator's state the allocator reads, as the worker last reported it (it is never
+    fed feedback here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked: float | None = None
+
+    def acked_rate(self) -> float | None:
+        return self.acked
+
+
+class RemoteBandwidth(SubscriberBandwidth):
+    """A subscriber link whose estimator runs on the participant's worker: what the
+    `StreamAllocator` here reads of it is the worker's last `estimate` report, and what the
+    allocator sets or starts (the committed rate, probe clusters) goes to the worker.
+    Transport-cc and REMB never reach this process; `stamping` follows the transport-cc id the
+    worker's answer kept (`RemotePeer.handle_answer`), set here by `Subscriptions.answered`."""
+
+    def __init__(self, media: RemoteMedia) -> None:
+        self._media = media
+        self._committed = self._committed_sent = 0
+        self._estimate: int | None = None
+        self._overusing = False
+        #: probe clusters started here, the last one the worker had seen when it reported, and
+        #: whether its cluster was still unmeasured then; True between start and end here
+        self._probes_started = self._probes_seen = 0
+        self._probing_reported = self._in_probe = False
+        super().__init__(time.monotonic)
+        self._gcc_reported = ReportedGcc()
+        self.gcc = self._gcc_reported
+
+    def note(self, message: Message) -> None:
+        """A report from the worker (`WorkerHost._estimate_changed`): the allocator's cue."""
+        self._estimate = max(int(message["estimate"]), 0)
+        self._overusing = bool(message.get("overusing"))
+        gcc = self._gcc_reported
+        gcc.loss_fraction = min(max(float(message.get("loss") or 0.0), 0.0), 1.0)
+        gcc.usage = "overusing" if self._overusing else "normal"
+        acked = message.get("acked")
+        gcc.acked = None if acked is None else max(float(acked), 0.0)
+        self._probing_reported = bool(message.get("probing"))
+        self._probes_seen = int(message.get("probes") or 0)
+        self.transport_cc_seen = True  # the worker reports only once it has an estimate
+        if self.on_estimate is not None:
+            self.on_estimate()
+
+    @property
+    def estimate(self) -> int | None:
+        return self._estimate if self.enabled else None
+
+    @property
+    def overusing(self) -> bool:
+        return self._overusing
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @committed.setter
+    def committed(self, value: int) -> None:
+        self._committed = value
+        sent = self._committed_sent
+        if abs(value - sent) > COMMITTED_STEP * sent or (value == 0) != (sent == 0):
+            self._committed_sent = value
+            self._media.send({"op": "link_set", "part": self._media.part, "committed": value})
+
+    @property
+    def probing(self) -> bool:
+        return self._in_probe or self._probes_seen < self._probes_started or self._probing_reported
+
+    def start_probe(self) -> None:
+        self._probes_started += 1
+        self._in_probe = True
+        self._probe("start")
+
+    def end_probe(self) -> None:
+        if self._in_probe:
+            self._in_probe = False
+            self._probe("end")
+
+    def abandon_probe(self) -> None:
+        if self.probing:
+            self._in_probe = self._probing_reported = False
+            self._probes_seen = self._probes_started
+            self._probe("abandon")
+
+    def _probe(self, action: str) -> None:
+        message: Message = {"op": "probe", "part": self._media.part, "action": action}
+        self._media.send({**message, "n": self._probes_started})

@@ -15,6 +15,7 @@ import pytest
 from auth_service.focus import (
     DEFAULT_EXPIRES_MS,
     MAX_STICKY_MS,
+    CloseCall,
     Focus,
     FocusSettings,
     call_membership,
@@ -79,12 +80,19 @@ def call_member(content: dict[str, Any], *, sender: str = ALICE, key: str = "") 
     }
 
 
-def make(homeserver: FakeHomeserver, clock: Clock, wall: list[float], **settings: Any) -> Focus:
+def make(
+    homeserver: FakeHomeserver,
+    clock: Clock,
+    wall: list[float],
+    close_call: CloseCall | None = None,
+    **settings: Any,
+) -> Focus:
     return Focus(
         homeserver,  # type: ignore[arg-type]
         FocusSettings(user_id=ME, empty_call_seconds=2, no_call_seconds=5, **settings),
         clock=clock,
         wall_clock=lambda: wall[0],
+        close_call=close_call,
     )
 
 
@@ -224,4 +232,34 @@ async def test_an_invite_while_leaving_joins_again_afterwards() -> None:
     await settle()
     assert homeserver.calls == [("join", ROOM), ("leave", ROOM), ("join", ROOM)]
     assert ROOM in focus.rooms
+    await focus.close()
+
+
+async def test_leaving_an_emptied_call_closes_it_first_and_a_token_restarts_the_timer() -> None:
+    """The focus ends the call on the SFU before it leaves (nobody stays connected to a call
+    that has no membership); a token issued meanwhile means a client is joining: it waits."""
+    live = {"application": "m.call", "device_id": "DEV", "expires": 600_000}
+    homeserver, clock, wall = FakeHomeserver(), Clock(), [T0_MS / 1000]
+
+    async def close_call(room_id: str, why: str) -> None:
+        homeserver.calls.append(("close", f"{room_id}: {why}"))
+
+    focus = make(homeserver, clock, wall, close_call)
+    await focus.apply([invite(), call_member(live)])
+    await settle()
+    focus.tick()
+    await focus.apply([call_member({})])  # the call empties
+    assert focus.tick() == pytest.approx(2)
+    clock.now += 1.5
+    focus.token_issued(ROOM)  # someone is joining: their membership is on its way
+    focus.token_issued("!elsewhere:hs.test")  # a room the focus is not in: nothing
+    assert focus.tick() == pytest.approx(2)
+    clock.now += 2
+    focus.tick()
+    await settle()
+    assert homeserver.calls == [
+        ("join", ROOM),
+        ("close", f"{ROOM}: the call has been empty for 2 s"),
+        ("leave", ROOM),
+    ]
     await focus.close()

@@ -2,8 +2,9 @@
 
 One SFU process and one LiveKit Python SDK call (alice publishes video + audio, bob receives) per
 test module; `run_attack` lets a third party run one attack of `loadtest.hostile` and measures
-what the node went through: `/healthz` polled every 50 ms from a separate process, the SFU's RSS
-and descriptors, its log, bob's loss and frames. A watchdog cancels an attack that pushes RSS past
+what the node went through: `/healthz` polled every 50 ms from a separate process, the SFU's RSS,
+CPU and descriptors (with its media worker processes, `rtc.workers`, added in), its log, bob's
+loss and frames. A watchdog cancels an attack that pushes RSS past
 `ABORT_RSS_MB`, and a stage that did not survive is rebuilt before the next test.
 """
 
@@ -67,21 +68,47 @@ print(json.dumps({"latencies_ms": latencies, "failures": failures, "peak_rss_kb"
 """
 
 
-def rss_mb(pid: int) -> float:
+def node_pids(pid: int) -> list[int]:
+    """The SFU process and its children (its media workers, with `rtc.workers` > 1)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+def _each(pid: int, read: Callable[[int], float]) -> float:
+    """``read`` summed over the node's processes (a worker gone meanwhile counts nothing)."""
+    total = read(pid)  # the SFU's own: its absence is an error
+    for child in node_pids(pid)[1:]:
+        with contextlib.suppress(OSError):
+            total += read(child)
+    return total
+
+
+def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used (/proc/PID/stat fields 14 and 15)."""
+def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    return _each(pid, _rss_mb)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the node has used (/proc/PID/stat fields 14 and 15)."""
+    return _each(pid, _cpu_seconds)
+
+
 def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return int(_each(pid, lambda p: len(os.listdir(f"/proc/{p}/fd"))))
 
 
 async def inbound_counts(room: lk.Room) -> tuple[int, int]:
@@ -136,11 +163,15 @@ class Stage:
         return False
 
 
-async def build_stage(workdir: Path) -> Stage:
+async def build_stage(workdir: Path, workers: int = 1) -> Stage:
+    """With ``workers`` > 1 the node runs that many media workers and places by load alone
+    (`rtc.worker_spill_load: 0`): bob joins the first, alice the second, so the call is
+    relayed between them."""
     stack = contextlib.AsyncExitStack()
-    sfu = await stack.enter_async_context(
-        running_sfu(workdir, rtc_ports=300, extra_config={"limits": {"max_cpu_load": 0}})
-    )
+    extra: dict[str, Any] = {"limits": {"max_cpu_load": 0}}
+    if workers > 1:
+        extra["rtc"] = {"workers": workers, "worker_spill_load": 0}
+    sfu = await stack.enter_async_context(running_sfu(workdir, rtc_ports=300, extra_config=extra))
     alice, bob = SyntheticPublisher("alice"), CollectingSubscriber("bob")
     stack.push_async_callback(alice.leave)
     stack.push_async_callback(bob.leave)
@@ -162,8 +193,9 @@ async def build_stage(workdir: Path) -> Stage:
 
 
 class StageHolder:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, workers: int = 1) -> None:
         self.workdir = workdir
+        self.workers = workers
         self.stage: Stage | None = None
         self.builds = 0
         #: the last attack left the node damaged: start the next one on a fresh node
@@ -177,7 +209,7 @@ class StageHolder:
             await self.close()
             self.builds += 1
             try:
-                self.stage = await build_stage(self.workdir / f"sfu-{self.builds}")
+                self.stage = await build_stage(self.workdir / f"sfu-{self.builds}", self.workers)
             except TimeoutError:
                 if attempt == 2:
                     raise
@@ -194,9 +226,11 @@ class StageHolder:
 
 
 @contextlib.asynccontextmanager
-async def stage_holder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StageHolder]:
+async def stage_holder(
+    tmp_path_factory: pytest.TempPathFactory, workers: int = 1
+) -> AsyncIterator[StageHolder]:
     """One node per module (see the module-scoped `holder` fixtures), closed at the end."""
-    holder = StageHolder(tmp_path_factory.mktemp("hostile"))
+    holder = StageHolder(tmp_path_factory.mktemp("hostile"), workers)
     try:
         yield holder
     finally:

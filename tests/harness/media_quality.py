@@ -39,7 +39,7 @@ from tests.harness.browser import HarnessPage, browser_session
 from tests.harness.pooled_publisher import PooledPublisher
 from tests.harness.quality import Reception, WindowReport, add_page_samples, timeline_text
 from tests.harness.quality_subscriber import SdkSubscriber
-from tests.harness.sfu import SfuInstance, free_udp_port, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port, free_udp_port_pair, running_sfu
 from tests.harness.shaper import ShapedDownlink, sfu_config_for, shaped_namespace
 
 PUBLISHER = "alice"
@@ -144,24 +144,36 @@ class QualityCall:
         raise AssertionError(f"no 720p frames at both subscribers in {timeout_s} s: {seen}")
 
 
+def quality_publisher() -> PooledPublisher:
+    """Alice as every scenario has her: 720p VP8 simulcast from the pooled pattern, and a tone."""
+    return PooledPublisher(
+        PUBLISHER,
+        pool=PATTERN_CYCLE,
+        width=WIDTH,
+        height=HEIGHT,
+        fps=FPS,
+        simulcast=True,
+        max_bitrate=MAX_BITRATE,
+    )
+
+
 @contextlib.asynccontextmanager
-async def quality_call(workdir: Path, shaped: ShapedKind) -> AsyncIterator[QualityCall]:
+async def quality_call(
+    workdir: Path, shaped: ShapedKind, *, workers: int = 1
+) -> AsyncIterator[QualityCall]:
+    """The call (see the module doc); with `workers` > 1 the SFU runs that many media workers
+    (`rtc.workers`), and all their UDP ports are shaped towards bob together."""
+    if workers not in (1, 2):
+        raise ValueError("the quality call runs with 1 or 2 media workers")
     room = f"quality-{uuid.uuid4().hex[:8]}"
-    udp_port = free_udp_port()
-    with shaped_namespace(udp_port) as link:
+    udp_port = free_udp_port() if workers == 1 else free_udp_port_pair()
+    with shaped_namespace(udp_port, ports=workers) as link:
         extra = sfu_config_for([link.ns], udp_port)
+        extra["rtc"]["workers"] = workers
         # running_sfu makes workdir/sfu and so workdir, where the logs below go
         async with running_sfu(workdir / "sfu", extra_config=extra) as sfu:
             shaped_url = f"ws://{link.ns.host_ip}:{sfu.port}"
-            publisher = PooledPublisher(
-                PUBLISHER,
-                pool=PATTERN_CYCLE,
-                width=WIDTH,
-                height=HEIGHT,
-                fps=FPS,
-                simulcast=True,
-                max_bitrate=MAX_BITRATE,
-            )
+            publisher = quality_publisher()
             unshaped = SdkSubscriber("carol (unshaped, SDK)", workdir / "carol.log")
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(publisher.leave)

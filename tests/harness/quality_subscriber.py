@@ -11,7 +11,9 @@ per line on stdout:
   (`number`: the test pattern's frame number read from the Y plane's first row, -1 when it
   does not decode; tests/harness/lkclient.py draws it);
 - ``{"stats": {...}}`` every ``STATS_INTERVAL_S``: the cumulative receive counters of
-  PUBLISHER's tracks (`tests.harness.quality.StatsSample` fields).
+  PUBLISHER's tracks (`tests.harness.quality.StatsSample` fields);
+- ``{"quality": [t, identity, quality]}`` for every ConnectionQualityUpdate entry the SDK
+  reports (``quality``: the `ConnectionQuality` number: 0 POOR, 1 GOOD, 2 EXCELLENT, 3 LOST).
 
 It leaves on SIGTERM, at end of stdin, or after ``--max-seconds``. `SdkSubscriber` is the test
 side: it starts the process (in a namespace when given one), collects its lines into a
@@ -142,6 +144,10 @@ async def _main(url: str, token: str, publisher: str, max_seconds: float) -> int
             tasks.append(asyncio.create_task(_audio(track)))
             _emit({"subscribed": "audio", "at": time.monotonic()})
 
+    @room.on("connection_quality_changed")
+    def _quality(participant: Any, quality: Any) -> None:
+        _emit({"quality": [time.monotonic(), participant.identity, int(quality)]})
+
     await asyncio.wait_for(room.connect(url, token, rtc.RoomOptions(auto_subscribe=True)), 30)
     _emit({"connected": True})
     tasks.append(asyncio.create_task(_stats(room, publisher)))
@@ -186,6 +192,8 @@ class SdkSubscriber:
         self.name, self.log_path, self.ns = name, log_path, ns
         self.reception = Reception()
         self.subscribed: dict[str, float] = {}
+        #: (monotonic time, participant identity, ConnectionQuality) as the SDK reported them
+        self.qualities: list[tuple[float, str, int]] = []
         self.bad_numbers = 0
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -214,6 +222,9 @@ class SdkSubscriber:
                 self.bad_numbers += number < 0
             elif "stats" in message:
                 self.reception.add_sample(StatsSample(**message["stats"]))
+            elif "quality" in message:
+                at, identity, quality = message["quality"]
+                self.qualities.append((float(at), str(identity), int(quality)))
             elif "subscribed" in message:
                 self.subscribed[message["subscribed"]] = message["at"]
             elif message.get("connected"):

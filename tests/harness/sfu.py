@@ -107,6 +107,23 @@ def free_udp_port() -> int:
     return _free_port(socket.SOCK_DGRAM)
 
 
+def free_udp_port_pair(attempts: int = 50) -> int:
+    """A UDP port P with P + 1 free too (on loopback, now)."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free pair of UDP ports")
+
+
 def _free_port(kind: socket.SocketKind) -> int:
     """A port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, kind) as s:

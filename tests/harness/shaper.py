@@ -70,9 +70,10 @@ def _run(*argv: str) -> str:
     return result.stdout
 
 
-def _rule(dev: str, udp_port: int, queue: int) -> list[str]:
+def _rule(dev: str, udp_port: int, queue: int, ports: int = 1) -> list[str]:
     """The iptables rule spec (after -I/-D OUTPUT) that queues the SFU's datagrams to `dev`."""
-    spec = ["-o", dev, "-p", "udp", "--sport", str(udp_port)]
+    sport = str(udp_port) if ports == 1 else f"{udp_port}:{udp_port + ports - 1}"
+    spec = ["-o", dev, "-p", "udp", "--sport", sport]
     return [*spec, "-j", "NFQUEUE", "--queue-num", str(queue)]
 
 
@@ -188,14 +189,15 @@ class ShapedDownlink:
         return answer
 
 
-def _install_qdiscs(dev: str, udp_port: int) -> None:
+def _install_qdiscs(dev: str, udp_port: int, ports: int = 1) -> None:
     _run(TC, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
     for classid in ("1:10", "1:20"):
         _run(TC, "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb",
              "rate", UNSHAPED_RATE)  # fmt: skip
-    _run(TC, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-         "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", str(udp_port), "0xffff",
-         "flowid", "1:20")  # fmt: skip
+    for port in range(udp_port, udp_port + ports):  # one rate cap for all of them together
+        _run(TC, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
+             "u32", "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", str(port),
+             "0xffff", "flowid", "1:20")  # fmt: skip
 
 
 def _start_shaper(shaping: Shaping) -> tuple[subprocess.Popen[bytes], int]:
@@ -244,14 +246,15 @@ class Shaping:
 
 @contextlib.contextmanager
 def shaped_downlink(
-    ns: Namespace, sfu_udp_port: int, shaping: Shaping = Shaping()
+    ns: Namespace, sfu_udp_port: int, shaping: Shaping = Shaping(), *, ports: int = 1
 ) -> Iterator[ShapedDownlink]:
-    """Shape what `sfu_udp_port` sends into `ns` (see the module doc); undone at exit."""
+    """Shape what `sfu_udp_port` (and the `ports` - 1 after it: one per media worker) sends
+    into `ns` (see the module doc); undone at exit."""
     if not ns.host_dev:
         raise ShaperError(f"namespace {ns.name} has no host-side device to shape")
-    _install_qdiscs(ns.host_dev, sfu_udp_port)
+    _install_qdiscs(ns.host_dev, sfu_udp_port, ports)
     process, queue = _start_shaper(shaping)
-    rule = _rule(ns.host_dev, sfu_udp_port, queue)
+    rule = _rule(ns.host_dev, sfu_udp_port, queue, ports)
     try:
         _run(IPTABLES, "-w", "10", "-I", "OUTPUT", *rule)
         try:
@@ -267,9 +270,12 @@ def shaped_downlink(
 
 
 @contextlib.contextmanager
-def shaped_namespace(sfu_udp_port: int, shaping: Shaping = Shaping()) -> Iterator[ShapedDownlink]:
-    """A fresh client namespace (`link.ns`) whose downlink from `sfu_udp_port` is shaped."""
-    with client_namespace() as ns, shaped_downlink(ns, sfu_udp_port, shaping) as link:
+def shaped_namespace(
+    sfu_udp_port: int, shaping: Shaping = Shaping(), *, ports: int = 1
+) -> Iterator[ShapedDownlink]:
+    """A fresh client namespace (`link.ns`) whose downlink from `sfu_udp_port` (and the
+    `ports` - 1 after it) is shaped."""
+    with client_namespace() as ns, shaped_downlink(ns, sfu_udp_port, shaping, ports=ports) as link:
         yield link
 
 

@@ -21,8 +21,9 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
   with its own Synapse and a push link the test cuts, reconcile removes nobody while Synapse is
   down and removes a leaver after Synapse's restart;
 * the focus user (timers of 2 s and 4 s here): joins once however many invites, leaves when no
-  call starts, stays for a call and leaves once it is empty or its membership expired, joins a
-  call it sees (``LIVEKIT_FOCUS_JOIN_ON_CALL``), all read back from the room's timeline;
+  call starts, stays for a call and leaves once it is empty (closing the call on the SFU: a
+  client still connected is disconnected) or its membership expired, joins a call it sees
+  (``LIVEKIT_FOCUS_JOIN_ON_CALL``), all read back from the room's timeline;
 * the last local member leaving closes the call (``DeleteRoom``);
 * MSC4512 ``delegate_delayed_leave`` through Synapse: the delayed leave is sent when the client
   drops; federation ``get_token`` called as Synapse's proxy calls it, and for real from a second
@@ -30,7 +31,8 @@ a legacy ``/sfu/get`` identity and a hashed ``/get_token`` one.
 * an E2EE call of two Chromium pages (livekit-client as Element Call) with this mode on.
 
 Synapse runs with ``msc4512_enabled`` and ``msc4502_enabled`` (membership checks use
-``is_joined``).
+``is_joined``) and advertises this auth service as its MatrixRTC transport (MSC4143), which is
+how Element Call finds it (``test_element_call.py`` uses this module's fixture).
 """
 
 from __future__ import annotations
@@ -116,7 +118,11 @@ async def focus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Focus
             app_service_config_files=registrations,
             federation=True,
             extra_config={
-                "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True}
+                "experimental_features": {"msc4512_enabled": True, "msc4502_enabled": True},
+                # Element Call finds this auth service through Synapse (MSC4143).
+                "matrix_rtc": {
+                    "transports": [{"type": "livekit", "livekit_service_url": auth.url}]
+                },
             },
         )
         server = synapse.server_name
@@ -506,15 +512,26 @@ async def test_the_focus_stays_for_the_call_and_leaves_once_it_is_empty(focus: F
     # The call outlives the no-call timeout: the focus stays.
     await asyncio.sleep(FOCUS_NO_CALL_S + 1)
     assert [m for m, _ in await focus_memberships(alice, room_id, me)] == ["invite", "join"]
-    ended = await put_call_member(alice, room_id, {})  # the leave: empty content
-    assert "event_id" in ended
-    ended_at = time.time() * 1000
-    seen = await until_focus(alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 15)
+    # A client still connected once the call has no membership is disconnected: the focus
+    # closes the call (DeleteRoom) as it leaves, though Alice is still in the Matrix room.
+    alice_jwt = await jwt(focus.auth, focus.synapse, alice.user, room_id, legacy=True)
+    async with connected(focus.sfu.url, alice_jwt) as stale:
+        closed: list[float] = []
+        stale.on("disconnected", lambda _reason: closed.append(time.time() * 1000))
+        ended = await put_call_member(alice, room_id, {})  # the leave: empty content
+        assert "event_id" in ended
+        ended_at = time.time() * 1000
+        seen = await until_focus(
+            alice, room_id, me, ["invite", "join", "leave"], FOCUS_EMPTY_S + 15
+        )
+        await until(lambda: bool(closed), "the call closed on the SFU")
     took = seen[-1][1] - ended_at
     print(
-        f"focus: left {took / 1000:.2f} s after the call emptied (LIVEKIT_FOCUS_EMPTY_CALL_SECONDS={FOCUS_EMPTY_S})"
+        f"focus: left {took / 1000:.2f} s after the call emptied (LIVEKIT_FOCUS_EMPTY_CALL_SECONDS={FOCUS_EMPTY_S}); "
+        f"the SFU room closed {(closed[0] - ended_at) / 1000:.2f} s after"
     )
     assert (FOCUS_EMPTY_S - 0.5) * 1000 <= took < (FOCUS_EMPTY_S + 3) * 1000
+    assert closed[0] - ended_at < (FOCUS_EMPTY_S + 3) * 1000
 
 
 async def test_the_focus_joins_a_call_it_sees_and_leaves_when_the_membership_expires(

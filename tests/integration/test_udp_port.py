@@ -58,7 +58,10 @@ async def sfu_one_port(
     key, secret = sfu_keys
     port = free_udp_port()
     async with running_sfu(
-        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config={"rtc": {"udp_port": port}}
+        tmp_path / "sfu",
+        api_key=key,
+        api_secret=secret,
+        extra_config={"rtc": {"udp_port": port, "workers": 1}},
     ) as sfu:
         yield sfu, port
 

@@ -1,8 +1,9 @@
 """`rtc.workers: 2`: one room across two media worker processes, with the LiveKit Python SDK.
 
-Alice publishes a synthetic VP8 video and a 440 Hz sine. Placement (least measured load) puts
-her on one worker; subscribers join until both workers hold one (at most `MAX_SUBSCRIBERS`), so
-some copies are relayed from Alice's worker and some are local. Every subscriber must decode
+Alice publishes a synthetic VP8 video and a 440 Hz sine. With `rtc.worker_spill_load: 0`
+placement goes by measured load alone (a small room is not kept together), so subscribers join
+until both workers hold one (at most `MAX_SUBSCRIBERS`) and some copies are relayed from Alice's
+worker and some are local. With the default, two small rooms stay on one worker each. Every subscriber must decode
 Alice's pattern and hear her tone; the per-worker metrics show the relay at work.
 
 Across workers, a subscriber's NACK is answered from its own worker's history, and its PLI
@@ -17,7 +18,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +32,7 @@ from loadtest.hostile import connected_subscriber
 from sfu.media.rtp import rtcp
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher, dominant_frequency
 from tests.harness.rawsignal import RawSignal
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port_pair, running_sfu
 
 T = TypeVar("T")
 
@@ -54,7 +54,8 @@ async def sfu2(
         tmp_path / "sfu",
         api_key=key,
         api_secret=secret,
-        extra_config={"rtc": {"workers": 2}},
+        # by load alone: a room's participants spread, so these tests have one room across workers
+        extra_config={"rtc": {"workers": 2, "worker_spill_load": 0}},
         expect_log_errors=expected,
     ) as instance:
         yield instance
@@ -79,23 +80,6 @@ async def assert_workers_empty(sfu: SfuInstance) -> None:
         return not held and all(metrics[("sfu_worker_participants", w)] == 0 for w in ("0", "1"))
 
     await until(empty, "workers empty after everyone left", timeout_s=10.0)
-
-
-def free_udp_port_pair(attempts: int = 50) -> int:
-    """A UDP port P with P + 1 free too (on loopback, now)."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free pair of UDP ports")
 
 
 def worker_pids(sfu: SfuInstance) -> dict[str, int]:
@@ -217,6 +201,52 @@ async def test_one_publisher_subscribers_on_both_workers(sfu2: SfuInstance) -> N
         await alice.leave()
         for subscriber in subscribers:
             await subscriber.leave()
+
+
+async def test_small_rooms_stay_on_one_worker_each(
+    tmp_path: Path, sfu_keys: tuple[str, str]
+) -> None:
+    """Default placement: the second room goes to the idle worker, and each room's later
+    participants join their room's worker, so nothing is relayed and both workers forward."""
+    key, secret = sfu_keys
+    async with running_sfu(
+        tmp_path / "sfu", api_key=key, api_secret=secret, extra_config={"rtc": {"workers": 2}}
+    ) as sfu:
+        publishers: list[SyntheticPublisher] = []
+        subscribers: list[CollectingSubscriber] = []
+        homes: dict[str, str] = {}
+        try:
+            for name in ("alice", "bob"):
+                room = f"small-{name}-{uuid.uuid4().hex[:8]}"
+                publisher = SyntheticPublisher(name, width=WIDTH, height=HEIGHT, fps=FPS,
+                                               tone_hz=TONE_HZ)  # fmt: skip
+                publishers.append(publisher)
+                before = await worker_metrics(sfu)
+                await publisher.connect(sfu.url, sfu.token(name, room), timeout_s=WAIT_S)
+                after = await worker_metrics(sfu)
+                homes[name] = next(
+                    w for w in ("0", "1")
+                    if after[("sfu_worker_participants", w)]
+                    > before[("sfu_worker_participants", w)]
+                )  # fmt: skip
+                await publisher.publish(timeout_s=WAIT_S)
+                join = sdk_joiner(sfu, room, subscribers)
+                for n in range(2):
+                    await join(len(subscribers))
+                    metrics = await worker_metrics(sfu)
+                    held = metrics[("sfu_worker_participants", homes[name])]
+                    assert held == 2 + n, (name, homes, metrics)  # the room's worker only
+                await expect_media(subscribers[-1], name)
+            assert homes["alice"] != homes["bob"], homes
+            metrics = await worker_metrics(sfu)
+            for w in ("0", "1"):
+                assert metrics[("sfu_worker_relay_sent_total", w)] == 0, metrics
+                assert metrics[("sfu_worker_packets_forwarded_total", w)] > 0, metrics
+        finally:
+            for publisher in publishers:
+                await publisher.leave()
+            for subscriber in subscribers:
+                await subscriber.leave()
 
 
 async def test_nack_and_pli_across_workers(sfu2: SfuInstance) -> None:
@@ -390,7 +420,7 @@ async def test_one_udp_port_per_worker(tmp_path: Path, sfu_keys: tuple[str, str]
         tmp_path / "sfu",
         api_key=key,
         api_secret=secret,
-        extra_config={"rtc": {"workers": 2, "udp_port": port}},
+        extra_config={"rtc": {"workers": 2, "udp_port": port, "worker_spill_load": 0}},
     ) as sfu:
         room = f"workers-port-{uuid.uuid4().hex[:8]}"
         alice = SyntheticPublisher("alice", width=WIDTH, height=HEIGHT, fps=FPS, tone_hz=TONE_HZ)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import time
 
 import pytest
 
@@ -136,3 +138,41 @@ async def test_a_blocked_event_loop_holds_the_node() -> None:
     finally:
         sender.close()
         transport.close()
+
+
+async def test_with_media_workers_the_worst_worker_holds_the_node() -> None:
+    """With `rtc.workers: 2` the control process forwards nothing: each worker's p99 comes in
+    its stats report (a fake one here: the pool is not started), and the worst one counts."""
+    limits = {"max_cpu_load": 0, "max_forward_latency_ms": 50}
+    config = {"keys": {KEY: SECRET}, "limits": limits, "rtc": {"workers": 2}}
+    sfu = Sfu.build(from_mapping(config))
+    assert sfu.workers is not None
+    quiet, busy_worker = sfu.workers.links
+    for link in sfu.workers.links:
+        link.alive = True  # as if started; its stats are what it last reported
+    quiet.stats = {"latency_p99": 0.002}
+    busy_worker.stats = {"latency_p99": 0.002}
+    sfu.admit(rtc_request("bob"))
+    busy_worker.stats = {"latency_p99": 0.080}
+    assert sfu.forward_latency_p99() == 0.080
+    assert "p99 80.0 ms" in refusal(sfu)
+    busy_worker.stats = {"latency_p99": 0.039}
+    sfu.admit(rtc_request("bob"))  # back under the release level
+    busy_worker.stats = {"latency_p99": 0.080}
+    text = sfu.metrics.render().decode()
+    assert 'sfu_worker_forward_latency_p99_seconds{worker="0"} 0.002' in text
+    assert 'sfu_worker_forward_latency_p99_seconds{worker="1"} 0.08' in text
+    assert re.search(r"^sfu_forward_latency_p99_seconds\{.*\} 0.08$", text, re.M)
+    busy_worker.stats = {"latency_p99": 0.002}
+    busy_worker.stats_at = time.monotonic() - 2.1  # stuck: its report is late
+    assert "exceeds limits.max_forward_latency_ms 50" in refusal(sfu)
+    busy_worker.alive = False  # a dead worker's last report does not count
+    assert "p99 80.0 ms" not in (message := _admitted_or_refused(sfu)), message
+
+
+def _admitted_or_refused(sfu: Sfu) -> str:
+    try:
+        sfu.admit(rtc_request("bob"))
+    except AdmissionError as exc:
+        return exc.message
+    return "admitted"

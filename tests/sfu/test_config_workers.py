@@ -32,3 +32,11 @@ def test_the_workers_ports_must_fit() -> None:
     assert from_mapping(ok).rtc.workers == 2
     with pytest.raises(ConfigError, match="udp_port"):
         from_mapping({"keys": {"k": SECRET}, "rtc": {"udp_port": 65535, "workers": 2}})
+
+
+def test_spill_load_bounds() -> None:
+    assert from_mapping({"keys": {"k": SECRET}}).rtc.worker_spill_load == 0.6
+    assert from_mapping({"keys": {"k": SECRET}, "rtc": {"worker_spill_load": 0}}).rtc
+    for bad in (-0.1, 4.5):
+        with pytest.raises(ConfigError, match=r"rtc\.worker_spill_load"):
+            from_mapping({"keys": {"k": SECRET}, "rtc": {"worker_spill_load": bad}})

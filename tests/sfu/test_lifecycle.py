@@ -54,3 +54,16 @@ def test_drain_timeout_is_bounded() -> None:
             from_mapping({"keys": KEYS, "drain_timeout": bad})
     with pytest.raises(ConfigError, match=r"drain_timeout: invalid value 'soon'"):
         from_mapping({"keys": KEYS, "drain_timeout": "soon"})
+
+
+async def test_the_time_before_the_sampler_starts_is_no_lag() -> None:
+    """Built long before it runs (media workers start in between): ready once it runs."""
+    readiness = Readiness(interval_s=0.25, max_lag_s=1.0)
+    readiness._sampled_at -= 10.0  # as if built 10 s before the server started
+    assert readiness.reason().startswith("event loop unresponsive")
+    task = asyncio.create_task(readiness.run())
+    try:
+        await asyncio.sleep(0)
+        assert readiness.reason() == ""
+    finally:
+        task.cancel()

@@ -18,7 +18,10 @@ On a shared socket read by the compiled receive path (`rtc.udp_port` with rtc.fa
 `sfu.media.transport.udpmux`), the ingress also registers a route for its remote address: once
 an SSRC's first packet came through here (so `SrtpUnprotector` knows libsrtp's stream for it),
 the reader unprotects that SSRC's packets from that address itself and calls `deliver_rtp`
-directly; the stream's removal takes it off the route again. Everything else still comes here.
+directly (whose result, the `Stream` that `on_rtp` returned, lets the reader take the SSRC's
+later packets without calling back at all: `sfu.media.fastrecv_py`; those are counted in
+`rtp_packets_received` and `bytes_received` too); the stream's removal takes it off the route
+again. Everything else still comes here.
 Whatever aioice raises on a datagram (0.13.0's STUN parser raises `struct.error` for an attribute
 of the wrong length) is counted in `malformed` and logged at DEBUG only: it never reaches the
 event loop, which would log a traceback per datagram.
@@ -118,6 +121,7 @@ class SrtpIngress:
     """Decrypt and dispatch one transport's SRTP/SRTCP; pass everything else to `fallback`."""
 
     __slots__ = (
+        "_bytes",
         "_failures",
         "_fallback",
         "_fd",
@@ -128,17 +132,17 @@ class SrtpIngress:
         "_protocol",
         "_remote",
         "_route",
+        "_rtp_packets",
         "_session",
+        "_taken",
         "_unprotect",
         "_unprotect_rtcp",
-        "bytes_received",
         "malformed",
         "rtcp_packets_received",
-        "rtp_packets_received",
         "wrong_source",
     )
 
-    def __init__(self, on_rtp: Callable[[bytes], None], on_rtcp: Callable[[bytes], None]) -> None:
+    def __init__(self, on_rtp: Callable[[bytes], Any], on_rtcp: Callable[[bytes], None]) -> None:
         self._unprotect: Callable[[bytes], bytes] | None = None
         self._unprotect_rtcp: Callable[[bytes], bytes] | None = None
         self._on_rtp = on_rtp
@@ -151,9 +155,11 @@ class SrtpIngress:
         self._mux: Any = None  # the shared socket's UdpMux, when the protocol is on one
         self._route: Any = None  # its compiled receive path's route for `_remote`
         self._session: Session | None = None
-        self.rtp_packets_received = 0
+        self._rtp_packets = 0
         self.rtcp_packets_received = 0
-        self.bytes_received = 0
+        self._bytes = 0
+        #: (packets, bytes) that earlier routes took without calling `deliver_rtp`
+        self._taken = (0, 0)
         self._failures = 0
         self.malformed = 0  # datagrams aioice raised on
         self.wrong_source = 0  # SRTP/SRTCP/DTLS from an address ICE never validated
@@ -189,6 +195,18 @@ class SrtpIngress:
         self._mux = self._session = None
 
     @property
+    def rtp_packets_received(self) -> int:
+        """Decrypted RTP packets handed on (here, or taken by the route's armed streams)."""
+        route = self._route
+        return self._rtp_packets + self._taken[0] + (0 if route is None else route.taken)
+
+    @property
+    def bytes_received(self) -> int:
+        """Their decrypted bytes, and the RTCP compounds'."""
+        route = self._route
+        return self._bytes + self._taken[1] + (0 if route is None else route.taken_octets)
+
+    @property
     def unprotect_failures(self) -> int:
         """Packets libsrtp refused (replayed, forged, truncated), here or on the route."""
         route = self._route
@@ -200,6 +218,7 @@ class SrtpIngress:
         mux, unprotect = self._mux, self._unprotect
         if old is not None:
             self._failures += old.unprotect_failures
+            self._taken = (self._taken[0] + old.taken, self._taken[1] + old.taken_octets)
             mux.drop_route(old)
         if isinstance(unprotect, SrtpUnprotector):
             unprotect.on_remove = None
@@ -253,19 +272,21 @@ class SrtpIngress:
             route.learn(int.from_bytes(data[8:12], "big"))
         self.deliver_rtp(plain)
 
-    def deliver_rtp(self, plain: bytes) -> None:
-        """Count one decrypted RTP packet and hand it on (also aiortc's path, before `attach`)."""
-        self.rtp_packets_received += 1
-        self.bytes_received += len(plain)
+    def deliver_rtp(self, plain: bytes) -> Any:
+        """Count one decrypted RTP packet and hand it on (also aiortc's path, before `attach`);
+        returns what `on_rtp` did (for the route: the `Stream` to take the SSRC's next packets)."""
+        self._rtp_packets += 1
+        self._bytes += len(plain)
         try:
-            self._on_rtp(plain)
+            return self._on_rtp(plain)
         except Exception:
             logger.exception("on_rtp failed")
+            return None
 
     def deliver_rtcp(self, plain: bytes) -> None:
         """Count one decrypted RTCP compound and hand it on."""
         self.rtcp_packets_received += 1
-        self.bytes_received += len(plain)
+        self._bytes += len(plain)
         try:
             self._on_rtcp(plain)
         except Exception:

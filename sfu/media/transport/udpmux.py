@@ -182,7 +182,16 @@ class SocketTransport:
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        read = self._reader.drain(DRAIN_BUDGET)
+        reader = self._reader
+        read = reader.drain(DRAIN_BUDGET)
+        if read:  # what the reader's armed streams took and forwarded, for the process counters
+            packets_in, bytes_in, packets_out, bytes_out, dropped = reader.take_counts()
+            if packets_in:
+                COUNTERS.packets_in += packets_in
+                COUNTERS.bytes_in += bytes_in
+                COUNTERS.packets_out += packets_out
+                COUNTERS.bytes_out += bytes_out
+                COUNTERS.packets_dropped += dropped
         latency = self._latency
         if read and latency is not None and latency.armed and not self._closed:
             latency.start(self._sock.fileno())

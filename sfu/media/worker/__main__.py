@@ -52,6 +52,7 @@ def transport_config(settings: dict[str, Any]) -> TransportConfig:
         send_mode=settings.get("send_mode", "gso"),
         allow_private_candidates=bool(settings.get("allow_private_candidates", False)),
         fast_path=fastpath.for_transports(str(settings.get("fast_path", "auto"))),
+        congestion_control=bool(settings.get("congestion_control", True)),
     )
 
 

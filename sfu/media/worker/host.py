@@ -9,6 +9,16 @@ tracks are the real `DownTrack`s over whichever of the two this worker holds.
 What the control process reads back comes as events: peer states, data-channel messages, the
 layer each down track forwards (dynacast), stream pauses, audio levels and the worker's load.
 RTCP reports (RR/REMB upstream, SR downstream) are sent here, every second, per participant.
+
+Congestion control runs here too, as far as it needs packets: each participant's subscriber
+transport has its `SubscriberBandwidth` (stamps, transport-cc/REMB feedback, the GCC estimate,
+probe clusters, the NACK budget), and its estimate goes to the control process's
+`StreamAllocator` at most every `ESTIMATE_INTERVAL` (at once when it falls by a tenth: the
+allocator's own cadence), with what the allocator reads of it (overuse, loss, probing). The
+allocator's decisions come back as commands: a down track's allocated layer or pause, the
+bits per second it committed (the NACK budget), probe clusters and their padding. The
+subscriber's receiver reports (loss, jitter, RTT per down track) and each published track's
+loss go up once a second, for connection quality.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack, FeedbackRouter
 from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.rtp import rtcp
@@ -30,6 +41,7 @@ from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.header import RtpPacket
 from sfu.media.sdp import Codec, SdpError
 from sfu.media.transport import PeerTransport, PublishedMedia, TransportConfig
+from sfu.media.transport.batch import flusher_for
 from sfu.media.worker.relay import HomeReceiver, Relay, RelaySink, ReplicaReceiver
 from sfu.media.worker.wire import Message, b64, unb64
 from sfu.metrics import COUNTERS
@@ -39,6 +51,12 @@ log = logging.getLogger(__name__)
 RTCP_INTERVAL = 1.0
 LEVEL_INTERVAL = 0.2
 STATS_INTERVAL = 1.0
+#: seconds between a subscriber link's estimate reports (`StreamAllocator`'s ALLOCATE_INTERVAL)
+ESTIMATE_INTERVAL = 0.25
+#: an estimate this far under the last one reported goes up at once
+ESTIMATE_DROP = 0.9
+#: padding packets one probe tick may ask of a part (the allocator asks for a few dozen)
+PAD_MAX = 256
 #: objects of each kind one worker holds (a control process bug must not grow it unbounded)
 MAX_OBJECTS = 65536
 
@@ -101,11 +119,25 @@ class _Part:
     """One participant's media objects on this worker."""
 
     demuxer: RtpDemuxer = field(default_factory=RtpDemuxer)
-    feedback: FeedbackRouter = field(default_factory=FeedbackRouter)
+    #: the subscriber transport's link (`sfu.media.bandwidth`), fed by `feedback`
+    bandwidth: SubscriberBandwidth = field(
+        default_factory=lambda: SubscriberBandwidth(time.monotonic)
+    )
+    feedback: FeedbackRouter = field(init=False)
     publisher: PeerTransport | None = None
     subscriber: PeerTransport | None = None
     downtracks: dict[int, DownTrack] = field(default_factory=dict)
     paused: dict[int, bool] = field(default_factory=dict)
+    #: receiver reports last told per down track: (fraction lost, jitter, RTT or None)
+    reports: dict[int, tuple[float, float, float | None]] = field(default_factory=dict)
+    #: the last estimate report: when (monotonic), what; probe clusters the control started
+    estimate_at: float = -1.0
+    estimate_sent: int = 0
+    probing_sent: bool = False
+    probes: int = 0
+
+    def __post_init__(self) -> None:
+        self.feedback = FeedbackRouter(self.bandwidth)
 
 
 class WorkerHost:
@@ -210,6 +242,7 @@ class WorkerHost:
             part.publisher = peer
         else:
             part.subscriber = peer
+            part.bandwidth.on_estimate = lambda: self._estimate_changed(part_id, part)
 
     async def op_handle_offer(self, m: Message) -> dict[str, Any]:
         sdp, medias = await self.peers[int(m["peer"])].handle_offer(str(m["sdp"]))
@@ -218,8 +251,16 @@ class WorkerHost:
     async def op_create_offer(self, m: Message) -> str:
         return await self.peers[int(m["peer"])].create_offer()
 
-    async def op_handle_answer(self, m: Message) -> None:
-        await self.peers[int(m["peer"])].handle_answer(str(m["sdp"]))
+    async def op_handle_answer(self, m: Message) -> dict[str, Any]:
+        """The answer's outcome for congestion control: the transport-cc extension id it kept
+        (0: none) and whether rtc.congestion_control is on; a subscriber link stamps from now."""
+        peer = self.peers[int(m["peer"])]
+        await peer.handle_answer(str(m["sdp"]))
+        for part in self.parts.values():
+            if part.subscriber is peer:
+                part.bandwidth.sequence.ext_id = peer.transport_cc_id
+                part.bandwidth.enabled = peer.congestion_control
+        return {"transport_cc_id": peer.transport_cc_id, "cc": peer.congestion_control}
 
     def op_add_track(self, m: Message) -> None:
         peer_id = int(m["peer"])
@@ -259,6 +300,8 @@ class WorkerHost:
         if part is not None:
             for dt_id in list(part.downtracks):
                 self._close_downtrack(dt_id)
+            part.bandwidth.on_estimate = None
+            part.bandwidth.abandon_probe()
 
     # -- tracks -----------------------------------------------------------------------------------
     def op_receiver_new(self, m: Message) -> None:
@@ -381,6 +424,7 @@ class WorkerHost:
             send_rtp=peer.send_rtp,
             cname=str(m["cname"]),
             fast_sender=peer.fast_sender,
+            bandwidth=part.bandwidth,
         )
         downtrack.enabled = bool(m["enabled"])
         downtrack.max_layer = int(m["max_layer"])
@@ -412,6 +456,74 @@ class WorkerHost:
             downtrack.enabled = bool(m["init_enabled"])
         if "init_max_layer" in m:
             downtrack.max_layer = int(m["init_max_layer"])
+        if "allocation" in m:  # the control process's StreamAllocator
+            downtrack.set_allocation(int(m["allocation"]))
+
+    # -- congestion control -----------------------------------------------------------------------
+    def op_link_set(self, m: Message) -> None:
+        """What the subscriber's allocation commits (bits per second): the NACK budget's base."""
+        part = self.parts.get(int(m["part"]))
+        if part is not None:
+            part.bandwidth.committed = max(int(m["committed"]), 0)
+
+    def op_probe(self, m: Message) -> None:
+        """A probe cluster of the subscriber link: ``start``, ``end`` or ``abandon``."""
+        part = self.parts.get(int(m["part"]))
+        if part is None:
+            return
+        action = m["action"]
+        if action == "start":
+            part.probes = int(m["n"])
+            part.bandwidth.start_probe()
+        elif action == "end":
+            part.bandwidth.end_probe()
+        elif action == "abandon":
+            part.bandwidth.abandon_probe()
+
+    def op_pad(self, m: Message) -> None:
+        """One probe tick: up to ``count`` padding-only packets over the part's video down
+        tracks, in their order (as `StreamAllocator` spreads them in one process)."""
+        part = self.parts.get(int(m["part"]))
+        if part is None:
+            return
+        left = min(int(m["count"]), PAD_MAX)
+        for downtrack in part.downtracks.values():
+            if left <= 0:
+                break
+            if downtrack.receiver.is_video:
+                left -= downtrack.send_padding(left)
+
+    def _estimate_changed(self, part_id: int, part: _Part) -> None:
+        """After each feedback on the part's subscriber link: its estimate to the control
+        process every ESTIMATE_INTERVAL, or at once when it fell or a probe was measured
+        (see the module doc)."""
+        bandwidth = part.bandwidth
+        estimate = bandwidth.estimate
+        if estimate is None:
+            return
+        now = time.monotonic()
+        if not (
+            bandwidth.probing != part.probing_sent
+            or now - part.estimate_at >= ESTIMATE_INTERVAL
+            or estimate < ESTIMATE_DROP * part.estimate_sent
+        ):
+            return
+        part.estimate_at, part.estimate_sent = now, estimate
+        part.probing_sent = bandwidth.probing
+        acked = bandwidth.gcc.acked_rate()
+        self._emit(
+            {
+                "op": "estimate",
+                "part": part_id,
+                "estimate": estimate,
+                "overusing": bandwidth.overusing,
+                "loss": round(bandwidth.gcc.loss_fraction, 4),
+                "acked": None if acked is None else int(acked),
+                "probing": bandwidth.probing,
+                "probes": part.probes,
+                "stamping": bandwidth.stamping,
+            }
+        )
 
     def op_dt_close(self, m: Message) -> None:
         self._close_downtrack(int(m["dt"]))
@@ -425,6 +537,7 @@ class WorkerHost:
         for part in self.parts.values():
             if part.downtracks.pop(dt_id, None) is not None:
                 part.paused.pop(dt_id, None)
+                part.reports.pop(dt_id, None)
                 part.feedback.remove(downtrack)
         downtrack.receiver.remove_sink(downtrack)
         downtrack.close()
@@ -479,6 +592,7 @@ class WorkerHost:
 
     def _send_reports(self) -> None:
         paused: dict[str, bool] = {}
+        told: dict[str, list[float | None]] = {}
         for part in self.parts.values():
             publisher, subscriber = part.publisher, part.subscriber
             if publisher is not None and publisher.state == "connected":
@@ -494,15 +608,26 @@ class WorkerHost:
                 if part.paused.get(dt_id, False) != state:
                     part.paused[dt_id] = state
                     paused[str(dt_id)] = state
+                received = (downtrack.fraction_lost, downtrack.jitter, downtrack.rtt)
+                if part.reports.get(dt_id) != received:
+                    part.reports[dt_id] = received
+                    told[str(dt_id)] = list(received)
         if paused:
             self._emit({"op": "paused", "paused": paused})
+        if told:  # the subscribers' receiver reports, for connection quality
+            self._emit({"op": "reports", "reports": told})
         bitrates = {
             str(track): [layer.bitrate for layer in receiver.layers]
             for track, receiver in self.receivers.items()
             if isinstance(receiver, HomeReceiver) and receiver.is_video
         }
-        if bitrates:  # measured by the receiver reports just made
-            self._emit({"op": "bitrates", "bitrates": bitrates})
+        loss = {
+            str(track): round(receiver.loss_fraction, 4)
+            for track, receiver in self.receivers.items()
+            if isinstance(receiver, HomeReceiver)
+        }
+        if bitrates or loss:  # measured by the receiver reports just made
+            self._emit({"op": "bitrates", "bitrates": bitrates, "loss": loss})
 
     def _send_stats(self, now: float) -> None:
         wall, cpu = self._cpu
@@ -526,6 +651,7 @@ class WorkerHost:
                 "relay_received": self.relay.received,
                 "relay_dropped": self.relay.dropped,
                 "peers": len(self.peers),
+                "latency_p99": flusher_for(asyncio.get_running_loop()).latency.p99(),
                 "objects": self.object_counts(),
                 "counters": dataclasses.asdict(COUNTERS),
             }

@@ -109,3 +109,21 @@ async def test_no_peer_or_closed_means_no_offer() -> None:
     stage.offers.close()
     await stage.offers.negotiate()
     assert stage.sent == [] and stage.peer.offers == 0
+
+
+async def test_an_offer_the_media_worker_cannot_make_asks_the_client_to_rejoin() -> None:
+    """A subscriber PC on a media worker that does not answer (the proxy's RuntimeError): no
+    exception left in a task, no further offers, LeaveRequest RECONNECT to the client."""
+    stage = Stage()
+
+    async def no_answer() -> str:
+        raise RuntimeError("media worker 1 did not answer: TimeoutError()")
+
+    stage.peer.create_offer = no_answer  # type: ignore[method-assign]
+    stage.offers.schedule()
+    await asyncio.gather(*stage.tasks)  # returned, did not raise
+    assert stage.offers.closed and not stage.offers.awaiting_answer
+    (leave,) = stage.sent
+    assert leave.leave.action == rtc.LeaveRequest.Action.RECONNECT
+    await stage.offers.negotiate()
+    assert stage.offer_ids() == []

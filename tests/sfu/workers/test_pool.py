@@ -54,6 +54,11 @@ async def test_a_peer_on_a_worker_answers_requests(pool: WorkerPool) -> None:
                       on_data=ignore, on_state=ignore)  # fmt: skip
     with pytest.raises(SdpError):
         await publisher.handle_offer("v=0\r\nnot an offer\r\n")
+    many_rids = "".join(f"a=rid:r{i} send\r\n" for i in range(20))
+    with pytest.raises(SdpError, match="a=rid"):  # the worker's SdpLimitError, as SdpError
+        await publisher.handle_offer(f"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n{many_rids}")
+    with pytest.raises(SdpError, match="too large"):  # over a control frame: never sent
+        await publisher.handle_offer("v=0\r\n" + "a=x\r\n" * 300_000)
     await subscriber.close()
     await publisher.close()
     assert subscriber.state == publisher.state == "closed"
@@ -121,3 +126,90 @@ def test_no_live_worker_refuses_joins() -> None:
     assert refused.value.status == 503 and "media worker" in refused.value.message
     sfu.workers.links[1].alive = True
     sfu.admit(rtc_request("alice"))
+
+
+def idle_pool(count: int = 2, spill_load: float = 0.6) -> WorkerPool:
+    """A pool whose workers count as running (no processes: placement only reads their
+    reports)."""
+    workers = WorkerPool(count, TransportConfig(), "auto", spill_load=spill_load)
+    for link in workers.links:
+        link.alive = True
+    return workers
+
+
+def report(workers: WorkerPool, cpu: dict[int, float]) -> None:
+    """Each worker's next once-a-second stats: its CPU share, the joins since counted in."""
+    for link in workers.links:
+        link.on_message({"op": "stats", "cpu": cpu.get(link.index, 0.0), "packets_out": 0})
+
+
+def test_a_small_room_stays_on_one_worker_while_rooms_spread() -> None:
+    workers = idle_pool()
+    a = [workers.place("a")]
+    report(workers, {})
+    b = [workers.place("b")]  # a new room: the least-loaded worker (the emptier one)
+    assert (a[0].link.index, b[0].link.index) == (0, 1)
+    report(workers, {0: 0.05, 1: 0.3})  # worker 1 is the busier one now, not busy
+    a += [workers.place("a") for _ in range(3)]
+    b += [workers.place("b") for _ in range(3)]
+    assert {m.link.index for m in a} == {0} and {m.link.index for m in b} == {1}
+    assert workers.links[0].holds("a") == 4 and workers.links[0].holds("b") == 0
+    for m in a:
+        m.close()
+    assert workers.links[0].holds("a") == 0 and not workers.links[0].media
+    assert workers.place("c").link.index == 0  # the emptier worker again
+
+
+def test_a_busy_home_spills_its_room_to_the_least_loaded_worker() -> None:
+    workers = idle_pool()
+    home = workers.place("a").link
+    assert workers.place("a").link is home
+    report(workers, {0: 0.7})  # past rtc.worker_spill_load: the room grows elsewhere
+    assert workers.place("a").link.index == 1
+    report(workers, {0: 0.2})  # below it again: back to the worker holding most of the room
+    assert workers.place("a").link is home
+
+
+def test_forwarded_packets_count_as_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker forwarding 40,000 packets/s is busy even when its CPU sample says 0.1 (a
+    worker the kernel starves reports little CPU)."""
+    from sfu.workers import pool as pool_module
+
+    workers = idle_pool()
+    clock = [100.0]
+    monkeypatch.setattr(pool_module.time, "monotonic", lambda: clock[0])
+    home = workers.place("a").link
+    home.on_message({"op": "stats", "cpu": 0.1, "packets_out": 1_000})
+    clock[0] += 1.0
+    home.on_message({"op": "stats", "cpu": 0.1, "packets_out": 41_000})
+    assert home.packet_rate == pytest.approx(40_000)
+    assert home.load == pytest.approx(0.8 + 0.001)
+    assert workers.place("a").link.index == 1
+    home.on_message({"op": "stats", "cpu": 0.1, "packets_out": 500})  # a new process: no rate
+    assert home.packet_rate == 0.0
+
+
+def test_a_burst_of_joins_into_one_room_spills_before_the_next_report() -> None:
+    """Each join counts a tenth of a core until the worker's next report: a room whose joins
+    arrive at once fills its worker up to rtc.worker_spill_load, then spreads."""
+    workers = idle_pool()
+    placed = [workers.place("big").link.index for _ in range(10)]
+    assert placed[:6] == [0] * 6, placed
+    assert placed[6:] == [1, 1, 1, 1, 1, 1, 0, 1][: len(placed) - 6], placed
+
+
+def test_spill_load_zero_places_by_load_alone() -> None:
+    workers = idle_pool(spill_load=0.0)
+    placed = [workers.place("a").link.index for _ in range(4)]
+    assert placed == [0, 1, 0, 1]
+
+
+def test_a_dead_home_does_not_hold_its_room() -> None:
+    workers = idle_pool()
+    first = workers.place("a")
+    workers.links[0].alive = False
+    assert workers.place("a").link.index == 1
+    workers.links[0].alive = True
+    report(workers, {})
+    assert first.link.holds("a") == 1 and workers.links[1].holds("a") == 1
+    assert workers.place("a").link.index == 0  # a tie: the less loaded of the two

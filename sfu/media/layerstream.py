@@ -1,0 +1,150 @@
+"""A received layer's per-packet numbers, and what lets the compiled receive path take its packets.
+
+`Stream` holds one simulcast layer's counters and sequence numbers (`sfu.media.receiver.LayerState`
+keeps its numbers in one: packets, octets, last arrival, RFC 3550 extended sequence numbers and
+the layer's own numbering). `TrackReceiver.on_rtp` arms it when every sink of the layer forwards
+through the compiled per-copy path (`sfu.media.fastpath`) and no other sink would act on a packet:
+the reader of the shared socket (`sfu.media._fastrecv`, reference `sfu.media.fastrecv_py`) then
+does the receiver's whole per-packet work for that SSRC itself (`Stream.take`: `RtpPacket.parse`'s
+checks, the process counters, the sequence numbers, the RFC 6464 audio level, the VP8 descriptor
+check, `forward` to the armed targets) and hands Python only what it cannot take. Any change of the
+fan-out disarms it again (`TrackReceiver.fanout_changed`).
+
+This is the pure-Python reference of `sfu.media._fastrecv.Stream` (the property test in
+tests/sfu/media/test_fastrecv.py holds the two to the same datagrams and counts); `new_stream()`
+gives the compiled one when it was built, which is the only one a compiled route takes, and
+`STREAM_FORWARD` is the `forward` an armed compiled stream calls (None: nothing is ever armed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sfu.media.rtp.errors import PacketError
+from sfu.media.rtp.header import RtpPacket
+from sfu.media.rtp.seqnum import SequenceUnwrapper
+from sfu.media.rtp.vp8 import is_keyframe as vp8_is_keyframe
+
+__all__ = ["STREAM_FORWARD", "Stream", "new_stream"]
+
+SEQUENCE_BASE = 1 << 16  # sfu.media.receiver.SEQUENCE_BASE
+SPEAKING_DBOV = 35  # sfu.media.receiver.SPEAKING_DBOV
+
+
+class Stream:
+    """One received layer's counters and sequence numbers; armed, what the reader needs to take
+    its SSRC's packets itself."""
+
+    def __init__(self) -> None:
+        self.packets = self.octets = 0
+        self.last_arrival = 0.0
+        self.base_seq = self.max_ext_seq = self.seq_continue = -1
+        self.seq_offset = SEQUENCE_BASE
+        self._unwrapper = SequenceUnwrapper()
+        self.level_packets = self.loud_packets = self.loud_dbov_sum = 0
+        self.armed = False
+        self.ssrc = 0
+        self._vp8 = False
+        self._level_id = 0
+        self._targets: tuple[Any, ...] = ()
+        self._group: Any = None
+        self._forward: Any = None
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._unwrapper.last
+
+    def _sequence(self, sequence_number: int) -> int:
+        extended = self._unwrapper.unwrap(sequence_number)
+        if extended > self.max_ext_seq:
+            if self.max_ext_seq < 0:  # the SSRC's first packet
+                self.base_seq = extended
+                if self.seq_continue >= 0:
+                    self.seq_offset = self.seq_continue - extended
+            self.max_ext_seq = extended
+        return extended + self.seq_offset
+
+    def on_packet(self, sequence_number: int, size: int, now: float, /) -> int:
+        if not 0 <= sequence_number <= 0xFFFF or size < 0:
+            raise ValueError("sequence_number must be 0..65535, size >= 0")
+        self.packets += 1
+        self.octets += size
+        self.last_arrival = now
+        return self._sequence(sequence_number)
+
+    def reset_sequence(self) -> None:
+        self._unwrapper.reset()
+
+    def arm(
+        self, ssrc: int, targets: tuple[Any, ...], group: Any, *, forward: Any,
+        vp8: bool = False, audio_level_id: int = 0,
+    ) -> None:  # fmt: skip
+        if not 0 <= ssrc <= 0xFFFFFFFF or not 0 <= audio_level_id <= 255:
+            raise ValueError("ssrc or audio_level_id out of range")
+        if not isinstance(targets, tuple) or not callable(forward):
+            raise TypeError("targets must be a tuple, forward callable")
+        self._targets, self._group, self._forward = targets, group, forward
+        self.ssrc, self._vp8, self._level_id = ssrc, vp8, audio_level_id
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+        self._targets, self._group, self._forward = (), None, None
+
+    def take(self, reader: Any, data: bytes) -> bool:
+        """The receiver's work on one decrypted packet of the armed SSRC (`RtpDemuxer.on_rtp`,
+        `TrackReceiver.on_rtp`); False: not taken (the parser refuses it: Python drops it)."""
+        try:
+            packet = RtpPacket.parse(data)
+        except PacketError:
+            return False
+        reader.in_packets += 1
+        reader.in_octets += len(data)
+        now = time.monotonic()
+        sequence = self.on_packet(packet.sequence_number, len(data), now)
+        if sequence < 0:
+            reader.dropped += 1
+            return True
+        level = packet.extensions.get(self._level_id) if self._level_id else None
+        if level:
+            self.level_packets += 1
+            dbov = level[0] & 0x7F
+            if dbov < SPEAKING_DBOV:
+                self.loud_packets += 1
+                self.loud_dbov_sum += dbov
+        offset, padding = packet.payload_offset, packet.padding_size
+        end = len(data) - padding
+        if self._vp8 and end > offset:
+            try:
+                vp8_is_keyframe(data, offset, end)
+            except PacketError:
+                return True  # an unreadable descriptor: not forwarded
+        if not self._targets:
+            return True
+        group = self._group
+        copies, octets = self._forward(self._targets, data, data, sequence, offset, padding, now)
+        if copies:
+            reader.out_packets += copies
+            reader.out_octets += octets
+            if group is not None and group not in reader.pending:
+                reader.pending.append(group)
+        return True
+
+
+_compiled: Any
+try:
+    from sfu.media import _fastpath, _fastrecv
+except ImportError:  # built without a C compiler: no compiled reader to take packets either
+    _compiled, STREAM_FORWARD = None, None
+else:
+    if hasattr(_fastrecv, "Stream") and hasattr(_fastpath, "_C_API"):
+        _compiled, STREAM_FORWARD = _fastrecv.Stream, _fastpath.forward
+    else:  # extensions built from an older tree: no armed streams until they are rebuilt
+        _compiled, STREAM_FORWARD = None, None
+
+
+def new_stream() -> Any:
+    """A layer's `Stream`: the compiled one when built (a compiled route takes only that type),
+    else the reference."""
+    return _compiled() if _compiled is not None else Stream()

@@ -1,0 +1,300 @@
+"""Armed streams: the compiled reader (`sfu.media._fastrecv`) taking a steady-state SSRC's packets
+itself, against the pure-Python reference (`sfu.media.layerstream.Stream` in `fastrecv_py`), on
+real sockets.
+
+Random RTP packets — CSRC lists, one-byte and two-byte extension blocks (well formed, cut short,
+with and without the audio level), padding (valid and not), VP8 descriptors of every shape and
+truncated ones, sequence numbers that wrap, jump and go back, the wrong RTP version — from one
+source whose SSRCs the route knows, with the streams armed, disarmed, re-armed for another SSRC
+and forgotten between them, and "Python" (`on_rtp`: what the receiver would do, the same on both
+sides) arming a stream when asked: both readers must make the same `on_rtp` calls, queue the
+same datagrams on their targets' batches (byte for byte), schedule the same flush groups and
+leave the same numbers in the streams, the targets and the process counts. Each side has its
+own receive session with the same keys. The extension is a component of this project (built at
+install time): a missing one fails here.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from sfu.media import fastpath, layerstream
+from sfu.media.fastpath import Implementation
+from sfu.media.rtp.errors import PacketError
+from sfu.media.rtp.header import RtpPacket
+from tests.sfu.media.test_fastpath import PROFILES
+from tests.sfu.media.test_fastrecv import compiled, sessions, udp_socket
+
+SSRCS = (0x11111111, 0x22222222)
+LEVEL_ID = 1
+
+
+class Group:
+    """A flush group that records when it is scheduled."""
+
+    def __init__(self, log: list[Any], name: str) -> None:
+        self.log, self.name = log, name
+
+    def schedule(self) -> None:
+        self.log.append(("schedule", self.name))
+
+
+class Side:
+    """One implementation: its reader, a source socket, the route, one stream per SSRC, two
+    targets on a batch without a socket, and the calls made."""
+
+    def __init__(self, impl: Implementation, profile: str | None, compiled_side: bool) -> None:
+        self.impl = impl
+        self.sock = udp_socket()
+        self.source = udp_socket()
+        self.calls: list[Any] = []
+        self.reader = impl.reader(self.sock.fileno(), self._fallback)
+        self.receive = None if profile is None else sessions(profile)[1]
+        self.route = impl.route(self.source.getsockname(), self._on_rtp, self.receive)
+        self.reader.add(self.route)
+        for ssrc in SSRCS:
+            self.route.learn(ssrc)
+        make = layerstream.new_stream if compiled_side else layerstream.Stream
+        self.streams = {ssrc: make() for ssrc in SSRCS}
+        self.batch = impl.batch(-1, capacity=4096)
+        self.targets = tuple(
+            impl.target(self.batch, ("127.0.0.1", 40000 + i)) for i in range(2)
+        )  # fmt: skip
+        for t in self.targets:
+            t.ssrc, t.payload_type = 0xABC0 + t.addr[1], 100
+        self.groups = {ssrc: Group(self.calls, f"g{i}") for i, ssrc in enumerate(SSRCS)}
+        self.arm_next: dict[int, tuple[bool, int]] = {}  # ssrc → (vp8, audio level id)
+        self.counts = [0, 0, 0, 0, 0]
+
+    def _fallback(self, data: bytes, addr: Any) -> None:
+        self.calls.append(("fallback", data))
+
+    def _on_rtp(self, data: bytes) -> Any:
+        """What the receiver does in Python, and the stream back when the test armed it."""
+        self.calls.append(("rtp", data))
+        try:
+            packet = RtpPacket.parse(data)
+        except PacketError:
+            return None
+        stream = self.streams.get(packet.ssrc)
+        if stream is None:
+            return None
+        sequence = stream.on_packet(packet.sequence_number, len(data), time.monotonic())
+        if sequence >= 0:
+            self.impl.forward(
+                self.targets, packet, data, sequence, packet.payload_offset,
+                packet.padding_size, time.monotonic(),
+            )  # fmt: skip
+        arm = self.arm_next.pop(packet.ssrc, None)
+        if arm is None:
+            return stream if stream.armed else None
+        stream.arm(
+            packet.ssrc, self.targets, self.groups[packet.ssrc], forward=self.impl.forward,
+            vp8=arm[0], audio_level_id=arm[1],
+        )  # fmt: skip
+        return stream
+
+    def drain(self, pending: int) -> None:
+        deadline = time.monotonic() + 2
+        while pending > 0:
+            got = self.reader.drain(min(64, pending))
+            pending -= got
+            if not got:
+                assert time.monotonic() < deadline, "datagrams did not arrive"
+                time.sleep(0.001)
+        self.counts = [a + b for a, b in zip(self.counts, self.reader.take_counts(), strict=True)]
+
+    def state(self) -> tuple[Any, ...]:
+        streams = [
+            (s.packets, s.octets, s.base_seq, s.max_ext_seq, s.seq_offset, s.seq_continue,
+             s.last_seq, s.level_packets, s.loud_packets, s.loud_dbov_sum, s.armed, s.ssrc)
+            for s in self.streams.values()
+        ]  # fmt: skip
+        targets = [
+            (t.sent_any, t.last_out_seq, t.last_out_ts, t.packets_sent, t.octets_sent,
+             t.last_packet if isinstance(t.last_packet, bytes) else getattr(t.last_packet, "data", None))
+            for t in self.targets
+        ]  # fmt: skip
+        route = (self.route.rtp_packets, self.route.octets, self.route.taken,
+                 self.route.taken_octets, self.route.unprotect_failures, self.route.known)  # fmt: skip
+        return streams, targets, route, self.counts
+
+    def close(self) -> None:
+        self.reader.close()
+        self.batch.close()
+        self.sock.close()
+        self.source.close()
+
+
+def one_byte_block(elements: list[tuple[int, bytes]], cut: int) -> bytes:
+    body = b"".join(bytes([ext_id << 4 | (len(v) - 1) & 0x0F]) + v for ext_id, v in elements)
+    body += bytes(-len(body) % 4)
+    words = len(body) // 4 + cut  # cut > 0: the header claims more than there is
+    return struct.pack("!HH", 0xBEDE, words) + body
+
+
+def two_byte_block(elements: list[tuple[int, bytes]], cut: int) -> bytes:
+    body = b"".join(bytes([ext_id, len(v)]) + v for ext_id, v in elements)
+    body += bytes(-len(body) % 4)
+    return struct.pack("!HH", 0x1000, len(body) // 4 + cut) + body
+
+
+vp8_descriptor = st.one_of(
+    st.binary(min_size=1, max_size=6),  # anything, truncated ones too
+    st.sampled_from([b"\x10", b"\x90\x80\x81\x23", b"\x90\xe0\x85\x01\x07\x40", b"\x10\x00"]),
+)
+element = st.tuples(st.integers(1, 14), st.binary(min_size=1, max_size=4))
+rtp_packet = st.fixed_dictionaries(
+    {
+        "ssrc": st.integers(0, 1),
+        "seq": st.one_of(st.integers(0, 40), st.integers(65500, 65535), st.integers(0, 65535)),
+        "version": st.sampled_from([2, 2, 2, 2, 2, 1]),
+        "marker": st.booleans(),
+        "csrc": st.integers(0, 3),
+        "ext": st.sampled_from([None, None, "one", "one", "two"]),
+        "elements": st.lists(element, max_size=3),
+        "level": st.one_of(st.none(), st.integers(0, 127)),
+        "cut": st.sampled_from([0, 0, 0, 0, 1]),
+        "descriptor": vp8_descriptor,
+        "payload": st.binary(max_size=40),
+        "padding": st.sampled_from([0, 0, 0, 3, -1]),  # -1: a count that overruns the packet
+    }
+)
+
+
+def build(p: dict[str, Any]) -> bytes:
+    elements = list(p["elements"])
+    if p["level"] is not None:
+        elements.append((LEVEL_ID, bytes([p["level"]])))
+    ext = b""
+    if p["ext"] == "one":
+        ext = one_byte_block(elements, p["cut"])
+    elif p["ext"] == "two":
+        ext = two_byte_block(elements, p["cut"])
+    padding = b""
+    if p["padding"] > 0:
+        padding = bytes(p["padding"] - 1) + bytes([p["padding"]])
+    elif p["padding"] < 0:
+        padding = b"\xff"
+    b0 = p["version"] << 6 | (0x10 if ext else 0) | (0x20 if padding else 0) | p["csrc"]
+    head = struct.pack(
+        "!BBHII", b0, (0x80 if p["marker"] else 0) | 96, p["seq"], p["seq"] * 3000,
+        SSRCS[p["ssrc"]],
+    )  # fmt: skip
+    return head + bytes(4 * p["csrc"]) + ext + p["descriptor"] + p["payload"] + padding
+
+
+operations = st.one_of(
+    st.tuples(st.just("send"), rtp_packet),
+    st.tuples(st.just("send"), rtp_packet),
+    st.tuples(st.just("send"), rtp_packet),
+    st.tuples(st.just("send"), rtp_packet),
+    st.tuples(st.just("arm"), st.integers(0, 1), st.booleans(), st.sampled_from([0, LEVEL_ID, 5])),
+    st.tuples(st.just("disarm"), st.integers(0, 1)),
+    st.tuples(st.just("forget"), st.integers(0, 1)),
+    st.tuples(st.just("learn"), st.integers(0, 1)),
+    st.tuples(st.just("drain")),
+)
+
+
+@pytest.fixture
+def pair_factory() -> Iterator[Any]:
+    made: list[Side] = []
+
+    def make(profile: str | None) -> tuple[Side, Side]:
+        sides = (Side(compiled(), profile, True), Side(fastpath.PYTHON, profile, False))
+        made.extend(sides)
+        return sides
+
+    yield make
+    for side in made:
+        side.close()
+
+
+@settings(
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    profile=st.sampled_from([None, next(iter(PROFILES))]),
+    arms=st.lists(st.tuples(st.booleans(), st.sampled_from([0, LEVEL_ID])), min_size=2, max_size=2),
+    ops=st.lists(operations, min_size=5, max_size=60),
+)
+def test_armed_streams_agree_with_the_reference(
+    pair_factory: Any, profile: str | None, arms: list[Any], ops: list[tuple[Any, ...]]
+) -> None:
+    sides = pair_factory(profile)
+    for side in sides:  # the first packet of each SSRC arms its stream
+        side.arm_next = {ssrc: arm for ssrc, arm in zip(SSRCS, arms, strict=True)}
+    sender = None if profile is None else sessions(profile)[0]
+    pending = 0
+    for op in ops:
+        kind = op[0]
+        if kind == "send":
+            data = build(op[1])
+            if sender is not None:
+                if data[0] >> 6 != 2:
+                    continue  # libsrtp protects RTP only
+                try:
+                    data = sender.protect(data)
+                except Exception:  # a header libsrtp will not protect
+                    continue
+            for side in sides:
+                side.source.sendto(data, side.sock.getsockname())
+            pending += 1
+        elif kind == "arm":
+            for side in sides:
+                side.arm_next[SSRCS[op[1]]] = (op[2], op[3])
+        elif kind == "disarm":
+            for side in sides:
+                side.streams[SSRCS[op[1]]].disarm()
+        elif kind in ("forget", "learn"):
+            for side in sides:
+                getattr(side.route, kind)(SSRCS[op[1]])
+        else:
+            for side in sides:
+                side.drain(pending)
+            pending = 0
+            assert sides[0].calls == sides[1].calls
+            assert sides[0].batch.pending() == sides[1].batch.pending()
+    for side in sides:
+        side.drain(pending)
+    assert sides[0].calls == sides[1].calls
+    assert sides[0].batch.pending() == sides[1].batch.pending()
+    assert sides[0].state() == sides[1].state()
+    if sides[0].route.taken:
+        event("the reader took some packets itself")
+    if any(c[0] == "schedule" for c in sides[0].calls):
+        event("flush groups scheduled")
+
+
+@pytest.mark.parametrize("name", ["compiled", "python"])
+def test_a_stream_arms_only_with_its_own_forward(name: str) -> None:
+    stream = layerstream.new_stream() if name == "compiled" else layerstream.Stream()
+    impl = compiled() if name == "compiled" else fastpath.PYTHON
+    batch = impl.batch(-1)
+    target = impl.target(batch, ("127.0.0.1", 40000))
+    with pytest.raises(TypeError):
+        stream.arm(1, [target], None, forward=impl.forward)  # a list, not a tuple
+    with pytest.raises(ValueError):
+        stream.arm(1 << 32, (target,), None, forward=impl.forward)
+    if name == "compiled":
+        with pytest.raises(TypeError):
+            stream.arm(1, (target,), None, forward=fastpath.PYTHON.forward)
+        with pytest.raises(TypeError):  # a reference target
+            stream.arm(1, (fastpath.PYTHON.target(batch, ("127.0.0.1", 1)),), None,
+                       forward=impl.forward)  # fmt: skip
+    assert not stream.armed
+    stream.arm(7, (target,), None, forward=impl.forward)
+    assert stream.armed and stream.ssrc == 7
+    stream.disarm()
+    assert not stream.armed
+    batch.close()
