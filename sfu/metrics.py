@@ -53,6 +53,7 @@ class Counters:
     layer_switches: int = 0
     allocation_pauses: int = 0  # video tracks the allocator paused (the link too thin)
     probe_packets: int = 0  # padding-only probe packets sent to find more bandwidth
+    padding_absorbed: int = 0  # publishers' padding-only packets not passed on to a thin link
     probes: int = 0  # probe clusters started
     #: subscriber bandwidth estimates, one observation per allocation (every subscriber link
     #: about every 250 ms): ≤ ESTIMATE_BUCKETS[i], the last slot for larger ones, and their sum
@@ -169,6 +170,11 @@ class _Collector(Collector):
             ),
             ("sfu_probes", "padding probes started towards subscribers", c.probes),
             ("sfu_probe_packets", "padding-only probe packets sent", c.probe_packets),
+            (
+                "sfu_padding_absorbed",
+                "publishers' padding-only packets not passed on to a subscriber held below its layer",
+                c.padding_absorbed,
+            ),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),

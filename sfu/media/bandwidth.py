@@ -16,7 +16,8 @@ arrived, and the bandwidth estimate that follows.
 - probe clusters: the transport-wide sequence numbers a padding probe spanned, measured when
   the feedback covering them arrives (`sfu.media.gcc.GoogCc.probe_result`);
 - the retransmission budget: a token bucket refilled at the share of the estimate that the
-  allocation leaves (at least `RETRANSMIT_SHARE`, none while the estimator sees overuse).
+  allocation leaves (at least `RETRANSMIT_SHARE`; only that while the last loss window lost
+  more than `sfu.media.gcc.LOSS_HIGH`; none while the estimator sees overuse).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from sfu.media import fastpath
 from sfu.media.fastpath_py import TWCC_HISTORY, transport_cc_block
-from sfu.media.gcc import GoogCc, PacketResult
+from sfu.media.gcc import LOSS_HIGH, GoogCc, PacketResult
 from sfu.media.rtp import rtcp
 
 __all__ = ["SubscriberBandwidth"]
@@ -224,7 +225,13 @@ class SubscriberBandwidth:
             self._tokens = 0.0
             self.retransmits_refused += 1
             return False
-        rate = max(estimate - self.committed, RETRANSMIT_SHARE * estimate) / 8
+        if self.gcc.loss_fraction > LOSS_HIGH:
+            # the link drops what it is sent: resends get only their floor share, not the
+            # estimate's headroom (which may be stale: answering every NACK of a link that just
+            # got thinner is what deepens its congestion)
+            rate = RETRANSMIT_SHARE * estimate / 8
+        else:
+            rate = max(estimate - self.committed, RETRANSMIT_SHARE * estimate) / 8
         if self._tokens_at >= 0:
             self._tokens = min(
                 self._tokens + rate * max(now - self._tokens_at, 0.0), rate * RETRANSMIT_BURST

@@ -190,6 +190,12 @@ class DownTrack:
     def set_allocation(self, layer: int) -> None:
         """The allocator's layer for this track (-1: paused, the link cannot carry it).
         Layers still change on key frames only; a pause stops forwarding at once."""
+        constrained = self.constrained
+        self._set_allocation(layer)
+        if constrained != self.constrained:
+            self.receiver.fanout_changed()
+
+    def _set_allocation(self, layer: int) -> None:
         paused = layer < 0
         if paused != self.allocation_paused:
             self.allocation_paused = paused
@@ -213,7 +219,10 @@ class DownTrack:
             return
         if layer == self.max_layer:
             return
+        constrained = self.constrained
         self.max_layer = layer
+        if constrained != self.constrained:
+            self.receiver.fanout_changed()
         self._limit_changed()
 
     def _limit_changed(self) -> None:
@@ -252,11 +261,20 @@ class DownTrack:
         self.receiver.fanout_changed()
 
     # -- fast path ----------------------------------------------------------------------------
+    @property
+    def constrained(self) -> bool:
+        """The allocator holds this track below its preferred layer (or pauses it): its link is
+        thin, and the publisher's padding is not passed on (`write`), so it takes the Python
+        fan-out, where that is decided per packet."""
+        return self.allocation_paused or self.allocated_layer < self.max_layer
+
     def fast(self, layer: int) -> tuple[Any, Any, Any] | None:
         """(forward, target, batch) when the receiver may forward `layer`'s packets to this track
         with one compiled `forward` call for all such tracks (`sfu.media.fastpath`): started,
         enabled, forwarding that layer. The receiver asks again after `fanout_changed`."""
         if not self.started or not self.forwarding or self.current_layer != layer:
+            return None
+        if self.constrained and self.receiver.is_video:
             return None
         return self._fast
 
@@ -323,6 +341,8 @@ class DownTrack:
             padding_only or not self._maybe_switch(packet, sequence, layer, keyframe)
         ):
             return
+        if padding_only and self.constrained and self._absorb_padding(sequence):
+            return
         if self._fast is not None:
             forward, target, batch = self._fast
             copies, octets = forward(
@@ -357,6 +377,21 @@ class DownTrack:
         self._send(data)
         if ext:
             self.bandwidth.sent(len(data))  # type: ignore[union-attr]
+
+    def _absorb_padding(self, sequence: int) -> bool:
+        """Drop the publisher's padding-only packet `sequence` instead of passing it on, when
+        it is the next one in order: the media after it is renumbered one down, so the
+        subscriber sees no hole. (libwebrtc probes its uplink with bursts of padding, hundreds
+        of packets a second; passed on, each costs a thin downlink a datagram.) Packets older
+        than it are no longer forwarded, as after a switch. Whether it was dropped."""
+        self._pull()
+        if not self._sent_any or sequence != self._last_out_seq + self._seq_offset + 1:
+            return False
+        self._seq_offset += 1
+        self._switch_seq = max(self._switch_seq, sequence + 1)
+        COUNTERS.padding_absorbed += 1
+        self._push()
+        return True
 
     def _build(
         self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool, ext: bytes

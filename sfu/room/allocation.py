@@ -18,8 +18,7 @@ default by height), or the nominal one while it is not received. A layer above t
 allocated now costs `UPGRADE_MARGIN` more, and a paused track resumes only after
 `PAUSED_MIN_WAIT`, when its lowest layer fits `RESUME_MARGIN` times over (the key frame it
 starts on is several times a second's worth): an estimate hovering at a boundary does not
-flap. Without a congestion signal (overuse, or more than `LOSS_CONGESTED` lost) a step down
-or a pause waits
+flap. Without a congestion signal (overuse, or more than `LOSS_CONGESTED` lost) a step down waits
 `DOWNGRADE_HOLD`: a key frame's second measures a layer high, and an application-limited
 link's estimate is only what it carried. Layers change on key
 frames only (the down track waits for one), and key-frame requests are throttled per layer at
@@ -27,20 +26,18 @@ the publisher (`TrackReceiver.request_keyframe`), so many subscribers moving at 
 PLI per layer and throttle window, not one each. With no estimate (no feedback yet) nothing is
 held back.
 
-While some track is below its preferred layer, a probe is sent every `PROBE_INTERVAL` (doubling
-after each probe that did not raise the estimate, up to `PROBE_INTERVAL_MAX`; `PROBE_AFTER_SUCCESS`
-after one that did): for
-`PROBE_DURATION` the transport carries padding-only packets on video streams (forwarded or
-paused), in `PROBE_TICK` steps, enough to bring the link to the rate the next step needs ×
-`PROBE_OVERAGE` (at least `PROBE_MIN` above the estimate, at most `PROBE_MAX_FACTOR` times it, twice it after a
-probe that failed).
-The first probe goes out as soon as a track is short of its preferred layer. What the feedback says of it is
-`SubscriberBandwidth`'s to measure.
+While some track is below its preferred layer, `sfu.room.probe.Prober` sends padding probes to
+find more room (not while a pause is being held: the link is believed full then).
+
+A pause is the last resort. A track forwarding its lowest layer keeps it while the budget covers
+`PAUSE_MARGIN` of that layer's nominal cost (one overuse sets the estimate to 0.85 × what
+arrived, which is below what is being sent); below that, the pause still waits `PAUSE_HOLD`
+when loss was reported meanwhile, `PAUSE_HOLD_LOSSLESS` when only delay grew (a queue, or a
+receiver whose CPU stalls and stamps arrivals late), the track at its lowest layer meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -48,9 +45,9 @@ from dataclasses import dataclass, field
 from livekit.protocol import models
 
 from sfu.media.bandwidth import SubscriberBandwidth
-from sfu.media.forwarder import PROBE_PADDING
 from sfu.metrics import COUNTERS
 from sfu.room.media import Forwarding
+from sfu.room.probe import LOSS_CONGESTED, PROBE_OVERAGE, Prober
 from sfu.room.publication import Subscription
 
 log = logging.getLogger(__name__)
@@ -60,24 +57,22 @@ RESUME_MARGIN = 2.0
 PAUSED_MIN_WAIT = 3.0
 #: seconds between allocations driven by feedback (a drop of the estimate runs one at once)
 ALLOCATE_INTERVAL = 0.25
-PROBE_INTERVAL = 2.0
-PROBE_INTERVAL_MAX = 4.0
-PROBE_AFTER_SUCCESS = 0.5
 #: a step down (or a pause) without a congestion signal waits this long: an estimate that is
 #: only what an application-limited link carried says little about what it could carry
 DOWNGRADE_HOLD = 1.0
-PROBE_DURATION = 0.3
-PROBE_TICK = 0.02
-PROBE_OVERAGE = 1.2
-PROBE_MIN = 200_000
-PROBE_MAX_FACTOR = 3
+#: the lowest layer is paused only after the allocation asked for it this long without a break
+PAUSE_HOLD = 2.0
+#: ... or this long when no loss over `LOSS_PAUSE` was reported meanwhile: delay alone (a queue,
+#: or a receiver whose CPU stalls and stamps arrivals late) is not enough to give video up
+PAUSE_HOLD_LOSSLESS = 5.0
+LOSS_PAUSE = 0.02
+#: a track forwarding its lowest layer keeps it while the budget covers this share of it
+PAUSE_MARGIN = 0.7
 AUDIO_DEFAULT = 40_000
 #: bits per second assumed for a layer nothing was measured or declared for, by height
 DEFAULT_BITRATES = ((180, 150_000), (360, 500_000), (540, 900_000), (720, 1_700_000))
 DEFAULT_BITRATE_TOP = 3_000_000
 NOMINAL_CEILING = 1.5
-LOSS_CONGESTED = 0.10
-_PROBE_PACKET_BITS = (12 + 8 + PROBE_PADDING) * 8
 
 
 def nominal_bitrate(sub: Subscription, layer: int) -> int:
@@ -167,7 +162,12 @@ def allocate(
         since = paused_since.get(downtrack)
         waiting = since is not None and now - since < PAUSED_MIN_WAIT
         price = cost(sub, 0)
-        if not waiting and price <= budget:
+        # hysteresis: what is forwarded now is given up only well below its cost (one overuse
+        # sets the estimate to 0.85 × what arrived, which is below what is being sent)
+        # (at its nominal cost at most: a second with a key frame in it measures high)
+        keep = downtrack.allocated_layer >= 0 and not downtrack.allocation_paused
+        least = PAUSE_MARGIN * min(price, nominal_bitrate(sub, 0))
+        if not waiting and (price <= budget or (keep and least <= budget)):
             chosen[downtrack] = 0
             budget -= price
         else:
@@ -230,14 +230,11 @@ class StreamAllocator:
         self.speakers: set[str] = set()
         self._paused_since: dict[Forwarding, float] = {}
         self._down_since: dict[Forwarding, float] = {}
+        self._pause_since: dict[Forwarding, float] = {}
+        self._lossy_at = -1.0  # when feedback last reported loss over LOSS_PAUSE
         self._last_run = -1.0
         self._last_estimate = 0
-        self._next_probe = 0.0
-        self._probe_interval = PROBE_INTERVAL
-        self._probe_start_estimate = 0
-        self._probe_timer: asyncio.TimerHandle | None = None
-        self._probe_left = 0.0
-        self._probe_packets_per_tick = 0
+        self.prober = Prober(bandwidth, subscriptions, clock)
         self.last: Allocation | None = None
         self.closed = False
 
@@ -265,7 +262,7 @@ class StreamAllocator:
             return
         self._last_estimate = estimate
         result = allocate(subs, estimate, self.speakers, self._paused_since, now)
-        self._hold_downgrades(result, now)
+        held = self._hold_downgrades(result, now)
         self.last = result
         COUNTERS.observe_estimate(estimate)
         COUNTERS.allocated_at_preferred += result.at_preferred
@@ -296,79 +293,47 @@ class StreamAllocator:
             del self._paused_since[downtrack]
         if changed:
             self._on_paused_changed()
-        self._maybe_probe(result, estimate, now)
+        if not held:  # the link is believed full: a probe would overfill it
+            wanted = max(result.committed + result.next_step, result.desired / PROBE_OVERAGE)
+            self.prober.maybe_probe(
+                deficient=result.deficient,
+                estimate=estimate,
+                committed=result.committed,
+                wanted=wanted,
+                now=now,
+            )
 
-    def _hold_downgrades(self, result: Allocation, now: float) -> None:
-        """Without congestion (overuse, or heavy loss), a step down waits `DOWNGRADE_HOLD`."""
+    def _hold_downgrades(self, result: Allocation, now: float) -> bool:
+        """Without congestion (overuse, or heavy loss), a step down waits `DOWNGRADE_HOLD`; a
+        pause always waits `PAUSE_HOLD`, the track at its lowest layer meanwhile. Whether some
+        track is held so (the estimate is below even the lowest layers: no probe then)."""
+        held = False
         gcc = self.bandwidth.gcc
         congested = self.bandwidth.overusing or gcc.loss_fraction > LOSS_CONGESTED
+        if gcc.loss_fraction > LOSS_PAUSE:
+            self._lossy_at = now
         for downtrack, layer in result.layers.items():
             current = -1 if downtrack.allocation_paused else downtrack.allocated_layer
-            if layer >= current or congested:
-                self._down_since.pop(downtrack, None)
-                continue
-            since = self._down_since.setdefault(downtrack, now)
-            if now - since < DOWNGRADE_HOLD:
-                result.layers[downtrack] = current
-
-    # -- probes ----------------------------------------------------------------------------------
-    def _maybe_probe(self, result: Allocation, estimate: int, now: float) -> None:
-        if self._probe_timer is not None or self.bandwidth.probing:
-            return
-        if self._probe_start_estimate:  # the last probe's outcome is known by now
-            if estimate > self._probe_start_estimate * 1.05:
-                # it proved more: the next step's probe soon (libwebrtc probes on, exponentially)
-                self._probe_interval = PROBE_INTERVAL
-                self._next_probe = min(self._next_probe, now + PROBE_AFTER_SUCCESS)
+            if layer >= 0 or current < 0:
+                self._pause_since.pop(downtrack, None)
             else:
-                self._probe_interval = min(self._probe_interval * 2, PROBE_INTERVAL_MAX)
-            self._probe_start_estimate = 0
-        if not result.deficient or not self.bandwidth.stamping or now < self._next_probe:
-            return
-        # enough to prove the next step with room to spare, within bounds of what is known
-        goal = max((result.committed + result.next_step) * PROBE_OVERAGE, result.desired)
-        factor = PROBE_MAX_FACTOR if self._probe_interval == PROBE_INTERVAL else 2
-        goal = min(max(goal, estimate + PROBE_MIN), factor * estimate)
-        padding_rate = goal - result.committed
-        if padding_rate <= 0:
-            return
-        self._next_probe = now + self._probe_interval
-        self._probe_start_estimate = estimate
-        self._probe_left = PROBE_DURATION
-        self._probe_packets_per_tick = max(1, round(padding_rate * PROBE_TICK / _PROBE_PACKET_BITS))
-        self.bandwidth.start_probe()
-        COUNTERS.probes += 1
-        self._probe_tick()
-
-    def _probe_tick(self) -> None:
-        self._probe_timer = None
-        if self.closed:
-            self.bandwidth.abandon_probe()
-            return
-        left = self._probe_packets_per_tick
-        for sub in self._subscriptions():
-            if left <= 0:
-                break
-            if sub.track.receiver.is_video:
-                left -= sub.downtrack.send_padding(left)
-        self._probe_left -= PROBE_TICK
-        if self._probe_left <= 0:
-            self.bandwidth.end_probe()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a synchronous test): the probe ends here
-            self.bandwidth.end_probe()
-            return
-        self._probe_timer = loop.call_later(PROBE_TICK, self._probe_tick)
+                since = self._pause_since.setdefault(downtrack, now)
+                hold = PAUSE_HOLD if self._lossy_at >= since else PAUSE_HOLD_LOSSLESS
+                if now - since < hold:
+                    layer = 0
+                    held = True
+            if layer >= current or congested or layer < 0:  # (a pause waited its own hold)
+                self._down_since.pop(downtrack, None)
+            elif now - self._down_since.setdefault(downtrack, now) < DOWNGRADE_HOLD:
+                layer = current
+            result.layers[downtrack] = layer
+        return held
 
     def forget(self, downtrack: Forwarding) -> None:
         self._paused_since.pop(downtrack, None)
         self._down_since.pop(downtrack, None)
+        self._pause_since.pop(downtrack, None)
 
     def close(self) -> None:
         self.closed = True
-        if self._probe_timer is not None:
-            self._probe_timer.cancel()
-            self._probe_timer = None
-        self.bandwidth.abandon_probe()
+        self.prober.close()

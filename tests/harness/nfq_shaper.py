@@ -12,6 +12,10 @@ listener set NFQA_CFG_F_GSO (netfilterqueue never does). Every datagram gets its
 loss never takes out a whole batch, and whatever comes after the hook (the rate cap's qdisc)
 sees single datagrams too.
 
+It runs at `NICENESS` (root lowers it): a router does not stall for tens of milliseconds when
+the test machine's other processes are busy, and a shaper that did would add queueing delay
+the rate cap never asked for, which the SFU's estimator rightly reads as congestion.
+
 Bounded: at most ``--max-held`` packets are held (beyond that a packet is dropped and counted
 as overflow), a delay is at most ``MAX_DELAY_MS``, and the process exits by itself after
 ``--max-seconds``, on SIGTERM or at end of input; every held packet is accepted on the way out.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -38,6 +43,7 @@ from typing import Any
 from netfilterqueue import COPY_META, NetfilterQueue, Packet
 
 MAX_DELAY_MS = 2000.0
+NICENESS = -10
 KERNEL_QUEUE_LEN = 8192
 QUEUE_NUMBERS = (20000, 60000)
 BIND_ATTEMPTS = 20
@@ -169,6 +175,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-held", type=int, default=4096)
     parser.add_argument("--max-seconds", type=float, default=900.0)
     args = parser.parse_args(argv)
+    with contextlib.suppress(OSError):  # not root: the default priority
+        os.setpriority(os.PRIO_PROCESS, 0, NICENESS)
     shaper = Shaper(args.loss, args.delay_ms, args.seed, args.max_held)
     nfq = NetfilterQueue()
     number = bind_free_queue(nfq, shaper)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sfu.media import fastpath, fastpath_py
-from sfu.media.bandwidth import SubscriberBandwidth
+from sfu.media.bandwidth import RETRANSMIT_BURST, RETRANSMIT_SHARE, SubscriberBandwidth
 from sfu.media.forwarder import PROBE_PADDING
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.extensions import decode_transport_cc
@@ -227,3 +227,25 @@ def test_congestion_control_off_holds_nothing_back(clock: FakeClock) -> None:
     bandwidth.sent(1000)
     bandwidth.on_transport_cc(feedback({0: 1000}))
     assert bandwidth.estimate is None and bandwidth.allow_retransmit(1 << 20)
+
+
+def test_a_lossy_link_gets_only_the_floor_share_of_resends(clock: FakeClock) -> None:
+    """While the last loss window lost over 10 %, NACK answers refill at RETRANSMIT_SHARE of the
+    estimate only, not at the headroom the allocation leaves (the estimate may be stale)."""
+
+    def resent(loss: float) -> int:
+        bandwidth = link(clock)
+        bandwidth.transport_cc_seen = True
+        bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 1_000_000
+        bandwidth.gcc.loss_fraction = loss
+        bandwidth.committed = 200_000
+        bytes_sent = 0
+        for _ in range(100):  # one second, 10 ms apart
+            clock.advance(0.01)
+            while bandwidth.allow_retransmit(1000):
+                bytes_sent += 1000
+        return bytes_sent
+
+    assert resent(0.0) > 700_000 // 8
+    lossy = resent(0.3)
+    assert lossy <= (RETRANSMIT_SHARE * (1 + RETRANSMIT_BURST)) * 1_000_000 / 8 + 1000

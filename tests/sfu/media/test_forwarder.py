@@ -426,6 +426,28 @@ def test_a_padding_probe_never_starts_a_switch(clock: FakeClock) -> None:
     assert rig.out_layers()[n:] == [0, 0] and rig.downtrack.current_layer == 0
 
 
+def test_a_publishers_padding_reaches_a_thin_link_as_nothing(clock: FakeClock) -> None:
+    """Held below its preferred layer by the allocator, a down track does not pass on the
+    publisher's padding-only packets (libwebrtc probes its uplink with hundreds a second), and
+    renumbers the media after them so the subscriber sees no hole; at its preferred layer it
+    passes them on (shrunk), as before."""
+    rig = Rig(clock)
+    rig.downtrack.start()
+    rig.tick(layers=(0,), keys=(0,))
+    assert rig.feed(0, rig.sources[0].probe()) is not None  # unconstrained: passed on
+    rig.downtrack.max_layer = 2
+    rig.downtrack.set_allocation(0)  # the link carries the lowest layer only
+    assert rig.downtrack.constrained
+    n = len(rig.sent)
+    for _ in range(3):
+        assert rig.feed(0, rig.sources[0].probe()) is None
+    rig.tick(layers=(0,))
+    rig.tick(layers=(0,))
+    assert len(rig.sent) == n + 4 and set(rig.out_layers()[n:]) == {0}
+    assert_continuous(rig.sent)
+    assert_payloads_untouched(rig)
+
+
 # --- layer switches ------------------------------------------------------------------------------
 
 

@@ -51,9 +51,16 @@ def run(
         while t >= next_feedback:
             # what arrived by now (+ the return trip) is reported
             cutoff = next_feedback - 0.02
-            ready = [p for p in pending if p.arrival is None or p.arrival <= cutoff]
-            if ready and (ready[-1].arrival or 0) <= cutoff:
-                pending = pending[len(ready) :]
+            # the packets up to the first one still on its way (a lost one is known lost once
+            # it would have arrived: sent a one-way trip before the cutoff)
+            count = 0
+            for p in pending:
+                due = p.arrival if p.arrival is not None else p.send_time + 0.02
+                if due > cutoff:
+                    break
+                count += 1
+            ready, pending = pending[:count], pending[count:]
+            if ready:
                 lost = sum(p.arrival is None for p in ready)
                 gcc.on_feedback([p for p in ready if p.arrival is not None], lost, next_feedback)
             next_feedback += FEEDBACK_INTERVAL
@@ -117,3 +124,22 @@ def test_a_probe_proves_its_rate() -> None:
     assert gcc.estimate == 1_950_000
     gcc.probe_result(4_000_000, 2_000_000)  # the link did not carry it: no change
     assert gcc.estimate == 1_950_000
+
+
+def test_random_loss_under_ten_percent_holds_the_estimate() -> None:
+    """5 % random (not congestive) loss: the loss-based rate holds (GCC §6 decreases only above
+    10 %), and loss windows long enough that chance does not push one over 10 % and ratchet it
+    down."""
+    gcc = GoogCc(start=3_000_000)
+    run(gcc, Link(10_000_000), 10, demand=2_500_000)
+    before = gcc.estimate
+    samples = run(gcc, Link(10_000_000, loss=0.05), 20, start=10, demand=2_500_000)
+    assert min(e for _, e in samples) > 0.9 * min(before, 2_500_000), samples
+
+
+def test_a_saturated_probe_still_proves_what_arrived() -> None:
+    """A probe the link did not carry in full still carried what arrived: the overuse it caused
+    does not leave the delay-based rate below BETA × that."""
+    gcc = GoogCc(start=150_000)
+    gcc.probe_result(1_000_000, 560_000)
+    assert gcc.delay_based == int(0.85 * 560_000)

@@ -13,9 +13,19 @@ from livekit.protocol import models
 from sfu.ids import ParticipantIdentity, ParticipantSid
 from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.forwarder import DownTrack
+from sfu.media.gcc import PacketResult
 from sfu.media.receiver import TrackReceiver
-from sfu.room.allocation import DOWNGRADE_HOLD, PAUSED_MIN_WAIT, StreamAllocator, allocate
+from sfu.room.allocation import (
+    DOWNGRADE_HOLD,
+    PAUSE_HOLD,
+    PAUSE_HOLD_LOSSLESS,
+    PAUSE_MARGIN,
+    PAUSED_MIN_WAIT,
+    StreamAllocator,
+    allocate,
+)
 from sfu.room.permission import SubscriptionPermissions
+from sfu.room.probe import PROBE_MAX_FACTOR, PROBE_PACKET_BITS, PROBE_QUEUE
 from sfu.room.publication import PublishedTrack, Subscription
 from tests.sfu.conftest import FakeClock
 
@@ -123,7 +133,14 @@ def test_the_allocation_is_applied_and_a_pause_does_not_flap(clock: FakeClock) -
     bandwidth.remb = 100_000  # a REMB-only client on a thin link
     allocator.run()
     assert not camera.allocation_paused  # no congestion signal: the step down waits
+    assert camera.allocated_layer == 2
     clock.advance(DOWNGRADE_HOLD)
+    allocator.run()
+    assert not camera.allocation_paused and camera.allocated_layer == 0  # the lowest first
+    clock.advance(PAUSE_HOLD - DOWNGRADE_HOLD)
+    allocator.run()
+    assert not camera.allocation_paused  # delay alone, no loss: video is not given up yet
+    clock.advance(PAUSE_HOLD_LOSSLESS - PAUSE_HOLD)
     allocator.run()
     assert camera.allocation_paused and not camera.forwarding and camera.paused
     assert camera.subscribed_layer == -1 and changed == [1]
@@ -159,4 +176,91 @@ def test_probes_only_when_deficient(clock: FakeClock) -> None:
     allocator.run()  # 360p fits, 720p does not: a probe (it ends at once without a loop)
     assert allocator.last is not None and allocator.last.deficient
     assert bandwidth._cluster is None or bandwidth._cluster.last >= -1
+    allocator.close()
+
+
+def congested(bandwidth: SubscriberBandwidth, estimate: int, loss: float = 0.0) -> None:
+    """The estimator's state after an overuse (and `loss` reported)."""
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.usage = "overusing"
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = estimate
+    bandwidth.gcc.loss_fraction = loss
+
+
+def test_one_overuse_at_the_lowest_layer_does_not_pause(clock: FakeClock) -> None:
+    """An overuse sets the estimate to 0.85 × what arrived, below what is being sent: the lowest
+    layer is kept while the budget covers PAUSE_MARGIN of it; lower still, the pause waits
+    PAUSE_HOLD with loss reported, and the track keeps its lowest layer meanwhile."""
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    camera = subs[0].downtrack
+    bandwidth = SubscriberBandwidth(clock)
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    congested(bandwidth, AUDIO + LAYERS[0] + 1000)
+    allocator.run()
+    assert camera.allocated_layer == 0 and not camera.allocation_paused
+    congested(bandwidth, int(0.85 * (AUDIO + LAYERS[0])))
+    for _ in range(int(PAUSE_HOLD_LOSSLESS / 0.5) + 2):
+        clock.advance(0.5)
+        allocator.run()
+        assert camera.allocated_layer == 0 and not camera.allocation_paused
+    # far below, with loss: the pause waits PAUSE_HOLD, at the lowest layer
+    congested(bandwidth, AUDIO + int(PAUSE_MARGIN * LAYERS[0] / 2), loss=0.2)
+    allocator.run()
+    assert not camera.allocation_paused
+    clock.advance(PAUSE_HOLD)
+    allocator.run()
+    assert camera.allocation_paused
+    allocator.close()
+
+
+def test_a_probe_puts_a_bounded_queue_on_the_link(clock: FakeClock) -> None:
+    """A probe runs at most PROBE_MAX_FACTOR × the estimate, and only as long as it takes to put
+    PROBE_QUEUE seconds of what the link drains beyond it; none while the link is congested."""
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    bandwidth = SubscriberBandwidth(clock)
+    bandwidth.sequence.ext_id = 3
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    estimate = AUDIO + LAYERS[1] + 1000  # 360p fits, 720p does not: deficient
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = estimate
+    bandwidth.gcc.usage = "overusing"
+    allocator.run()
+    assert not bandwidth.probing  # congested: no probe
+    bandwidth.gcc.usage = "normal"
+    clock.advance(10)
+    allocator.run()  # without a loop the probe is one tick
+    assert allocator.last is not None and allocator.last.deficient
+    padding = allocator.prober.rate * PROBE_PACKET_BITS
+    assert allocator.last.committed + padding <= PROBE_MAX_FACTOR * estimate * 1.05
+    excess = allocator.last.committed + padding - estimate
+    assert excess * allocator.prober.left <= PROBE_QUEUE * estimate * 1.01
+    allocator.close()
+
+
+def test_a_paused_track_still_probes_its_way_back(clock: FakeClock) -> None:
+    """Paused, the link carries audio only: the probe is bounded by that, but still goes above the
+    estimate (else an estimate that is not carried now could never grow, and the track never
+    resume)."""
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    bandwidth = SubscriberBandwidth(clock)
+    bandwidth.sequence.ext_id = 3
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    subs[0].downtrack.set_allocation(-1)
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 2 * AUDIO + LAYERS[0]  # no resume yet
+    for t in range(40):  # 0.5 s of arrivals at the audio's rate: the acknowledged rate
+        bandwidth.gcc._on_arrival(PacketResult(t, t / 80, AUDIO // 8 // 80, 1.0 + t / 80))
+    clock.advance(PAUSED_MIN_WAIT + 1)
+    allocator.run()
+    assert subs[0].downtrack.allocation_paused
+    padding = allocator.prober.rate * PROBE_PACKET_BITS
+    assert bandwidth.probing or padding > 0
+    assert allocator.last is not None
+    assert allocator.last.committed + padding > bandwidth.estimate  # type: ignore[operator]
     allocator.close()
