@@ -337,8 +337,8 @@ async def test_chrome_decodes_its_own_q_layer_forwarded_by_subscriber_transport(
 
             subscriber.send_data("_reliable", b"to chrome")
             # whether the channels come up, not how fast: once, in a full `make test`, the
-            # reliable one took over 5 s after the video (the SCTP association's retransmission
-            # timers start at 1 s and double)
+            # reliable one took over 5 s after the video (a lost SCTP INIT or COOKIE is resent
+            # after 3 s, RFC 4960's RTO.Initial and aiortc's, then after 6 s)
             await wait_for(lambda: ("_reliable", b"sub _reliable") in sub_data, 15, "dc up")
             await wait_for(lambda: ("_lossy", b"sub _lossy") in sub_data, 15, "lossy dc up")
 
