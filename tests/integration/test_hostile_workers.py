@@ -11,8 +11,7 @@ the suite short: the attacks on a connected peer, the UDP ports and the data cha
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -21,7 +20,7 @@ import pytest_asyncio
 from tests.harness.hostile_stage import Stage, StageHolder, stage_holder
 from tests.integration import test_hostile as signalling
 from tests.integration import test_hostile_media as media
-from tests.integration.test_workers import worker_metrics
+from tests.integration.test_workers import until, worker_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 #: the suites' per-test fixture, on this module's `holder`
@@ -48,11 +47,13 @@ async def test_the_call_crosses_the_workers(stage: Stage) -> None:
     """Bob decodes alice's frames (the stage waits for ten) through the relay. The workers
     report their counters once a second, so the first relayed packets may show in the next."""
     relayed = ("sfu_worker_relay_received_total", "0")
-    deadline = time.monotonic() + REPORT_WAIT_S
+
+    async def reported() -> bool:
+        return bool((await worker_metrics(stage.sfu)).get(relayed))
+
+    with contextlib.suppress(AssertionError):  # the assertions below say what is missing
+        await until(reported, "a relay report", REPORT_WAIT_S)
     metrics = await worker_metrics(stage.sfu)
-    while not metrics.get(relayed) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        metrics = await worker_metrics(stage.sfu)
     assert metrics[("sfu_worker_participants", "0")] == 1, metrics  # bob
     assert metrics[("sfu_worker_participants", "1")] == 1, metrics  # alice
     assert metrics[relayed] > 0, metrics
