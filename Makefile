@@ -78,7 +78,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: venv synapse-venv system-deps node-deps lint
-	$(VENV)/bin/pytest -p no:cacheprovider -m "not acceptance" tests
+	$(VENV)/bin/pytest -p no:cacheprovider -m "not acceptance" --durations=30 tests
 
 # Acceptance runs whose bounds hold on most runs of a 2-vCPU machine but not yet on every one
 # (issue 16's shaped-link calls): run by hand, not by `make test`, until they hold every time.

@@ -318,7 +318,11 @@ class Sfu:
                 f"{self.cpu_load.window_s:.0f} s, with the participants joining) exceeds "
                 f"limits.max_cpu_load {max_load:.2f}",
             )
-        if self.latency_hold.bound_s and not live:
+        if (
+            self.latency_hold.bound_s
+            and not live
+            and self.cpu_load.value >= self.config.limits.forward_latency_min_load
+        ):
             self._check_latency()
         if room is None and not (self.config.room.auto_create or grants.video.room_create):
             raise AdmissionError(404, "requested room does not exist")

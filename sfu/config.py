@@ -203,6 +203,11 @@ class LimitsConfig:
     #: participants joining add) is above this many milliseconds, until it is back under 80 %
     #: of it (0 = no limit)
     max_forward_latency_ms: float = 50.0
+    #: not a LiveKit key: the latency bound refuses newcomers only while the node's CPU load
+    #: (`max_cpu_load`'s measure, without the prediction) is at least this share of a core;
+    #: below it the node's own work is too small to be what makes datagrams wait, and a
+    #: newcomer adds little (0 = the bound applies at any load)
+    forward_latency_min_load: float = 0.2
     #: bytes of participant or room metadata the server API accepts (LiveKit's
     #: ``limit.max_metadata_size``; 0 = no limit)
     max_metadata_size: int = 64000
@@ -506,6 +511,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("limits.max_cpu_load: must be 0 (no limit) or a positive share of a core")
     if config.limits.max_forward_latency_ms < 0:
         raise ConfigError("limits.max_forward_latency_ms: must be 0 (no limit) or positive")
+    if config.limits.forward_latency_min_load < 0:
+        raise ConfigError(
+            "limits.forward_latency_min_load: must be 0 or a positive share of a core"
+        )
     limits = config.limits
     if min(limits.max_metadata_size, limits.max_attributes_size) < 0:
         raise ConfigError("limits.max_metadata_size/max_attributes_size: must not be negative")

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -254,7 +255,7 @@ class WorkerPool:
         try:
             await asyncio.wait_for(link.ready.wait(), START_TIMEOUT)
         except TimeoutError:
-            process.kill()
+            _kill(process)
             raise RuntimeError(f"media worker {link.index} did not start") from None
         log.info("media worker %d: pid %d", link.index, process.pid)
         watcher = asyncio.ensure_future(self._watch(link, reader))
@@ -266,9 +267,8 @@ class WorkerPool:
         await reader
         process = link.process
         link.alive = False
-        if process is not None and process.returncode is None:
-            process.kill()
         if process is not None:
+            _kill(process)
             with contextlib.suppress(Exception):
                 await process.wait()
         if self.closing:
@@ -363,13 +363,23 @@ class WorkerPool:
             try:
                 await asyncio.wait_for(process.wait(), 5.0)
             except TimeoutError:
-                process.kill()
+                _kill(process)
                 await process.wait()
         for watcher in list(self._watchers):
             watcher.cancel()
 
     def pids(self) -> list[int]:
         return [link.process.pid for link in self.links if link.process is not None]
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL a worker that has not been reaped yet. Not `Process.kill()`: that polls the
+    child first (`Popen.send_signal`), and a poll that finds it already dead reaps it behind
+    asyncio's child watcher, which then reports exit 255 instead of the real status. A dead,
+    unreaped child keeps its pid, so signalling it by pid is safe."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
 
 
 class WorkerCollector(Collector):

@@ -249,6 +249,8 @@ class Outcome:
     #: the SFU's CPU use while the attack ran, in % of one core
     cpu_pct: float = 0.0
     tracebacks: int = 0
+    #: the first traceback's text (its last lines), to name the fault in the failure
+    first_traceback: str = ""
     loss_pct: float = 0.0
     frames_after: int = 0
     aborted: str = ""
@@ -276,7 +278,10 @@ class Outcome:
             f"budget {rss_budget_mb:.0f} MB",
         )
         self.require(self.fd_delta <= FD_SLACK, f"FDs +{self.fd_delta} after the attacker left")
-        self.require(self.tracebacks == 0, f"{self.tracebacks} tracebacks in the SFU log")
+        self.require(
+            self.tracebacks == 0,
+            f"{self.tracebacks} tracebacks in the SFU log, the first:\n{self.first_traceback}",
+        )
         self.require(self.loss_pct < MAX_LOSS_PCT, f"call RTP loss {self.loss_pct:.2f} %")
         self.require(
             self.frames_after >= FRAMES_AFTER, f"only {self.frames_after} frames after the attack"
@@ -377,6 +382,10 @@ async def run_attack(
         outcome.fd_delta = fd_count(sfu.pid) - fds0
     log = sfu.log_path.read_bytes()[log_offset:].decode(errors="replace")
     outcome.tracebacks = log.count("Traceback (most recent call last)")
+    if outcome.tracebacks:
+        at = log.index("Traceback (most recent call last)")
+        before = log.rfind("\n", 0, max(0, log.rfind("\n", 0, at)))  # the line logging it
+        outcome.first_traceback = log[before + 1 : at + 4000]
     received1, lost1 = await inbound_counts(stage.bob.room)
     got, lost = received1 - received0, lost1 - lost0
     outcome.loss_pct = 100.0 * lost / (got + lost) if got + lost > 0 else 100.0

@@ -93,8 +93,9 @@ async def test_make_run_prints_the_synapse_settings_and_serves_a_meet_page(
                     ]
                     if seen:
                         break
-                    status = await page.text_content("#status")
-                    assert time.monotonic() < deadline, f"{name}: {status} {state}"
+                    if time.monotonic() >= deadline:
+                        statuses = [f"{n}: {await p.text_content('#status')}" for n, p, _ in pages]
+                        raise AssertionError(f"{name} never saw {other}: {statuses} {state}")
                     await asyncio.sleep(0.5)
                 print(f"{name} sees {seen}")
                 local = [t for t in state if t["local"]]

@@ -275,7 +275,13 @@ async def test_joins_past_the_latency_bound_get_503(
     refused, clearly, while its own rejoin is let through and its media keeps arriving. With
     `rtc.udp_port` the compiled receive path reads the media, and samples it too."""
     key, secret = sfu_keys
-    limits: dict[str, Any] = {"limits": {"max_cpu_load": 0, "max_forward_latency_ms": 0.001}}
+    limits: dict[str, Any] = {
+        "limits": {
+            "max_cpu_load": 0,
+            "max_forward_latency_ms": 0.001,
+            "forward_latency_min_load": 0,
+        }
+    }
     if single_port:
         limits["rtc"] = {"udp_port": free_udp_port()}
     async with running_sfu(

@@ -21,7 +21,11 @@ from tests.sfu.test_admission import KEY, SECRET, joined, rtc_request
 
 
 def build(max_forward_latency_ms: object) -> Sfu:
-    limits = {"max_cpu_load": 0, "max_forward_latency_ms": max_forward_latency_ms}
+    limits = {
+        "max_cpu_load": 0,
+        "max_forward_latency_ms": max_forward_latency_ms,
+        "forward_latency_min_load": 0,
+    }
     return Sfu.build(from_mapping({"keys": {KEY: SECRET}, "limits": limits}))
 
 
@@ -47,6 +51,29 @@ def test_config_reads_the_bound() -> None:
     for bad in (-1, "fast", True, ".nan", "inf"):
         with pytest.raises(ConfigError, match="max_forward_latency_ms"):
             build(bad)
+
+
+async def test_an_idle_node_is_not_held_back_by_latency_it_does_not_cause() -> None:
+    """Below `limits.forward_latency_min_load` of a core the node's own work is not what makes
+    datagrams wait (a busy machine is): the newcomer is let in. At the floor, it is refused."""
+    sfu = Sfu.build(
+        from_mapping(
+            {"keys": {KEY: SECRET}, "limits": {"max_cpu_load": 0, "max_forward_latency_ms": 50}}
+        )
+    )
+    assert sfu.config.limits.forward_latency_min_load == 0.2
+    await joined(sfu, "alice")
+    try:
+        measured(sfu, 0.200)
+        sfu.cpu_load.value = 0.19
+        assert sfu.admit(rtc_request("bob")).room_name == "busy"
+        sfu.cpu_load.value = 0.2
+        assert "forwarding latency p99" in refusal(sfu, "carol")
+    finally:
+        await sfu.rooms.close_all()
+    for bad in (-0.1, "busy", ".nan"):
+        with pytest.raises(ConfigError, match="forward_latency_min_load"):
+            from_mapping({"keys": {KEY: SECRET}, "limits": {"forward_latency_min_load": bad}})
 
 
 def test_the_hold_has_hysteresis() -> None:
@@ -143,7 +170,7 @@ async def test_a_blocked_event_loop_holds_the_node() -> None:
 async def test_with_media_workers_the_worst_worker_holds_the_node() -> None:
     """With `rtc.workers: 2` the control process forwards nothing: each worker's p99 comes in
     its stats report (a fake one here: the pool is not started), and the worst one counts."""
-    limits = {"max_cpu_load": 0, "max_forward_latency_ms": 50}
+    limits = {"max_cpu_load": 0, "max_forward_latency_ms": 50, "forward_latency_min_load": 0}
     config = {"keys": {KEY: SECRET}, "limits": limits, "rtc": {"workers": 2}}
     sfu = Sfu.build(from_mapping(config))
     assert sfu.workers is not None
