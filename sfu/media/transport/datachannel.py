@@ -14,18 +14,21 @@ every `RTCDataChannel.send` without limit.  `GuardedSctpTransport` closes those 
   `MAX_INBOUND_STREAMS` streams, ignores the window: the association is aborted;
 * a reassembled message over `MAX_MESSAGE_SIZE` is dropped;
 * channels beyond `MAX_CHANNELS` are not opened (no DATA_CHANNEL_ACK is sent);
-* a malformed packet aborts the association instead of the DTLS transport.
+* a malformed packet aborts the association instead of the DTLS transport;
+* a chunk sent after the DTLS transport closed is dropped, not raised in one of aiortc's
+  fire-and-forget tasks.
 
 `send_allowed` is the send-side check: a channel holding `MAX_BUFFERED_AMOUNT` bytes for a peer
 that does not acknowledge them takes no more.  Each hit is counted in `sfu_limit_exceeded_total`.
 aiortc internals used: `RTCSctpTransport._get_inbound_stream`, `._inbound_streams`,
 `._receive_data_chunk`, `._receive`, `._data_channel_receive`, `._data_channels`, `._handle_data`,
-`._abort`, `._set_state`, `._advertised_rwnd`, `._sack_misordered`; `InboundStream.add_chunk`,
+`._abort`, `._send_chunk`, `._set_state`, `._advertised_rwnd`, `._sack_misordered`; `InboundStream.add_chunk`,
 `.pop_messages`, `.prune_chunks`, `.reassembly`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -150,6 +153,14 @@ class GuardedSctpTransport(RTCSctpTransport):
                 raise _PeerIgnoresLimits("data_streams")
             stream = self._inbound_streams[stream_id] = _CountedInboundStream(self._held)
         return stream
+
+    async def _send_chunk(self, chunk: Any) -> None:
+        # aiortc sends from fire-and-forget tasks too (the T1/T2 retransmissions, `_transmit`):
+        # once the DTLS transport is closed, each would end in "Task exception was never
+        # retrieved". A chunk that cannot leave is lost like any datagram; the DTLS transport's
+        # own state change closes the association.
+        with contextlib.suppress(ConnectionError):
+            await super()._send_chunk(chunk)
 
     async def _handle_data(self, data: bytes) -> None:
         if self._aborted:

@@ -16,13 +16,16 @@ from typing import Any
 
 import aioice.stun
 import pytest
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG as FIRST,
 )
 from aiortc.rtcsctptransport import (
     SCTP_DATA_LAST_FRAG,
+    AbortChunk,
     DataChunk,
+    RTCSctpTransport,
     serialize_packet,
 )
 from aiortc.rtcsctptransport import (
@@ -33,7 +36,12 @@ from sfu.config import from_mapping
 from sfu.media.sdp import SessionDescription
 from sfu.media.transport import PeerTransport, TransportConfig
 from sfu.media.transport import peer as peer_module
-from sfu.media.transport.datachannel import MAX_BUFFERED_AMOUNT, MAX_CHANNELS, MAX_MESSAGE_SIZE
+from sfu.media.transport.datachannel import (
+    MAX_BUFFERED_AMOUNT,
+    MAX_CHANNELS,
+    MAX_MESSAGE_SIZE,
+    GuardedSctpTransport,
+)
 from sfu.media.transport.ice import MAX_QUEUED_BYTES, MAX_REMOTE_CANDIDATES, CandidatePolicy
 from sfu.media.transport.peer import TrackSlotLimitError
 from sfu.metrics import COUNTERS
@@ -412,3 +420,17 @@ async def test_crafted_sctp_data_aborts_the_association(limit: str, packets: Any
     finally:
         await pc.close()
         await transport.close()
+
+
+async def test_a_chunk_sent_after_dtls_closed_is_dropped_not_raised() -> None:
+    """aiortc sends from fire-and-forget tasks (INIT and SHUTDOWN retransmissions, `_transmit`): on a DTLS transport
+    that is not connected (any more), the plain association's task dies with ConnectionError
+    ("Task exception was never retrieved"); the guarded one drops the chunk."""
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    plain, guarded = RTCSctpTransport(dtls), GuardedSctpTransport(dtls)
+    plain._remote_port = guarded._remote_port = 5000  # as `start` sets it
+    with pytest.raises(ConnectionError, match="not connected"):
+        await plain._send_chunk(AbortChunk())
+    await asyncio.ensure_future(guarded._send_chunk(AbortChunk()))
