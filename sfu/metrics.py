@@ -54,6 +54,7 @@ class Counters:
     allocation_pauses: int = 0  # video tracks the allocator paused (the link too thin)
     probe_packets: int = 0  # padding-only probe packets sent to find more bandwidth
     padding_absorbed: int = 0  # publishers' padding-only packets not passed on to a thin link
+    paced_packets: int = 0  # packets of constrained video held back by a subscriber's pacer
     probes: int = 0  # probe clusters started
     #: subscriber bandwidth estimates, one observation per allocation (every subscriber link
     #: about every 250 ms): ≤ ESTIMATE_BUCKETS[i], the last slot for larger ones, and their sum
@@ -174,6 +175,11 @@ class _Collector(Collector):
                 "sfu_padding_absorbed",
                 "publishers' padding-only packets not passed on to a subscriber held below its layer",
                 c.padding_absorbed,
+            ),
+            (
+                "sfu_paced_packets",
+                "video packets of a subscriber held below its layer that waited for its pacer",
+                c.paced_packets,
             ),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),

@@ -15,6 +15,7 @@ arrived, and the bandwidth estimate that follows.
   negotiated only goog-remb);
 - probe clusters: the transport-wide sequence numbers a padding probe spanned, measured when
   the feedback covering them arrives (`sfu.media.gcc.GoogCc.probe_result`);
+- the `sfu.media.pacer.Pacer` its constrained video tracks' packets wait in;
 - the retransmission budget: a token bucket refilled at the share of the estimate that the
   allocation leaves (at least `RETRANSMIT_SHARE`; only that while the last loss window lost
   more than `sfu.media.gcc.LOSS_HIGH`; none while the estimator sees overuse).
@@ -28,6 +29,7 @@ from typing import Any
 from sfu.media import fastpath
 from sfu.media.fastpath_py import TWCC_HISTORY, transport_cc_block
 from sfu.media.gcc import LOSS_HIGH, GoogCc, PacketResult
+from sfu.media.pacer import Pacer
 from sfu.media.rtp import rtcp
 
 __all__ = ["SubscriberBandwidth"]
@@ -40,6 +42,10 @@ MAX_RESULTS = 2048
 #: the part of the estimate NACK answers may always use, and the bucket's depth in seconds
 RETRANSMIT_SHARE = 0.15
 RETRANSMIT_BURST = 0.1
+#: ... but the bucket always holds this many bytes (two full packets): at a thin link's share
+#: (0.15 × 250 kbit/s × 0.1 s = 470 bytes) no packet would ever fit, and a loss the receiver
+#: could have repaired would wait for a key frame
+RETRANSMIT_MIN_BURST = 2 * 1200
 #: packets of a probe that must come back for it to be measured
 PROBE_MIN_PACKETS = 5
 #: the share of a probe's packets that may be lost for it still to count (a drop-tail queue
@@ -100,6 +106,8 @@ class SubscriberBandwidth:
         self.enabled = True
         #: called after each feedback (transport-cc or REMB): the allocator's cue
         self.on_estimate: Callable[[], None] | None = None
+        #: spreads the constrained video tracks' packets within the estimate
+        self.pacer = Pacer(clock, lambda: self.estimate)
 
     # -- what is sent ----------------------------------------------------------------------------
     @property
@@ -232,12 +240,11 @@ class SubscriberBandwidth:
             rate = RETRANSMIT_SHARE * estimate / 8
         else:
             rate = max(estimate - self.committed, RETRANSMIT_SHARE * estimate) / 8
+        depth = max(rate * RETRANSMIT_BURST, RETRANSMIT_MIN_BURST)
         if self._tokens_at >= 0:
-            self._tokens = min(
-                self._tokens + rate * max(now - self._tokens_at, 0.0), rate * RETRANSMIT_BURST
-            )
+            self._tokens = min(self._tokens + rate * max(now - self._tokens_at, 0.0), depth)
         else:
-            self._tokens = rate * RETRANSMIT_BURST
+            self._tokens = depth
         self._tokens_at = now
         if self._tokens < size:
             self.retransmits_refused += 1

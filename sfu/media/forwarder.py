@@ -29,6 +29,7 @@ decision stays here, and `_push`/`_pull` move the numbers between the two.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import struct
 from collections.abc import Callable, Iterable
@@ -333,7 +334,18 @@ class DownTrack:
 
     # -- packets ----------------------------------------------------------------------------------
     def write(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> None:
-        """Forward one received packet; `sequence` is its extended sequence number in `layer`."""
+        """Forward one received packet; `sequence` is its extended sequence number in `layer`.
+        A constrained video track's packets that may be sent (its layer's, or a key frame's)
+        wait in the link's pacer while it holds some or the budget is spent."""
+        bandwidth = self.bandwidth
+        if bandwidth is not None and self.constrained and self.receiver.is_video:
+            pacer = bandwidth.pacer
+            if (pacer.holding or layer == self.current_layer or keyframe) and not pacer.admit():
+                pacer.hold(functools.partial(self._write, packet, sequence, layer, keyframe))
+                return
+        self._write(packet, sequence, layer, keyframe)
+
+    def _write(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> None:
         if not self.started or not self.forwarding:
             return
         padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
@@ -353,6 +365,8 @@ class DownTrack:
                 COUNTERS.packets_out += copies
                 COUNTERS.bytes_out += octets
                 batch.schedule()
+                if self.bandwidth is not None and self.constrained:
+                    self.bandwidth.pacer.charge(octets)
             return
         if sequence < self._switch_seq:
             return  # older than the packet we switched on
@@ -375,8 +389,11 @@ class DownTrack:
         COUNTERS.packets_out += 1
         COUNTERS.bytes_out += len(data)
         self._send(data)
-        if ext:
-            self.bandwidth.sent(len(data))  # type: ignore[union-attr]
+        if self.bandwidth is not None:
+            if ext:
+                self.bandwidth.sent(len(data))
+            if self.constrained and self.receiver.is_video:
+                self.bandwidth.pacer.charge(len(data))
 
     def _absorb_padding(self, sequence: int) -> bool:
         """Drop the publisher's padding-only packet `sequence` instead of passing it on, when
@@ -551,14 +568,14 @@ class DownTrack:
         if not self.started or not self.enabled or not self.receiver.is_video:
             return 0
         self._pull()
+        bandwidth = self.bandwidth
         last = self._last_packet
         between_frames = self.allocation_paused or (
             self.current_layer >= 0 and last is not None and last.marker
         )
-        if not between_frames or not self._sent_any:
-            return 0
+        if not between_frames or not self._sent_any or (bandwidth and bandwidth.pacer.holding):
+            return 0  # (media waits in the pacer: a probe would only add to its queue)
         count = min(count, MAX_PROBE_PACKETS)
-        bandwidth = self.bandwidth
         fast = self._fast
         sent = 0
         for _ in range(count):
@@ -635,16 +652,16 @@ class DownTrack:
             if entry is None or entry[0] != seq or entry[3] != epoch:
                 continue
             _, out_ts, received, _ = entry
-            if bandwidth is not None and not bandwidth.allow_retransmit(len(received)):
-                over_budget = True
-                continue  # the link is full: a resend now deepens the congestion it repairs
             count = 1
             last = resent[slot]
             if last is not None and last[0] == seq and last[1] == out_ts:
                 if now - last[2] < self._resend_interval or last[3] >= NACK_MAX_RESENDS:
                     repeated = True
-                    continue
+                    continue  # (before the link's budget: a repeated NACK costs it nothing)
                 count = last[3] + 1
+            if bandwidth is not None and not bandwidth.allow_retransmit(len(received)):
+                over_budget = True
+                continue  # the link is full: a resend now deepens the congestion it repairs
             resent[slot] = (seq, out_ts, now, count)
             if fast is not None:
                 if fast[1].resend(slot, now):  # the target's own numbers, SSRC, VP8 offsets

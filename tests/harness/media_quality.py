@@ -213,6 +213,9 @@ class Scenario:
     apply: Callable[[ShapedDownlink], object]
     seconds: float
     judge_after_s: float  # the window judged starts this long after the change
+    #: the scenario ends this long after the shaped subscriber's first 720p frame in it (its
+    #: bound is when that frame came; the rest of `seconds` would only wait)
+    end_after_top_s: float | None = None
 
 
 def _clean(link: ShapedDownlink) -> None:
@@ -224,7 +227,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("clean", _clean, 6.0, 1.0),
     Scenario("cap 600 kbit/s", lambda link: link.cap(600), 12.0, 5.0),
     Scenario("cap 300 kbit/s", lambda link: link.cap(300), 10.0, 5.0),
-    Scenario("cap lifted", lambda link: link.lift(), RECOVER_S + 1.0, 0.0),
+    Scenario("cap lifted", lambda link: link.lift(), RECOVER_S + 1.0, 0.0, end_after_top_s=1.0),
     Scenario("5 % loss", lambda link: link.set_loss(0.05), 8.0, 2.0),
 )
 
@@ -347,6 +350,10 @@ async def run_scenarios(
         deadline = started + scenario.seconds
         while time.monotonic() < deadline:
             call.check_alive()
+            if scenario.end_after_top_s is not None:
+                top = call.shaped.reception.first_frame(height=TOP_HEIGHT, since=started)
+                if top is not None:
+                    deadline = min(deadline, top.at + scenario.end_after_top_s)
             await asyncio.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
         after = call.link.class_stats()
         encoded_after = await encoder_counters(call.publisher.room)

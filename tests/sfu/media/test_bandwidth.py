@@ -7,13 +7,20 @@ budget."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sfu.media import fastpath, fastpath_py
-from sfu.media.bandwidth import RETRANSMIT_BURST, RETRANSMIT_SHARE, SubscriberBandwidth
+from sfu.media.bandwidth import (
+    RETRANSMIT_BURST,
+    RETRANSMIT_MIN_BURST,
+    RETRANSMIT_SHARE,
+    SubscriberBandwidth,
+)
 from sfu.media.forwarder import PROBE_PADDING
+from sfu.media.pacer import PACE_FACTOR, PACE_MIN_BURST, PACE_TICK, Pacer
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.extensions import decode_transport_cc
 from sfu.media.rtp.header import RtpPacket
@@ -166,9 +173,10 @@ def test_padding_probes_go_between_frames_and_media_follows_them(clock: FakeCloc
 
 def test_nack_answers_stay_within_the_link_budget(clock: FakeClock) -> None:
     rig, bandwidth = rig_with_link(clock)
-    for n in range(20):
+    for n in range(200):
         rig.tick(layers=(0,), keys=(0,) if n == 0 else ())
     seqs = [RtpPacket.parse(d).sequence_number for d in rig.sent]
+    assert sum(len(d) for d in rig.sent) > 2 * RETRANSMIT_MIN_BURST
     # feedback that says the link carries ~200 kbit/s and the allocation commits all of it
     bandwidth.transport_cc_seen = True
     bandwidth.gcc.loss_rate = 200_000
@@ -176,9 +184,10 @@ def test_nack_answers_stay_within_the_link_budget(clock: FakeClock) -> None:
     n = len(rig.sent)
     before = COUNTERS.limits_exceeded.get("nack_link_budget", 0)
     rig.downtrack.retransmit(seqs)
-    resent = len(rig.sent) - n
-    # 15 % of 200 kbit/s for 100 ms: 375 bytes, so about one of these packets
-    assert 0 < resent < len(seqs)
+    resent = rig.sent[n:]
+    # 15 % of 200 kbit/s for 100 ms is 375 bytes, less than a full packet: the bucket's floor
+    assert 0 < len(resent) < len(seqs)
+    assert sum(len(d) for d in resent) <= RETRANSMIT_MIN_BURST + max(len(d) for d in resent)
     assert COUNTERS.limits_exceeded["nack_link_budget"] > before
     # while the estimator sees overuse, none
     bandwidth.gcc.usage = "overusing"
@@ -229,23 +238,82 @@ def test_congestion_control_off_holds_nothing_back(clock: FakeClock) -> None:
     assert bandwidth.estimate is None and bandwidth.allow_retransmit(1 << 20)
 
 
+def resent_bytes(clock: FakeClock, estimate: int, loss: float, size: int, seconds: int) -> int:
+    """Bytes of `size`-byte NACK answers a link at `estimate` (the allocation committing
+    200 kbit/s) lets out over `seconds`, asked every 10 ms."""
+    bandwidth = link(clock)
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = estimate
+    bandwidth.gcc.loss_fraction = loss
+    bandwidth.committed = 200_000
+    bytes_sent = 0
+    for _ in range(100 * seconds):
+        clock.advance(0.01)
+        while bandwidth.allow_retransmit(size):
+            bytes_sent += size
+    return bytes_sent
+
+
 def test_a_lossy_link_gets_only_the_floor_share_of_resends(clock: FakeClock) -> None:
     """While the last loss window lost over 10 %, NACK answers refill at RETRANSMIT_SHARE of the
     estimate only, not at the headroom the allocation leaves (the estimate may be stale)."""
-
-    def resent(loss: float) -> int:
-        bandwidth = link(clock)
-        bandwidth.transport_cc_seen = True
-        bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 1_000_000
-        bandwidth.gcc.loss_fraction = loss
-        bandwidth.committed = 200_000
-        bytes_sent = 0
-        for _ in range(100):  # one second, 10 ms apart
-            clock.advance(0.01)
-            while bandwidth.allow_retransmit(1000):
-                bytes_sent += 1000
-        return bytes_sent
-
-    assert resent(0.0) > 700_000 // 8
-    lossy = resent(0.3)
+    assert resent_bytes(clock, 1_000_000, 0.0, 1000, 1) > 700_000 // 8
+    lossy = resent_bytes(clock, 1_000_000, 0.3, 1000, 1)
     assert lossy <= (RETRANSMIT_SHARE * (1 + RETRANSMIT_BURST)) * 1_000_000 / 8 + 1000
+
+
+def test_a_thin_lossy_link_still_gets_whole_packets_resent(clock: FakeClock) -> None:
+    """At 250 kbit/s with loss the floor share's 0.1 s is 470 bytes, less than a packet: the
+    bucket holds RETRANSMIT_MIN_BURST, so a 1200-byte resend still fits now and then, at no
+    more than the floor share on average."""
+    sent = resent_bytes(clock, 250_000, 0.3, 1200, 2)
+    assert 4 * 1200 <= sent <= RETRANSMIT_SHARE * 250_000 / 8 * 2 + RETRANSMIT_MIN_BURST
+
+
+def test_a_constrained_tracks_key_frame_is_paced_within_the_estimate(clock: FakeClock) -> None:
+    """Held below its preferred layer on a 300 kbit/s link, a down track's key frame does not
+    leave as one burst: beyond PACE_MIN_BURST its packets wait in the link's pacer and leave,
+    in order and gapless, at about PACE_FACTOR × the estimate; a track at its preferred layer,
+    or a link with no estimate, is not held."""
+    rig, bandwidth = rig_with_link(clock)
+    timers: list[Callable[[], None]] = []
+
+    def schedule(_delay: float, callback: Callable[[], None]) -> bool:
+        timers.append(callback)
+        return True
+
+    bandwidth.pacer = Pacer(clock, lambda: bandwidth.estimate, schedule=schedule)
+    rig.tick(layers=(0,), keys=(0,))  # no estimate yet: nothing held
+    assert rig.sent and not bandwidth.pacer.holding
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 300_000
+    rig.downtrack.max_layer = 2
+    rig.downtrack.set_allocation(0)
+    assert rig.downtrack.constrained
+    n = len(rig.sent)
+    burst = rig.sources[0].frame(key=True, packets=120)
+    size = len(burst[0])
+    for data in burst:
+        rig.receiver.on_rtp(RtpPacket.parse(data), 0)
+    first = sum(len(d) for d in rig.sent[n:])
+    assert 0 < first <= PACE_MIN_BURST + size and bandwidth.pacer.holding
+    started = clock.now
+    while timers:
+        clock.advance(PACE_TICK)
+        timers.pop(0)()
+        assert len(timers) <= 1
+    assert len(rig.sent) == n + len(burst) and not bandwidth.pacer.holding
+    seqs = [RtpPacket.parse(d).sequence_number for d in rig.sent[n - 1 :]]
+    assert seqs == [(seqs[0] + k) & 0xFFFF for k in range(len(seqs))]
+    assert [twcc_seq(d) for d in rig.sent[n:]] == list(range(n, n + len(burst)))
+    took = clock.now - started
+    paced = PACE_FACTOR * 300_000 / 8 * took
+    assert 0.7 * paced <= sum(len(d) for d in rig.sent[n:]) - first <= paced + size
+    # at its preferred layer the track's packets are not held
+    rig.downtrack.set_allocation(2)
+    rig.downtrack.max_layer = 0
+    assert not rig.downtrack.constrained
+    n = len(rig.sent)
+    for data in rig.sources[0].frame(key=False, packets=120):
+        rig.receiver.on_rtp(RtpPacket.parse(data), 0)
+    assert len(rig.sent) == n + 120 and not timers
