@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The 500-participant benchmark against a local SFU, as quoted in the README:
-#   [MAX_FORWARD_LATENCY_MS=50] [WORKERS=1] benchmarks/run_500.sh OUT_DIR [MAX_CPU_LOAD] [loadtest flags...]
-# Starts the SFU on 127.0.0.1:17880 (fresh key, UDP 40000-49999, logging warn,
+#   [MAX_FORWARD_LATENCY_MS=50] [WORKERS=1] [PORT_RANGE=1] benchmarks/run_500.sh OUT_DIR [MAX_CPU_LOAD] [loadtest flags...]
+# Starts the SFU on 127.0.0.1:17880 (fresh key, media on the single UDP port rtc.udp_port 40000,
+# where the armed compiled receive path applies; PORT_RANGE=1 gives each peer connection its own
+# socket from UDP 40000-49999 instead, the old layout; logging warn,
 # limits.max_cpu_load MAX_CPU_LOAD, default 0.8, and limits.max_forward_latency_ms
 # MAX_FORWARD_LATENCY_MS, default 50; 0 turns either off; rtc.workers WORKERS, default 1), runs
 # `python -m loadtest --preset 500` against it while benchmarks/machine_sampler.py
@@ -13,6 +15,11 @@ out=${1:?usage: benchmarks/run_500.sh OUT_DIR [MAX_CPU_LOAD] [loadtest flags...]
 max_cpu_load=${2:-0.8}
 max_forward_latency_ms=${MAX_FORWARD_LATENCY_MS:-50}
 workers=${WORKERS:-1}
+if [ "${PORT_RANGE:-0}" = 1 ]; then
+  media="port_range_start: 40000, port_range_end: 49999"
+else
+  media="udp_port: 40000"
+fi
 shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -23,7 +30,7 @@ cat > "$work/sfu.yaml" <<YAML
 port: 17880
 bind_addresses: ["127.0.0.1"]
 keys: {$key: $secret}
-rtc: {port_range_start: 40000, port_range_end: 49999, workers: $workers}
+rtc: {$media, workers: $workers}
 logging: {level: warn}
 limits: {max_cpu_load: $max_cpu_load, max_forward_latency_ms: $max_forward_latency_ms,
          max_sessions_per_ip: 0}  # every load-test client is 127.0.0.1

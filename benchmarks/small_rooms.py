@@ -120,6 +120,7 @@ async def run_one(
         "sfu_cpu_us_per_packet", "sfu_cpu_pct", "sfu_cpu_basis", "sfu_packets_sent", "loss_pct",
         "latency_ms", "join_failures", "packets_received", "loadtest_cpu_us_per_packet",
         "loadtest_worker_cpu_pct", "loadtest_publisher_cpu_pct", "sfu_packets_dropped",
+        "sfu_packets_dropped_steady",
     )  # fmt: skip
     result: dict[str, Any] = {
         "variant": label, "fast_path": fast_path, "udp_port": udp_port, "tree": str(tree),

@@ -251,6 +251,11 @@ class Report:
         if before and after and None not in (before.packets_dropped, after.packets_dropped):
             assert before.packets_dropped is not None and after.packets_dropped is not None
             out["sfu_packets_dropped"] = int(after.packets_dropped - before.packets_dropped)
+        if a and b and None not in (a.packets_dropped, b.packets_dropped):
+            # the whole run's count includes the teardown: datagrams of participants that have
+            # left (the SFU's backlog, publishers still stopping) are dropped as unknown_address
+            assert a.packets_dropped is not None and b.packets_dropped is not None
+            out["sfu_packets_dropped_steady"] = int(b.packets_dropped - a.packets_dropped)
         participants = self.publishers_ok + self.joined
         if b and before and b.rss_bytes is not None and participants:
             out["sfu_rss_per_participant_kb"] = round(b.rss_bytes / participants / 1024, 1)

@@ -30,6 +30,13 @@ FORWARD_LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+#: why a received datagram was dropped (`sfu_packets_dropped_total{reason}`): from an address no
+#: connection on the shared UDP port has used, not parseable as RTP, an SSRC no published layer
+#: claims, a sequence number before the layer's first by more than a cycle, media from a source
+#: ICE did not validate, or whatever made aioice (STUN, DTLS) raise
+DROP_REASONS = (
+    "unknown_address", "unparseable", "unknown_ssrc", "sequence", "wrong_source", "malformed",
+)  # fmt: skip
 #: upper bounds (bits per second) of the subscriber bandwidth-estimate histogram
 ESTIMATE_BUCKETS = (150_000, 300_000, 600_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 
@@ -100,6 +107,14 @@ class Counters:
     def limit_exceeded(self, limit: str) -> None:
         """Count one hit of the cap named `limit` (exported as `sfu_limit_exceeded_total`)."""
         self.limits_exceeded[limit] = self.limits_exceeded.get(limit, 0) + 1
+
+    #: `packets_dropped` by reason (DROP_REASONS, constants in the code, never remote input)
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count `count` received datagrams dropped for `reason` (one of DROP_REASONS)."""
+        self.packets_dropped += count
+        self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + count
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +261,14 @@ class _Collector(Collector):
         allocated.add_metric([*node, "below_preferred"], c.allocated_below_preferred)
         allocated.add_metric([*node, "paused"], c.allocated_paused)
         yield allocated
+        dropped = CounterMetricFamily(
+            "sfu_packets_dropped",
+            "received datagrams dropped, by reason (their sum is livekit_packet_dropped_total)",
+            labels=[*labels, "reason"],
+        )
+        for reason, count in sorted(c.dropped_by_reason.items()):
+            dropped.add_metric([*node, reason], count)
+        yield dropped
         limits = CounterMetricFamily(
             "sfu_limit_exceeded",
             "remote input refused or dropped by a documented cap (docs/limits.md)",

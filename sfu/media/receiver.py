@@ -289,7 +289,7 @@ class TrackReceiver:
         now = self.clock()
         sequence = state.on_packet(packet.sequence_number, len(packet.data), now)
         if sequence < 0:
-            COUNTERS.packets_dropped += 1
+            COUNTERS.drop("sequence")
             return None
         keyframe = False
         if self.audio_level_id:
@@ -515,7 +515,7 @@ class RtpDemuxer:
         try:
             packet = RtpPacket.parse(data)
         except PacketError:
-            COUNTERS.packets_dropped += 1
+            COUNTERS.drop("unparseable")
             return None
         COUNTERS.packets_in += 1
         COUNTERS.bytes_in += len(data)
@@ -523,7 +523,7 @@ class RtpDemuxer:
         if entry is None:
             entry = self._learn(packet)
             if entry is None:
-                COUNTERS.packets_dropped += 1
+                COUNTERS.drop("unknown_ssrc")
                 return None
         receiver, layer = entry
         if receiver.muted:

@@ -18,7 +18,8 @@ from loadtest.packets import (
     vp8_descriptor,
     vp8_packetize,
 )
-from loadtest.sfu_metrics import metrics_url_for, parse_prometheus
+from loadtest.report import Report
+from loadtest.sfu_metrics import Snapshot, metrics_url_for, parse_prometheus
 from loadtest.worker import make_layout, publisher_number
 
 KEY = ["--api-key", "k", "--api-secret", "s"]
@@ -164,3 +165,18 @@ def test_final_latency_samples_thinned_keeping_the_max() -> None:
     thinned = _thin(samples, 1000)
     assert len(thinned) <= 1002 and max(thinned) == 5000.0
     assert _thin([1.0, 2.0], 1000) == [1.0, 2.0]
+
+
+def test_sfu_drops_are_reported_for_the_run_and_for_its_steady_phase() -> None:
+    """The whole run's count includes the teardown (datagrams of participants that left); the
+    steady phase's is what the measured window saw."""
+    report = Report(parse_args(["--preset", "500", *KEY]))
+
+    def snap(dropped: float) -> Snapshot:
+        return Snapshot(0.0, 0.0, 0.0, 0.0, dropped)
+
+    report.sfu_before, report.sfu_steady_start = snap(0), snap(5)
+    report.sfu_steady_end, report.sfu_after = snap(7), snap(900)
+    summary = report.summary()
+    assert summary["sfu_packets_dropped"] == 900
+    assert summary["sfu_packets_dropped_steady"] == 2

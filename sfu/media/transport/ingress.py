@@ -68,7 +68,7 @@ class GuardedStunProtocol(StunProtocol):
         try:
             super().datagram_received(data, addr)
         except Exception as exc:  # one bad datagram must not reach the loop
-            COUNTERS.packets_dropped += 1
+            COUNTERS.drop("malformed")
             logger.debug("datagram from %s dropped: %r", addr, exc)
 
 
@@ -243,7 +243,7 @@ class SrtpIngress:
         if remote is not None and first > 3 and (addr[1] != remote[1] or addr[0] != remote[0]):
             if not _validated_remote(self._protocol, addr):
                 self.wrong_source += 1
-                COUNTERS.packets_dropped += 1
+                COUNTERS.drop("wrong_source")
                 return
             # the peer sends on another pair ICE validated: follow it
             logger.debug("media source moved from %s to %s", remote, addr)
@@ -256,7 +256,7 @@ class SrtpIngress:
                     fallback(data, addr)
                 except Exception as exc:  # one bad datagram must not reach the loop
                     self.malformed += 1
-                    COUNTERS.packets_dropped += 1
+                    COUNTERS.drop("malformed")
                     logger.debug("datagram from %s dropped: %r", addr, exc)
             return
         try:

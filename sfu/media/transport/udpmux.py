@@ -191,7 +191,8 @@ class SocketTransport:
                 COUNTERS.bytes_in += bytes_in
                 COUNTERS.packets_out += packets_out
                 COUNTERS.bytes_out += bytes_out
-                COUNTERS.packets_dropped += dropped
+                if dropped:  # the reader drops only a sequence before the layer's first
+                    COUNTERS.drop("sequence", dropped)
         latency = self._latency
         if read and latency is not None and latency.armed and not self._closed:
             latency.start(self._sock.fileno())
@@ -267,13 +268,13 @@ class UdpMux(asyncio.DatagramProtocol):
             protocol = self._by_addr.get(addr)
         if protocol is None:
             self.dropped += 1
-            COUNTERS.packets_dropped += 1
+            COUNTERS.drop("unknown_address")
             return
         try:
             protocol.datagram_received(data, addr)
         except Exception as exc:  # one bad datagram must not reach the loop
             self.malformed += 1
-            COUNTERS.packets_dropped += 1
+            COUNTERS.drop("malformed")
             log.debug("UDP mux: datagram from %s dropped: %r", addr, exc)
 
     def error_received(self, exc: Exception) -> None:

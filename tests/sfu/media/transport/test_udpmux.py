@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.media.transport.udpmux import MAX_ADDRESSES, UdpMux, open_mux, stun_request_ufrag
-from sfu.metrics import COUNTERS
+from sfu.metrics import COUNTERS, Metrics
 from tests.harness.sfu import free_udp_port
 
 A = ("127.0.0.1", 40001)
@@ -204,3 +204,18 @@ def test_any_datagram_is_routed_or_dropped(data: bytes, addr: tuple[str, int]) -
         assert routed + rig.mux.dropped == 1  # malformed ones are routed, then contained
 
     asyncio.run(run())
+
+
+async def test_drops_are_counted_by_reason_in_the_metrics() -> None:
+    """A datagram from an address no connection used is an `unknown_address` drop: the part of
+    `livekit_packet_dropped_total` that `sfu_packets_dropped_total{reason}` names."""
+    rig = Rig()
+    before = COUNTERS.dropped_by_reason.get("unknown_address", 0)
+    total = COUNTERS.packets_dropped
+    rig.mux.datagram_received(SRTP, C)
+    rig.mux.datagram_received(DTLS, C)
+    assert COUNTERS.dropped_by_reason["unknown_address"] == before + 2
+    assert COUNTERS.packets_dropped == total + 2
+    text = Metrics("ND_test").render().decode()
+    line = next(x for x in text.splitlines() if x.startswith("sfu_packets_dropped_total{"))
+    assert 'reason="unknown_address"' in text and float(line.rsplit(" ", 1)[1]) >= 2
