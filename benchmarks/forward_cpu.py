@@ -94,6 +94,23 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def tree_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (utime+stime) of each SFU process: ``control`` (``pid``, the whole SFU with
+    one worker) and ``worker<i>`` for each media worker child (its ``--index``)."""
+    out: dict[str, float] = {}
+    for member in process_tree(pid):
+        role = "control"
+        if member != pid:
+            with contextlib.suppress(OSError), open(f"/proc/{member}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            role = "other"
+            if b"--index" in argv:
+                role = "worker" + argv[argv.index(b"--index") + 1].decode()
+        with contextlib.suppress(OSError):
+            out[role] = out.get(role, 0.0) + proc_cpu_s(member)
+    return out
+
+
 def tree_user_sys_s(pid: int) -> tuple[float, float]:
     """(utime, stime) summed over ``process_tree(pid)``."""
     user = system = 0.0
@@ -182,6 +199,7 @@ class Snapshot:
     sfu_sys_s: float
     sfu_sched_s: float
     sfu_switches: int
+    by_role: dict[str, float]
     pub_cpu_s: float
     workers_cpu_s: float
     host_busy_s: float
@@ -256,6 +274,13 @@ def window(name: str, a: Snapshot, b: Snapshot) -> dict[str, Any]:
         ),
         **send_path(a, b),
         **worker_split(a, b),
+        # each SFU process's share of the SFU's CPU (control process, media workers)
+        "sfu_cpu_share_pct": {
+            role: round(100 * (b.by_role[role] - a.by_role.get(role, 0.0)) / cpu, 1)
+            for role in sorted(b.by_role)
+        }
+        if cpu > 0
+        else {},
         "publisher_cpu_pct": round(100 * (b.pub_cpu_s - a.pub_cpu_s) / dt, 1),
         "subscribers_cpu_pct": round(100 * (b.workers_cpu_s - a.workers_cpu_s) / dt, 1),
         "others_cpu_pct": round(100 * (host - cpu - gen) / dt, 1),
@@ -424,7 +449,9 @@ class Scenario:
         fast_path: str | None = None,
         workers: int | None = None,
         congestion: str | None = None,
+        spill_load: float | None = None,
     ) -> None:
+        self.spill_load = spill_load
         self.workers_count = workers
         self.args = args
         self.n = n
@@ -447,6 +474,7 @@ class Scenario:
             sfu_sys_s=user_sys[1],
             sfu_sched_s=proc_sched_s(self.sfu.pid),
             sfu_switches=proc_switches(self.sfu.pid),
+            by_role=tree_cpu_by_role(self.sfu.pid),
             pub_cpu_s=sum(os.times()[:2]),
             workers_cpu_s=sum(proc_cpu_s(w.process.pid) for w in self.workers),
             host_busy_s=host_busy_s(),
@@ -467,7 +495,8 @@ class Scenario:
             f"load {b.loadavg}"
             + (
                 f", workers {result['worker_participants']}, "
-                f"{result['relay_frames_per_s']:.0f} relayed frames/s"
+                f"{result['relay_frames_per_s']:.0f} relayed frames/s, "
+                f"CPU shares % {result['sfu_cpu_share_pct']}"
                 if "worker_participants" in result
                 else ""
             )
@@ -489,8 +518,8 @@ class Scenario:
             rtc["fast_path"] = self.fast_path
         if self.workers_count:
             rtc["workers"] = self.workers_count
-        if self.args.spill_load is not None:
-            rtc["worker_spill_load"] = self.args.spill_load
+        if self.spill_load is not None:
+            rtc["worker_spill_load"] = self.spill_load
         if self.congestion:
             rtc["congestion_control"] = self.congestion == "on"
         if self.args.udp_port:
@@ -508,6 +537,8 @@ class Scenario:
             label += f" w={self.workers_count}"
         if self.congestion:
             label += f" cc={self.congestion}"
+        if self.spill_load is not None:
+            label += f" spill={self.spill_load:g}"
         result: dict[str, Any] = {
             "subscribers": n,
             "send_mode": label,
@@ -797,8 +828,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spill-load",
         type=float,
-        help="rtc.worker_spill_load (0: placement by load alone, the room split over the "
-        "workers; default: the SFU's, which keeps a room on one worker until it is busy)",
+        nargs="+",
+        help="rtc.worker_spill_load; with several, each rtc.workers > 1 run once per value, "
+        "interleaved (0: placement by load alone, the room split over the workers; 4: the room "
+        "kept on one worker; default: the SFU's, which keeps a room on one worker until it is "
+        "busy, though a burst of joins may split it)",
     )
     parser.add_argument(
         "--congestion-control",
@@ -840,20 +874,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work directory {workdir}; load average {loadavg()}")
     try:
         runs = [
-            (n, mode, fast, workers, cc)
+            (n, mode, fast, workers, spill, cc)
             for _ in range(args.rounds)
             for n in args.subscribers
             for mode in args.send_modes or [None]
             for fast in args.fast_paths or [None]
             for workers in args.workers or [None]
+            # placement only matters with more than one worker
+            for spill in (args.spill_load if (workers or 1) > 1 and args.spill_load else [None])
             for cc in args.congestion_control or [None]
         ]
-        for i, (n, mode, fast, workers, cc) in enumerate(runs):
+        for i, (n, mode, fast, workers, spill, cc) in enumerate(runs):
             name = (
                 f"run{i}-n{n}-{mode or 'default'}-{fast or 'default'}-w{workers or 0}"
-                f"-{cc or 'default'}"
+                f"-s{spill}-{cc or 'default'}"
             )
-            scenario = Scenario(args, n, workdir / name, mode, fast, workers, cc)
+            scenario = Scenario(args, n, workdir / name, mode, fast, workers, cc, spill)
             # The harness prints the SFU's log tail on stop: keep stdout for the results.
             with contextlib.redirect_stdout(sys.stderr):
                 try:
