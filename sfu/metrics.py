@@ -261,22 +261,22 @@ class _Collector(Collector):
         allocated.add_metric([*node, "below_preferred"], c.allocated_below_preferred)
         allocated.add_metric([*node, "paused"], c.allocated_paused)
         yield allocated
-        dropped = CounterMetricFamily(
+        yield _counter_by(
             "sfu_packets_dropped",
             "received datagrams dropped, by reason (their sum is livekit_packet_dropped_total)",
-            labels=[*labels, "reason"],
+            labels,
+            node,
+            "reason",
+            c.dropped_by_reason,
         )
-        for reason, count in sorted(c.dropped_by_reason.items()):
-            dropped.add_metric([*node, reason], count)
-        yield dropped
-        limits = CounterMetricFamily(
+        yield _counter_by(
             "sfu_limit_exceeded",
             "remote input refused or dropped by a documented cap (docs/limits.md)",
-            labels=[*labels, "limit"],
+            labels,
+            node,
+            "limit",
+            c.limits_exceeded,
         )
-        for limit, hits in sorted(c.limits_exceeded.items()):
-            limits.add_metric([*node, limit], hits)
-        yield limits
         g = self.gauges()
         gauges: tuple[tuple[str, str, float], ...] = (
             ("livekit_room_total", "open rooms", g.rooms),
@@ -361,3 +361,18 @@ def add_counters(total: Counters, part: Mapping[str, Any]) -> None:
         elif isinstance(mine, dict) and isinstance(value, dict):
             for key, count in value.items():
                 mine[key] = mine.get(key, 0) + int(count)
+
+
+def _counter_by(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    node: list[str],
+    label: str,
+    counts: dict[str, int],
+) -> CounterMetricFamily:
+    """One counter family with a sample per key of `counts` (sorted), labelled `label`."""
+    family = CounterMetricFamily(name, documentation, labels=[*labels, label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([*node, key], count)
+    return family
