@@ -42,29 +42,10 @@ from benchmarks.rtp_rewrite import make_packet  # noqa: E402
 from sfu.media import fastpath  # noqa: E402
 from sfu.media.forwarder import DownTrack  # noqa: E402
 from sfu.media.receiver import RtpDemuxer, TrackReceiver  # noqa: E402
+from tests.harness.unflushed_batch import UnflushedBatch  # noqa: E402
 
 KEY = bytes(range(30))
 PROFILE = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
-
-
-class Group:
-    """Stands for the loop's flush group: the batch is flushed after each drain instead."""
-
-    def schedule(self) -> None:
-        pass
-
-
-class Batch:
-    """What a down track's fast sender hands out as its batch (`FastBatch`'s interface)."""
-
-    def __init__(self, batch: Any) -> None:
-        self.batch = batch
-
-    def group(self, batches: tuple[Any, ...]) -> Group:
-        return Group()
-
-    def schedule(self) -> None:
-        pass
 
 
 def session(direction: int) -> Session:
@@ -94,7 +75,7 @@ def run(impl: Any, ports: list[int], mode: str, packets: int, burst: int) -> flo
     route = impl.route(source.getsockname(), demuxer.on_rtp, rx)
     reader.add(route)
     batch = impl.batch(send_sock.fileno(), gso=True, capacity=4096)
-    shared = Batch(batch)
+    shared = UnflushedBatch(batch)
     tracks = []
     for i, port in enumerate(ports):
         target = impl.target(batch, ("127.0.0.1", port), session(Policy.SSRC_ANY_OUTBOUND))

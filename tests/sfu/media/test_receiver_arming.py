@@ -12,28 +12,11 @@ from sfu.media import fastpath
 from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import TrackReceiver
 from sfu.media.rtp.header import RtpPacket
+from tests.harness.unflushed_batch import UnflushedBatch
 from tests.sfu.media.test_fastrecv import compiled
 from tests.sfu.packets import rtp
 
 SSRC = 0x5151
-
-
-class Group:
-    def schedule(self) -> None:
-        pass
-
-
-class Batch:
-    """A down track's fast sender's batch (`FastBatch`'s interface), on a batch without a socket."""
-
-    def __init__(self, batch: Any) -> None:
-        self.batch = batch
-
-    def group(self, batches: tuple[Any, ...]) -> Group:
-        return Group()
-
-    def schedule(self) -> None:
-        pass
 
 
 def receiver_with(kind: str = "video", mime: str = "video/VP8", *, fast: bool = True) -> Any:
@@ -41,7 +24,7 @@ def receiver_with(kind: str = "video", mime: str = "video/VP8", *, fast: bool = 
     receiver = TrackReceiver(
         kind=kind, mime_type=mime, clock_rate=90000, layer_count=1, send_rtcp=lambda data: None
     )
-    batch = Batch(impl.batch(-1))
+    batch = UnflushedBatch(impl.batch(-1))
     tracks = []
     for i in range(2):
         target = impl.target(batch.batch, ("127.0.0.1", 40000 + i))
