@@ -56,7 +56,7 @@ def loadtest_argv(args: argparse.Namespace, sfu: Any, out: Path) -> list[str]:
     rooms, per_room = args.rooms, args.per_room
     return [
         sys.executable, "-m", "loadtest",
-        "--url", sfu.url, "--api-key", sfu.api_key, "--api-secret", sfu.api_secret,
+        "--url", sfu.url, "--api-key", sfu.api_key, f"--api-secret={sfu.api_secret}",
         "--room", "small", "--rooms", str(rooms),
         "--video-publishers", str(rooms * per_room), "--audio-publishers", str(rooms * per_room),
         "--subscribers", str(rooms * (per_room - 1)),

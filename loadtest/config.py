@@ -2,13 +2,17 @@
 
 `parse_args(argv)` turns the command line into a `Scenario`. A `--preset` fills the defaults;
 flags given explicitly override it. Durations are written like `lk load-test`: `30s`, `2m`,
-`1m30s`, `500ms`, or a bare number of seconds.
+`1m30s`, `500ms`, or a bare number of seconds. As with `lk`, `LIVEKIT_URL`, `LIVEKIT_API_KEY`
+and `LIVEKIT_API_SECRET` stand in for `--url`, `--api-key` and `--api-secret`: a secret in the
+environment stays out of `ps`, and one that starts with `-` needs no `--api-secret=` form.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -168,10 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         help="signalling URL: ws://host:port or wss://host (LiveKit Cloud too); http(s):// is "
-        "read as ws(s):// (default ws://127.0.0.1:7880)",
+        "read as ws(s):// (default $LIVEKIT_URL, else ws://127.0.0.1:7880)",
     )
-    p.add_argument("--api-key", help="API key: mint HS256 access tokens locally")
-    p.add_argument("--api-secret", help="API secret for --api-key")
+    p.add_argument(
+        "--api-key", help="API key: mint HS256 access tokens locally (default $LIVEKIT_API_KEY)"
+    )
+    p.add_argument(
+        "--api-secret",
+        help="API secret for --api-key (default $LIVEKIT_API_SECRET; on the command line write "
+        "--api-secret=SECRET when it may start with '-')",
+    )
     p.add_argument(
         "--token-url", help="get tokens by GET {token-url}?identity=…&room=… (JSON {token})"
     )
@@ -215,12 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> Scenario:
-    """The `Scenario` for a command line: preset defaults, then explicit flags."""
+_ENVIRONMENT = {
+    "url": "LIVEKIT_URL",
+    "api_key": "LIVEKIT_API_KEY",
+    "api_secret": "LIVEKIT_API_SECRET",
+}
+
+
+def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Scenario:
+    """The `Scenario` for a command line: preset defaults, `LIVEKIT_*` variables, then flags."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     preset = args.pop("preset")
     values: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    environ = os.environ if environ is None else environ
+    values.update({k: environ[name] for k, name in _ENVIRONMENT.items() if environ.get(name)})
     values.update({k: v for k, v in args.items() if v is not None})
     scenario = replace(Scenario(), preset=preset, **values)
     url = scenario.url

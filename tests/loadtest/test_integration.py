@@ -46,7 +46,7 @@ async def test_small_scenario_matches_sfu_metrics(tmp_path: Path, media_cache: P
             [
                 "--url", sfu.url,
                 "--api-key", sfu.api_key,
-                "--api-secret", sfu.api_secret,
+                f"--api-secret={sfu.api_secret}",  # a urlsafe secret may start with "-"
                 "--room", "it",
                 "--video-publishers", "2",
                 "--audio-publishers", "2",

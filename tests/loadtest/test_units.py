@@ -68,7 +68,30 @@ def test_no_simulcast_is_one_layer() -> None:
 
 def test_needs_credentials() -> None:
     with pytest.raises(SystemExit):
-        parse_args(["--subscribers", "3"])
+        parse_args(["--subscribers", "3"], environ={})
+
+
+def test_a_secret_that_starts_with_a_dash() -> None:
+    # token_urlsafe secrets start with "-" one time in 64: the "=" form carries them
+    assert parse_args(["--api-key", "k", "--api-secret=-s3cret"], environ={}).api_secret == (
+        "-s3cret"
+    )
+
+
+def test_livekit_variables_stand_in_for_the_flags() -> None:
+    environ = {
+        "LIVEKIT_URL": "https://sfu.example.org",
+        "LIVEKIT_API_KEY": "APIkey",
+        "LIVEKIT_API_SECRET": "-from-the-environment",
+    }
+    s = parse_args([], environ=environ)
+    assert (s.url, s.api_key, s.api_secret) == (
+        "wss://sfu.example.org",
+        "APIkey",
+        "-from-the-environment",
+    )
+    flags = parse_args(["--api-key", "k", "--api-secret", "s"], environ=environ)
+    assert (flags.api_key, flags.api_secret) == ("k", "s")
 
 
 def test_trailer_roundtrip() -> None:
