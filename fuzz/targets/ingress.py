@@ -23,7 +23,8 @@ from aioice.ice import StunProtocol
 from pylibsrtp import Error as LibSrtpError
 from pylibsrtp import Policy, Session
 
-from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.feedback import FeedbackRouter
+from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.rtp import extensions as ext
 from sfu.media.rtp import rtcp

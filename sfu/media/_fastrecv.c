@@ -38,6 +38,7 @@
 #define DATAGRAM_SIZE 2048 /* sfu.media.transport.srtp.BUFFER_SIZE; longer ones are truncated */
 #define RECV_BATCH 64
 #define MAX_KNOWN 64 /* sfu.media.transport.srtp.MAX_SRTP_STREAMS */
+#define MAX_WAKE_S 60.0 /* the longest Stream.arm(wake=...) */
 #define MAX_PENDING_GROUPS 64 /* flush groups a drain schedules at its end; more: at once */
 #define SEQUENCE_BASE (INT64_C(1) << 16) /* sfu.media.receiver.SEQUENCE_BASE */
 #define SPEAKING_DBOV 35                 /* sfu.media.receiver.SPEAKING_DBOV */
@@ -89,11 +90,15 @@ typedef struct {
     uint32_t ssrc;
     int vp8;            /* drop packets whose VP8 descriptor is unreadable, as the receiver does */
     int audio_level_id; /* 0: none */
+    /* > 0 while a sink waits for a key frame of the layer: a packet that may start one, and one
+     * packet every wake_s seconds (next_wake), go to Python instead */
+    double wake_s, next_wake;
     PyObject *targets;  /* a tuple of sfu.media._fastpath.Target */
     PyObject *group;    /* scheduled (`schedule()`) after a packet went to a target, or None */
 } StreamObject;
 
 static PyTypeObject StreamType;
+static double monotonic_now(void);
 
 static int
 stream_init(StreamObject *self, PyObject *args, PyObject *kwds)
@@ -200,15 +205,20 @@ static PyObject *
 stream_arm(StreamObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ssrc", "targets", "group", "forward", "vp8", "audio_level_id",
-                             NULL};
+                             "wake", NULL};
     unsigned long ssrc;
     PyObject *targets, *group, *forward = NULL;
     int vp8 = 0, level_id = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kO!O|$Opi", kwlist, &ssrc, &PyTuple_Type,
-                                     &targets, &group, &forward, &vp8, &level_id))
+    double wake = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kO!O|$Opid", kwlist, &ssrc, &PyTuple_Type,
+                                     &targets, &group, &forward, &vp8, &level_id, &wake))
         return NULL;
     if (ssrc > 0xFFFFFFFFUL || level_id < 0 || level_id > 255) {
         PyErr_SetString(PyExc_ValueError, "ssrc or audio_level_id out of range");
+        return NULL;
+    }
+    if (!(wake >= 0.0 && wake <= MAX_WAKE_S) || (wake > 0.0 && !vp8)) {
+        PyErr_SetString(PyExc_ValueError, "wake must be 0..60 s, and only for VP8");
         return NULL;
     }
     if (import_fastpath() < 0)
@@ -231,6 +241,8 @@ stream_arm(StreamObject *self, PyObject *args, PyObject *kwds)
     self->ssrc = (uint32_t)ssrc;
     self->vp8 = vp8;
     self->audio_level_id = level_id;
+    self->wake_s = wake;
+    self->next_wake = wake > 0.0 ? monotonic_now() + wake : 0.0;
     self->armed = 1;
     Py_RETURN_NONE;
 }
@@ -254,6 +266,12 @@ static PyObject *
 stream_get_armed(StreamObject *self, void *c)
 {
     return PyBool_FromLong(self->armed);
+}
+
+static PyObject *
+stream_get_wake(StreamObject *self, void *c)
+{
+    return PyFloat_FromDouble(self->armed ? self->wake_s : 0.0);
 }
 
 static PyObject *
@@ -300,6 +318,9 @@ static PyGetSetDef stream_getset[] = {
      "the extended number last unwrapped (None: none since the reset)", NULL},
     {"armed", (getter)stream_get_armed, NULL, "whether the reader takes its packets itself", NULL},
     {"ssrc", (getter)stream_get_ssrc, NULL, "the SSRC it was armed for", NULL},
+    {"wake", (getter)stream_get_wake, NULL,
+     "seconds between the packets handed to Python while a sink waits for a key frame (0: none)",
+     NULL},
     {NULL},
 };
 
@@ -324,9 +345,10 @@ static PyMethodDef stream_methods[] = {
     {"reset_sequence", (PyCFunction)stream_reset_sequence, METH_NOARGS,
      "Forget the unwrapper's reference: the next number starts again (a new SSRC)."},
     {"arm", (PyCFunction)(void (*)(void))stream_arm, METH_VARARGS | METH_KEYWORDS,
-     "arm(ssrc, targets, group, *, forward, vp8=False, audio_level_id=0): the reader takes "
-     "`ssrc`'s packets itself from now on, forwarded to `targets` (a tuple) as `forward` "
-     "(sfu.media._fastpath.forward) would."},
+     "arm(ssrc, targets, group, *, forward, vp8=False, audio_level_id=0, wake=0.0): the reader "
+     "takes `ssrc`'s packets itself from now on, forwarded to `targets` (a tuple) as `forward` "
+     "(sfu.media._fastpath.forward) would; with `wake` (VP8), a packet that may start a key "
+     "frame and one packet every `wake` seconds go to on_rtp instead."},
     {"disarm", (PyCFunction)stream_disarm_py, METH_NOARGS,
      "Hand its packets to Python again."},
     {NULL, NULL, 0, NULL},
@@ -821,6 +843,36 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Whether a VP8 payload (d[off:end]) may start a key frame (sfu.media.rtp.vp8.is_keyframe true,
+ * or raising: a frame start whose descriptor or payload header is cut short) */
+static int
+vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
+{
+    if (off >= end) /* no payload: padding, never a key frame */
+        return 0;
+    if ((d[off] & 0x17) != 0x10)
+        return 0;
+    Py_ssize_t size = 1;
+    if (d[off] & 0x80) {
+        if (off + 1 >= end)
+            return 1;
+        uint8_t xb = d[off + 1];
+        size = 2;
+        if (xb & 0x80) {
+            if (off + 2 >= end)
+                return 1;
+            size += (d[off + 2] & 0x80) ? 2 : 1;
+        }
+        if (xb & 0x40)
+            size += 1;
+        if (xb & 0x30)
+            size += 1;
+    }
+    if (off + size >= end)
+        return 1;
+    return !(d[off + size] & 0x01);
+}
+
 /* What sfu.media.receiver's Python path does with one decrypted packet of an armed stream's SSRC
  * (RtpDemuxer.on_rtp, TrackReceiver.on_rtp), in C: 1 taken, 0 not (a packet RtpPacket.parse
  * refuses: Python drops and counts it), -1 with an exception set. */
@@ -889,10 +941,18 @@ stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t
     }
     if (!st->audio_level_id)
         level = NULL;
+    double now = monotonic_now();
+    if (st->wake_s > 0.0) {
+        /* a sink waits for a key frame: what it waits for, and now and then a packet to ask
+         * again, reach the receiver in Python (so does a frame start it cannot read) */
+        if (now >= st->next_wake || vp8_may_start_keyframe(d, off, n - padding)) {
+            st->next_wake = now + st->wake_s;
+            return 0;
+        }
+    }
     /* RtpDemuxer.on_rtp's counters, then TrackReceiver.on_rtp */
     reader->in_packets++;
     reader->in_octets += (unsigned long long)n;
-    double now = monotonic_now();
     st->packets++;
     st->octets += (unsigned long long)n;
     st->last_arrival = now;

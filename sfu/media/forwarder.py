@@ -17,9 +17,7 @@ Within the subscriber link's budget too (`SubscriberBandwidth.allow_retransmit`:
 the estimator sees overuse), and never faster than the RTT. Every copy carries the link's next
 transport-wide sequence number when transport-cc was negotiated; `send_padding` sends padding
 probes between frames; the allocator caps the layer (`set_allocation`, -1 pauses).
-`FeedbackRouter` sends the subscriber's RTCP (receiver reports, PLI, FIR, NACK) to the right down
-track, transport-cc and REMB to the link, and leaves every other RTCP type unparsed. Time is the
-receiver's `clock`.
+`sfu.media.feedback.FeedbackRouter` brings it the subscriber's RTCP. Time is the receiver's `clock`.
 With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
 its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
 compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every
@@ -37,7 +35,6 @@ from typing import Any
 
 from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.receiver import MAX_LAYERS, TrackReceiver
-from sfu.media.rtcp_intake import RtcpIntake
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.header import RtpPacket, rewrite
@@ -287,6 +284,16 @@ class DownTrack:
         if not self.started or not self.forwarding:
             return True
         return self.receiver.is_video and layer != self.current_layer and layer > self.limit
+
+    def waits_for_keyframe(self, layer: int) -> bool:
+        """Whether `write` would act on a packet of `layer` only if it may start a key frame
+        (to switch to that layer) or to ask for one again (`KEYFRAME_RETRY`): video, started
+        and forwarding, another layer flowing or none yet, `layer` within the limit. The
+        compiled receive path may then take the layer's other packets (`Stream.arm`'s `wake`)."""
+        return (
+            self.started and self.forwarding and self.receiver.is_video
+            and layer != self.current_layer and layer <= self.limit
+        )  # fmt: skip
 
     def _push(self) -> None:
         """The decisions made in Python (offsets, switch point, epoch) into the target."""
@@ -739,61 +746,3 @@ class DownTrack:
         self._last_srs = (sent, self._last_srs[0])
         COUNTERS.rtcp_out += 1
         return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
-
-
-class FeedbackRouter:
-    """Subscriber-PC RTCP → the down track it is about, or the transport's link.
-
-    Only what is acted on is parsed: receiver reports, NACK, PLI, FIR for the down tracks;
-    transport-cc feedback and REMB for `bandwidth` (`SubscriberBandwidth`). Anything else (SDES,
-    XR...) is left unparsed. A transport-cc packet can announce 65,535 statuses in 40 bytes: its
-    parser and `SubscriberBandwidth` both work per byte present, not per status announced.
-    """
-
-    def __init__(self, bandwidth: SubscriberBandwidth | None = None) -> None:
-        self._by_ssrc: dict[int, DownTrack] = {}
-        self.bandwidth = bandwidth
-        self._rtcp = RtcpIntake()
-        self._rtcp.on(rtcp.ReceiverReport, self._on_receiver_report)
-        self._rtcp.on(rtcp.Nack, self._on_nack)
-        self._rtcp.on(rtcp.Pli, self._on_pli)
-        self._rtcp.on(rtcp.Fir, self._on_fir)
-        if bandwidth is not None:
-            self._rtcp.on(rtcp.TransportCcFeedback, bandwidth.on_transport_cc)
-            self._rtcp.on(rtcp.Remb, bandwidth.on_remb)
-
-    def add(self, downtrack: DownTrack) -> None:
-        self._by_ssrc[downtrack.ssrc] = downtrack
-
-    def remove(self, downtrack: DownTrack) -> None:
-        if self._by_ssrc.get(downtrack.ssrc) is downtrack:
-            del self._by_ssrc[downtrack.ssrc]
-
-    def on_rtcp(self, data: bytes) -> None:
-        """One decrypted RTCP compound from the subscriber."""
-        self._rtcp(data)
-
-    def _on_receiver_report(self, report: rtcp.ReceiverReport) -> None:
-        for block in report.reports:  # at most 31
-            downtrack = self._by_ssrc.get(block.ssrc)
-            if downtrack is not None:
-                downtrack.on_report_block(block)
-
-    def _on_nack(self, nack: rtcp.Nack) -> None:
-        downtrack = self._by_ssrc.get(nack.media_ssrc)
-        if downtrack is not None:
-            COUNTERS.nack_in += 1
-            downtrack.on_nack(nack)
-
-    def _on_pli(self, pli: rtcp.Pli) -> None:
-        downtrack = self._by_ssrc.get(pli.media_ssrc)
-        if downtrack is not None:
-            COUNTERS.pli_in += 1
-            downtrack.on_keyframe_request()
-
-    def _on_fir(self, fir: rtcp.Fir) -> None:
-        for entry in fir.entries:
-            downtrack = self._by_ssrc.get(entry.ssrc)
-            if downtrack is not None:
-                COUNTERS.fir_in += 1
-                downtrack.on_keyframe_request()

@@ -8,7 +8,10 @@ the reader of the shared socket (`sfu.media._fastrecv`, reference `sfu.media.fas
 does the receiver's whole per-packet work for that SSRC itself (`Stream.take`: `RtpPacket.parse`'s
 checks, the process counters, the sequence numbers, the RFC 6464 audio level, the VP8 descriptor
 check, `forward` to the armed targets) and hands Python only what it cannot take. Any change of the
-fan-out disarms it again (`TrackReceiver.fanout_changed`).
+fan-out disarms it again (`TrackReceiver.fanout_changed`). A VP8 layer with a sink waiting for its
+key frame (a down track switching to it) is armed with `wake`: the packets that may start a key
+frame, and one packet every `wake` seconds (so that the sink asks for a key frame again), go to
+`on_rtp`; the rest are taken as before.
 
 This is the pure-Python reference of `sfu.media._fastrecv.Stream` (the property test in
 tests/sfu/media/test_fastrecv.py holds the two to the same datagrams and counts); `new_stream()`
@@ -30,6 +33,18 @@ __all__ = ["STREAM_FORWARD", "Stream", "new_stream"]
 
 SEQUENCE_BASE = 1 << 16  # sfu.media.receiver.SEQUENCE_BASE
 SPEAKING_DBOV = 35  # sfu.media.receiver.SPEAKING_DBOV
+MAX_WAKE_S = 60.0  # the longest `Stream.arm(wake=...)`
+
+
+def _may_start_keyframe(data: bytes, offset: int, end: int) -> bool:
+    """Whether a VP8 payload may start a key frame: `is_keyframe`, or a frame start it cannot
+    read (Python drops that one). No payload (padding) never does."""
+    if offset >= end:
+        return False
+    try:
+        return vp8_is_keyframe(data, offset, end)
+    except PacketError:
+        return True
 
 
 class Stream:
@@ -47,6 +62,7 @@ class Stream:
         self.ssrc = 0
         self._vp8 = False
         self._level_id = 0
+        self._wake = self._next_wake = 0.0
         self._targets: tuple[Any, ...] = ()
         self._group: Any = None
         self._forward: Any = None
@@ -76,12 +92,20 @@ class Stream:
     def reset_sequence(self) -> None:
         self._unwrapper.reset()
 
+    @property
+    def wake(self) -> float:
+        return self._wake if self.armed else 0.0
+
     def arm(
         self, ssrc: int, targets: tuple[Any, ...], group: Any, *, forward: Any,
-        vp8: bool = False, audio_level_id: int = 0,
+        vp8: bool = False, audio_level_id: int = 0, wake: float = 0.0,
     ) -> None:  # fmt: skip
         if not 0 <= ssrc <= 0xFFFFFFFF or not 0 <= audio_level_id <= 255:
             raise ValueError("ssrc or audio_level_id out of range")
+        if not 0.0 <= wake <= MAX_WAKE_S or (wake > 0.0 and not vp8):
+            raise ValueError("wake must be 0..60 s, and only for VP8")
+        self._wake = float(wake)
+        self._next_wake = time.monotonic() + wake if wake > 0.0 else 0.0
         if not isinstance(targets, tuple) or not callable(forward):
             raise TypeError("targets must be a tuple, forward callable")
         self._targets, self._group, self._forward = targets, group, forward
@@ -94,14 +118,20 @@ class Stream:
 
     def take(self, reader: Any, data: bytes) -> bool:
         """The receiver's work on one decrypted packet of the armed SSRC (`RtpDemuxer.on_rtp`,
-        `TrackReceiver.on_rtp`); False: not taken (the parser refuses it: Python drops it)."""
+        `TrackReceiver.on_rtp`); False: not taken (the parser refuses it: Python drops it; or, armed
+        with `wake`, it may start a key frame or the interval is up: Python forwards it)."""
         try:
             packet = RtpPacket.parse(data)
         except PacketError:
             return False
+        offset, padding = packet.payload_offset, packet.padding_size
+        end = len(data) - padding
+        now = time.monotonic()
+        if self._wake > 0.0 and (now >= self._next_wake or _may_start_keyframe(data, offset, end)):
+            self._next_wake = now + self._wake
+            return False  # for a sink waiting for a key frame: to Python
         reader.in_packets += 1
         reader.in_octets += len(data)
-        now = time.monotonic()
         sequence = self.on_packet(packet.sequence_number, len(data), now)
         if sequence < 0:
             reader.dropped += 1
@@ -113,8 +143,6 @@ class Stream:
             if dbov < SPEAKING_DBOV:
                 self.loud_packets += 1
                 self.loud_dbov_sum += dbov
-        offset, padding = packet.payload_offset, packet.padding_size
-        end = len(data) - padding
         if self._vp8 and end > offset:
             try:
                 vp8_is_keyframe(data, offset, end)

@@ -86,8 +86,13 @@ class PacketSink(Protocol):
 
 
 #: one layer's fan-out: (forward, the fast sinks' targets, their batches), the other sinks, and
-#: whether the compiled receive path may take the layer's packets (no other sink would act)
-_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...], bool]
+#: whether the compiled receive path may take the layer's packets (no other sink would act, or
+#: only on a key frame's packet: then KEYFRAME_WAKE_S, else 0, is the arming's `wake`)
+_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...], bool, float]
+#: while a sink waits for a key frame of an armed VP8 layer (`waits_for_keyframe`), Python sees
+#: the packets that may start one and one packet in this many seconds besides, for the sink to
+#: ask again (a quarter of sfu.media.forwarder.KEYFRAME_RETRY)
+KEYFRAME_WAKE_S = 0.0625
 
 
 class LayerState:
@@ -253,14 +258,20 @@ class TrackReceiver:
         for layer in range(len(self.layers)):
             fast: list[tuple[Any, Any, Any]] = []
             slow: list[PacketSink] = []
-            armable = self._armable
+            armable, wake = self._armable, 0.0
             for sink in self.sinks:
                 choice = getattr(sink, "fast", None)
                 entry = choice(layer) if choice is not None else None
                 if entry is None:
                     slow.append(sink)
                     idle = getattr(sink, "idle_for", None)
-                    armable = armable and idle is not None and idle(layer)
+                    if idle is not None and idle(layer):
+                        continue
+                    waits = getattr(sink, "waits_for_keyframe", None)
+                    if self._keyframe is vp8_is_keyframe and waits is not None and waits(layer):
+                        wake = KEYFRAME_WAKE_S
+                    else:
+                        armable = False
                 else:
                     fast.append(entry)
             group = None
@@ -268,7 +279,7 @@ class TrackReceiver:
                 batches = tuple({id(b): b for _, _, b in fast}.values())
                 group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
                 armable = armable and group[0] is STREAM_FORWARD
-            fanout.append((group, tuple(slow), armable))
+            fanout.append((group, tuple(slow), armable, wake if armable else 0.0))
         self._fanout = fanout
         return fanout
 
@@ -306,7 +317,7 @@ class TrackReceiver:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
                 return None  # a video packet whose payload descriptor is unreadable is dropped
-        fast, slow, armable = (self._fanout or self._fanout_for())[layer]
+        fast, slow, armable, wake = (self._fanout or self._fanout_for())[layer]
         if fast is not None:
             forward, targets, group = fast
             copies, octets = forward(
@@ -326,7 +337,7 @@ class TrackReceiver:
             targets, group = (fast[1], fast[2]) if fast is not None else ((), None)
             counters.arm(
                 packet.ssrc, targets, group, forward=STREAM_FORWARD,
-                vp8=self._keyframe is not None, audio_level_id=self._audio_level_id,
+                vp8=self._keyframe is not None, audio_level_id=self._audio_level_id, wake=wake,
             )  # fmt: skip
         return counters
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sfu.media.bandwidth import SubscriberBandwidth
-from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.feedback import FeedbackRouter
+from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.sdp import Codec
 

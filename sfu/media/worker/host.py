@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from sfu.media.bandwidth import SubscriberBandwidth
-from sfu.media.forwarder import DownTrack, FeedbackRouter
+from sfu.media.feedback import FeedbackRouter
+from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import RtpDemuxer, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError

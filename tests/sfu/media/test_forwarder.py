@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.media import fastpath
-from sfu.media.forwarder import HISTORY_SIZE, DownTrack, FeedbackRouter
+from sfu.media.feedback import FeedbackRouter
+from sfu.media.forwarder import HISTORY_SIZE, DownTrack
 from sfu.media.receiver import RECEIVER_SSRC, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.header import RtpPacket

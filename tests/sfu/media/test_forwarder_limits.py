@@ -13,12 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.media.forwarder import (
-    NACK_BUDGET,
-    NACK_RESEND_INTERVAL,
-    DownTrack,
-    FeedbackRouter,
-)
+from sfu.media.feedback import FeedbackRouter
+from sfu.media.forwarder import NACK_BUDGET, NACK_RESEND_INTERVAL, DownTrack
 from sfu.media.receiver import MAX_LAYERS, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.twcc import TransportCcFeedback

@@ -6,7 +6,8 @@ Random RTP packets — CSRC lists, one-byte and two-byte extension blocks (well 
 with and without the audio level), padding (valid and not), VP8 descriptors of every shape and
 truncated ones, sequence numbers that wrap, jump and go back, the wrong RTP version — from one
 source whose SSRCs the route knows, with the streams armed, disarmed, re-armed for another SSRC
-and forgotten between them, and "Python" (`on_rtp`: what the receiver would do, the same on both
+and forgotten between them, armed with and without `wake` (a sink waiting for a key frame: none
+but key frames reach Python, or every packet does), and "Python" (`on_rtp`: what the receiver would do, the same on both
 sides) arming a stream when asked: both readers must make the same `on_rtp` calls, queue the
 same datagrams on their targets' batches (byte for byte), schedule the same flush groups and
 leave the same numbers in the streams, the targets and the process counts. Each side has its
@@ -31,9 +32,13 @@ from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.header import RtpPacket
 from tests.sfu.media.test_fastpath import PROFILES
 from tests.sfu.media.test_fastrecv import compiled, sessions, udp_socket
+from tests.sfu.packets import rtp
 
 SSRCS = (0x11111111, 0x22222222)
 LEVEL_ID = 1
+#: Stream.arm's wake: none; only key frames reach Python (the interval never ends in a test);
+#: every packet does (the interval is over by the next one)
+WAKES = (0.0, 0.0, 50.0, 1e-9)
 
 
 class Group:
@@ -70,7 +75,7 @@ class Side:
         for t in self.targets:
             t.ssrc, t.payload_type = 0xABC0 + t.addr[1], 100
         self.groups = {ssrc: Group(self.calls, f"g{i}") for i, ssrc in enumerate(SSRCS)}
-        self.arm_next: dict[int, tuple[bool, int]] = {}  # ssrc → (vp8, audio level id)
+        self.arm_next: dict[int, tuple[bool, int, float]] = {}  # ssrc → (vp8, level id, wake)
         self.counts = [0, 0, 0, 0, 0]
 
     def _fallback(self, data: bytes, addr: Any) -> None:
@@ -97,7 +102,7 @@ class Side:
             return stream if stream.armed else None
         stream.arm(
             packet.ssrc, self.targets, self.groups[packet.ssrc], forward=self.impl.forward,
-            vp8=arm[0], audio_level_id=arm[1],
+            vp8=arm[0], audio_level_id=arm[1], wake=arm[2] if arm[0] else 0.0,
         )  # fmt: skip
         return stream
 
@@ -114,7 +119,7 @@ class Side:
     def state(self) -> tuple[Any, ...]:
         streams = [
             (s.packets, s.octets, s.base_seq, s.max_ext_seq, s.seq_offset, s.seq_continue,
-             s.last_seq, s.level_packets, s.loud_packets, s.loud_dbov_sum, s.armed, s.ssrc)
+             s.last_seq, s.level_packets, s.loud_packets, s.loud_dbov_sum, s.armed, s.ssrc, s.wake)
             for s in self.streams.values()
         ]  # fmt: skip
         targets = [
@@ -196,7 +201,13 @@ operations = st.one_of(
     st.tuples(st.just("send"), rtp_packet),
     st.tuples(st.just("send"), rtp_packet),
     st.tuples(st.just("send"), rtp_packet),
-    st.tuples(st.just("arm"), st.integers(0, 1), st.booleans(), st.sampled_from([0, LEVEL_ID, 5])),
+    st.tuples(
+        st.just("arm"),
+        st.integers(0, 1),
+        st.booleans(),
+        st.sampled_from([0, LEVEL_ID, 5]),
+        st.sampled_from(WAKES),
+    ),
     st.tuples(st.just("disarm"), st.integers(0, 1)),
     st.tuples(st.just("forget"), st.integers(0, 1)),
     st.tuples(st.just("learn"), st.integers(0, 1)),
@@ -225,7 +236,11 @@ def pair_factory() -> Iterator[Any]:
 )
 @given(
     profile=st.sampled_from([None, next(iter(PROFILES))]),
-    arms=st.lists(st.tuples(st.booleans(), st.sampled_from([0, LEVEL_ID])), min_size=2, max_size=2),
+    arms=st.lists(
+        st.tuples(st.booleans(), st.sampled_from([0, LEVEL_ID]), st.sampled_from(WAKES)),
+        min_size=2,
+        max_size=2,
+    ),
     ops=st.lists(operations, min_size=5, max_size=60),
 )
 def test_armed_streams_agree_with_the_reference(
@@ -252,7 +267,7 @@ def test_armed_streams_agree_with_the_reference(
             pending += 1
         elif kind == "arm":
             for side in sides:
-                side.arm_next[SSRCS[op[1]]] = (op[2], op[3])
+                side.arm_next[SSRCS[op[1]]] = (op[2], op[3], op[4])
         elif kind == "disarm":
             for side in sides:
                 side.streams[SSRCS[op[1]]].disarm()
@@ -293,8 +308,51 @@ def test_a_stream_arms_only_with_its_own_forward(name: str) -> None:
             stream.arm(1, (fastpath.PYTHON.target(batch, ("127.0.0.1", 1)),), None,
                        forward=impl.forward)  # fmt: skip
     assert not stream.armed
-    stream.arm(7, (target,), None, forward=impl.forward)
-    assert stream.armed and stream.ssrc == 7
-    stream.disarm()
+    for wake in (-0.1, 61.0, float("nan")):
+        with pytest.raises(ValueError):
+            stream.arm(1, (target,), None, forward=impl.forward, vp8=True, wake=wake)
+    with pytest.raises(ValueError):  # key frames are known for VP8 only
+        stream.arm(1, (target,), None, forward=impl.forward, wake=0.1)
     assert not stream.armed
+    stream.arm(7, (target,), None, forward=impl.forward)
+    assert stream.armed and stream.ssrc == 7 and stream.wake == 0.0
+    stream.arm(7, (target,), None, forward=impl.forward, vp8=True, wake=0.25)
+    assert stream.wake == 0.25
+    stream.disarm()
+    assert not stream.armed and stream.wake == 0.0
     batch.close()
+
+
+@pytest.mark.parametrize("compiled_side", [True, False])
+def test_armed_with_wake_python_sees_key_frames_and_one_packet_per_interval(
+    pair_factory: Any, compiled_side: bool
+) -> None:
+    """A sink waits for a key frame: the reader takes delta frames and padding itself, hands
+    the packets that may start a key frame (and frame starts it cannot read) to `on_rtp`, and
+    one packet once the interval is over."""
+    side = pair_factory(None)[0 if compiled_side else 1]
+    ssrc = SSRCS[0]
+    key, delta, middle = b"\x10\x00\x9d\x01\x2a", b"\x10\x01\x00\x00", b"\x00\x00\x00\x00"
+    cut = b"\x90"  # X set, the extension byte missing: unreadable
+    payloads = [b"\x10", key, delta, middle, b"", delta, cut, middle, key]
+    side.arm_next[ssrc] = (True, 0, 50.0)
+
+    def send(seq: int, payload: bytes) -> None:
+        data = rtp(payload, ssrc=ssrc, sequence_number=seq, timestamp=seq * 3000,
+                   padding=4 if not payload else 0)  # fmt: skip
+        side.source.sendto(data, side.sock.getsockname())
+        side.drain(1)
+
+    send(0, b"\x10\x00\x9d\x01\x2a")  # arms the stream, with wake
+    assert side.streams[ssrc].wake == 50.0
+    for seq, payload in enumerate(payloads, start=1):
+        send(seq, payload)
+    seen = [RtpPacket.parse(data).sequence_number for kind, data in side.calls if kind == "rtp"]
+    assert seen == [0, 1, 2, 7, 9]  # the arming packet, "\x10" (cut short), the key frames, cut
+    assert side.route.taken == 5
+    side.streams[ssrc].arm(ssrc, side.targets, None, forward=side.impl.forward, vp8=True,
+                           wake=1e-9)  # fmt: skip
+    send(20, delta)
+    send(21, middle)
+    seen = [RtpPacket.parse(data).sequence_number for kind, data in side.calls if kind == "rtp"]
+    assert seen[-2:] == [20, 21]  # each one after the interval

@@ -10,7 +10,7 @@ import pytest
 
 from sfu.media import fastpath
 from sfu.media.forwarder import DownTrack
-from sfu.media.receiver import TrackReceiver
+from sfu.media.receiver import KEYFRAME_WAKE_S, TrackReceiver
 from sfu.media.rtp.header import RtpPacket
 from tests.harness.unflushed_batch import UnflushedBatch
 from tests.sfu.media.test_fastrecv import compiled
@@ -65,19 +65,42 @@ def test_a_layer_whose_sinks_all_take_the_fast_path_is_armed_until_the_fan_out_c
     assert not stream.armed
 
 
-@pytest.mark.parametrize(
-    ("kind", "mime", "fast"),
-    [("video", "video/H264", True), ("video", "video/VP8", False)],
-)
-def test_h264_and_sinks_without_the_fast_path_are_never_armed(
-    kind: str, mime: str, fast: bool
-) -> None:
-    receiver, tracks = receiver_with(kind, mime, fast=fast)
+def test_h264_is_never_armed() -> None:
+    receiver, tracks = receiver_with("video", "video/H264")
     for track in tracks:
         track.start()
     for seq in range(1, 6):
         assert receiver.on_rtp(packet(seq, b"\x65\x88\x00\x00"), 0) is None
     assert not receiver.layers[0].counters.armed
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_sinks_waiting_for_a_key_frame_arm_the_layer_with_wake(fast: bool) -> None:
+    """Started VP8 down tracks with nothing forwarded yet act only on a key frame: the layer is
+    armed with `wake` (the reader hands Python what may start one). Once they forward it, the
+    layer arms without wake through the compiled path, and never with slow sinks."""
+    receiver, tracks = receiver_with(fast=fast)
+    for track in tracks:
+        track.start()
+    delta = b"\x10\x01\x00\x00"
+    stream = receiver.on_rtp(packet(1, delta), 0)
+    assert stream is receiver.layers[0].counters and stream.armed
+    assert stream.wake == KEYFRAME_WAKE_S
+    assert receiver.on_rtp(packet(2), 0) is None  # the key frame: both switch, decide again
+    assert all(track.current_layer == 0 for track in tracks) and not stream.armed
+    again = receiver.on_rtp(packet(3, delta), 0)
+    if fast:
+        assert again is stream and stream.armed and stream.wake == 0.0
+    else:  # sinks that forward in Python act on every packet
+        assert again is None and not stream.armed
+
+
+def test_audio_sinks_never_wait_for_a_key_frame() -> None:
+    receiver, tracks = receiver_with("audio", "audio/opus", fast=False)
+    for track in tracks:
+        track.start()
+    assert not any(track.waits_for_keyframe(0) for track in tracks)
+    assert receiver.on_rtp(packet(1, b"\x01\x02"), 0) is None
 
 
 def test_an_injected_clock_is_never_armed() -> None:
