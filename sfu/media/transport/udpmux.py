@@ -419,7 +419,7 @@ _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 
 
-async def open_mux(address: str, port: int, receive: Any = None) -> UdpMux:
+async def open_mux(address: str, port: int, receive: Any) -> UdpMux:
     """The event loop's mux for ``address:port``, binding its socket on first use; read by
     `receive`'s compiled receive path (an `sfu.media.fastpath.Implementation`) when it has one,
     else by the event loop."""

@@ -56,10 +56,15 @@ def transport_config(settings: dict[str, Any]) -> TransportConfig:
     )
 
 
+async def open_udp_port(config: TransportConfig) -> None:
+    """Bind this worker's `rtc.udp_port` sockets (one per bind address), read by the compiled
+    receive path where `config.fast_path` has one, as the single process's are."""
+    for address in config.bind_addresses if config.udp_port else ():
+        await open_mux(address, config.udp_port, config.fast_path)
+
+
 async def serve(index: int, fd: int, namespace: str, config: TransportConfig) -> None:
-    if config.udp_port:
-        for address in config.bind_addresses:
-            await open_mux(address, config.udp_port)
+    await open_udp_port(config)
     relay = Relay(namespace, index)
     relay.start()
     channel: Channel | None = None

@@ -36,7 +36,7 @@ async def test_publisher_media_comes_through_the_reader(name: str) -> None:
     pc.addTrack(VideoStreamTrack())
     transport, _ = await publish(rec, pc, config)
     try:
-        mux = await open_mux("127.0.0.1", port)
+        mux = await open_mux("127.0.0.1", port, None)
         reader = mux.reader
         assert reader is not None
         await wait_for(lambda: transport.state == "connected", what="connected")

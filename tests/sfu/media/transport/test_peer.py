@@ -345,7 +345,7 @@ async def test_single_udp_port_is_shared_and_released() -> None:
             assert candidates and {c.port for c in candidates} == {port}
             await wait_for(lambda t=transport: t.state == "connected", what="connected")
             await wait_for(lambda r=rec: len(r.rtp) > 5, what="RTP through the shared port")
-        mux = await open_mux("127.0.0.1", port)
+        mux = await open_mux("127.0.0.1", port, None)
         assert mux.connections == 3
         rec, pc, transport = peers.pop(0)
         await transport.close()

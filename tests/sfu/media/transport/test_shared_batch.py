@@ -139,7 +139,7 @@ async def test_transports_on_one_udp_port_share_one_batch(name: str) -> None:
             await pc_.close()
         await tb.close()
         assert batch.fd >= 0  # still the socket's
-        mux = await open_mux("127.0.0.1", config.udp_port)
+        mux = await open_mux("127.0.0.1", config.udp_port, None)
         assert mux.connections == 0
     finally:
         for transport, pc in ((ta, pa), (tb, pb)):
@@ -214,7 +214,7 @@ def test_targets_are_not_kept_alive_by_their_senders() -> None:
 
 async def test_the_mux_makes_one_batch_per_implementation_and_gso() -> None:
     port = free_udp_port()
-    mux = await open_mux("127.0.0.1", port)
+    mux = await open_mux("127.0.0.1", port, None)
     impl = implementation("compiled")
     try:
         first = mux.fast_batch(impl, gso=True)

@@ -188,8 +188,8 @@ async def test_addresses_per_connection_are_bounded_and_unregister_forgets() -> 
 
 async def test_one_shared_socket_per_address_and_port() -> None:
     port = free_udp_port()
-    first = await open_mux("127.0.0.1", port)
-    assert await open_mux("127.0.0.1", port) is first
+    first = await open_mux("127.0.0.1", port, None)
+    assert await open_mux("127.0.0.1", port, None) is first
     assert first.get_extra_info("sockname")[1] == port
     first.close()
 
