@@ -2,9 +2,12 @@
 
 `load_media(cache_dir)` returns a `MediaSet`: per simulcast layer (q 320×180@15 150 kbit/s,
 h 640×360@20 500 kbit/s, f 1280×720@30 1.5 Mbit/s) a loop of VP8 frames with a key frame every
-2.5 s, and a loop of 20 ms Opus frames for talking and for silent (DTX-like) microphones. The
-pictures are a moving texture with noise, enough for libvpx to spend its bitrate. Encoding takes
-tens of seconds once; later runs read the cache (`~/.cache/matrix-sfu-loadtest/` by default).
+2.5 s (encoded after a warm-up GOP that is not kept, so that every looped key frame is
+rate-controlled), and a loop of 20 ms Opus frames for talking and for silent (DTX-like)
+microphones. The pictures are a moving texture with noise, enough for libvpx to spend its
+bitrate. Encoding takes a few seconds once (libvpx's realtime mode adapts to the CPU it gets:
+a loop encoded on a busy machine came out at 1.9 instead of 1.5 Mbit/s at 720p, so encode on a
+quiet one); later runs read the cache (`~/.cache/matrix-sfu-loadtest/` by default).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 __all__ = ["AUDIO_FRAME_MS", "LAYERS", "LayerSpec", "MediaSet", "default_cache_dir", "load_media"]
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 LOOP_S = 7.5
 KEY_FRAME_INTERVAL_S = 2.5
 AUDIO_FRAME_MS = 20
@@ -112,7 +115,7 @@ def _encode_video(spec: LayerSpec) -> list[tuple[bool, bytes]]:
     chroma = np.clip(smooth[:h, :w] * 0.5 + 64, 0, 255).astype(np.uint8)
     frames: list[tuple[bool, bytes]] = []
     count = round(spec.fps * LOOP_S)
-    for i in range(count):
+    for i in range(codec.gop_size + count):  # a warm-up GOP first (dropped below)
         dx, dy = (i * 3) % w, (i * 2) % h
         y = np.ascontiguousarray(texture[dy : dy + h, dx : dx + w])
         u = np.ascontiguousarray(chroma[: h // 2, (i % 8) : (i % 8) + w // 2])
@@ -131,6 +134,13 @@ def _encode_video(spec: LayerSpec) -> list[tuple[bool, bytes]]:
     for packet in codec.encode(None):
         data = bytes(packet)
         frames.append((not data[0] & 0x01, data))
+    # The encoder's first key frame, before its rate control has any history, is ~6x the later
+    # ones (183 KB against 28 KB at 720p): looped, every subscriber would get that burst every
+    # LOOP_S. A camera sends such a frame once at most, so the loop starts at the second one.
+    starts = [i for i, (key, _) in enumerate(frames) if key]
+    if len(starts) < 2:
+        raise RuntimeError("the VP8 warm-up GOP did not end with a key frame")
+    frames = frames[starts[1] :]
     if not frames or not frames[0][0]:
         raise RuntimeError("the VP8 loop must start with a key frame")
     return frames
