@@ -91,6 +91,7 @@ class DownTrack:
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.cname = cname
+        self._sdes = bytes(rtcp.Sdes.for_cname(ssrc, cname))  # the same in every report
         self.clock_rate = receiver.clock_rate
         self.is_vp8 = receiver.mime_type.lower().endswith("/vp8")
         self._send = send_rtp
@@ -745,4 +746,4 @@ class DownTrack:
         sent = ((report.ntp_timestamp >> 16) & 0xFFFFFFFF, self._clock())
         self._last_srs = (sent, self._last_srs[0])
         COUNTERS.rtcp_out += 1
-        return bytes(report) + bytes(rtcp.Sdes.for_cname(self.ssrc, self.cname))
+        return bytes(report) + self._sdes

@@ -6,6 +6,11 @@ being forwarded before the switch down has happened) — or nothing when every s
 disabled. Upgrades are sent at once; downgrades only after ``DOWNGRADE_DELAY`` of lower demand
 (LiveKit's DynacastPauseDelay), so a tile flickering small does not stall the stream. Before the
 first subscriber, the publisher keeps all layers for ``INITIAL_WAIT`` (it may be about to arrive).
+
+Changes (`update`) are evaluated once, on the loop's next pass, however many came: the demand is
+a pass over every subscriber, and when the active speaker changes in a room of N, each of the N
+subscribers changes two tiles' settings and switches two layers: evaluated at once, 4N passes
+over N subscribers in one burst.
 """
 
 from __future__ import annotations
@@ -44,12 +49,13 @@ class Dynacast:
         self._send = send
         self.sent_quality: int | None = None  # the max quality last announced (-1: none)
         self._timer: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Handle | None = None  # an `update` to evaluate this iteration
         self.closed = False
 
     def start(self) -> None:
         """Called at publish: announce now if somebody already watches, else after INITIAL_WAIT."""
         if self.demand() >= 0:
-            self.update()
+            self._evaluate()
         else:
             self._schedule(INITIAL_WAIT)
 
@@ -62,7 +68,13 @@ class Dynacast:
         return int(self.layer_qualities[min(layer, len(self.layer_qualities) - 1)])
 
     def update(self) -> None:
-        """Re-evaluate after a subscriber changed (settings, joined, left, switched layer)."""
+        """Re-evaluate after a subscriber changed (settings, joined, left, switched layer): once,
+        on the loop's next pass."""
+        if self._pending is None and not self.closed:
+            self._pending = asyncio.get_running_loop().call_soon(self._evaluate)
+
+    def _evaluate(self) -> None:
+        self._pending = None
         if self.closed:
             return
         wanted = self.demand()
@@ -108,3 +120,6 @@ class Dynacast:
     def close(self) -> None:
         self.closed = True
         self._cancel()
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None

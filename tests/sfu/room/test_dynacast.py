@@ -40,9 +40,11 @@ async def test_upgrades_at_once_downgrades_after_the_delay() -> None:
     assert [enabled(u) for u in sent] == [[True, False, False]]
     subs.append(Sub(2))
     d.update()
+    await asyncio.sleep(0)  # evaluated on the loop's next pass
     assert enabled(sent[-1]) == [True, True, True]
     subs.pop()
     d.update()
+    await asyncio.sleep(0)
     assert len(sent) == 2  # not yet
     await asyncio.sleep(0.3)
     assert enabled(sent[-1]) == [True, False, False]
@@ -67,11 +69,13 @@ async def test_nobody_watching_pauses_everything_after_the_initial_wait() -> Non
     d = Dynacast("TR_x", "vp8", [0, 1, 2], lambda: subs, sent.append)
     d.start()
     d.update()
+    await asyncio.sleep(0)
     assert sent == []  # the first subscriber may be about to arrive
     await asyncio.sleep(0.4)
     assert [enabled(u) for u in sent] == [[False, False, False]]
     subs.append(Sub(1))
     d.update()
+    await asyncio.sleep(0)
     assert enabled(sent[-1]) == [True, True, False]
     subs[0].subscribed_layer = -1  # hidden tile
     d.update()
@@ -86,3 +90,31 @@ async def test_layer_qualities_map_two_layers_and_single_layers() -> None:
     assert enabled(sent[-1]) == [True, True, False]
     Dynacast("TR_b", "vp8", [2], lambda: [Sub(0)], sent.append).start()
     assert enabled(sent[-1]) == [True, True, True]
+
+
+async def test_changes_in_one_iteration_are_evaluated_once() -> None:
+    """A speaker change makes every subscriber change settings and switch layers: the demand (a
+    pass over all subscribers) is computed once for all of them, not once each."""
+    passes = 0
+    subs = [Sub(0) for _ in range(100)]
+
+    def subscribers() -> list[Sub]:
+        nonlocal passes
+        passes += 1
+        return subs
+
+    sent: list[rtc.SignalResponse] = []
+    d = Dynacast("TR_x", "vp8", [0, 1, 2], subscribers, sent.append)
+    d.start()
+    passes = 0
+    for sub in subs:
+        sub.subscribed_layer = 2
+        d.update()
+    assert passes == 0 and len(sent) == 1
+    await asyncio.sleep(0)
+    assert passes == 1
+    assert [enabled(u) for u in sent] == [[True, False, False], [True, True, True]]
+    d.update()
+    d.close()
+    await asyncio.sleep(0)
+    assert passes == 1  # closed: nothing evaluated
