@@ -845,22 +845,20 @@ monotonic_now(void)
 
 /* Whether a VP8 payload (d[off:end]) may start a key frame (sfu.media.rtp.vp8.is_keyframe true,
  * or raising: a frame start whose descriptor or payload header is cut short) */
-static int
-vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
+/* The size of the VP8 payload descriptor at d[off:end] (RFC 7741 §4.2), or -1 when it is cut
+ * short (the extension byte or the picture id missing) */
+static Py_ssize_t
+vp8_descriptor_size(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
 {
-    if (off >= end) /* no payload: padding, never a key frame */
-        return 0;
-    if ((d[off] & 0x17) != 0x10)
-        return 0;
     Py_ssize_t size = 1;
     if (d[off] & 0x80) {
         if (off + 1 >= end)
-            return 1;
+            return -1;
         uint8_t xb = d[off + 1];
         size = 2;
         if (xb & 0x80) {
             if (off + 2 >= end)
-                return 1;
+                return -1;
             size += (d[off + 2] & 0x80) ? 2 : 1;
         }
         if (xb & 0x40)
@@ -868,7 +866,18 @@ vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
         if (xb & 0x30)
             size += 1;
     }
-    if (off + size >= end)
+    return size;
+}
+
+static int
+vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
+{
+    if (off >= end) /* no payload: padding, never a key frame */
+        return 0;
+    if ((d[off] & 0x17) != 0x10)
+        return 0;
+    Py_ssize_t size = vp8_descriptor_size(d, off, end);
+    if (size < 0 || off + size >= end)
         return 1;
     return !(d[off + size] & 0x01);
 }
@@ -973,25 +982,8 @@ stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t
     if (st->vp8 && end > off && (d[off] & 0x17) == 0x10) {
         /* vp8.is_keyframe's checks: a first packet of a frame whose descriptor or payload
          * header is cut short is not forwarded */
-        Py_ssize_t size = 1;
-        if (d[off] & 0x80) {
-            if (off + 1 >= end)
-                return 1;
-            uint8_t xb = d[off + 1];
-            size = 2;
-            if (xb & 0x80) {
-                if (off + 2 >= end)
-                    return 1;
-                size += (d[off + 2] & 0x80) ? 2 : 1;
-            }
-            if (xb & 0x40)
-                size += 1;
-            if (xb & 0x30)
-                size += 1;
-            if (off + size > end)
-                return 1;
-        }
-        if (off + size >= end)
+        Py_ssize_t size = vp8_descriptor_size(d, off, end);
+        if (size < 0 || off + size >= end)
             return 1;
     }
     if (st->targets == NULL || PyTuple_GET_SIZE(st->targets) == 0)
