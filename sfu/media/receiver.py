@@ -86,9 +86,9 @@ class PacketSink(Protocol):
 
 
 #: one layer's fan-out: (forward, the fast sinks' targets, their batches), the other sinks, and
-#: whether the compiled receive path may take the layer's packets (no other sink would act, or
-#: only on a key frame's packet: then KEYFRAME_WAKE_S, else 0, is the arming's `wake`)
-_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...], bool, float]
+#: the `wake` the compiled receive path may take the layer's packets with: 0 (no other sink would
+#: act), KEYFRAME_WAKE_S (others act only on a key frame's packet), or None (it may not)
+_Fanout = tuple[tuple[Any, tuple[Any, ...], Any] | None, tuple[PacketSink, ...], float | None]
 #: while a sink waits for a key frame of an armed VP8 layer (`waits_for_keyframe`), Python sees
 #: the packets that may start one and one packet in this many seconds besides, for the sink to
 #: ask again (a quarter of sfu.media.forwarder.KEYFRAME_RETRY)
@@ -258,7 +258,7 @@ class TrackReceiver:
         for layer in range(len(self.layers)):
             fast: list[tuple[Any, Any, Any]] = []
             slow: list[PacketSink] = []
-            armable, wake = self._armable, 0.0
+            wake: float | None = 0.0 if self._armable else None
             for sink in self.sinks:
                 choice = getattr(sink, "fast", None)
                 entry = choice(layer) if choice is not None else None
@@ -269,17 +269,18 @@ class TrackReceiver:
                         continue
                     waits = getattr(sink, "waits_for_keyframe", None)
                     if self._keyframe is vp8_is_keyframe and waits is not None and waits(layer):
-                        wake = KEYFRAME_WAKE_S
+                        wake = None if wake is None else KEYFRAME_WAKE_S
                     else:
-                        armable = False
+                        wake = None
                 else:
                     fast.append(entry)
             group = None
             if fast:
                 batches = tuple({id(b): b for _, _, b in fast}.values())
                 group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
-                armable = armable and group[0] is STREAM_FORWARD
-            fanout.append((group, tuple(slow), armable, wake if armable else 0.0))
+                if group[0] is not STREAM_FORWARD:
+                    wake = None
+            fanout.append((group, tuple(slow), wake))
         self._fanout = fanout
         return fanout
 
@@ -317,7 +318,7 @@ class TrackReceiver:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
                 return None  # a video packet whose payload descriptor is unreadable is dropped
-        fast, slow, armable, wake = (self._fanout or self._fanout_for())[layer]
+        fast, slow, wake = (self._fanout or self._fanout_for())[layer]
         if fast is not None:
             forward, targets, group = fast
             copies, octets = forward(
@@ -330,7 +331,7 @@ class TrackReceiver:
                 group.schedule()
         for sink in slow:
             sink.write(packet, sequence, layer, keyframe)
-        if not armable or self._fanout is None or self.closed:
+        if wake is None or self._fanout is None or self.closed:
             return None  # (a sink's write changed the fan-out: the next packet decides again)
         counters = state.counters
         if not counters.armed or counters.ssrc != packet.ssrc:

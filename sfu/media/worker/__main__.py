@@ -59,7 +59,9 @@ def transport_config(settings: dict[str, Any]) -> TransportConfig:
 async def open_udp_port(config: TransportConfig) -> None:
     """Bind this worker's `rtc.udp_port` sockets (one per bind address), read by the compiled
     receive path where `config.fast_path` has one, as the single process's are."""
-    for address in config.bind_addresses if config.udp_port else ():
+    if not config.udp_port:
+        return
+    for address in config.bind_addresses:
         await open_mux(address, config.udp_port, config.fast_path)
 
 
