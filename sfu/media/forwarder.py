@@ -63,6 +63,9 @@ HISTORY_MASK = HISTORY_SIZE - 1
 #: how long the forwarded layer may be silent before a lower one is taken
 LAYER_STALE_AFTER = 1.0
 KEYFRAME_RETRY = 0.25
+#: seconds between two sender reports on one stream: LiveKit's 3 s (RFC 3550 §6.2 allows no
+#: less than 5 s by default; an RR answers every SR, so the round-trip time follows at this pace)
+SENDER_REPORT_INTERVAL = 3.0
 #: a sequence number is resent at most once per min(this, 2 RTT) (as LiveKit does; the RTT from
 #: the subscriber's receiver reports, this bound until one came) and at most NACK_MAX_RESENDS
 #: times (LiveKit's maxAck)
@@ -126,6 +129,11 @@ class DownTrack:
         self._tl0_offset = 0
         self._keyidx_offset = 0
         self._last_packet: RtpPacket | None = None  # the newest media packet forwarded
+        #: the compiled path's newest copy, still as received bytes: parsed only when a switch
+        #: or a probe needs it (see `_newest`), not on every `_pull`
+        self._last_unparsed: bytes | None = None
+        #: when the next sender report is due (`due_sender_report`)
+        self._next_sender_report = 0.0
         self._last_keyframe_request = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
@@ -320,17 +328,24 @@ class DownTrack:
             last = t.last_packet
             if isinstance(last, bytes):  # forwarded by the compiled receive path: the bytes only
                 current = self._last_packet
-                if current is None or current.data is not last:
-                    with contextlib.suppress(PacketError):  # the receive path parsed it already
-                        self._last_packet = RtpPacket.parse(last)
+                self._last_unparsed = None if current is not None and current.data is last else last
             else:
-                self._last_packet = last
+                self._last_packet, self._last_unparsed = last, None
         self.packets_sent, self.octets_sent = t.packets_sent, t.octets_sent
         dropped = t.send_dropped - self._fast_dropped
         if dropped:  # copies libsrtp refused or too long: counted as forwarded by `forward`
             self._fast_dropped = t.send_dropped
             COUNTERS.send_dropped += dropped
             COUNTERS.packets_out -= dropped
+
+    def _newest(self) -> RtpPacket | None:
+        """The newest media packet forwarded (after `_pull`), parsed now if it is not yet."""
+        last = self._last_unparsed
+        if last is not None:
+            self._last_unparsed = None
+            with contextlib.suppress(PacketError):  # the receive path parsed it already
+                self._last_packet = RtpPacket.parse(last)
+        return self._last_packet
 
     def _best_layer(self, now: float) -> int:
         best = self.receiver.highest_active_layer(now, self.limit)
@@ -386,7 +401,7 @@ class DownTrack:
         # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
         if out_seq > self._last_out_seq:
             if not padding_only:  # a probe carries no VP8 descriptor to continue from
-                self._last_packet = packet
+                self._last_packet, self._last_unparsed = packet, None
             self._sent_any = True
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
@@ -531,7 +546,8 @@ class DownTrack:
         """Offsets that make ``packet``'s picture id / TL0PICIDX / KEYIDX follow the last ones
         sent (read back from the newest forwarded packet: no per-packet bookkeeping)."""
         new = self._descriptor(packet)
-        last = self._descriptor(self._last_packet) if self._last_packet is not None else None
+        newest = self._newest()
+        last = self._descriptor(newest) if newest is not None else None
         if new is None or last is None:
             return
         if new.picture_id is not None and last.picture_id is not None:
@@ -577,7 +593,7 @@ class DownTrack:
             return 0
         self._pull()
         bandwidth = self.bandwidth
-        last = self._last_packet
+        last = self._newest()
         between_frames = self.allocation_paused or (
             self.current_layer >= 0 and last is not None and last.marker
         )
@@ -724,6 +740,16 @@ class DownTrack:
             self.receiver.request_keyframe(self.current_layer)
         else:
             self.receiver.request_keyframe(self._best_layer(self._clock()))
+
+    def due_sender_report(self) -> bytes:
+        """`sender_report` when one is due: the first as soon as the stream has a mapping (lip
+        sync from the start), then one every `SENDER_REPORT_INTERVAL`; else nothing."""
+        if self._clock() < self._next_sender_report:
+            return b""
+        report = self.sender_report()
+        if report:
+            self._next_sender_report = self._clock() + SENDER_REPORT_INTERVAL
+        return report
 
     def sender_report(self) -> bytes:
         """SR + SDES for this stream, its NTP↔RTP mapping taken from the publisher's last SR."""

@@ -300,8 +300,8 @@ class Subscriptions:
 
     # -- periodic reports ---------------------------------------------------------------------
     def sender_reports(self) -> list[bytes]:
-        """One SR + SDES per forwarded stream that has sent anything."""
-        reports = [sub.downtrack.sender_report() for sub in self.by_sid.values()]
+        """One SR + SDES per forwarded stream that has sent anything and is due one."""
+        reports = [sub.downtrack.due_sender_report() for sub in self.by_sid.values()]
         return [r for r in reports if r]
 
     def tick(self) -> None:

@@ -572,8 +572,8 @@ class RemoteDownTrack(_Bound):
         self._send({"op": "pad", "part": self.part, "count": count})
         return count
 
-    def sender_report(self) -> bytes:
-        """Nothing: the worker sends its subscribers' sender reports every second."""
+    def due_sender_report(self) -> bytes:
+        """Nothing: the worker sends its subscribers' sender reports."""
         return b""
 
     def close(self) -> None:

@@ -601,7 +601,7 @@ class WorkerHost:
                 if report:
                     publisher.send_rtcp(report)
             if subscriber is not None and subscriber.state == "connected":
-                reports = [r for dt in part.downtracks.values() if (r := dt.sender_report())]
+                reports = [r for dt in part.downtracks.values() if (r := dt.due_sender_report())]
                 for compound in rtcp.pack_compounds(reports):
                     subscriber.send_rtcp(compound)
             for dt_id, downtrack in part.downtracks.items():

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sfu.media import fastpath
 from sfu.media.feedback import FeedbackRouter
-from sfu.media.forwarder import HISTORY_SIZE, DownTrack
+from sfu.media.forwarder import HISTORY_SIZE, SENDER_REPORT_INTERVAL, DownTrack
 from sfu.media.receiver import RECEIVER_SSRC, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.header import RtpPacket
@@ -928,6 +928,24 @@ def test_sender_report_follows_the_timestamp_offset_after_a_switch(clock: FakeCl
     assert sr.rtp_timestamp == (RtpPacket.parse(f.out).timestamp + TS_STEP) & 0xFFFFFFFF
     rig.downtrack.close()
     assert rig.downtrack.sender_report() == b""
+
+
+def test_sender_reports_are_due_at_once_then_every_interval(clock: FakeClock) -> None:
+    rig = Rig(clock)
+    rig.downtrack.start()
+    rig.tick(layers=(0,), keys=(0,))
+    assert rig.downtrack.due_sender_report() == b""  # no mapping yet: due as soon as there is
+    source = rig.sources[0]
+    rig.receiver.on_sender_report(0, rtcp.SenderReport(source.ssrc, 1 << 60, source.ts, 0, 0))
+    first = rtcp.parse_compound(rig.downtrack.due_sender_report())[0]
+    assert isinstance(first, rtcp.SenderReport)
+    clock.advance(SENDER_REPORT_INTERVAL - 0.01)
+    assert rig.downtrack.due_sender_report() == b""
+    assert rig.downtrack.sender_report() != b""  # the builder itself keeps no schedule
+    clock.advance(0.01)
+    second = rtcp.parse_compound(rig.downtrack.due_sender_report())[0]
+    assert isinstance(second, rtcp.SenderReport)
+    assert second.ntp_timestamp > first.ntp_timestamp
 
 
 # --- FeedbackRouter ------------------------------------------------------------------------------
