@@ -359,8 +359,7 @@ class Participant:
 
     # -- periodic work ---------------------------------------------------------------------------
     async def _rtcp_loop(self) -> None:
-        """Receiver reports + REMB to the publisher every second, the sender reports that are due
-        to the subscriber."""
+        """RR + REMB to the publisher every second; the sender reports that are due to the subscriber."""
         while not self.closed:
             await asyncio.sleep(RTCP_INTERVAL)
             try:
