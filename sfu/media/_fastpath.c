@@ -76,6 +76,8 @@ typedef struct {
     Py_ssize_t *chain;  /* grouping scratch: next slot of the same destination */
     Py_ssize_t *table;  /* grouping scratch: open-addressing table of (first, last) slots */
     unsigned long long sent, dropped, syscalls, flushes, gso_datagrams, auto_flushes;
+    /* sent by forward_many in the middle of a fan-out: flushes, and the datagrams in them */
+    unsigned long long fanout_flushes, fanout_datagrams;
 } BatchObject;
 
 static PyTypeObject BatchType;
@@ -419,6 +421,10 @@ static PyMemberDef batch_members[] = {
      "datagrams sent inside GSO messages"},
     {"auto_flushes", T_ULONGLONG, offsetof(BatchObject, auto_flushes), READONLY,
      "flushes forced by a full batch"},
+    {"fanout_flushes", T_ULONGLONG, offsetof(BatchObject, fanout_flushes), READONLY,
+     "flushes the compiled receive path made in the middle of a fan-out (`forward_many`)"},
+    {"fanout_datagrams", T_ULONGLONG, offsetof(BatchObject, fanout_datagrams), READONLY,
+     "the datagrams those flushes held"},
     {"capacity", T_PYSSIZET, offsetof(BatchObject, capacity), READONLY,
      "datagrams it holds; a full batch is sent before the next is queued"},
     {NULL},
@@ -1224,13 +1230,11 @@ target_resend(TargetObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(target_queue_stamped(self, s, (int)size, now));
 }
 
-/* `forward` without the Python argument parsing: also what the compiled receive path
- * (sfu/media/_fastrecv.c) calls through the `_C_API` capsule. `data` is exact bytes and `targets`
- * a list or tuple; 0, or -1 with an exception set. */
+/* `pk` for one received packet, checked as `forward` checks its arguments: `data` exact bytes;
+ * 0, or -1 with an exception set. */
 static int
-forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
-               Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
-               Py_ssize_t *octets_out)
+packet_init(Packet *pk, PyObject *packet, PyObject *data, int64_t ext_seq,
+            Py_ssize_t payload_offset, Py_ssize_t padding, double now)
 {
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data);
@@ -1243,7 +1247,7 @@ forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_
         PyErr_SetString(PyExc_ValueError, "ext_seq out of range");
         return -1;
     }
-    Packet pk = {
+    *pk = (Packet){
         .packet = packet,
         .data = data,
         .p = p,
@@ -1255,23 +1259,85 @@ forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_
         .padding_only = payload_offset + padding >= len,
         .ts = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7],
     };
+    return 0;
+}
+
+/* The target at `targets[ti]`, checked and held; NULL with an exception set. */
+static TargetObject *
+target_at(PyObject *targets, Py_ssize_t ti)
+{
+    PyObject *item = PySequence_Fast_ITEMS(targets)[ti];
+    if (Py_TYPE(item) != &TargetType) {
+        PyErr_SetString(PyExc_TypeError, "targets must hold Target objects");
+        return NULL;
+    }
+    if (target_ready((TargetObject *)item) < 0)
+        return NULL;
+    return (TargetObject *)Py_NewRef(item);
+}
+
+/* `forward` without the Python argument parsing: also what the compiled receive path
+ * (sfu/media/_fastrecv.c) calls through the `_C_API` capsule. `data` is exact bytes and `targets`
+ * a list or tuple; 0, or -1 with an exception set. */
+static int
+forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
+               Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
+               Py_ssize_t *octets_out)
+{
+    Packet pk;
+    if (packet_init(&pk, packet, data, ext_seq, payload_offset, padding, now) < 0)
+        return -1;
     Py_ssize_t copies = 0, octets = 0;
     /* The size is read again each round and each target held while in use: a __del__ run by
      * a DECREF below could change a list. */
     for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
-        PyObject *item = PySequence_Fast_ITEMS(targets)[ti];
-        if (Py_TYPE(item) != &TargetType) {
-            PyErr_SetString(PyExc_TypeError, "targets must hold Target objects");
+        TargetObject *t = target_at(targets, ti);
+        if (t == NULL)
             return -1;
-        }
-        if (target_ready((TargetObject *)item) < 0)
+        int rc = forward_one(t, &pk, &copies, &octets);
+        Py_DECREF(t);
+        if (rc < 0)
             return -1;
-        TargetObject *t = (TargetObject *)Py_NewRef(item);
-        if (forward_one(t, &pk, &copies, &octets) < 0) {
-            Py_DECREF(t);
+    }
+    *copies_out = copies;
+    *octets_out = octets;
+    return 0;
+}
+
+/* FastpathApi.forward_many (sfu/media/_fastpath_api.h): the packets of one stream, target by
+ * target, each target's batch sent once it holds `flush_at` datagrams after a target's run. */
+static int
+forward_many(PyObject *targets, const FastpathPacket *packets, Py_ssize_t count,
+             Py_ssize_t flush_at, Py_ssize_t *copies_out, Py_ssize_t *octets_out)
+{
+    if (count < 0 || count > FASTPATH_MAX_MANY) {
+        PyErr_SetString(PyExc_ValueError, "forward_many: too many packets");
+        return -1;
+    }
+    Packet pks[FASTPATH_MAX_MANY];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const FastpathPacket *f = &packets[i];
+        if (packet_init(&pks[i], f->data, f->data, f->ext_seq, f->payload_offset, f->padding,
+                        f->now) < 0)
             return -1;
+    }
+    Py_ssize_t copies = 0, octets = 0;
+    for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
+        TargetObject *t = target_at(targets, ti);
+        if (t == NULL)
+            return -1;
+        int rc = 0;
+        for (Py_ssize_t i = 0; i < count && rc == 0; i++)
+            rc = forward_one(t, &pks[i], &copies, &octets);
+        BatchObject *batch = t->batch;
+        if (rc == 0 && flush_at > 0 && batch->count >= flush_at) {
+            batch->fanout_flushes++;
+            batch->fanout_datagrams += (unsigned long long)batch->count;
+            batch_send(batch);
         }
         Py_DECREF(t);
+        if (rc < 0)
+            return -1;
     }
     *copies_out = copies;
     *octets_out = octets;
@@ -1383,7 +1449,8 @@ static PyTypeObject TargetType = {
     .tp_getset = target_getset,
 };
 
-static FastpathApi c_api = {.forward = forward_packet, .target_type = &TargetType};
+static FastpathApi c_api = {
+    .forward = forward_packet, .forward_many = forward_many, .target_type = &TargetType};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "sfu.media._fastpath",

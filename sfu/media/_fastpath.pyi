@@ -20,6 +20,8 @@ class Batch:
     flushes: int
     gso_datagrams: int
     auto_flushes: int
+    fanout_flushes: int
+    fanout_datagrams: int
     capacity: int
     def __init__(self, fd: int, *, gso: bool = False, capacity: int = 1024) -> None: ...
     @property

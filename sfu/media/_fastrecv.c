@@ -40,6 +40,10 @@
 #define MAX_KNOWN 64 /* sfu.media.transport.srtp.MAX_SRTP_STREAMS */
 #define MAX_WAKE_S 60.0 /* the longest Stream.arm(wake=...) */
 #define MAX_PENDING_GROUPS 64 /* flush groups a drain schedules at its end; more: at once */
+/* a send batch holding this many datagrams after one target's share of a fan-out is sent at
+ * once (FastpathApi.forward_many): a recvmmsg batch's copies leave destination by destination,
+ * not all after the last one's are built (sfu.media.fastrecv_py.FANOUT_FLUSH_AT) */
+#define FANOUT_FLUSH_AT 256
 #define SEQUENCE_BASE (INT64_C(1) << 16) /* sfu.media.receiver.SEQUENCE_BASE */
 #define SPEAKING_DBOV 35                 /* sfu.media.receiver.SPEAKING_DBOV */
 
@@ -579,6 +583,11 @@ typedef struct {
     unsigned long long in_packets, in_octets, out_packets, out_octets, dropped;
     PyObject *pending[MAX_PENDING_GROUPS]; /* flush groups to schedule at the end of the drain */
     int npending;
+    /* what armed streams took from this recvmmsg batch, fanned out by `reader_fan_out` before
+     * the next Python call or recvmmsg: per packet the stream's targets and flush group (held) */
+    FastpathPacket fan[RECV_BATCH];
+    PyObject *fan_targets[RECV_BATCH], *fan_group[RECV_BATCH];
+    int nfan;
 } ReaderObject;
 
 #define TOMBSTONE ((RouteObject *)1)
@@ -885,6 +894,45 @@ vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
 /* What sfu.media.receiver's Python path does with one decrypted packet of an armed stream's SSRC
  * (RtpDemuxer.on_rtp, TrackReceiver.on_rtp), in C: 1 taken, 0 not (a packet RtpPacket.parse
  * refuses: Python drops and counts it), -1 with an exception set. */
+/* The copies of what armed streams took since the last call: per (targets, flush group), in the
+ * order first taken, its packets in order, target by target (`forward_many`), so that a frame's
+ * packets reach each destination as one run and the first destinations need not wait for the
+ * last ones' copies. Errors are reported (sys.unraisablehook), as a refused `forward` was. */
+static void
+reader_fan_out(ReaderObject *self)
+{
+    int count = self->nfan;
+    self->nfan = 0;
+    char done[RECV_BATCH] = {0};
+    FastpathPacket run[RECV_BATCH];
+    for (int i = 0; i < count; i++) {
+        if (done[i])
+            continue;
+        PyObject *targets = self->fan_targets[i], *group = self->fan_group[i];
+        Py_ssize_t n = 0;
+        for (int j = i; j < count; j++)
+            if (!done[j] && self->fan_targets[j] == targets && self->fan_group[j] == group) {
+                done[j] = 1;
+                run[n++] = self->fan[j];
+            }
+        Py_ssize_t copies = 0, octets = 0;
+        if (fastpath_api->forward_many(targets, run, n, FANOUT_FLUSH_AT, &copies, &octets) < 0)
+            PyErr_WriteUnraisable(targets); /* a target refused its arguments, or no memory */
+        if (copies) {
+            self->out_packets += (unsigned long long)copies;
+            self->out_octets += (unsigned long long)octets;
+            if (group != NULL && reader_schedule(self, group) < 0)
+                PyErr_WriteUnraisable(group);
+        }
+    }
+    /* last: a destructor run here may call back into the reader (nfan is 0 by now) */
+    for (int i = 0; i < count; i++) {
+        Py_DECREF(self->fan[i].data);
+        Py_DECREF(self->fan_targets[i]);
+        Py_XDECREF(self->fan_group[i]);
+    }
+}
+
 static int
 stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t n)
 {
@@ -988,22 +1036,17 @@ stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t
     }
     if (st->targets == NULL || PyTuple_GET_SIZE(st->targets) == 0)
         return 1;
+    if (reader->nfan >= RECV_BATCH) /* not expected: one entry per datagram of the batch */
+        reader_fan_out(reader);
     PyObject *data = PyBytes_FromStringAndSize((const char *)d, n);
     if (data == NULL)
         return -1;
-    Py_ssize_t copies = 0, octets = 0;
-    PyObject *targets = Py_NewRef(st->targets), *group = Py_XNewRef(st->group);
-    int rc = fastpath_api->forward(targets, data, data, seq, off, padding, now, &copies, &octets);
-    Py_DECREF(targets);
-    Py_DECREF(data);
-    if (rc == 0 && copies) {
-        reader->out_packets += (unsigned long long)copies;
-        reader->out_octets += (unsigned long long)octets;
-        if (group != NULL)
-            rc = reader_schedule(reader, group);
-    }
-    Py_XDECREF(group);
-    return rc < 0 ? -1 : 1;
+    int k = reader->nfan++;
+    reader->fan[k] = (FastpathPacket){
+        .data = data, .ext_seq = seq, .payload_offset = off, .padding = padding, .now = now};
+    reader->fan_targets[k] = Py_NewRef(st->targets);
+    reader->fan_group[k] = Py_XNewRef(st->group);
+    return 1;
 }
 
 /* One datagram: 0 handled, -1 with an exception set (only when memory runs out). */
@@ -1044,6 +1087,7 @@ reader_one(ReaderObject *self, uint8_t *data, Py_ssize_t len, const struct socka
                     if (taken != 0)
                         return 0;
                 }
+                reader_fan_out(self); /* what was taken before goes out before Python runs */
                 PyObject *plain = PyBytes_FromStringAndSize((const char *)data, n);
                 if (plain == NULL)
                     return -1;
@@ -1074,6 +1118,7 @@ reader_one(ReaderObject *self, uint8_t *data, Py_ssize_t len, const struct socka
     }
     if (route != NULL)
         route->fallbacks++;
+    reader_fan_out(self);
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, len);
     PyObject *peer = bytes ? addr_to_tuple(addr) : NULL;
     if (peer == NULL) {
@@ -1140,12 +1185,14 @@ reader_drain(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs)
                 continue;
             }
             if (reader_one(self, self->data[i], len, &self->addrs[i]) < 0) {
+                reader_fan_out(self);
                 self->draining = 0;
                 reader_run_pending(self);
                 Py_DECREF(self);
                 return NULL;
             }
         }
+        reader_fan_out(self);
         total += n;
         if ((unsigned int)n < want)
             break;

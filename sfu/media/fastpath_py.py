@@ -93,6 +93,7 @@ class Batch:
         self._queue: list[tuple[bytes, tuple[str, int]]] = []
         self.sent = self.dropped = self.syscalls = self.flushes = 0
         self.gso_datagrams = self.auto_flushes = 0
+        self.fanout_flushes = self.fanout_datagrams = 0  # set by fastrecv_py's fan-out
 
     @property
     def fd(self) -> int:

@@ -18,6 +18,14 @@ packet itself — `RtpPacket.parse`'s checks, the counters, the extended sequenc
 audio level, the VP8 check, `forward` to the stream's targets — and hands a packet it cannot take
 (one the parser refuses) to `on_rtp` as before. What it counted for the process counters is
 `Reader.take_counts()`; the flush groups of its copies are scheduled once at the end of a drain.
+
+The reader fans out what its armed streams took in a batch of `RECV_BATCH` datagrams (the
+compiled reader's recvmmsg batch) before it calls Python again and at the end of the batch: per
+(targets, flush group), in the order first taken, target by target, each target getting all
+its packets of the batch in order before the next target gets any; a send batch holding
+`FANOUT_FLUSH_AT` datagrams or more after a target's share is sent at once (`fanout_flushes`).
+So a video frame's packets reach each subscriber as one run (one GSO message) and the first
+subscribers' copies leave before the last ones' are built.
 """
 
 from __future__ import annotations
@@ -34,10 +42,20 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu.media.layerstream import Stream
 
-__all__ = ["DATAGRAM_SIZE", "MAX_KNOWN", "Reader", "Route", "Stream"]
+__all__ = [
+    "DATAGRAM_SIZE",
+    "FANOUT_FLUSH_AT",
+    "MAX_KNOWN",
+    "RECV_BATCH",
+    "Reader",
+    "Route",
+    "Stream",
+]
 
 DATAGRAM_SIZE = 2048  # sfu.media.transport.srtp.BUFFER_SIZE
 MAX_KNOWN = 64  # sfu.media.transport.srtp.MAX_SRTP_STREAMS
+RECV_BATCH = 64  # datagrams per recvmmsg in the compiled reader: the fan-out's unit
+FANOUT_FLUSH_AT = 256  # datagrams in a send batch that is sent in the middle of a fan-out
 
 
 def _key(addr: Any) -> tuple[Any, int]:
@@ -126,6 +144,8 @@ class Reader:
         self.datagrams = self.syscalls = self.truncated = self.fallback_errors = 0
         self.in_packets = self.in_octets = self.out_packets = self.out_octets = self.dropped = 0
         self.pending: list[Any] = []  # flush groups to schedule at the end of the drain
+        #: what armed streams took, not fanned out yet: ((targets, group, forward), packet args)
+        self.fan: list[tuple[tuple[Any, Any, Any], tuple[bytes, int, int, int, float]]] = []
 
     def take_counts(self) -> tuple[int, int, int, int, int]:
         counts = (
@@ -182,21 +202,56 @@ class Reader:
 
     def _drain(self, budget: int) -> int:
         total = 0
-        while total < budget and self._sock is not None:
-            self.syscalls += 1
-            try:
-                data, addr = self._sock.recvfrom(DATAGRAM_SIZE + 1)
-            except InterruptedError:
-                continue
-            except OSError:
-                break
-            self.datagrams += 1
-            total += 1
-            if len(data) > DATAGRAM_SIZE:
-                self.truncated += 1
-                continue
-            self._one(data, addr)
+        try:
+            while total < budget and self._sock is not None:
+                self.syscalls += 1
+                try:
+                    data, addr = self._sock.recvfrom(DATAGRAM_SIZE + 1)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                self.datagrams += 1
+                total += 1
+                if len(data) > DATAGRAM_SIZE:
+                    self.truncated += 1
+                else:
+                    self._one(data, addr)
+                if total % RECV_BATCH == 0:  # where the compiled reader's recvmmsg batch ends
+                    self._fan_out()
+        finally:
+            self._fan_out()
         return total
+
+    def defer(self, how: tuple[Any, Any, Any], packet: tuple[bytes, int, int, int, float]) -> None:
+        """A packet an armed stream took: `how` its (targets, flush group, forward), `packet`
+        `forward`'s (data, ext_seq, payload_offset, padding_size, now)."""
+        self.fan.append((how, packet))
+
+    def _fan_out(self) -> None:
+        fan, self.fan = self.fan, []
+        runs: dict[tuple[int, int], tuple[tuple[Any, Any, Any], list[Any]]] = {}
+        for how, packet in fan:  # per (targets, group), in the order first taken
+            runs.setdefault((id(how[0]), id(how[1])), (how, []))[1].append(packet)
+        for (targets, group, forward), packets in runs.values():
+            copies = octets = 0
+            try:
+                for target in targets:
+                    for data, ext_seq, offset, padding, now in packets:
+                        c, o = forward((target,), data, data, ext_seq, offset, padding, now)
+                        copies, octets = copies + c, octets + o
+                    batch = target.batch
+                    if len(batch) >= FANOUT_FLUSH_AT:
+                        batch.fanout_flushes += 1
+                        batch.fanout_datagrams += len(batch)
+                        batch.flush()
+            except Exception as exc:
+                _unraisable(exc, targets)
+            if copies:
+                self.out_packets += copies
+                self.out_octets += octets
+                if group is not None and group not in self.pending:
+                    self.pending.append(group)
 
     def _one(self, data: bytes, addr: Any) -> None:
         route = self._routes.get(_key(addr)) if data else None
@@ -224,6 +279,7 @@ class Reader:
                     route.taken += 1
                     route.taken_octets += len(plain)
                     return
+            self._fan_out()  # what was taken before goes out before Python runs
             try:
                 result = route.on_rtp(plain)
             except Exception as exc:
@@ -233,6 +289,7 @@ class Reader:
             return
         if route is not None:
             route.fallbacks += 1
+        self._fan_out()
         try:
             self.fallback(data, addr)
         except Exception as exc:

@@ -7,8 +7,9 @@ through the compiled per-copy path (`sfu.media.fastpath`) and no other sink woul
 the reader of the shared socket (`sfu.media._fastrecv`, reference `sfu.media.fastrecv_py`) then
 does the receiver's whole per-packet work for that SSRC itself (`Stream.take`: `RtpPacket.parse`'s
 checks, the process counters, the sequence numbers, the RFC 6464 audio level, the VP8 descriptor
-check, `forward` to the armed targets) and hands Python only what it cannot take. Any change of the
-fan-out disarms it again (`TrackReceiver.fanout_changed`). A VP8 layer with a sink waiting for its
+check; the copies to the armed targets, which the reader fans out per recvmmsg batch) and hands
+Python only what it cannot take. Any change of the fan-out disarms it again
+(`TrackReceiver.fanout_changed`). A VP8 layer with a sink waiting for its
 key frame (a down track switching to it) is armed with `wake`: the packets that may start a key
 frame, and one packet every `wake` seconds (so that the sink asks for a key frame again), go to
 `on_rtp`; the rest are taken as before.
@@ -150,13 +151,9 @@ class Stream:
                 return True  # an unreadable descriptor: not forwarded
         if not self._targets:
             return True
-        group = self._group
-        copies, octets = self._forward(self._targets, data, data, sequence, offset, padding, now)
-        if copies:
-            reader.out_packets += copies
-            reader.out_octets += octets
-            if group is not None and group not in reader.pending:
-                reader.pending.append(group)
+        reader.defer(
+            (self._targets, self._group, self._forward), (data, sequence, offset, padding, now)
+        )
         return True
 
 

@@ -266,7 +266,8 @@ class FastBatch:
         self.batch = batch
         self._flusher = flusher
         self.queued = False
-        self._seen = (0, 0, 0, 0)  # dropped, syscalls, gso datagrams, auto flushes
+        #: dropped, syscalls, gso datagrams, auto flushes, fan-out flushes and their datagrams
+        self._seen = (0, 0, 0, 0, 0, 0)
 
     @classmethod
     def beside(cls, queue: SendQueue, impl: Any) -> FastBatch:
@@ -297,12 +298,16 @@ class FastBatch:
 
     def _account(self) -> None:
         batch = self.batch
-        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.auto_flushes)
+        seen = (batch.dropped, batch.syscalls, batch.gso_datagrams, batch.auto_flushes,
+                batch.fanout_flushes, batch.fanout_datagrams)  # fmt: skip
         dropped = seen[0] - self._seen[0]
         COUNTERS.send_syscalls += seen[1] - self._seen[1]
         COUNTERS.send_gso_datagrams += seen[2] - self._seen[2]
         for _ in range(seen[3] - self._seen[3]):  # sent while queueing: a full batch each
             count_flush(batch.capacity)
+        fanouts = seen[4] - self._seen[4]  # sent in the middle of a fan-out: their mean size each
+        for _ in range(fanouts):
+            count_flush((seen[5] - self._seen[5]) // fanouts)
         self._seen = seen
         if dropped:
             COUNTERS.send_dropped += dropped

@@ -17,6 +17,7 @@ install time): a missing one fails here.
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -26,10 +27,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sfu.media import fastpath, layerstream
+from sfu.media import fastpath, fastrecv_py, layerstream
 from sfu.media.fastpath import Implementation
 from sfu.media.rtp.errors import PacketError
 from sfu.media.rtp.header import RtpPacket
+from sfu.media.transport.batch import FastBatch
+from sfu.metrics import COUNTERS
 from tests.sfu.media.test_fastpath import PROFILES
 from tests.sfu.media.test_fastrecv import compiled, sessions, udp_socket
 from tests.sfu.packets import rtp
@@ -356,3 +359,82 @@ def test_armed_with_wake_python_sees_key_frames_and_one_packet_per_interval(
     send(21, middle)
     seen = [RtpPacket.parse(data).sequence_number for kind, data in side.calls if kind == "rtp"]
     assert seen[-2:] == [20, 21]  # each one after the interval
+
+
+@pytest.mark.parametrize("compiled_side", [True, False])
+def test_a_batch_of_taken_packets_fans_out_target_by_target(
+    pair_factory: Any, compiled_side: bool
+) -> None:
+    """The packets an armed stream took in one recvmmsg batch reach each target as one run, in
+    order (one GSO message per subscriber), target after target, not packet after packet."""
+    side = pair_factory(None)[0 if compiled_side else 1]
+    ssrc = SSRCS[0]
+    side.arm_next[ssrc] = (True, 0, 0.0)
+    first = rtp(b"\x10\x00\x9d\x01\x2a", ssrc=ssrc, sequence_number=0, timestamp=0)
+    side.source.sendto(first, side.sock.getsockname())
+    side.drain(1)  # arms the stream
+    assert side.streams[ssrc].armed
+    side.batch.flush()
+    for seq in (1, 2, 3):
+        side.source.sendto(rtp(b"\x00\x00\x00\x00" + bytes([seq]), ssrc=ssrc,
+                               sequence_number=seq, timestamp=3000), side.sock.getsockname())  # fmt: skip
+    side.drain(3)
+    assert side.route.taken == 3
+    order = [
+        (addr[1], RtpPacket.parse(data).sequence_number) for data, addr in side.batch.pending()
+    ]
+    ports = [t.addr[1] for t in side.targets]
+    assert order == [(port, seq) for port in ports for seq in (1, 2, 3)]
+    assert [c for c in side.calls if c[0] == "schedule"] == [("schedule", "g0")]
+
+
+class _NoFlush:
+    def add(self, queue: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("compiled_side", [True, False])
+def test_a_large_fan_out_is_sent_in_the_middle(compiled_side: bool) -> None:
+    """Once a send batch holds FANOUT_FLUSH_AT datagrams after a target's run, it is sent at
+    once: the first subscribers' copies do not wait for the last ones'."""
+    impl = compiled() if compiled_side else fastpath.PYTHON
+    sock, source, sink = udp_socket(), udp_socket(), udp_socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    reader = impl.reader(sock.fileno(), lambda data, addr: None)
+    stream = layerstream.new_stream() if compiled_side else layerstream.Stream()
+    route = impl.route(source.getsockname(), lambda data: stream, None)
+    reader.add(route)
+    route.learn(SSRCS[0])
+    fast = FastBatch(impl.batch(sink.fileno(), capacity=4096), _NoFlush())  # type: ignore[arg-type]
+    batch = fast.batch
+    per_target = 4
+    count = fastrecv_py.FANOUT_FLUSH_AT // per_target + 10
+    targets = tuple(impl.target(batch, sink.getsockname()) for _ in range(count))
+    for t in targets:
+        t.ssrc, t.payload_type = 0xABC, 100
+    stream.arm(SSRCS[0], targets, None, forward=impl.forward)
+    try:
+        for seq in range(per_target + 1):  # the first goes to on_rtp, which keeps the stream
+            source.sendto(rtp(b"\x00" * 8, ssrc=SSRCS[0], sequence_number=seq),
+                          sock.getsockname())  # fmt: skip
+        deadline = time.monotonic() + 2
+        got = 0
+        while got < per_target + 1:
+            got += reader.drain(per_target + 1 - got)
+            assert time.monotonic() < deadline, "datagrams did not arrive"
+        assert route.taken == per_target
+        assert batch.fanout_flushes == 1
+        assert batch.sent == fastrecv_py.FANOUT_FLUSH_AT  # the first 64 targets' runs
+        assert len(batch) == (count - fastrecv_py.FANOUT_FLUSH_AT // per_target) * per_target
+        before = (COUNTERS.send_datagrams, COUNTERS.send_flushes)
+        fast.flush()  # the end of the loop iteration: the rest, and both flushes counted
+        assert batch.sent == count * per_target
+        assert (COUNTERS.send_datagrams - before[0], COUNTERS.send_flushes - before[1]) == (
+            count * per_target,
+            2,
+        )
+    finally:
+        reader.close()
+        batch.close()
+        for s in (sock, source, sink):
+            s.close()
