@@ -117,6 +117,15 @@ async def test_second_sigterm_exits_without_waiting(tmp_path: Path) -> None:
         assert code in (0, -signal.SIGTERM), code
 
 
+def _read_to_close(sock: socket.socket) -> bytes:
+    """The whole reply of a `Connection: close` request: head and body may come in two
+    segments, so one recv is not enough."""
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def test_readyz_fails_while_the_event_loop_is_stalled(tmp_path: Path) -> None:
     async with running_sfu(tmp_path / "sfu") as sfu:
         assert await _status(sfu, "/readyz") == (200, "ready")
@@ -129,7 +138,7 @@ async def test_readyz_fails_while_the_event_loop_is_stalled(tmp_path: Path) -> N
         finally:
             os.kill(sfu.pid, signal.SIGCONT)
         with sock:
-            reply = await asyncio.to_thread(sock.recv, 4096)
+            reply = await asyncio.to_thread(_read_to_close, sock)
         head, _, body = reply.decode().partition("\r\n\r\n")
         assert head.startswith("HTTP/1.1 503"), reply
         assert body.startswith("not ready: event loop unresponsive"), body
