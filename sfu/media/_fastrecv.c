@@ -891,9 +891,6 @@ vp8_may_start_keyframe(const uint8_t *d, Py_ssize_t off, Py_ssize_t end)
     return !(d[off + size] & 0x01);
 }
 
-/* What sfu.media.receiver's Python path does with one decrypted packet of an armed stream's SSRC
- * (RtpDemuxer.on_rtp, TrackReceiver.on_rtp), in C: 1 taken, 0 not (a packet RtpPacket.parse
- * refuses: Python drops and counts it), -1 with an exception set. */
 /* The copies of what armed streams took since the last call: per (targets, flush group), in the
  * order first taken, its packets in order, target by target (`forward_many`), so that a frame's
  * packets reach each destination as one run and the first destinations need not wait for the
@@ -933,6 +930,10 @@ reader_fan_out(ReaderObject *self)
     }
 }
 
+/* What sfu.media.receiver's Python path does with one decrypted packet of an armed stream's SSRC
+ * (RtpDemuxer.on_rtp, TrackReceiver.on_rtp), in C: 1 taken, 0 not (a packet RtpPacket.parse
+ * refuses: Python drops and counts it), -1 with an exception set. Its copies
+ * go out with the batch's others (`reader_fan_out`). */
 static int
 stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t n)
 {

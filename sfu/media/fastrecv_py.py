@@ -15,7 +15,7 @@ keeps its numbers in one). When `on_rtp` returns a Stream, the route keeps it fo
 SSRC (None: forgets it); while the stream is armed for that SSRC (`Stream.arm`, by the receiver
 when the layer is in its steady state) the reader does what the receiver would do with the
 packet itself — `RtpPacket.parse`'s checks, the counters, the extended sequence number, the
-audio level, the VP8 check, `forward` to the stream's targets — and hands a packet it cannot take
+audio level, the VP8 check, the copies to the stream's targets — and hands a packet it cannot take
 (one the parser refuses) to `on_rtp` as before. What it counted for the process counters is
 `Reader.take_counts()`; the flush groups of its copies are scheduled once at the end of a drain.
 
