@@ -1276,34 +1276,6 @@ target_at(PyObject *targets, Py_ssize_t ti)
     return (TargetObject *)Py_NewRef(item);
 }
 
-/* `forward` without the Python argument parsing: also what the compiled receive path
- * (sfu/media/_fastrecv.c) calls through the `_C_API` capsule. `data` is exact bytes and `targets`
- * a list or tuple; 0, or -1 with an exception set. */
-static int
-forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
-               Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
-               Py_ssize_t *octets_out)
-{
-    Packet pk;
-    if (packet_init(&pk, packet, data, ext_seq, payload_offset, padding, now) < 0)
-        return -1;
-    Py_ssize_t copies = 0, octets = 0;
-    /* The size is read again each round and each target held while in use: a __del__ run by
-     * a DECREF below could change a list. */
-    for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
-        TargetObject *t = target_at(targets, ti);
-        if (t == NULL)
-            return -1;
-        int rc = forward_one(t, &pk, &copies, &octets);
-        Py_DECREF(t);
-        if (rc < 0)
-            return -1;
-    }
-    *copies_out = copies;
-    *octets_out = octets;
-    return 0;
-}
-
 /* FastpathApi.forward_many (sfu/media/_fastpath_api.h): the packets of one stream, target by
  * target, each target's batch sent once it holds `flush_at` datagrams after a target's run. */
 static int
@@ -1317,11 +1289,13 @@ forward_many(PyObject *targets, const FastpathPacket *packets, Py_ssize_t count,
     Packet pks[FASTPATH_MAX_MANY];
     for (Py_ssize_t i = 0; i < count; i++) {
         const FastpathPacket *f = &packets[i];
-        if (packet_init(&pks[i], f->data, f->data, f->ext_seq, f->payload_offset, f->padding,
+        if (packet_init(&pks[i], f->packet, f->data, f->ext_seq, f->payload_offset, f->padding,
                         f->now) < 0)
             return -1;
     }
     Py_ssize_t copies = 0, octets = 0;
+    /* The size is read again each round and each target held while in use: a __del__ run by
+     * a DECREF below could change a list. */
     for (Py_ssize_t ti = 0; ti < Py_SIZE(targets); ti++) {
         TargetObject *t = target_at(targets, ti);
         if (t == NULL)
@@ -1342,6 +1316,19 @@ forward_many(PyObject *targets, const FastpathPacket *packets, Py_ssize_t count,
     *copies_out = copies;
     *octets_out = octets;
     return 0;
+}
+
+/* `forward` without the Python argument parsing (`forward_many` of one packet, no flush): also
+ * what the compiled receive path (sfu/media/_fastrecv.c) may call through the `_C_API`
+ * capsule. `data` is exact bytes and `targets` a list or tuple; 0, or -1 with an exception set. */
+static int
+forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
+               Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
+               Py_ssize_t *octets_out)
+{
+    FastpathPacket one = {.packet = packet, .data = data, .ext_seq = ext_seq,
+                          .payload_offset = payload_offset, .padding = padding, .now = now};
+    return forward_many(targets, &one, 1, 0, copies_out, octets_out);
 }
 
 PyDoc_STRVAR(forward_doc,

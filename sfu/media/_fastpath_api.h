@@ -10,9 +10,10 @@
 #define FASTPATH_CAPSULE "sfu.media._fastpath._C_API"
 #define FASTPATH_MAX_MANY 64 /* packets in one forward_many call */
 
-/* one received packet for forward_many: what forward takes, `data` both packet and bytes */
+/* one received packet for forward_many: what forward takes */
 typedef struct {
-    PyObject *data; /* exact bytes */
+    PyObject *packet; /* what the targets keep as last_packet: the parsed packet, or `data` */
+    PyObject *data;   /* exact bytes */
     int64_t ext_seq;
     Py_ssize_t payload_offset, padding;
     double now;

@@ -1043,8 +1043,8 @@ stream_take(ReaderObject *reader, StreamObject *st, const uint8_t *d, Py_ssize_t
     if (data == NULL)
         return -1;
     int k = reader->nfan++;
-    reader->fan[k] = (FastpathPacket){
-        .data = data, .ext_seq = seq, .payload_offset = off, .padding = padding, .now = now};
+    reader->fan[k] = (FastpathPacket){.packet = data, .data = data, .ext_seq = seq,
+                                      .payload_offset = off, .padding = padding, .now = now};
     reader->fan_targets[k] = Py_NewRef(st->targets);
     reader->fan_group[k] = Py_XNewRef(st->group);
     return 1;

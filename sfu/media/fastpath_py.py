@@ -1,7 +1,8 @@
 """The per-copy forwarding path in pure Python: the reference (and fallback) of `sfu.media._fastpath`.
 
 `forward(targets, packet, data, ext_seq, payload_offset, padding_size, now)` does, for one received
-RTP packet and every `Target` in `targets`, exactly what the compiled `forward` does, and the
+RTP packet and every `Target` in `targets`, exactly what the compiled `forward` does
+(`forward_many` is the compiled receive path's run of packets, target by target), and the
 property test (tests/sfu/media/test_fastpath.py) holds the two to byte-identical datagrams and
 identical state. Per target:
 
@@ -61,6 +62,7 @@ __all__ = [
     "Target",
     "TransportWideSequence",
     "forward",
+    "forward_many",
     "transport_cc_block",
 ]
 
@@ -402,4 +404,25 @@ def forward(
             t.send_dropped += 1
         else:
             t.queue_stamped(datagram, now)
+    return copies, octets
+
+
+def forward_many(
+    targets: Sequence[Target],
+    packets: Sequence[tuple[bytes, int, int, int, float]],
+    flush_at: int,
+) -> tuple[int, int]:
+    """`forward` of each packet (data, ext_seq, payload_offset, padding_size, now), in order, but
+    target by target, each target's batch sent once it holds `flush_at` datagrams or more after
+    its run (counted in `fanout_flushes`): the compiled `FastpathApi.forward_many`."""
+    copies = octets = 0
+    for target in targets:
+        for data, ext_seq, offset, padding, now in packets:
+            c, o = forward((target,), data, data, ext_seq, offset, padding, now)
+            copies, octets = copies + c, octets + o
+        batch = target.batch
+        if len(batch) >= flush_at > 0:
+            batch.fanout_flushes += 1
+            batch.fanout_datagrams += len(batch)
+            batch.flush()
     return copies, octets

@@ -40,6 +40,7 @@ from typing import Any
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
+from sfu.media.fastpath_py import forward_many
 from sfu.media.layerstream import Stream
 
 __all__ = [
@@ -144,8 +145,8 @@ class Reader:
         self.datagrams = self.syscalls = self.truncated = self.fallback_errors = 0
         self.in_packets = self.in_octets = self.out_packets = self.out_octets = self.dropped = 0
         self.pending: list[Any] = []  # flush groups to schedule at the end of the drain
-        #: what armed streams took, not fanned out yet: ((targets, group, forward), packet args)
-        self.fan: list[tuple[tuple[Any, Any, Any], tuple[bytes, int, int, int, float]]] = []
+        #: what armed streams took, not fanned out yet: ((targets, group), `forward_many` packet)
+        self.fan: list[tuple[tuple[Any, Any], tuple[bytes, int, int, int, float]]] = []
 
     def take_counts(self) -> tuple[int, int, int, int, int]:
         counts = (
@@ -223,30 +224,22 @@ class Reader:
             self._fan_out()
         return total
 
-    def defer(self, how: tuple[Any, Any, Any], packet: tuple[bytes, int, int, int, float]) -> None:
-        """A packet an armed stream took: `how` its (targets, flush group, forward), `packet`
-        `forward`'s (data, ext_seq, payload_offset, padding_size, now)."""
-        self.fan.append((how, packet))
+    def defer(self, targets: Any, group: Any, packet: tuple[bytes, int, int, int, float]) -> None:
+        """A packet an armed stream took for `targets` (flush group `group`): `forward`'s
+        (data, ext_seq, payload_offset, padding_size, now)."""
+        self.fan.append(((targets, group), packet))
 
     def _fan_out(self) -> None:
         fan, self.fan = self.fan, []
-        runs: dict[tuple[int, int], tuple[tuple[Any, Any, Any], list[Any]]] = {}
+        runs: dict[tuple[int, int], tuple[tuple[Any, Any], list[Any]]] = {}
         for how, packet in fan:  # per (targets, group), in the order first taken
             runs.setdefault((id(how[0]), id(how[1])), (how, []))[1].append(packet)
-        for (targets, group, forward), packets in runs.values():
-            copies = octets = 0
+        for (targets, group), packets in runs.values():
             try:
-                for target in targets:
-                    for data, ext_seq, offset, padding, now in packets:
-                        c, o = forward((target,), data, data, ext_seq, offset, padding, now)
-                        copies, octets = copies + c, octets + o
-                    batch = target.batch
-                    if len(batch) >= FANOUT_FLUSH_AT:
-                        batch.fanout_flushes += 1
-                        batch.fanout_datagrams += len(batch)
-                        batch.flush()
+                copies, octets = forward_many(targets, packets, FANOUT_FLUSH_AT)
             except Exception as exc:
                 _unraisable(exc, targets)
+                continue
             if copies:
                 self.out_packets += copies
                 self.out_octets += octets

@@ -66,7 +66,6 @@ class Stream:
         self._wake = self._next_wake = 0.0
         self._targets: tuple[Any, ...] = ()
         self._group: Any = None
-        self._forward: Any = None
 
     @property
     def last_seq(self) -> int | None:
@@ -109,13 +108,13 @@ class Stream:
         self._next_wake = time.monotonic() + wake if wake > 0.0 else 0.0
         if not isinstance(targets, tuple) or not callable(forward):
             raise TypeError("targets must be a tuple, forward callable")
-        self._targets, self._group, self._forward = targets, group, forward
+        self._targets, self._group = targets, group  # the reader fans out (`Reader.defer`)
         self.ssrc, self._vp8, self._level_id = ssrc, vp8, audio_level_id
         self.armed = True
 
     def disarm(self) -> None:
         self.armed = False
-        self._targets, self._group, self._forward = (), None, None
+        self._targets, self._group = (), None
 
     def take(self, reader: Any, data: bytes) -> bool:
         """The receiver's work on one decrypted packet of the armed SSRC (`RtpDemuxer.on_rtp`,
@@ -151,9 +150,7 @@ class Stream:
                 return True  # an unreadable descriptor: not forwarded
         if not self._targets:
             return True
-        reader.defer(
-            (self._targets, self._group, self._forward), (data, sequence, offset, padding, now)
-        )
+        reader.defer(self._targets, self._group, (data, sequence, offset, padding, now))
         return True
 
 
