@@ -10,10 +10,10 @@ compiled path's per-copy targets (rtc.fast_path; one batch per socket). Payloads
 
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
-`._rx_srtp`, `._set_role`, `._task`; aioice `Connection._nominated`, `._add_remote_candidate`,
-`._closing`, `._queue` (bounded, `ice.py`), `StunProtocol.datagram_received` (fronted by
-`sfu.media.transport.ingress` once DTLS is connected) and the gathering state in `ice.py`; the SCTP
-association is `sfu.media.transport.datachannel`'s bounded subclass.
+`._rx_srtp`, `._set_role`, `._task` (and `srtp.outbound_keying`'s); aioice `Connection._nominated`,
+`._add_remote_candidate`, `._closing`, `._queue` (bounded, `ice.py`), `StunProtocol.datagram_received`
+(fronted by `sfu.media.transport.ingress` once DTLS is connected) and the gathering state in
+`ice.py`; the SCTP association is `sfu.media.transport.datachannel`'s bounded subclass.
 
 Remote input is bounded per peer connection: `MAX_REMOTE_CANDIDATES` candidates at addresses
 `ice.CandidatePolicy` allows (none once ICE completed), `MAX_TRACK_SLOTS` subscriber m-lines (a
@@ -65,7 +65,7 @@ from sfu.media.transport.negotiation import (
     build_offer,
     subscriber_codec,
 )
-from sfu.media.transport.srtp import SrtpProtector
+from sfu.media.transport.srtp import SrtpProtector, outbound_keying, outbound_session
 from sfu.media.transport.udpmux import fast_senders_for
 from sfu.metrics import COUNTERS
 
@@ -255,6 +255,7 @@ class PeerTransport:
         self._fast: FastSenders | None = None  # the fast path's targets and batch
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
+        self._tx_keying: tuple[bytes, int] | None = None  # `_tx_srtp`'s key + salt, profile
         # what reaches on_rtp/on_rtcp, counted; the socket fast path once DTLS is up
         self._ingress = SrtpIngress(on_rtp, on_rtcp)
 
@@ -549,11 +550,11 @@ class PeerTransport:
         return True
 
     def fast_sender(self) -> tuple[Any, Any, FastBatch] | None:
-        """(forward, a target sending where `send_rtp` does, batch) for one down track, or None."""
-        fast = self._fast
-        if fast is None or self._protect is None:
+        """(forward, a target sending where `send_rtp` does, batch) for one down track, or None;
+        the target protects with a session of its own keyed as `_tx_srtp` (docs/decisions.md 7)."""
+        if self._fast is None or self._protect is None or self._tx_keying is None:
             return None
-        return fast.sender(self._remote_addr, self._dtls._tx_srtp)
+        return self._fast.sender(self._remote_addr, outbound_session(*self._tx_keying))
 
     def _on_send_failed(self, packet: bytes) -> None:
         """A queued datagram the socket refused at flush time: uncount it, count a drop."""
@@ -748,6 +749,7 @@ class PeerTransport:
         self._ingress.attach(pair.protocol, self._dtls._rx_srtp)
         self._protect = SrtpProtector(self._dtls._tx_srtp, rtcp=False)
         self._protect_rtcp = SrtpProtector(self._dtls._tx_srtp, rtcp=True)
+        self._tx_keying = outbound_keying(self._dtls)
         self._ice.on("statechange", self._on_transport_change)
         self._dtls.on("statechange", self._on_transport_change)
         self._set_state("connected")

@@ -1,6 +1,6 @@
 """The fast path on a real subscriber PC (`PeerTransport.fast_sender`, rtc.fast_path): a down track
 whose copies go through the compiled (or pure-Python reference) per-copy path, SRTP-protected with
-the transport's session and sent on its socket, reaches aiortc's RTCPeerConnection; NACK answers
+a session of the down track's own keyed as the transport's, and sent on its socket, reaches aiortc's RTCPeerConnection; NACK answers
 go the same way; what is forwarded is counted once; after the transport closes, its targets are
 closed: nothing more is built, counted or sent."""
 
@@ -17,6 +17,7 @@ from sfu.media.forwarder import DownTrack
 from sfu.media.receiver import TrackReceiver
 from sfu.media.rtp.header import RtpPacket
 from sfu.media.transport import TransportConfig
+from sfu.media.transport.srtp import outbound_session
 from sfu.metrics import COUNTERS
 from tests.sfu.media.transport.test_peer import (
     Recorder,
@@ -46,6 +47,11 @@ async def test_down_track_forwards_through_the_fast_path_to_aiortc(impl: str) ->
         await pc.setLocalDescription(await pc.createAnswer())
         await transport.handle_answer(pc.localDescription.sdp)
         await wait_for(lambda: transport.state == "connected", what="connected")
+        # a down track's own session protects as the transport's does: same key, same cipher
+        assert transport._tx_keying is not None
+        probe = rtp(b"\xfc" + bytes(40), payload_type=109, sequence_number=3, ssrc=0x5151)
+        own = outbound_session(*transport._tx_keying)
+        assert own.protect(probe) == transport._dtls._tx_srtp.protect(probe)
         receiver = TrackReceiver(
             kind="audio", mime_type="audio/opus", clock_rate=48000, layer_count=1,
             send_rtcp=lambda _: None,
