@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SPEAKER_INTERVAL = 0.4  # seconds between SpeakersChanged updates (LiveKit's audio update interval)
 SPEAKER_LEVEL_STEP = 0.05  # level changes smaller than this are not re-sent
+#: the participants scored per speaker tick: a round of connection quality per UPDATE_INTERVAL
+QUALITY_SHARE = SPEAKER_INTERVAL / connection_quality.UPDATE_INTERVAL
 #: tracks published in one room (each participant may publish MAX_TRACKS_PER_PARTICIPANT)
 MAX_ROOM_TRACKS = 512
 #: ParticipantUpdates are batched: changes within this many seconds go out as one message
@@ -97,7 +100,9 @@ class Room:
         self._speaker_task: asyncio.Task[None] | None = None
         #: per participant sid: its connection quality score, sent every UPDATE_INTERVAL
         self._quality: dict[str, connection_quality.QualityScore] = {}
-        self._quality_at = time.monotonic()
+        self._quality_turns: list[Participant] = []  # the round's participants not yet scored
+        self._quality_count = 1  # how many of them a call scores
+        self._quality_due = time.monotonic() + connection_quality.UPDATE_INTERVAL
         self._on_close = on_close
         self._closer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -252,17 +257,27 @@ class Room:
             await asyncio.sleep(SPEAKER_INTERVAL)
             self.update_speakers()
             now = time.monotonic()
-            if now - self._quality_at >= connection_quality.UPDATE_INTERVAL:
-                self._quality_at = now
-                self.update_connection_quality(now)
+            if not self._quality_turns:  # the last round is done: the next one when it is due
+                if now < self._quality_due:
+                    continue
+                self._quality_due = now + connection_quality.UPDATE_INTERVAL
+            self.update_connection_quality(now, QUALITY_SHARE)
 
-    def update_connection_quality(self, now: float) -> None:
-        """Score every participant's connection and send each one its own quality and that of
-        the publishers it receives (ConnectionQualityUpdate, as LiveKit does)."""
+    def update_connection_quality(self, now: float, share: float = 1.0) -> None:
+        """Score `share` of the participants, in turn (each once per round), and send each its
+        own quality and that of the publishers it receives (ConnectionQualityUpdate, as LiveKit
+        does). The speaker loop spreads a round over `UPDATE_INTERVAL`: a room of 200 scored at
+        once held the event loop for 20-32 ms, every media packet waiting behind it."""
         scores = self._quality
-        for sid in [s for s in scores if all(p.sid != s for p in self.participants.values())]:
+        for sid in scores.keys() - {p.sid for p in self.participants.values()}:
             del scores[sid]  # left
-        for p in self.participants.values():
+        if not self._quality_turns:  # a new round: everyone here now
+            self._quality_turns = list(self.participants.values())
+            self._quality_count = max(1, math.ceil(len(self._quality_turns) * share))
+        count = self._quality_count
+        turn = [p for p in self._quality_turns[:count] if self.participants.get(p.identity) is p]
+        del self._quality_turns[:count]
+        for p in turn:
             last = p.subscribed.allocator.last
             reading = connection_quality.read(
                 p.published.values(),
@@ -271,10 +286,16 @@ class Room:
                 now,
             )
             scores.setdefault(p.sid, connection_quality.QualityScore()).update(reading)
-        for p in self.participants.values():
-            sids = {p.sid, *(sub.track.publisher.sid for sub in p.subscriptions.values())}
-            infos = [scores[sid].info(sid) for sid in sorted(sids) if sid in scores]
-            p.send(signalling.connection_quality_update(infos))
+        wanted = {
+            p: {p.sid, *(s.track.publisher.sid for s in p.subscriptions.values())} for p in turn
+        }
+        infos = {
+            sid: scores[sid].info(sid) for sid in set().union(*wanted.values()) if sid in scores
+        }
+        for p, sids in wanted.items():
+            p.send(
+                signalling.connection_quality_update([infos[s] for s in sorted(sids) if s in infos])
+            )
 
     def update_speakers(self) -> None:
         """Send SpeakersChanged with what changed: new or louder/quieter speakers, and former

@@ -186,3 +186,26 @@ async def test_connection_quality_goes_to_each_member_for_itself_and_whom_it_rec
     assert set(qualities(alice)) == {alice.participant.sid}
     assert set(qualities(carol)) == {alice.participant.sid, carol.participant.sid}
     await room.close()
+
+
+async def test_connection_quality_is_spread_over_calls_in_turn() -> None:
+    """A share per call (the speaker loop's ticks): each member is told once per round, in join
+    order, and a member who left is skipped; a new round then takes everyone again."""
+    room = make_room()
+    people = [await joined(room, f"p{i}") for i in range(10)]
+    await people[0].publish_audio("mic", "0")
+    told = []
+    for _ in range(3):  # 10 members, a quarter each call: 3, 3, 3
+        room.update_connection_quality(0.0, 0.25)
+        told.append([p.participant.identity for p in people if p.of_kind("connection_quality")])
+    assert told == [[f"p{i}" for i in range(n)] for n in (3, 6, 9)]
+    room.remove(people[9].participant)  # never told: its turn comes after it left
+    room.update_connection_quality(0.0, 0.25)  # the round's last call: nobody left to tell
+    assert not people[9].of_kind("connection_quality")
+    room.update_connection_quality(0.0, 0.25)  # a new round: p0, p1, p2 again
+    assert [len(p.of_kind("connection_quality")) for p in people[:4]] == [2, 2, 2, 1]
+    # bob's update still names the publisher, scored in the round before
+    (_, latest) = people[1].of_kind("connection_quality")
+    sids = {u.participant_sid for u in latest.connection_quality.updates}
+    assert sids == {people[0].participant.sid, people[1].participant.sid}
+    await room.close()
