@@ -11,9 +11,9 @@ compiled path's per-copy targets (rtc.fast_path; one batch per socket). Payloads
 aiortc/aioice internals used (pinned versions: aiortc 1.16.0, aioice 0.13.0), all in this package:
 `RTCDtlsTransport._handle_rtp_data/_handle_rtcp_data` (replaced per instance), `._tx_srtp`,
 `._rx_srtp`, `._set_role`, `._task` (and `srtp.outbound_keying`'s); aioice `Connection._nominated`,
-`._add_remote_candidate`, `._closing`, `._queue` (bounded, `ice.py`), `StunProtocol.datagram_received`
-(fronted by `sfu.media.transport.ingress` once DTLS is connected) and the gathering state in
-`ice.py`; the SCTP association is `sfu.media.transport.datachannel`'s bounded subclass.
+`._add_remote_candidate`, `._closing`, `._queue` (bounded, `ice.py`), the gathering state in
+`ice.py` and `StunProtocol.datagram_received` (fronted by `sfu.media.transport.ingress` once DTLS
+is connected); the SCTP association is `sfu.media.transport.datachannel`'s bounded subclass.
 
 Remote input is bounded per peer connection: `MAX_REMOTE_CANDIDATES` candidates at addresses
 `ice.CandidatePolicy` allows (none once ICE completed), `MAX_TRACK_SLOTS` subscriber m-lines (a

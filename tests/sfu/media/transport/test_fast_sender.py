@@ -1,8 +1,8 @@
 """The fast path on a real subscriber PC (`PeerTransport.fast_sender`, rtc.fast_path): a down track
 whose copies go through the compiled (or pure-Python reference) per-copy path, SRTP-protected with
-a session of the down track's own keyed as the transport's, and sent on its socket, reaches aiortc's RTCPeerConnection; NACK answers
-go the same way; what is forwarded is counted once; after the transport closes, its targets are
-closed: nothing more is built, counted or sent."""
+a session of its own keyed as the transport's and sent on its socket, reaches aiortc's
+RTCPeerConnection; NACK answers go the same way; what is forwarded is counted once; after the
+transport closes, its targets are closed: nothing more is built, counted or sent."""
 
 from __future__ import annotations
 
