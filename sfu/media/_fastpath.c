@@ -1318,9 +1318,8 @@ forward_many(PyObject *targets, const FastpathPacket *packets, Py_ssize_t count,
     return 0;
 }
 
-/* `forward` without the Python argument parsing (`forward_many` of one packet, no flush): also
- * what the compiled receive path (sfu/media/_fastrecv.c) may call through the `_C_API`
- * capsule. `data` is exact bytes and `targets` a list or tuple; 0, or -1 with an exception set. */
+/* `forward` without the Python argument parsing: `forward_many` of one packet, no flush. `data`
+ * is exact bytes and `targets` a list or tuple; 0, or -1 with an exception set. */
 static int
 forward_packet(PyObject *targets, PyObject *packet, PyObject *data, int64_t ext_seq,
                Py_ssize_t payload_offset, Py_ssize_t padding, double now, Py_ssize_t *copies_out,
@@ -1436,8 +1435,7 @@ static PyTypeObject TargetType = {
     .tp_getset = target_getset,
 };
 
-static FastpathApi c_api = {
-    .forward = forward_packet, .forward_many = forward_many, .target_type = &TargetType};
+static FastpathApi c_api = {.forward_many = forward_many, .target_type = &TargetType};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "sfu.media._fastpath",
