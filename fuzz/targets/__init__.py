@@ -21,6 +21,7 @@ TARGETS: tuple[str, ...] = (
     "twcc",
     "vp8",
     "h264",
+    "red",
     "extensions",
     "udpmux",
     "ingress",

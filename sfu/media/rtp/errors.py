@@ -11,6 +11,7 @@ __all__ = [
     "ExtensionError",
     "H264Error",
     "PacketError",
+    "RedError",
     "RtcpError",
     "RtpError",
     "Vp8Error",
@@ -39,3 +40,7 @@ class Vp8Error(PacketError):
 
 class H264Error(PacketError):
     """A malformed H.264 RTP payload (RFC 6184 §5)."""
+
+
+class RedError(PacketError):
+    """A malformed RED payload (RFC 2198 §3)."""
