@@ -62,6 +62,8 @@ class Counters:
     probe_packets: int = 0  # padding-only probe packets sent to find more bandwidth
     padding_absorbed: int = 0  # publishers' padding-only packets not passed on to a thin link
     paced_packets: int = 0  # packets of constrained video held back by a subscriber's pacer
+    red_primary_tracks: int = 0  # RED audio down tracks started as plain Opus (no RED answered)
+    malformed_red: int = 0  # copies of RED packets not sent to those: blocks that do not fit
     probes: int = 0  # probe clusters started
     #: subscriber bandwidth estimates, one observation per allocation (every subscriber link
     #: about every 250 ms): ≤ ESTIMATE_BUCKETS[i], the last slot for larger ones, and their sum
@@ -196,6 +198,12 @@ class _Collector(Collector):
                 "video packets of a subscriber held below its layer that waited for its pacer",
                 c.paced_packets,
             ),
+            (
+                "sfu_red_primary_tracks",
+                "RED audio tracks sent to a subscriber as their primary Opus encoding",
+                c.red_primary_tracks,
+            ),
+            ("sfu_malformed_red", "RED copies not sent: blocks that do not fit", c.malformed_red),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),

@@ -4,7 +4,7 @@ A client's offer is UTF-8 text (a protobuf string). `SessionDescription.parse` r
 `SdpError`; what it parses serializes to SDP that parses again and serializes to the same text
 (a fixed point), so what the SFU writes back it can read. `build_answer` raises only `SdpError`
 (an offer without m= sections), and its answer is SDP the SFU can parse too, naming only mids of
-the offer.
+the offer (every track asking for RED, so RED offers are answered with RED and Opus).
 
 `SessionDescription.parse` turns any internal error into `SdpError("malformed SDP: ...")`; with
 `FUZZ_STRICT=1` such a wrapped non-`SdpError` is re-raised, to find the imprecise errors.
@@ -64,8 +64,10 @@ def test_one(data: bytes) -> None:
         assert offer.media_by_mid(section.mid) is not None
     _ = offer.bundle_mids
     try:
+        # every track of the offer asks for RED, as livekit-client does by default
+        red = frozenset(m.msid[1] for m in offer.media if m.msid is not None)
         answer, published = build_answer(
-            offer, LOCAL, setup="active", session_id=1, session_version=2
+            offer, LOCAL, setup="active", session_id=1, session_version=2, red_tracks=red
         )
     except SdpError:
         assert not offer.media

@@ -18,6 +18,8 @@ the estimator sees overuse), and never faster than the RTT. Every copy carries t
 transport-wide sequence number when transport-cc was negotiated; `send_padding` sends padding
 probes between frames; the allocator caps the layer (`set_allocation`, -1 pauses).
 `sfu.media.feedback.FeedbackRouter` brings it the subscriber's RTCP. Time is the receiver's `clock`.
+A RED track (RFC 2198) reaches a subscriber that did not take RED (`takes_red`, asked at `start`)
+as its primary encoding alone, in Python: the block headers are cut, the encodings untouched.
 With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
 its per-copy state in a `Target`: the receiver forwards the current layer's packets to it in one
 compiled call, `write` sends through it after a switch, NACK answers are its `resend`; every
@@ -29,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,25 +38,19 @@ from sfu.media.bandwidth import SubscriberBandwidth
 from sfu.media.receiver import MAX_LAYERS, TrackReceiver
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.errors import PacketError
-from sfu.media.rtp.header import RtpPacket, rewrite
+from sfu.media.rtp.header import RtpPacket, padding_packet, rewrite
+from sfu.media.rtp.red import primary_offset
 from sfu.media.rtp.seqnum import seq_diff, ts_diff
 from sfu.media.rtp.vp8 import Vp8PayloadDescriptor, munged_descriptor
+from sfu.media.transport.negotiation import SUBSCRIBER_OPUS_PT
 from sfu.metrics import COUNTERS
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!BBHII")
 #: padding bytes per probe packet (the most one RTP padding count can say)
 PROBE_PADDING = 255
 #: probe packets one `send_padding` call sends at most
 MAX_PROBE_PACKETS = 64
-
-
-def _padding(b1: int, out_seq: int, out_ts: int, ssrc: int, ext: bytes, size: int) -> bytes:
-    """A padding-only packet (V=2, P=1, X with `ext`): `size` padding bytes, the last holding
-    their count."""
-    head = _HEADER.pack(0xB0 if ext else 0xA0, b1, out_seq & 0xFFFF, out_ts, ssrc)
-    return b"".join((head, ext, bytes(size - 1), bytes((size,))))
 
 
 HISTORY_SIZE = 512  # power of two: NACK history, indexed by extended outgoing sequence number
@@ -88,6 +83,7 @@ class DownTrack:
         cname: str,
         fast_sender: Callable[[], tuple[Any, Any, Any] | None] | None = None,
         bandwidth: SubscriberBandwidth | None = None,
+        takes_red: Callable[[], bool] | None = None,
     ) -> None:
         self.receiver = receiver
         self._clock = receiver.clock
@@ -102,6 +98,9 @@ class DownTrack:
         self.bandwidth = bandwidth
         #: gives the transport's fast path when the track starts (see `fast`)
         self._fast_sender = fast_sender
+        #: for a RED track: whether the subscriber's answer kept RED (asked in `start`); if not,
+        #: copies carry the primary encoding only, as plain Opus (`_red_primary`)
+        self._takes_red, self._red_primary = takes_red, False
         #: (forward, target, batch) of the fast path, or None: every copy through `send_rtp`
         self._fast: tuple[Any, Any, Any] | None = None
         self._fast_dropped = 0  # the target's send_dropped already counted
@@ -162,7 +161,12 @@ class DownTrack:
         if self.started or self.closed:
             return
         self.started = True
-        fast = self._fast_sender() if self._fast_sender is not None else None
+        if self._takes_red is not None and self.receiver.mime_type.lower() == "audio/red":
+            self._red_primary = not self._takes_red()
+        if self._red_primary:  # the compiled path forwards payloads whole: these go by _build
+            self.payload_type = SUBSCRIBER_OPUS_PT
+            COUNTERS.red_primary_tracks += 1
+        fast = None if self._red_primary or self._fast_sender is None else self._fast_sender()
         if fast is not None:
             self._fast = fast
             self._push()
@@ -395,6 +399,8 @@ class DownTrack:
             return  # older than the packet we switched on
         out_seq = sequence - self._seq_offset
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
+        if self._red_primary and not padding_only and self._primary(packet) < 0:
+            return
         ext = self.bandwidth.stamp() if self.bandwidth is not None else b""
         data = self._build(packet, out_seq, out_ts, padding_only, ext)
         # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
@@ -441,11 +447,13 @@ class DownTrack:
         if padding_only:
             # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
             # not its bytes, which were sized for the publisher's link, not this one.
-            return _padding(
+            return padding_packet(
                 packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, ext, 1
             )
         if self._pid_offset or self._tl0_offset or self._keyidx_offset:
             return self._rewrite_vp8(packet, out_seq, out_ts, ext)
+        # RED to a subscriber that did not take it: the block headers and older blocks cut off
+        cut = self._primary(packet) - packet.payload_offset if self._red_primary else 0
         return rewrite(
             packet,
             payload_type=self.payload_type,
@@ -453,7 +461,18 @@ class DownTrack:
             timestamp=out_ts,
             ssrc=self.ssrc,
             extensions=ext,
+            payload_header=b"" if cut else None,
+            payload_header_size=cut,
         )
+
+    def _primary(self, packet: RtpPacket) -> int:
+        """Where RED `packet`'s primary encoding starts; -1 (counted, not sent) if malformed."""
+        try:
+            end = len(packet.data) - packet.padding_size
+            return primary_offset(packet.data, packet.payload_offset, end)
+        except PacketError:
+            COUNTERS.malformed_red += 1
+            return -1
 
     def _maybe_switch(self, packet: RtpPacket, sequence: int, layer: int, keyframe: bool) -> bool:
         """Whether ``packet``, of a layer not being forwarded, starts forwarding that layer.
@@ -605,7 +624,7 @@ class DownTrack:
         for _ in range(count):
             out_seq = self._last_out_seq + 1
             ext = bandwidth.stamp() if bandwidth is not None else b""
-            data = _padding(
+            data = padding_packet(
                 self.payload_type, out_seq, self._last_out_ts, self.ssrc, ext, PROBE_PADDING
             )
             if fast is not None:

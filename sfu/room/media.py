@@ -11,6 +11,7 @@ receiver) are typed `Any`: each factory gets back what it made.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class MediaPeer(Protocol):
     def send_rtcp(self, data: bytes) -> None: ...
 
     def fast_sender(self) -> tuple[Any, Any, Any] | None: ...
+
+    def takes_red(self, ssrc: int) -> bool: ...
 
 
 class LayerStats(Protocol):
@@ -222,6 +225,7 @@ class LocalMedia:
             cname=cname,
             fast_sender=peer.fast_sender,
             bandwidth=bandwidth,
+            takes_red=functools.partial(peer.takes_red, ssrc),
         )
 
 

@@ -291,7 +291,7 @@ class Participant:
                 on_state=self._on_publisher_state,
             )
         log.debug("participant %r: publisher offer %d:\n%s", self.identity, offer.id, offer.sdp)
-        sdp, medias = await self.publisher.handle_offer(offer.sdp)
+        sdp, medias = await self.publisher.handle_offer(offer.sdp, self.publications.red_tracks())
         if self.closed:  # closed while answering: close() has closed the publisher too
             raise SignalStateError("participant closed while its offer was answered")
         log.debug("participant %r: publisher answer:\n%s", self.identity, sdp)

@@ -89,6 +89,24 @@ class Publications:
         published = rtc.TrackPublishedResponse(cid=cid, track=info)
         self._send(rtc.SignalResponse(track_published=published))
 
+    def red_tracks(self) -> frozenset[str]:
+        """The track ids (cids: the offer's msid) whose audio is answered with RED where offered:
+        announced without `disable_red` and unencrypted (E2EE seals the block headers), or
+        already published with RED (a renegotiation keeps a bound m-line's codec)."""
+        plain = models.Encryption.Type.NONE
+        pending = (
+            p.cid
+            for p in self.pending.values()
+            if p.kind == "audio" and not p.info.disable_red and p.info.encryption == plain
+        )
+        published = (
+            codec.cid
+            for t in self.published.values()
+            if t.info.mime_type == "audio/red"
+            for codec in t.info.codecs[:1]
+        )
+        return frozenset((*pending, *published))
+
     def bind_offer(self, medias: Iterable[PublishedMedia]) -> None:
         """Follow an answered publisher offer: bind new sending m-lines, unpublish stopped ones."""
         medias = list(medias)

@@ -149,8 +149,11 @@ class RemotePeer(_Bound):
         if self._state != "closed":
             self._state = "failed"
 
-    async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedMedia]]:
-        answer = await self._request({"op": "handle_offer", "peer": self.id, "sdp": sdp})
+    async def handle_offer(
+        self, sdp: str, red_tracks: frozenset[str] = frozenset()
+    ) -> tuple[str, list[PublishedMedia]]:
+        request = {"op": "handle_offer", "peer": self.id, "sdp": sdp, "red": sorted(red_tracks)}
+        answer = await self._request(request)
         return str(answer["sdp"]), [media_from_wire(m) for m in answer["medias"]]
 
     async def create_offer(self) -> str:
@@ -202,6 +205,10 @@ class RemotePeer(_Bound):
 
     def fast_sender(self) -> tuple[Any, Any, Any] | None:
         return None
+
+    def takes_red(self, ssrc: int) -> bool:
+        """Never asked: the down tracks that send, and the answer they read, are on the worker."""
+        return False
 
     def send_rtcp(self, data: bytes) -> None:
         """Never called with a report: the worker sends RTCP itself (see `RemoteDemuxer`)."""

@@ -20,7 +20,7 @@ from typing import Self
 from .errors import RtpError
 from .extensions import ONE_BYTE_PROFILE, build_extension_block
 
-__all__ = ["RtpHeader", "RtpPacket", "rewrite"]
+__all__ = ["RtpHeader", "RtpPacket", "padding_packet", "rewrite"]
 
 _FIXED = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
@@ -255,3 +255,13 @@ def rewrite(
     if padding:
         return b"".join((head, extensions, payload, data[len(data) - padding :]))
     return b"".join((head, extensions, payload))
+
+
+def padding_packet(
+    b1: int, sequence_number: int, timestamp: int, ssrc: int, extensions: bytes, size: int
+) -> bytes:
+    """A padding-only packet (V=2, P=1, X when `extensions` is a block; `b1` is the marker and
+    payload type byte): `size` padding bytes (1..255), the last holding their count."""
+    b0 = 0xB0 if extensions else 0xA0
+    head = _pack_fixed(b0, b1, sequence_number & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
+    return b"".join((head, extensions, bytes(size - 1), bytes((size,))))

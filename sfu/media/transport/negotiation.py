@@ -7,6 +7,11 @@ sendonly m-line per forwarded track with an SSRC and msid chosen by the SFU).  I
 A publisher's SDP reaches every subscriber's offer, so what is kept of it is normalised here: at
 most `MAX_SIMULCAST_RIDS` layers, the clock rate and channels the codec's RTP payload format fixes,
 and only the fmtp parameters of `FMTP_PARAMETERS`, each with a well-formed value.
+
+Audio RED (RFC 2198) around mono Opus is answered for the tracks whose AddTrackRequest asked for
+it (`red_tracks`, as LiveKit does: clients offer Opus first either way), and offered to their
+subscribers with Opus beside it: `accepts_red` says whether a subscriber's answer kept it
+(the forwarder sends the others only the primary encoding, see `sfu.media.rtp.red`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ __all__ = [
     "FMTP_PARAMETERS",
     "MAX_SIMULCAST_RIDS",
     "SUBSCRIBER_EXTENSION_IDS",
+    "SUBSCRIBER_OPUS_PT",
+    "SUBSCRIBER_RED_PT",
     "LocalParameters",
     "PublishedMedia",
     "TrackSlot",
+    "accepts_red",
     "answered_transport_cc",
     "build_answer",
     "build_offer",
+    "offered_codecs",
+    "remote_transport",
     "sanitize_codec",
     "subscriber_codec",
 ]
@@ -55,6 +65,13 @@ SUBSCRIBER_EXTENSION_IDS: dict[str, dict[str, int]] = {
     "video": {ext.MID: 1, ext.ABS_SEND_TIME: 2, ext.TRANSPORT_CC: 3},
 }
 _SUBSCRIBER_PT = {"opus": 111, "vp8": 96, "h264": 102, "vp9": 98, "av1": 35}
+#: Opus and RED on every subscriber m-line of a RED track (libwebrtc's numbers). A RED payload's
+#: block headers name Opus by the publisher's payload type and are forwarded untouched, so RED
+#: is accepted only from a publisher whose Opus is this one's too (libwebrtc's always is).
+SUBSCRIBER_OPUS_PT = _SUBSCRIBER_PT["opus"]
+SUBSCRIBER_RED_PT = 63
+#: the most encodings one RED fmtp may name (`111/111/111`: two redundant and the primary)
+MAX_RED_ENCODINGS = 8
 _Layer = TypeVar("_Layer")
 #: simulcast layers accepted per m-line (LiveKit's clients send at most 3: q, h, f)
 MAX_SIMULCAST_RIDS = 3
@@ -183,7 +200,13 @@ def sanitize_codec(
     return Codec(codec.payload_type, codec.name, clock_rate, channels, fmtp, list(codec.rtcp_fb))
 
 
-def _choose_codec(offered: MediaSection, video_codecs: tuple[str, ...]) -> Codec | None:
+def _choose_codec(
+    offered: MediaSection, video_codecs: tuple[str, ...], red: bool = False
+) -> Codec | None:
+    if red:  # the client asked for RED (AddTrackRequest): LiveKit prefers it in the answer
+        chosen = next((c for c in offered.codecs if _is_red(c, offered)), None)
+        if chosen is not None:
+            return chosen
     for codec in offered.codecs:
         name = codec.name.lower()
         if offered.kind == "audio" and name == "opus":
@@ -199,8 +222,26 @@ def _choose_codec(offered: MediaSection, video_codecs: tuple[str, ...]) -> Codec
     return None
 
 
+def _is_red(codec: Codec, offered: MediaSection) -> bool:
+    """Whether `codec` is RED over this m-line's Opus at `SUBSCRIBER_OPUS_PT` only (its fmtp
+    `111/111`, RFC 2198 §5)."""
+    if codec.name.lower() != "red" or (codec.clock_rate, codec.channels) != _AUDIO_FORMAT:
+        return False
+    opus = offered.codec(SUBSCRIBER_OPUS_PT)
+    if opus is None or opus.name.lower() != "opus" or opus.clock_rate != _AUDIO_FORMAT[0]:
+        return False
+    if len(codec.fmtp) != 1 or next(iter(codec.fmtp.values())):
+        return False
+    encodings = next(iter(codec.fmtp)).split("/")
+    return 1 <= len(encodings) <= MAX_RED_ENCODINGS and set(encodings) == {str(opus.payload_type)}
+
+
 def _answer_media(
-    offered: MediaSection, local: LocalParameters, setup: str, video_codecs: tuple[str, ...]
+    offered: MediaSection,
+    local: LocalParameters,
+    setup: str,
+    video_codecs: tuple[str, ...],
+    red_tracks: frozenset[str],
 ) -> tuple[MediaSection, PublishedMedia | None]:
     answer = MediaSection(
         kind=offered.kind,
@@ -224,7 +265,10 @@ def _answer_media(
             answer.direction = "inactive"
         return answer, None
 
-    codec = _choose_codec(offered, video_codecs) if offered.kind in ("audio", "video") else None
+    red = offered.kind == "audio" and offered.msid is not None and offered.msid[1] in red_tracks
+    codec = (
+        _choose_codec(offered, video_codecs, red) if offered.kind in ("audio", "video") else None
+    )
     if codec is None or offered.port == 0 or not offered.mid:
         # Rejected: port 0, one format from the offer, not bundled (RFC 8843 §7.3.3); a section
         # without a mid cannot be bundled, so it is rejected too.
@@ -246,6 +290,12 @@ def _answer_media(
     accepted = sanitize_codec(offered.kind, codec, hints)
     accepted.rtcp_fb = [fb for fb in codec.rtcp_fb if fb in allowed_fb]
     answer.codecs = [accepted]
+    if accepted.name.lower() == "red":  # RED, then the Opus its blocks carry
+        accepted.fmtp = dict(codec.fmtp)
+        opus = offered.codec(SUBSCRIBER_OPUS_PT)
+        assert opus is not None  # _is_red checked it
+        answer.codecs.append(sanitize_codec("audio", opus))
+        answer.codecs[1].rtcp_fb = [fb for fb in opus.rtcp_fb if fb in allowed_fb]
     answer.extmaps = {i: uri for i, uri in offered.extmaps.items() if uri in PUBLISHER_EXTENSIONS}
 
     rids: list[str] = []
@@ -299,8 +349,10 @@ def build_answer(
     session_id: int,
     session_version: int,
     video_codecs: tuple[str, ...] = ("vp8", "h264"),
+    red_tracks: frozenset[str] = frozenset(),
 ) -> tuple[SessionDescription, list[PublishedMedia]]:
-    """Answer a publisher offer: receive audio/video, accept simulcast and SCTP data channels."""
+    """Answer a publisher offer: receive audio/video, accept simulcast and SCTP data channels;
+    the audio of `red_tracks` (msid track ids) with RED where it fits (`_is_red`), else Opus."""
     if not offer.media:
         raise SdpError("the offer has no m= section")
     answer = SessionDescription(
@@ -308,7 +360,7 @@ def build_answer(
     )
     published: list[PublishedMedia] = []
     for offered in offer.media:
-        section, media = _answer_media(offered, local, setup, video_codecs)
+        section, media = _answer_media(offered, local, setup, video_codecs, red_tracks)
         answer.media.append(section)
         if media is not None:
             published.append(media)
@@ -317,7 +369,8 @@ def build_answer(
 
 
 def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
-    """The codec the SFU offers a subscriber for a publisher's `codec` (a Codec or a mime type)."""
+    """The codec the SFU offers a subscriber for a publisher's `codec` (a Codec or a mime type);
+    `offered_codecs` adds the Opus a RED codec needs beside it."""
     if isinstance(codec, str):
         name = codec.split("/", 1)[-1]
         codec = Codec(
@@ -333,7 +386,12 @@ def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
     fmtp = dict(codec.fmtp)
     if name == "opus":
         fmtp = {"minptime": "10", "useinbandfec": "1", **fmtp}
-        return Codec(111, "opus", 48000, 2, fmtp, [*AUDIO_FEEDBACK, *SUBSCRIBER_FEEDBACK])
+        return Codec(
+            SUBSCRIBER_OPUS_PT, "opus", 48000, 2, fmtp, [*AUDIO_FEEDBACK, *SUBSCRIBER_FEEDBACK]
+        )
+    if kind == "audio" and name == "red":  # blocks of the subscribers' Opus (see _is_red)
+        opus_pt = SUBSCRIBER_OPUS_PT
+        return Codec(SUBSCRIBER_RED_PT, "red", 48000, 2, {f"{opus_pt}/{opus_pt}": ""})
     payload_type = _SUBSCRIBER_PT.get(name, codec.payload_type)
     if name == "h264":
         fmtp = {
@@ -344,6 +402,43 @@ def subscriber_codec(kind: str, codec: Codec | str) -> Codec:
         }
     feedback = [*(VIDEO_FEEDBACK if kind == "video" else AUDIO_FEEDBACK), *SUBSCRIBER_FEEDBACK]
     return Codec(payload_type, codec.name, codec.clock_rate, codec.channels, fmtp, feedback)
+
+
+def offered_codecs(codec: Codec) -> list[Codec]:
+    """The codecs of a subscriber m-line whose track is sent as `codec` (`subscriber_codec`'s):
+    RED is offered first, with plain Opus after it for a client that does not take RED. That
+    Opus says `stereo=1` (the publisher's own Opus fmtp does not travel with a RED track): the
+    subscriber's decoder then takes the publisher's channels, one or two."""
+    if codec.name.lower() == "red":
+        opus = subscriber_codec("audio", "audio/opus")
+        opus.fmtp["stereo"] = "1"
+        return [codec, opus]
+    return [codec]
+
+
+def accepts_red(answer: SessionDescription) -> dict[str, bool]:
+    """Per audio m-line of a subscriber's answer (by mid): whether it kept `SUBSCRIBER_RED_PT`
+    (a client that did not gets a RED track's primary encoding as plain Opus)."""
+    return {
+        section.mid: any(c.payload_type == SUBSCRIBER_RED_PT for c in section.codecs)
+        for section in answer.media
+        if section.kind == "audio" and section.mid
+    }
+
+
+def remote_transport(
+    description: SessionDescription, kind: str
+) -> tuple[MediaSection, str, str, list[tuple[str, str]]]:
+    """The BUNDLE transport's m-line (the first one not rejected) and its ICE/DTLS parameters."""
+    bundled = [m for m in description.media if m.port != 0]
+    if not bundled:
+        raise SdpError(f"the {kind} has no usable m= section")
+    first = bundled[0]
+    ufrag, pwd = description.ice_credentials(first)
+    fingerprints = description.dtls_fingerprints(first)
+    if not ufrag or not pwd or not fingerprints:
+        raise SdpError(f"the {kind} lacks ICE credentials or a DTLS fingerprint")
+    return first, ufrag, pwd, fingerprints
 
 
 def answered_transport_cc(answer: SessionDescription) -> int:
@@ -389,7 +484,7 @@ def build_offer(
         _transport_attributes(section, local, "actpass")
         section.rtcp_mux = True
         section.rtcp_rsize = True
-        section.codecs = [slot.codec]
+        section.codecs = offered_codecs(slot.codec)
         section.extmaps = {i: uri for uri, i in SUBSCRIBER_EXTENSION_IDS[slot.kind].items()}
         if slot.active and slot.ssrc is not None and slot.msid is not None:
             section.direction = "sendonly"

@@ -42,7 +42,7 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from aiortc.rtcsctptransport import RTCSctpCapabilities
 
 from sfu.media.rtp.rtcp import is_rtcp
-from sfu.media.sdp import Codec, MediaSection, SdpError, SessionDescription
+from sfu.media.sdp import Codec, SdpError, SessionDescription
 from sfu.media.transport.batch import FastBatch, FastSenders, SendQueue, count_send_drop
 from sfu.media.transport.datachannel import MAX_MESSAGE_SIZE, GuardedSctpTransport, send_allowed
 from sfu.media.transport.ice import (
@@ -60,9 +60,11 @@ from sfu.media.transport.negotiation import (
     LocalParameters,
     PublishedMedia,
     TrackSlot,
+    accepts_red,
     answered_transport_cc,
     build_answer,
     build_offer,
+    remote_transport,
     subscriber_codec,
 )
 from sfu.media.transport.srtp import SrtpProtector, outbound_keying, outbound_session
@@ -159,21 +161,6 @@ class TransportStats:
     data_dropped: int
 
 
-def _remote_transport(
-    description: SessionDescription, kind: str
-) -> tuple[MediaSection, str, str, list[tuple[str, str]]]:
-    """The BUNDLE transport's m-line (the first one not rejected) and its ICE/DTLS parameters."""
-    bundled = [m for m in description.media if m.port != 0]
-    if not bundled:
-        raise SdpError(f"the {kind} has no usable m= section")
-    first = bundled[0]
-    ufrag, pwd = description.ice_credentials(first)
-    fingerprints = description.dtls_fingerprints(first)
-    if not ufrag or not pwd or not fingerprints:
-        raise SdpError(f"the {kind} lacks ICE credentials or a DTLS fingerprint")
-    return first, ufrag, pwd, fingerprints
-
-
 def _noop_send(data: bytes, addr: Any) -> None:  # pragma: no cover - replaced when connected
     raise ConnectionError
 
@@ -239,6 +226,7 @@ class PeerTransport:
         self._recyclable: set[str] = set()
         self._offered: set[str] = set()  # mids in an offer sent
         self._slot_tracks: dict[str, str] = {}  # mid -> the track id it carries or last carried
+        self._takes_red: dict[str, bool] = {}  # mid -> whether the answer kept RED (`takes_red`)
         #: the transport-cc extension id the client's last answer kept (0: none; subscriber PC)
         self.transport_cc_id = 0
         self.congestion_control = config.congestion_control  # rtc.congestion_control
@@ -298,13 +286,16 @@ class PeerTransport:
 
     # ------------------------------------------------------------------ publisher PC
 
-    async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedMedia]]:
-        """Answer the client's offer (publisher PC).  Raises SdpError on a bad offer."""
+    async def handle_offer(
+        self, sdp: str, red_tracks: frozenset[str] = frozenset()
+    ) -> tuple[str, list[PublishedMedia]]:
+        """Answer the client's offer (publisher PC), with RED for the audio of `red_tracks` (msid
+        track ids) where offered.  Raises SdpError on a bad offer."""
         if self.role != "publisher":
             raise RuntimeError("only the publisher PC receives offers")
         self._check_open()
         offer = SessionDescription.parse(sdp)
-        first, ufrag, pwd, fingerprints = _remote_transport(offer, "offer")
+        first, ufrag, pwd, fingerprints = remote_transport(offer, "offer")
         if self._local_setup is None:
             remote_setup = offer.dtls_setup(first) or "actpass"
             if remote_setup not in ("actpass", "active", "passive"):
@@ -325,6 +316,7 @@ class PeerTransport:
             session_id=self._session_id,
             session_version=self._session_version,
             video_codecs=self._config.video_codecs,
+            red_tracks=red_tracks,
         )
         offered_by_mid = {m.mid: m for m in reversed(offer.media)}  # the first of a mid wins
         for section in answer.media:
@@ -396,6 +388,12 @@ class PeerTransport:
                 return slot.codec
         raise KeyError(mid)
 
+    def takes_red(self, ssrc: int) -> bool:
+        """Whether the client's answer kept RED on the m-line that sends `ssrc` (False before an
+        answer, for an m-line it rejected, and for video)."""
+        mid = next((s.mid for s in self._slots if s.ssrc == ssrc), None)
+        return mid is not None and self._takes_red.get(mid, False)
+
     async def create_offer(self) -> str:
         """The next subscriber offer (ICE candidates included; the server never trickles)."""
         if self.role != "subscriber":
@@ -433,7 +431,7 @@ class PeerTransport:
         if self._local is None:
             raise RuntimeError("no offer was made")
         answer = SessionDescription.parse(sdp)
-        first, ufrag, pwd, fingerprints = _remote_transport(answer, "answer")
+        first, ufrag, pwd, fingerprints = remote_transport(answer, "answer")
         setup = answer.dtls_setup(first)
         if setup not in ("active", "passive"):
             raise SdpError(f"an answer needs a=setup active or passive, not {setup!r}")
@@ -443,6 +441,7 @@ class PeerTransport:
         self._dtls_role = role
         self._set_remote_transport(ufrag, pwd, fingerprints, answer.ice_lite)
         self.transport_cc_id = answered_transport_cc(answer) * self._config.congestion_control
+        self._takes_red = accepts_red(answer)
         for section in answer.media:
             for candidate in section.candidates:
                 self._add_candidate_line(candidate, None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -246,7 +247,8 @@ class WorkerHost:
             part.bandwidth.on_estimate = lambda: self._estimate_changed(part_id, part)
 
     async def op_handle_offer(self, m: Message) -> dict[str, Any]:
-        sdp, medias = await self.peers[int(m["peer"])].handle_offer(str(m["sdp"]))
+        red = frozenset(str(cid) for cid in m.get("red", ()))
+        sdp, medias = await self.peers[int(m["peer"])].handle_offer(str(m["sdp"]), red)
         return {"sdp": sdp, "medias": [media_to_wire(x) for x in medias]}
 
     async def op_create_offer(self, m: Message) -> str:
@@ -426,6 +428,7 @@ class WorkerHost:
             cname=str(m["cname"]),
             fast_sender=peer.fast_sender,
             bandwidth=part.bandwidth,
+            takes_red=functools.partial(peer.takes_red, int(m["ssrc"])),
         )
         downtrack.enabled = bool(m["enabled"])
         downtrack.max_layer = int(m["max_layer"])

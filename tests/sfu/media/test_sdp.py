@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,11 +28,14 @@ from sfu.media.sdp import (
     SimulcastRid,
 )
 from sfu.media.transport.negotiation import (
+    SUBSCRIBER_RED_PT,
     LocalParameters,
     TrackSlot,
+    accepts_red,
     answered_transport_cc,
     build_answer,
     build_offer,
+    offered_codecs,
     subscriber_codec,
 )
 from sfu.metrics import COUNTERS
@@ -427,3 +431,76 @@ def test_publisher_codec_parameters_are_normalised_for_subscribers() -> None:
     slots = [TrackSlot("1", "video", subscriber, 5, ("a", "b")), TrackSlot("2", "video", vp8)]
     SessionDescription.parse(str(build_offer(slots, "0", LOCAL, cname="c", session_id=1,
                                              session_version=1)))  # fmt: skip
+
+
+# -- audio RED (RFC 2198) -----------------------------------------------------------------------
+
+
+#: the audio track id (msid) of the Chrome offer fixture
+MIC = "67f2cf8a-b1bc-45f4-b724-9f4bca7e3c13"
+
+
+def _answer(offer: SessionDescription, red_tracks: frozenset[str] = frozenset({MIC})) -> Any:
+    return build_answer(offer, LOCAL, setup="active", session_id=7, session_version=1,
+                        red_tracks=red_tracks)  # fmt: skip
+
+
+def test_red_is_answered_for_the_tracks_that_asked_for_it() -> None:
+    offer = SessionDescription.parse(fixture("chrome_simulcast_offer.sdp"))
+    assert offer.media[0].msid is not None and offer.media[0].msid[1] == MIC
+    _, published = _answer(offer, frozenset())  # disable_red, or no AddTrackRequest for it
+    assert published[0].codec.name == "opus"
+    assert _answer(offer, frozenset({"another-track"}))[1][0].codec.name == "opus"
+    answer, published = _answer(offer)  # Chrome offers Opus first: the answer prefers RED
+    audio = SessionDescription.parse(str(answer)).media[0]
+    assert [(c.payload_type, c.name, c.fmtp) for c in audio.codecs] == [
+        (63, "red", {"111/111": ""}),
+        (111, "opus", {"minptime": "10", "useinbandfec": "1"}),
+    ]
+    assert published[0].codec == Codec(63, "red", 48000, 2, {"111/111": ""})
+    offer.media[0].codecs[0].fmtp["stereo"] = "1"  # livekit-client's for a stereo capture
+    assert _answer(offer)[1][0].codec.name == "red"
+
+
+@pytest.mark.parametrize(
+    ("red_fmtp", "opus_fmtp"),
+    [
+        ("110/110", "minptime=10"),  # blocks of another codec
+        ("111/110", "minptime=10"),
+        ("111/111;x=1", "minptime=10"),
+        ("/".join(["111"] * 9), "minptime=10"),
+    ],
+)
+def test_red_that_does_not_fit_falls_back_to_opus(red_fmtp: str, opus_fmtp: str) -> None:
+    offer = SessionDescription.parse(fixture("chrome_simulcast_offer.sdp"))
+    opus, red = offer.media[0].codecs[:2]
+    red.fmtp, opus.fmtp = Codec.parse_fmtp(red_fmtp), Codec.parse_fmtp(opus_fmtp)
+    assert _answer(offer)[1][0].codec.name == "opus"
+
+
+def test_red_over_an_opus_of_another_payload_type_is_not_taken() -> None:
+    # Firefox numbers Opus 109: RED blocks would name a type the subscribers do not have
+    offer = SessionDescription.parse(fixture("chrome_simulcast_offer.sdp"))
+    opus, red = offer.media[0].codecs[:2]
+    opus.payload_type, red.fmtp = 109, {"109/109": ""}
+    offer.media[0].formats = [str(c.payload_type) for c in offer.media[0].codecs]
+    codec = _answer(SessionDescription.parse(str(offer)))[1][0].codec
+    assert (codec.name, codec.payload_type) == ("opus", 109)
+
+
+def test_a_red_track_is_offered_with_opus_beside_it() -> None:
+    red = subscriber_codec("audio", Codec(63, "red", 48000, 2, {"111/111": ""}))
+    assert red == Codec(SUBSCRIBER_RED_PT, "red", 48000, 2, {"111/111": ""})
+    assert [(c.name, c.fmtp) for c in offered_codecs(red)] == [
+        ("red", {"111/111": ""}),
+        ("opus", {"minptime": "10", "useinbandfec": "1", "stereo": "1"}),
+    ]
+    slots = [TrackSlot("1", "audio", red, 1234, ("PA_a|TR_1", "TR_1")),
+             TrackSlot("2", "audio", subscriber_codec("audio", "audio/opus"), 99, ("PA_a|TR_2", "TR_2"))]  # fmt: skip
+    offer = SessionDescription.parse(
+        str(build_offer(slots, "0", LOCAL, cname="cn", session_id=3, session_version=4))
+    )
+    assert offer.media[1].formats == ["63", "111"] and offer.media[2].formats == ["111"]
+    assert accepts_red(offer) == {"1": True, "2": False}
+    offer.media[1].codecs = offer.media[1].codecs[1:]  # a client that answers Opus alone
+    assert accepts_red(offer) == {"1": False, "2": False}

@@ -79,7 +79,10 @@ class FakePeer:
     async def handle_answer(self, sdp: str) -> None:
         self.answers.append(sdp)
 
-    async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedMedia]]:
+    async def handle_offer(
+        self, sdp: str, red_tracks: frozenset[str] = frozenset()
+    ) -> tuple[str, list[PublishedMedia]]:
+        self.red_tracks = red_tracks
         return "answer", list(self.medias)
 
     async def close(self) -> None:
@@ -95,6 +98,9 @@ class FakePeer:
 
     def fast_sender(self) -> None:
         return None  # the fast path is tested with real transports
+
+    def takes_red(self, ssrc: int) -> bool:
+        return True
 
     def send_rtcp(self, data: bytes) -> None:
         self.rtcp.append(data)

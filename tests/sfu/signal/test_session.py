@@ -181,7 +181,7 @@ async def test_refused_requests_are_counted_in_sfu_signal_errors_total() -> None
 async def test_garbage_sdp_is_one_info_line_without_a_traceback(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def refuse(self: object, sdp: str) -> None:
+    async def refuse(self: object, sdp: str, red_tracks: frozenset[str] = frozenset()) -> None:
         raise SdpError("SDP must start with v=0")  # what the real parser says to garbage
 
     monkeypatch.setattr(FakePeer, "handle_offer", refuse)
