@@ -4,6 +4,8 @@
 //   join(url, token, opts)  connect a LivekitClient.Room configured like Element Call, publish the
 //                           fake camera (VP8, simulcast layers 180/360 + capture size) and mic,
 //                           attach every subscribed remote track to a <video>/<audio> element
+//                           (opts.red: publish the mic with audio RED; opts.refuseRed: answer
+//                           the SFU's offers without RED)
 //   stats()                 getStats() summary: remote inbound video/audio, local per-rid outbound
 //   resize(target, w, h)    CSS size of the remote <video>s of a track sid or participant identity
 //   hide(target) / show(target)
@@ -76,7 +78,7 @@
         videoSimulcastLayers: [LK.VideoPresets.h180, LK.VideoPresets.h360],
         videoCodec: 'vp8',
         videoEncoding: LK.VideoPresets.h720.encoding,
-        red: false,
+        red: opts.red === true, // Element Call turns RED off; a test may publish with it
         dtx: true,
         stopMicTrackOnMute: false,
       },
@@ -242,8 +244,27 @@
 
   // ---- the test API -------------------------------------------------------------------------
 
+  // A subscriber that does not take audio RED: every answer is created after setting the audio
+  // transceivers' codec preferences without it, so the SFU must send it plain Opus.
+  function refuseRed() {
+    if (refuseRed.done) return;
+    refuseRed.done = true;
+    const createAnswer = RTCPeerConnection.prototype.createAnswer;
+    const codecs = RTCRtpReceiver.getCapabilities('audio').codecs.filter(
+      (c) => c.mimeType.toLowerCase() !== 'audio/red');
+    RTCPeerConnection.prototype.createAnswer = function (...args) {
+      for (const t of this.getTransceivers()) {
+        if (t.receiver.track && t.receiver.track.kind === 'audio' && !t.stopped) {
+          t.setCodecPreferences(codecs);
+        }
+      }
+      return createAnswer.apply(this, args);
+    };
+  }
+
   async function join(url, token, opts = {}) {
     if (state.room) throw new Error('already joined; call leave() first');
+    if (opts.refuseRed) refuseRed();
     if (opts.videoCss) state.videoCss = opts.videoCss;
     let keyProvider = null;
     if (opts.e2eeKey) keyProvider = new LK.ExternalE2EEKeyProvider();

@@ -191,10 +191,13 @@ class HarnessPage:
         video_css: tuple[int, int] = (320, 180),
         capture: tuple[int, int, int] = (1280, 720, 30),
         rtc_config: dict[str, Any] | None = None,
+        red: bool = False,
+        refuse_red: bool = False,
         timeout_s: float = 45.0,
     ) -> dict[str, Any]:
         """Connect, publish camera (VP8, layers 180/360/capture) and mic; returns what published.
-        `rtc_config` goes to livekit-client's connect options (e.g. iceTransportPolicy)."""
+        `rtc_config` goes to livekit-client's connect options (e.g. iceTransportPolicy); `red`
+        publishes the mic with audio RED, `refuse_red` answers the SFU's offers without it."""
         opts: dict[str, Any] = {
             "simulcast": simulcast,
             "adaptiveStream": adaptive_stream,
@@ -206,6 +209,8 @@ class HarnessPage:
             "capture": {"width": capture[0], "height": capture[1], "frameRate": capture[2]},
             "timeoutMs": int(timeout_s * 1000) - 5000,
             "rtcConfig": rtc_config,
+            "red": red,
+            "refuseRed": refuse_red,
         }
         result: dict[str, Any] = await self.call("join", url, token, opts, timeout_s=timeout_s)
         return result

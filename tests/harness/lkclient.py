@@ -354,9 +354,10 @@ class SyntheticPublisher:
         await _connect(self.room, url, token, timeout_s)
 
     async def publish(
-        self, *, video: bool = True, audio: bool = True, timeout_s: float = 20.0
+        self, *, video: bool = True, audio: bool = True, red: bool = False, timeout_s: float = 20.0
     ) -> None:
-        """Publish the tracks and start feeding them; returns once the SFU acknowledged both."""
+        """Publish the tracks and start feeding them; returns once the SFU acknowledged both.
+        `red`: the tone with audio RED (the SDK's default is plain Opus here, as tests expect)."""
         lp = self.room.local_participant
         if video:
             self.video_source = rtc.VideoSource(self.width, self.height)
@@ -377,7 +378,9 @@ class SyntheticPublisher:
         if audio:
             self.audio_source = rtc.AudioSource(self.sample_rate, 1)
             track_a = rtc.LocalAudioTrack.create_audio_track("synthetic-sine", self.audio_source)
-            options_a = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False)
+            options_a = rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False, red=red
+            )
             self._audio_tasks.append(asyncio.create_task(self._audio_loop(self.audio_source)))
             self.audio_publication = await asyncio.wait_for(
                 lp.publish_track(track_a, options_a), timeout_s
