@@ -7,7 +7,13 @@ Prints the best-of-`--repeat` process CPU time (other load on the machine distur
 wall time) per packet × subscriber, for each N. It uses only the constructors and `on_rtp`, so the
 same file measures an older tree too (run it with that tree first on `PYTHONPATH`).
 
+`--layers 3` gives the receiver three simulcast layers (packets arrive on the lowest one, which
+every down track forwards); `--rebuild` calls `fanout_changed` before every packet, as a storm of
+switches and allocation changes does (each invalidates the receiver's fan-out), so the number
+includes rebuilding it.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/fanout_cpu.py [--subscribers 1 50] [--packets 20000]
+        [--layers 3] [--rebuild]
 """
 
 from __future__ import annotations
@@ -50,14 +56,16 @@ def discard(_: bytes) -> None:
     pass
 
 
-def measure(subscribers: int, packets: int, repeat: int) -> float:
+def measure(subscribers: int, packets: int, repeat: int, layers: int, rebuild: bool) -> float:
     """Best CPU seconds per packet × subscriber."""
     receiver = TrackReceiver(
-        kind="video", mime_type="video/VP8", clock_rate=90000, layer_count=1, send_rtcp=discard
-    )
+        kind="video", mime_type="video/VP8", clock_rate=90000, layer_count=layers,
+        send_rtcp=discard,
+    )  # fmt: skip
     receiver.layers[0].ssrc = SSRC  # as the demuxer learns it
     for n in range(subscribers):
         downtrack = DownTrack(receiver, ssrc=1000 + n, payload_type=98, send_rtp=discard, cname="c")
+        downtrack.max_layer = 0  # (the layer fed)
         receiver.add_sink(downtrack)
         downtrack.start()
     receiver.on_rtp(RtpPacket.parse(vp8_packet(FIRST_SEQ, key=True)), 0)  # starts every one
@@ -66,10 +74,15 @@ def measure(subscribers: int, packets: int, repeat: int) -> float:
     for _ in range(repeat):
         batch = [RtpPacket.parse(vp8_packet(seq + i, key=False)) for i in range(packets)]
         seq += packets
-        on_rtp = receiver.on_rtp
+        on_rtp, changed = receiver.on_rtp, receiver.fanout_changed
         start = time.process_time()
-        for packet in batch:
-            on_rtp(packet, 0)
+        if rebuild:
+            for packet in batch:
+                changed()
+                on_rtp(packet, 0)
+        else:
+            for packet in batch:
+                on_rtp(packet, 0)
         best = min(best, time.process_time() - start)
     return best / (packets * subscribers)
 
@@ -79,9 +92,13 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 50], metavar="N")
     parser.add_argument("--packets", type=int, default=20_000, help="packets per timing run")
     parser.add_argument("--repeat", type=int, default=7, help="timing runs (the best is kept)")
+    parser.add_argument("--layers", type=int, default=1, help="simulcast layers of the receiver")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="invalidate the fan-out before every packet"
+    )
     args = parser.parse_args()
     for n in args.subscribers:
-        ns = measure(n, args.packets, args.repeat) * 1e9
+        ns = measure(n, args.packets, args.repeat, args.layers, args.rebuild) * 1e9
         print(f"N={n}: {ns:.0f} ns per packet x subscriber")
 
 

@@ -186,8 +186,9 @@ class TrackReceiver:
             layer_count = MAX_LAYERS
         self.layers = [LayerState() for _ in range(max(layer_count, 1))]
         self.sinks: list[PacketSink] = []
-        #: per layer, who gets its packets how (`_fanout_for`); None: rebuild on the next packet
-        self._fanout: list[_Fanout] | None = None
+        #: per layer, who gets its packets how (`_fanout_for`), built on the layer's next packet
+        #: after a change (None); a change replaces the list, so a stale one is told apart
+        self._fanout: list[_Fanout | None] = [None] * len(self.layers)
         self._muted = False
         self.closed = False
         self._send_rtcp = send_rtcp
@@ -246,42 +247,43 @@ class TrackReceiver:
 
     def fanout_changed(self) -> None:
         """A sink started, stopped, switched layer or was enabled/disabled: which sinks take the
-        fast path is decided again on the next packet, which reaches Python again for that."""
-        self._fanout = None
+        fast path is decided again on each layer's next packet, which reaches Python for that."""
+        self._fanout = [None] * len(self.layers)
         for state in self.layers:
             state.counters.disarm()
 
-    def _fanout_for(self) -> list[_Fanout]:
-        """Per layer: the sinks whose `fast(layer)` gives a fast-path target (forwarded with one
-        `forward` call per packet), and the others (`write` each)."""
-        fanout: list[_Fanout] = []
-        for layer in range(len(self.layers)):
-            fast: list[tuple[Any, Any, Any]] = []
-            slow: list[PacketSink] = []
-            wake: float | None = 0.0 if self._armable else None
-            for sink in self.sinks:
-                choice = getattr(sink, "fast", None)
-                entry = choice(layer) if choice is not None else None
-                if entry is None:
-                    slow.append(sink)
-                    idle = getattr(sink, "idle_for", None)
-                    if idle is not None and idle(layer):
-                        continue
-                    waits = getattr(sink, "waits_for_keyframe", None)
-                    if self._keyframe is vp8_is_keyframe and waits is not None and waits(layer):
-                        wake = None if wake is None else KEYFRAME_WAKE_S
-                    else:
-                        wake = None
+    def _fanout_for(self, layer: int) -> _Fanout:
+        """The sinks whose `fast(layer)` gives a fast-path target (forwarded with one `forward`
+        call per packet), and the others (`write` each). Built for one layer at a time: in a
+        storm of switches the fan-out changes between most packets, and each packet pays only
+        for its own layer (one call per sink and question)."""
+        fast: list[tuple[Any, Any, Any]] = []
+        slow: list[PacketSink] = []
+        wake: float | None = 0.0 if self._armable else None
+        vp8 = self._keyframe is vp8_is_keyframe
+        for sink in self.sinks:
+            choice = getattr(sink, "fast", None)
+            entry = choice(layer) if choice is not None else None
+            if entry is None:
+                slow.append(sink)
+                idle = getattr(sink, "idle_for", None)
+                if idle is not None and idle(layer):
+                    continue
+                waits = getattr(sink, "waits_for_keyframe", None) if vp8 else None
+                if waits is not None and waits(layer):
+                    wake = None if wake is None else KEYFRAME_WAKE_S
                 else:
-                    fast.append(entry)
-            group = None
-            if fast:
-                batches = tuple({id(b): b for _, _, b in fast}.values())
-                group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
-                if group[0] is not STREAM_FORWARD:
                     wake = None
-            fanout.append((group, tuple(slow), wake))
-        self._fanout = fanout
+            else:
+                fast.append(entry)
+        group = None
+        if fast:
+            batches = tuple({id(b): b for _, _, b in fast}.values())
+            group = (fast[0][0], tuple(t for _, t, _ in fast), batches[0].group(batches))
+            if group[0] is not STREAM_FORWARD:
+                wake = None
+        fanout: _Fanout = (group, tuple(slow), wake)
+        self._fanout[layer] = fanout
         return fanout
 
     def codec_for_subscribers(self) -> Codec:
@@ -318,7 +320,8 @@ class TrackReceiver:
                 keyframe = self._keyframe(packet.data, packet.payload_offset, end)
             except PacketError:
                 return None  # a video packet whose payload descriptor is unreadable is dropped
-        fast, slow, wake = (self._fanout or self._fanout_for())[layer]
+        fanouts = self._fanout
+        fast, slow, wake = fanouts[layer] or self._fanout_for(layer)
         if fast is not None:
             forward, targets, group = fast
             copies, octets = forward(
@@ -331,7 +334,7 @@ class TrackReceiver:
                 group.schedule()
         for sink in slow:
             sink.write(packet, sequence, layer, keyframe)
-        if wake is None or self._fanout is None or self.closed:
+        if wake is None or self._fanout is not fanouts or self.closed:
             return None  # (a sink's write changed the fan-out: the next packet decides again)
         counters = state.counters
         if not counters.armed or counters.ssrc != packet.ssrc:
