@@ -102,7 +102,7 @@ class Publications:
         published = (
             codec.cid
             for t in self.published.values()
-            if t.info.mime_type == "audio/red"
+            if t.info.mime_type.lower() == "audio/red"
             for codec in t.info.codecs[:1]
         )
         return frozenset((*pending, *published))

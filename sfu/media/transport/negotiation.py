@@ -8,7 +8,7 @@ A publisher's SDP reaches every subscriber's offer, so what is kept of it is nor
 most `MAX_SIMULCAST_RIDS` layers, the clock rate and channels the codec's RTP payload format fixes,
 and only the fmtp parameters of `FMTP_PARAMETERS`, each with a well-formed value.
 
-Audio RED (RFC 2198) around mono Opus is answered for the tracks whose AddTrackRequest asked for
+Audio RED (RFC 2198) around Opus is answered for the tracks whose AddTrackRequest asked for
 it (`red_tracks`, as LiveKit does: clients offer Opus first either way), and offered to their
 subscribers with Opus beside it: `accepts_red` says whether a subscriber's answer kept it
 (the forwarder sends the others only the primary encoding, see `sfu.media.rtp.red`).

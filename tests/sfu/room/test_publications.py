@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import pytest
 from livekit.protocol import models, rtc
 
+from sfu.media.sdp import Codec
+from sfu.media.transport import PublishedMedia
 from sfu.room.publications import MAX_TRACKS_PER_PARTICIPANT, Publications
 from sfu.room.track import TrackRequestError
 from tests.sfu.room.fakes import FakePeer, FakePublisher, RecordingEvents, audio_media
@@ -179,3 +181,19 @@ def test_muting_an_unknown_track_is_not_found() -> None:
     with pytest.raises(TrackRequestError) as refused:
         stage.publications.set_track_muted("TR_nope", True)
     assert refused.value.reason == rtc.RequestResponse.Reason.NOT_FOUND
+
+
+def test_red_is_asked_for_the_unencrypted_audio_that_did_not_disable_it() -> None:
+    stage = Stage()
+    add = stage.publications.add_track
+    add(rtc.AddTrackRequest(cid="mic", type=models.TrackType.AUDIO))  # livekit-client's default
+    add(rtc.AddTrackRequest(cid="plain", type=models.TrackType.AUDIO, disable_red=True))
+    add(rtc.AddTrackRequest(cid="e2ee", type=models.TrackType.AUDIO,
+                            encryption=models.Encryption.Type.GCM))  # fmt: skip
+    add(rtc.AddTrackRequest(cid="cam", type=models.TrackType.VIDEO))
+    assert stage.publications.red_tracks() == {"mic"}
+    # once published with RED, a renegotiation keeps it (whatever the case of its mime type)
+    red = audio_media("0", "mic")
+    red = PublishedMedia("0", "audio", "sendonly", red.msid, (), (), Codec(63, "RED", 48000, 2), {})
+    stage.publications.bind_offer([red, audio_media("1", "plain")])
+    assert stage.publications.red_tracks() == {"mic"} and "mic" not in stage.publications.pending
