@@ -399,10 +399,11 @@ class DownTrack:
             return  # older than the packet we switched on
         out_seq = sequence - self._seq_offset
         out_ts = (packet.timestamp - self._ts_offset) & 0xFFFFFFFF
-        if self._red_primary and not padding_only and self._primary(packet) < 0:
+        cut = self._red_cut(packet) if self._red_primary and not padding_only else 0
+        if cut < 0:
             return
         ext = self.bandwidth.stamp() if self.bandwidth is not None else b""
-        data = self._build(packet, out_seq, out_ts, padding_only, ext)
+        data = self._build(packet, out_seq, out_ts, padding_only, ext, cut)
         # Only the newest packet so far is what the next switch continues from (seq, ts, VP8
         # ids): a late, reordered packet must not rewind the picture id / TL0PICIDX.
         if out_seq > self._last_out_seq:
@@ -440,36 +441,37 @@ class DownTrack:
         return True
 
     def _build(
-        self, packet: RtpPacket, out_seq: int, out_ts: int, padding_only: bool, ext: bytes
+        self, packet: RtpPacket, seq: int, ts: int, padding_only: bool, ext: bytes, cut: int = 0
     ) -> bytes:
-        """The datagram to send for ``packet`` under the outgoing sequence number (extended: its
-        low 16 bits are written) and timestamp, with the extension block `ext` (or b"")."""
+        """The datagram to send for ``packet`` under the outgoing sequence number `seq` (extended:
+        its low 16 bits are written) and timestamp `ts`, with the extension block `ext` (or b""),
+        less the first `cut` bytes of its payload (RED's blocks before the primary, `_red_cut`)."""
         if padding_only:
             # A bandwidth probe: keep its sequence number (so the subscriber sees no hole) but
             # not its bytes, which were sized for the publisher's link, not this one.
             return padding_packet(
-                packet.data[1] & 0x80 | self.payload_type, out_seq, out_ts, self.ssrc, ext, 1
+                packet.data[1] & 0x80 | self.payload_type, seq, ts, self.ssrc, ext, 1
             )
         if self._pid_offset or self._tl0_offset or self._keyidx_offset:
-            return self._rewrite_vp8(packet, out_seq, out_ts, ext)
-        # RED to a subscriber that did not take it: the block headers and older blocks cut off
-        cut = self._primary(packet) - packet.payload_offset if self._red_primary else 0
+            return self._rewrite_vp8(packet, seq, ts, ext)
         return rewrite(
             packet,
             payload_type=self.payload_type,
-            sequence_number=out_seq,
-            timestamp=out_ts,
+            sequence_number=seq,
+            timestamp=ts,
             ssrc=self.ssrc,
             extensions=ext,
             payload_header=b"" if cut else None,
             payload_header_size=cut,
         )
 
-    def _primary(self, packet: RtpPacket) -> int:
-        """Where RED `packet`'s primary encoding starts; -1 (counted, not sent) if malformed."""
+    def _red_cut(self, packet: RtpPacket) -> int:
+        """How many bytes of RED `packet`'s payload come before its primary encoding (the block
+        headers and older blocks, cut for a subscriber that did not take RED); -1 (counted, and
+        that copy is not sent) if its blocks do not fit."""
         try:
             end = len(packet.data) - packet.padding_size
-            return primary_offset(packet.data, packet.payload_offset, end)
+            return primary_offset(packet.data, packet.payload_offset, end) - packet.payload_offset
         except PacketError:
             COUNTERS.malformed_red += 1
             return -1
@@ -719,8 +721,10 @@ class DownTrack:
             except PacketError:  # pragma: no cover - it was parsed once already
                 continue
             padding_only = packet.payload_offset + packet.padding_size >= len(packet.data)
+            # (a RED packet in the history parsed when it was sent)
+            cut = self._red_cut(packet) if self._red_primary and not padding_only else 0
             ext = bandwidth.stamp() if bandwidth is not None else b""
-            data = self._build(packet, seq, out_ts, padding_only, ext)
+            data = self._build(packet, seq, out_ts, padding_only, ext, max(cut, 0))
             COUNTERS.retransmits_out += 1
             dropped = COUNTERS.send_dropped
             self._send(data)
