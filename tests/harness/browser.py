@@ -39,6 +39,8 @@ EXTRA_CHROMIUM_FLAGS: tuple[str, ...] = ("--autoplay-policy=no-user-gesture-requ
 PAGE_LOAD_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 30.0
 LOG_LINES_KEPT = 3000
+#: the beep of Chromium's fake audio capture device (--use-fake-device-for-media-stream)
+FAKE_MICROPHONE_HZ = 400.0
 CONSOLE_LINE_MAX = 500
 
 

@@ -99,6 +99,14 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def metric(text: str, name: str) -> float:
+    """The value of counter or gauge `name` (its first series) in a `/metrics` text."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def free_tcp_port() -> int:
     return _free_port(socket.SOCK_STREAM)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.harness.browser import (
+    FAKE_MICROPHONE_HZ,
     HarnessPage,
     browser_session,
     local_outbound,
@@ -35,9 +36,6 @@ from tests.harness.sfu import SfuInstance
 pytestmark = pytest.mark.slow
 
 WAIT_S = 30.0
-BEEP_HZ = (
-    400.0  # the beep of Chromium's fake audio capture device (--use-fake-device-for-media-stream)
-)
 BAD_EVENTS = {"EncryptionError", "MediaDevicesError", "TrackSubscriptionFailed", "WindowError"}
 
 
@@ -227,7 +225,7 @@ async def test_browser_and_python_sdk_see_each_other(sfu: SfuInstance) -> None:
             frequency = dominant_frequency(samples, 48000)
             print(f"audio from erin: rms {level:.0f}, peak {peak}, dominant {frequency:.0f} Hz")
             assert peak > 1000 and level > 30, (level, peak)
-            assert abs(frequency - BEEP_HZ) < 0.05 * BEEP_HZ, frequency
+            assert abs(frequency - FAKE_MICROPHONE_HZ) < 0.05 * FAKE_MICROPHONE_HZ, frequency
             await _assert_clean(erin)
             await erin.leave()
             await dave.wait_for_event(

@@ -26,27 +26,24 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.harness.browser import HarnessPage, browser_session, remote_inbound
+from tests.harness.browser import (
+    FAKE_MICROPHONE_HZ,
+    HarnessPage,
+    browser_session,
+    remote_inbound,
+)
 from tests.harness.lkclient import (
     CollectingSubscriber,
     SyntheticPublisher,
     dominant_frequency,
     rms,
 )
-from tests.harness.sfu import SfuInstance, running_sfu
+from tests.harness.sfu import SfuInstance, metric, running_sfu
 
 pytestmark = pytest.mark.slow
 
 WAIT_S = 30.0
-BEEP_HZ = 400.0  # Chromium's fake microphone
 TONE_HZ = 440.0  # SyntheticPublisher's
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 async def _audio_from(page: HarnessPage, identity: str) -> dict[str, Any]:
@@ -91,11 +88,11 @@ async def _hear(
     async with httpx.AsyncClient() as http:  # with workers, their totals come once a second
         for _ in range(40):
             text = (await http.get(sfu.metrics_url)).text
-            if _metric(text, "sfu_red_primary_tracks_total") >= 1:
+            if metric(text, "sfu_red_primary_tracks_total") >= 1:
                 break
             await asyncio.sleep(0.1)
-    assert _metric(text, "sfu_red_primary_tracks_total") == 1  # carol's alone
-    assert _metric(text, "sfu_malformed_red_total") == 0
+    assert metric(text, "sfu_red_primary_tracks_total") == 1  # carol's alone
+    assert metric(text, "sfu_malformed_red_total") == 0
 
 
 async def test_red_from_chromium(sfu: SfuInstance) -> None:
@@ -110,7 +107,7 @@ async def test_red_from_chromium(sfu: SfuInstance) -> None:
             await carol.join(
                 sfu.url, sfu.token("carol", room), video=False, audio=False, refuse_red=True
             )
-            await _hear(sfu, room, "alice", bob, carol, dave, BEEP_HZ)
+            await _hear(sfu, room, "alice", bob, carol, dave, FAKE_MICROPHONE_HZ)
             for page in (alice, bob, carol):
                 await page.leave()
         sfu.assert_alive()

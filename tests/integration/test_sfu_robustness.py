@@ -23,7 +23,7 @@ from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection
 
 from tests.harness.lkclient import CollectingSubscriber, SyntheticPublisher
-from tests.harness.sfu import SfuInstance, free_udp_port, running_sfu
+from tests.harness.sfu import SfuInstance, free_udp_port, metric, running_sfu
 from tests.harness.tokens import mint_token
 
 ROOM = "robust"
@@ -230,13 +230,6 @@ def no_room_token(key: str, secret: str) -> str:
     """livekit-api refuses to mint this one; an issuer with a bug might not."""
     claims = {"iss": key, "sub": "a", "exp": int(time.time()) + 600, "video": {"roomJoin": True}}
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def packets_in(text: str) -> float:
