@@ -50,7 +50,7 @@ from tests.harness.media_quality import (  # noqa: E402
     run_scenarios,
 )
 
-DEFAULT_ESTIMATE_METRIC = r"^sfu_(subscriber_bandwidth_estimate|allocat|probe)"
+DEFAULT_ESTIMATE_METRIC = r"^sfu_(subscriber_bandwidth_estimate|allocat|probe|resends_on_feedback)"
 METRICS_EVERY_S = 1.0
 
 

@@ -54,6 +54,7 @@ class Counters:
     rtcp_out: int = 0
     nack_in: int = 0
     retransmits_out: int = 0
+    resends_on_feedback: int = 0  # retransmissions sent again: feedback reported them lost
     pli_in: int = 0
     pli_out: int = 0
     fir_in: int = 0
@@ -204,6 +205,11 @@ class _Collector(Collector):
                 c.red_primary_tracks,
             ),
             ("sfu_malformed_red", "RED copies not sent: blocks that do not fit", c.malformed_red),
+            (
+                "sfu_resends_on_feedback",
+                "retransmissions sent again because transport-cc feedback reported them lost",
+                c.resends_on_feedback,
+            ),
             ("livekit_participant_join", "participants joined", c.participant_joins),
             ("livekit_datapacket", "data packets forwarded", c.data_packets),
             ("sfu_joins_refused_cpu", "joins refused by limits.max_cpu_load", c.joins_refused_cpu),

@@ -18,7 +18,12 @@ arrived, and the bandwidth estimate that follows.
 - the `sfu.media.pacer.Pacer` its constrained video tracks' packets wait in;
 - the retransmission budget: a token bucket refilled at the share of the estimate that the
   allocation leaves (at least `RETRANSMIT_SHARE`; only that while the last loss window lost
-  more than `sfu.media.gcc.LOSS_HIGH`; none while the estimator sees overuse).
+  more than `sfu.media.gcc.LOSS_HIGH`; none while the estimator sees overuse);
+- the retransmissions in flight (`watch_resend`): one that feedback reports lost is sent again
+  at once. The receiver cannot see that loss by a gap and asks again only on its NACK timer,
+  which a libwebrtc receiver with no round-trip time of its own (a receive-only peer
+  connection sends no sender reports, and RRTR is off by default) runs at 100 ms — long enough
+  for its jitter buffer to skip the frame, or to stall and then drop frames to catch up.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sfu.media.fastpath_py import TWCC_HISTORY, transport_cc_block
 from sfu.media.gcc import LOSS_HIGH, GoogCc, PacketResult
 from sfu.media.pacer import Pacer
 from sfu.media.rtp import rtcp
+from sfu.metrics import COUNTERS
 
 __all__ = ["SubscriberBandwidth"]
 
@@ -51,6 +57,8 @@ PROBE_MIN_PACKETS = 5
 #: the share of a probe's packets that may be lost for it still to count (a drop-tail queue
 #: lets the start of a burst through at line rate, then drops)
 PROBE_MAX_LOSS = 0.1
+#: retransmissions watched for feedback per transport; beyond, the oldest is forgotten
+MAX_WATCHED_RESENDS = 256
 
 
 class _Cluster:
@@ -108,6 +116,8 @@ class SubscriberBandwidth:
         self.on_estimate: Callable[[], None] | None = None
         #: spreads the constrained video tracks' packets within the estimate
         self.pacer = Pacer(clock, lambda: self.estimate)
+        #: transport-wide sequence number of a retransmission in flight → what sends it again
+        self._resends: dict[int, Callable[[], None]] = {}
 
     # -- what is sent ----------------------------------------------------------------------------
     @property
@@ -124,6 +134,30 @@ class SubscriberBandwidth:
         """The datagram `stamp` was for left (`size` bytes of plaintext)."""
         if self.sequence.ext_id:
             self.sequence.record(size, self._clock())
+
+    def watch_resend(self, again: Callable[[], None]) -> None:
+        """The datagram just stamped and sent was a retransmission: should feedback report it
+        lost, `again` is called (which resends within the NACK bounds of whoever sent it: a
+        packet goes a few times at most, never faster than the RTT, which feedback cannot beat)."""
+        if not self.sequence.ext_id or not self.enabled:
+            return
+        resends = self._resends
+        if len(resends) >= MAX_WATCHED_RESENDS:
+            del resends[next(iter(resends))]
+        resends[self.sequence.next_seq - 1] = again
+
+    def _resend_lost(self, first: int, end: int, results: list[PacketResult]) -> None:
+        """Send again the watched retransmissions this feedback (covering `first`..`end`) does
+        not list as received; forget every watched one it covers."""
+        covered = [seq for seq in self._resends if seq <= end]
+        if not covered:
+            return
+        received = {result.sequence_number for result in results}
+        for seq in covered:
+            again = self._resends.pop(seq)
+            if seq >= first and seq not in received:
+                COUNTERS.resends_on_feedback += 1
+                again()
 
     # -- the estimate ----------------------------------------------------------------------------
     @property
@@ -192,6 +226,8 @@ class SubscriberBandwidth:
                 cluster.arrivals.append((t / 1e6, info[1]))
         lost = max(end - first + 1 - len(results), 0)
         self._reported = end
+        if self._resends:
+            self._resend_lost(first, end, results)
         self.gcc.on_feedback(results, lost, self._clock())
         if cluster is not None and 0 <= cluster.last <= end:
             self._cluster = None

@@ -5,19 +5,18 @@ subscriber's limit), switches only on a key frame of the new layer, and rewrites
 sequence number, timestamp and — after a switch — the VP8 picture id / TL0PICIDX / KEYIDX, so the
 subscriber sees one continuous stream. The payload itself is never touched. Sequence numbers are
 the receiver's extended ones (`sfu.media.receiver.LayerState`), which never wrap: the outgoing
-sequence is kept extended too and only its low 16 bits go on the wire. It answers NACKs from
-a history of what it sent — the received packets' bytes, which every down track of the layer
-shares, plus the outgoing sequence number and timestamp, rebuilt on demand, rather than a private
-copy of every datagram — and produces RTCP sender reports mapped from the publisher's. History
-entries hold only ints and bytes, so the cyclic garbage collector never has to walk them.
-NACKs are answered within bounds checked before any rebuild or protect: a budget of sequence
-numbers per down track per second, and each packet resent at most once per `NACK_RESEND_INTERVAL`
-and `NACK_MAX_RESENDS` times, so a subscriber cannot turn one datagram into thousands of sends.
-Within the subscriber link's budget too (`SubscriberBandwidth.allow_retransmit`: none while
-the estimator sees overuse), and never faster than the RTT. Every copy carries the link's next
-transport-wide sequence number when transport-cc was negotiated; `send_padding` sends padding
-probes between frames; the allocator caps the layer (`set_allocation`, -1 pauses).
-`sfu.media.feedback.FeedbackRouter` brings it the subscriber's RTCP. Time is the receiver's `clock`.
+sequence is kept extended too and only its low 16 bits go on the wire. NACKs are answered from
+a history of what was sent — the received bytes every down track of the layer shares, plus the
+outgoing numbers, rebuilt on demand (entries hold only ints and bytes: nothing for the cyclic
+garbage collector) — within bounds checked before any rebuild or protect: a budget of sequence
+numbers per down track per second, each packet resent at most once per `NACK_RESEND_INTERVAL`
+(never faster than the RTT) and `NACK_MAX_RESENDS` times, and the link's budget
+(`SubscriberBandwidth.allow_retransmit`: none while the estimator sees overuse); a resend that
+feedback reports lost goes again (`SubscriberBandwidth.watch_resend`). Every copy carries the
+link's next transport-wide sequence number when transport-cc was negotiated; `send_padding`
+sends padding probes between frames; the allocator caps the layer (`set_allocation`, -1
+pauses); sender reports are mapped from the publisher's. The subscriber's RTCP comes from
+`sfu.media.feedback.FeedbackRouter`; time is the receiver's `clock`.
 A RED track (RFC 2198) reaches a subscriber that did not take RED (`takes_red`, asked at `start`)
 as its primary encoding alone, in Python: the block headers are cut, the encodings untouched.
 With a fast path (rtc.fast_path, given by the transport when the track starts) a down track keeps
@@ -712,6 +711,8 @@ class DownTrack:
                 if fast[1].resend(slot, now):  # the target's own numbers, SSRC, VP8 offsets
                     COUNTERS.retransmits_out += 1
                     fast[2].schedule()
+                    if bandwidth is not None:
+                        bandwidth.watch_resend(functools.partial(self.retransmit, (lost,)))
                 else:  # refused: counted here, not as a forwarded copy by `_pull`
                     self._fast_dropped += 1
                     COUNTERS.send_dropped += 1
@@ -728,8 +729,9 @@ class DownTrack:
             COUNTERS.retransmits_out += 1
             dropped = COUNTERS.send_dropped
             self._send(data)
-            if ext:
-                bandwidth.sent(len(data))  # type: ignore[union-attr]
+            if ext and bandwidth is not None:
+                bandwidth.sent(len(data))
+                bandwidth.watch_resend(functools.partial(self.retransmit, (lost,)))
             if COUNTERS.send_dropped != dropped:
                 # The transport refused it and uncounted it as an original (write counts those
                 # before sending): move that back to where it belongs.

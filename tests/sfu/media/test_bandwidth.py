@@ -14,12 +14,13 @@ import pytest
 
 from sfu.media import fastpath, fastpath_py
 from sfu.media.bandwidth import (
+    MAX_WATCHED_RESENDS,
     RETRANSMIT_BURST,
     RETRANSMIT_MIN_BURST,
     RETRANSMIT_SHARE,
     SubscriberBandwidth,
 )
-from sfu.media.forwarder import PROBE_PADDING
+from sfu.media.forwarder import NACK_RESEND_INTERVAL, PROBE_PADDING
 from sfu.media.pacer import PACE_FACTOR, PACE_MIN_BURST, PACE_TICK, Pacer
 from sfu.media.rtp import rtcp
 from sfu.media.rtp.extensions import decode_transport_cc
@@ -317,3 +318,65 @@ def test_a_constrained_tracks_key_frame_is_paced_within_the_estimate(clock: Fake
     for data in rig.sources[0].frame(key=False, packets=120):
         rig.receiver.on_rtp(RtpPacket.parse(data), 0)
     assert len(rig.sent) == n + 120 and not timers
+
+
+def test_a_resend_feedback_reports_lost_goes_again(clock: FakeClock) -> None:
+    """The subscriber sees no gap when a retransmission is lost (and a libwebrtc receiver with
+    no RTT of its own asks again only after 100 ms): feedback that leaves it out sends it again
+    at once, one that lists it does not, and the NACK bounds still cap the sends per packet."""
+    rig, bandwidth = rig_with_link(clock)
+    for n in range(4):
+        rig.tick(layers=(0,), keys=(0,) if n == 0 else ())
+    sent = rig.sent
+    n = len(sent)
+    first, second = (RtpPacket.parse(sent[k]).sequence_number for k in (1, 2))
+    rig.downtrack.retransmit([first, second])
+    resends = rig.sent[n:]
+    assert [RtpPacket.parse(d).sequence_number for d in resends] == [first, second]
+    resend_twcc = [twcc_seq(d) for d in resends]
+    assert resend_twcc == [n, n + 1]
+    before = COUNTERS.resends_on_feedback
+    clock.advance(NACK_RESEND_INTERVAL)  # (no RTT known: never sooner than this)
+    # everything arrived but the resend of `first`
+    arrivals: dict[int, int | None] = {s: 1000 * s for s in range(n + 2)}
+    arrivals[n] = None
+    bandwidth.on_transport_cc(feedback(arrivals))
+    again = rig.sent[n + 2 :]
+    assert [RtpPacket.parse(d).sequence_number for d in again] == [first]
+    assert COUNTERS.resends_on_feedback == before + 1
+    assert twcc_seq(again[0]) == n + 2
+    # lost again, and again: the third send is the last (NACK_MAX_RESENDS)
+    for k in range(3):
+        clock.advance(NACK_RESEND_INTERVAL)
+        newest = bandwidth.sequence.next_seq - 1
+        arrivals = {s: 1000 * s for s in range(newest + 1)}
+        arrivals[newest] = None
+        arrivals[newest + 1] = 1000 * (newest + 1)  # a later copy did arrive
+        rig.tick(layers=(0,))  # (that later copy)
+        bandwidth.on_transport_cc(feedback(arrivals, k + 1))
+    total = [RtpPacket.parse(d).sequence_number for d in rig.sent[n:]].count(first)
+    assert total == 3
+    # a resend feedback lists as received is forgotten, not sent again
+    m = len(rig.sent)
+    clock.advance(0.2)
+    rig.downtrack.retransmit([second])
+    newest = bandwidth.sequence.next_seq - 1
+    bandwidth.on_transport_cc(feedback({s: 1000 * s for s in range(newest + 1)}, 9))
+    assert [RtpPacket.parse(d).sequence_number for d in rig.sent[m:]] == [second]
+
+
+def test_watched_resends_are_bounded(clock: FakeClock) -> None:
+    bandwidth = link(clock)
+    calls: list[int] = []
+    for k in range(MAX_WATCHED_RESENDS + 50):
+        bandwidth.stamp()
+        bandwidth.sent(100)
+        bandwidth.watch_resend(lambda k=k: calls.append(k))  # type: ignore[misc]
+    assert len(bandwidth._resends) == MAX_WATCHED_RESENDS
+    newest = bandwidth.sequence.next_seq - 1
+    arrivals: dict[int, int | None] = dict.fromkeys(range(newest), None)
+    arrivals[newest] = 1000
+    bandwidth.on_transport_cc(feedback(arrivals))
+    # the oldest 50 were forgotten; every other one is reported lost, so sent again once
+    assert calls == list(range(50, MAX_WATCHED_RESENDS + 49))
+    assert not bandwidth._resends
