@@ -29,6 +29,12 @@ held back.
 While some track is below its preferred layer, `sfu.room.probe.Prober` sends padding probes to
 find more room (not while a pause is being held: the link is believed full then).
 
+A climb waits while the link is congested, and a climb that congestion undoes within
+`CLIMB_PROVING` holds that track's next climb back for `CLIMB_BACKOFF`, doubling with each such
+failure up to `CLIMB_BACKOFF_MAX` (a climb that lasts resets it): at a link just wide enough for
+a layer's steady bitrate, its key frame and the queue it builds are what fails, and every failed
+climb costs the subscriber a frozen picture until the lower layer's key frame.
+
 A pause is the last resort. A track forwarding its lowest layer keeps it while the budget covers
 `PAUSE_MARGIN` of that layer's nominal cost (one overuse sets the estimate to 0.85 × what
 arrived, which is below what is being sent); below that, the pause still waits `PAUSE_HOLD`
@@ -66,6 +72,11 @@ PAUSE_HOLD = 2.0
 #: or a receiver whose CPU stalls and stamps arrivals late) is not enough to give video up
 PAUSE_HOLD_LOSSLESS = 5.0
 LOSS_PAUSE = 0.02
+#: a climb followed this soon by congestion and a step down failed ...
+CLIMB_PROVING = 2.0
+#: ... and the track's next climb waits this long, doubled per failure in a row up to the max
+CLIMB_BACKOFF = 4.0
+CLIMB_BACKOFF_MAX = 16.0
 #: a track forwarding its lowest layer keeps it while the budget covers this share of it
 PAUSE_MARGIN = 0.7
 AUDIO_DEFAULT = 40_000
@@ -231,6 +242,9 @@ class StreamAllocator:
         self._paused_since: dict[Forwarding, float] = {}
         self._down_since: dict[Forwarding, float] = {}
         self._pause_since: dict[Forwarding, float] = {}
+        #: per track: when it last climbed; the back-off its next climb waits, and until when
+        self._climbed_at: dict[Forwarding, float] = {}
+        self._climb_backoff: dict[Forwarding, tuple[float, float]] = {}
         self._lossy_at = -1.0  # when feedback last reported loss over LOSS_PAUSE
         self._last_run = -1.0
         self._last_estimate = 0
@@ -305,8 +319,9 @@ class StreamAllocator:
 
     def _hold_downgrades(self, result: Allocation, now: float) -> bool:
         """Without congestion (overuse, or heavy loss), a step down waits `DOWNGRADE_HOLD`; a
-        pause always waits `PAUSE_HOLD`, the track at its lowest layer meanwhile. Whether some
-        track is held so (the estimate is below even the lowest layers: no probe then)."""
+        pause always waits `PAUSE_HOLD`, the track at its lowest layer meanwhile; a climb waits
+        as `_hold_climb` says. Whether some track is held at its lowest layer (the estimate is
+        below even the lowest layers: no probe then)."""
         held = False
         gcc = self.bandwidth.gcc
         congested = self.bandwidth.overusing or gcc.loss_fraction > LOSS_CONGESTED
@@ -322,6 +337,10 @@ class StreamAllocator:
                 if now - since < hold:
                     layer = 0
                     held = True
+            if layer > current >= 0:
+                layer = self._hold_climb(downtrack, layer, current, congested, now)
+            elif current > layer and congested:
+                self._climb_failed(downtrack, now)
             if layer >= current or congested or layer < 0:  # (a pause waited its own hold)
                 self._down_since.pop(downtrack, None)
             elif now - self._down_since.setdefault(downtrack, now) < DOWNGRADE_HOLD:
@@ -329,7 +348,36 @@ class StreamAllocator:
             result.layers[downtrack] = layer
         return held
 
+    def _hold_climb(
+        self, downtrack: Forwarding, layer: int, current: int, congested: bool, now: float
+    ) -> int:
+        """The layer `downtrack` may climb to from `current`: none while the link is congested
+        or the back-off of a failed climb runs."""
+        backoff = self._climb_backoff.get(downtrack)
+        if congested or (backoff is not None and now < backoff[1]):
+            return current
+        climbed = self._climbed_at.get(downtrack)
+        if backoff is not None and climbed is not None and now - climbed >= CLIMB_PROVING:
+            del self._climb_backoff[downtrack]  # the last climb lasted: start over
+        self._climbed_at[downtrack] = now
+        return layer
+
+    def _climb_failed(self, downtrack: Forwarding, now: float) -> None:
+        """Congestion steps `downtrack` down: if it climbed just before, its next climb waits."""
+        climbed = self._climbed_at.pop(downtrack, None)
+        if climbed is None:
+            return
+        if now - climbed >= CLIMB_PROVING:  # it lasted: start over
+            self._climb_backoff.pop(downtrack, None)
+            return
+        last = self._climb_backoff.get(downtrack)
+        wait = CLIMB_BACKOFF if last is None else min(2 * last[0], CLIMB_BACKOFF_MAX)
+        self._climb_backoff[downtrack] = (wait, now + wait)
+        log.debug("downtrack %d: a climb failed, the next waits %.0f s", downtrack.ssrc, wait)
+
     def forget(self, downtrack: Forwarding) -> None:
+        self._climbed_at.pop(downtrack, None)
+        self._climb_backoff.pop(downtrack, None)
         self._paused_since.pop(downtrack, None)
         self._down_since.pop(downtrack, None)
         self._pause_since.pop(downtrack, None)

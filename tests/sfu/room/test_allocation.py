@@ -16,6 +16,9 @@ from sfu.media.forwarder import DownTrack
 from sfu.media.gcc import PacketResult
 from sfu.media.receiver import TrackReceiver
 from sfu.room.allocation import (
+    CLIMB_BACKOFF,
+    CLIMB_BACKOFF_MAX,
+    CLIMB_PROVING,
     DOWNGRADE_HOLD,
     PAUSE_HOLD,
     PAUSE_HOLD_LOSSLESS,
@@ -263,4 +266,77 @@ def test_a_paused_track_still_probes_its_way_back(clock: FakeClock) -> None:
     assert bandwidth.probing or padding > 0
     assert allocator.last is not None
     assert allocator.last.committed + padding > bandwidth.estimate  # type: ignore[operator]
+    allocator.close()
+
+
+def test_no_climb_while_congested_and_a_failed_climb_backs_off(clock: FakeClock) -> None:
+    """A climb waits while the estimator sees overuse; one that congestion undoes within
+    CLIMB_PROVING holds the next climb back CLIMB_BACKOFF, doubling per failure (at most
+    CLIMB_BACKOFF_MAX); a climb that lasts starts the back-off over."""
+    subs = [subscription(clock, "a"), subscription(clock, "mic", kind="audio")]
+    camera = subs[0].downtrack
+    bandwidth = SubscriberBandwidth(clock)
+    allocator = StreamAllocator(
+        bandwidth, lambda: subs, on_paused_changed=lambda: None, clock=clock
+    )
+    wide = AUDIO + int(1.15 * LAYERS[1]) + 10_000  # 360p fits with the upgrade margin
+
+    def link(estimate: int, *, overusing: bool) -> None:
+        bandwidth.transport_cc_seen = True
+        bandwidth.gcc.usage = "overusing" if overusing else "normal"
+        bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = estimate
+        bandwidth.gcc.loss_fraction = 0.0
+
+    link(AUDIO + LAYERS[0] + 1000, overusing=True)
+    allocator.run()
+    assert camera.allocated_layer == 0
+    link(wide, overusing=True)  # room for 360p, but the link is congested: no climb
+    clock.advance(0.5)
+    allocator.run()
+    assert camera.allocated_layer == 0
+    waits = []
+    for _ in range(4):
+        link(wide, overusing=False)
+        start = clock()
+        while True:  # climbs as soon as the back-off (if any) allows
+            allocator.run()
+            if camera.allocated_layer == 1:
+                break
+            clock.advance(0.25)
+            assert clock() - start < CLIMB_BACKOFF_MAX + 1
+        waits.append(clock() - start)
+        clock.advance(0.5)  # the climb's key frame overfills the link
+        link(AUDIO + LAYERS[0] + 1000, overusing=True)
+        allocator.run()
+        assert camera.allocated_layer == 0
+    assert waits[0] == 0
+    assert [round(w) for w in waits[1:]] == [
+        CLIMB_BACKOFF,
+        min(2 * CLIMB_BACKOFF, CLIMB_BACKOFF_MAX),
+        min(4 * CLIMB_BACKOFF, CLIMB_BACKOFF_MAX),
+    ]
+    # a climb that lasts CLIMB_PROVING starts over: the one after it waits nothing, and if
+    # that one fails, the next waits CLIMB_BACKOFF again
+    clock.advance(CLIMB_BACKOFF_MAX)
+    link(wide, overusing=False)
+    allocator.run()
+    assert camera.allocated_layer == 1
+    clock.advance(CLIMB_PROVING)
+    link(AUDIO + LAYERS[0] + 1000, overusing=True)
+    allocator.run()
+    assert camera.allocated_layer == 0
+    clock.advance(0.5)
+    link(wide, overusing=False)
+    allocator.run()
+    assert camera.allocated_layer == 1
+    clock.advance(0.5)
+    link(AUDIO + LAYERS[0] + 1000, overusing=True)
+    allocator.run()
+    link(wide, overusing=False)
+    clock.advance(CLIMB_BACKOFF - 0.25)
+    allocator.run()
+    assert camera.allocated_layer == 0
+    clock.advance(0.25)
+    allocator.run()
+    assert camera.allocated_layer == 1
     allocator.close()
