@@ -17,8 +17,8 @@ arrived, and the bandwidth estimate that follows.
   the feedback covering them arrives (`sfu.media.gcc.GoogCc.probe_result`);
 - the `sfu.media.pacer.Pacer` its constrained video tracks' packets wait in;
 - the retransmission budget: a token bucket refilled at the share of the estimate that the
-  allocation leaves (at least `RETRANSMIT_SHARE`; only that while the last loss window lost
-  more than `sfu.media.gcc.LOSS_HIGH`; none while the estimator sees overuse);
+  allocation leaves (at least `RETRANSMIT_SHARE`; only that while the estimator sees overuse
+  or the last loss window lost more than `sfu.media.gcc.LOSS_HIGH`);
 - the retransmissions in flight (`watch_resend`): one that feedback reports lost is sent again
   at once. The receiver cannot see that loss by a gap and asks again only on its NACK timer,
   which a libwebrtc receiver with no round-trip time of its own (a receive-only peer
@@ -264,15 +264,12 @@ class SubscriberBandwidth:
         if estimate is None:
             return True
         now = self._clock()
-        if self.overusing:
-            self._tokens_at = now
-            self._tokens = 0.0
-            self.retransmits_refused += 1
-            return False
-        if self.gcc.loss_fraction > LOSS_HIGH:
-            # the link drops what it is sent: resends get only their floor share, not the
-            # estimate's headroom (which may be stale: answering every NACK of a link that just
-            # got thinner is what deepens its congestion)
+        if self.overusing or self.gcc.loss_fraction > LOSS_HIGH:
+            # a queue builds, or the link drops what it is sent: resends get only their floor
+            # share, not the estimate's headroom (which may be stale: answering every NACK of a
+            # link that just got thinner is what deepens its congestion). Not none: the packets
+            # lost then are often a key frame's, the one a switch down or a resume starts on,
+            # and a receiver that cannot repair it waits 3 s before it asks for another
             rate = RETRANSMIT_SHARE * estimate / 8
         else:
             rate = max(estimate - self.committed, RETRANSMIT_SHARE * estimate) / 8

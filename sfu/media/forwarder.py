@@ -11,7 +11,7 @@ outgoing numbers, rebuilt on demand (entries hold only ints and bytes: nothing f
 garbage collector) — within bounds checked before any rebuild or protect: a budget of sequence
 numbers per down track per second, each packet resent at most once per `NACK_RESEND_INTERVAL`
 (never faster than the RTT) and `NACK_MAX_RESENDS` times, and the link's budget
-(`SubscriberBandwidth.allow_retransmit`: none while the estimator sees overuse); a resend that
+(`SubscriberBandwidth.allow_retransmit`: a floor share while the link is congested); a resend that
 feedback reports lost goes again (`SubscriberBandwidth.watch_resend`). Every copy carries the
 link's next transport-wide sequence number when transport-cc was negotiated; `send_padding`
 sends padding probes between frames; the allocator caps the layer (`set_allocation`, -1
@@ -133,6 +133,9 @@ class DownTrack:
         #: when the next sender report is due (`due_sender_report`)
         self._next_sender_report = 0.0
         self._last_keyframe_request = 0.0
+        #: a key frame of another layer waits in the pacer: that layer's packets must all reach
+        #: `write` (behind it), none be taken by the compiled receive path (`waits_for_keyframe`)
+        self._switch_held = False
         self.packets_sent = 0
         self.octets_sent = 0
         #: (extended out_seq, out_ts, received bytes, epoch) per slot; epoch counts switches: header
@@ -236,6 +239,7 @@ class DownTrack:
         self._limit_changed()
 
     def _limit_changed(self) -> None:
+        self._switch_held = False
         if self.started and self.forwarding and self.current_layer != self.limit:
             best = self._best_layer(self._clock())
             if best != self.current_layer:
@@ -301,10 +305,11 @@ class DownTrack:
         """Whether `write` would act on a packet of `layer` only if it may start a key frame
         (to switch to that layer) or to ask for one again (`KEYFRAME_RETRY`): video, started
         and forwarding, another layer flowing or none yet, `layer` within the limit. The
-        compiled receive path may then take the layer's other packets (`Stream.arm`'s `wake`)."""
+        compiled receive path may then take the layer's other packets (`Stream.arm`'s `wake`);
+        not while the key frame to switch on waits in the pacer (the rest of it must follow)."""
         return (
             self.started and self.forwarding and self.receiver.is_video
-            and layer != self.current_layer and layer <= self.limit
+            and layer != self.current_layer and layer <= self.limit and not self._switch_held
         )  # fmt: skip
 
     def _push(self) -> None:
@@ -368,6 +373,9 @@ class DownTrack:
             pacer = bandwidth.pacer
             if (pacer.holding or layer == self.current_layer or keyframe) and not pacer.admit():
                 pacer.hold(functools.partial(self._write, packet, sequence, layer, keyframe))
+                if keyframe and layer != self.current_layer and not self._switch_held:
+                    self._switch_held = True
+                    self.receiver.fanout_changed()
                 return
         self._write(packet, sequence, layer, keyframe)
 
@@ -454,15 +462,10 @@ class DownTrack:
         if self._pid_offset or self._tl0_offset or self._keyidx_offset:
             return self._rewrite_vp8(packet, seq, ts, ext)
         return rewrite(
-            packet,
-            payload_type=self.payload_type,
-            sequence_number=seq,
-            timestamp=ts,
-            ssrc=self.ssrc,
-            extensions=ext,
-            payload_header=b"" if cut else None,
+            packet, payload_type=self.payload_type, sequence_number=seq, timestamp=ts,
+            ssrc=self.ssrc, extensions=ext, payload_header=b"" if cut else None,
             payload_header_size=cut,
-        )
+        )  # fmt: skip
 
     def _red_cut(self, packet: RtpPacket) -> int:
         """How many bytes of RED `packet`'s payload come before its primary encoding (the block
@@ -515,15 +518,11 @@ class DownTrack:
             ) & 0xFFFFFFFF
         self._switch_seq = sequence
         self._epoch += 1
+        self._switch_held = False
         log.debug(
-            "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)",
-            self.ssrc,
-            self.current_layer,
-            layer,
-            packet.sequence_number,
-            self._last_out_seq,
-            self._seq_offset,
-        )
+            "downtrack %d: layer %d → %d at seq %d (last out %d, seq offset %d)", self.ssrc,
+            self.current_layer, layer, packet.sequence_number, self._last_out_seq, self._seq_offset,
+        )  # fmt: skip
         if self.is_vp8:
             self._switch_vp8(packet)
         if self.current_layer >= 0:

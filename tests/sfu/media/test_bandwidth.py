@@ -190,12 +190,16 @@ def test_nack_answers_stay_within_the_link_budget(clock: FakeClock) -> None:
     assert 0 < len(resent) < len(seqs)
     assert sum(len(d) for d in resent) <= RETRANSMIT_MIN_BURST + max(len(d) for d in resent)
     assert COUNTERS.limits_exceeded["nack_link_budget"] > before
-    # while the estimator sees overuse, none
+    # while the estimator sees overuse, only the floor share, whatever the allocation leaves
+    # (a key frame lost then must still be repaired: its receiver would wait 3 s for another)
     bandwidth.gcc.usage = "overusing"
+    bandwidth.committed = 0
     clock.advance(1.0)
     n = len(rig.sent)
-    rig.downtrack.retransmit(seqs[-3:])
-    assert len(rig.sent) == n
+    rig.downtrack.retransmit(seqs)
+    resent = rig.sent[n:]
+    assert 0 < len(resent) < len(seqs)
+    assert sum(len(d) for d in resent) <= RETRANSMIT_MIN_BURST + max(len(d) for d in resent)
 
 
 @pytest.mark.parametrize("impl_name", ["compiled", "python"])
@@ -380,3 +384,45 @@ def test_watched_resends_are_bounded(clock: FakeClock) -> None:
     # the oldest 50 were forgotten; every other one is reported lost, so sent again once
     assert calls == list(range(50, MAX_WATCHED_RESENDS + 49))
     assert not bandwidth._resends
+
+
+def test_a_switch_down_held_in_the_pacer_gets_its_whole_key_frame(clock: FakeClock) -> None:
+    """Stepped down on a congested link, a down track waits for the lower layer's key frame;
+    when that key frame's first packet has to wait in the pacer, the switch is not made yet,
+    but the rest of the key frame must reach the down track too (not be taken by the compiled
+    receive path, which skips a layer's packets for a sink waiting for a key frame): all of it
+    leaves, gapless, once the pacer lets it."""
+    rig, bandwidth = rig_with_link(clock)
+    timers: list[Callable[[], None]] = []
+
+    def schedule(_delay: float, callback: Callable[[], None]) -> bool:
+        timers.append(callback)
+        return True
+
+    bandwidth.pacer = Pacer(clock, lambda: bandwidth.estimate, schedule=schedule)
+    rig.tick(layers=(0, 1), keys=(1,))
+    assert rig.downtrack.current_layer == 1
+    bandwidth.transport_cc_seen = True
+    bandwidth.gcc.loss_rate = bandwidth.gcc._aimd.rate = 300_000
+    rig.downtrack.set_allocation(0)  # the switch down waits for a 180p key frame
+    assert rig.downtrack.waits_for_keyframe(0)
+    for data in rig.sources[1].frame(key=False, packets=200):  # the pacer fills
+        rig.receiver.on_rtp(RtpPacket.parse(data), 1)
+    assert bandwidth.pacer.holding
+    n = len(rig.sent)
+    key = rig.sources[0].frame(key=True, packets=8)
+    streams = [rig.receiver.on_rtp(RtpPacket.parse(data), 0) for data in key]
+    assert rig.downtrack.current_layer == 1  # not switched yet: its key frame waits
+    assert not rig.downtrack.waits_for_keyframe(0)
+    assert streams[1:] == [None] * 7  # every packet of it reached Python, none was armed away
+    while timers:
+        clock.advance(PACE_TICK)
+        timers.pop(0)()
+    assert rig.downtrack.current_layer == 0
+    out = [RtpPacket.parse(d) for d in rig.sent[n:]]
+    # the last eight sent are the key frame's (its VP8 ids rewritten, its data as it came)
+    assert [bytes(p.payload[-8:]) for p in out[-8:]] == [
+        bytes(RtpPacket.parse(d).payload[-8:]) for d in key
+    ]
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [(seqs[0] + k) & 0xFFFF for k in range(len(seqs))]
