@@ -48,6 +48,21 @@ def rig_with_link(clock: FakeClock) -> tuple[Rig, SubscriberBandwidth]:
     return rig, bandwidth
 
 
+def rig_with_manual_pacer(
+    clock: FakeClock,
+) -> tuple[Rig, SubscriberBandwidth, list[Callable[[], None]]]:
+    """`rig_with_link`, its pacer's timers collected for the test to fire (in order)."""
+    rig, bandwidth = rig_with_link(clock)
+    timers: list[Callable[[], None]] = []
+
+    def schedule(_delay: float, callback: Callable[[], None]) -> bool:
+        timers.append(callback)
+        return True
+
+    bandwidth.pacer = Pacer(clock, lambda: bandwidth.estimate, schedule=schedule)
+    return rig, bandwidth, timers
+
+
 def twcc_seq(data: bytes) -> int:
     return decode_transport_cc(RtpPacket.parse(data).extensions[TWCC_ID])
 
@@ -280,14 +295,7 @@ def test_a_constrained_tracks_key_frame_is_paced_within_the_estimate(clock: Fake
     leave as one burst: beyond PACE_MIN_BURST its packets wait in the link's pacer and leave,
     in order and gapless, at about PACE_FACTOR × the estimate; a track at its preferred layer,
     or a link with no estimate, is not held."""
-    rig, bandwidth = rig_with_link(clock)
-    timers: list[Callable[[], None]] = []
-
-    def schedule(_delay: float, callback: Callable[[], None]) -> bool:
-        timers.append(callback)
-        return True
-
-    bandwidth.pacer = Pacer(clock, lambda: bandwidth.estimate, schedule=schedule)
+    rig, bandwidth, timers = rig_with_manual_pacer(clock)
     rig.tick(layers=(0,), keys=(0,))  # no estimate yet: nothing held
     assert rig.sent and not bandwidth.pacer.holding
     bandwidth.transport_cc_seen = True
@@ -392,14 +400,7 @@ def test_a_switch_down_held_in_the_pacer_gets_its_whole_key_frame(clock: FakeClo
     but the rest of the key frame must reach the down track too (not be taken by the compiled
     receive path, which skips a layer's packets for a sink waiting for a key frame): all of it
     leaves, gapless, once the pacer lets it."""
-    rig, bandwidth = rig_with_link(clock)
-    timers: list[Callable[[], None]] = []
-
-    def schedule(_delay: float, callback: Callable[[], None]) -> bool:
-        timers.append(callback)
-        return True
-
-    bandwidth.pacer = Pacer(clock, lambda: bandwidth.estimate, schedule=schedule)
+    rig, bandwidth, timers = rig_with_manual_pacer(clock)
     rig.tick(layers=(0, 1), keys=(1,))
     assert rig.downtrack.current_layer == 1
     bandwidth.transport_cc_seen = True
