@@ -148,8 +148,13 @@ class SubscriberBandwidth:
 
     def _resend_lost(self, first: int, end: int, results: list[PacketResult]) -> None:
         """Send again the watched retransmissions this feedback (covering `first`..`end`) does
-        not list as received; forget every watched one it covers."""
-        covered = [seq for seq in self._resends if seq <= end]
+        not list as received; forget every watched one it covers. (They are watched in the
+        order they were sent: the walk stops at the first one the feedback does not cover.)"""
+        covered: list[int] = []
+        for seq in self._resends:
+            if seq > end:
+                break
+            covered.append(seq)
         if not covered:
             return
         received = {result.sequence_number for result in results}
